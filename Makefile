@@ -1,0 +1,32 @@
+# Two commands on a fresh machine:  `make demo` (the main job) and `make test`.
+# Each creates the virtualenv in .venv from pyproject.toml on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch (only the converter and its tests need torch).
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[test,convert]"
+	touch $@
+
+demo: venv
+	$(PY) tools/demo.py
+
+test: venv
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) benchmarks/input_pipeline.py
+	$(PY) benchmarks/train_step.py
+
+clean:
+	rm -rf $(VENV) workdirs data_cache
