@@ -1,0 +1,91 @@
+"""Default configuration: Model-2 on UCF-101 split 1 (all 101 classes), unfrozen, consistency on.
+
+Variants import this module and change a few fields; every field is documented here.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default training configuration."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # Input pipeline (stconsist_jax.data.pipeline). The stream is a pure function of
+  # (seed, step), so resuming restarts it at the restored step.
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'ucf101_stconsist'  # TFDS name; 'synthetic' for generated data.
+  config.data.data_dir = ''  # TFDS data_dir ('' = TFDS default).
+  config.data.split = 1  # UCF-101 train/test split (only 1 has UCF101-24 boxes).
+  config.data.frame_size = 128  # Stored frame size of the TFDS builder config.
+  config.data.image_size = 128  # Clip height/width fed to the model.
+  config.data.num_frames = 16  # Frames per clip.
+  config.data.frame_stride = 1  # Temporal stride between clip frames.
+  config.data.classes = 101  # 101 (UCF-101) or 24 (UCF101-24 classes only).
+  config.data.box_label_fraction = 1.0  # Fraction of annotated videos whose boxes are kept.
+  config.data.labeled_per_batch = 0  # Clips with a box per batch (0 = natural mix).
+  config.data.scale_augment = False  # Random scale crop before resizing.
+  config.data.shuffle_buffer = 512
+
+  # Model (stconsist_jax.models.build_model).
+  config.model = ml_collections.ConfigDict()
+  config.model.depth = 34  # 10, 18, 34, 50, 101, 152, 200.
+  config.model.widen_factor = 1.0
+  config.model.shortcut_type = 'B'  # 'A' (2017 weights) or 'B' (2020 weights).
+  config.model.conv1_t_size = 7
+  config.model.conv1_t_stride = 1
+  config.model.no_max_pool = False
+  config.model.num_classes = 101  # Must equal data.classes.
+  config.model.box_head = 'model2'  # 'model1' (16-4) or 'model2' (256-64-8-4).
+  config.model.normalization = 'kinetics2020'  # Input preset: 'kinetics2017', 'kinetics2020', 'none'.
+  config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+
+  # Losses (stconsist_jax.losses): L = cls + loc + w(t) * (con_cls + con_loc), each weighted.
+  config.loss = ml_collections.ConfigDict()
+  config.loss.cls_weight = 1.0
+  config.loss.loc_weight = 1.0
+  config.loss.con_cls_weight = 1.0
+  config.loss.con_loc_weight = 1.0
+  config.loss.con_cls = 'js'  # 'js' (Jensen-Shannon) or 'csd' (CSD-SSD symmetric KL).
+  config.loss.rampup_steps = 2000  # w(t) ramp-up length; 0 = full weight from the start.
+  config.loss.rampdown_steps = 0  # Optional ramp-down at the end of training.
+
+  # Optimizer (optax); learning rate schedule on the global step.
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'sgd'  # 'sgd' (momentum, as in the study) or 'adamw'.
+  config.optimizer.lr = 0.01
+  config.optimizer.momentum = 0.9
+  config.optimizer.nesterov = False
+  config.optimizer.b1 = 0.9  # AdamW only.
+  config.optimizer.b2 = 0.999  # AdamW only.
+  config.optimizer.eps = 1e-8  # AdamW only.
+  config.optimizer.weight_decay = 1e-3
+  config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping.
+  config.optimizer.schedule = 'cosine'  # 'constant', 'step' or 'cosine'.
+  config.optimizer.warmup_steps = 500  # Linear warm-up (all schedules).
+  config.optimizer.decay_steps = (10000, 15000)  # 'step': steps at which lr is multiplied.
+  config.optimizer.decay_factor = 0.1  # 'step': the multiplier.
+
+  config.train = ml_collections.ConfigDict()
+  config.train.batch_size = 64  # Global batch (all hosts); divisible by the device count.
+  config.train.num_steps = 20000
+  config.train.fix_weights = False  # Train only the box head (backbone + classifier frozen).
+  # Optional staged schedule; empty = one stage with the settings above. Each stage is a
+  # dict {'num_steps': int (-1 = until train.num_steps), 'fix_weights': bool,
+  # 'loss_weights': {cls, loc, con_cls, con_loc} (omitted keys keep config.loss's)}.
+  config.train.stages = ()
+  config.train.log_every = 50
+  config.train.checkpoint_every = 1000
+  config.train.keep_checkpoints = 3
+  config.train.eval_every = 5000  # train_and_eval mode only; 0 = only at the end.
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.clips_per_video = 10
+  config.eval.frame_stride = 1
+  config.eval.batch_size = 64
+  config.eval.best_metric = 'video_accuracy'  # Metric that selects the 'best' checkpoint.
+  config.eval.best_mode = 'max'  # 'max' or 'min'.
+
+  # Directory written by tools/convert_torch_weights.py ('' = train from scratch).
+  config.init_from = ''
+  return config

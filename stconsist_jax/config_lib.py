@@ -1,0 +1,229 @@
+"""Configuration validation, loading and saving, run before any compute.
+
+Every problem is reported as a ConfigError that names the offending key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import tempfile
+from typing import Any, Mapping
+
+import ml_collections
+
+OPTIMIZERS = ('sgd', 'adamw')
+SCHEDULES = ('constant', 'step', 'cosine')
+BOX_HEADS = ('model1', 'model2')
+NORMALIZATIONS = ('kinetics2017', 'kinetics2020', 'none')
+DTYPES = ('float32', 'bfloat16')
+CON_CLS = ('js', 'csd')
+DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+LOSS_TERMS = ('cls', 'loc', 'con_cls', 'con_loc')
+STAGE_KEYS = ('num_steps', 'fix_weights', 'loss_weights')
+CONFIG_FILENAME = 'config.json'
+
+
+class ConfigError(ValueError):
+  """An invalid configuration value; the message names the key."""
+
+
+def _get(config: Any, key: str) -> Any:
+  node = config
+  for part in key.split('.'):
+    try:
+      node = node[part]
+    except (KeyError, AttributeError, TypeError):
+      raise ConfigError(f'config key {key!r} is missing') from None
+  return node
+
+
+def _check_type(config: Any, key: str, types: type | tuple[type, ...]) -> Any:
+  value = _get(config, key)
+  types = types if isinstance(types, tuple) else (types,)
+  # bool is an int subclass: never accept it where a number is expected.
+  ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+  if not ok:
+    names = ' or '.join(t.__name__ for t in types)
+    raise ConfigError(f'config key {key!r} must be {names}, got {value!r} '
+                      f'({type(value).__name__})')
+  return value
+
+
+def _check_choice(config: Any, key: str, choices: tuple[Any, ...]) -> Any:
+  value = _get(config, key)
+  if value not in choices:
+    raise ConfigError(f'config key {key!r} must be one of {list(choices)}, got {value!r}')
+  return value
+
+
+def _check_range(config: Any, key: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> float:
+  value = _check_type(config, key, (int, float))
+  if low is not None and (value < low or (low_open and value == low)):
+    bound = f'> {low}' if low_open else f'>= {low}'
+    raise ConfigError(f'config key {key!r} must be {bound}, got {value!r}')
+  if high is not None and value > high:
+    raise ConfigError(f'config key {key!r} must be <= {high}, got {value!r}')
+  return value
+
+
+def _check_stages(config: Any) -> None:
+  stages = _check_type(config, 'train.stages', (tuple, list))
+  for i, stage in enumerate(stages):
+    key = f'train.stages[{i}]'
+    if not isinstance(stage, Mapping) and not isinstance(stage, ml_collections.ConfigDict):
+      raise ConfigError(f'config key {key!r} must be a dict, got {stage!r}')
+    unknown = sorted(set(stage.keys()) - set(STAGE_KEYS))
+    if unknown:
+      raise ConfigError(f'config key {key!r} has unknown fields {unknown}; '
+                        f'allowed: {list(STAGE_KEYS)}')
+    num_steps = stage.get('num_steps')
+    if (not isinstance(num_steps, int) or isinstance(num_steps, bool)
+        or (num_steps < 1 and num_steps != -1)):
+      raise ConfigError(f'config key {key}.num_steps must be a positive int or -1, '
+                        f'got {num_steps!r}')
+    if num_steps == -1 and i != len(stages) - 1:
+      raise ConfigError(f'config key {key}.num_steps: only the last stage may use -1')
+    if not isinstance(stage.get('fix_weights', False), bool):
+      raise ConfigError(f'config key {key}.fix_weights must be bool, '
+                        f'got {stage.get("fix_weights")!r}')
+    weights = stage.get('loss_weights', {}) or {}
+    for name, value in dict(weights).items():
+      if name not in LOSS_TERMS:
+        raise ConfigError(f'config key {key}.loss_weights has unknown term {name!r}; '
+                          f'allowed: {list(LOSS_TERMS)}')
+      if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f'config key {key}.loss_weights.{name} must be a number >= 0, '
+                          f'got {value!r}')
+  fixed = [s for s in stages if s.get('num_steps') != -1]
+  total = sum(s['num_steps'] for s in fixed)
+  if stages and total > config.train.num_steps:
+    raise ConfigError(f'config key train.stages: the stages take {total} steps, more than '
+                      f'train.num_steps={config.train.num_steps}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             num_processes: int = 1) -> None:
+  """Checks types, ranges and consistency; raises ConfigError naming the key."""
+  _check_type(config, 'seed', int)
+  # Data.
+  _check_type(config, 'data.name', str)
+  _check_type(config, 'data.data_dir', str)
+  _check_choice(config, 'data.split', (1, 2, 3))
+  for key in ('data.frame_size', 'data.image_size', 'data.num_frames', 'data.frame_stride',
+              'data.shuffle_buffer'):
+    _check_type(config, key, int)
+    _check_range(config, key, 1)
+  _check_choice(config, 'data.classes', (24, 101))
+  _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
+  _check_type(config, 'data.labeled_per_batch', int)
+  _check_range(config, 'data.labeled_per_batch', 0, config.train.batch_size)
+  _check_type(config, 'data.scale_augment', bool)
+  if config.data.image_size > config.data.frame_size:
+    raise ConfigError(f'config key data.image_size={config.data.image_size} exceeds '
+                      f'data.frame_size={config.data.frame_size}')
+  # Model.
+  _check_choice(config, 'model.depth', DEPTHS)
+  _check_range(config, 'model.widen_factor', 0.0, low_open=True)
+  _check_choice(config, 'model.shortcut_type', ('A', 'B'))
+  _check_type(config, 'model.conv1_t_size', int)
+  _check_range(config, 'model.conv1_t_size', 1)
+  _check_type(config, 'model.conv1_t_stride', int)
+  _check_range(config, 'model.conv1_t_stride', 1)
+  _check_type(config, 'model.no_max_pool', bool)
+  _check_type(config, 'model.num_classes', int)
+  if config.model.num_classes != config.data.classes:
+    raise ConfigError(f'config key model.num_classes={config.model.num_classes} differs from '
+                      f'data.classes={config.data.classes}')
+  _check_choice(config, 'model.box_head', BOX_HEADS)
+  _check_choice(config, 'model.normalization', NORMALIZATIONS)
+  _check_choice(config, 'model.dtype', DTYPES)
+  # Loss.
+  for term in LOSS_TERMS:
+    _check_range(config, f'loss.{term}_weight', 0.0)
+  _check_choice(config, 'loss.con_cls', CON_CLS)
+  for key in ('loss.rampup_steps', 'loss.rampdown_steps'):
+    _check_type(config, key, int)
+    _check_range(config, key, 0)
+  # Optimizer.
+  _check_choice(config, 'optimizer.name', OPTIMIZERS)
+  _check_range(config, 'optimizer.lr', 0.0, low_open=True)
+  _check_range(config, 'optimizer.momentum', 0.0, 1.0)
+  _check_type(config, 'optimizer.nesterov', bool)
+  _check_range(config, 'optimizer.b1', 0.0, 1.0)
+  _check_range(config, 'optimizer.b2', 0.0, 1.0)
+  _check_range(config, 'optimizer.eps', 0.0, low_open=True)
+  _check_range(config, 'optimizer.weight_decay', 0.0)
+  _check_range(config, 'optimizer.grad_clip_norm', 0.0)
+  _check_choice(config, 'optimizer.schedule', SCHEDULES)
+  _check_type(config, 'optimizer.warmup_steps', int)
+  _check_range(config, 'optimizer.warmup_steps', 0)
+  boundaries = _check_type(config, 'optimizer.decay_steps', (tuple, list))
+  if any(not isinstance(b, int) or b < 1 for b in boundaries) or list(boundaries) != sorted(
+      boundaries):
+    raise ConfigError(f'config key optimizer.decay_steps must be increasing positive ints, '
+                      f'got {boundaries!r}')
+  _check_range(config, 'optimizer.decay_factor', 0.0, low_open=True)
+  # Train.
+  for key in ('train.batch_size', 'train.num_steps', 'train.log_every'):
+    _check_type(config, key, int)
+    _check_range(config, key, 1)
+  for key in ('train.checkpoint_every', 'train.keep_checkpoints', 'train.eval_every'):
+    _check_type(config, key, int)
+    _check_range(config, key, 0)
+  if config.optimizer.warmup_steps > config.train.num_steps:
+    raise ConfigError(f'config key optimizer.warmup_steps={config.optimizer.warmup_steps} '
+                      f'exceeds train.num_steps={config.train.num_steps}')
+  _check_type(config, 'train.fix_weights', bool)
+  _check_stages(config)
+  if num_devices is not None and config.train.batch_size % num_devices:
+    raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not '
+                      f'divisible by the device count {num_devices}')
+  if config.train.batch_size % num_processes:
+    raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not '
+                      f'divisible by the process count {num_processes}')
+  # Eval.
+  for key in ('eval.clips_per_video', 'eval.frame_stride', 'eval.batch_size'):
+    _check_type(config, key, int)
+    _check_range(config, key, 1)
+  if num_devices is not None and config.eval.batch_size % num_devices:
+    raise ConfigError(f'config key eval.batch_size={config.eval.batch_size} is not '
+                      f'divisible by the device count {num_devices}')
+  _check_type(config, 'eval.best_metric', str)
+  _check_choice(config, 'eval.best_mode', ('max', 'min'))
+  _check_type(config, 'init_from', str)
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json(indent=2, sort_keys=True)
+
+
+def save(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> pathlib.Path:
+  """Writes `config.json` into `directory` atomically (temp file + rename)."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  path = directory / CONFIG_FILENAME
+  fd, tmp = tempfile.mkstemp(prefix='.config.', dir=directory)
+  with os.fdopen(fd, 'w') as f:
+    f.write(to_json(config))
+  os.replace(tmp, path)
+  return path
+
+
+def _lists_to_tuples(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _lists_to_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_lists_to_tuples(v) for v in value)
+  return value
+
+
+def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Reads the `config.json` saved by `save` (lists come back as tuples)."""
+  path = pathlib.Path(directory) / CONFIG_FILENAME
+  if not path.exists():
+    raise FileNotFoundError(f'no {CONFIG_FILENAME} in {directory}: not a training workdir')
+  with open(path) as f:
+    return ml_collections.ConfigDict(_lists_to_tuples(json.load(f)))
