@@ -1,0 +1,291 @@
+"""Tests of the numpy metrics against hand-built cases and independent references.
+
+The AP reference below is a deliberately plain per-detection loop (no vectorization).
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from stconsist_jax import metrics
+
+
+# ----------------------------------------------------------------------------------
+# Independent references.
+
+
+def _ref_iou(a, b):
+  """IoU of two corner boxes, written out by hand."""
+  ax1, ay1, ax2, ay2 = a
+  bx1, by1, bx2, by2 = b
+  iw = max(0.0, min(ax2, bx2) - max(ax1, bx1))
+  ih = max(0.0, min(ay2, by2) - max(ay1, by1))
+  inter = iw * ih
+  area_a = max(0.0, ax2 - ax1) * max(0.0, ay2 - ay1)
+  area_b = max(0.0, bx2 - bx1) * max(0.0, by2 - by1)
+  union = area_a + area_b - inter
+  return inter / union if union > 0 else 0.0
+
+
+def _ref_ap(dets, gts, thr=0.5):
+  """Straightforward VOC AP: dets = [(frame, score, box)], gts = [(frame, box)].
+
+  Sorts by score (stable), greedily matches each detection to the best-IoU ground truth
+  in its frame, and integrates the precision envelope at each true positive's recall.
+  """
+  if not gts:
+    return float("nan")
+  dets = sorted(dets, key=lambda d: -d[1])
+  used = [False] * len(gts)
+  tps = []
+  for frame, _, box in dets:
+    best, best_iou = -1, -1.0
+    for j, (gframe, gbox) in enumerate(gts):
+      if gframe == frame:
+        iou = _ref_iou(box, gbox)
+        if iou > best_iou:
+          best, best_iou = j, iou
+    if best >= 0 and best_iou >= thr and not used[best]:
+      used[best] = True
+      tps.append(1)
+    else:
+      tps.append(0)
+  precisions, recalls = [], []
+  tp = fp = 0
+  for t in tps:
+    tp += t
+    fp += 1 - t
+    precisions.append(tp / (tp + fp))
+    recalls.append(tp / len(gts))
+  # Area under the envelope: sum over recall steps of the max precision to the right.
+  ap, prev_r = 0.0, 0.0
+  for i, r in enumerate(recalls):
+    if r > prev_r:
+      ap += (r - prev_r) * max(precisions[i:])
+      prev_r = r
+  return ap
+
+
+def _ap(dets, gts):
+  det_frames = np.array([d[0] for d in dets], np.int64)
+  det_scores = np.array([d[1] for d in dets], np.float64)
+  det_boxes = np.array([d[2] for d in dets], np.float64).reshape(-1, 4)
+  gt_frames = np.array([g[0] for g in gts], np.int64)
+  gt_boxes = np.array([g[1] for g in gts], np.float64).reshape(-1, 4)
+  return metrics.average_precision(det_frames, det_scores, det_boxes, gt_frames,
+                                   gt_boxes)
+
+
+A = (0.1, 0.1, 0.4, 0.4)
+B = (0.5, 0.5, 0.9, 0.9)
+A_NEAR = (0.12, 0.1, 0.42, 0.4)  # IoU with A > 0.5
+FAR = (0.6, 0.0, 0.7, 0.1)       # overlaps neither
+
+
+# ----------------------------------------------------------------------------------
+# AP hand-built cases.
+
+
+def test_ap_perfect():
+  gts = [(0, A), (1, B), (2, A)]
+  dets = [(0, 0.9, A), (1, 0.8, B), (2, 0.7, A_NEAR)]
+  assert _ap(dets, gts) == pytest.approx(1.0)
+  assert _ref_ap(dets, gts) == pytest.approx(1.0)
+
+
+def test_ap_all_wrong():
+  gts = [(0, A), (1, B)]
+  dets = [(0, 0.9, FAR), (1, 0.8, A), (2, 0.7, A)]  # wrong place / wrong frame
+  assert _ap(dets, gts) == 0.0
+
+
+def test_ap_duplicates_are_false_positives():
+  gts = [(0, A), (1, B)]
+  # The second detection on frame 0 duplicates the first: FP. Ranks: TP, FP, TP.
+  dets = [(0, 0.9, A), (0, 0.8, A_NEAR), (1, 0.7, B)]
+  # precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1 -> 1/2 * 1 + 1/2 * 2/3.
+  expected = 0.5 + 0.5 * (2 / 3)
+  assert _ap(dets, gts) == pytest.approx(expected)
+  assert _ref_ap(dets, gts) == pytest.approx(expected)
+
+
+def test_ap_missed_box_caps_recall():
+  gts = [(0, A), (1, B), (2, A), (3, B)]
+  dets = [(0, 0.9, A), (1, 0.8, B), (2, 0.7, A)]  # frame 3 never detected
+  assert _ap(dets, gts) == pytest.approx(0.75)
+
+
+def test_ap_ties_keep_input_order():
+  gts = [(0, A)]
+  tp_first = [(0, 0.5, A), (1, 0.5, B)]
+  fp_first = [(1, 0.5, B), (0, 0.5, A)]
+  assert _ap(tp_first, gts) == pytest.approx(1.0)
+  assert _ap(fp_first, gts) == pytest.approx(0.5)
+  assert _ref_ap(fp_first, gts) == pytest.approx(0.5)
+
+
+def test_ap_no_ground_truth_is_nan():
+  assert math.isnan(_ap([(0, 0.5, A)], []))
+
+
+def test_ap_matches_reference_on_random_cases():
+  rng = np.random.default_rng(0)
+  for trial in range(30):
+    n_frames = int(rng.integers(1, 6))
+    gts = []
+    for f in range(n_frames):
+      for _ in range(int(rng.integers(0, 3))):
+        xy = rng.uniform(0, 0.6, 2)
+        wh = rng.uniform(0.1, 0.4, 2)
+        gts.append((f, tuple(np.concatenate([xy, xy + wh]))))
+    dets = []
+    for _ in range(int(rng.integers(0, 10))):
+      f = int(rng.integers(0, n_frames))
+      if gts and rng.uniform() < 0.6:
+        base = np.array(gts[int(rng.integers(len(gts)))][1])
+        box = base + rng.normal(0, 0.05, 4)
+      else:
+        xy = rng.uniform(0, 0.6, 2)
+        box = np.concatenate([xy, xy + rng.uniform(0.1, 0.4, 2)])
+      # Coarse scores make ties frequent.
+      dets.append((f, float(np.round(rng.uniform(), 1)), tuple(box)))
+    got, ref = _ap(dets, gts), _ref_ap(dets, gts)
+    if math.isnan(ref):
+      assert math.isnan(got), trial
+    else:
+      assert got == pytest.approx(ref, abs=1e-12), trial
+
+
+def test_voc_ap_is_all_point_interpolation():
+  # precision 1, 0.5, 0.667 at recall 0.5, 0.5, 1.0 -> envelope 1 then 0.667.
+  assert metrics.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == \
+      pytest.approx(0.5 + 0.5 * 2 / 3)
+  # The 11-point VOC2007 value would be (6 * 1 + 5 * 2/3) / 11 = 0.8485; not this.
+  assert metrics.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) != \
+      pytest.approx((6 + 5 * 2 / 3) / 11)
+
+
+def test_frame_map_over_classes_with_ground_truth():
+  # Three classes; class 2 has no GT and must not count.
+  det_frames = np.array([0, 1])
+  det_boxes = np.array([A, B])
+  det_scores = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0]])
+  gt_frames = np.array([0, 1])
+  gt_labels = np.array([0, 1])
+  gt_boxes = np.array([A, B])
+  out = metrics.frame_map(det_frames, det_scores, det_boxes, gt_frames, gt_labels,
+                          gt_boxes, num_classes=3)
+  # Class 0: dets ranked (f0 TP 0.9, f1 FP 0.2) -> AP 1. Class 1: (f1 TP 0.8, f0 FP) -> 1.
+  assert out["classes_with_gt"] == [0, 1]
+  np.testing.assert_allclose(out["per_class_ap"][:2], [1.0, 1.0])
+  assert math.isnan(out["per_class_ap"][2])
+  assert out["frame_map"] == pytest.approx(1.0)
+  # Swap the boxes: class 0's only detection on frame 0 is now wrong.
+  out = metrics.frame_map(det_frames, det_scores, det_boxes[::-1], gt_frames,
+                          gt_labels, gt_boxes, num_classes=3)
+  assert out["frame_map"] == pytest.approx(0.0)
+
+
+def test_frame_keys_distinguish_videos():
+  keys = metrics.frame_keys(np.array([0, 1, 1]), np.array([5, 5, 6]))
+  assert len(set(keys.tolist())) == 3
+
+
+# ----------------------------------------------------------------------------------
+# IoU.
+
+
+@pytest.mark.parametrize("a,b,expected", [
+    ((0, 0, 1, 1), (2, 2, 1, 1), 0.0),            # no overlap
+    ((0, 0, 1, 1), (1, 0, 1, 1), 0.0),            # touching edge
+    ((0, 0, 1, 1), (0.25, 0.25, 0.5, 0.5), 0.25),  # containment
+    ((0, 0, 1, 1), (0, 0, 1, 1), 1.0),            # identical
+    ((0, 0, 1, 1), (0.5, 0, 1, 1), 0.5 / 1.5),     # half shifted
+    ((0.2, 0.2, 0, 0), (0, 0, 1, 1), 0.0),        # zero-area inside
+    ((0.2, 0.2, 0, 0), (0.2, 0.2, 0, 0), 0.0),    # two zero-area boxes: no NaN
+])
+def test_box_iou_edge_cases(a, b, expected):
+  got = metrics.box_iou(np.array([a], float), np.array([b], float))
+  assert got.shape == (1,)
+  assert got[0] == pytest.approx(expected)
+  ref = _ref_iou(metrics.xywh_to_corners(np.array(a, float)),
+                 metrics.xywh_to_corners(np.array(b, float)))
+  assert got[0] == pytest.approx(ref)
+
+
+def test_mean_iou_only_over_clips_with_a_target():
+  pred = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]], float)
+  target = np.array([[0, 0, 1, 1], [5, 5, 1, 1], [0.25, 0.25, 0.5, 0.5]], float)
+  assert metrics.mean_iou(pred, target, [True, False, True]) == pytest.approx(0.625)
+  assert metrics.mean_iou(pred, target, [True, True, True],
+                          valid=[False, True, True]) == pytest.approx(0.125)
+  assert math.isnan(metrics.mean_iou(pred, target, [False] * 3))
+
+
+# ----------------------------------------------------------------------------------
+# Classification.
+
+
+def test_topk_and_accuracy_with_valid_mask():
+  scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5],
+                     [0.9, 0.05, 0.05]])
+  labels = np.array([1, 1, 0, 2])
+  # top-1 correct: row 0 only; top-2: rows 0, 1.
+  assert metrics.accuracy(scores, labels, 1) == pytest.approx(0.25)
+  assert metrics.accuracy(scores, labels, 2) == pytest.approx(0.5)
+  assert metrics.accuracy(scores, labels, 3) == pytest.approx(1.0)
+  valid = np.array([True, True, False, False])
+  assert metrics.accuracy(scores, labels, 1, valid) == pytest.approx(0.5)
+  assert math.isnan(metrics.accuracy(scores, labels, 1, np.zeros(4, bool)))
+
+
+def test_video_accuracy_averages_clip_softmax():
+  # Video 7: clips vote 0 (weakly, twice) and 1 (strongly, once); the mean says 1.
+  probs = np.array([[0.55, 0.45], [0.55, 0.45], [0.0, 1.0], [0.9, 0.1], [0.3, 0.7]])
+  labels = np.array([1, 1, 1, 0, 0])
+  vids = np.array([7, 7, 7, 3, 3])
+  valid = np.array([True, True, True, True, False])  # padding row ignored
+  vid_ids, mean_probs, vlabels = metrics.video_predictions(probs, labels, vids, valid)
+  np.testing.assert_array_equal(vid_ids, [3, 7])
+  np.testing.assert_allclose(mean_probs, [[0.9, 0.1], [1.1 / 3, 1.9 / 3]])
+  np.testing.assert_array_equal(vlabels, [0, 1])
+  assert metrics.video_accuracy(probs, labels, vids, valid) == 1.0
+  # Majority-of-clips voting would say 0 for video 7: accuracy 0.5.
+  with pytest.raises(ValueError, match="different labels"):
+    metrics.video_accuracy(probs, np.array([1, 0, 1, 0, 0]), vids)
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+  labels = np.array([0, 0, 1, 2, 2, 2])
+  preds = np.array([0, 1, 1, 2, 0, 2])
+  cm = metrics.confusion_matrix(labels, preds, 4)
+  ref = np.zeros((4, 4), int)
+  for t, p in zip(labels, preds):
+    ref[t, p] += 1
+  np.testing.assert_array_equal(cm, ref)
+  acc = metrics.per_class_accuracy(cm)
+  np.testing.assert_allclose(acc[:3], [0.5, 1.0, 2 / 3])
+  assert math.isnan(acc[3])
+  with pytest.raises(ValueError, match="labels must lie"):
+    metrics.confusion_matrix(np.array([5]), np.array([0]), 4)
+
+
+def test_class_index_map_by_name():
+  names = ["ApplyEyeMakeup"] + list(reversed(metrics.UCF101_24_CLASSES))
+  idx = metrics.class_index_map(names)
+  assert [names[i] for i in idx] == list(metrics.UCF101_24_CLASSES)
+  with pytest.raises(ValueError, match="Basketball"):
+    metrics.class_index_map(["ApplyEyeMakeup"])
+
+
+def test_class_index_map_matches_real_class_list(ucf24_dir):
+  names = (ucf24_dir / "classes.txt").read_text().split()
+  assert tuple(names) == metrics.UCF101_24_CLASSES
+
+
+def test_frame_detection_scores_softmax_over_all_classes():
+  logits = np.array([[2.0, 0.0, 1.0, -1.0]])
+  p = np.exp(logits) / np.exp(logits).sum()
+  got = metrics.frame_detection_scores(logits, np.array([2, 0]))
+  np.testing.assert_allclose(got, p[:, [2, 0]])
