@@ -1,0 +1,19 @@
+"""Models: the 3D-ResNets-PyTorch backbone family, classifier/detector heads, pretrained weights.
+
+Import from here; the submodules hold the details.
+"""
+
+from stconsist_jax.models.detector import build_model
+from stconsist_jax.models.detector import Detector
+from stconsist_jax.models.detector import NORMALIZATION_PRESETS
+from stconsist_jax.models.detector import normalize
+from stconsist_jax.models.detector import VideoClassifier
+from stconsist_jax.models.pretrained import load_pretrained
+from stconsist_jax.models.pretrained import merge_pretrained
+from stconsist_jax.models.pretrained import MergeReport
+from stconsist_jax.models.resnet3d import ResNet3D
+
+__all__ = [
+    "build_model", "Detector", "NORMALIZATION_PRESETS", "normalize", "VideoClassifier",
+    "load_pretrained", "merge_pretrained", "MergeReport", "ResNet3D",
+]
