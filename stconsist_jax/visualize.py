@@ -181,9 +181,16 @@ CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("loss terms", ("loss", "total", "cls", "loc", "con", "con_cls", "con_loc")),
     ("accuracy", ("accuracy", "train_accuracy", "eval_clip_accuracy")),
     ("IoU", ("iou", "train_iou", "eval_mean_iou")),
-    ("consistency weight w(t)", ("w_t", "w(t)", "ramp", "consistency_weight")),
+    ("consistency weight w(t)", ("w", "w_t", "w(t)", "ramp", "consistency_weight")),
 )
 _SKIP_KEYS = ("step", "time", "timestamp", "wall_time")
+
+
+def last_record_per_step(records: Sequence[Dict[str, Any]]
+                         ) -> List[Dict[str, Any]]:
+  """Sorted by step; a step logged twice (a resumed run) keeps its last record."""
+  by_step = {int(r["step"]): r for r in records}
+  return [by_step[s] for s in sorted(by_step)]
 
 
 def _series(records: Sequence[Dict[str, Any]], key: str
@@ -206,6 +213,7 @@ def training_curves(records: Sequence[Dict[str, Any]],
 
   if not records:
     raise ValueError("training_curves: no logged records to plot")
+  records = last_record_per_step(records)
   keys = []
   for r in records:
     for k, v in r.items():

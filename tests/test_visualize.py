@@ -111,12 +111,18 @@ def _write_jsonl(path, records, tail=""):
 def test_training_curves_png(tmp_path):
   records = [{"step": s, "loss": 3.0 / (s + 1), "cls": 2.0 / (s + 1),
               "loc": 0.1, "con_cls": 0.001, "con_loc": 0.002,
-              "w_t": min(1.0, s / 5), "accuracy": s / 10, "iou": s / 20,
+              "w": min(1.0, s / 5), "accuracy": s / 10, "iou": s / 20,
               "lr": 0.01} for s in range(10)]
   metrics_path = tmp_path / "metrics.jsonl"
   # A run killed mid-write leaves a truncated last line: it is skipped.
   _write_jsonl(metrics_path, records, tail='{"step": 10, "lo')
   assert len(visualize.read_metrics_jsonl(metrics_path)) == 10
+  # A resumed run logs steps 5..9 again (the logger appends): the later record wins.
+  resumed = [dict(r, loss=-1.0) for r in records[5:]]
+  deduped = visualize.last_record_per_step(records + resumed)
+  assert [r["step"] for r in deduped] == list(range(10))
+  assert [r["loss"] for r in deduped[5:]] == [-1.0] * 5
+  assert deduped[4]["loss"] == records[4]["loss"]
   out = visualize.write_training_curves(metrics_path, tmp_path / "curves.png")
   img = np.asarray(Image.open(out).convert("RGB"))
   # 5 panels (loss terms, accuracy, IoU, w(t), lr) in 3 columns -> 2 rows of 300 px.
