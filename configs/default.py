@@ -36,8 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv1_t_stride = 1
   config.model.no_max_pool = False
   config.model.num_classes = 101  # Must equal data.classes.
-  config.model.box_head = 'model2'  # 'model1' (16-4) or 'model2' (256-64-8-4).
-  config.model.normalization = 'kinetics2020'  # Input preset: 'kinetics2017', 'kinetics2020', 'none'.
+  config.model.box_head = 'mlp'  # 'mlp' (study), 'spatial' (central feature map) or 'none'.
+  config.model.box_hidden = (256, 64, 8)  # Model-2; Model-1 is (16,). Then Dense 4 + sigmoid.
+  config.model.box_activation = 'none'  # Between hidden layers (the study found none best).
+  # Input preset the weights expect: 'kinetics' (2020 release), 'activitynet_0_255'
+  # (2017 release), 'imagenet', 'scale_0_1'.
+  config.model.normalization = 'kinetics'
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
 
   # Losses (stconsist_jax.losses): L = cls + loc + w(t) * (con_cls + con_loc), each weighted.

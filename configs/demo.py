@@ -20,7 +20,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.shortcut_type = 'A'
   config.model.conv1_t_size = 3
   config.model.no_max_pool = True
-  config.model.normalization = 'kinetics2020'
   config.loss.rampup_steps = 100
   config.optimizer.lr = 0.05
   config.optimizer.weight_decay = 1e-4

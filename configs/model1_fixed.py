@@ -10,5 +10,5 @@ from configs import model2_fixed
 
 def get_config() -> ml_collections.ConfigDict:
   config = model2_fixed.get_config()
-  config.model.box_head = 'model1'
+  config.model.box_hidden = (16,)
   return config

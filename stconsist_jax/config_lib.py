@@ -15,8 +15,6 @@ import ml_collections
 
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
-BOX_HEADS = ('model1', 'model2')
-NORMALIZATIONS = ('kinetics2017', 'kinetics2020', 'none')
 DTYPES = ('float32', 'bfloat16')
 CON_CLS = ('js', 'csd')
 DEPTHS = (10, 18, 34, 50, 101, 152, 200)
@@ -137,8 +135,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   if config.model.num_classes != config.data.classes:
     raise ConfigError(f'config key model.num_classes={config.model.num_classes} differs from '
                       f'data.classes={config.data.classes}')
-  _check_choice(config, 'model.box_head', BOX_HEADS)
-  _check_choice(config, 'model.normalization', NORMALIZATIONS)
+  from stconsist_jax.models import detector  # pylint: disable=g-import-not-at-top
+  _check_choice(config, 'model.box_head', detector.BOX_HEADS)
+  hidden = _check_type(config, 'model.box_hidden', (tuple, list))
+  if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
+    raise ConfigError(f'config key model.box_hidden must be a non-empty tuple of positive '
+                      f'ints, got {hidden!r}')
+  _check_choice(config, 'model.box_activation', tuple(detector.ACTIVATIONS))
+  _check_choice(config, 'model.normalization', tuple(sorted(detector.NORMALIZATION_PRESETS)))
   _check_choice(config, 'model.dtype', DTYPES)
   # Loss.
   for term in LOSS_TERMS:

@@ -1,0 +1,158 @@
+"""Orbax checkpoints in one place: periodic async saves, last K + best, resume, eval restore.
+
+Layout of a workdir:
+  config.json                 the run's config (saved before the first step)
+  checkpoints/<step>/         items 'variables' {params, batch_stats} and 'train'
+                              {opt_state, step, rng}; the last `keep` are kept
+  best/<step>/                'variables' + 'metrics' of the best evaluation so far
+Orbax writes each step into a temporary directory and renames it when complete, so a
+crash never leaves a half-written checkpoint that a resume would pick up. The data
+stream is a pure function of (seed, step): the step alone restores the pipeline position.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any, Mapping
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from stconsist_jax import config_lib
+
+CHECKPOINT_DIR = 'checkpoints'
+BEST_DIR = 'best'
+
+
+def _abstract(tree: Any) -> Any:
+  """Target for restoring into the shardings of `tree`'s arrays."""
+  def leaf(x):
+    if isinstance(x, jax.Array):
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return x
+  return jax.tree.map(leaf, tree)
+
+
+def _host_abstract(metadata: Any) -> Any:
+  """Metadata tree -> numpy restore target (single-host arrays, whatever saved them)."""
+  return jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)
+
+
+class Checkpointer:
+  """Periodic checkpoints (last `keep`) plus the best one by an evaluation metric."""
+
+  def __init__(self, workdir: str | os.PathLike, *, keep: int = 3,
+               best_metric: str = 'video_accuracy', best_mode: str = 'max',
+               async_save: bool = True):
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.best_metric = best_metric
+    self._manager = ocp.CheckpointManager(
+        self.workdir / CHECKPOINT_DIR,
+        item_names=('variables', 'train'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep if keep > 0 else None, create=True,
+            enable_async_checkpointing=async_save))
+    self._best = ocp.CheckpointManager(
+        self.workdir / BEST_DIR,
+        item_names=('variables', 'metrics'),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: float(m[best_metric]),
+            best_mode=best_mode, keep_checkpoints_without_metrics=False,
+            enable_async_checkpointing=False))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: Any) -> None:
+    """Starts an async save of a TrainState at `step` (no-op if that step exists)."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(
+            {'params': state.params, 'batch_stats': state.batch_stats}),
+        train=ocp.args.StandardSave(
+            {'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng})),
+        force=True)
+
+  def restore(self, state: Any, step: int | None = None) -> Any:
+    """`state` with every field restored from `step` (default latest), same shardings."""
+    step = self.latest_step() if step is None else step
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(
+            _abstract({'params': state.params, 'batch_stats': state.batch_stats})),
+        train=ocp.args.StandardRestore(
+            _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng}))))
+    v, t = restored['variables'], restored['train']
+    return state.replace(params=v['params'], batch_stats=v['batch_stats'],
+                         opt_state=t['opt_state'], step=t['step'], rng=t['rng'])
+
+  def save_best(self, step: int, state: Any, metrics: Mapping[str, float]) -> bool:
+    """Offers an evaluated state to the 'best' slot; returns whether it was kept."""
+    if self.best_metric not in metrics:
+      raise KeyError(f'eval.best_metric {self.best_metric!r} not among the evaluation '
+                     f'metrics {sorted(metrics)}')
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self._best.save(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardSave(
+            {'params': state.params, 'batch_stats': state.batch_stats}),
+        metrics=ocp.args.JsonSave(metrics)), metrics=metrics, force=True)
+    self._best.wait_until_finished()
+    return self._best.best_step() == step
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+    self._best.close()
+
+
+def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
+                     ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """(config, {'params', 'batch_stats'} as numpy, step) of a training workdir.
+
+  `step` is an int, 'latest' (newest periodic checkpoint) or 'best' (best evaluation).
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  config = config_lib.load(workdir)
+  subdir = BEST_DIR if step == 'best' else CHECKPOINT_DIR
+  manager = ocp.CheckpointManager(
+      workdir / subdir, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_names=('variables',))
+  steps = manager.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'no checkpoints under {workdir / subdir}')
+  if step in ('latest', 'best'):
+    step = max(steps)
+  elif step not in steps:
+    raise FileNotFoundError(f'no checkpoint for step {step} under {workdir / subdir}; '
+                            f'available: {sorted(steps)}')
+  metadata = manager.item_metadata(step)['variables']
+  restored = manager.restore(step, args=ocp.args.Composite(
+      variables=ocp.args.StandardRestore(_host_abstract(metadata))))
+  manager.close()
+  variables = jax.tree.map(np.asarray, restored['variables'])
+  logging.info('Restored %s step %d from %s', subdir, step, workdir)
+  return config, variables, int(step)
+
+
+def is_training_workdir(path: str | os.PathLike) -> bool:
+  path = pathlib.Path(path)
+  return (path / config_lib.CONFIG_FILENAME).exists() and (path / CHECKPOINT_DIR).is_dir()
+
+
+def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
+  """Variables to start from: a converted checkpoint dir or another run's workdir."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'init_from: {path} does not exist (expected a directory written '
+                            f'by tools/convert_torch_weights.py or a training workdir)')
+  if is_training_workdir(path):
+    _, variables, _ = restore_for_eval(path, 'latest')
+    return variables
+  from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+  return models.load_pretrained(path)

@@ -1,0 +1,129 @@
+"""Training logs: a console line per interval, a progress bar on a TTY, TensorBoard, JSON lines.
+
+Only process 0 writes. TensorBoard goes through tensorboardX (no TensorFlow needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+from absl import logging
+import numpy as np
+
+METRICS_FILENAME = 'metrics.jsonl'
+CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'iou', 'lr')
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+class MetricLogger:
+  """Writes per-step metrics (JSON lines) and interval summaries (console, TensorBoard).
+
+  Attributes:
+    workdir: where `metrics.jsonl` and the TensorBoard event files go.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int,
+               batch_size: int, enabled: bool = True, progress_bar: bool | None = None):
+    self.workdir = pathlib.Path(workdir)
+    self.enabled = enabled
+    self._total_steps = total_steps
+    self._batch_size = batch_size
+    self._interval: list[Mapping[str, float]] = []
+    self._interval_start = (start_step, time.monotonic())
+    self._writer = None
+    self._bar = None
+    self._jsonl = None
+    if not enabled:
+      return
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(self.workdir / METRICS_FILENAME, 'a')
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._writer = SummaryWriter(str(self.workdir / 'tensorboard'))
+    if progress_bar is None:
+      progress_bar = sys.stdout.isatty()
+    if progress_bar:
+      import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
+                            dynamic_ncols=True)
+
+  def write_steps(self, records: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
+    """Appends one JSON line per step and accumulates the interval's mean."""
+    for step, metrics in records:
+      values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+      self._interval.append(values)
+      if self._jsonl is not None:
+        self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    if self._bar is not None and records:
+      self._bar.update(len(records))
+      last = self._interval[-1]
+      self._bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
+
+  def write_interval(self, step: int) -> dict[str, float]:
+    """Console line + TensorBoard scalars of the mean over the steps since the last call."""
+    if not self._interval:
+      return {}
+    keys = self._interval[0].keys()
+    means = {k: float(np.mean([m[k] for m in self._interval])) for k in keys}
+    start_step, start_time = self._interval_start
+    elapsed = max(time.monotonic() - start_time, 1e-9)
+    steps_per_s = (step - start_step) / elapsed
+    means['clips_per_s'] = steps_per_s * self._batch_size
+    self._interval = []
+    self._interval_start = (step, time.monotonic())
+    if not self.enabled:
+      return means
+    eta = (self._total_steps - step) / max(steps_per_s, 1e-9)
+    parts = [f'{k}={means[k]:.4g}' for k in CONSOLE_KEYS if k in means]
+    line = (f'step {step}/{self._total_steps} ' + ' '.join(parts) +
+            f" clips/s={means['clips_per_s']:.1f} ETA {_format_seconds(eta)}")
+    if self._bar is not None:
+      self._bar.write(line)
+    else:
+      logging.info('%s', line)
+    for k, v in means.items():
+      self._writer.add_scalar(f'train/{k}', v, step)
+    self._writer.flush()
+    return means
+
+  def write_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.enabled:
+      return
+    values = {k: float(np.asarray(v)) for k, v in metrics.items()}
+    logging.info('eval step %d: %s', step,
+                 ' '.join(f'{k}={v:.4g}' for k, v in sorted(values.items())))
+    for k, v in values.items():
+      self._writer.add_scalar(f'eval/{k}', v, step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    if self._writer is not None:
+      self._writer.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+
+
+def read_metrics(workdir: str | os.PathLike) -> dict[int, dict[str, float]]:
+  """step -> metrics from `metrics.jsonl`; a step logged twice (after a resume) keeps the last."""
+  out: dict[int, dict[str, float]] = {}
+  path = pathlib.Path(workdir) / METRICS_FILENAME
+  if path.exists():
+    for line in path.read_text().splitlines():
+      if line.strip():
+        record = json.loads(line)
+        out[int(record.pop('step'))] = record
+  return out
