@@ -12,6 +12,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["data_fixtures"]
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_UCF24 = REPO_ROOT.parent / "shared" / "data" / "ucf101_24"
 

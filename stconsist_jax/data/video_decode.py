@@ -1,0 +1,66 @@
+"""Video decoding for dataset builds: one .avi -> resized JPEG-encoded RGB frames.
+
+Imports only OpenCV and numpy, so the builder's worker processes start fast and carry
+no TensorFlow state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeTask:
+  path: str  # the video name `Class/v_...` (no extension)
+  file: str  # the .avi file to read
+  frame_size: int
+  jpeg_quality: int = 90
+
+
+@dataclasses.dataclass
+class DecodedVideo:
+  path: str
+  frames: list[bytes]  # JPEG bytes of RGB frames, frame_size x frame_size
+  height: int = 0  # original frame size
+  width: int = 0
+  error: str | None = None
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.frames)
+
+
+def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
+  """Squashes a frame to size x size (area averaging when shrinking)."""
+  h, w = frame.shape[:2]
+  interp = cv2.INTER_AREA if size <= min(h, w) else cv2.INTER_LINEAR
+  return cv2.resize(frame, (size, size), interpolation=interp)
+
+
+def decode_video(task: DecodeTask) -> DecodedVideo:
+  """Decodes every frame; never raises (a problem is returned in `error`)."""
+  try:
+    cap = cv2.VideoCapture(task.file)
+    if not cap.isOpened():
+      return DecodedVideo(task.path, [], error=f"OpenCV cannot open {task.file}")
+    frames, height, width = [], 0, 0
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(task.jpeg_quality)]
+    while True:
+      ok, bgr = cap.read()
+      if not ok:
+        break
+      height, width = bgr.shape[:2]
+      ok, jpeg = cv2.imencode(".jpg", resize_frame(bgr, task.frame_size), params)
+      if not ok:
+        return DecodedVideo(task.path, [], error=f"JPEG encoding failed in {task.file}")
+      frames.append(jpeg.tobytes())
+    cap.release()
+    if not frames:
+      return DecodedVideo(task.path, [], error=f"no decodable frames in {task.file}")
+    return DecodedVideo(task.path, frames, height, width)
+  except Exception as e:  # pylint: disable=broad-except
+    # A worker must report, not crash, so the build can skip this video.
+    return DecodedVideo(task.path, [], error=f"{type(e).__name__}: {e} ({task.file})")
