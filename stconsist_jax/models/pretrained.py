@@ -232,11 +232,14 @@ def check_fit(shapes: Mapping[str, tuple[int, ...]],
     shown = ", ".join(fmt(k) for k in keys[:limit])
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
+  def modules(keys):  # 'layer1.2.bn1.weight', 'layer1.2.bn1.bias' -> 'layer1.2.bn1.*'
+    return sorted({k.rpartition(".")[0] + ".*" if "." in k else k for k in keys})
+
   parts = []
   if missing:
-    parts.append(f"{len(missing)} missing ({listing(missing)})")
+    parts.append(f"{len(missing)} missing ({listing(modules(missing))})")
   if unexpected:
-    parts.append(f"{len(unexpected)} unexpected ({listing(unexpected)})")
+    parts.append(f"{len(unexpected)} unexpected ({listing(modules(unexpected))})")
   if misshaped:
     parts.append(f"{len(misshaped)} mis-shaped (" + listing(
         misshaped, lambda k: f"{k}: file {tuple(shapes[k])} vs model {tuple(expected[k])}")
