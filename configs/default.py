@@ -14,17 +14,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Input pipeline (stconsist_jax.data.pipeline). The stream is a pure function of
   # (seed, step), so resuming restarts it at the restored step.
   config.data = ml_collections.ConfigDict()
-  config.data.name = 'ucf101_stconsist'  # TFDS name; 'synthetic' for generated data.
+  # TFDS name; 'synthetic' = generated videos; 'random' = random arrays, no TF (smoke runs).
+  config.data.name = 'ucf101_stconsist'
   config.data.data_dir = ''  # TFDS data_dir ('' = TFDS default).
   config.data.split = 1  # UCF-101 train/test split (only 1 has UCF101-24 boxes).
   config.data.frame_size = 128  # Stored frame size of the TFDS builder config.
   config.data.image_size = 128  # Clip height/width fed to the model.
   config.data.num_frames = 16  # Frames per clip.
   config.data.frame_stride = 1  # Temporal stride between clip frames.
-  config.data.classes = 101  # 101 (UCF-101) or 24 (UCF101-24 classes only).
+  config.data.classes = 101  # 101 (UCF-101) or 24 (UCF101-24 videos, 24-way labels).
   config.data.box_label_fraction = 1.0  # Fraction of annotated videos whose boxes are kept.
   config.data.labeled_per_batch = 0  # Clips with a box per batch (0 = natural mix).
-  config.data.scale_augment = False  # Random scale crop before resizing.
+  config.data.scale_augment = (1.0, 1.0)  # Crop side / frame side (min, max); (1, 1) = off.
   config.data.shuffle_buffer = 512
 
   # Model (stconsist_jax.models.build_model).

@@ -11,7 +11,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.data.name = 'synthetic'
-  config.data.frame_size = 48
+  config.data.frame_size = 32
   config.data.image_size = 32
   config.data.num_frames = 8
   config.data.shuffle_buffer = 64

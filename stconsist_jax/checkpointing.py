@@ -37,9 +37,11 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(leaf, tree)
 
 
-def _host_abstract(metadata: Any) -> Any:
-  """Metadata tree -> numpy restore target (single-host arrays, whatever saved them)."""
-  return jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata)
+def _local_abstract(metadata: Any) -> Any:
+  """Metadata tree -> target on this process's first device, whatever topology saved it."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                      metadata)
 
 
 class Checkpointer:
@@ -122,7 +124,7 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
   subdir = BEST_DIR if step == 'best' else CHECKPOINT_DIR
   manager = ocp.CheckpointManager(
       workdir / subdir, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_names=('variables',))
+      item_handlers={'variables': ocp.StandardCheckpointHandler()})
   steps = manager.all_steps()
   if not steps:
     raise FileNotFoundError(f'no checkpoints under {workdir / subdir}')
@@ -133,9 +135,9 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
                             f'available: {sorted(steps)}')
   metadata = manager.item_metadata(step)['variables']
   restored = manager.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(_host_abstract(metadata))))
+      variables=ocp.args.StandardRestore(_local_abstract(metadata))))
   manager.close()
-  variables = jax.tree.map(np.asarray, restored['variables'])
+  variables = jax.tree.map(np.asarray, jax.device_get(restored['variables']))
   logging.info('Restored %s step %d from %s', subdir, step, workdir)
   return config, variables, int(step)
 

@@ -118,7 +118,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
   _check_type(config, 'data.labeled_per_batch', int)
   _check_range(config, 'data.labeled_per_batch', 0, config.train.batch_size)
-  _check_type(config, 'data.scale_augment', bool)
+  scale = _get(config, 'data.scale_augment')
+  if not isinstance(scale, bool) and not (
+      isinstance(scale, (tuple, list)) and len(scale) == 2
+      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+      and 0 < scale[0] <= scale[1] <= 1):
+    raise ConfigError(f'config key data.scale_augment must be (min, max) with '
+                      f'0 < min <= max <= 1 (or a bool), got {scale!r}')
   if config.data.image_size > config.data.frame_size:
     raise ConfigError(f'config key data.image_size={config.data.image_size} exceeds '
                       f'data.frame_size={config.data.frame_size}')

@@ -1,0 +1,121 @@
+"""The one entry point: train, evaluate, or both, from an ml_collections config file.
+
+  python launch.py --config=configs/model2.py --workdir=workdirs/model2 \
+      --config.optimizer.lr=0.01 --mode=train_and_eval
+
+Multi-host: jax.distributed is initialized when Slurm/TPU-pod environments are detected,
+with --distributed, or with explicit --coordinator_address/--num_processes/--process_id.
+"""
+
+import importlib.util
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (configs/*.py); override fields with --config.a.b=value.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and config.json.')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'train_and_eval'],
+                          'What to run.')
+_EVAL_STEP = flags.DEFINE_string('eval_step', 'latest',
+                                 "--mode=eval: a step number, 'latest' or 'best'.")
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Force jax.distributed.initialize() (auto-detected on '
+                                 'Slurm and TPU pods).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0 (multi-process without a '
+                                   'cluster environment).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
+
+
+def _evaluate_module():
+  from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  # Imported here so that --help and flag errors come back without loading JAX.
+  import jax  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         force=_DISTRIBUTED.value)
+  try:
+    config_lib.validate(config, num_devices=jax.device_count(),
+                        num_processes=jax.process_count())
+  except config_lib.ConfigError as e:
+    logging.error('invalid config: %s', e)
+    print(f'invalid config: {e}', file=sys.stderr)
+    sys.exit(2)
+  logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
+               jax.device_count(), jax.devices()[0].platform)
+
+  if _MODE.value == 'eval':
+    _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value)
+    return
+  evaluate_fn = _evaluate_module().evaluate_fn if _MODE.value == 'train_and_eval' else None
+  try:
+    train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn)
+  except train.Preempted as e:
+    logging.warning('%s', e)
+    print(str(e), file=sys.stderr)
+    sys.exit(EXIT_PREEMPTED)
+  except train.NonFiniteLossError as e:
+    logging.error('%s', e)
+    print(str(e), file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_flags(argv):
+  """absl flag parsing with one clear line for bad --config.* overrides (no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'FATAL flags parsing error: {e}', file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # ml_collections raises these for unknown keys and type mismatches of overrides.
+    keys = [a[2:].split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+    missing = [k for k in keys if _missing_key(argv, k[len('config.'):])]
+    where = (f'config key {missing[0][len("config."):]!r} does not exist' if missing
+             else f'bad override among {keys}')
+    hint = re.search(r'Did you mean "([^"]+)"', str(e))
+    detail = f' (did you mean {hint.group(1)!r}?)' if hint else f' ({e})'
+    print(f'invalid config: {where}{detail}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _missing_key(argv, dotted: str) -> bool:
+  """Whether `dotted` names no field of the config file given by --config=."""
+  path = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
+  if path is None:
+    return False
+  try:
+    spec = importlib.util.spec_from_file_location('_launch_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    node = module.get_config()
+  except Exception:  # pylint: disable=broad-except
+    return False
+  for part in dotted.split('.'):
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return True
+    node = node[part]
+  return False
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main, flags_parser=parse_flags)
