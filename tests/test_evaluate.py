@@ -1,0 +1,195 @@
+"""Tests of restore -> evaluate -> reports on a tiny model and the synthetic TFDS dataset.
+
+Checks determinism (twice, and 1 vs 8 simulated devices), report contents and counts
+against the dataset's ground truth, the error cases, and tools/compare_reports.py.
+"""
+
+import importlib.util
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import demo
+from stconsist_jax import checkpointing
+from stconsist_jax import config_lib
+from stconsist_jax import distributed
+from stconsist_jax import evaluate
+from stconsist_jax import models
+from stconsist_jax import train
+
+
+def _config(tfds_fixture, box_hidden=(8,)):
+  config = demo.get_config()
+  config.data.name = f"ucf101_stconsist/{tfds_fixture.config_name}"
+  config.data.data_dir = str(tfds_fixture.data_dir)
+  config.data.frame_size = tfds_fixture.frame_size
+  config.data.image_size = 32
+  config.data.num_frames = 8
+  config.model.num_classes = tfds_fixture.num_classes
+  config.model.box_hidden = box_hidden
+  config.eval.batch_size = 8
+  config.eval.clips_per_video = 2
+  config.eval.frame_stride = 4
+  return config
+
+
+def _make_workdir(path, config, steps=(1, 2)):
+  """A training workdir with checkpoints at `steps` (freshly initialized weights)."""
+  mesh = distributed.make_mesh()
+  model = models.build_model(config.model)
+  state = train.create_train_state(config, model, mesh)
+  config_lib.save(config, path)
+  ckpt = checkpointing.Checkpointer(path, keep=5, async_save=False)
+  for s in steps:
+    ckpt.save(s, state)
+  ckpt.wait()
+  ckpt.close()
+  (path / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "loss": 2.0 / s, "cls": 1.5 / s, "w": s / 10}) + "\n"
+      for s in range(1, 11)))
+  return path
+
+
+def _streams(config, tfds_fixture):
+  return evaluate.pipeline_streams(
+      config, annotated_class_names=tfds_fixture.truth.annotated_class_names)
+
+
+@pytest.fixture(scope="module")
+def run(synthetic_tfds, tmp_path_factory):
+  config = _config(synthetic_tfds)
+  workdir = _make_workdir(tmp_path_factory.mktemp("run") / "tiny_run", config)
+  return config, workdir
+
+
+def test_evaluate_writes_reports_and_is_deterministic(run, synthetic_tfds):
+  config, workdir = run
+  streams = _streams(config, synthetic_tfds)
+  report = evaluate.evaluate(config, workdir, "latest", streams=streams)
+  out_dir = workdir / "eval" / "2"
+  assert sorted(p.name for p in out_dir.iterdir()) == [
+      "clips.png", "curves.png", "report.json", "report.md"]
+  on_disk = json.loads((out_dir / "report.json").read_text())
+  assert on_disk == json.loads(json.dumps(report))
+  for key in ("clip_accuracy", "clip_top5", "video_accuracy", "mean_iou", "frame_map",
+              "per_class_ap", "per_class_accuracy", "protocol", "checkpoint_step",
+              "config_hash"):
+    assert key in on_disk, key
+  assert on_disk["checkpoint_step"] == 2
+  # Counts from the dataset's own ground truth: every test video once, K clips each.
+  truth = synthetic_tfds.truth
+  test_videos = synthetic_tfds.builder.info.splits["test"].num_examples
+  counts = on_disk["counts"]
+  assert counts["num_videos"] == test_videos
+  assert counts["num_clips"] == 2 * test_videos
+  assert set(on_disk["per_class_ap"]) == set(truth.annotated_class_names)
+  for key in ("clip_accuracy", "clip_top5", "video_accuracy", "mean_iou", "frame_map"):
+    assert 0.0 <= on_disk[key] <= 1.0, key
+  assert on_disk["clip_top5"] >= on_disk["clip_accuracy"]
+  cm = np.array(on_disk["confusion_matrix"])
+  assert cm.sum() == counts["num_clips"]
+  assert np.trace(cm) / cm.sum() == pytest.approx(on_disk["clip_accuracy"])
+  md = (out_dir / "report.md").read_text()
+  assert "frame-mAP" in md and "clips.png" in md
+  sheet = np.asarray(Image.open(out_dir / "clips.png").convert("RGB"))
+  assert sheet.ndim == 3 and sheet.std() > 5
+  # Green ground-truth and red predicted outlines are drawn.
+  assert np.all(sheet == (0, 255, 0), axis=-1).sum() > 0
+  assert np.all(sheet == (255, 0, 0), axis=-1).sum() > 0
+
+  # The same restore and evaluation again: identical numbers.
+  again = evaluate.evaluate(config, workdir, "latest", streams=streams, write=False)
+  assert json.dumps(again) == json.dumps(report)
+
+  # On one device instead of eight: the same numbers.
+  one = evaluate.evaluate(config, workdir, 2, streams=streams, write=False,
+                          mesh=distributed.make_mesh(jax.devices()[:1]))
+  assert jax.device_count() == 8
+  assert one["devices"] == report["devices"]  # device_count, not the mesh size
+  for key in ("clip_accuracy", "clip_top5", "video_accuracy", "per_class_accuracy",
+              "confusion_matrix", "counts"):
+    assert one[key] == report[key], key
+  for key in ("mean_iou", "frame_map"):
+    assert one[key] == pytest.approx(report[key], rel=1e-6, abs=1e-9), key
+  for name, ap in report["per_class_ap"].items():
+    if ap is None:
+      assert one["per_class_ap"][name] is None
+    else:
+      assert one["per_class_ap"][name] == pytest.approx(ap, rel=1e-6, abs=1e-9)
+
+
+def test_named_step_and_bad_step(run, synthetic_tfds):
+  config, workdir = run
+  restored = evaluate.restore(config, workdir, 1)
+  assert restored.step == 1
+  with pytest.raises(FileNotFoundError, match=r"step 7; found steps \[1, 2\]"):
+    evaluate.restore(config, workdir, 7)
+  with pytest.raises(ValueError, match="eval.checkpoint_step"):
+    evaluate.restore(config, workdir, "newest")
+  config = config.copy_and_resolve_references()
+  config.eval.checkpoint_step = 1
+  assert evaluate.restore(config, workdir).step == 1
+
+
+def test_missing_workdir_error(run, tmp_path):
+  config, _ = run
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    evaluate.evaluate(config, tmp_path / "nope")
+
+
+def test_workdir_without_checkpoints_error(run, tmp_path):
+  config, _ = run
+  config_lib.save(config, tmp_path)
+  with pytest.raises(FileNotFoundError, match="has no checkpoints"):
+    evaluate.evaluate(config, tmp_path)
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match="has no checkpoints.*found none"):
+    evaluate.evaluate(config, tmp_path)
+
+
+def test_checkpoint_of_another_architecture_error(run, synthetic_tfds):
+  _, workdir = run  # trained with box head (8,)
+  other = _config(synthetic_tfds, box_hidden=(16,))
+  with pytest.raises(evaluate.ArchitectureMismatchError) as e:
+    evaluate.evaluate(other, workdir)
+  msg = str(e.value)
+  assert "expected R3D-10" in msg and "box head Model-1" in msg
+  assert "found R3D-10" in msg and "box head mlp [8]" in msg
+  assert "box_head" in msg and "(128, 16)" in msg and "(128, 8)" in msg
+
+
+def _compare_module(repo_root):
+  spec = importlib.util.spec_from_file_location(
+      "compare_reports", repo_root / "tools" / "compare_reports.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_compare_reports_table(repo_root, tmp_path):
+  compare = _compare_module(repo_root)
+  reports = [
+      {"run": "m1", "model": "Model-1", "fix_weights": False, "video_accuracy": 0.83,
+       "mean_iou": 0.11, "frame_map": None, "clip_accuracy": 0.8, "checkpoint_step": 9},
+      {"run": "m2f", "model": "Model-2", "fix_weights": True, "video_accuracy": 0.96,
+       "mean_iou": 0.2149, "frame_map": 0.123, "clip_accuracy": 0.9,
+       "checkpoint_step": 10},
+  ]
+  for r in reports:
+    d = tmp_path / r["run"] / "eval" / str(r["checkpoint_step"])
+    d.mkdir(parents=True)
+    (d / "report.json").write_text(json.dumps(r))
+  loaded = [compare.load_report(tmp_path / r["run"]) for r in reports]
+  md = compare.render(loaded, "markdown").splitlines()
+  assert md[0] == ("| run | model | fix_weights | accuracy | mean IoU | frame-mAP | "
+                   "clip acc | step |")
+  assert md[2] == "| m1 | Model-1 | no | 83.0% | 0.110 | - | 80.0% | 9 |"
+  assert md[3] == "| m2f | Model-2 | yes | 96.0% | 0.215 | 12.3% | 90.0% | 10 |"
+  text = compare.render(loaded, "text").splitlines()
+  assert text[0].split() == ["run", "model", "fix_weights", "accuracy", "mean", "IoU",
+                             "frame-mAP", "clip", "acc", "step"]
+  with pytest.raises(FileNotFoundError, match="no report.json"):
+    compare.find_report(tmp_path / "empty")

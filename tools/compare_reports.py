@@ -1,0 +1,115 @@
+"""Prints several runs' evaluation reports side by side, in the study's table 3 layout.
+
+Columns: run, model, fix_weights, accuracy (video top-1), mean IoU, frame-mAP, plus the
+clip accuracy and checkpoint step. Each argument is a report.json, an eval/<step>/
+directory, or a training workdir (its newest eval/<step>/report.json is used).
+
+  python tools/compare_reports.py workdirs/model1 workdirs/model2 [--format=markdown]
+"""
+
+import json
+import math
+import pathlib
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("format", "text", ["text", "markdown", "csv"], "Output table format.")
+
+COLUMNS = (
+    ("run", "run"),
+    ("model", "model"),
+    ("fix_weights", "fix_weights"),
+    ("accuracy", "video_accuracy"),
+    ("mean IoU", "mean_iou"),
+    ("frame-mAP", "frame_map"),
+    ("clip acc", "clip_accuracy"),
+    ("step", "checkpoint_step"),
+)
+
+
+def find_report(path: pathlib.Path) -> pathlib.Path:
+  """A report.json file from a file, an eval/<step> dir or a workdir."""
+  if path.is_file():
+    return path
+  if (path / "report.json").is_file():
+    return path / "report.json"
+  eval_dir = path / "eval"
+  if eval_dir.is_dir():
+    candidates = [p for p in eval_dir.iterdir() if (p / "report.json").is_file()]
+
+    def order(p: pathlib.Path):
+      return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
+
+    if candidates:
+      return sorted(candidates, key=order)[-1] / "report.json"
+  raise FileNotFoundError(f"no report.json found at {path} (expected a report.json, an "
+                          "eval/<step>/ directory or a workdir with eval/<step>/report.json)")
+
+
+def load_report(path: pathlib.Path) -> Dict[str, Any]:
+  report_path = find_report(path)
+  try:
+    report = json.loads(report_path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{report_path}: not valid JSON ({e})") from None
+  if not isinstance(report, dict):
+    raise ValueError(f"{report_path}: expected a JSON object")
+  report.setdefault("run", report.get("run_name") or _run_name(report_path))
+  return report
+
+
+def _run_name(report_path: pathlib.Path) -> str:
+  # .../<workdir>/eval/<step>/report.json -> <workdir>
+  parts = report_path.resolve().parts
+  if len(parts) >= 4 and parts[-3] == "eval":
+    return parts[-4]
+  return report_path.parent.name
+
+
+def format_value(key: str, value: Any) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return "-"
+  if key in ("video_accuracy", "clip_accuracy", "frame_map"):
+    return f"{100 * value:.1f}%"
+  if key == "mean_iou":
+    return f"{value:.3f}"
+  if isinstance(value, bool):
+    return "yes" if value else "no"
+  return str(value)
+
+
+def table_rows(reports: Sequence[Dict[str, Any]]) -> List[List[str]]:
+  return [[format_value(key, r.get(key)) for _, key in COLUMNS] for r in reports]
+
+
+def render(reports: Sequence[Dict[str, Any]], fmt: str = "text") -> str:
+  header = [title for title, _ in COLUMNS]
+  rows = table_rows(reports)
+  if fmt == "csv":
+    return "\n".join(",".join(r) for r in [header] + rows)
+  if fmt == "markdown":
+    lines = ["| " + " | ".join(header) + " |",
+             "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+  widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+  fmt_row = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
+  return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] +
+                   [fmt_row(r) for r in rows])
+
+
+def main(argv: Sequence[str], out: Optional[Any] = None) -> None:
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("give one or more report.json files, eval/<step>/ dirs or "
+                         "workdirs")
+  reports = [load_report(pathlib.Path(p)) for p in paths]
+  print(render(reports, FLAGS.format), file=out or sys.stdout)
+
+
+if __name__ == "__main__":
+  app.run(main)
