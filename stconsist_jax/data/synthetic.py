@@ -296,6 +296,19 @@ def write_video(frames_rgb: np.ndarray, path: pathlib.Path, fps: int = FPS) -> N
   for frame in frames_rgb:
     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
   writer.release()
+  _tag_as_xvid(path)
+
+
+def _tag_as_xvid(path: pathlib.Path) -> None:
+  """Sets the AVI codec tags to XVID, as in UCF-101's files.
+
+  OpenCV's FFmpeg backend encodes MPEG-4 Part 2 (what XviD is) but tags the stream
+  `FMP4`; the tag lives in the stream headers at the start of the file.
+  """
+  with open(path, "r+b") as f:
+    head = f.read(8192)
+    f.seek(0)
+    f.write(head.replace(b"FMP4", b"XVID"))
 
 
 def _record(plan: VideoPlan, boxes: list[np.ndarray], label101: int, label24: int | None,
