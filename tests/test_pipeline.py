@@ -368,3 +368,70 @@ def test_eval_frame_stream_covers_each_annotated_frame_once(source, hosts):
                                    video["tube_boxes"][present, frame], atol=1e-6)
   assert len(counts) == 1
   assert sorted(seen) == expected
+
+
+# ---------------------------------------------------------------------- the TFDS dataset
+
+
+def tfds_config(synthetic_tfds, **data_overrides) -> ml_collections.ConfigDict:
+  config = full_config()
+  config.data = data_config(name="synthetic", data_dir=str(synthetic_tfds.data_dir),
+                            split=synthetic_tfds.split,
+                            frame_size=synthetic_tfds.frame_size,
+                            image_size=synthetic_tfds.frame_size, **data_overrides)
+  return config
+
+
+def test_tfds_eval_clips_match_the_annotation_records(synthetic_tfds):
+  config = tfds_config(synthetic_tfds)
+  source = pipeline.source_from_config(config.data)
+  num_videos = source.num_examples("test")
+  names = [n.decode() for n in source.read("test", 0, num_videos).map(
+      lambda ex: ex["name"]).as_numpy_iterator()]
+  assert sorted(names) == sorted(synthetic_tfds.truth.splits[1][1])
+  k = config.eval.clips_per_video
+  ds, _ = pipeline.make_eval_clip_dataset(config, source=source)
+  rows = [(int(b["video_id"][i]), b["label"][i], b["box"][i], b["has_box"][i])
+          for b in ds.as_numpy_iterator() for i in np.flatnonzero(b["valid"])]
+  assert sorted(r[0] for r in rows) == sorted(list(range(num_videos)) * k)
+  height, width = 240, 320  # the synthetic videos' original size
+  clip_of_video = {}
+  for video_id, label, box, has in rows:
+    record = synthetic_tfds.truth.records[names[video_id]]
+    assert label == record.label
+    clip = clip_of_video.get(video_id, 0)
+    clip_of_video[video_id] = clip + 1
+    start = round(clip * (record.num_frames - T) / (k - 1))  # uniform placement
+    central = np.array([start + T // 2 - 1, start + T // 2])
+    if not record.tubes:
+      assert not has and not box.any()
+      continue
+    tube = record.tubes[0]
+    inside = (central >= tube.start) & (central < tube.end)
+    assert has == inside.any()
+    if inside.any():
+      corners = tube.boxes[central[inside] - tube.start].mean(0)
+      x1, y1, x2, y2 = corners / [width, height, width, height]
+      np.testing.assert_allclose(box, [x1, y1, x2 - x1, y2 - y1], atol=1e-5)
+
+
+def test_tfds_training_stream_and_frame_stream(synthetic_tfds):
+  config = tfds_config(synthetic_tfds, labeled_per_batch=1)
+  iterator = pipeline.train_iterator(config, process_index=1, process_count=2)
+  batch = next(iterator)
+  assert set(batch) == set(pipeline.TRAIN_KEYS)
+  assert batch["clip"].shape == (2, T, 32, 32, 3) and batch["clip"].dtype == np.uint8
+  np.testing.assert_array_equal(batch["clip_flip"], batch["clip"][:, :, :, ::-1])
+  records = synthetic_tfds.truth.records
+  expected = sorted((name, f) for name in synthetic_tfds.truth.splits[1][1]
+                    for f in sorted({f for t in records[name].tubes
+                                     for f in range(t.start, t.end)}))
+  source = pipeline.source_from_config(config.data)
+  names = [n.decode() for n in source.read("test", 0, source.num_examples("test")).map(
+      lambda ex: ex["name"]).as_numpy_iterator()]
+  seen = []
+  for host in range(2):
+    ds, _ = pipeline.make_eval_frame_dataset(config, process_index=host, process_count=2)
+    for b in ds.as_numpy_iterator():
+      seen += [(names[b["video_id"][i]], int(b["frame"][i])) for i in np.flatnonzero(b["valid"])]
+  assert sorted(seen) == expected

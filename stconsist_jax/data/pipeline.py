@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import hashlib
 import math
+import pathlib
 from typing import Any, Iterator, Protocol, Sequence
 
 from absl import logging
@@ -104,12 +105,15 @@ def normalize_raw(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 class TfdsSource:
-  """The `ucf101_stconsist` TFDS dataset, frames left as JPEG strings (SkipDecoding)."""
+  """The `ucf101_stconsist` TFDS dataset, frames left as JPEG strings (SkipDecoding).
 
-  def __init__(self, name: str, data_dir: str | None = None):
-    # Registers the builder class so that `tfds.builder` finds it by name.
-    from stconsist_jax.data import tfds_builder  # noqa: F401  pylint: disable=g-import-not-at-top
-    self.builder = tfds.builder(name, data_dir=data_dir)
+  `name` is `dataset/config`; a prepared `data_dir/dataset/config/<version>` folder is
+  read directly (any frame size works), else the registered builder is asked for it.
+  """
+
+  def __init__(self, name: str, data_dir: str | None = None,
+               builder: tfds.core.DatasetBuilder | None = None):
+    self.builder = builder or _find_builder(name, data_dir)
 
   def num_examples(self, split: str) -> int:
     return self.builder.info.splits[split].num_examples
@@ -123,6 +127,40 @@ class TfdsSource:
         shuffle_files=False,
         read_config=tfds.ReadConfig(try_autocache=False))
     return ds.map(normalize_raw, num_parallel_calls=AUTOTUNE)
+
+
+def _prepared_dir(config_dir: pathlib.Path) -> pathlib.Path | None:
+  """The newest built version folder under a config folder, if any."""
+  versions = [d for d in config_dir.glob("*") if (d / "dataset_info.json").exists()]
+  if not versions:
+    return None
+  return max(versions, key=lambda d: tuple(int(x) for x in d.name.split(".") if x.isdigit()))
+
+
+def _find_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  if data_dir:
+    config_dir = pathlib.Path(data_dir, *name.split("/"))
+    found = _prepared_dir(config_dir)
+    if found is None and "/" in name:
+      # Builds with a class list other than UCF-101's are named `<config>_c<classes>`.
+      variants = [d for d in sorted(config_dir.parent.glob(config_dir.name + "_c*"))
+                  if _prepared_dir(d)]
+      if len(variants) > 1:
+        raise ValueError(f"several builds match {name!r} in {data_dir}: "
+                         f"{[d.name for d in variants]}; name one in config.data.name")
+      found = _prepared_dir(variants[0]) if variants else None
+    if found is not None:
+      return tfds.builder_from_directory(str(found))
+  # Registers the builder class so that `tfds.builder` finds it by name.
+  from stconsist_jax.data import tfds_builder  # noqa: F401  pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f"TFDS dataset {name!r} not found (data_dir={data_dir!r}): {e}") from e
+  if not builder.is_prepared():
+    raise ValueError(f"TFDS dataset {name!r} is not built in {builder.data_dir}; build it "
+                     f"first (stconsist_jax.data.tfds_builder)")
+  return builder
 
 
 class InMemorySource:
