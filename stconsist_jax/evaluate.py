@@ -376,11 +376,13 @@ def pipeline_streams(config: ml_collections.ConfigDict, source: Any = None,
 # Reports.
 
 
-def protocol_of(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def protocol_of(config: ml_collections.ConfigDict, num_annotated_classes: int = 24
+                ) -> dict[str, Any]:
   d, e = config.data, config.eval
   return metrics.protocol(
       clip_length=int(d.num_frames), image_size=int(d.image_size),
       clips_per_video=int(e.clips_per_video), num_classes=int(config.model.num_classes),
+      num_annotated_classes=num_annotated_classes,
       extra={
           'frame_clip_placement': (
               f'annotated frame f at clip position T//2 = {int(d.num_frames) // 2}; clip '
@@ -416,7 +418,8 @@ def build_report(config: ml_collections.ConfigDict, restored: Restored,
       'counts': {k: v for k, v in {**clip_result, **(frame_result or {})}.items()
                  if k.startswith('num_')},
       'confusion_matrix': clip_result['confusion_matrix'],
-      'protocol': protocol_of(config),
+      'protocol': protocol_of(config, len(frame_result['per_class_ap'])
+                              if frame_result else 24),
       'devices': int(jax.device_count()),
       'processes': int(jax.process_count()),
   }
@@ -598,3 +601,7 @@ def make_evaluate_fn(workdir: str | os.PathLike | None = None,
                      {SHEET_PNG: sheet} if sheet is not None else {})
     return {k: float(report[k]) for k in SUMMARY_KEYS if report[k] is not None}
   return evaluate_fn
+
+
+# For train_and_eval without report files; launch.py may prefer make_evaluate_fn(workdir).
+evaluate_fn = make_evaluate_fn()

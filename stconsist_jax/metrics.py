@@ -319,8 +319,8 @@ def frame_detection_scores(logits: np.ndarray, index_map: np.ndarray) -> np.ndar
 
 
 def protocol(clip_length: int, image_size: int, clips_per_video: int,
-             num_classes: int, extra: Optional[Mapping[str, Any]] = None
-             ) -> Dict[str, Any]:
+             num_classes: int, num_annotated_classes: int = 24,
+             extra: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
   """Describes how the reported numbers were measured, for honest comparisons."""
   desc = {
       "split": "UCF-101 split 1 test list (UCF101-24 split 1 for boxes)",
@@ -333,12 +333,13 @@ def protocol(clip_length: int, image_size: int, clips_per_video: int,
       "mean_iou": "IoU of the predicted (x, y, w, h) box with the clip's box target "
                   "(primary actor's box averaged over the two central frames), over "
                   "clip-stream clips that have a target",
-      "frame_map": "frame-AP at IoU 0.5 per UCF101-24 class, averaged over the classes "
-                   "with ground truth. Every annotated frame of the test videos is "
-                   f"scored: one {clip_length}-frame clip centred on it (frame at "
-                   "index T/2 of the clip, clamped/loop-padded at video ends) gives "
-                   "ONE box, emitted for each of the 24 classes with score = softmax "
-                   f"over all {num_classes} classes at that class. Detections ranked "
+      "frame_map": "frame-AP at IoU 0.5 per annotated (UCF101-24) class, averaged "
+                   "over the classes with ground truth. Every annotated frame of the "
+                   f"test videos is scored: one {clip_length}-frame clip centred on it "
+                   "(the frame at clip position T//2) gives ONE box, emitted for each "
+                   f"of the {num_annotated_classes} annotated classes with score = "
+                   f"softmax over all {num_classes} classes at that class. Detections "
+                   "ranked "
                    "across all frames; a ground-truth box is matched at most once "
                    "(VOC devkit rule: compare with the highest-IoU box of the frame), "
                    "duplicates count as false positives; VOC all-point interpolated "

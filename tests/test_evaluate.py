@@ -193,3 +193,23 @@ def test_compare_reports_table(repo_root, tmp_path):
                              "frame-mAP", "clip", "acc", "step"]
   with pytest.raises(FileNotFoundError, match="no report.json"):
     compare.find_report(tmp_path / "empty")
+
+
+def test_make_evaluate_fn_for_train_and_eval(run, synthetic_tfds, tmp_path):
+  config, workdir = run
+  restored = evaluate.restore(config, workdir, 2)
+  mesh = distributed.make_mesh()
+  variables = distributed.replicate(
+      {k: restored.variables[k] for k in ("params", "batch_stats")}, mesh)
+  fn = evaluate.make_evaluate_fn(tmp_path,
+                                 streams_fn=lambda c: _streams(c, synthetic_tfds))
+  got = fn(config, variables, 2, mesh)
+  written = json.loads((tmp_path / "eval" / "2" / "report.json").read_text())
+  assert set(got) == set(evaluate.SUMMARY_KEYS)
+  for key in evaluate.SUMMARY_KEYS:
+    assert got[key] == written[key], key
+  # The same numbers as restoring the checkpoint through evaluate().
+  direct = evaluate.evaluate(config, workdir, 2, streams=_streams(config, synthetic_tfds),
+                             write=False)
+  for key in evaluate.SUMMARY_KEYS:
+    assert got[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
