@@ -157,4 +157,5 @@ def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
     _, variables, _ = restore_for_eval(path, 'latest')
     return variables
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
-  return models.load_pretrained(path)
+  _, variables = models.load_pretrained(str(path))
+  return variables

@@ -175,9 +175,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any, mesh: Any,
   if init_from:
     from stconsist_jax import models  # pylint: disable=g-import-not-at-top
     pretrained = checkpointing.load_init_variables(init_from)
-    variables = models.merge_pretrained(variables, pretrained)
+    variables, report = models.merge_pretrained(variables, pretrained)
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
-    logging.info('Initialized from %s', init_from)
+    logging.info('Initialized from %s: %s', init_from, report)
   tx = make_optimizer(config.optimizer)
   params = variables['params']
   body, head = split_params(params)
