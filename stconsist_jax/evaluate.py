@@ -356,13 +356,15 @@ def pipeline_streams(config: ml_collections.ConfigDict, source: Any = None,
   source = source or pipeline.source_from_config(config.data)
   kw = dict(process_index=jax.process_index(), process_count=jax.process_count(),
             source=source)
+  builder = getattr(source, 'builder', None)
   if class_names is None:
-    builder = getattr(source, 'builder', None)
     if builder is not None:
       class_names = list(builder.info.features['label'].names)
   if class_names is None:
     raise ValueError('evaluation needs the dataset class names (the TFDS label names): '
                      f'the data source {type(source).__name__} has none; pass class_names')
+  if annotated_class_names is None and builder is not None:
+    annotated_class_names = (builder.info.metadata or {}).get('annotated_class_names') or None
   if annotated_class_names is None:
     annotated_class_names = metrics.UCF101_24_CLASSES
   return StreamData(

@@ -162,3 +162,29 @@ def test_class_list_mismatch_is_a_clear_error(synthetic_root, tmp_path):
   with pytest.raises(ValueError, match="classInd.txt lists 6 classes"):
     b.download_and_prepare(download_config=tfds.download.DownloadConfig(
         manual_dir=str(synthetic_root.root)))
+
+
+def test_annotated_class_names_recorded_in_metadata(synthetic_tfds):
+  # The 24-way tube labels name classes only through this list, so a reader of the
+  # built dataset (evaluation's frame-mAP) can map them back without the pickle.
+  reread = tfds.builder_from_directory(str(synthetic_tfds.builder_dir))
+  assert list(reread.info.metadata["annotated_class_names"]) == list(
+      synthetic_tfds.truth.annotated_class_names)
+
+
+def test_annotated_class_names_of_real_annotations_follow_ucf24_order(ucf24_dir):
+  records = ann.load_annotations(ucf24_dir / "pyannot.pkl")
+  expected = (ucf24_dir / "classes.txt").read_text().split()
+  assert tfds_builder.annotated_class_names(records) == expected
+
+
+def test_tube_label_shared_by_two_classes_is_a_clear_error():
+  boxes = np.zeros((2, 4))
+  records = {
+      "A/v_A_g01_c01": ann.VideoRecord("A/v_A_g01_c01", 0, "A", 2,
+                                       (ann.Tube(0, 0, 2, boxes),)),
+      "B/v_B_g01_c01": ann.VideoRecord("B/v_B_g01_c01", 1, "B", 2,
+                                       (ann.Tube(0, 0, 2, boxes),)),
+  }
+  with pytest.raises(ValueError, match="tube label 0 is used by classes 'A' and 'B'"):
+    tfds_builder.annotated_class_names(records)

@@ -159,6 +159,28 @@ def tube_arrays(record: ann.VideoRecord | None, num_frames: int, height: int,
   return labels, boxes, present, dropped
 
 
+def annotated_class_names(records: Mapping[str, ann.VideoRecord]) -> list[str]:
+  """The class name of each tube label 0..L-1, from the videos that carry the label.
+
+  Raises:
+    ValueError: a tube label is used by videos of two classes, or a label in 0..L-1
+      is used by no video (the list would have a hole).
+  """
+  names: dict[int, str] = {}
+  for record in records.values():
+    for tube in record.tubes:
+      known = names.setdefault(tube.label, record.class_name)
+      if known != record.class_name:
+        raise ValueError(f"tube label {tube.label} is used by classes {known!r} and "
+                         f"{record.class_name!r} ({record.path}); expected one class per "
+                         "label")
+  missing = [i for i in range(len(names)) if i not in names]
+  if missing:
+    raise ValueError(f"tube labels {missing} are used by no video, though labels up to "
+                     f"{max(names)} are; expected labels 0..{len(names) - 1}")
+  return [names[i] for i in range(len(names))]
+
+
 def find_annotation_file(manual_dir: pathlib.Path) -> pathlib.Path:
   for name in ANNOTATION_FILES:
     if (manual_dir / name).is_file():
@@ -207,6 +229,9 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
                                                   encoding="zlib"),
         }),
         supervised_keys=None,
+        # Filled while building: `annotated_class_names`, the class of each 24-way
+        # tube label in label order (UCF101-24's own order for the real data).
+        metadata=tfds.core.MetadataDict(),
         homepage="https://www.crcv.ucf.edu/data/UCF101.php",
     )
 
@@ -223,6 +248,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
           f"the {len(self.builder_config.class_names)} of config "
           f"{self.builder_config.name!r}; build with make_config(manual_dir=...)")
     records = ann.load_annotations(find_annotation_file(manual_dir), class_names)
+    self.info.metadata["annotated_class_names"] = annotated_class_names(records)
     train, test = ann.official_split(list_dir, self.builder_config.split)
     problems = ann.validate(records, listed=train + test, video_dir=manual_dir / "UCF-101")
     self._report.problems = problems.to_dict()
