@@ -274,7 +274,8 @@ def _detector_variables(num_classes, widen):
                             backbone_kwargs=dict(depth=10, shortcut_type="B",
                                                  widen_factor=widen),
                             box_head="mlp", box_hidden=(16,))
-  return model.init(jax.random.key(1), jnp.zeros((1, 8, 32, 32, 3), jnp.uint8), train=False)
+  return torch_resnet3d.random_flax_variables(model, jnp.zeros((1, 8, 32, 32, 3), jnp.uint8),
+                                              train=False, seed=1)
 
 
 def test_merge_pretrained(tmp_path):

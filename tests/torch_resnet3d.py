@@ -175,3 +175,34 @@ def save_checkpoint(model: nn.Module, path, generation: str, arch: str = "resnet
   else:
     raise ValueError(f"generation must be '2017' or '2020', got {generation!r}")
   torch.save(payload, path)
+
+
+def random_flax_variables(model, *args, seed: int = 0, **kwargs) -> dict:
+  """Variables for a Flax `model` filled from numpy, without running `model.init`.
+
+  On CPU, `init` compiles a random-number kernel per parameter shape (seconds each);
+  this takes the shapes from `jax.eval_shape` and fills them with He-scaled normal
+  kernels, BatchNorm scales near 1 and non-trivial running statistics.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import flax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.RandomState(seed)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
+  out = {}
+  for collection, tree in flax.core.unfreeze(shapes).items():
+    flat = {}
+    for path, leaf in flax.traverse_util.flatten_dict(tree).items():
+      shape, name = leaf.shape, path[-1]
+      if name == "kernel":
+        value = rng.randn(*shape) * np.sqrt(2.0 / max(1, np.prod(shape[:-1])))
+      elif name == "scale":
+        value = 0.5 + rng.rand(*shape)
+      elif name == "var":
+        value = 0.5 + rng.rand(*shape)
+      else:  # bias, mean
+        value = 0.1 * rng.randn(*shape)
+      flat[path] = np.asarray(value, leaf.dtype)
+    out[collection] = flax.traverse_util.unflatten_dict(flat)
+  return out
