@@ -296,6 +296,8 @@ def _options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options.deterministic = True
   options.autotune.enabled = True
   options.experimental_optimization.map_parallelization = True
+  # Parallelism across elements only: intra-op threads compete with the map workers.
+  options.threading.max_intra_op_parallelism = 1
   return ds.with_options(options)
 
 
