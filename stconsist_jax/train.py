@@ -488,7 +488,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         state, metrics = step_fns[index](state, batch)
         done = step + 1
         pending.append((done, metrics))
-        save_now = (every and done % every == 0) or done == num_steps or sigterm.received
+        stop = sigterm.received  # Read once: a signal arriving later is seen next step.
+        save_now = (every and done % every == 0) or done == num_steps or stop
         eval_now = evaluate_fn is not None and (
             (config.train.eval_every and done % config.train.eval_every == 0)
             or done == num_steps)
@@ -505,7 +506,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           if checkpointer.save_best(done, state, eval_metrics):
             logging.info('New best %s=%.4f at step %d', config.eval.best_metric,
                          float(eval_metrics[config.eval.best_metric]), done)
-        if sigterm.received and done < num_steps:
+        if stop and done < num_steps:
           checkpointer.wait()
           raise Preempted(done)
       if pending:

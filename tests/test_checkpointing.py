@@ -1,0 +1,142 @@
+"""Tests of checkpoints: kill (SIGTERM, SIGKILL) and resume, best-by-metric, eval restore.
+
+Training runs go through launch.py in subprocesses on random data (no TensorFlow).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from stconsist_jax import checkpointing
+from stconsist_jax import config_lib
+from stconsist_jax import logging_utils
+
+NUM_STEPS = 30
+EVERY = 4
+OVERRIDES = [
+    '--config.data.name=random', '--config.data.frame_size=16', '--config.data.image_size=16',
+    '--config.data.num_frames=4', '--config.model.widen_factor=0.125',
+    '--config.model.box_hidden=(16,)', '--config.train.batch_size=4',
+    f'--config.train.num_steps={NUM_STEPS}', '--config.train.log_every=1',
+    f'--config.train.checkpoint_every={EVERY}', '--config.optimizer.warmup_steps=2',
+    '--config.loss.rampup_steps=5',
+]
+
+
+def _launch(repo_root, workdir, cache_dir, **kwargs):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  cmd = [sys.executable, str(repo_root / 'launch.py'), '--config=configs/demo.py',
+         f'--workdir={workdir}', *OVERRIDES]
+  return subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def _wait_for_steps(proc, workdir, n, committed=None, timeout=300):
+  """Until `n` steps are logged (and checkpoint `committed` is renamed into place)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if len(logging_utils.read_metrics(workdir)) >= n and (
+        committed is None or (workdir / 'checkpoints' / str(committed)).is_dir()):
+      return
+    if proc.poll() is not None:
+      pytest.fail(f'run ended early (rc {proc.returncode}):\n{proc.stdout.read()[-3000:]}')
+    time.sleep(0.02)
+  proc.kill()
+  pytest.fail('run made no progress')
+
+
+@pytest.fixture(scope='module')
+def reference(repo_root, tmp_path_factory):
+  """An uninterrupted run: its per-step losses and the compilation cache it fills."""
+  cache = tmp_path_factory.mktemp('jax_cache')
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  proc = _launch(repo_root, workdir, cache)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 0, out[-3000:]
+  metrics = logging_utils.read_metrics(workdir)
+  assert sorted(metrics) == list(range(1, NUM_STEPS + 1))
+  return cache, metrics
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
+def test_kill_and_resume_continues_the_same_loss_curve(repo_root, tmp_path, reference, sig):
+  cache, ref = reference
+  proc = _launch(repo_root, tmp_path, cache)
+  # SIGKILL: wait until the async save of step 8 has committed (a save still in flight
+  # when the process dies is lost, and the resume falls back to the one before).
+  _wait_for_steps(proc, tmp_path, 9, committed=8 if sig == signal.SIGKILL else None)
+  proc.send_signal(sig)
+  out, _ = proc.communicate(timeout=120)
+  done = max(logging_utils.read_metrics(tmp_path))
+  latest = checkpointing.Checkpointer(tmp_path).latest_step()
+  assert done < NUM_STEPS, 'the run finished before the signal; nothing was tested'
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 143, out[-3000:]
+    assert 'SIGTERM' in out
+    assert latest == done, 'SIGTERM must checkpoint the step it stopped at'
+  else:
+    assert proc.returncode == -signal.SIGKILL
+    assert latest is not None and latest >= 8 and done - latest <= EVERY, (done, latest)
+  resumed = _launch(repo_root, tmp_path, cache)
+  out, _ = resumed.communicate(timeout=600)
+  assert resumed.returncode == 0, out[-3000:]
+  assert f'Resumed from checkpoint step {latest}' in out
+  metrics = logging_utils.read_metrics(tmp_path)  # Re-run steps keep their last record.
+  assert sorted(metrics) == list(range(1, NUM_STEPS + 1))
+  for step in range(1, NUM_STEPS + 1):
+    for key in ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'lr', 'w'):
+      assert metrics[step][key] == ref[step][key], (step, key)
+
+
+@flax.struct.dataclass
+class _State:
+  step: jax.Array
+  params: dict
+  batch_stats: dict
+  opt_state: dict
+  rng: jax.Array
+
+
+def _state(value: float) -> _State:
+  return _State(step=np.array(int(value), np.int32), params={'w': np.full((3,), value, np.float32)},
+                batch_stats={'m': np.zeros((2,), np.float32)},
+                opt_state={'mu': np.full((3,), -value, np.float32)},
+                rng=np.array([0, 7], np.uint32))
+
+
+def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):
+  config = ml_collections.ConfigDict({'seed': 3})
+  config_lib.save(config, tmp_path)
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=2, best_metric='acc', best_mode='max')
+  for step in (1, 2, 3):
+    ckpt.save(step, _state(float(step)))
+  assert ckpt.save_best(1, _state(1.0), {'acc': 0.5})
+  assert ckpt.save_best(2, _state(2.0), {'acc': 0.9})
+  assert not ckpt.save_best(3, _state(3.0), {'acc': 0.7})
+  ckpt.wait()
+  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                if p.name.isdigit()) == [2, 3]
+  restored = ckpt.restore(_state(0.0))
+  np.testing.assert_array_equal(restored.params['w'], [3.0, 3.0, 3.0])
+  np.testing.assert_array_equal(restored.opt_state['mu'], [-3.0, -3.0, -3.0])
+  assert int(restored.step) == 3
+  ckpt.close()
+  loaded, variables, step = checkpointing.restore_for_eval(tmp_path, 'best')
+  assert step == 2 and loaded.seed == 3
+  np.testing.assert_array_equal(variables['params']['w'], [2.0, 2.0, 2.0])
+  _, variables, step = checkpointing.restore_for_eval(tmp_path, 2)
+  assert step == 2
+  with pytest.raises(FileNotFoundError, match='step 1'):
+    checkpointing.restore_for_eval(tmp_path, 1)
+  with pytest.raises(FileNotFoundError, match='config.json'):
+    checkpointing.restore_for_eval(tmp_path / 'nothing')
