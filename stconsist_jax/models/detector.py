@@ -202,7 +202,8 @@ def backbone_kwargs_from_config(config: Any) -> dict[str, Any]:
               widen_factor=float(get("widen_factor", 1.0)),
               conv1_t_size=int(get("conv1_t_size", 7)),
               conv1_t_stride=int(get("conv1_t_stride", 1)),
-              no_max_pool=bool(get("no_max_pool", False)))
+              no_max_pool=bool(get("no_max_pool", False)),
+              conv_impl=str(get("conv_impl", "auto")))
 
 
 def build_model(model_config: Any) -> Detector:

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from stconsist_jax.models import conv as conv_lib
+
 # depth -> (block type, blocks per stage).
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
     10: ("basic", (1, 1, 1, 1)),
@@ -56,13 +58,14 @@ def validate_architecture(depth: int, shortcut_type: str, widen_factor: float,
 
 
 def _conv(features: int, kernel: Sequence[int], stride: Sequence[int] | int,
-          padding: Sequence[int], dtype: Any, name: str) -> nn.Conv:
+          padding: Sequence[int], dtype: Any, name: str, conv_impl: str = "auto") -> nn.Conv:
   """A bias-free Conv3d with explicit symmetric padding (never 'SAME')."""
   if isinstance(stride, int):
     stride = (stride,) * 3
   return nn.Conv(features, kernel_size=tuple(kernel), strides=tuple(stride),
                  padding=[(p, p) for p in padding], use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, name=name)
+                 param_dtype=jnp.float32, name=name,
+                 conv_general_dilated=conv_lib.resolve_conv_impl(conv_impl))
 
 
 def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
@@ -92,28 +95,29 @@ class Block(nn.Module):
   stride: int
   downsample: str | None  # None, 'A' or 'B'.
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_channels = self.planes * EXPANSION[self.block]
     if self.block == "basic":
-      y = _conv(self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, "conv1")(x)
+      y = _conv(self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, "conv1", self.conv_impl)(x)
       y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-      y = _conv(self.planes, (3, 3, 3), 1, (1, 1, 1), self.dtype, "conv2")(y)
+      y = _conv(self.planes, (3, 3, 3), 1, (1, 1, 1), self.dtype, "conv2", self.conv_impl)(y)
       y = _batch_norm(train, self.dtype, "bn2")(y)
     else:
-      y = _conv(self.planes, (1, 1, 1), 1, (0, 0, 0), self.dtype, "conv1")(x)
+      y = _conv(self.planes, (1, 1, 1), 1, (0, 0, 0), self.dtype, "conv1", self.conv_impl)(x)
       y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-      y = _conv(self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, "conv2")(y)
+      y = _conv(self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, "conv2", self.conv_impl)(y)
       y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
-      y = _conv(out_channels, (1, 1, 1), 1, (0, 0, 0), self.dtype, "conv3")(y)
+      y = _conv(out_channels, (1, 1, 1), 1, (0, 0, 0), self.dtype, "conv3", self.conv_impl)(y)
       y = _batch_norm(train, self.dtype, "bn3")(y)
 
     if self.downsample == "A":
       residual = shortcut_a(x, out_channels, self.stride).astype(y.dtype)
     elif self.downsample == "B":
       residual = _conv(out_channels, (1, 1, 1), self.stride, (0, 0, 0), self.dtype,
-                       "downsample_conv")(x)
+                       "downsample_conv", self.conv_impl)(x)
       residual = _batch_norm(train, self.dtype, "downsample_bn")(residual)
     else:
       residual = x
@@ -131,6 +135,8 @@ class ResNet3D(nn.Module):
     conv1_t_stride: temporal stride of conv1.
     no_max_pool: skip the 3x3x3 stride-2 max-pool after conv1.
     dtype: compute dtype; parameters and BatchNorm statistics stay float32.
+    conv_impl: 'xla' (lax 3D convolutions), 'conv2d' (the same sums as 2D convolutions
+      over temporal taps, several times faster on XLA:CPU) or 'auto' (conv2d on CPU).
 
   `__call__(x, train)` takes float `N, T, H, W, C` (already normalized) and returns
   `{'features': (N, D) globally average-pooled, 'feature_map': (N, t, h, w, D)}` in `dtype`.
@@ -143,6 +149,7 @@ class ResNet3D(nn.Module):
   conv1_t_stride: int = 1
   no_max_pool: bool = False
   dtype: Any = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
@@ -152,7 +159,7 @@ class ResNet3D(nn.Module):
     widths = stage_widths(self.widen_factor)
     x = x.astype(self.dtype)
     x = _conv(widths[0], (self.conv1_t_size, 7, 7), (self.conv1_t_stride, 2, 2),
-              (self.conv1_t_size // 2, 3, 3), self.dtype, "conv1")(x)
+              (self.conv1_t_size // 2, 3, 3), self.dtype, "conv1", self.conv_impl)(x)
     x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
     if not self.no_max_pool:
       x = nn.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding=[(1, 1)] * 3)
@@ -165,7 +172,8 @@ class ResNet3D(nn.Module):
       for i in range(num_blocks):
         x = Block(block=block, planes=planes, stride=stride if i == 0 else 1,
                   downsample=self.shortcut_type if (i == 0 and needs_downsample) else None,
-                  dtype=self.dtype, name=f"layer{stage + 1}_{i}")(x, train)
+                  dtype=self.dtype, conv_impl=self.conv_impl,
+                  name=f"layer{stage + 1}_{i}")(x, train)
       in_planes = out_planes
 
     # Mean in float32: a bf16 sum over many voxels loses precision.
