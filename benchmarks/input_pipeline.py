@@ -4,8 +4,10 @@ Builds (or reuses) a synthetic UCF-101-layout dataset and its TFDS records, then
 in one run, on the same videos: (1) `pipeline.make_train_dataset` (decode only the 16
 chosen JPEG frames, flipped copy, boxes) and (2) the original study's way of loading a
 sample (OpenCV-decode the whole .avi, resize every frame, pick a window, flip in numpy),
-run in one worker per core. A sample is a clip plus its flipped copy. Prints both rates,
-the ratio, the per-core rate and peak host memory; the last line is one JSON object.
+run in one worker per core. The two alternate in rounds so both see the same background
+load; rates are given per wall-clock second and per CPU-second (robust to other load on
+the machine). A sample is a clip plus its flipped copy. Prints both rates, the ratio,
+the per-core rate and peak host memory; the last line is one JSON object.
 
   python benchmarks/input_pipeline.py [--work_dir DIR] [--frame_size 128] [--seconds 20]
 """
@@ -44,9 +46,10 @@ _FRAME_SIZE = flags.DEFINE_integer("frame_size", 128, "Stored and model frame si
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
 _VIDEOS_PER_CLASS = flags.DEFINE_integer("bench_videos_per_class", 10, "Synthetic videos per class.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Clips per batch of the pipeline.")
-_SECONDS = flags.DEFINE_float("seconds", 20.0, "Measuring time of each loader.")
-_REFERENCE_SAMPLES = flags.DEFINE_integer("reference_samples", 48,
-                                          "Samples the reference loader loads.")
+_SECONDS = flags.DEFINE_float("seconds", 24.0, "Total measuring time of the pipeline.")
+_REFERENCE_SAMPLES = flags.DEFINE_integer("reference_samples", 24,
+                                          "Samples the reference loader loads per round.")
+_ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating measuring rounds of both loaders.")
 
 
 def build_dataset(work_dir: pathlib.Path, frame_size: int, videos_per_class: int):
@@ -74,22 +77,35 @@ def data_config(data_dir: pathlib.Path, frame_size: int, num_frames: int):
       shuffle_buffer=64))
 
 
-def measure_pipeline(config, batch_size: int, seconds: float) -> tuple[float, int]:
-  """Samples/s of the training stream after a warm-up, and the samples counted."""
-  iterator = pipeline.BatchIterator(
-      pipeline.make_train_dataset(config, batch_size=batch_size, seed=0))
-  for _ in range(5):  # warm-up: graph tracing, shuffle buffer, autotuning
-    next(iterator)
-  count, start = 0, time.perf_counter()
-  while time.perf_counter() - start < seconds:
-    batch = next(iterator)
-    count += len(batch["clip"])
-  return count / (time.perf_counter() - start), count
+class PipelineMeter:
+  """The training stream, kept open across rounds; each round counts samples, wall, CPU."""
+
+  def __init__(self, config, batch_size: int):
+    self.iterator = pipeline.BatchIterator(
+        pipeline.make_train_dataset(config, batch_size=batch_size, seed=0))
+    for _ in range(5):  # warm-up: graph tracing, shuffle buffer, autotuning
+      next(self.iterator)
+
+  def round(self, seconds: float) -> tuple[int, float, float]:
+    count, cpu0, start = 0, _process_cpu(), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+      count += len(next(self.iterator)["clip"])
+    return count, time.perf_counter() - start, _process_cpu() - cpu0
 
 
-def reference_sample(args: tuple[str, int, int, int]) -> int:
-  """The original loader: decode the whole video, resize all frames, window, flip."""
+def _process_cpu() -> float:
+  """CPU seconds of this process, all threads."""
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def reference_sample(args: tuple[str, int, int, int]) -> float:
+  """The original loader: decode the whole video, resize all frames, window, flip.
+
+  Returns the CPU seconds it took.
+  """
   path, size, num_frames, seed = args
+  cpu0 = time.process_time()
   capture = cv2.VideoCapture(path)
   frames = []
   while True:
@@ -103,18 +119,18 @@ def reference_sample(args: tuple[str, int, int, int]) -> int:
   indices = [(start + i) % len(frames) for i in range(num_frames)]
   clip = np.stack([frames[i] for i in indices])
   flipped = np.ascontiguousarray(clip[:, :, ::-1])
-  return clip.nbytes + flipped.nbytes
+  del clip, flipped
+  return time.process_time() - cpu0
 
 
-def measure_reference(videos: Sequence[str], size: int, num_frames: int, samples: int,
-                      workers: int) -> float:
-  tasks = [(videos[i % len(videos)], size, num_frames, i) for i in range(samples)]
+def _init_worker() -> None:
   cv2.setNumThreads(1)
-  with multiprocessing.get_context("spawn").Pool(workers) as pool:
-    pool.map(reference_sample, tasks[:workers])  # warm-up: worker start-up
-    start = time.perf_counter()
-    pool.map(reference_sample, tasks, chunksize=1)
-    return samples / (time.perf_counter() - start)
+
+
+def reference_round(pool, tasks) -> tuple[int, float, float]:
+  start = time.perf_counter()
+  cpu = sum(pool.map(reference_sample, tasks, chunksize=1))
+  return len(tasks), time.perf_counter() - start, cpu
 
 
 def peak_memory_mb() -> float:
@@ -124,40 +140,61 @@ def peak_memory_mb() -> float:
 
 def run(work_dir: pathlib.Path) -> dict:
   cores = len(os.sched_getaffinity(0))
-  size, num_frames = _FRAME_SIZE.value, _NUM_FRAMES.value
+  size, num_frames, rounds = _FRAME_SIZE.value, _NUM_FRAMES.value, _ROUNDS.value
   root, data_dir, builder = build_dataset(work_dir, size, _VIDEOS_PER_CLASS.value)
   train = builder.info.splits["train"].num_examples
-  config = data_config(data_dir, size, num_frames)
-  rate, counted = measure_pipeline(config, _BATCH.value, _SECONDS.value)
-  print(f"pipeline:  {rate:8.1f} samples/s ({counted} samples, batch {_BATCH.value}, "
-        f"{train} train videos, {size}x{size}x{num_frames})")
   videos = sorted(str(p) for p in (root / "UCF-101").glob("*/*.avi"))
   mean_frames = float(np.mean([cv2.VideoCapture(v).get(cv2.CAP_PROP_FRAME_COUNT)
                                for v in videos]))
-  single = measure_reference(videos, size, num_frames, _REFERENCE_SAMPLES.value // 2, 1)
-  reference = measure_reference(videos, size, num_frames, _REFERENCE_SAMPLES.value, cores)
-  print(f"reference: {reference:8.1f} samples/s ({_REFERENCE_SAMPLES.value} samples, "
-        f"{cores} worker processes: whole-video OpenCV decode + resize; "
-        f"{single:.1f} samples/s with 1 worker)")
+  meter = PipelineMeter(data_config(data_dir, size, num_frames), _BATCH.value)
+  per_round = _REFERENCE_SAMPLES.value
+  # Alternating rounds, so that both loaders see the same background load.
+  ours, theirs = [], []
+  with multiprocessing.get_context("spawn").Pool(cores, initializer=_init_worker) as pool:
+    pool.map(reference_sample, [(videos[0], size, num_frames, 0)] * cores)  # start-up
+    for r in range(rounds):
+      ours.append(meter.round(_SECONDS.value / rounds))
+      tasks = [(videos[(r * per_round + i) % len(videos)], size, num_frames, i)
+               for i in range(per_round)]
+      theirs.append(reference_round(pool, tasks))
+      logging.info("round %d: pipeline %.1f samples/s, reference %.2f samples/s", r,
+                   ours[-1][0] / ours[-1][1], theirs[-1][0] / theirs[-1][1])
+
+  def summary(rows):
+    count, wall, cpu = (sum(x[i] for x in rows) for i in range(3))
+    return count / wall, count / cpu, count
+
+  rate, rate_cpu, counted = summary(ours)
+  reference, reference_cpu, reference_count = summary(theirs)
   own = peak_memory_mb()
   result = {
       "samples_per_s": round(rate, 1),
       "reference_samples_per_s": round(reference, 2),
       "ratio": round(rate / reference, 1),
-      "reference_one_worker_samples_per_s": round(single, 2),
       "cores": cores,
       "samples_per_s_per_core": round(rate / cores, 1),
       "reference_samples_per_s_per_core": round(reference / cores, 2),
+      "samples_per_cpu_s": round(rate_cpu, 1),
+      "reference_samples_per_cpu_s": round(reference_cpu, 2),
+      "ratio_per_cpu_s": round(rate_cpu / reference_cpu, 1),
       "peak_host_memory_mb": round(own, 1),
       "frame_size": size,
       "num_frames": num_frames,
+      "batch_size": _BATCH.value,
       "train_videos": train,
       "mean_video_frames": round(mean_frames, 1),
       "load_average_1min": round(os.getloadavg()[0], 2),
   }
-  print(f"ratio: {result['ratio']}x; per core: {result['samples_per_s_per_core']} vs "
+  print(f"pipeline:  {rate:8.1f} samples/s ({counted} samples, batch {_BATCH.value}, "
+        f"{train} train videos of {mean_frames:.0f} frames on average, "
+        f"{num_frames}x{size}x{size}); {rate_cpu:.1f} samples per CPU-second")
+  print(f"reference: {reference:8.2f} samples/s ({reference_count} samples, {cores} worker "
+        f"processes: whole-video OpenCV decode + resize); {reference_cpu:.2f} samples per "
+        f"CPU-second")
+  print(f"ratio: {result['ratio']}x wall-clock, {result['ratio_per_cpu_s']}x per CPU-second; "
+        f"per core: {result['samples_per_s_per_core']} vs "
         f"{result['reference_samples_per_s_per_core']} samples/s; peak host memory "
-        f"{own:.0f} MB")
+        f"{own:.0f} MB; load average {result['load_average_1min']} on {cores} cores")
   return result
 
 
