@@ -9,7 +9,7 @@ load; rates are given per wall-clock second and per CPU-second (robust to other 
 the machine). A sample is a clip plus its flipped copy. Prints both rates, the ratio,
 the per-core rate and peak host memory; the last line is one JSON object.
 
-  python benchmarks/input_pipeline.py [--work_dir DIR] [--frame_size 128] [--seconds 20]
+  python benchmarks/input_pipeline.py [--work_dir DIR] [--frame_size 128] [--rounds 4]
 """
 
 import json
@@ -44,7 +44,8 @@ _WORK_DIR = flags.DEFINE_string(
     "present); default: a fresh temporary folder, removed afterwards.")
 _FRAME_SIZE = flags.DEFINE_integer("frame_size", 128, "Stored and model frame size.")
 _NUM_FRAMES = flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
-_VIDEOS_PER_CLASS = flags.DEFINE_integer("bench_videos_per_class", 10, "Synthetic videos per class.")
+_VIDEOS_PER_CLASS = flags.DEFINE_integer("bench_videos_per_class", 10,
+                                         "Synthetic videos per class (6 classes).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Clips per batch of the pipeline.")
 _SECONDS = flags.DEFINE_float("seconds", 24.0, "Total measuring time of the pipeline.")
 _REFERENCE_SAMPLES = flags.DEFINE_integer("reference_samples", 24,
