@@ -66,7 +66,8 @@ def main(argv):
   if _MODE.value == 'eval':
     _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value)
     return
-  evaluate_fn = _evaluate_module().evaluate_fn if _MODE.value == 'train_and_eval' else None
+  evaluate_fn = (_evaluate_module().make_evaluate_fn(_WORKDIR.value)
+                 if _MODE.value == 'train_and_eval' else None)
   try:
     train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn)
   except train.Preempted as e:

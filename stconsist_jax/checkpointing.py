@@ -95,8 +95,10 @@ class Checkpointer:
   def save_best(self, step: int, state: Any, metrics: Mapping[str, float]) -> bool:
     """Offers an evaluated state to the 'best' slot; returns whether it was kept."""
     if self.best_metric not in metrics:
-      raise KeyError(f'eval.best_metric {self.best_metric!r} not among the evaluation '
-                     f'metrics {sorted(metrics)}')
+      logging.warning('eval.best_metric %r not among the evaluation metrics %s (undefined '
+                      'at this step?): step %d not offered as best', self.best_metric,
+                      sorted(metrics), step)
+      return False
     metrics = {k: float(v) for k, v in metrics.items()}
     self._best.save(step, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(
