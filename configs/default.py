@@ -44,6 +44,8 @@ def get_config() -> ml_collections.ConfigDict:
   # (2017 release), 'imagenet', 'scale_0_1'.
   config.model.normalization = 'kinetics'
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
+  # 3D conv lowering: 'auto' (sums of 2D convs on CPU, XLA's conv elsewhere), 'xla', 'conv2d'.
+  config.model.conv_impl = 'auto'
   # 3D convolutions: 'xla', 'conv2d' (sums of 2D convs over temporal taps, same numbers,
   # several times faster on XLA:CPU) or 'auto' (conv2d on CPU, xla elsewhere).
   config.model.conv_impl = 'auto'

@@ -150,6 +150,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_choice(config, 'model.box_activation', tuple(detector.ACTIVATIONS))
   _check_choice(config, 'model.normalization', tuple(sorted(detector.NORMALIZATION_PRESETS)))
   _check_choice(config, 'model.dtype', DTYPES)
+  from stconsist_jax.models import conv  # pylint: disable=g-import-not-at-top
+  _check_choice(config, 'model.conv_impl', tuple(conv.CONV_IMPLS))
   # Loss.
   for term in LOSS_TERMS:
     _check_range(config, f'loss.{term}_weight', 0.0)
