@@ -22,7 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 128  # Clip height/width fed to the model.
   config.data.num_frames = 16  # Frames per clip.
   config.data.frame_stride = 1  # Temporal stride between clip frames.
-  config.data.classes = 101  # 101 (UCF-101) or 24 (UCF101-24 videos, 24-way labels).
+  # 'all': every video, one label per dataset class (101 for UCF-101); 'ucf24': only the
+  # annotated videos, labelled by their tube class (24 for UCF101-24).
+  config.data.classes = 'all'
   config.data.box_label_fraction = 1.0  # Fraction of annotated videos whose boxes are kept.
   config.data.labeled_per_batch = 0  # Clips with a box per batch (0 = natural mix).
   config.data.scale_augment = (1.0, 1.0)  # Crop side / frame side (min, max); (1, 1) = off.
@@ -36,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv1_t_size = 7
   config.model.conv1_t_stride = 1
   config.model.no_max_pool = False
-  config.model.num_classes = 101  # Must equal data.classes.
+  config.model.num_classes = 101  # Must equal the labels the data yields (checked at start).
   config.model.box_head = 'mlp'  # 'mlp' (study), 'spatial' (central feature map) or 'none'.
   config.model.box_hidden = (256, 64, 8)  # Model-2; Model-1 is (16,). Then Dense 4 + sigmoid.
   config.model.box_activation = 'none'  # Between hidden layers (the study found none best).

@@ -114,7 +114,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
               'data.shuffle_buffer'):
     _check_type(config, key, int)
     _check_range(config, key, 1)
-  _check_choice(config, 'data.classes', (24, 101))
+  _check_choice(config, 'data.classes', ('all', 'ucf24'))
   _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
   _check_type(config, 'data.labeled_per_batch', int)
   _check_range(config, 'data.labeled_per_batch', 0, config.train.batch_size)
@@ -138,9 +138,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_range(config, 'model.conv1_t_stride', 1)
   _check_type(config, 'model.no_max_pool', bool)
   _check_type(config, 'model.num_classes', int)
-  if config.model.num_classes != config.data.classes:
-    raise ConfigError(f'config key model.num_classes={config.model.num_classes} differs from '
-                      f'data.classes={config.data.classes}')
+  _check_range(config, 'model.num_classes', 1)
   from stconsist_jax.models import detector  # pylint: disable=g-import-not-at-top
   _check_choice(config, 'model.box_head', detector.BOX_HEADS)
   hidden = _check_type(config, 'model.box_hidden', (tuple, list))

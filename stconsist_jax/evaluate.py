@@ -358,11 +358,7 @@ def pipeline_streams(config: ml_collections.ConfigDict, source: Any = None,
             source=source)
   builder = getattr(source, 'builder', None)
   if class_names is None:
-    if builder is not None:
-      class_names = list(builder.info.features['label'].names)
-  if class_names is None:
-    raise ValueError('evaluation needs the dataset class names (the TFDS label names): '
-                     f'the data source {type(source).__name__} has none; pass class_names')
+    class_names = pipeline.label_names(config.data, source)
   if annotated_class_names is None and builder is not None:
     annotated_class_names = (builder.info.metadata or {}).get('annotated_class_names') or None
   if annotated_class_names is None:

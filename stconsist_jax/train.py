@@ -385,6 +385,19 @@ def default_batch_iter_fn(config: ml_collections.ConfigDict, start_step: int
                                  process_count=jax.process_count())
 
 
+def check_num_classes(config: ml_collections.ConfigDict) -> None:
+  """Fails before any compute when model.num_classes differs from the data's labels."""
+  if config.data.name == 'random':
+    return
+  from stconsist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  names = pipeline.label_names(config.data)
+  if len(names) != config.model.num_classes:
+    raise config_lib.ConfigError(
+        f'config key model.num_classes={config.model.num_classes} differs from the '
+        f'{len(names)} labels that data {config.data.name!r} yields with '
+        f'data.classes={config.data.classes!r} (first: {names[:3]})')
+
+
 class _SigtermFlag:
   """Records SIGTERM so the loop can save and stop between steps."""
 
@@ -444,6 +457,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh = distributed.make_mesh() if mesh is None else mesh
   config_lib.validate(config, num_devices=mesh.devices.size,
                       num_processes=jax.process_count())
+  if batch_iter_fn is None:
+    check_num_classes(config)
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
   model = models.build_model(config.model)
   stages = resolve_stages(config)

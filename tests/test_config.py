@@ -24,7 +24,7 @@ def _config(name='default'):
 def test_shipped_configs_are_valid(name):
   config = _config(name)
   config_lib.validate(config, num_devices=8)
-  assert config.model.num_classes == config.data.classes == 101
+  assert config.data.classes in ('all', 'ucf24')
 
 
 def test_study_settings():
@@ -44,7 +44,8 @@ def test_study_settings():
     ('model.normalization', 'kinetics2017', None, 'model.normalization'),
     ('data.box_label_fraction', 1.5, None, r'data.box_label_fraction.*<= 1'),
     ('data.box_label_fraction', -0.1, None, r'data.box_label_fraction.*>= 0'),
-    ('model.num_classes', 24, None, 'model.num_classes=24 differs from data.classes=101'),
+    ('model.num_classes', 0, None, r'model.num_classes.*>= 1'),
+    ('data.classes', 'ucf101', None, r"data.classes.*'all', 'ucf24'"),
     ('optimizer.lr', '0.1', None, r"optimizer.lr.*must be int or float, got '0.1'"),
     ('train.fix_weights', 1, None, 'train.fix_weights.*bool'),
     ('loss.con_cls', 'kl', None, 'loss.con_cls'),

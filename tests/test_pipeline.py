@@ -435,3 +435,22 @@ def test_tfds_training_stream_and_frame_stream(synthetic_tfds):
     for b in ds.as_numpy_iterator():
       seen += [(names[b["video_id"][i]], int(b["frame"][i])) for i in np.flatnonzero(b["valid"])]
   assert sorted(seen) == expected
+
+
+@pytest.mark.parametrize("classes", ["all", "ucf24"])
+def test_label_names_follow_the_built_dataset(synthetic_tfds, classes):
+  config = tfds_config(synthetic_tfds, classes=classes)
+  truth = synthetic_tfds.truth
+  expected = truth.class_names if classes == "all" else truth.annotated_class_names
+  assert pipeline.label_names(config.data) == list(expected)
+
+
+def test_num_classes_mismatch_fails_before_training(synthetic_tfds):
+  from stconsist_jax import config_lib
+  from stconsist_jax import train
+  config = tfds_config(synthetic_tfds)
+  config.model = ml_collections.ConfigDict({"num_classes": 101})
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf"model.num_classes=101 differs from the "
+                           rf"{len(synthetic_tfds.truth.class_names)} labels"):
+    train.check_num_classes(config)

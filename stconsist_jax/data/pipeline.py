@@ -280,6 +280,26 @@ def only_ucf24(classes: int | str) -> bool:
                    f"{classes!r}")
 
 
+def label_names(data_config, source: Source | None = None) -> list[str]:
+  """Names of the labels the streams yield, in label order.
+
+  Every class of the dataset (`classes='all'`), or the annotated classes in tube-label
+  order (`classes='ucf24'`), as the TFDS build recorded them.
+  """
+  source = source or source_from_config(data_config)
+  builder = getattr(source, "builder", None)
+  if builder is None:
+    raise ValueError(f"the data source {type(source).__name__} has no TFDS builder to "
+                     "read class names from")
+  if only_ucf24(data_config.classes):
+    names = (builder.info.metadata or {}).get("annotated_class_names")
+    if not names:
+      raise ValueError(f"{builder.info.full_name} records no annotated class names "
+                       "(built before they were recorded?); rebuild it")
+    return list(names)
+  return list(builder.info.features["label"].names)
+
+
 def _filter_classes(ds: tf.data.Dataset, classes: int | str) -> tf.data.Dataset:
   """Keeps annotated videos only for 24 classes, relabelled with their 24-way label."""
   if not only_ucf24(classes):
