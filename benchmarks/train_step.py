@@ -1,0 +1,260 @@
+"""Train-step benchmark: clips/s and achieved FLOP/s of the jitted step, optionally against PyTorch.
+
+Times `stconsist_jax.train.make_train_step` (the clip and its flipped copy in one forward
+pass, all four losses, SGD with momentum) on batches generated on the device, for each
+compute dtype and batch size; the FLOPs of a step come from XLA's cost analysis of the
+compiled step. With `--torch`, the same detector, losses and step in PyTorch run in the
+same process after each JAX setting, and `ratio` = JAX clips/s / PyTorch clips/s. A clip
+counts once although it is computed twice (itself and its flip). Each setting prints one
+JSON line on stdout; on a GPU of known peak it includes `mfu`. No TensorFlow is imported.
+
+  python benchmarks/train_step.py --batch_sizes=2 --dtypes=float32,bfloat16 --torch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, Mapping, Sequence
+
+# Without this, JAX would take 75% of the GPU's memory and leave PyTorch too little.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default as default_config  # noqa: E402
+from stconsist_jax import config_lib  # noqa: E402
+from stconsist_jax import distributed  # noqa: E402
+from stconsist_jax import models  # noqa: E402
+from stconsist_jax import train  # noqa: E402
+
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["2"], "Global batch sizes (clips per step).")
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
+                            "Compute dtypes (config.model.dtype): float32, bfloat16.")
+_DEPTH = flags.DEFINE_integer("depth", 34, "ResNet3D depth: 10, 18, 34, 50, 101, 152, 200.")
+_WIDEN = flags.DEFINE_float("widen_factor", 1.0, "Channel multiplier of the backbone.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Clip height and width.")
+_NUM_FRAMES = flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
+_STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per setting.")
+_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps before timing (after compiling).")
+_BOX_HEAD = flags.DEFINE_enum("box_head", "mlp", ["mlp", "spatial", "none"],
+                              "Box head (mlp = the study's Model-2 head).")
+_CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "conv2d"],
+                               "3D conv lowering (config.model.conv_impl).")
+_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices in the mesh (0 = all).")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the same step in PyTorch.")
+_TORCH_CPU_BF16 = flags.DEFINE_bool(
+    "torch_cpu_bf16", False, "With --torch on a CPU, also run PyTorch in bfloat16, with "
+    "oneDNN disabled (its bf16 backward crashed on torch 2.13; the fallback is slow).")
+
+# Peak dense TFLOP/s per device: (device_kind substring, {dtype: peak}), first match
+# wins. float32 is the plain FP32 (non-tensor-core) peak; 'tf32' is the tensor-core TF32
+# peak, which XLA may use for float32 convolutions at default precision.
+PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bfloat16": 756.0, "float32": 51.0, "tf32": 378.0}),
+    ("H100", {"bfloat16": 989.0, "float32": 67.0, "tf32": 495.0}),
+    ("H200", {"bfloat16": 989.0, "float32": 67.0, "tf32": 495.0}),
+    ("A100", {"bfloat16": 312.0, "float32": 19.5, "tf32": 156.0}),
+)
+
+
+def bench_config(*, depth: int, widen_factor: float, image_size: int, num_frames: int,
+                 batch_size: int, dtype: str, box_head: str, conv_impl: str
+                 ) -> ml_collections.ConfigDict:
+  """configs/default.py (Model-2, consistency on) with the benchmark's settings."""
+  config = default_config.get_config()
+  config.data.name = "random"
+  config.data.image_size = config.data.frame_size = image_size
+  config.data.num_frames = num_frames
+  config.model.depth = depth
+  config.model.widen_factor = widen_factor
+  config.model.dtype = dtype
+  config.model.box_head = box_head
+  config.model.conv_impl = conv_impl
+  config.train.batch_size = batch_size
+  config.loss.rampup_steps = 0  # Full consistency weight (the compute is the same).
+  return config
+
+
+def make_batch_fn(config: ml_collections.ConfigDict, mesh: Any):
+  """Jitted `key -> training batch` made on the devices, sharded like real batches."""
+  d, n = config.data, config.train.batch_size
+  shape = (n, d.num_frames, d.image_size, d.image_size, 3)
+
+  def generate(key: jax.Array) -> dict[str, jax.Array]:
+    k_clip, k_box, k_has, k_label, k_tube = jax.random.split(key, 5)
+    clip = jax.random.bits(k_clip, shape, jnp.uint8)
+    xy, wh = jnp.split(jax.random.uniform(k_box, (n, 4)), 2, axis=1)
+    has_box = jax.random.bernoulli(k_has, 0.5, (n,))
+    box = jnp.where(has_box[:, None], jnp.concatenate([0.5 * xy, 0.1 + 0.4 * wh], 1), 0.0)
+    box_flip = jnp.where(has_box[:, None], jnp.stack(
+        [1.0 - box[:, 0] - box[:, 2], box[:, 1], box[:, 2], box[:, 3]], 1), 0.0)
+    return {
+        "clip": clip, "clip_flip": clip[:, :, :, ::-1],
+        "label": jax.random.randint(k_label, (n,), 0, config.model.num_classes, jnp.int32),
+        "box": box, "box_flip": box_flip, "has_box": has_box,
+        "tube_label": jnp.where(has_box, jax.random.randint(k_tube, (n,), 0, 24), -1),
+    }
+
+  return jax.jit(generate, out_shardings=distributed.batch_sharding(mesh))
+
+
+def cost_flops(compiled: Any) -> float | None:
+  """FLOPs of a compiled computation from XLA's cost analysis (dict or list of dicts)."""
+  analysis = compiled.cost_analysis()
+  if analysis is None:
+    return None
+  if isinstance(analysis, Mapping):
+    analysis = [analysis]
+  total = sum(float(a.get("flops", 0.0)) for a in analysis if a)
+  return total if total > 0 else None
+
+
+def peak_flops_per_s(device_kind: str, dtype: str) -> float | None:
+  """Peak dense FLOP/s of one device of `device_kind` for `dtype`, None if unknown."""
+  for name, peaks in PEAK_TFLOPS:
+    if name.lower() in device_kind.lower():
+      return peaks[dtype] * 1e12
+  return None
+
+
+def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup: int
+                ) -> dict[str, Any]:
+  """Compiles and times the real train step; FLOPs from the compiled executable."""
+  model = models.build_model(config.model)
+  stage = train.resolve_stages(config)[0]
+  state = train.create_train_state(config, model, mesh)
+  batch_fn = make_batch_fn(config, mesh)
+  keys = jax.random.split(jax.random.PRNGKey(config.seed), min(steps, 2))
+  batches = [batch_fn(k) for k in keys]
+  start = time.perf_counter()
+  compiled = train.make_train_step(config, model, mesh, stage).lower(
+      state, batches[0]).compile()
+  compile_s = time.perf_counter() - start
+  # The cost analysis of an SPMD executable describes one device's share.
+  flops_per_step = cost_flops(compiled)
+  if flops_per_step is not None:
+    flops_per_step *= mesh.devices.size
+  for i in range(warmup):
+    state, metrics = compiled(state, batches[i % len(batches)])
+  jax.block_until_ready(state)
+  start = time.perf_counter()
+  for i in range(steps):
+    state, metrics = compiled(state, batches[i % len(batches)])
+  jax.block_until_ready((state, metrics))
+  elapsed = time.perf_counter() - start
+  loss = float(metrics["loss"])
+  if not jnp.isfinite(loss):
+    raise FloatingPointError(f"JAX step produced a non-finite loss {loss}")
+  step_time = elapsed / steps
+  return {"clips_per_s": config.train.batch_size / step_time, "step_time_s": step_time,
+          "flops_per_step": flops_per_step,
+          "flops_per_s": None if flops_per_step is None else flops_per_step / step_time,
+          "compile_s": compile_s}
+
+
+def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool
+                ) -> dict[str, Any]:
+  """One (dtype, batch size): the JAX step, then PyTorch's; the JSON record."""
+  config = bench_config(depth=_DEPTH.value, widen_factor=_WIDEN.value,
+                        image_size=_IMAGE_SIZE.value, num_frames=_NUM_FRAMES.value,
+                        batch_size=batch_size, dtype=dtype, box_head=_BOX_HEAD.value,
+                        conv_impl=_CONV_IMPL.value)
+  config_lib.validate(config, num_devices=mesh.devices.size, num_processes=1)
+  device = mesh.devices.flat[0]
+  record: dict[str, Any] = {
+      "depth": _DEPTH.value, "widen_factor": _WIDEN.value, "batch_size": batch_size,
+      "dtype": dtype, "image_size": _IMAGE_SIZE.value, "num_frames": _NUM_FRAMES.value,
+      "box_head": _BOX_HEAD.value, "conv_impl": _CONV_IMPL.value, "steps": _STEPS.value,
+      "warmup": _WARMUP.value, "device": f"{device.device_kind} / {device.platform}",
+      "platform": device.platform, "num_devices": mesh.devices.size,
+      "load_avg_1m_before": round(os.getloadavg()[0], 2),
+  }
+  logging.info("JAX: %s", record)
+  record.update(measure_jax(config, mesh, _STEPS.value, _WARMUP.value))
+  peak = peak_flops_per_s(device.device_kind, dtype) if device.platform == "gpu" else None
+  if peak is not None and record["flops_per_s"] is not None:
+    record["peak_flops_per_s"] = peak * mesh.devices.size
+    record["mfu"] = record["flops_per_s"] / record["peak_flops_per_s"]
+    if dtype == "float32":
+      record["mfu_vs_tf32"] = record["flops_per_s"] / (
+          peak_flops_per_s(device.device_kind, "tf32") * mesh.devices.size)
+  else:
+    record["peak_flops_per_s"] = record["mfu"] = None
+  record.update(torch_clips_per_s=None, torch_step_time_s=None, ratio=None,
+                torch_threads=None, torch_note=None)
+  if with_torch:
+    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+    logging.info("PyTorch: depth %d, batch %d, %s", _DEPTH.value, batch_size, dtype)
+    result = torch_step.measure(
+        depth=_DEPTH.value, widen_factor=_WIDEN.value,
+        num_classes=config.model.num_classes, batch_size=batch_size,
+        num_frames=_NUM_FRAMES.value, image_size=_IMAGE_SIZE.value, dtype=dtype,
+        steps=_STEPS.value, warmup=_WARMUP.value,
+        device=torch_step.torch_device(device.platform), seed=config.seed,
+        allow_cpu_bf16=_TORCH_CPU_BF16.value)
+    record.update(result)
+    if result["torch_clips_per_s"]:
+      record["ratio"] = record["clips_per_s"] / result["torch_clips_per_s"]
+  record["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
+  record["tensorflow_imported"] = "tensorflow" in sys.modules
+  return record
+
+
+def parse_batch_sizes(values: Sequence[str]) -> list[int]:
+  try:
+    sizes = [int(v) for v in values]
+  except ValueError as e:
+    raise app.UsageError(f"--batch_sizes: expected integers, found {values}") from e
+  if any(s <= 0 for s in sizes):
+    raise app.UsageError(f"--batch_sizes: expected positive integers, found {sizes}")
+  return sizes
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  batch_sizes = parse_batch_sizes(_BATCH_SIZES.value)
+  for dtype in _DTYPES.value:
+    if dtype not in ("float32", "bfloat16"):
+      raise app.UsageError(f"--dtypes: expected float32 or bfloat16, found {dtype!r}")
+  if _STEPS.value < 1 or _WARMUP.value < 0:
+    raise app.UsageError(f"--steps must be >= 1 and --warmup >= 0, found "
+                         f"{_STEPS.value} and {_WARMUP.value}")
+  if _TORCH.value and _BOX_HEAD.value != "mlp":
+    raise app.UsageError(f"--torch replicates the Model-2 head only (--box_head=mlp), "
+                         f"found --box_head={_BOX_HEAD.value}")
+  devices = jax.devices()
+  if _NUM_DEVICES.value:
+    if _NUM_DEVICES.value > len(devices):
+      raise app.UsageError(f"--num_devices={_NUM_DEVICES.value} but only {len(devices)} "
+                           f"devices are visible")
+    devices = devices[:_NUM_DEVICES.value]
+  for b in batch_sizes:
+    if b % len(devices):
+      raise app.UsageError(f"--batch_sizes: {b} is not divisible by the {len(devices)} "
+                           f"devices of the mesh (set --num_devices)")
+  mesh = distributed.make_mesh(devices)
+  logging.info("%s, jax %s, %d devices (%s), host %s with %d cores", sys.version.split()[0],
+               jax.__version__, len(devices), devices[0].device_kind, platform.node(),
+               os.cpu_count())
+  for dtype in _DTYPES.value:
+    for batch_size in batch_sizes:
+      record = run_setting(dtype=dtype, batch_size=batch_size, mesh=mesh,
+                           with_torch=_TORCH.value)
+      print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
