@@ -30,7 +30,7 @@ KINETICS_STD = (0.2768, 0.2713, 0.2737)
 TORCH_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 # With torch 2.13 on an AVX512-BF16 CPU, the backward pass under bfloat16 autocast hung or
 # corrupted the heap inside oneDNN (1 or 2 threads). With oneDNN off it runs on PyTorch's
-# own kernels, 10-40x slower than float32 on a tiny model: no fair reference, so CPU
+# own kernels, far slower than float32 with oneDNN: no fair reference, so CPU
 # bfloat16 is skipped unless asked for (`allow_cpu_bf16`).
 CPU_BF16_NOTE = "CPU bfloat16 autocast with oneDNN disabled (its bf16 backward crashed)"
 CPU_BF16_SKIPPED = ("skipped: CPU bfloat16 autocast crashed in oneDNN's backward pass; "
