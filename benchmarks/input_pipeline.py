@@ -2,7 +2,8 @@
 
 Builds (or reuses) a synthetic UCF-101-layout dataset and its TFDS records, then measures
 in one run, on the same videos: (1) `pipeline.make_train_dataset` (decode only the 16
-chosen JPEG frames, flipped copy, boxes) and (2) the original study's way of loading a
+chosen JPEG frames, boxes; the flipped copy is made by the train step on the
+accelerator, or here with --host_flip) and (2) the original study's way of loading a
 sample (OpenCV-decode the whole .avi, resize every frame, pick a window, flip in numpy),
 run in one worker per core. The two alternate in rounds so both see the same background
 load; rates are given per wall-clock second and per CPU-second (robust to other load on
@@ -51,6 +52,9 @@ _SECONDS = flags.DEFINE_float("seconds", 24.0, "Total measuring time of the pipe
 _REFERENCE_SAMPLES = flags.DEFINE_integer("reference_samples", 24,
                                           "Samples the reference loader loads per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Alternating measuring rounds of both loaders.")
+_HOST_FLIP = flags.DEFINE_bool(
+    "host_flip", False, "Make the flipped clip in the pipeline (data.host_flip). Default: "
+    "as in training, the train step flips on the accelerator.")
 
 
 def build_dataset(work_dir: pathlib.Path, frame_size: int, videos_per_class: int):
@@ -70,12 +74,13 @@ def build_dataset(work_dir: pathlib.Path, frame_size: int, videos_per_class: int
   return root, data_dir, builder
 
 
-def data_config(data_dir: pathlib.Path, frame_size: int, num_frames: int):
+def data_config(data_dir: pathlib.Path, frame_size: int, num_frames: int,
+                host_flip: bool):
   return ml_collections.ConfigDict(dict(
       name="synthetic", data_dir=str(data_dir), split=1, frame_size=frame_size,
-      image_size=frame_size, num_frames=num_frames, frame_stride=1, classes=101,
+      image_size=frame_size, num_frames=num_frames, frame_stride=1, classes="all",
       box_label_fraction=1.0, labeled_per_batch=0, scale_augment=False,
-      shuffle_buffer=64))
+      shuffle_buffer=64, host_flip=host_flip))
 
 
 class PipelineMeter:
@@ -147,7 +152,8 @@ def run(work_dir: pathlib.Path) -> dict:
   videos = sorted(str(p) for p in (root / "UCF-101").glob("*/*.avi"))
   mean_frames = float(np.mean([cv2.VideoCapture(v).get(cv2.CAP_PROP_FRAME_COUNT)
                                for v in videos]))
-  meter = PipelineMeter(data_config(data_dir, size, num_frames), _BATCH.value)
+  meter = PipelineMeter(data_config(data_dir, size, num_frames, _HOST_FLIP.value),
+                        _BATCH.value)
   per_round = _REFERENCE_SAMPLES.value
   # Alternating rounds, so that both loaders see the same background load.
   ours, theirs = [], []
@@ -179,6 +185,7 @@ def run(work_dir: pathlib.Path) -> dict:
       "reference_samples_per_cpu_s": round(reference_cpu, 2),
       "ratio_per_cpu_s": round(rate_cpu / reference_cpu, 1),
       "peak_host_memory_mb": round(own, 1),
+      "flipped_copy_made_on": "host" if _HOST_FLIP.value else "accelerator",
       "frame_size": size,
       "num_frames": num_frames,
       "batch_size": _BATCH.value,

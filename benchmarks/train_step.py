@@ -101,7 +101,7 @@ def make_batch_fn(config: ml_collections.ConfigDict, mesh: Any):
     box_flip = jnp.where(has_box[:, None], jnp.stack(
         [1.0 - box[:, 0] - box[:, 2], box[:, 1], box[:, 2], box[:, 3]], 1), 0.0)
     return {
-        "clip": clip, "clip_flip": clip[:, :, :, ::-1],
+        "clip": clip,  # the train step makes the flipped copy on the device
         "label": jax.random.randint(k_label, (n,), 0, config.model.num_classes, jnp.int32),
         "box": box, "box_flip": box_flip, "has_box": has_box,
         "tube_label": jnp.where(has_box, jax.random.randint(k_tube, (n,), 0, 24), -1),

@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.labeled_per_batch = 0  # Clips with a box per batch (0 = natural mix).
   config.data.scale_augment = (1.0, 1.0)  # Crop side / frame side (min, max); (1, 1) = off.
   config.data.shuffle_buffer = 512
+  # Make the flipped clip on the host too (default: the train step flips on the device,
+  # which halves host work and host-to-device traffic).
+  config.data.host_flip = False
 
   # Model (stconsist_jax.models.build_model).
   config.model = ml_collections.ConfigDict()

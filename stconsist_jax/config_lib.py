@@ -115,6 +115,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _check_type(config, key, int)
     _check_range(config, key, 1)
   _check_choice(config, 'data.classes', ('all', 'ucf24'))
+  _check_type(config, 'data.host_flip', bool)
   _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
   _check_type(config, 'data.labeled_per_batch', int)
   _check_range(config, 'data.labeled_per_batch', 0, config.train.batch_size)

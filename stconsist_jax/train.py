@@ -205,14 +205,17 @@ def box_iou_xywh(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def forward_pair(model: Any, variables: Mapping[str, Any], clip: jax.Array,
-                 clip_flip: jax.Array, *, train: bool, freeze_backbone: bool
+                 clip_flip: jax.Array | None, *, train: bool, freeze_backbone: bool
                  ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], Any]:
   """One forward pass over clips and flipped clips interleaved on the batch axis.
 
   Interleaving (row 2i = clip i, row 2i+1 = its flip) keeps each pair on the device that
-  holds clip i, so the concatenation needs no cross-device traffic.
+  holds clip i, so the concatenation needs no cross-device traffic. Without `clip_flip`
+  the flip (width reversed) is made here, on the device.
   """
   b = clip.shape[0]
+  if clip_flip is None:
+    clip_flip = clip[:, :, :, ::-1]
   x = jnp.stack([clip, clip_flip], axis=1).reshape((2 * b,) + clip.shape[1:])
   if train:
     out, updates = model.apply(variables, x, train=True, freeze_backbone=freeze_backbone,
@@ -257,7 +260,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Any,
     params = merge_params(body, trainable) if fix else trainable
     variables = {'params': params, 'batch_stats': state.batch_stats}
     out, out_flip, new_stats = forward_pair(model, variables, batch['clip'],
-                                            batch['clip_flip'], train=True,
+                                            batch.get('clip_flip'), train=True,
                                             freeze_backbone=fix)
     terms = loss_terms(out, out_flip, batch, loss_config.con_cls)
     return losses.total_loss(terms, term_weights), (terms, out, new_stats)
@@ -347,7 +350,7 @@ def random_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.n
   box_flip = np.where(has_box[:, None], np.stack(
       [1.0 - box[:, 0] - box[:, 2], box[:, 1], box[:, 2], box[:, 3]], 1), 0.0)
   return {
-      'clip': clip, 'clip_flip': clip[:, :, :, ::-1].copy(),
+      'clip': clip,
       'label': rng.integers(0, config.model.num_classes, n).astype(np.int32),
       'box': box, 'box_flip': box_flip.astype(np.float32), 'has_box': has_box,
       'tube_label': np.where(has_box, rng.integers(0, 24, n), -1).astype(np.int32),

@@ -96,6 +96,30 @@ def test_fix_weights_trains_only_the_box_head():
       assert np.array_equal(v, opt[k]), f'frozen optimizer state {k} changed'
 
 
+def test_device_flip_equals_host_flip():
+  # Without `clip_flip` the step mirrors the clip itself; with a host-made numpy
+  # mirror it must compute exactly the same step.
+  config = tiny_config()
+  mesh = distributed.make_mesh(jax.devices()[:2])
+  model = models.build_model(config.model)
+  stage = train.resolve_stages(config)[0]
+  step_fn = train.make_train_step(config, model, mesh, stage)
+  batch = train.random_batch(config, 0)
+  assert 'clip_flip' not in batch
+  host_flipped = dict(batch, clip_flip=np.ascontiguousarray(batch['clip'][:, :, :, ::-1]))
+  results = []
+  for b in (batch, host_flipped):
+    state = train.create_train_state(config, model, mesh)
+    state, metrics = step_fn(state, distributed.shard_batch(b, mesh))
+    results.append((_flat(state.params), jax.device_get(metrics)))
+  (p_dev, m_dev), (p_host, m_host) = results
+  assert m_dev['con_cls'] > 0  # the flipped clip really differs from the clip
+  for key in ('loss', 'cls', 'loc', 'con_cls', 'con_loc'):
+    assert m_dev[key] == m_host[key], key
+  for k in p_dev:
+    np.testing.assert_array_equal(p_dev[k], p_host[k], err_msg=k)
+
+
 def test_sgd_matches_pytorch_momentum_rule():
   # PyTorch SGD: g <- g + wd * p; buf <- m * buf + g; p <- p - lr * buf.
   opt = tiny_config().optimizer

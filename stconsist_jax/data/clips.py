@@ -22,6 +22,7 @@ class WindowSpec(NamedTuple):
   image_size: int  # side of the clips the model sees
   scale_min: float = 1.0  # scale augmentation: crop side / frame side in [min, max]
   scale_max: float = 1.0
+  host_flip: bool = False  # also yield `clip_flip` (else the device flips)
 
   @property
   def span(self) -> int:

@@ -2,8 +2,9 @@
 
 Reads the `ucf101_stconsist` TFDS records (docs/DESIGN.md section 2) and yields host-side
 numpy batches (section 3). Per-host sharding, seeded shuffling, a random T-frame window
-per video, decoding of only the chosen JPEG frames, optional scale augmentation, the
-flipped copy, box targets, and deterministic padded evaluation streams.
+per video, decoding of only the chosen JPEG frames, optional scale augmentation, box
+targets (and their flipped copies), and deterministic padded evaluation streams. The
+flipped clip is made by the train step on the accelerator (`data.host_flip` makes it here).
 
 Config keys read (ml_collections `config`):
   data.name                 TFDS name; `name` alone means `name/split{split}_{frame_size}`,
@@ -25,6 +26,9 @@ Config keys read (ml_collections `config`):
   data.scale_augment        (min, max) crop side / frame side; (1, 1) or False turns it
                             off, True means DEFAULT_SCALE_AUGMENT.
   data.shuffle_buffer       videos in the shuffle buffer.
+  data.host_flip            also yield `clip_flip` (default False: the train step flips
+                            on the device, which halves host work and host-to-device
+                            traffic).
   eval.clips_per_video      K uniformly placed clips per test video.
   eval.frame_stride         the frame stream scores annotated frames f with
                             f % frame_stride == 0.
@@ -70,7 +74,8 @@ DEFAULT_SCALE_AUGMENT = (0.8, 1.0)
 SYNTHETIC_ALIAS = "synthetic"
 DEFAULT_NAME = "ucf101_stconsist"
 
-TRAIN_KEYS = ("clip", "clip_flip", "label", "box", "box_flip", "has_box", "tube_label")
+TRAIN_KEYS = ("clip", "label", "box", "box_flip", "has_box", "tube_label")
+HOST_FLIP_KEY = "clip_flip"  # only with data.host_flip; else the train step flips
 EVAL_CLIP_KEYS = ("clip", "label", "box", "has_box", "video_id", "valid")
 EVAL_FRAME_KEYS = ("clip", "label", "video_id", "frame", "gt_boxes", "gt_labels", "valid")
 
@@ -248,7 +253,8 @@ def window_spec(data_config) -> clips_lib.WindowSpec:
   return clips_lib.WindowSpec(
       num_frames=int(data_config.num_frames), frame_stride=int(data_config.frame_stride),
       frame_size=int(data_config.frame_size), image_size=int(data_config.image_size),
-      scale_min=float(scale[0]), scale_max=float(scale[1]))
+      scale_min=float(scale[0]), scale_max=float(scale[1]),
+      host_flip=bool(data_config.get("host_flip", False)))
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -331,18 +337,20 @@ def _count_gaps(ds: tf.data.Dataset, first_index: int) -> tf.data.Dataset:
 
 
 def _clip_targets(clip, box, has_box, tube_label, spec):
-  """Final per-clip dict: resize, flipped copy, flipped box."""
+  """Final per-clip dict: resize, flipped box, and the flipped clip if made on the host."""
   clip = clips_lib.resize_clip(clip, spec.image_size)
   clip = tf.ensure_shape(clip, [spec.num_frames, spec.image_size, spec.image_size, 3])
   box = tf.where(has_box, box, tf.zeros([4]))
-  return {
+  out = {
       "clip": clip,
-      "clip_flip": clips_lib.flip_width(clip),
       "box": box,
       "box_flip": tf.where(has_box, clips_lib.flip_xywh(box), tf.zeros([4])),
       "has_box": has_box,
       "tube_label": tf.where(has_box, tube_label, -1),
   }
+  if spec.host_flip:
+    out[HOST_FLIP_KEY] = clips_lib.flip_width(clip)
+  return out
 
 
 # ----------------------------------------------------------------------------- training
