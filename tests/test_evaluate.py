@@ -29,6 +29,7 @@ def _config(tfds_fixture, box_hidden=(8,)):
   config.data.image_size = 32
   config.data.num_frames = 8
   config.model.num_classes = tfds_fixture.num_classes
+  config.model.box_head = "mlp"  # The study's head: its names appear in the messages.
   config.model.box_hidden = box_hidden
   config.eval.batch_size = 8
   config.eval.clips_per_video = 2

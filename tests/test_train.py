@@ -123,7 +123,7 @@ def test_device_flip_equals_host_flip():
 def test_sgd_matches_pytorch_momentum_rule():
   # PyTorch SGD: g <- g + wd * p; buf <- m * buf + g; p <- p - lr * buf.
   opt = tiny_config().optimizer
-  opt.weight_decay, opt.momentum, lr = 0.1, 0.9, 0.5
+  opt.name, opt.weight_decay, opt.momentum, lr = 'sgd', 0.1, 0.9, 0.5
   tx = train.make_optimizer(opt)
   p = np.array([1.0, -2.0], np.float32)
   grads = [np.array([0.3, 0.1], np.float32), np.array([-0.2, 0.4], np.float32)]
