@@ -35,7 +35,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-# These define absl flags of their own at import; ours must not reuse their names.
 from stconsist_jax.data import pipeline  # noqa: E402
 from stconsist_jax.data import synthetic  # noqa: E402
 from stconsist_jax.data import tfds_builder  # noqa: E402

@@ -1,6 +1,8 @@
 """The synthetic dataset: UCF-101 layout, real pickle format, exact drawn boxes."""
 
 import pickle
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -169,3 +171,18 @@ def test_from_real_annotations(ucf24_dir, tmp_path):
   train, test = ds.splits[1]
   assert all(ann.group_of(p) <= 7 for p in test)
   assert all(ann.group_of(p) > 7 for p in train)
+
+
+def test_cli_writes_the_layout_and_import_defines_no_flags(tmp_path, repo_root):
+  from absl import flags
+  assert "output" not in flags.FLAGS  # importing the module left the names free
+  out = tmp_path / "cli"
+  result = subprocess.run(
+      [sys.executable, "-m", "stconsist_jax.data.synthetic", f"--output={out}",
+       "--num-classes=2", "--annotated-classes=1", "--videos-per-class=2",
+       "--min-frames=8", "--max-frames=10"],
+      cwd=repo_root, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "wrote 4 videos (2 annotated) of 2 classes" in result.stdout
+  assert len(list((out / "UCF-101").glob("*/*.avi"))) == 4
+  assert (out / "pyannot.pkl").exists() and (out / "ucfTrainTestlist" / "classInd.txt").exists()

@@ -455,31 +455,37 @@ def generate_from_annotations(output_dir: str | os.PathLike, annotations_path: s
 # --------------------------------------------------------------------------- CLI
 
 FLAGS = flags.FLAGS
-_OUTPUT = flags.DEFINE_string("output", None, "Folder to write (must not exist or be empty).")
-_SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 6, "Classes (shape x motion).")
-_ANNOTATED = flags.DEFINE_integer("annotated_classes", 4, "Classes with boxes.")
-_VPC = flags.DEFINE_integer("videos_per_class", 4, "Videos per class.")
-_MIN_FRAMES = flags.DEFINE_integer("min_frames", 24, "Shortest video.")
-_MAX_FRAMES = flags.DEFINE_integer("max_frames", 60, "Longest video.")
-_CPG = flags.DEFINE_integer("clips_per_group", 1, "Clips per group (gGG).")
-_FROM = flags.DEFINE_string("from_annotations", None,
-                            "Render videos following this real pyannot.pkl instead.")
-_MAX_VIDEOS = flags.DEFINE_integer("max_videos", 20, "With --from_annotations.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+
+
+def define_flags() -> None:
+  """The CLI's flags, defined only when run as a program so importers keep the names."""
+  flags.DEFINE_string("output", None, "Folder to write (must not exist or be empty).")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_integer("num_classes", 6, "Classes (shape x motion).")
+  flags.DEFINE_integer("annotated_classes", 4, "Classes with boxes.")
+  flags.DEFINE_integer("videos_per_class", 4, "Videos per class.")
+  flags.DEFINE_integer("min_frames", 24, "Shortest video.")
+  flags.DEFINE_integer("max_frames", 60, "Longest video.")
+  flags.DEFINE_integer("clips_per_group", 1, "Clips per group (gGG).")
+  flags.DEFINE_string("from_annotations", None,
+                      "Render videos following this real pyannot.pkl instead.")
+  flags.DEFINE_integer("max_videos", 20, "With --from_annotations.")
+  flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
+  flags.mark_flag_as_required("output")
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  if _FROM.value:
-    ds = generate_from_annotations(_OUTPUT.value, _FROM.value, _MAX_VIDEOS.value,
-                                   _SEED.value, _OVERWRITE.value)
+  if FLAGS.from_annotations:
+    ds = generate_from_annotations(FLAGS.output, FLAGS.from_annotations, FLAGS.max_videos,
+                                   FLAGS.seed, FLAGS.overwrite)
   else:
-    spec = SyntheticSpec(seed=_SEED.value, num_classes=_NUM_CLASSES.value,
-                         annotated_classes=_ANNOTATED.value,
-                         videos_per_class=_VPC.value, min_frames=_MIN_FRAMES.value,
-                         max_frames=_MAX_FRAMES.value, clips_per_group=_CPG.value)
-    ds = generate(_OUTPUT.value, spec, _OVERWRITE.value)
+    spec = SyntheticSpec(seed=FLAGS.seed, num_classes=FLAGS.num_classes,
+                         annotated_classes=FLAGS.annotated_classes,
+                         videos_per_class=FLAGS.videos_per_class,
+                         min_frames=FLAGS.min_frames, max_frames=FLAGS.max_frames,
+                         clips_per_group=FLAGS.clips_per_group)
+    ds = generate(FLAGS.output, spec, FLAGS.overwrite)
   annotated = sum(bool(r.tubes) for r in ds.records.values())
   print(f"wrote {len(ds.records)} videos ({annotated} annotated) of "
         f"{len(ds.class_names)} classes to {ds.root}")
@@ -497,5 +503,5 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("output")
+  define_flags()
   app.run(main, flags_parser=parse_flags)
