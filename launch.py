@@ -48,9 +48,11 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
   from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
+  logging_utils.quiet_library_logs()
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          force=_DISTRIBUTED.value)
   try:

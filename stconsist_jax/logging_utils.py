@@ -19,6 +19,26 @@ METRICS_FILENAME = 'metrics.jsonl'
 CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'iou', 'lr')
 
 
+# Libraries whose INFO records (one per checkpoint event, shard, ...) drown the run's own.
+QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/')
+
+
+class _DropLibraryInfo:
+  """absl handler filter: keeps WARNING and above from `QUIET_LIBRARIES`, all else."""
+
+  def filter(self, record: Any) -> bool:
+    if record.levelno >= logging.converter.ABSL_TO_STANDARD[logging.WARNING]:
+      return True
+    return not any(lib in record.pathname for lib in QUIET_LIBRARIES)
+
+
+def quiet_library_logs() -> None:
+  """Hides INFO logs of orbax and TFDS on the console (idempotent)."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
+
+
 def _format_seconds(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)

@@ -37,6 +37,8 @@ SUMMARY = (('video_accuracy', 'video accuracy'), ('clip_accuracy', 'clip accurac
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  logging_utils.quiet_library_logs()
   t_start = time.time()
   config = _CONFIG.value
   cache = pathlib.Path(_CACHE_DIR.value)

@@ -56,6 +56,8 @@ def mean_std(values) -> tuple[float, float]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  logging_utils.quiet_library_logs()
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
