@@ -22,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and config.json.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'train_and_eval'],
                           'What to run.')
-_EVAL_STEP = flags.DEFINE_string('eval_step', 'latest',
+_EVAL_STEP = flags.DEFINE_string('eval_step', None,
                                  "--mode=eval: a step number, 'latest' or 'best'.")
 _DISTRIBUTED = flags.DEFINE_bool('distributed', False,
                                  'Force jax.distributed.initialize() (auto-detected on '
@@ -65,13 +65,19 @@ def main(argv):
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
 
-  if _MODE.value == 'eval':
-    _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value)
-    return
-  evaluate_fn = (_evaluate_module().make_evaluate_fn(_WORKDIR.value)
-                 if _MODE.value == 'train_and_eval' else None)
   try:
+    if _MODE.value == 'eval':
+      _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value)
+      return
+    evaluate_fn = (_evaluate_module().make_evaluate_fn(_WORKDIR.value)
+                   if _MODE.value == 'train_and_eval' else None)
     train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn)
+  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+    # Bad settings found once the data or checkpoints are looked at (num_classes vs the
+    # dataset, a dataset not built, no checkpoint, another architecture): one message.
+    logging.error('%s', e)
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   except train.Preempted as e:
     logging.warning('%s', e)
     print(str(e), file=sys.stderr)

@@ -49,8 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
   # (2017 release), 'imagenet', 'scale_0_1'.
   config.model.normalization = 'kinetics'
   config.model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16'.
-  # 3D conv lowering: 'auto' (sums of 2D convs on CPU, XLA's conv elsewhere), 'xla', 'conv2d'.
-  config.model.conv_impl = 'auto'
   # 3D convolutions: 'xla', 'conv2d' (sums of 2D convs over temporal taps, same numbers,
   # several times faster on XLA:CPU) or 'auto' (conv2d on CPU, xla elsewhere).
   config.model.conv_impl = 'auto'
@@ -100,6 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.batch_size = 64
   config.eval.best_metric = 'video_accuracy'  # Metric that selects the 'best' checkpoint.
   config.eval.best_mode = 'max'  # 'max' or 'min'.
+  # --mode=eval restores 'latest', 'best', 'init_from' (a converted classifier) or a step
+  # number such as '800'; launch.py's --eval_step overrides it.
+  config.eval.checkpoint_step = 'latest'
+  config.eval.sheet_clips = 6  # Test clips drawn in eval/<step>/clips.png.
 
   # Directory written by tools/convert_torch_weights.py ('' = train from scratch).
   config.init_from = ''

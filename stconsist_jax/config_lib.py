@@ -204,6 +204,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
                       f'divisible by the device count {num_devices}')
   _check_type(config, 'eval.best_metric', str)
   _check_choice(config, 'eval.best_mode', ('max', 'min'))
+  step = _check_type(config, 'eval.checkpoint_step', str)
+  if not (step.isdigit() or step in ('latest', 'best', 'init_from')):
+    raise ConfigError(f"config key 'eval.checkpoint_step' must be 'latest', 'best', "
+                      f"'init_from' or a step number, got {step!r}")
+  _check_type(config, 'eval.sheet_clips', int)
+  _check_range(config, 'eval.sheet_clips', 0)
   _check_type(config, 'init_from', str)
 
 

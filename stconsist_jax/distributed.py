@@ -90,3 +90,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   sharding = replicated(mesh)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when `flag` is true on any (free with one process)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags_of_all = multihost_utils.process_allgather(np.asarray(flag, np.int32))
+  return bool(np.max(flags_of_all))

@@ -211,12 +211,12 @@ def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return Restored(model, variables, INIT_FROM, None, classification_only=True)
   check_workdir(workdir, step)
   source_config, variables, restored_step = checkpointing.restore_for_eval(workdir, step)
+  checkpoint_dir = checkpointing.BEST_DIR if step == 'best' else checkpointing.CHECKPOINT_DIR
   model = models.build_model(config.model)
   check_architecture(
       model, variables, _sample_shape(config), describe_model(config.model),
       describe_model(source_config.model) if 'model' in source_config else 'unknown',
-      where=f'checkpoint {pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR} step '
-            f'{restored_step}')
+      where=f'checkpoint {pathlib.Path(workdir) / checkpoint_dir} step {restored_step}')
   return Restored(model, variables, restored_step, source_config,
                   classification_only=str(config.model.get('box_head', 'mlp')) == 'none')
 

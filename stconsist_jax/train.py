@@ -322,15 +322,6 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any, mesh: Any, st
                  out_shardings=(repl, repl), donate_argnums=(0,))
 
 
-def make_predict_fn(model: Any, mesh: Any) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
-  """Jitted inference `(variables, clip) -> {'logits', 'boxes'}` with the batch on 'data'."""
-  def predict(variables, clip):
-    return model.apply(variables, clip, train=False)
-  return jax.jit(predict, in_shardings=(distributed.replicated(mesh),
-                                        distributed.batch_sharding(mesh)),
-                 out_shardings=distributed.batch_sharding(mesh))
-
-
 # -------------------------------------------------------------------------------- loop
 
 
@@ -386,6 +377,19 @@ def default_batch_iter_fn(config: ml_collections.ConfigDict, start_step: int
   return pipeline.train_iterator(config, start_step=start_step,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count())
+
+
+def _next_batch(batches: Iterator[Batch], config: ml_collections.ConfigDict,
+                step: int) -> Batch:
+  """The next host batch; an exhausted stream is a clear error, not a StopIteration."""
+  try:
+    return next(batches)
+  except StopIteration:
+    raise ValueError(
+        f'the training data of process {jax.process_index()} ran out at step {step}: its '
+        f'share of {config.data.name!r} holds no usable video for data.classes='
+        f'{config.data.classes!r}, data.labeled_per_batch={config.data.labeled_per_batch}'
+        ) from None
 
 
 def check_num_classes(config: ml_collections.ConfigDict) -> None:
@@ -502,11 +506,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stages[index].start, stages[index].end, stages[index].fix_weights,
                        dict(stages[index].loss_weights))
           step_fns[index] = make_train_step(config, model, mesh, stages[index])
-        batch = distributed.shard_batch(next(batches), mesh)
+        batch = distributed.shard_batch(_next_batch(batches, config, step), mesh)
         state, metrics = step_fns[index](state, batch)
         done = step + 1
         pending.append((done, metrics))
-        stop = sigterm.received  # Read once: a signal arriving later is seen next step.
+        # Read once: a signal arriving later is seen next step. All hosts must agree, or
+        # those that stop would wait forever in the save's barriers for the others.
+        stop = distributed.any_process(sigterm.received)
         save_now = (every and done % every == 0) or done == num_steps or stop
         eval_now = evaluate_fn is not None and (
             (config.train.eval_every and done % config.train.eval_every == 0)

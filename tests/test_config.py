@@ -93,3 +93,18 @@ def test_launch_rejects_bad_overrides_before_compute(repo_root, tmp_path, overri
   assert message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--mode=eval',), 'does not exist'),
+    (('--mode=train', '--config.data.data_dir=/nonexistent/tfds'), "not found"),
+])
+def test_launch_reports_missing_workdir_or_dataset_in_one_line(repo_root, tmp_path, args,
+                                                               message):
+  proc = subprocess.run(
+      [sys.executable, str(repo_root / 'launch.py'), '--config=configs/demo.py',
+       f'--workdir={tmp_path / "missing"}', *args], cwd=repo_root, capture_output=True,
+      text=True, timeout=180)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'error:' in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr

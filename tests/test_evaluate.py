@@ -131,7 +131,7 @@ def test_named_step_and_bad_step(run, synthetic_tfds):
   with pytest.raises(ValueError, match="eval.checkpoint_step"):
     evaluate.restore(config, workdir, "newest")
   config = config.copy_and_resolve_references()
-  config.eval.checkpoint_step = 1
+  config.eval.checkpoint_step = "1"  # a string field: "1" names step 1
   assert evaluate.restore(config, workdir).step == 1
 
 

@@ -11,6 +11,7 @@ line is one JSON object; WORKDIR/summary.json holds every run.
 """
 
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -48,9 +49,16 @@ def run_config(base, seed: int, consistency: bool):
   return config
 
 
-def mean_std(values) -> tuple[float, float]:
-  values = np.asarray(values, np.float64)
+def mean_std(values) -> tuple[float, float] | None:
+  """Mean and sample standard deviation of the defined values (None: no value)."""
+  values = np.asarray([v for v in values if v is not None], np.float64)
+  if not len(values):
+    return None
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def fmt(value) -> str:
+  return 'n/a' if value is None else f'{value:.3f}'
 
 
 def main(argv):
@@ -81,7 +89,7 @@ def main(argv):
       runs.append({'setting': name, 'seed': seed, 'seconds': round(time.time() - t0, 1),
                    **{k: report[k] for k in METRICS}})
       print(f'[semi] {name} seed {seed}: ' +
-            ' '.join(f'{k}={report[k]:.3f}' for k in METRICS), flush=True)
+            ' '.join(f'{k}={fmt(report[k])}' for k in METRICS), flush=True)
 
   summary = {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value),
              'num_steps': base.train.num_steps, 'runs': runs}
@@ -90,10 +98,13 @@ def main(argv):
   for name, _ in SETTINGS:
     stats = {k: mean_std([r[k] for r in runs if r['setting'] == name]) for k in METRICS}
     summary[name] = stats
-    print(f'  {name:>15}: ' + '  '.join(f'{k} {m:.3f} +- {s:.3f}'
-                                          for k, (m, s) in stats.items()))
+    print(f'  {name:>15}: ' + '  '.join(
+        f'{k} n/a' if v is None else f'{k} {v[0]:.3f} +- {v[1]:.3f}'
+        for k, v in stats.items()))
   root.mkdir(parents=True, exist_ok=True)
-  (root / 'summary.json').write_text(json.dumps(summary, indent=1))
+  tmp = root / 'summary.json.tmp'
+  tmp.write_text(json.dumps(summary, indent=1))
+  os.replace(tmp, root / 'summary.json')
   print(json.dumps({name: summary[name] for name, _ in SETTINGS} |
                    {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value)}))
 

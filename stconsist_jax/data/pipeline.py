@@ -16,8 +16,9 @@ Config keys read (ml_collections `config`):
   data.image_size           side of the clips fed to the model (resized if different).
   data.num_frames           T, frames per clip (16).
   data.frame_stride         step between clip frames (1).
-  data.classes              101 (or 'all'): every video, 101-way labels; 24 (or 'ucf24'):
+  data.classes              'all': every video, one label per dataset class; 'ucf24':
                             only annotated videos, labels = their 24-way tube label.
+                            (101 and 24 are accepted here as aliases; configs use names.)
   data.box_label_fraction   share of annotated videos whose boxes are kept, chosen by
                             a keyed hash of (video name, seed): nested in the fraction.
   data.labeled_per_batch    0: natural mix; k > 0: every host batch holds k clips of

@@ -9,8 +9,8 @@ the backbone's compute dtype, so `logits` and `boxes` are always float32.
 Freezing (`fix_weights`): `__call__(..., freeze_backbone=True)` runs the backbone's
 BatchNorm in inference mode (its statistics do not move) and applies `stop_gradient` to the
 backbone outputs, so no gradient reaches backbone parameters. The classifier still receives
-gradients from a classification loss; a train step that also freezes the classifier masks
-its updates in the optimizer.
+gradients from a classification loss; the train step freezes it too by differentiating the
+loss with respect to the box head's parameters alone.
 """
 
 from typing import Any, Sequence
@@ -209,7 +209,7 @@ def backbone_kwargs_from_config(config: Any) -> dict[str, Any]:
 def build_model(model_config: Any) -> Detector:
   """`config.model` -> Detector. Reads depth, widen_factor, shortcut_type, conv1_t_size,
   conv1_t_stride, no_max_pool, num_classes, box_head, box_hidden, box_activation,
-  normalization, dtype ('float32' | 'bfloat16')."""
+  normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d')."""
   kwargs = backbone_kwargs_from_config(model_config)
   resnet3d.validate_architecture(kwargs["depth"], kwargs["shortcut_type"],
                                  kwargs["widen_factor"], kwargs["conv1_t_size"],
