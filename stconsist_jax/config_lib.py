@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 import ml_collections
+
+from stconsist_jax import fileio
 
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('constant', 'step', 'cosine')
@@ -219,14 +220,7 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def save(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> pathlib.Path:
   """Writes `config.json` into `directory` atomically (temp file + rename)."""
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  path = directory / CONFIG_FILENAME
-  fd, tmp = tempfile.mkstemp(prefix='.config.', dir=directory)
-  with os.fdopen(fd, 'w') as f:
-    f.write(to_json(config))
-  os.replace(tmp, path)
-  return path
+  return fileio.atomic_write(pathlib.Path(directory) / CONFIG_FILENAME, to_json(config))
 
 
 def _lists_to_tuples(value: Any) -> Any:

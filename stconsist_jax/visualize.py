@@ -5,15 +5,17 @@ flipped copy of each clip, like the study's figure 1; curves are drawn with matp
 from the run's `metrics.jsonl` (one JSON dict per logged step, with a `step` key).
 """
 
+import io
 import json
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from stconsist_jax import fileio
 
 PathLike = Union[str, os.PathLike]
 
@@ -135,18 +137,9 @@ def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray
 
 def save_png(image: np.ndarray, path: PathLike) -> pathlib.Path:
   """Writes a uint8 `(H, W, 3)` image as PNG atomically (temp file + rename)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
+  buffer = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+  return fileio.atomic_write(path, buffer.getvalue())
 
 
 def read_metrics_jsonl(path: PathLike) -> List[Dict[str, Any]]:

@@ -11,7 +11,6 @@ line is one JSON object; WORKDIR/summary.json holds every run.
 """
 
 import json
-import os
 import pathlib
 import shutil
 import sys
@@ -67,6 +66,7 @@ def main(argv):
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
   base = _CONFIG.value
@@ -101,10 +101,7 @@ def main(argv):
     print(f'  {name:>15}: ' + '  '.join(
         f'{k} n/a' if v is None else f'{k} {v[0]:.3f} +- {v[1]:.3f}'
         for k, v in stats.items()))
-  root.mkdir(parents=True, exist_ok=True)
-  tmp = root / 'summary.json.tmp'
-  tmp.write_text(json.dumps(summary, indent=1))
-  os.replace(tmp, root / 'summary.json')
+  fileio.atomic_write(root / 'summary.json', json.dumps(summary, indent=1))
   print(json.dumps({name: summary[name] for name, _ in SETTINGS} |
                    {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value)}))
 

@@ -14,10 +14,11 @@ import dataclasses
 import os
 import pathlib
 import pickle
-import tempfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from stconsist_jax import fileio
 
 PathLike = str | os.PathLike
 
@@ -191,21 +192,7 @@ def write_split_lists(list_dir: PathLike, split: int, train: Sequence[str],
 
 
 def _write_text(path: PathLike, text: str) -> None:
-  _atomic_write(path, text.encode("utf-8"))
-
-
-def _atomic_write(path: PathLike, data: bytes) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  fileio.atomic_write(path, text.encode("utf-8"))
 
 
 # --------------------------------------------------------------------------- pickles
@@ -318,7 +305,7 @@ def to_pyannot(records: Iterable[VideoRecord]) -> dict[str, dict[str, Any]]:
 
 def write_pyannot(records: Iterable[VideoRecord], path: PathLike) -> None:
   """Writes `pyannot.pkl` (protocol 2, as the Python 2 original) atomically."""
-  _atomic_write(path, pickle.dumps(to_pyannot(records), protocol=2))
+  fileio.atomic_write(path, pickle.dumps(to_pyannot(records), protocol=2))
 
 
 def to_act(records: Iterable[VideoRecord], labels: Sequence[str],
@@ -347,7 +334,7 @@ def write_act(records: Iterable[VideoRecord], path: PathLike, labels: Sequence[s
               train_videos: Sequence[str], test_videos: Sequence[str],
               frame_size: tuple[int, int] = UCF101_FRAME_SIZE) -> None:
   data = to_act(records, labels, train_videos, test_videos, frame_size)
-  _atomic_write(path, pickle.dumps(data, protocol=2))
+  fileio.atomic_write(path, pickle.dumps(data, protocol=2))
 
 
 # --------------------------------------------------------------------------- validation

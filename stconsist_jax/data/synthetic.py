@@ -31,6 +31,7 @@ from absl import logging
 import cv2
 import numpy as np
 
+from stconsist_jax import fileio
 from stconsist_jax.data import annotations as ann
 
 SHAPES = ("Disc", "Square", "Triangle", "Cross", "Diamond", "Ring")
@@ -443,7 +444,7 @@ def generate_from_annotations(output_dir: str | os.PathLike, annotations_path: s
       write_video(writer_frames, tmp / "UCF-101" / f"{path}.avi")
     splits = _write_lists(tmp, ann.UCF101_CLASSES, chosen, _official_test_groups)
     subset = {p: raw[p] for p in chosen}
-    ann._atomic_write(tmp / "pyannot.pkl", pickle.dumps(subset, protocol=2))
+    fileio.atomic_write(tmp / "pyannot.pkl", pickle.dumps(subset, protocol=2))
     commit()
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)

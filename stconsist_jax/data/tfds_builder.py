@@ -19,7 +19,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -29,6 +28,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
+from stconsist_jax import fileio
 from stconsist_jax.data import annotations as ann
 from stconsist_jax.data import video_decode
 
@@ -325,10 +325,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
       return
     report = self._report.to_dict()
     path = pathlib.Path(self.data_dir) / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{REPORT_FILE}.")
-    with os.fdopen(fd, "w") as f:
-      json.dump(report, f, indent=1)
-    os.replace(tmp, path)
+    fileio.atomic_write(path, json.dumps(report, indent=1))
     logging.info("build report %s: written %s, skipped %s, videos/s %s", path,
                  report["videos_written"], report["videos_skipped"],
                  {k: round(v, 2) for k, v in report["videos_per_second"].items()})
