@@ -249,8 +249,10 @@ def train_step(state: TrainState, batch: Batch, *, model: Any,
                grad_clip_norm: float) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; pure, jit it with `make_train_step`."""
   weights = dict(stage.loss_weights)
-  w = losses.consistency_ramp(state.step, loss_config.rampup_steps, num_steps,
-                              loss_config.rampdown_steps)
+  # The ramp restarts with each stage: protocol 2's second stage is protocol 1, whose
+  # consistency weight ramps up from 0 (with one stage this is the global step).
+  w = losses.consistency_ramp(state.step - stage.start, loss_config.rampup_steps,
+                              num_steps - stage.start, loss_config.rampdown_steps)
   term_weights = {'cls': weights['cls'], 'loc': weights['loc'],
                   'con_cls': w * weights['con_cls'], 'con_loc': w * weights['con_loc']}
   body, head = split_params(state.params)

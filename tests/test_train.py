@@ -166,6 +166,23 @@ def test_resolve_stages_protocol_2():
   assert [train.stage_at([first, second], s) for s in (0, 3, 4, 9)] == [0, 0, 1, 1]
 
 
+def test_consistency_ramp_restarts_with_each_stage(tmp_path):
+  config = tiny_config(num_steps=4)
+  config.loss.rampup_steps = 2
+  config.train.stages = (
+      {'num_steps': 2, 'fix_weights': True,
+       'loss_weights': {'cls': 0.0, 'con_cls': 0.0, 'con_loc': 0.0}},
+      {'num_steps': -1, 'fix_weights': False, 'loss_weights': {}})
+  train.train_and_evaluate(config, str(tmp_path),
+                           mesh=distributed.make_mesh(jax.devices()[:1]))
+  w = {step: m['w'] for step, m in logging_utils.read_metrics(tmp_path).items()}
+  # Logged after step s (1-based) with the weight of global step s - 1; stage 2 starts at 2.
+  ramp = lambda t: math.exp(-5.0 * (1.0 - t / 2) ** 2)  # noqa: E731
+  expected = {1: 0.0, 2: ramp(1), 3: 0.0, 4: ramp(1)}
+  for step, want in expected.items():
+    assert math.isclose(w[step], want, rel_tol=1e-6, abs_tol=1e-7), (step, w[step], want)
+
+
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config(num_steps=8)
   config.train.log_every = 4
