@@ -29,6 +29,7 @@ import numpy as np
 from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import distributed
+from stconsist_jax import logging_utils
 from stconsist_jax import metrics
 from stconsist_jax import visualize
 
@@ -569,7 +570,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     if log_path.exists():
       try:
         images[CURVES_PNG] = visualize.training_curves(
-            visualize.read_metrics_jsonl(log_path))
+            logging_utils.read_metrics_jsonl(log_path))
       except ValueError as e:
         logging.warning('No training curves: %s', e)
     out_dir = write_eval_dir(workdir / EVAL_DIR / str(restored.step), report, images)

@@ -137,13 +137,39 @@ class MetricLogger:
       self._jsonl.close()
 
 
+def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads `metrics.jsonl` (one JSON dict per logged step, each with `step`).
+
+  Blank lines are ignored; a truncated last line (a run killed mid-write) is skipped.
+  A malformed line elsewhere raises a ValueError naming the file and line.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(f'training metrics log not found: {path}')
+  lines = path.read_text().splitlines()
+  records = []
+  for n, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError as e:
+      if n == len(lines):
+        continue
+      raise ValueError(f'{path}:{n}: not a JSON object ({e})') from None
+    if not isinstance(rec, dict) or 'step' not in rec:
+      raise ValueError(f"{path}:{n}: expected a JSON object with a 'step' key")
+    records.append(rec)
+  return records
+
+
 def read_metrics(workdir: str | os.PathLike) -> dict[int, dict[str, float]]:
   """step -> metrics from `metrics.jsonl`; a step logged twice (after a resume) keeps the last."""
-  out: dict[int, dict[str, float]] = {}
   path = pathlib.Path(workdir) / METRICS_FILENAME
-  if path.exists():
-    for line in path.read_text().splitlines():
-      if line.strip():
-        record = json.loads(line)
-        out[int(record.pop('step'))] = record
+  if not path.exists():
+    return {}
+  out: dict[int, dict[str, float]] = {}
+  for record in read_metrics_jsonl(path):
+    record = dict(record)
+    out[int(record.pop('step'))] = record
   return out

@@ -6,7 +6,6 @@ from the run's `metrics.jsonl` (one JSON dict per logged step, with a `step` key
 """
 
 import io
-import json
 import math
 import os
 import pathlib
@@ -16,6 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from stconsist_jax import fileio
+from stconsist_jax import logging_utils
 
 PathLike = Union[str, os.PathLike]
 
@@ -142,32 +142,6 @@ def save_png(image: np.ndarray, path: PathLike) -> pathlib.Path:
   return fileio.atomic_write(path, buffer.getvalue())
 
 
-def read_metrics_jsonl(path: PathLike) -> List[Dict[str, Any]]:
-  """Reads `metrics.jsonl` (one JSON dict per logged step, each with `step`).
-
-  Blank lines are ignored; a truncated last line (a run killed mid-write) is skipped.
-  A malformed line elsewhere raises a ValueError naming the file and line.
-  """
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f"training metrics log not found: {path}")
-  lines = path.read_text().splitlines()
-  records = []
-  for n, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      rec = json.loads(line)
-    except json.JSONDecodeError as e:
-      if n == len(lines):
-        continue
-      raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-    if not isinstance(rec, dict) or "step" not in rec:
-      raise ValueError(f"{path}:{n}: expected a JSON object with a 'step' key")
-    records.append(rec)
-  return records
-
-
 # Panels of the curves figure: (title, keys tried in order). Other numeric keys get
 # a panel each after these.
 CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
@@ -246,4 +220,4 @@ def training_curves(records: Sequence[Dict[str, Any]],
 def write_training_curves(metrics_path: PathLike, out_path: PathLike
                           ) -> pathlib.Path:
   """Reads `metrics.jsonl` and writes the curves PNG."""
-  return save_png(training_curves(read_metrics_jsonl(metrics_path)), out_path)
+  return save_png(training_curves(logging_utils.read_metrics_jsonl(metrics_path)), out_path)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stconsist_jax import logging_utils
 from stconsist_jax import visualize
 
 GREEN = np.array(visualize.GT_COLOR)
@@ -116,7 +117,7 @@ def test_training_curves_png(tmp_path):
   metrics_path = tmp_path / "metrics.jsonl"
   # A run killed mid-write leaves a truncated last line: it is skipped.
   _write_jsonl(metrics_path, records, tail='{"step": 10, "lo')
-  assert len(visualize.read_metrics_jsonl(metrics_path)) == 10
+  assert len(logging_utils.read_metrics_jsonl(metrics_path)) == 10
   # A resumed run logs steps 5..9 again (the logger appends): the later record wins.
   resumed = [dict(r, loss=-1.0) for r in records[5:]]
   deduped = visualize.last_record_per_step(records + resumed)
@@ -135,12 +136,12 @@ def test_training_curves_png(tmp_path):
 
 def test_read_metrics_jsonl_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
-    visualize.read_metrics_jsonl(tmp_path / "metrics.jsonl")
+    logging_utils.read_metrics_jsonl(tmp_path / "metrics.jsonl")
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
   with pytest.raises(ValueError, match="bad.jsonl:2"):
-    visualize.read_metrics_jsonl(bad)
+    logging_utils.read_metrics_jsonl(bad)
   nostep = tmp_path / "nostep.jsonl"
   nostep.write_text('{"loss": 1}\n{"step": 2}\n')
   with pytest.raises(ValueError, match="'step'"):
-    visualize.read_metrics_jsonl(nostep)
+    logging_utils.read_metrics_jsonl(nostep)
