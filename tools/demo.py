@@ -45,11 +45,7 @@ def main(argv):
   workdir = pathlib.Path(_WORKDIR.value)
 
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
-  data_dir = prepared.prepare_synthetic(cache, prepared.spec_from_config(config),
-                                        config.data.frame_size, config.data.split)
-  with config.unlocked():
-    config.data.data_dir = str(data_dir.absolute())
-    config.model.num_classes = config.synthetic.num_classes
+  prepared.use_synthetic(config, cache)
 
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top

@@ -70,11 +70,7 @@ def main(argv):
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
   base = _CONFIG.value
-  data_dir = prepared.prepare_synthetic(_CACHE_DIR.value, prepared.spec_from_config(base),
-                                        base.data.frame_size, base.data.split)
-  with base.unlocked():
-    base.data.data_dir = str(data_dir.absolute())
-    base.model.num_classes = base.synthetic.num_classes
+  prepared.use_synthetic(base, _CACHE_DIR.value)
   root = pathlib.Path(_WORKDIR.value)
   runs = []
   for seed in (int(s) for s in _SEEDS.value):

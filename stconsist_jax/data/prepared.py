@@ -66,3 +66,12 @@ def prepare_synthetic(cache: str | pathlib.Path, spec: synthetic.SyntheticSpec,
   """Videos + TFDS build for `spec` under `cache`; returns the TFDS data_dir."""
   cache = pathlib.Path(cache)
   return ensure_tfds(cache, ensure_videos(cache, spec), frame_size, split)
+
+
+def use_synthetic(config, cache: str | pathlib.Path) -> None:
+  """Prepares the data of `config.synthetic` and points config.data/model at it."""
+  data_dir = prepare_synthetic(cache, spec_from_config(config), config.data.frame_size,
+                               config.data.split)
+  with config.unlocked():
+    config.data.data_dir = str(data_dir.absolute())
+    config.model.num_classes = config.synthetic.num_classes
