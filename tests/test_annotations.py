@@ -175,3 +175,93 @@ def test_stats_command_line_json(ucf24_dir):
   total = json.loads(out)["TOTAL"]
   assert (total["videos"], total["boxes"], total["annotated_frames"]) == (
       3194, 573_862, 478_863)
+
+
+# --------------------------------------------------------------------------- safe loading
+
+
+class _Exploit:
+  """Pickles to a call of `func(*args)` on load: what a crafted annotation file does."""
+
+  def __init__(self, func, *args):
+    self.func, self.args = func, args
+
+  def __reduce__(self):
+    return self.func, self.args
+
+
+def _crafted_pyannot(payload):
+  """A pyannot-shaped dict whose first tube carries `payload` as its boxes."""
+  return {"Skijet/v_Skijet_g01_c01": {
+      "label": 17, "numf": np.uint8(2),
+      "annotations": [{"label": 17, "sf": 0, "ef": 2, "boxes": payload}]}}
+
+
+def _exploits(marker):
+  import builtins
+  import os
+  import subprocess
+  return {
+      "os.system": _Exploit(os.system, f"touch {marker}"),
+      "builtins.eval": _Exploit(builtins.eval, f"open({str(marker)!r}, 'w').close()"),
+      "subprocess.Popen": _Exploit(subprocess.Popen, ["touch", str(marker)]),
+  }
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("name", ["os.system", "builtins.eval", "subprocess.Popen"])
+def test_crafted_pickle_is_refused_without_running_it(tmp_path, name, protocol):
+  marker = tmp_path / "pwned"
+  path = tmp_path / "pyannot.pkl"
+  path.write_bytes(pickle.dumps(_crafted_pyannot(_exploits(marker)[name]), protocol))
+  # os.system pickles as posix.system (nt.system on Windows).
+  module, func = name.rsplit(".", 1)
+  shown = r"(os|posix|nt)" if module == "os" else module
+  pattern = (rf"^refusing to load .*pyannot\.pkl: it references {shown}\.{func}, "
+             r"which annotation files never contain$")
+  with pytest.raises(ann.UnsafePickleError, match=pattern) as info:
+    ann.load_annotations(path)
+  assert "\n" not in str(info.value)
+  with pytest.raises(ann.UnsafePickleError):
+    ann.load_pickle(path)
+  assert not marker.exists()
+
+
+def test_restricted_loader_reads_the_real_pyannot(ucf24_dir, raw):
+  safe = ann.load_pickle(ucf24_dir / "pyannot.pkl")
+  assert list(safe) == list(raw)
+  key = "Skijet/v_Skijet_g10_c04"
+  assert type(safe[key]["numf"]) is type(raw[key]["numf"])
+  np.testing.assert_array_equal(safe[key]["annotations"][0]["boxes"],
+                                raw[key]["annotations"][0]["boxes"])
+
+
+def test_act_pickle_of_any_protocol_loads(records, raw, tmp_path):
+  data = _act_by_hand(raw)
+  for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+    path = tmp_path / f"UCF101v2-GT.p{protocol}.pkl"
+    path.write_bytes(pickle.dumps(data, protocol=protocol))
+    assert ann.load_annotations(path) == records, protocol
+
+
+@pytest.mark.parametrize("content", [b"", b"GIF89a not a pickle at all", b"\x80\x02}q\x00(X"])
+def test_junk_annotation_file_is_a_one_line_error_naming_it(tmp_path, content):
+  path = tmp_path / "pyannot.pkl"
+  path.write_bytes(content)
+  with pytest.raises(ann.AnnotationFileError, match="pyannot.pkl") as info:
+    ann.load_annotations(path)
+  message = str(info.value)
+  assert str(path) in message and "\n" not in message
+  assert "expected" in message
+
+
+def test_wrong_structure_and_missing_file_are_clear_errors(tmp_path):
+  path = tmp_path / "UCF101v2-GT.pkl"
+  path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
+  with pytest.raises(ann.AnnotationFileError, match=r"UCF101v2-GT\.pkl.*unknown annotation"):
+    ann.load_annotations(path)
+  path.write_bytes(pickle.dumps({"gttubes": {"A/v_A_g01_c01": 5}, "nframes": {}}))
+  with pytest.raises(ann.AnnotationFileError, match=r"UCF101v2-GT\.pkl.*malformed"):
+    ann.load_annotations(path)
+  with pytest.raises(FileNotFoundError, match=r"nope\.pkl.*pyannot\.pkl or UCF101v2-GT"):
+    ann.load_annotations(tmp_path / "nope.pkl")

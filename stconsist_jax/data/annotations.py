@@ -4,11 +4,15 @@ Reads `pyannot.pkl` (corrected UCF101-24), the ACT/MOC `UCF101v2-GT.pkl`, `class
 and the official train/test lists; writes both pickle formats; validates records.
 
 All pickle arrays are cast to float64/int64 before any arithmetic: the real files store
-boxes and frame counts as uint8/uint16, where `x + w` silently wraps around.
+boxes and frame counts as uint8/uint16, where `x + w` silently wraps around. Pickles come
+from third-party links, so they are loaded by an unpickler that imports nothing but
+numpy's array helpers (`load_pickle`); a file referencing anything else is refused.
+Problems with a user's files raise `DataFileError` (a ValueError) in one line naming it.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import collections
 import dataclasses
 import os
@@ -122,8 +126,16 @@ def group_of(path: str) -> int:
 # --------------------------------------------------------------------------- lists
 
 
+class DataFileError(ValueError):
+  """A user's list or annotation file that cannot be used; the message is one line."""
+
+
 def _read_lines(path: PathLike) -> list[str]:
-  text = pathlib.Path(path).read_text(encoding="utf-8", errors="strict")
+  try:
+    text = pathlib.Path(path).read_text(encoding="utf-8", errors="strict")
+  except UnicodeDecodeError as e:
+    raise DataFileError(f"{path} is not a UTF-8 text list ({e.reason} at byte "
+                        f"{e.start})") from None
   return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -150,9 +162,12 @@ def read_split_list(path: PathLike) -> list[str]:
   for n, line in enumerate(_read_lines(path), start=1):
     parts = line.split()
     if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-      raise ValueError(
+      raise DataFileError(
           f"{path}: line {n} should be 'Class/v_X.avi [label]', found {line!r}")
-    class_of(parts[0])
+    try:
+      class_of(parts[0])
+    except ValueError as e:
+      raise DataFileError(f"{path}: line {n}: {e}") from None
     paths.append(strip_extension(parts[0].replace("\\", "/")))
   return paths
 
@@ -163,7 +178,8 @@ def read_labeled_split_list(path: PathLike) -> list[tuple[str, int]]:
   for n, line in enumerate(_read_lines(path), start=1):
     parts = line.split()
     if len(parts) != 2 or not parts[1].isdigit():
-      raise ValueError(f"{path}: line {n} should be 'Class/v_X.avi label', found {line!r}")
+      raise DataFileError(
+          f"{path}: line {n} should be 'Class/v_X.avi label', found {line!r}")
     pairs.append((strip_extension(parts[0]), int(parts[1]) - 1))
   return pairs
 
@@ -198,28 +214,98 @@ def _write_text(path: PathLike, text: str) -> None:
 # --------------------------------------------------------------------------- pickles
 
 
-def _load_pickle(path: PathLike) -> Any:
-  with open(path, "rb") as f:
-    return pickle.load(f, encoding="latin1")  # Python 2 pickles.
+class AnnotationFileError(DataFileError):
+  """An annotation pickle that cannot be read or holds something other than annotations."""
+
+
+class UnsafePickleError(AnnotationFileError):
+  """An annotation pickle that references code annotation files never contain."""
+
+
+# Every global the two real formats reference (numpy arrays, dtypes and scalars, as
+# pickled by numpy 1.x and 2.x, any protocol; bytes as Python 3 pickles them for
+# protocol 2) plus harmless builtin containers and scalars. Nothing else is imported.
+_SAFE_GLOBALS = frozenset(
+    [(numpy_core, name)
+     for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray")
+     for name in ("_reconstruct", "scalar")]
+    + [(numpy_core, "_frombuffer")
+       for numpy_core in ("numpy.core.numeric", "numpy._core.numeric")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+    + [("builtins", name) for name in ("set", "frozenset", "complex", "bytearray",
+                                       "slice")])
+
+_EXPECTED_FILE = "expected pyannot.pkl or UCF101v2-GT.pkl as downloaded"
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+  """An unpickler that imports only `_SAFE_GLOBALS`: loading never runs foreign code."""
+
+  def __init__(self, file, source: PathLike):
+    super().__init__(file, encoding="latin1")  # Python 2 pickles.
+    self._source = source
+
+  def find_class(self, module: str, name: str) -> Any:
+    # Python 2 names (`__builtin__.set`) -> Python 3 ones, as pickle maps them.
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+      module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    if (module, name) not in _SAFE_GLOBALS:
+      raise UnsafePickleError(
+          f"refusing to load {self._source}: it references {module}.{name}, which "
+          "annotation files never contain")
+    return super().find_class(module, name)
+
+
+def _one_line(text: object) -> str:
+  return " ".join(str(text).split())
+
+
+def load_pickle(path: PathLike) -> Any:
+  """Loads an annotation pickle, admitting only numpy arrays and builtin values.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    UnsafePickleError: the pickle references any other global (e.g. `os.system`).
+    AnnotationFileError: the file is not a complete pickle.
+  """
+  try:
+    f = open(path, "rb")
+  except FileNotFoundError:
+    raise FileNotFoundError(
+        f"annotation file {path} not found: {_EXPECTED_FILE}") from None
+  with f:
+    try:
+      return _RestrictedUnpickler(f, path).load()
+    except AnnotationFileError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      # Junk or truncated files fail in many ways (EOFError, UnpicklingError,
+      # ValueError, ...); none of them names the file.
+      raise AnnotationFileError(
+          f"{path} is not a readable annotation pickle ({type(e).__name__}: "
+          f"{_one_line(e)}); {_EXPECTED_FILE}") from None
 
 
 def _class_label(path: str, index: Mapping[str, int], source: PathLike) -> int:
   name = class_of(path)
   if name not in index:
-    raise ValueError(f"{source}: video {path!r} is of class {name!r}, which is not among "
-                     f"the {len(index)} known classes")
+    raise AnnotationFileError(
+        f"{source}: video {path!r} is of class {name!r}, which is not among "
+        f"the {len(index)} known classes")
   return index[name]
 
 
-def detect_format(data: Any) -> str:
+def detect_format(data: Any, source: PathLike = "annotation file") -> str:
   """'pyannot' or 'act' for a loaded annotation pickle."""
   if isinstance(data, dict) and "gttubes" in data and "nframes" in data:
     return "act"
   if isinstance(data, dict) and all(
       isinstance(v, dict) and "annotations" in v for v in data.values()):
     return "pyannot"
-  raise ValueError("unknown annotation format: expected pyannot.pkl (video -> {'label', "
-                   "'numf', 'annotations'}) or UCF101v2-GT.pkl (keys 'gttubes', 'nframes')")
+  raise AnnotationFileError(
+      f"{source}: unknown annotation format: expected pyannot.pkl (video -> {{'label', "
+      "'numf', 'annotations'}) or UCF101v2-GT.pkl (keys 'gttubes', 'nframes')")
 
 
 def records_from_pyannot(data: Mapping[str, Any],
@@ -239,7 +325,8 @@ def records_from_pyannot(data: Mapping[str, Any],
         corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         tubes.append(Tube(int(t["label"]), start, end, corners))
     except (KeyError, TypeError, ValueError) as e:
-      raise ValueError(f"{source}: malformed entry for video {path!r}: {e}") from None
+      raise AnnotationFileError(
+          f"{source}: malformed entry for video {path!r}: {_one_line(e)}") from None
     records[path] = VideoRecord(path, _class_label(path, index, source), class_of(path),
                                 num_frames, tuple(tubes))
   return records
@@ -258,11 +345,12 @@ def records_from_act(data: Mapping[str, Any],
         arr = np.asarray(arr).astype(np.float64).reshape(-1, 5)
         frames = arr[:, 0].astype(np.int64) - 1
         if len(frames) == 0 or np.any(np.diff(frames) != 1):
-          raise ValueError(f"{source}: tube of video {path!r} (label {label}) does not "
-                           "cover consecutive frames")
+          raise AnnotationFileError(
+              f"{source}: tube of video {path!r} (label {label}) does not cover "
+              "consecutive frames")
         tubes.append(Tube(int(label), int(frames[0]), int(frames[-1]) + 1, arr[:, 1:]))
     if path not in data["nframes"]:
-      raise ValueError(f"{source}: video {path!r} has tubes but no 'nframes' entry")
+      raise AnnotationFileError(f"{source}: video {path!r} has tubes but no 'nframes' entry")
     records[path] = VideoRecord(path, _class_label(path, index, source), class_of(path),
                                 int(np.int64(data["nframes"][path])), tuple(tubes))
   return records
@@ -270,11 +358,22 @@ def records_from_act(data: Mapping[str, Any],
 
 def load_annotations(path: PathLike,
                      class_names: Sequence[str] = UCF101_CLASSES) -> dict[str, VideoRecord]:
-  """Reads `pyannot.pkl` or `UCF101v2-GT.pkl` (detected) into {path: VideoRecord}."""
-  data = _load_pickle(path)
-  if detect_format(data) == "act":
-    return records_from_act(data, class_names, source=path)
-  return records_from_pyannot(data, class_names, source=path)
+  """Reads `pyannot.pkl` or `UCF101v2-GT.pkl` (detected) into {path: VideoRecord}.
+
+  Raises:
+    FileNotFoundError: no file at `path`.
+    AnnotationFileError: the file is unreadable, unsafe (`UnsafePickleError`) or not
+      in either format; the message is one line naming the file.
+  """
+  data = load_pickle(path)
+  convert = records_from_act if detect_format(data, path) == "act" else records_from_pyannot
+  try:
+    return convert(data, class_names, source=path)
+  except AnnotationFileError:
+    raise
+  except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+    raise AnnotationFileError(f"{path}: malformed annotations ({type(e).__name__}: "
+                              f"{_one_line(e)}); {_EXPECTED_FILE}") from None
 
 
 def _uint_dtype(max_value: float) -> type:
