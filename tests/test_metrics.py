@@ -1,6 +1,7 @@
 """Tests of the numpy metrics against hand-built cases and independent references.
 
-The AP reference below is a deliberately plain per-detection loop (no vectorization).
+The AP references (VOC devkit, ACT's `frameAP` / `pr_to_ap` / `iou2d`) are deliberately
+plain per-detection loops written from the published algorithms (no vectorization).
 """
 
 import math
@@ -289,3 +290,267 @@ def test_frame_detection_scores_softmax_over_all_classes():
   p = np.exp(logits) / np.exp(logits).sum()
   got = metrics.frame_detection_scores(logits, np.array([2, 0]))
   np.testing.assert_allclose(got, p[:, [2, 0]])
+
+
+# ----------------------------------------------------------------------------------
+# ACT's frameAP rule: independent references written from ACT.py / ACT_utils.py.
+
+
+def _ref_iou_plus_one(a, b):
+  """ACT's `iou2d` for two pixel boxes: areas and intersection counted with +1."""
+  ax1, ay1, ax2, ay2 = a
+  bx1, by1, bx2, by2 = b
+  w = max(0.0, min(ax2 + 1, bx2 + 1) - max(ax1, bx1))
+  h = max(0.0, min(ay2 + 1, by2 + 1) - max(ay1, by1))
+  inter = w * h
+  area_a = (ax2 - ax1 + 1) * (ay2 - ay1 + 1)
+  area_b = (bx2 - bx1 + 1) * (by2 - by1 + 1)
+  return inter / (area_a + area_b - inter)
+
+
+def _ref_pr_to_ap(pr):
+  """ACT's `pr_to_ap` over a list of (precision, recall) rows, the first (1, 0)."""
+  ap = 0.0
+  for i in range(1, len(pr)):
+    ap += (pr[i][1] - pr[i - 1][1]) * (pr[i][0] + pr[i - 1][0]) * 0.5
+  return ap
+
+
+def _ref_act_frame_ap(dets, gts, thr=0.5):
+  """ACT's `frameAP` for one class: dets = [(frame, score, box)], gts = [(frame, box)].
+
+  Python's sort is stable, so equal scores keep their input order.
+  """
+  if not gts:
+    return float("nan")
+  gt = {}
+  for frame, box in gts:
+    gt.setdefault(frame, []).append(box)
+  fn, fp, tp = len(gts), 0, 0
+  pr = [(1.0, 0.0)]
+  for frame, _, box in sorted(dets, key=lambda d: -d[1]):
+    positive = False
+    if frame in gt:
+      ious = [_ref_iou_plus_one(g, box) for g in gt[frame]]
+      amax = ious.index(max(ious))
+      if ious[amax] >= thr:
+        positive = True
+        del gt[frame][amax]
+        if not gt[frame]:
+          del gt[frame]
+    if positive:
+      tp += 1
+      fn -= 1
+    else:
+      fp += 1
+    pr.append((tp / (tp + fp), tp / (tp + fn)))
+  return _ref_pr_to_ap(pr)
+
+
+def _act_ap(dets, gts, thr=0.5):
+  det_frames = np.array([d[0] for d in dets], np.int64)
+  det_scores = np.array([d[1] for d in dets], np.float64)
+  det_boxes = np.array([d[2] for d in dets], np.float64).reshape(-1, 4)
+  gt_frames = np.array([g[0] for g in gts], np.int64)
+  gt_boxes = np.array([g[1] for g in gts], np.float64).reshape(-1, 4)
+  return metrics.act_average_precision(det_frames, det_scores, det_boxes, gt_frames,
+                                       gt_boxes, thr)
+
+
+# Pixel boxes for the ACT cases.
+PA = (0, 0, 99, 99)
+PA_NEAR = (5, 0, 104, 99)   # +1 IoU with PA: 95 / 105
+PB = (150, 100, 249, 199)
+PFAR = (300, 0, 319, 19)
+
+
+def test_plus_one_iou_hand_values():
+  # Continuous: 2 / (4 + 4 - 2) = 1/3. Pixel-inclusive: 2*3 / (9 + 9 - 6) = 1/2.
+  a, b = np.array([[0, 0, 2, 2]], float), np.array([[1, 0, 3, 2]], float)
+  assert metrics.iou_matrix_corners(a, b)[0, 0] == pytest.approx(1 / 3)
+  assert metrics.iou_matrix_corners(a, b, plus_one=True)[0, 0] == pytest.approx(0.5)
+  assert _ref_iou_plus_one(a[0], b[0]) == pytest.approx(0.5)
+  # Touching boxes overlap by one pixel column under the +1 convention.
+  c, d = np.array([[0, 0, 9, 9]], float), np.array([[9, 0, 18, 9]], float)
+  assert metrics.iou_matrix_corners(c, d)[0, 0] == 0.0
+  assert metrics.iou_matrix_corners(c, d, plus_one=True)[0, 0] == pytest.approx(
+      10 / 190)
+
+
+def test_act_ap_trapezoid_from_precision_one():
+  # A false positive ranked first: curve (0, 1) -> (0, 0) -> (1, 0.5).
+  gts = [(0, PA)]
+  dets = [(1, 0.9, PA), (0, 0.8, PA)]
+  assert _act_ap(dets, gts) == pytest.approx(0.25)
+  assert _ref_act_frame_ap(dets, gts) == pytest.approx(0.25)
+  # The VOC envelope credits precision 0.5 over the whole recall range instead.
+  assert _ap(dets, gts) == pytest.approx(0.5)
+  np.testing.assert_allclose(
+      metrics.act_ap([0.5, 0.5, 1.0], [1.0, 0.5, 2 / 3]),
+      0.5 * (1 + 1) / 2 + 0.0 + 0.5 * (0.5 + 2 / 3) / 2)
+  assert metrics.act_ap([], []) == 0.0
+
+
+def test_act_ap_duplicates_are_false_positives():
+  gts = [(0, PA), (1, PB)]
+  dets = [(0, 0.9, PA), (0, 0.8, PA_NEAR), (1, 0.7, PB)]
+  # Points (1, 0), (1, 1/2), (1/2, 1/2), (2/3, 1): 1/2 + 0 + 1/2 * (1/2 + 2/3) / 2.
+  expected = 0.5 + 0.5 * (0.5 + 2 / 3) / 2
+  assert _act_ap(dets, gts) == pytest.approx(expected)
+  assert _ref_act_frame_ap(dets, gts) == pytest.approx(expected)
+
+
+def test_act_and_voc_differ_on_two_actors_in_a_frame():
+  a, b = (0, 0, 99, 99), (30, 0, 129, 99)
+  between = (10, 0, 109, 99)  # +1 IoU: 0.818 with a, 0.667 with b
+  gts = [(0, a), (0, b)]
+  dets = [(0, 0.9, a), (0, 0.8, between)]
+  # ACT: `a` is gone, so `between` is compared with `b` alone and matches it.
+  assert _act_ap(dets, gts) == pytest.approx(1.0)
+  assert _ref_act_frame_ap(dets, gts) == pytest.approx(1.0)
+  # VOC: `between`'s best box is the matched `a`: a false positive.
+  assert _ap(dets, gts) == pytest.approx(0.5)
+
+
+def test_act_ap_ties_keep_input_order():
+  gts = [(0, PA)]
+  assert _act_ap([(0, 0.5, PA), (1, 0.5, PB)], gts) == pytest.approx(1.0)
+  assert _act_ap([(1, 0.5, PB), (0, 0.5, PA)], gts) == pytest.approx(0.25)
+  assert _ref_act_frame_ap([(1, 0.5, PB), (0, 0.5, PA)], gts) == pytest.approx(0.25)
+
+
+def test_act_ap_missed_boxes_and_no_ground_truth():
+  gts = [(0, PA), (1, PB), (2, PA), (3, PB)]
+  dets = [(0, 0.9, PA), (1, 0.8, PB), (2, 0.7, PFAR)]
+  # Precision 1 up to recall 1/2, then an FP: area 1/2.
+  assert _act_ap(dets, gts) == pytest.approx(0.5)
+  assert math.isnan(_act_ap(dets, []))
+  assert _act_ap([], gts) == 0.0
+
+
+def test_act_ap_matches_reference_on_random_cases():
+  rng = np.random.default_rng(1)
+  for trial in range(60):
+    n_frames = int(rng.integers(1, 5))
+    gts = []
+    for f in range(n_frames):
+      for _ in range(int(rng.integers(0, 4))):
+        xy = rng.integers(0, 200, 2)
+        wh = rng.integers(10, 100, 2)
+        gts.append((f, tuple(float(v) for v in np.concatenate([xy, xy + wh]))))
+    dets = []
+    for _ in range(int(rng.integers(0, 12))):
+      f = int(rng.integers(0, n_frames))
+      if gts and rng.uniform() < 0.7:
+        base = np.array(gts[int(rng.integers(len(gts)))][1])
+        box = base + rng.integers(-15, 16, 4)
+      else:
+        xy = rng.integers(0, 200, 2)
+        box = np.concatenate([xy, xy + rng.integers(10, 100, 2)])
+      dets.append((f, float(np.round(rng.uniform(), 1)), tuple(float(v) for v in box)))
+    for thr in (0.3, 0.5):
+      got, ref = _act_ap(dets, gts, thr), _ref_act_frame_ap(dets, gts, thr)
+      if math.isnan(ref):
+        assert math.isnan(got), trial
+      else:
+        assert got == pytest.approx(ref, abs=1e-12), (trial, thr)
+
+
+def test_frame_map_act_converts_normalized_boxes_to_pixels():
+  w, h = metrics.UCF101_FRAME_SIZE[1], metrics.UCF101_FRAME_SIZE[0]
+  gt_px, det_px = np.array([[0, 0, 2, 2]], float), np.array([[1, 0, 3, 2]], float)
+  scale = np.array([w, h, w, h], float)
+  gt, det = gt_px / scale, det_px / scale
+  args = (np.array([7]), np.array([[1.0]]), det, np.array([7]), np.array([0]), gt)
+  # In pixels of the 240x320 frame the +1 IoU is 0.5; the continuous one 1/3.
+  act = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act")
+  voc = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45)
+  assert act["frame_map"] == pytest.approx(1.0) and act["protocol"] == "act"
+  assert voc["frame_map"] == 0.0 and voc["protocol"] == "voc"
+  # On a 10x finer pixel grid the same normalized boxes are 21 px wide: +1 IoU 0.355.
+  fine = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act",
+                           frame_sizes=(10 * h, 10 * w))
+  assert fine["frame_map"] == 0.0
+  per_row = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45,
+                              protocol="act", frame_sizes=np.array([[h, w]]),
+                              gt_frame_sizes=np.array([[h, w]]))
+  assert per_row["frame_map"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match="gt_frame_sizes"):
+    metrics.frame_map(*args, num_classes=1, protocol="act",
+                      frame_sizes=np.array([[h, w]]))
+  with pytest.raises(ValueError, match="protocol"):
+    metrics.frame_map(*args, num_classes=1, protocol="coco")
+
+
+def test_frame_map_act_class_without_ground_truth_is_left_out():
+  scale = np.array([320, 240, 320, 240], float)
+  det_boxes = np.array([PA, PB], float) / scale
+  det_scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
+  out = metrics.frame_map(np.array([0, 1]), det_scores, det_boxes, np.array([0, 1]),
+                          np.array([0, 1]), np.array([PA, PB], float) / scale,
+                          num_classes=3, protocol="act")
+  assert out["classes_with_gt"] == [0, 1]
+  np.testing.assert_allclose(out["per_class_ap"][:2], [1.0, 1.0])
+  assert math.isnan(out["per_class_ap"][2])
+  assert out["frame_map"] == pytest.approx(1.0)
+
+
+def test_frame_map_act_matches_reference_per_class():
+  rng = np.random.default_rng(2)
+  n, num_classes = 40, 3
+  det_frames = rng.integers(0, 10, n)
+  det_boxes_px = np.concatenate([rng.integers(0, 200, (n, 2)), np.zeros((n, 2))], 1)
+  det_boxes_px[:, 2:] = det_boxes_px[:, :2] + rng.integers(20, 100, (n, 2))
+  det_scores = np.round(rng.uniform(size=(n, num_classes)), 2)
+  gt_idx = rng.choice(n, 15, replace=False)
+  gt_frames, gt_labels = det_frames[gt_idx], rng.integers(0, num_classes, 15)
+  gt_boxes_px = det_boxes_px[gt_idx] + rng.integers(-10, 11, (15, 4))
+  scale = np.array([320, 240, 320, 240], float)
+  out = metrics.frame_map(det_frames, det_scores, det_boxes_px / scale, gt_frames,
+                          gt_labels, gt_boxes_px / scale, num_classes=num_classes,
+                          protocol="act")
+  for c in range(num_classes):
+    dets = [(int(f), float(s), tuple(b)) for f, s, b in
+            zip(det_frames, det_scores[:, c], det_boxes_px)]
+    gts = [(int(f), tuple(b)) for f, b, l in zip(gt_frames, gt_boxes_px, gt_labels)
+           if l == c]
+    ref = _ref_act_frame_ap(dets, gts)
+    if math.isnan(ref):
+      assert math.isnan(out["per_class_ap"][c])
+    else:
+      assert out["per_class_ap"][c] == pytest.approx(ref, abs=1e-9), c
+
+
+def test_normalized_to_pixels():
+  boxes = np.array([[0.5, 0.25, 1.0, 1.0], [0.0, 0.0, 0.1, 0.5]])
+  np.testing.assert_allclose(metrics.normalized_to_pixels(boxes),
+                             [[160, 60, 320, 240], [0, 0, 32, 120]])
+  np.testing.assert_allclose(
+      metrics.normalized_to_pixels(boxes, np.array([[100, 200], [10, 20]])),
+      [[100, 25, 200, 100], [0, 0, 2, 5]])
+  with pytest.raises(ValueError, match="frame_sizes"):
+    metrics.normalized_to_pixels(boxes, np.ones((3, 2)))
+  with pytest.raises(ValueError, match="positive"):
+    metrics.normalized_to_pixels(boxes, (0, 320))
+
+
+def test_box_iou_is_row_wise_and_matches_reference():
+  rng = np.random.default_rng(3)
+  a = np.concatenate([rng.uniform(0, 1, (50, 2)), rng.uniform(0, 0.5, (50, 2))], 1)
+  b = np.concatenate([rng.uniform(0, 1, (50, 2)), rng.uniform(0, 0.5, (50, 2))], 1)
+  got = metrics.box_iou(a, b)
+  ref = [_ref_iou(metrics.xywh_to_corners(x), metrics.xywh_to_corners(y))
+         for x, y in zip(a, b)]
+  np.testing.assert_allclose(got, ref, atol=1e-12)
+  assert metrics.box_iou(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0,)
+  with pytest.raises(ValueError, match="box_iou"):
+    metrics.box_iou(a, b[:3])
+
+
+def test_protocol_names_the_frame_map_rule():
+  voc = metrics.protocol(8, 112, 10, 101)["frame_map"]
+  act = metrics.protocol(8, 112, 10, 101, frame_map_protocol="act")["frame_map"]
+  assert "VOC devkit rule" in voc and "ACT" not in voc
+  assert "ACT frameAP rule" in act and "+1" in act
+  with pytest.raises(ValueError, match="frame_map_protocol"):
+    metrics.protocol(8, 112, 10, 101, frame_map_protocol="x")
