@@ -7,14 +7,14 @@ Multi-host: jax.distributed is initialized when Slurm/TPU-pod environments are d
 with --distributed, or with explicit --coordinator_address/--num_processes/--process_id.
 """
 
-import importlib.util
-import re
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from stconsist_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py); override fields with --config.a.b=value.',
@@ -32,6 +32,12 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'cluster environment).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False,
+    'Resume a workdir even though the config differs from its config.json beyond run '
+    'length, logging and evaluation (the old config is kept beside it).')
+_EVAL_DIR = flags.DEFINE_string('eval_dir', None,
+                                '--mode=eval: write reports here instead of WORKDIR/eval.')
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
 
@@ -51,8 +57,13 @@ def main(argv):
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
 
+  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   logging_utils.quiet_library_logs()
+  with cli.user_errors(workdir_lock.UnsupportedWorkdirError):
+    workdir_lock.check_local_path(_WORKDIR.value)
+    if _EVAL_DIR.value:
+      workdir_lock.check_local_path(_EVAL_DIR.value, 'eval_dir')
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          force=_DISTRIBUTED.value)
   try:
@@ -67,12 +78,14 @@ def main(argv):
 
   try:
     if _MODE.value == 'eval':
-      _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value)
+      _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value,
+                                  eval_dir=_EVAL_DIR.value)
       return
     evaluate_fn = (_evaluate_module().make_evaluate_fn(_WORKDIR.value)
                    if _MODE.value == 'train_and_eval' else None)
-    train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn)
-  except (config_lib.ConfigError, FileNotFoundError, ValueError) as e:
+    train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn,
+                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except cli.project_user_errors() + (ValueError, PermissionError) as e:
     # Bad settings found once the data or checkpoints are looked at (num_classes vs the
     # dataset, a dataset not built, no checkpoint, another architecture): one message.
     logging.error('%s', e)
@@ -88,43 +101,6 @@ def main(argv):
     sys.exit(1)
 
 
-def parse_flags(argv):
-  """absl flag parsing with one clear line for bad --config.* overrides (no traceback)."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f'FATAL flags parsing error: {e}', file=sys.stderr)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    # ml_collections raises these for unknown keys and type mismatches of overrides.
-    keys = [a[2:].split('=')[0] for a in argv[1:] if a.startswith('--config.')]
-    missing = [k for k in keys if _missing_key(argv, k[len('config.'):])]
-    where = (f'config key {missing[0][len("config."):]!r} does not exist' if missing
-             else f'bad override among {keys}')
-    hint = re.search(r'Did you mean "([^"]+)"', str(e))
-    detail = f' (did you mean {hint.group(1)!r}?)' if hint else f' ({e})'
-    print(f'invalid config: {where}{detail}', file=sys.stderr)
-  sys.exit(2)
-
-
-def _missing_key(argv, dotted: str) -> bool:
-  """Whether `dotted` names no field of the config file given by --config=."""
-  path = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), None)
-  if path is None:
-    return False
-  try:
-    spec = importlib.util.spec_from_file_location('_launch_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    node = module.get_config()
-  except Exception:  # pylint: disable=broad-except
-    return False
-  for part in dotted.split('.'):
-    if not hasattr(node, 'keys') or part not in node.keys():
-      return True
-    node = node[part]
-  return False
-
-
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -6,15 +6,18 @@ Layout of a workdir:
                               {opt_state, step, rng}; the last `keep` are kept
   best/<step>/                'variables' + 'metrics' of the best evaluation so far
 Orbax writes each step into a temporary directory and renames it when complete, so a
-crash never leaves a half-written checkpoint that a resume would pick up. The data
-stream is a pure function of (seed, step): the step alone restores the pipeline position.
+crash never leaves a half-written checkpoint that a resume would pick up. A committed step
+that cannot be read (a damaged file) is set aside as `<step>.unreadable-<time>` and the
+previous step is used, with a warning; never silently step 0. The data stream is a pure
+function of (seed, step): the step alone restores the pipeline position.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping, TypeVar
 
 from absl import logging
 import jax
@@ -26,6 +29,41 @@ from stconsist_jax import config_lib
 
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
+T = TypeVar('T')
+
+
+class CheckpointReadError(RuntimeError):
+  """No committed checkpoint of a workdir could be read."""
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def restore_with_fallback(steps: list[int], read: Callable[[int], T], where: str,
+                          on_unreadable: Callable[[int], None] | None = None
+                          ) -> tuple[int, T]:
+  """`read(step)` for the newest readable step, newest first, warning on each failure.
+
+  Raises CheckpointReadError when none can be read (never falls back to a fresh start).
+  """
+  errors = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, read(step)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
+      errors.append(f'step {step}: {_short(e)}')
+      older = [s for s in steps if s < step]
+      logging.warning('Checkpoint step %d in %s is unreadable (%s); %s', step, where,
+                      _short(e), f'falling back to step {max(older)}' if older
+                      else 'no older checkpoint to fall back to')
+      if on_unreadable is not None:
+        on_unreadable(step)
+  raise CheckpointReadError(
+      f'no checkpoint in {where} could be read ({"; ".join(errors[:3])}); the files are '
+      f'damaged: restore them from a backup or start a new workdir')
 
 
 def _abstract(tree: Any) -> Any:
@@ -42,6 +80,14 @@ def _local_abstract(metadata: Any) -> Any:
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
                       metadata)
+
+
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+  """Sorted steps with a committed directory (orbax's temporary ones are not digits)."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 class Checkpointer:
@@ -81,16 +127,34 @@ class Checkpointer:
         force=True)
 
   def restore(self, state: Any, step: int | None = None) -> Any:
-    """`state` with every field restored from `step` (default latest), same shardings."""
-    step = self.latest_step() if step is None else step
-    restored = self._manager.restore(step, args=ocp.args.Composite(
+    """`state` restored from `step`, or from the newest readable step when None.
+
+    An unreadable step is set aside (renamed, not deleted) so that later saves of that
+    step number are not skipped, and the previous step is tried.
+    """
+    args = ocp.args.Composite(
         variables=ocp.args.StandardRestore(
             _abstract({'params': state.params, 'batch_stats': state.batch_stats})),
         train=ocp.args.StandardRestore(
-            _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng}))))
+            _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng})))
+    steps = [step] if step is not None else list(self._manager.all_steps())
+    _, restored = restore_with_fallback(
+        steps, lambda s: self._manager.restore(s, args=args),
+        str(self.workdir / CHECKPOINT_DIR),
+        on_unreadable=self._set_aside if step is None else None)
     v, t = restored['variables'], restored['train']
     return state.replace(params=v['params'], batch_stats=v['batch_stats'],
                          opt_state=t['opt_state'], step=t['step'], rng=t['rng'])
+
+  def _set_aside(self, step: int) -> None:
+    """Renames an unreadable step directory out of orbax's sight (process 0 only)."""
+    if jax.process_index() == 0:
+      src = self.workdir / CHECKPOINT_DIR / str(step)
+      dst = src.with_name(f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
+      if src.exists():
+        os.replace(src, dst)
+        logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
+    self._manager.reload()
 
   def save_best(self, step: int, state: Any, metrics: Mapping[str, float]) -> bool:
     """Offers an evaluated state to the 'best' slot; returns whether it was kept."""
@@ -127,19 +191,24 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
   manager = ocp.CheckpointManager(
       workdir / subdir, options=ocp.CheckpointManagerOptions(read_only=True),
       item_handlers={'variables': ocp.StandardCheckpointHandler()})
-  steps = manager.all_steps()
+  steps = list(manager.all_steps())
   if not steps:
     raise FileNotFoundError(f'no checkpoints under {workdir / subdir}')
-  if step in ('latest', 'best'):
-    step = max(steps)
-  elif step not in steps:
+  if step not in ('latest', 'best') and step not in steps:
     raise FileNotFoundError(f'no checkpoint for step {step} under {workdir / subdir}; '
                             f'available: {sorted(steps)}')
-  metadata = manager.item_metadata(step)['variables']
-  restored = manager.restore(step, args=ocp.args.Composite(
-      variables=ocp.args.StandardRestore(_local_abstract(metadata))))
-  manager.close()
-  variables = jax.tree.map(np.asarray, jax.device_get(restored['variables']))
+
+  def read(s: int) -> Any:
+    metadata = manager.item_metadata(s)['variables']
+    return manager.restore(s, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(_local_abstract(metadata))))['variables']
+
+  try:
+    step, restored = restore_with_fallback(
+        steps if step in ('latest', 'best') else [step], read, str(workdir / subdir))
+  finally:
+    manager.close()
+  variables = jax.tree.map(np.asarray, jax.device_get(restored))
   logging.info('Restored %s step %d from %s', subdir, step, workdir)
   return config, variables, int(step)
 
@@ -151,13 +220,24 @@ def is_training_workdir(path: str | os.PathLike) -> bool:
 
 def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
   """Variables to start from: a converted checkpoint dir or another run's workdir."""
-  path = pathlib.Path(path)
-  if not path.exists():
-    raise FileNotFoundError(f'init_from: {path} does not exist (expected a directory written '
-                            f'by tools/convert_torch_weights.py or a training workdir)')
+  path = check_init_from(path)
   if is_training_workdir(path):
     _, variables, _ = restore_for_eval(path, 'latest')
     return variables
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
   _, variables = models.load_pretrained(str(path))
   return variables
+
+
+def check_init_from(path: str | os.PathLike) -> pathlib.Path:
+  """`path` if it exists; else a FileNotFoundError saying how to get the weights."""
+  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir_lock.check_local_path(path, 'init_from')
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(
+        f'init_from: {path} does not exist. It should be a directory written by '
+        f'tools/convert_torch_weights.py (see docs/converting.md for the Kinetics weights) '
+        f'or the workdir of a finished run (configs/finetune_cls.py); pass '
+        f"--config.init_from='' to train from scratch instead")
+  return path

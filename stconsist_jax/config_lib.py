@@ -107,6 +107,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
              num_processes: int = 1) -> None:
   """Checks types, ranges and consistency; raises ConfigError naming the key."""
   _check_type(config, 'seed', int)
+  _check_range(config, 'seed', 0, 2**31 - 1)
   # Data.
   _check_type(config, 'data.name', str)
   _check_type(config, 'data.data_dir', str)
@@ -187,7 +188,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _check_range(config, key, 0)
   if config.optimizer.warmup_steps > config.train.num_steps:
     raise ConfigError(f'config key optimizer.warmup_steps={config.optimizer.warmup_steps} '
-                      f'exceeds train.num_steps={config.train.num_steps}')
+                      f'exceeds train.num_steps={config.train.num_steps}: pass a shorter '
+                      f'warm-up (e.g. --config.optimizer.warmup_steps='
+                      f'{config.train.num_steps // 10}) or more steps')
   _check_type(config, 'train.fix_weights', bool)
   _check_stages(config)
   if num_devices is not None and config.train.batch_size % num_devices:
@@ -200,6 +203,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   for key in ('eval.clips_per_video', 'eval.frame_stride', 'eval.batch_size'):
     _check_type(config, key, int)
     _check_range(config, key, 1)
+  _check_type(config, 'eval.max_videos', int)
+  _check_range(config, 'eval.max_videos', 0)
   if num_devices is not None and config.eval.batch_size % num_devices:
     raise ConfigError(f'config key eval.batch_size={config.eval.batch_size} is not '
                       f'divisible by the device count {num_devices}')
@@ -212,6 +217,44 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_type(config, 'eval.sheet_clips', int)
   _check_range(config, 'eval.sheet_clips', 0)
   _check_type(config, 'init_from', str)
+
+
+# Keys a resumed run may change: how long it runs, how it logs and evaluates, where the
+# data lives. Any other difference would silently mix two experiments in one workdir.
+RESUMABLE_PREFIXES = ('train.num_steps', 'train.log_every', 'train.checkpoint_every',
+                      'train.keep_checkpoints', 'train.eval_every', 'eval.', 'data.data_dir',
+                      'init_from')
+
+
+def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b': value} of a nested ConfigDict/dict, values normalized to JSON text."""
+  items = config.items() if hasattr(config, 'items') else ()
+  out = {}
+  for key, value in items:
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items'):
+      out.update(flatten(value, f'{name}.'))
+    else:
+      out[name] = json.dumps(value, sort_keys=True, default=str)
+  return out
+
+
+def config_differences(saved: Any, new: Any) -> list[tuple[str, str | None, str | None]]:
+  """(key, saved value, new value) for every leaf that differs (None: absent)."""
+  a, b = flatten(saved), flatten(new)
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def is_resumable_change(key: str) -> bool:
+  return any(key == p or (p.endswith('.') and key.startswith(p)) for p in RESUMABLE_PREFIXES)
+
+
+def describe_differences(diffs: list[tuple[str, str | None, str | None]], limit: int = 6
+                         ) -> str:
+  shown = [f'{k}: {old if old is not None else "(absent)"} -> '
+           f'{new if new is not None else "(absent)"}' for k, old, new in diffs[:limit]]
+  more = f' and {len(diffs) - limit} more' if len(diffs) > limit else ''
+  return '; '.join(shown) + more
 
 
 def to_json(config: ml_collections.ConfigDict) -> str:
@@ -236,5 +279,11 @@ def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   path = pathlib.Path(directory) / CONFIG_FILENAME
   if not path.exists():
     raise FileNotFoundError(f'no {CONFIG_FILENAME} in {directory}: not a training workdir')
-  with open(path) as f:
-    return ml_collections.ConfigDict(_lists_to_tuples(json.load(f)))
+  try:
+    data = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(f'{path} is not a readable config ({e}); it was not written by '
+                      f'this project or was damaged') from None
+  if not isinstance(data, dict):
+    raise ConfigError(f'{path} does not hold a config object')
+  return ml_collections.ConfigDict(_lists_to_tuples(data))

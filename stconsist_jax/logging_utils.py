@@ -10,11 +10,12 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from absl import logging
 import numpy as np
 
+T = TypeVar('T')
 METRICS_FILENAME = 'metrics.jsonl'
 CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'iou', 'lr')
 
@@ -46,6 +47,38 @@ def _format_seconds(seconds: float) -> str:
   return f'{h}:{m:02d}:{s:02d}'
 
 
+def progress(items: Iterable[T], total: int | None, desc: str, *,
+             enabled: bool = True, log_every_s: float = 30.0) -> Iterator[T]:
+  """Yields `items`, showing progress with an ETA: a tqdm bar on a TTY, else log lines.
+
+  Without a TTY a line is logged at most every `log_every_s` seconds and at the end, so
+  long evaluations in batch jobs still say how far they are.
+  """
+  if not enabled:
+    yield from items
+    return
+  if sys.stderr.isatty():
+    import tqdm  # pylint: disable=g-import-not-at-top
+    yield from tqdm.tqdm(items, total=total, desc=desc, unit='batch', dynamic_ncols=True)
+    return
+  start = last = time.monotonic()
+  done = 0
+  for item in items:
+    yield item
+    done += 1
+    now = time.monotonic()
+    if now - last >= log_every_s or (total and done == total):
+      last = now
+      rate = done / max(now - start, 1e-9)
+      if total:
+        logging.info('%s: %d/%d batches (%.0f%%), %s elapsed, ETA %s', desc, done, total,
+                     100 * done / total, _format_seconds(now - start),
+                     _format_seconds((total - done) / max(rate, 1e-9)))
+      else:
+        logging.info('%s: %d batches, %s elapsed', desc, done,
+                     _format_seconds(now - start))
+
+
 class MetricLogger:
   """Writes per-step metrics (JSON lines) and interval summaries (console, TensorBoard).
 
@@ -67,6 +100,7 @@ class MetricLogger:
     if not enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
+    repair_partial_last_line(self.workdir / METRICS_FILENAME)
     self._jsonl = open(self.workdir / METRICS_FILENAME, 'a')
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._writer = SummaryWriter(str(self.workdir / 'tensorboard'))
@@ -135,6 +169,29 @@ class MetricLogger:
       self._writer.close()
     if self._jsonl is not None:
       self._jsonl.close()
+
+
+def repair_partial_last_line(path: pathlib.Path) -> None:
+  """Cuts a partly written last line (a run killed mid-write) before appending to `path`.
+
+  Without this, the next run's first line would be glued onto the fragment.
+  """
+  if not path.exists():
+    return
+  with open(path, 'rb+') as f:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+      return
+    f.seek(size - 1)
+    if f.read(1) == b'\n':
+      return
+    tail_start = max(size - 65536, 0)
+    f.seek(tail_start)
+    tail = f.read()
+    cut = tail_start + tail.rfind(b'\n') + 1 if b'\n' in tail else 0
+    logging.warning('%s: dropping a partly written last line (%d bytes) left by an '
+                    'interrupted run', path, size - cut)
+    f.truncate(cut)
 
 
 def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import pathlib
 import signal
 import threading
+import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
@@ -23,8 +25,10 @@ import optax
 from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import distributed
+from stconsist_jax import fileio
 from stconsist_jax import logging_utils
 from stconsist_jax import losses
+from stconsist_jax import workdir_lock
 
 HEAD = 'box_head'  # The only part that trains under fix_weights.
 LOSS_TERMS = config_lib.LOSS_TERMS
@@ -171,11 +175,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any, mesh: Any,
   """A replicated TrainState: fresh init, or merged with `init_from` variables."""
   # Initializers draw from an 'rbg' key: XLA compiles RngBitGenerator far faster than
   # threefry on CPU, and init runs on one local device, so every process gets the same.
+  # A missing init_from is reported before the (slow, for big models) initialization.
+  pretrained = checkpointing.load_init_variables(init_from) if init_from else None
   variables = init_variables(model, config, jax.random.key(config.seed, impl='rbg'))
   state_rng = jax.random.PRNGKey(config.seed + 1)
   if init_from:
     from stconsist_jax import models  # pylint: disable=g-import-not-at-top
-    pretrained = checkpointing.load_init_variables(init_from)
     variables, report = models.merge_pretrained(variables, pretrained)
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
     logging.info('Initialized from %s: %s', init_from, report)
@@ -443,10 +448,48 @@ def _check_finite(records: Sequence[tuple[int, Mapping[str, Any]]], checkpointer
           f'{"none" if last is None else f"step {last}"} in {checkpointer.workdir}')
 
 
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
+                        allow_config_change: bool) -> None:
+  """Refuses to resume a workdir whose saved config differs in what defines the run.
+
+  Run length, logging, evaluation and data location may change on resume (logged). Any
+  other difference (architecture, optimizer, losses, data, seed) is refused before
+  anything is written, unless `allow_config_change`; then the old config is kept as
+  `config.before-<time>.json` beside the new one.
+  """
+  path = pathlib.Path(workdir) / config_lib.CONFIG_FILENAME
+  if not path.exists():
+    return
+  saved = config_lib.load(workdir)
+  diffs = config_lib.config_differences(saved, config)
+  if not diffs:
+    return
+  blocking = [d for d in diffs if not config_lib.is_resumable_change(d[0])]
+  harmless = [d for d in diffs if config_lib.is_resumable_change(d[0])]
+  if harmless:
+    logging.info('Resuming %s with changed %s', workdir,
+                 config_lib.describe_differences(harmless))
+  if not blocking:
+    return
+  model_keys = [d for d in blocking if d[0].startswith('model.')]
+  if model_keys or not allow_config_change:
+    raise config_lib.ConfigError(
+        f'workdir {workdir} holds a run with another config '
+        f'({config_lib.describe_differences(blocking)}); resuming would mix two '
+        f'experiments. Use a new --workdir' + (
+            '' if model_keys else ', or pass --allow_config_change to continue this run '
+            'with the new settings'))
+  logging.warning('Continuing %s with changed %s (--allow_config_change)', workdir,
+                  config_lib.describe_differences(blocking))
+  if jax.process_index() == 0:
+    backup = path.with_name(f'config.before-{time.strftime("%Y%m%d-%H%M%S")}.json')
+    fileio.atomic_write(backup, path.read_bytes())
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        batch_iter_fn: BatchIterFn | None = None,
                        evaluate_fn: EvaluateFn | None = None,
-                       mesh: Any = None) -> TrainState:
+                       mesh: Any = None, allow_config_change: bool = False) -> TrainState:
   """Trains (resuming from `workdir` if it holds checkpoints); returns the final state.
 
   Args:
@@ -458,32 +501,57 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     evaluate_fn: `(config, variables, step, mesh) -> {metric: float}`, called every
       `train.eval_every` steps and at the end; enables the 'best' checkpoint.
     mesh: device mesh (default: all devices).
+    allow_config_change: resume even if the saved config differs beyond run length,
+      logging and evaluation (never for another architecture).
 
   Raises:
     NonFiniteLossError: a loss became NaN/Inf (no checkpoint of it is written).
     Preempted: SIGTERM arrived; the current step was checkpointed.
+    WorkdirLockedError: another live run holds the workdir.
   """
+  workdir_lock.check_local_path(workdir)
   mesh = distributed.make_mesh() if mesh is None else mesh
   config_lib.validate(config, num_devices=mesh.devices.size,
                       num_processes=jax.process_count())
   if batch_iter_fn is None:
     check_num_classes(config)
+  ckpt_dir = pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR
+  if config.init_from and not checkpointing.committed_steps(ckpt_dir):
+    checkpointing.check_init_from(config.init_from)
+  # Process 0 holds the workdir for the whole run: a second run on it is refused.
+  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str,
+           batch_iter_fn: BatchIterFn | None, evaluate_fn: EvaluateFn | None, mesh: Any,
+           allow_config_change: bool) -> TrainState:
+  """The body of `train_and_evaluate`, run while the workdir lock is held."""
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
   model = models.build_model(config.model)
   stages = resolve_stages(config)
   num_steps = config.train.num_steps
   is_main = jax.process_index() == 0
-  if is_main:
-    config_lib.save(config, workdir)
+  if checkpointing.committed_steps(pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR):
+    check_resume_config(config, workdir, allow_config_change)
   checkpointer = checkpointing.Checkpointer(
       workdir, keep=config.train.keep_checkpoints, best_metric=config.eval.best_metric,
       best_mode=config.eval.best_mode)
   latest = checkpointer.latest_step()
+  if is_main:
+    config_lib.save(config, workdir)
   state = create_train_state(config, model, mesh,
                              init_from=None if latest is not None else config.init_from)
   if latest is not None:
-    state = checkpointer.restore(state, latest)
-    logging.info('Resumed from checkpoint step %d in %s', latest, workdir)
+    state = checkpointer.restore(state)
+    logging.info('Resumed from checkpoint step %d in %s', int(jax.device_get(state.step)),
+                 workdir)
   start = int(jax.device_get(state.step))
   batch_iter_fn = batch_iter_fn or default_batch_iter_fn
   batches = batch_iter_fn(config, start)

@@ -17,13 +17,14 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', str(REPO_ROOT / 'configs' / 'demo.py'), 'Training config.', lock_config=True)
+from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
+                                 'Training config.')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Checkpoints, logs, reports.')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', 'data_cache/demo',
                                  'Synthetic videos and the TFDS build (reused).')
@@ -39,21 +40,30 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
+  with cli.user_errors(*cli.project_user_errors()):
+    run(_CONFIG.value, pathlib.Path(_WORKDIR.value), pathlib.Path(_CACHE_DIR.value),
+        resume=_RESUME.value)
+
+
+def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> None:
+  """Checks everything a user can get wrong first, then data, training, evaluation."""
+  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   t_start = time.time()
-  config = _CONFIG.value
-  cache = pathlib.Path(_CACHE_DIR.value)
-  workdir = pathlib.Path(_WORKDIR.value)
+  workdir_lock.check_local_path(workdir)
+  config_lib.validate(config)
+  workdir_lock.check_not_locked(workdir)
 
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
   prepared.use_synthetic(config, cache)
 
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
-  if workdir.exists() and not _RESUME.value:
+  if workdir.exists() and not resume:
     shutil.rmtree(workdir)
   t0 = time.time()
   print(f'[demo] training {config.train.num_steps} steps into {workdir} ...', flush=True)
-  train.train_and_evaluate(config, str(workdir))
+  train.train_and_evaluate(config, str(workdir), allow_config_change=resume)
   train_s = time.time() - t0
   print(f'[demo] trained in {train_s:.0f} s; evaluating the restored checkpoint ...',
         flush=True)
@@ -73,4 +83,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

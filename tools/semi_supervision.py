@@ -18,14 +18,15 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 import numpy as np
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', str(REPO_ROOT / 'configs' / 'demo.py'), 'Training config.', lock_config=True)
+from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
+                                 'Training config.')
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/semi_supervision', 'Runs and summary.')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', 'data_cache/demo',
                                  'Synthetic videos and the TFDS build (shared with the demo).')
@@ -65,27 +66,44 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
+  with cli.user_errors(*cli.project_user_errors()):
+    study(_CONFIG.value, pathlib.Path(_WORKDIR.value))
+
+
+def study(base, root: pathlib.Path) -> None:
+  """Checks the settings and every run's workdir first, then trains and evaluates."""
+  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
   from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
-  base = _CONFIG.value
+  workdir_lock.check_local_path(root)
+  if not 0.0 <= _FRACTION.value <= 1.0:
+    raise config_lib.ConfigError(
+        f'--box_label_fraction must be in [0, 1], got {_FRACTION.value}')
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    raise config_lib.ConfigError(f'--seeds must be integers, got {_SEEDS.value}') from None
+  plan = [(seed, name, consistency) for seed in seeds for name, consistency in SETTINGS]
+  for seed, name, consistency in plan:
+    config_lib.validate(run_config(base, seed, consistency))
+    workdir_lock.check_not_locked(root / f'{name}_seed{seed}')
   prepared.use_synthetic(base, _CACHE_DIR.value)
-  root = pathlib.Path(_WORKDIR.value)
   runs = []
-  for seed in (int(s) for s in _SEEDS.value):
-    for name, consistency in SETTINGS:
-      workdir = root / f'{name}_seed{seed}'
-      if workdir.exists():
-        shutil.rmtree(workdir)
-      config = run_config(base, seed, consistency)
-      t0 = time.time()
-      train.train_and_evaluate(config, str(workdir))
-      report = evaluate.evaluate(config, str(workdir), 'latest')
-      runs.append({'setting': name, 'seed': seed, 'seconds': round(time.time() - t0, 1),
-                   **{k: report[k] for k in METRICS}})
-      print(f'[semi] {name} seed {seed}: ' +
-            ' '.join(f'{k}={fmt(report[k])}' for k in METRICS), flush=True)
+  for seed, name, consistency in plan:
+    workdir = root / f'{name}_seed{seed}'
+    if workdir.exists():
+      shutil.rmtree(workdir)
+    config = run_config(base, seed, consistency)
+    t0 = time.time()
+    train.train_and_evaluate(config, str(workdir))
+    report = evaluate.evaluate(config, str(workdir), 'latest')
+    runs.append({'setting': name, 'seed': seed, 'seconds': round(time.time() - t0, 1),
+                 **{k: report[k] for k in METRICS}})
+    print(f'[semi] {name} seed {seed}: ' +
+          ' '.join(f'{k}={fmt(report[k])}' for k in METRICS), flush=True)
 
   summary = {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value),
              'num_steps': base.train.num_steps, 'runs': runs}
@@ -103,4 +121,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,245 @@
+"""Faults a user meets with a workdir: two runs, damaged files, changed configs, bad paths.
+
+Each test reproduces a failure seen before the fix (issue "the real path at real scale",
+findings 3, 5-8, 10 and 12) on a tiny model with random data (no TensorFlow).
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from stconsist_jax import checkpointing
+from stconsist_jax import config_lib
+from stconsist_jax import logging_utils
+from stconsist_jax import train
+from stconsist_jax import workdir_lock
+from tests.test_train import tiny_config
+
+
+def _run(config, workdir, **kwargs):
+  return train.train_and_evaluate(config, str(workdir), mesh=_one_device_mesh(), **kwargs)
+
+
+def _one_device_mesh():
+  from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
+  return distributed.make_mesh(jax.devices()[:1])
+
+
+def _params(state):
+  return jax.tree.map(np.asarray, jax.device_get(state.params))
+
+
+# ------------------------------------------------------------------------- the lock
+
+
+def test_second_run_on_a_live_workdir_is_refused_naming_the_holder(tmp_path):
+  with workdir_lock.WorkdirLock(tmp_path):
+    with pytest.raises(workdir_lock.WorkdirLockedError) as e:
+      _run(tiny_config(2), tmp_path)
+  message = str(e.value)
+  assert f'pid {os.getpid()}' in message and socket.gethostname() in message
+  assert 'started' in message
+  assert not (tmp_path / config_lib.CONFIG_FILENAME).exists(), 'refused run wrote a file'
+  assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists(), 'lock not released'
+
+
+def _write_lock(path, **fields):
+  holder = dict(host=socket.gethostname(), pid=os.getpid(), started=time.time(),
+                renewed=time.time(), lease_seconds=120.0, token='other')
+  holder.update(fields)
+  (path / workdir_lock.LOCK_FILENAME).write_text(json.dumps(holder))
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True)
+  _write_lock(tmp_path, pid=int(dead.stdout))
+  with workdir_lock.WorkdirLock(tmp_path) as lock:
+    held = json.loads(lock.path.read_text())
+    assert held['pid'] == os.getpid() and held['token'] != 'other'
+  assert not lock.path.exists()
+
+
+def test_lock_of_another_host_holds_until_its_lease_expires(tmp_path):
+  _write_lock(tmp_path, host='node-7', pid=1, renewed=time.time())
+  with pytest.raises(workdir_lock.WorkdirLockedError, match='host node-7, pid 1'):
+    workdir_lock.WorkdirLock(tmp_path).acquire()
+  _write_lock(tmp_path, host='node-7', pid=1, renewed=time.time() - 1000)
+  with workdir_lock.WorkdirLock(tmp_path):
+    pass
+
+
+def test_lease_is_renewed_while_held(tmp_path):
+  lock = workdir_lock.WorkdirLock(tmp_path, lease_seconds=0.3)
+  lock.acquire()
+  try:
+    first = json.loads(lock.path.read_text())['renewed']
+    time.sleep(0.5)
+    assert json.loads(lock.path.read_text())['renewed'] > first
+  finally:
+    lock.release()
+
+
+def test_two_launches_on_one_workdir_second_exits_with_one_line(repo_root, tmp_path):
+  _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid())  # a live run
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/demo.py', f'--workdir={tmp_path}',
+       '--config.data.name=random'], cwd=repo_root, capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert proc.returncode == 2
+  assert 'in use by another run' in proc.stderr and 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'metrics.jsonl').exists()
+
+
+# ------------------------------------------------------------- damaged files, resumes
+
+
+def test_truncated_metrics_line_then_resume_stays_readable(tmp_path):
+  config = tiny_config(4)
+  _run(config, tmp_path)
+  path = tmp_path / logging_utils.METRICS_FILENAME
+  with open(path, 'a') as f:
+    f.write('{"step": 5, "loss": 1.2')  # a crash mid-write
+  config.train.num_steps = 6
+  _run(config, tmp_path)
+  records = logging_utils.read_metrics_jsonl(path)
+  assert [r['step'] for r in records] == [1, 2, 3, 4, 5, 6]
+
+
+def _damage_latest(workdir: pathlib.Path, step: int) -> None:
+  """Truncates every array data file of a committed checkpoint step."""
+  files = [p for p in (workdir / 'checkpoints' / str(step)).rglob('*')
+           if p.is_file() and '/d/' in str(p)]
+  assert files, 'no data files found to damage'
+  for p in files:
+    p.write_bytes(p.read_bytes()[:7])
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
+  config = tiny_config(4)  # checkpoints at steps 2 and 4
+  _run(config, tmp_path)
+  _damage_latest(tmp_path, 4)
+  _, variables, step = checkpointing.restore_for_eval(tmp_path, 'latest')
+  assert step == 2
+  config.train.num_steps = 5
+  state = _run(config, tmp_path)
+  assert int(jax.device_get(state.step)) == 5
+  steps = checkpointing.committed_steps(tmp_path / 'checkpoints')
+  assert steps[-1] == 5 and 4 in steps, 'step 4 must be saved again, not skipped'
+  assert any(p.name.startswith('4.unreadable-') for p in (tmp_path / 'checkpoints').iterdir())
+  # The resumed run repeated steps 3..4 from step 2: same losses as the first time.
+  metrics = logging_utils.read_metrics(tmp_path)
+  assert sorted(metrics) == [1, 2, 3, 4, 5]
+  del variables
+
+
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
+  config = tiny_config(2)
+  _run(config, tmp_path)
+  _damage_latest(tmp_path, 2)
+  with pytest.raises(checkpointing.CheckpointReadError, match='could be read'):
+    checkpointing.restore_for_eval(tmp_path, 'latest')
+
+
+def test_resume_with_another_architecture_is_refused_before_writing(tmp_path):
+  config = tiny_config(2)
+  _run(config, tmp_path)
+  saved = (tmp_path / config_lib.CONFIG_FILENAME).read_text()
+  other = tiny_config(4)
+  other.model.depth = 18
+  with pytest.raises(config_lib.ConfigError, match='model.depth: 10 -> 18'):
+    _run(other, tmp_path, allow_config_change=True)
+  assert (tmp_path / config_lib.CONFIG_FILENAME).read_text() == saved
+
+
+def test_resume_with_another_learning_rate_needs_explicit_consent(tmp_path):
+  config = tiny_config(2)
+  _run(config, tmp_path)
+  saved = (tmp_path / config_lib.CONFIG_FILENAME).read_text()
+  changed = tiny_config(3)
+  changed.optimizer.lr = 0.5
+  with pytest.raises(config_lib.ConfigError, match='allow_config_change'):
+    _run(changed, tmp_path)
+  assert (tmp_path / config_lib.CONFIG_FILENAME).read_text() == saved
+  _run(changed, tmp_path, allow_config_change=True)
+  assert config_lib.load(tmp_path).optimizer.lr == 0.5
+  backups = list(tmp_path.glob('config.before-*.json'))
+  assert len(backups) == 1 and backups[0].read_text() == saved
+
+
+def test_longer_run_resumes_without_consent(tmp_path):
+  _run(tiny_config(2), tmp_path)
+  state = _run(tiny_config(3), tmp_path)
+  assert int(jax.device_get(state.step)) == 3
+
+
+# --------------------------------------------------------------------- bad settings
+
+
+def test_bucket_workdir_is_refused_clearly(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(workdir_lock.UnsupportedWorkdirError, match='not supported yet'):
+    _run(tiny_config(1), 'gs://bucket/run')
+  assert not pathlib.Path('gs:').exists()
+
+
+def test_missing_init_from_says_how_to_get_weights_before_writing(tmp_path):
+  config = tiny_config(1)
+  config.init_from = str(tmp_path / 'no_weights')
+  with pytest.raises(FileNotFoundError, match="convert_torch_weights.*init_from=''"):
+    _run(config, tmp_path / 'run')
+  assert not (tmp_path / 'run' / config_lib.CONFIG_FILENAME).exists()
+
+
+def test_negative_seed_is_refused_by_validation():
+  config = tiny_config(1)
+  config.seed = -1
+  with pytest.raises(config_lib.ConfigError, match="'seed' must be >= 0"):
+    config_lib.validate(config)
+
+
+def test_short_run_warmup_message_says_how_to_proceed():
+  config = tiny_config(20)
+  config.optimizer.warmup_steps = 500
+  with pytest.raises(config_lib.ConfigError, match=r'warmup_steps=2\)'):
+    config_lib.validate(config)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=configs/nope.py'], "config file 'configs/nope.py' not found"),
+    (['--config.seed=-1'], "'seed' must be >= 0"),
+    (['--config.seedx=1'], "'seedx' does not exist"),
+    (['--workdir=gs://bucket/demo'], 'bucket URL'),
+])
+def test_demo_bad_flags_one_line_and_workdir_kept(repo_root, tmp_path, args, message):
+  workdir = tmp_path / 'demo'
+  workdir.mkdir()
+  (workdir / 'keep.txt').write_text('previous run')
+  cmd = [sys.executable, 'tools/demo.py', f'--workdir={workdir}',
+         f'--cache_dir={tmp_path / "cache"}', *args]
+  proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  assert (workdir / 'keep.txt').exists(), 'the demo deleted the workdir of a bad run'
+  assert not (tmp_path / 'cache').exists(), 'data was built before the config was checked'
+
+
+def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
+  workdir = tmp_path / 'demo'
+  workdir.mkdir()
+  _write_lock(workdir)
+  proc = subprocess.run([sys.executable, 'tools/demo.py', f'--workdir={workdir}',
+                         f'--cache_dir={tmp_path / "cache"}'], cwd=repo_root,
+                        capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 2 and 'in use by another run' in proc.stderr
+  assert (workdir / workdir_lock.LOCK_FILENAME).exists()
