@@ -1,6 +1,8 @@
 """The synthetic dataset: UCF-101 layout, real pickle format, exact drawn boxes."""
 
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 
@@ -151,26 +153,121 @@ def test_classes_differ_in_shape_and_motion():
     synthetic.SyntheticSpec(num_classes=37).check()
 
 
-def test_from_real_annotations(ucf24_dir, tmp_path):
-  ds = synthetic.generate_from_annotations(tmp_path / "r", ucf24_dir / "pyannot.pkl",
-                                           max_videos=2)
+@pytest.fixture(scope="module")
+def from_annotations(ucf24_dir, tmp_path_factory):
+  """Two videos following the real pyannot.pkl, rendered by 2 spawned workers."""
+  root = tmp_path_factory.mktemp("from_annotations") / "r"
+  return synthetic.generate_from_annotations(root, ucf24_dir / "pyannot.pkl",
+                                             max_videos=2, num_workers=2)
+
+
+def test_from_real_annotations(ucf24_dir, from_annotations):
+  ds, root = from_annotations, from_annotations.root
   with open(ucf24_dir / "pyannot.pkl", "rb") as f:
     real = pickle.load(f, encoding="latin1")
-  with open(tmp_path / "r" / "pyannot.pkl", "rb") as f:
+  with open(root / "pyannot.pkl", "rb") as f:
     sub = pickle.load(f, encoding="latin1")
   assert len(sub) == 2 and set(sub) == set(ds.records)
   for key, v in sub.items():
     assert type(v["numf"]) is type(real[key]["numf"])
     np.testing.assert_array_equal(v["annotations"][0]["boxes"],
                                   real[key]["annotations"][0]["boxes"])
-    frames, _, _ = _decode(tmp_path / "r" / "UCF-101" / f"{key}.avi")
+    frames, _, _ = _decode(root / "UCF-101" / f"{key}.avi")
     assert len(frames) == int(real[key]["numf"])
-  assert ann.read_class_index(tmp_path / "r" / "ucfTrainTestlist" / "classInd.txt") == (
+  assert ann.read_class_index(root / "ucfTrainTestlist" / "classInd.txt") == (
       ann.UCF101_CLASSES)
   # UCF-101's own rule: split 1 tests on groups 1-7.
   train, test = ds.splits[1]
   assert all(ann.group_of(p) <= 7 for p in test)
   assert all(ann.group_of(p) > 7 for p in train)
+
+
+def _tree(root):
+  return {str(p.relative_to(root)): p.read_bytes()
+          for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_from_annotations_workers_write_what_one_process_writes(ucf24_dir, tmp_path,
+                                                                from_annotations):
+  single = synthetic.generate_from_annotations(tmp_path / "one", ucf24_dir / "pyannot.pkl",
+                                               max_videos=2, num_workers=0)
+  assert single.records == from_annotations.records
+  parallel, alone = _tree(from_annotations.root), _tree(tmp_path / "one")
+  assert len(parallel) == 2 + 7 + 1 and parallel == alone
+
+
+def test_from_annotations_videos_are_the_rendered_plans(from_annotations):
+  # The generator draws through `render`, the one renderer of this module.
+  path = sorted(from_annotations.records)[0]  # The first video draws the first seed.
+  record = from_annotations.records[path]
+  plan = synthetic.annotation_plan(record, int(np.random.default_rng(0).integers(2**31)))
+  rendered, boxes = synthetic.render(plan)
+  decoded, _, _ = _decode(from_annotations.root / "UCF-101" / f"{path}.avi")
+  assert decoded.shape == rendered.shape == (record.num_frames, 240, 320, 3)
+  assert np.abs(decoded.astype(float) - rendered).mean() < 8.0
+  t = record.tubes[0]
+  np.testing.assert_array_equal(boxes[0][t.start:t.end], t.boxes)
+
+
+def test_failed_generation_keeps_the_old_output(ucf24_dir, tmp_path, monkeypatch,
+                                                from_annotations):
+  out = tmp_path / "out"
+  shutil.copytree(from_annotations.root, out)
+  before = _tree(out)
+  calls = []
+
+  def failing(task):
+    calls.append(task)
+    raise RuntimeError("disk full")
+
+  monkeypatch.setattr(synthetic, "_write_planned_video", failing)
+  with pytest.raises(RuntimeError, match="disk full"):
+    synthetic.generate_from_annotations(out, ucf24_dir / "pyannot.pkl", max_videos=2,
+                                        overwrite=True, num_workers=0)
+  assert calls and _tree(out) == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("problem", ["missing", "junk", "crafted"])
+def test_cli_reports_a_bad_annotation_file_in_one_line(tmp_path, repo_root, problem):
+  path = tmp_path / "pyannot.pkl"
+  marker = tmp_path / "pwned"
+  if problem == "junk":
+    path.write_bytes(b"<html>Moved Permanently</html>")
+  elif problem == "crafted":
+    path.write_bytes(pickle.dumps(_Exploit(os.system, f"touch {marker}"), protocol=2))
+  result = subprocess.run(
+      [sys.executable, "-m", "stconsist_jax.data.synthetic", f"--output={tmp_path / 'o'}",
+       f"--from-annotations={path}", "--max-videos=1", "--num-workers=0"],
+      cwd=repo_root, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+  assert str(path) in result.stderr and "Traceback" not in result.stderr
+  expected = {"missing": "not found", "junk": "not a readable annotation pickle",
+              "crafted": "refusing to load"}[problem]
+  assert expected in result.stderr
+  assert not (tmp_path / "o").exists() and not marker.exists()
+
+
+def test_from_act_annotations_keeps_the_act_format(from_annotations, tmp_path):
+  records = from_annotations.records
+  act = tmp_path / "UCF101v2-GT.pkl"
+  ann.write_act(records.values(), act, ann.UCF24_CLASSES, [], [])
+  ds = synthetic.generate_from_annotations(tmp_path / "o", act, num_workers=0)
+  assert ds.records == records
+  assert not (tmp_path / "o" / "pyannot.pkl").exists()
+  assert ann.load_annotations(tmp_path / "o" / "UCF101v2-GT.pkl") == records
+  # The same geometry draws the same videos, whichever format it came in.
+  assert _tree(tmp_path / "o" / "UCF-101") == _tree(from_annotations.root / "UCF-101")
+
+
+class _Exploit:
+
+  def __init__(self, func, *args):
+    self.func, self.args = func, args
+
+  def __reduce__(self):
+    return self.func, self.args
 
 
 def test_cli_writes_the_layout_and_import_defines_no_flags(tmp_path, repo_root):

@@ -6,7 +6,7 @@ Classes are shapes moving in class-specific ways over a scrolling textured backg
   python -m stconsist_jax.data.synthetic --output DIR [--seed 0] [--num-classes 6]
       [--annotated-classes 4] [--videos-per-class 4] [--min-frames 24] [--max-frames 60]
   python -m stconsist_jax.data.synthetic --output DIR \
-      --from-annotations pyannot.pkl --max-videos 20
+      --from-annotations pyannot.pkl --max-videos 20 [--num-workers N]
 
 The output folder holds `UCF-101/<Class>/v_<Class>_gGG_cCC.avi` (XviD, 320x240, 25 fps),
 `ucfTrainTestlist/{classInd,trainlist0N,testlist0N}.txt` and `pyannot.pkl`: exactly
@@ -15,15 +15,18 @@ what the TFDS builder reads from a user's download.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
 import os
 import pathlib
 import pickle
 import shutil
+import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -198,6 +201,34 @@ class _Actor:
       return lo_x + t * (hi_x - lo_x), lo_y + (t if ay < 0.5 else 1 - t) * (hi_y - lo_y), r
     raise ValueError(f"unknown motion {self.motion!r}")
 
+  def draw(self, frame: np.ndarray, f: int) -> np.ndarray:
+    """Paints the actor on frame f; returns its exact corner box."""
+    size = frame.shape[:2]
+    cx, cy, r = self.place(f, size)
+    mask = _shape_mask(self.shape, cx, cy, r, self.angle, size)
+    frame[mask > 0] = self.rgb
+    return _extent(mask)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _BoxActor:
+  """An actor on given boxes: a filled rectangle with a label-specific inner shape."""
+  label: int  # 24-way tube label: picks the colours and the inner shape
+  start: int
+  end: int  # drawn on [start, end)
+  boxes: np.ndarray  # (end - start, 4) corner boxes in pixels
+
+  def draw(self, frame: np.ndarray, f: int) -> np.ndarray:
+    """Paints the box of frame f (and its inner shape); returns the painted box."""
+    h, w = frame.shape[:2]
+    x1, y1, x2, y2 = (int(v) for v in np.clip(self.boxes[f - self.start], 0, [w, h, w, h]))
+    hue = (self.label * 7) % 180
+    frame[y1:y2, x1:x2] = _hsv_to_rgb(hue, 230, 240)
+    inner = _shape_mask(SHAPES[self.label % len(SHAPES)], (x1 + x2) / 2, (y1 + y2) / 2,
+                        0.35 * min(x2 - x1, y2 - y1), 0.0, frame.shape[:2])
+    frame[inner > 0] = _hsv_to_rgb((hue + 90) % 180, 200, 120)
+    return np.array([x1, y1, x2, y2], np.float64)
+
 
 def _hsv_to_rgb(h: int, s: int, v: int) -> tuple[int, int, int]:
   px = cv2.cvtColor(np.array([[[h, s, v]]], np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
@@ -223,7 +254,7 @@ class VideoPlan:
   """Everything needed to render one video (from the seed)."""
   path: str
   num_frames: int
-  actors: tuple[_Actor, ...]
+  actors: tuple[_Actor | _BoxActor, ...]
   tube_ranges: tuple[tuple[int, int], ...]  # per annotated actor; () if unannotated
   scroll: tuple[float, float]
   bg_seed: int
@@ -267,35 +298,45 @@ def plan_video(spec: SyntheticSpec, class_index: int, video_index: int,
   return VideoPlan(path, n, tuple(actors), ranges, scroll, int(rng.integers(2**31)))
 
 
-def render(plan: VideoPlan, size: tuple[int, int] = (240, 320)
-           ) -> tuple[np.ndarray, list[np.ndarray]]:
-  """RGB frames uint8 (n, H, W, 3) and, per actor, its exact boxes (n, 4) (NaN if absent)."""
-  h, w = size
+def render_frames(plan: VideoPlan, size: tuple[int, int] = ann.UCF101_FRAME_SIZE
+                  ) -> Iterator[tuple[np.ndarray, list[np.ndarray | None]]]:
+  """Frame by frame: RGB uint8 (H, W, 3) and each actor's box (None where absent)."""
   tex = _background(np.random.default_rng(plan.bg_seed), size)
-  frames = np.empty((plan.num_frames, h, w, 3), np.uint8)
-  boxes = [np.full((plan.num_frames, 4), np.nan) for _ in plan.actors]
   for f in range(plan.num_frames):
     shift = (int(round(f * plan.scroll[1])), int(round(f * plan.scroll[0])))
     frame = np.roll(tex, shift, axis=(0, 1))
-    for k, a in enumerate(plan.actors):
-      if not a.start <= f < a.end:
-        continue
-      cx, cy, r = a.place(f, size)
-      mask = _shape_mask(a.shape, cx, cy, r, a.angle, size)
-      frame[mask > 0] = a.rgb
-      boxes[k][f] = _extent(mask)
+    yield frame, [a.draw(frame, f) if a.start <= f < a.end else None
+                  for a in plan.actors]
+
+
+def render(plan: VideoPlan, size: tuple[int, int] = ann.UCF101_FRAME_SIZE
+           ) -> tuple[np.ndarray, list[np.ndarray]]:
+  """RGB frames uint8 (n, H, W, 3) and, per actor, its exact boxes (n, 4) (NaN if absent)."""
+  h, w = size
+  frames = np.empty((plan.num_frames, h, w, 3), np.uint8)
+  boxes = [np.full((plan.num_frames, 4), np.nan) for _ in plan.actors]
+  for f, (frame, frame_boxes) in enumerate(render_frames(plan, size)):
     frames[f] = frame
+    for k, box in enumerate(frame_boxes):
+      if box is not None:
+        boxes[k][f] = box
   return frames, boxes
 
 
-def write_video(frames_rgb: np.ndarray, path: pathlib.Path, fps: int = FPS) -> None:
+def write_video(frames_rgb: Iterable[np.ndarray], path: pathlib.Path, fps: int = FPS
+                ) -> None:
+  """Writes RGB frames (an (n, H, W, 3) array or any iterable of frames) as XviD."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  h, w = frames_rgb.shape[1:3]
-  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, (w, h))
-  if not writer.isOpened():
-    raise RuntimeError(f"OpenCV cannot write {FOURCC} video {path} (no codec?)")
+  writer = None
   for frame in frames_rgb:
+    if writer is None:
+      h, w = frame.shape[:2]
+      writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC), fps, (w, h))
+      if not writer.isOpened():
+        raise RuntimeError(f"OpenCV cannot write {FOURCC} video {path} (no codec?)")
     writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  if writer is None:
+    raise ValueError(f"no frames to write to {path}")
   writer.release()
   _tag_as_xvid(path)
 
@@ -327,7 +368,8 @@ def _record(plan: VideoPlan, boxes: list[np.ndarray], label101: int, label24: in
 def _atomic_dir(output_dir: pathlib.Path, overwrite: bool):
   """A temp dir beside `output_dir`; `commit()` renames it into place."""
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-    raise FileExistsError(f"{output_dir} exists and is not empty (pass overwrite)")
+    raise FileExistsError(f"{output_dir} exists and is not empty (pass overwrite=True, "
+                          "--overwrite, to replace it)")
   output_dir.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
 
@@ -407,48 +449,106 @@ def _official_test_groups(split: int) -> set[int]:
   return set(range(7 * (split - 1) + 1, 7 * split + 1))
 
 
+def annotation_plan(record: ann.VideoRecord, bg_seed: int) -> VideoPlan:
+  """The plan of a video that follows a real record: one box actor per tube."""
+  actors = tuple(_BoxActor(t.label, t.start, t.end, t.boxes) for t in record.tubes)
+  return VideoPlan(record.path, record.num_frames, actors,
+                   tuple((t.start, t.end) for t in record.tubes), scroll=(2.0, 0.0),
+                   bg_seed=bg_seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class _VideoTask:
+  plan: VideoPlan
+  file: pathlib.Path
+  size: tuple[int, int]
+
+
+def _write_planned_video(task: _VideoTask) -> str:
+  """Renders and writes one video frame by frame (a worker's job); returns its path."""
+  write_video((frame for frame, _ in render_frames(task.plan, task.size)), task.file)
+  return task.plan.path
+
+
+def _run_all(fn: Callable[[Any], Any], tasks: Sequence[Any], num_workers: int) -> None:
+  """fn(task) for every task: in this process (num_workers 0) or spawned workers."""
+  start, done = time.time(), 0
+
+  def progress() -> None:
+    nonlocal done
+    done += 1
+    if done % 100 == 0 or done == len(tasks):
+      logging.info("%d/%d videos (%.1f videos/s)", done, len(tasks),
+                   done / max(time.time() - start, 1e-9))
+
+  if num_workers <= 0 or len(tasks) <= 1:
+    for task in tasks:
+      fn(task)
+      progress()
+    return
+  # Spawned, not forked: a caller's threads or TensorFlow state never leak in.
+  ctx = multiprocessing.get_context("spawn")
+  pool = concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)),
+                                                mp_context=ctx)
+  try:
+    for future in concurrent.futures.as_completed([pool.submit(fn, t) for t in tasks]):
+      future.result()
+      progress()
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_workers() -> int:
+  return os.cpu_count() or 1
+
+
 def generate_from_annotations(output_dir: str | os.PathLike, annotations_path: str |
-                              os.PathLike, max_videos: int = 20, seed: int = 0,
-                              overwrite: bool = False) -> SyntheticDataset:
-  """Renders videos that follow the tubes of a real `pyannot.pkl` (real geometry).
+                              os.PathLike, max_videos: int | None = 20, seed: int = 0,
+                              overwrite: bool = False,
+                              num_workers: int | None = None) -> SyntheticDataset:
+  """Renders videos that follow the tubes of a real annotation file (real geometry).
 
   Each tube's actor is a filled rectangle exactly covering its box, with a
-  class-specific inner shape; the output `pyannot.pkl` holds the original entries.
+  class-specific inner shape. The output holds the original entries in the input's
+  format: `pyannot.pkl`, or `UCF101v2-GT.pkl` (split 1 lists) for an ACT/MOC file.
+  `max_videos` videos evenly spread over the sorted names (None or 0: all of them),
+  rendered by `num_workers` spawned processes (default: CPU count; 0: in this one).
+  The output is the same for any worker count, and appears only when complete.
+
+  Raises:
+    FileNotFoundError, annotations.DataFileError: a missing or unusable annotation
+      file (one-line messages naming it); FileExistsError: a non-empty output_dir.
   """
-  with open(annotations_path, "rb") as f:
-    raw = pickle.load(f, encoding="latin1")
-  records = ann.records_from_pyannot(raw, source=annotations_path)
+  raw = ann.load_pickle(annotations_path)
+  act = ann.detect_format(raw, annotations_path) == "act"
+  records = ann.load_annotations(annotations_path) if act else ann.records_from_pyannot(
+      raw, source=annotations_path)
   keys = sorted(records)
-  step = max(1, len(keys) // max(1, max_videos))
-  chosen = keys[::step][:max_videos]
+  count = len(keys) if not max_videos or max_videos <= 0 else max_videos
+  chosen = keys[::max(1, len(keys) // count)][:count]
+  num_workers = default_workers() if num_workers is None else num_workers
   output_dir = pathlib.Path(output_dir)
   tmp, commit = _atomic_dir(output_dir, overwrite)
+  t0 = time.time()
   try:
     rng = np.random.default_rng(seed)
-    for path in chosen:
-      r = records[path]
-      tex = _background(np.random.default_rng(rng.integers(2**31)), (240, 320))
-      writer_frames = np.empty((r.num_frames, 240, 320, 3), np.uint8)
-      for f in range(r.num_frames):
-        frame = np.roll(tex, (0, 2 * f), axis=(0, 1))
-        for t in r.tubes:
-          if t.start <= f < t.end:
-            x1, y1, x2, y2 = (int(v) for v in t.boxes[f - t.start])
-            hue = (t.label * 7) % 180
-            frame[y1:y2, x1:x2] = _hsv_to_rgb(hue, 230, 240)
-            inner = _shape_mask(SHAPES[t.label % len(SHAPES)], (x1 + x2) / 2,
-                                (y1 + y2) / 2, 0.35 * min(x2 - x1, y2 - y1), 0.0,
-                                (240, 320))
-            frame[(inner > 0)] = _hsv_to_rgb((hue + 90) % 180, 200, 120)
-        writer_frames[f] = frame
-      write_video(writer_frames, tmp / "UCF-101" / f"{path}.avi")
+    size = ann.UCF101_FRAME_SIZE  # The annotations' own pixel frame.
+    tasks = [_VideoTask(annotation_plan(records[p], int(rng.integers(2**31))),
+                        tmp / "UCF-101" / f"{p}.avi", size) for p in chosen]
+    _run_all(_write_planned_video, tasks, num_workers)
     splits = _write_lists(tmp, ann.UCF101_CLASSES, chosen, _official_test_groups)
-    subset = {p: raw[p] for p in chosen}
-    fileio.atomic_write(tmp / "pyannot.pkl", pickle.dumps(subset, protocol=2))
+    if act:
+      ann.write_act([records[p] for p in chosen], tmp / "UCF101v2-GT.pkl",
+                    raw.get("labels") or ann.UCF24_CLASSES, *splits[1])
+    else:
+      subset = {p: raw[p] for p in chosen}
+      fileio.atomic_write(tmp / "pyannot.pkl", pickle.dumps(subset, protocol=2))
     commit()
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  logging.info("wrote %d videos following %s to %s in %.1f s", len(chosen),
+               annotations_path, output_dir, time.time() - t0)
   return SyntheticDataset(output_dir, None, ann.UCF101_CLASSES, ann.UCF24_CLASSES,
                           {p: records[p] for p in chosen}, splits)
 
@@ -468,28 +568,48 @@ def define_flags() -> None:
   flags.DEFINE_integer("min_frames", 24, "Shortest video.")
   flags.DEFINE_integer("max_frames", 60, "Longest video.")
   flags.DEFINE_integer("clips_per_group", 1, "Clips per group (gGG).")
-  flags.DEFINE_string("from_annotations", None,
-                      "Render videos following this real pyannot.pkl instead.")
-  flags.DEFINE_integer("max_videos", 20, "With --from_annotations.")
+  flags.DEFINE_string("from_annotations", None, "Render videos following this real "
+                      "pyannot.pkl (or UCF101v2-GT.pkl) instead.")
+  flags.DEFINE_integer("max_videos", 20, "With --from_annotations (0: all videos).")
+  flags.DEFINE_integer("num_workers", None, "With --from_annotations: rendering "
+                       "processes (default: CPU count; 0: in this process).")
   flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
   flags.mark_flag_as_required("output")
 
 
-def main(argv: Sequence[str]) -> None:
-  del argv
+class _FlagError(ValueError):
+  """A flag value the generator cannot use."""
+
+
+def _generate_from_flags() -> SyntheticDataset:
   if FLAGS.from_annotations:
-    ds = generate_from_annotations(FLAGS.output, FLAGS.from_annotations, FLAGS.max_videos,
-                                   FLAGS.seed, FLAGS.overwrite)
-  else:
-    spec = SyntheticSpec(seed=FLAGS.seed, num_classes=FLAGS.num_classes,
-                         annotated_classes=FLAGS.annotated_classes,
-                         videos_per_class=FLAGS.videos_per_class,
-                         min_frames=FLAGS.min_frames, max_frames=FLAGS.max_frames,
-                         clips_per_group=FLAGS.clips_per_group)
-    ds = generate(FLAGS.output, spec, FLAGS.overwrite)
+    return generate_from_annotations(FLAGS.output, FLAGS.from_annotations,
+                                     FLAGS.max_videos, FLAGS.seed, FLAGS.overwrite,
+                                     FLAGS.num_workers)
+  spec = SyntheticSpec(seed=FLAGS.seed, num_classes=FLAGS.num_classes,
+                       annotated_classes=FLAGS.annotated_classes,
+                       videos_per_class=FLAGS.videos_per_class,
+                       min_frames=FLAGS.min_frames, max_frames=FLAGS.max_frames,
+                       clips_per_group=FLAGS.clips_per_group)
+  try:
+    spec.check()
+  except ValueError as e:
+    raise _FlagError(str(e)) from None
+  return generate(FLAGS.output, spec, FLAGS.overwrite)
+
+
+def main(argv: Sequence[str]) -> int:
+  """Writes the folder; a problem with the inputs is one line on stderr, status 1."""
+  del argv
+  try:
+    ds = _generate_from_flags()
+  except (OSError, ann.DataFileError, _FlagError) as e:  # Inputs, not bugs.
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   annotated = sum(bool(r.tubes) for r in ds.records.values())
   print(f"wrote {len(ds.records)} videos ({annotated} annotated) of "
         f"{len(ds.class_names)} classes to {ds.root}")
+  return 0
 
 
 def parse_flags(argv: list[str]) -> list[str]:
