@@ -1,7 +1,8 @@
 """TFDS builder `ucf101_stconsist`: a user's UCF-101 folder -> sharded per-video records.
 
 Frames are decoded with OpenCV in fresh worker processes, squashed to size x size and
-stored as JPEG; boxes of every tube come with a presence mask (docs/DESIGN.md, 2).
+stored as JPEG; boxes of every tube, clipped to the frame, come with a presence mask
+(docs/DESIGN.md, 2). A build records its source and refuses to pass off another's.
 
 Manual dir layout: `UCF-101/<Class>/*.avi`, `ucfTrainTestlist/` (classInd.txt,
 trainlist0N.txt, testlist0N.txt) and `pyannot.pkl` or `UCF101v2-GT.pkl`.
@@ -15,12 +16,14 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 from absl import logging
 from etils import epath
@@ -36,8 +39,12 @@ NAME = "ucf101_stconsist"
 FRAME_SIZES = (128, 64, 32)
 ANNOTATION_FILES = ("pyannot.pkl", "UCF101v2-GT.pkl")
 REPORT_FILE = "build_report.json"
-# A video decoding to fewer than this fraction of its annotated frame count is truncated.
+DEFAULT_JPEG_QUALITY = 90
+# A video decoding to fewer than this fraction of its expected frame count (annotated,
+# else announced by its header) is truncated and skipped.
 MIN_FRAME_FRACTION = 0.9
+_LAYOUT = ("UCF-101/<Class>/*.avi, ucfTrainTestlist/ (classInd.txt, trainlist0N.txt, "
+           "testlist0N.txt) and pyannot.pkl or UCF101v2-GT.pkl")
 
 _MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download UCF-101 (https://www.crcv.ucf.edu/data/UCF101.php): the videos `UCF101.rar`
@@ -51,12 +58,26 @@ annotation pickle: `pyannot.pkl` (github.com/gurkirt/corrected-UCF101-Annots) or
 """
 
 
+class ManualDirError(FileNotFoundError):
+  """The manual dir, or a file the build needs in it, is missing (one-line message)."""
+  instructions = _MANUAL_DOWNLOAD_INSTRUCTIONS
+
+
+class SourceMismatchError(FileExistsError):
+  """The data dir already holds this config built from another source (one line)."""
+
+
+# Problems with a user's inputs: a command line reports them in one line, no traceback.
+USER_ERRORS = (ManualDirError, SourceMismatchError, ann.DataFileError)
+
+
 class Ucf101StconsistConfig(tfds.core.BuilderConfig):
   """Which official split, and the stored frame size."""
 
   def __init__(self, *, split: int = 1, frame_size: int = 128,
                class_names: Sequence[str] = ann.UCF101_CLASSES,
-               jpeg_quality: int = 90, name: str | None = None, **kwargs):
+               jpeg_quality: int = DEFAULT_JPEG_QUALITY, name: str | None = None,
+               **kwargs):
     if split not in (1, 2, 3):
       raise ValueError(f"split must be 1, 2 or 3, got {split}")
     if not 8 <= frame_size <= 1024:
@@ -65,6 +86,8 @@ class Ucf101StconsistConfig(tfds.core.BuilderConfig):
       name = f"split{split}_{frame_size}"
       if tuple(class_names) != ann.UCF101_CLASSES:
         name += f"_c{len(class_names)}"
+      if jpeg_quality != DEFAULT_JPEG_QUALITY:
+        name += f"_q{jpeg_quality}"
     super().__init__(
         name=name,
         description=(f"UCF-101 split {split}, frames {frame_size}x{frame_size} JPEG "
@@ -76,16 +99,33 @@ class Ucf101StconsistConfig(tfds.core.BuilderConfig):
     self.jpeg_quality = jpeg_quality
 
 
+def registered_config(split: int, frame_size: int) -> Ucf101StconsistConfig | None:
+  """The registered `split{split}_{frame_size}` config, or None."""
+  name = f"split{split}_{frame_size}"
+  return next((c for c in Ucf101Stconsist.BUILDER_CONFIGS if c.name == name), None)
+
+
 def make_config(split: int = 1, frame_size: int = 128,
                 class_names: Sequence[str] | None = None,
                 manual_dir: str | os.PathLike | None = None,
+                jpeg_quality: int = DEFAULT_JPEG_QUALITY,
                 **kwargs) -> Ucf101StconsistConfig:
-  """A config for any (split, frame size); classes from `manual_dir`'s classInd.txt."""
+  """The config of (split, frame size); classes from `manual_dir`'s classInd.txt.
+
+  The registered config itself when it fits (the 101 UCF-101 classes, a registered
+  size, default JPEG quality): TFDS refuses a custom config under a registered name.
+  """
   if class_names is None and manual_dir is not None:
     class_names = ann.read_class_index(
         pathlib.Path(manual_dir) / "ucfTrainTestlist" / "classInd.txt")
+  class_names = tuple(class_names or ann.UCF101_CLASSES)
+  registered = registered_config(split, frame_size)
+  if (registered is not None and class_names == registered.class_names
+      and jpeg_quality == registered.jpeg_quality and not kwargs):
+    return registered
   return Ucf101StconsistConfig(split=split, frame_size=frame_size,
-                               class_names=class_names or ann.UCF101_CLASSES, **kwargs)
+                               class_names=class_names, jpeg_quality=jpeg_quality,
+                               **kwargs)
 
 
 @dataclasses.dataclass
@@ -98,6 +138,8 @@ class BuildReport:
   problems: dict[str, Any] = dataclasses.field(default_factory=dict)
   notes: dict[str, int] = dataclasses.field(
       default_factory=lambda: collections.defaultdict(int))
+  absent_annotated_classes: list[str] = dataclasses.field(default_factory=list)
+  source: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def skip(self, split: str, path: str, reason: str) -> None:
     logging.warning("skipping %s (%s): %s", path, split, reason)
@@ -112,7 +154,13 @@ class BuildReport:
         "videos_per_second": {k: self.videos[k] / max(self.seconds[k], 1e-9)
                               for k in self.videos if k in self.seconds},
         "annotation_problems": self.problems,
+        # Counts of what the build changed or dropped: `truncated_videos_skipped`,
+        # `videos_short_of_expected_frames` (kept), `boxes_clipped_to_frame`,
+        # `empty_boxes_dropped`, `boxes_beyond_decoded_frames`.
         "notes": dict(self.notes),
+        # Annotated classes of the label space without any tube in this folder.
+        "annotated_classes_without_tubes": list(self.absent_annotated_classes),
+        "source": dict(self.source),
     }
 
 
@@ -141,52 +189,152 @@ def _parallel_map(fn, tasks: Sequence[Any], num_workers: int) -> Iterator[Any]:
       yield result
 
 
+class TubeArrays(NamedTuple):
+  """A video's tubes as stored, and how many boxes storing them changed or dropped."""
+  labels: np.ndarray  # int32 (k,)
+  boxes: np.ndarray  # float32 (k, n, 4): normalized corners, zeros where absent
+  present: np.ndarray  # bool (k, n)
+  beyond_video: int  # boxes on frames the video does not have
+  clipped: int  # boxes partly outside the frame, clipped to it
+  empty: int  # boxes empty once clipped (zero width or height, or off the frame)
+
+
+def clip_boxes(boxes: np.ndarray, height: int, width: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(corner boxes clipped to the frame, which changed, which are empty after it)."""
+  clipped = np.clip(boxes, 0, np.array([width, height, width, height], np.float64))
+  changed = np.any(clipped != boxes, axis=-1)
+  empty = (clipped[..., 2] <= clipped[..., 0]) | (clipped[..., 3] <= clipped[..., 1])
+  return clipped, changed, empty
+
+
 def tube_arrays(record: ann.VideoRecord | None, num_frames: int, height: int,
-                width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-  """(labels (k,), boxes (k, n, 4) normalized corners, present (k, n), dropped boxes)."""
+                width: int) -> TubeArrays:
+  """Tubes -> stored arrays: boxes clipped to the frame, empty ones not present."""
   tubes = record.tubes if record is not None else ()
   labels = np.array([t.label for t in tubes], np.int32)
   boxes = np.zeros((len(tubes), num_frames, 4), np.float32)
   present = np.zeros((len(tubes), num_frames), bool)
   scale = np.array([width, height, width, height], np.float64)
-  dropped = 0
+  beyond = clipped_count = empty_count = 0
   for k, t in enumerate(tubes):
     lo, hi = max(t.start, 0), min(t.end, num_frames)
-    dropped += t.num_boxes - max(hi - lo, 0)
-    if hi > lo:
-      boxes[k, lo:hi] = t.boxes[lo - t.start:hi - t.start] / scale
-      present[k, lo:hi] = True
-  return labels, boxes, present, dropped
+    beyond += t.num_boxes - max(hi - lo, 0)
+    if hi <= lo:
+      continue
+    clipped, changed, empty = clip_boxes(t.boxes[lo - t.start:hi - t.start], height, width)
+    clipped_count += int(np.sum(changed & ~empty))
+    empty_count += int(np.sum(empty))
+    keep = ~empty
+    boxes[k, lo:hi][keep] = clipped[keep] / scale
+    present[k, lo:hi] = keep
+  return TubeArrays(labels, boxes, present, beyond, clipped_count, empty_count)
 
 
-def annotated_class_names(records: Mapping[str, ann.VideoRecord]) -> list[str]:
-  """The class name of each tube label 0..L-1, from the videos that carry the label.
+def annotated_class_names(records: Mapping[str, ann.VideoRecord],
+                          known: Sequence[str] = ann.UCF24_CLASSES) -> list[str]:
+  """The class name of each tube label 0..L-1.
+
+  `known` (UCF101-24's list) when every used label names its class there: a subset of
+  the videos keeps the full label space, absent classes and all. Otherwise the names
+  come from the videos that carry each label, which must then use every label 0..L-1.
 
   Raises:
-    ValueError: a tube label is used by videos of two classes, or a label in 0..L-1
-      is used by no video (the list would have a hole).
+    ValueError: a tube label is used by videos of two classes, or (labels not of
+      `known`) a label in 0..L-1 is used by no video (the list would have a hole).
   """
   names: dict[int, str] = {}
   for record in records.values():
     for tube in record.tubes:
-      known = names.setdefault(tube.label, record.class_name)
-      if known != record.class_name:
-        raise ValueError(f"tube label {tube.label} is used by classes {known!r} and "
+      named = names.setdefault(tube.label, record.class_name)
+      if named != record.class_name:
+        raise ValueError(f"tube label {tube.label} is used by classes {named!r} and "
                          f"{record.class_name!r} ({record.path}); expected one class per "
                          "label")
-  missing = [i for i in range(len(names)) if i not in names]
+  if all(0 <= label < len(known) and known[label] == name for label, name in names.items()):
+    return list(known)
+  top = max(names, default=-1)
+  missing = [i for i in range(top + 1) if i not in names]
   if missing:
     raise ValueError(f"tube labels {missing} are used by no video, though labels up to "
-                     f"{max(names)} are; expected labels 0..{len(names) - 1}")
-  return [names[i] for i in range(len(names))]
+                     f"{top} are, and the labels do not follow the {len(known)} known "
+                     f"annotated classes; expected every label 0..{top} in use")
+  return [names[i] for i in range(top + 1)]
 
 
 def find_annotation_file(manual_dir: pathlib.Path) -> pathlib.Path:
   for name in ANNOTATION_FILES:
     if (manual_dir / name).is_file():
       return manual_dir / name
-  raise FileNotFoundError(
+  raise ManualDirError(
       f"no annotation pickle in {manual_dir}: expected one of {', '.join(ANNOTATION_FILES)}")
+
+
+def check_manual_dir(manual_dir: str | os.PathLike, split: int = 1) -> pathlib.Path:
+  """The annotation file of a manual dir that has every part the build reads.
+
+  Raises:
+    ManualDirError: naming the first missing part (its `instructions` say how to
+      download and arrange UCF-101).
+  """
+  manual_dir = pathlib.Path(manual_dir)
+  if not manual_dir.is_dir():
+    raise ManualDirError(f"manual dir {manual_dir} not found: expected the downloaded "
+                         f"UCF-101 folder with {_LAYOUT}")
+  list_dir = manual_dir / "ucfTrainTestlist"
+  for needed in (manual_dir / "UCF-101", list_dir / "classInd.txt",
+                 list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"):
+    if not needed.exists():
+      raise ManualDirError(f"{needed} not found: the manual dir {manual_dir} should hold "
+                           f"{_LAYOUT}")
+  return find_annotation_file(manual_dir)
+
+
+def load_records(annotation_file: pathlib.Path, class_names: Sequence[str]
+                 ) -> tuple[dict[str, ann.VideoRecord], list[str]]:
+  """(records, annotated class names) of an annotation file; DataFileError if unusable."""
+  records = ann.load_annotations(annotation_file, class_names)
+  try:
+    return records, annotated_class_names(records)
+  except ValueError as e:
+    raise ann.AnnotationFileError(f"{annotation_file}: {e}") from None
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def source_of(manual_dir: str | os.PathLike, split: int = 1) -> dict[str, Any]:
+  """What a build of `manual_dir` is made from: its absolute path and a fingerprint.
+
+  The fingerprint hashes the annotation pickle, classInd.txt and the split's lists.
+  """
+  manual_dir = pathlib.Path(manual_dir).absolute()
+  list_dir = manual_dir / "ucfTrainTestlist"
+  files = [check_manual_dir(manual_dir, split), list_dir / "classInd.txt",
+           list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"]
+  hashes = {str(f.relative_to(manual_dir)): _sha256(f) for f in files}
+  fingerprint = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+  return {"manual_dir": str(manual_dir), "fingerprint": fingerprint, "files": hashes}
+
+
+def source_mismatch(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]
+                    ) -> str | None:
+  """Why a build recorded as made from `recorded` is not one of `current`, or None."""
+  if not recorded:
+    return "it records no source (built before sources were recorded)"
+  reasons = []
+  if recorded.get("manual_dir") != current["manual_dir"]:
+    reasons.append(f"it was built from {recorded.get('manual_dir')}")
+  if recorded.get("fingerprint") != current["fingerprint"]:
+    changed = sorted(name for name, digest in current["files"].items()
+                     if (recorded.get("files") or {}).get(name) != digest)
+    reasons.append(f"its {', '.join(changed) or 'files'} differ")
+  return " and ".join(reasons) or None
 
 
 class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
@@ -238,18 +386,27 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = pathlib.Path(dl_manager.manual_dir)
     list_dir = manual_dir / "ucfTrainTestlist"
-    for needed in (manual_dir / "UCF-101", list_dir / "classInd.txt"):
-      if not needed.exists():
-        raise FileNotFoundError(f"{needed} not found.\n{_MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    split = self.builder_config.split
+    try:
+      annotation_file = check_manual_dir(manual_dir, split)
+    except ManualDirError as e:
+      raise ManualDirError(f"{e}\n{_MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
     class_names = ann.read_class_index(list_dir / "classInd.txt")
     if class_names != self.builder_config.class_names:
-      raise ValueError(
+      raise ann.DataFileError(
           f"{list_dir / 'classInd.txt'} lists {len(class_names)} classes that differ from "
           f"the {len(self.builder_config.class_names)} of config "
           f"{self.builder_config.name!r}; build with make_config(manual_dir=...)")
-    records = ann.load_annotations(find_annotation_file(manual_dir), class_names)
-    self.info.metadata["annotated_class_names"] = annotated_class_names(records)
-    train, test = ann.official_split(list_dir, self.builder_config.split)
+    records, label_names = load_records(annotation_file, class_names)
+    used = {r.class_name for r in records.values() if r.tubes}
+    self._report.absent_annotated_classes = [c for c in label_names if c not in used]
+    if self._report.absent_annotated_classes:
+      logging.info("annotated classes without tubes in %s: %s", annotation_file,
+                   ", ".join(self._report.absent_annotated_classes))
+    self._report.source = source_of(manual_dir, split)
+    self.info.metadata["annotated_class_names"] = label_names
+    self.info.metadata["source"] = self._report.source
+    train, test = ann.official_split(list_dir, split)
     problems = ann.validate(records, listed=train + test, video_dir=manual_dir / "UCF-101")
     self._report.problems = problems.to_dict()
     if not problems.ok:
@@ -258,6 +415,26 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         "train": self._generate_examples(manual_dir, train, records, "train"),
         "test": self._generate_examples(manual_dir, test, records, "test"),
     }
+
+  def _check_decoded(self, video: video_decode.DecodedVideo,
+                     record: ann.VideoRecord | None) -> str | None:
+    """Why a decoded video is skipped (None: it is kept), counting short ones.
+
+    A video should decode to its annotated frame count or, without annotations, the
+    count its header announces: under 90% of it, it is truncated and skipped (with
+    or without boxes alike); between 90% and 100%, kept with the frames it has.
+    """
+    if video.error:
+      return video.error
+    expected = record.num_frames if record is not None else video.header_frames
+    if video.num_frames >= expected:
+      return None
+    if video.num_frames < MIN_FRAME_FRACTION * expected:
+      self._report.notes["truncated_videos_skipped"] += 1
+      of_what = "annotated frames" if record is not None else "frames in its header"
+      return f"truncated: decoded {video.num_frames} of {expected} {of_what}"
+    self._report.notes["videos_short_of_expected_frames"] += 1
+    return None
 
   def _generate_examples(self, manual_dir: pathlib.Path, paths: Sequence[str],
                          records: Mapping[str, ann.VideoRecord], split: str):
@@ -280,18 +457,16 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     for video in _parallel_map(video_decode.decode_video, tasks, self._num_workers):
       bar.update(1)
       record = records.get(video.path)
-      if video.error:
-        self._report.skip(split, video.path, video.error)
+      reason = self._check_decoded(video, record)
+      if reason is not None:
+        self._report.skip(split, video.path, reason)
         continue
-      if record is not None and video.num_frames < MIN_FRAME_FRACTION * record.num_frames:
-        self._report.skip(split, video.path,
-                          f"truncated: decoded {video.num_frames} of "
-                          f"{record.num_frames} annotated frames")
-        continue
-      labels, boxes, present, dropped = tube_arrays(record, video.num_frames,
-                                                    video.height, video.width)
-      if dropped:
-        self._report.notes["boxes_beyond_decoded_frames"] += dropped
+      tubes = tube_arrays(record, video.num_frames, video.height, video.width)
+      for note, count in (("boxes_beyond_decoded_frames", tubes.beyond_video),
+                          ("boxes_clipped_to_frame", tubes.clipped),
+                          ("empty_boxes_dropped", tubes.empty)):
+        if count:
+          self._report.notes[note] += count
       written += 1
       yield video.path, {
           "frames": video.frames,
@@ -300,10 +475,10 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
           "num_frames": video.num_frames,
           "original_size": np.array([video.height, video.width], np.int32),
           "annotated": bool(ann.class_of(video.path) in annotated_classes
-                            and len(labels) > 0),
-          "tube_labels": labels,
-          "tube_boxes": boxes,
-          "tube_present": present,
+                            and len(tubes.labels) > 0),
+          "tube_labels": tubes.labels,
+          "tube_boxes": tubes.boxes,
+          "tube_present": tubes.present,
       }
     bar.close()
     seconds = time.time() - start
@@ -315,9 +490,17 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
 
   def download_and_prepare(self, *, download_dir=None, download_config=None,
                            **kwargs) -> None:
-    """TFDS's build (into an incomplete dir, renamed when done) + the build report."""
+    """TFDS's build (into an incomplete dir, renamed when done) + the build report.
+
+    Raises:
+      SourceMismatchError: the dataset exists, built from another manual dir or other
+        annotation / list files than `download_config.manual_dir` holds.
+    """
     download_config = download_config or tfds.download.DownloadConfig()
     existed = self.data_path.exists()
+    if (existed and download_config.manual_dir
+        and not download_config.download_mode.overwrite_dataset):
+      self._check_source(download_config.manual_dir)
     self._report = BuildReport()
     super().download_and_prepare(download_dir=download_dir,
                                  download_config=download_config, **kwargs)
@@ -330,6 +513,16 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
                  report["videos_written"], report["videos_skipped"],
                  {k: round(v, 2) for k, v in report["videos_per_second"].items()})
 
+  def _check_source(self, manual_dir: str | os.PathLike) -> None:
+    """Raises SourceMismatchError unless the existing build was made from `manual_dir`."""
+    recorded = (self.info.metadata or {}).get("source")
+    why = source_mismatch(recorded, source_of(manual_dir, self.builder_config.split))
+    if why is not None:
+      raise SourceMismatchError(
+          f"{self.data_dir} already holds {self.builder_config.name} but {why}, so it is "
+          f"not a build of {pathlib.Path(manual_dir).absolute()}; pass --overwrite "
+          "(build(..., overwrite=True)) to rebuild it, or choose another --data_dir")
+
   @property
   def report(self) -> dict[str, Any]:
     return self._report.to_dict()
@@ -341,14 +534,60 @@ def builder(config: str | Ucf101StconsistConfig = "split1_128",
   return Ucf101Stconsist(config=config, data_dir=data_dir, num_workers=num_workers)
 
 
+def _replaced_path(data_path: epath.Path) -> epath.Path:
+  return data_path.parent / f".{data_path.name}.replaced"
+
+
+def _recover_replaced(data_path: epath.Path) -> bool:
+  """Finishes a rebuild that was interrupted; True if it restored the old build."""
+  aside = _replaced_path(data_path)
+  if not aside.exists():
+    return False
+  if data_path.exists():  # The new build was complete: drop the old one.
+    shutil.rmtree(aside)
+    return False
+  logging.warning("restoring %s, set aside by an interrupted rebuild", data_path)
+  os.replace(aside, data_path)
+  return True
+
+
 def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, split: int = 1,
           frame_size: int = 128, num_workers: int | None = None,
-          jpeg_quality: int = 90) -> Ucf101Stconsist:
-  """Builds (split, frame_size) from `manual_dir` into `data_dir`; returns the builder."""
+          jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+          overwrite: bool = False) -> Ucf101Stconsist:
+  """Builds (split, frame_size) from `manual_dir` into `data_dir`; returns the builder.
+
+  An existing build of the same source is reused. One of another source is refused
+  (SourceMismatchError) unless `overwrite`, which rebuilds it; the old build stays in
+  place until the new one is complete.
+
+  Raises:
+    ManualDirError, SourceMismatchError, annotations.DataFileError: `USER_ERRORS`,
+      each with a one-line message.
+  """
+  annotation_file = check_manual_dir(manual_dir, split)
   cfg = make_config(split, frame_size, manual_dir=manual_dir, jpeg_quality=jpeg_quality)
+  # Unusable inputs fail here, before anything is written.
+  load_records(annotation_file, cfg.class_names)
+  ann.official_split(pathlib.Path(manual_dir) / "ucfTrainTestlist", split)
   b = builder(cfg, data_dir, num_workers)
-  b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual_dir)))
+  if _recover_replaced(b.data_path):
+    b = builder(cfg, data_dir, num_workers)
+  download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+  if not (overwrite and b.data_path.exists()):
+    b.download_and_prepare(download_config=download_config)
+    return b
+  aside = _replaced_path(b.data_path)
+  os.replace(b.data_path, aside)
+  try:
+    b = builder(cfg, data_dir, num_workers)
+    b.download_and_prepare(download_config=download_config)
+  except BaseException:
+    if b.data_path.exists():  # Complete but its report failed: keep the old build.
+      shutil.rmtree(b.data_path)
+    os.replace(aside, b.data_path)
+    raise
+  shutil.rmtree(aside)
   return b
 
 

@@ -7,6 +7,7 @@ no TensorFlow state.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import cv2
 import numpy as np
@@ -27,6 +28,7 @@ class DecodedVideo:
   height: int = 0  # original frame size
   width: int = 0
   error: str | None = None
+  header_frames: int = 0  # frame count the file's header announces (0: unknown)
 
   @property
   def num_frames(self) -> int:
@@ -40,12 +42,21 @@ def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
   return cv2.resize(frame, (size, size), interpolation=interp)
 
 
+def _header_frames(cap: cv2.VideoCapture) -> int:
+  count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+  return int(count) if math.isfinite(count) and count > 0 else 0
+
+
 def decode_video(task: DecodeTask) -> DecodedVideo:
-  """Decodes every frame; never raises (a problem is returned in `error`)."""
+  """Decodes every frame; never raises (a problem is returned in `error`).
+
+  A damaged file may decode to fewer frames than `header_frames`; the caller decides.
+  """
   try:
     cap = cv2.VideoCapture(task.file)
     if not cap.isOpened():
       return DecodedVideo(task.path, [], error=f"OpenCV cannot open {task.file}")
+    header_frames = _header_frames(cap)
     frames, height, width = [], 0, 0
     params = [cv2.IMWRITE_JPEG_QUALITY, int(task.jpeg_quality)]
     while True:
@@ -60,7 +71,7 @@ def decode_video(task: DecodeTask) -> DecodedVideo:
     cap.release()
     if not frames:
       return DecodedVideo(task.path, [], error=f"no decodable frames in {task.file}")
-    return DecodedVideo(task.path, frames, height, width)
+    return DecodedVideo(task.path, frames, height, width, header_frames=header_frames)
   except Exception as e:  # pylint: disable=broad-except
     # A worker must report, not crash, so the build can skip this video.
     return DecodedVideo(task.path, [], error=f"{type(e).__name__}: {e} ({task.file})")
