@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from stconsist_jax import cli
 from stconsist_jax.data import annotations as ann
 from stconsist_jax.data import synthetic
 
@@ -240,7 +241,7 @@ def test_cli_reports_a_bad_annotation_file_in_one_line(tmp_path, repo_root, prob
       [sys.executable, "-m", "stconsist_jax.data.synthetic", f"--output={tmp_path / 'o'}",
        f"--from-annotations={path}", "--max-videos=1", "--num-workers=0"],
       cwd=repo_root, capture_output=True, text=True, timeout=120)
-  assert result.returncode == 1
+  assert result.returncode == cli.EXIT_USER_ERROR
   assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
   assert str(path) in result.stderr and "Traceback" not in result.stderr
   expected = {"missing": "not found", "junk": "not a readable annotation pickle",

@@ -34,6 +34,7 @@ from absl import logging
 import cv2
 import numpy as np
 
+from stconsist_jax import cli
 from stconsist_jax import fileio
 from stconsist_jax.data import annotations as ann
 
@@ -599,13 +600,13 @@ def _generate_from_flags() -> SyntheticDataset:
 
 
 def main(argv: Sequence[str]) -> int:
-  """Writes the folder; a problem with the inputs is one line on stderr, status 1."""
+  """Writes the folder; a problem with the inputs is one line on stderr, status 2."""
   del argv
   try:
     ds = _generate_from_flags()
   except (OSError, ann.DataFileError, _FlagError) as e:  # Inputs, not bugs.
     print(f"error: {e}", file=sys.stderr)
-    return 1
+    return cli.EXIT_USER_ERROR
   annotated = sum(bool(r.tubes) for r in ds.records.values())
   print(f"wrote {len(ds.records)} videos ({annotated} annotated) of "
         f"{len(ds.class_names)} classes to {ds.root}")
