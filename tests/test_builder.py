@@ -282,6 +282,7 @@ def test_annotated_class_names_of_a_subset_keep_the_ucf24_label_space(ucf24_dir)
                                           (ann.Tube(1, 0, 1, boxes),))}
   with pytest.raises(ValueError, match=r"tube labels \[0\] are used by no video"):
     tfds_builder.annotated_class_names(odd)
+  assert tfds_builder.annotated_class_names({}) == []
 
 
 def test_tool_reports_a_wrong_manual_dir_in_one_line(tmp_path, tool, capsys):

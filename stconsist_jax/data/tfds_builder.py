@@ -251,7 +251,8 @@ def annotated_class_names(records: Mapping[str, ann.VideoRecord],
         raise ValueError(f"tube label {tube.label} is used by classes {named!r} and "
                          f"{record.class_name!r} ({record.path}); expected one class per "
                          "label")
-  if all(0 <= label < len(known) and known[label] == name for label, name in names.items()):
+  if names and all(0 <= label < len(known) and known[label] == name
+                   for label, name in names.items()):
     return list(known)
   top = max(names, default=-1)
   missing = [i for i in range(top + 1) if i not in names]
