@@ -1,0 +1,164 @@
+"""Prediction benchmark: frames/s of `stconsist_jax.predict` (decode + model + linking).
+
+Each setting prints one JSON line; the last line is the last setting's. No TensorFlow.
+
+  python benchmarks/predict.py --settings=demo,r3d34 --frames=200,48
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import sys
+import tempfile
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import cv2
+import jax
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from configs import default as default_config  # noqa: E402
+from configs import demo as demo_config  # noqa: E402
+from stconsist_jax import models  # noqa: E402
+from stconsist_jax import predict  # noqa: E402
+
+SETTINGS = ('demo', 'r3d34')
+
+_SETTINGS = flags.DEFINE_list('settings', list(SETTINGS),
+                              'demo: configs/demo.py (R3D-10/4, 8x48x48, spatial head, '
+                              '8 classes); r3d34: R3D-34, 16x128x128, Model-2 head, 101 '
+                              'classes.')
+_FRAMES = flags.DEFINE_list('frames', ['200', '48'], 'Video length per setting (frames).')
+_VIDEO_SIZE = flags.DEFINE_list('video_size', ['240', '320'],
+                                'Height, width of the test video (UCF-101: 240, 320).')
+_FPS = flags.DEFINE_integer('fps', 25, 'Frame rate of the test video.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Clips per batch.')
+_EVERY = flags.DEFINE_integer('frame_stride', 1, 'Predict every k-th frame.')
+_NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Devices in the mesh (0 = all).')
+_WRITE = flags.DEFINE_bool('write_video', True, 'Also time drawing and encoding the '
+                           'annotated video (reported apart).')
+
+
+def bench_config(setting: str) -> ml_collections.ConfigDict:
+  """The config a setting names (random weights; data settings only for the clips)."""
+  if setting == 'demo':
+    config = demo_config.get_config()
+  elif setting == 'r3d34':
+    config = default_config.get_config()
+    config.data.num_frames = 16
+    config.data.frame_size = config.data.image_size = 128
+  else:
+    raise app.UsageError(f'unknown setting {setting!r}; known: {", ".join(SETTINGS)}')
+  config.data.name = 'random'
+  return config
+
+
+def write_test_video(path: pathlib.Path, num_frames: int, size: tuple[int, int],
+                     fps: int) -> pathlib.Path:
+  """An XviD .avi (as UCF-101's) of a square moving over noise."""
+  h, w = size
+  rng = np.random.default_rng(0)
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'XVID'), fps, (w, h))
+  if not writer.isOpened():
+    raise RuntimeError('OpenCV cannot write XVID video')
+  side = min(h, w) // 3
+  for f in range(num_frames):
+    frame = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+    x = int((w - side) * (f % 50) / 49)
+    frame[h // 3:h // 3 + side, x:x + side] = (40, 200, 230)
+    writer.write(frame)
+  writer.release()
+  return path
+
+
+def cpu_name() -> str:
+  """The CPU model as lscpu names it (from /proc/cpuinfo), else the architecture."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
+def random_variables(model: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
+  d = config.data
+  clip = np.zeros((1, d.num_frames, d.image_size, d.image_size, 3), np.uint8)
+  init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
+  return jax.tree.map(np.asarray, jax.device_get(
+      dict(init(jax.random.key(0, impl='rbg'), clip))))
+
+
+def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str, Any]:
+  config = bench_config(setting)
+  model = models.build_model(config.model)
+  devices = jax.local_devices()
+  devices = devices[:_NUM_DEVICES.value] if _NUM_DEVICES.value else devices
+  predictor = predict.FramePredictor.from_config(
+      config, model, random_variables(model, config), batch_size=_BATCH_SIZE.value,
+      mesh=predict.distributed.make_mesh(devices))
+  compile_s = predictor.warm_up()
+  num_classes = int(config.model.num_classes)
+  loaded = predict.Loaded(predictor, config, predict.generic_class_names(num_classes),
+                          predict.linking_config(config),
+                          {'source': 'workdir', 'path': '', 'step': 0,
+                           'architecture': predict.evaluate.describe_model(config.model),
+                           'classification_only': False, 'num_classes': num_classes,
+                           'config_hash': None})
+
+  start = time.perf_counter()
+  decoded = sum(1 for _ in predict.read_frames(predict.open_video(video)[0]))
+  decode_s = time.perf_counter() - start
+
+  with tempfile.TemporaryDirectory() as out:
+    result = predict.predict_video(loaded, video, out, every=_EVERY.value,
+                                   write_annotated=_WRITE.value, progress=False)
+  timing = result.record['timing']
+  clips = int(result.results.predicted.sum())
+  num_frames = result.record['num_frames']
+  return {
+      'setting': setting,
+      'frames_per_s': round(num_frames / timing['predict_s'], 2),
+      'clips_per_s': round(clips / timing['predict_s'], 2),
+      'decode_frames_per_s': round(decoded / decode_s, 1),
+      'write_frames_per_s': (round(num_frames / timing['write_s'], 1)
+                             if _WRITE.value else None),
+      'predict_s': timing['predict_s'], 'compile_s': round(compile_s, 2),
+      'num_frames': num_frames, 'clips': clips, 'tubes_found': result.record['tubes_found'],
+      'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
+      'num_devices': predictor.num_devices, 'cpu': cpu_name(),
+      'architecture': loaded.model_info['architecture'],
+      'clip_frames': predictor.num_frames, 'image_size': predictor.image_size,
+      'frame_size': predictor.frame_size, 'batch_size': predictor.batch_size,
+      'frame_stride': _EVERY.value, 'video_size': result.record['size'],
+      'num_classes': num_classes, 'dtype': str(config.model.dtype),
+      'tensorflow_imported': 'tensorflow' in sys.modules,
+  }
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  settings = _SETTINGS.value
+  frames = [int(f) for f in _FRAMES.value]
+  if len(frames) == 1:
+    frames = frames * len(settings)
+  if len(frames) != len(settings):
+    raise app.UsageError('--frames: one length, or one per setting')
+  size = tuple(int(v) for v in _VIDEO_SIZE.value)
+  with tempfile.TemporaryDirectory() as tmp:
+    for setting, n in zip(settings, frames):
+      video = write_test_video(pathlib.Path(tmp) / f'{setting}.avi', n, size, _FPS.value)
+      print(json.dumps(run_setting(setting, video, n)), flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
