@@ -205,6 +205,20 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _check_range(config, key, 1)
   _check_type(config, 'eval.max_videos', int)
   _check_range(config, 'eval.max_videos', 0)
+  _check_choice(config, 'eval.frame_ap_protocol', ('act', 'voc'))
+  _check_choice(config, 'eval.frame_ap_frames', ('annotated', 'all'))
+  _check_type(config, 'eval.video_map', bool)
+  if config.eval.frame_ap_frames == 'all' and not config.eval.video_map:
+    raise ConfigError("config key eval.frame_ap_frames='all' scores frames of the "
+                      "whole-video pass: it needs eval.video_map=True")
+  _check_type(config, 'eval.tube_frame_stride', int)
+  _check_range(config, 'eval.tube_frame_stride', 1)
+  for key in ('iou_threshold', 'nms_threshold'):
+    _check_range(config, f'eval.tubes.{key}', 0.0, 1.0)
+  _check_range(config, 'eval.tubes.min_score', 0.0)
+  for key in ('max_gap', 'min_length', 'top_k'):
+    _check_type(config, f'eval.tubes.{key}', int)
+    _check_range(config, f'eval.tubes.{key}', 1)
   if num_devices is not None and config.eval.batch_size % num_devices:
     raise ConfigError(f'config key eval.batch_size={config.eval.batch_size} is not '
                       f'divisible by the device count {num_devices}')

@@ -17,6 +17,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
@@ -40,8 +41,11 @@ SHEET_PNG = 'clips.png'
 CURVES_PNG = 'curves.png'
 INIT_FROM = 'init_from'  # `step` value: evaluate config.init_from (classification only).
 CLIP_KEYS = ('label', 'box', 'has_box', 'video_id', 'valid')
-FRAME_KEYS = ('label', 'video_id', 'frame', 'gt_boxes', 'gt_labels', 'valid')
-SUMMARY_KEYS = ('clip_accuracy', 'clip_top5', 'video_accuracy', 'mean_iou', 'frame_map')
+FRAME_KEYS = ('label', 'video_id', 'frame', 'gt_boxes', 'gt_labels', 'original_size', 'valid')
+VIDEO_KEYS = ('video_id', 'frame', 'valid')
+SUMMARY_KEYS = ('clip_accuracy', 'clip_top5', 'video_accuracy', 'mean_iou', 'frame_map',
+                'video_map@0.5')
+VIDEO_MAP_KEYS = ('video_map@0.2', 'video_map@0.5', 'video_map@0.75', 'video_map@0.5:0.95')
 
 Batch = Mapping[str, np.ndarray]
 PredictFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
@@ -61,6 +65,19 @@ class Restored:
   classification_only: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Counted:
+  """An iterable of batches that knows how many it yields (for progress and ETA)."""
+  batches: Iterable[Batch]
+  count: int
+
+  def __iter__(self):
+    return iter(self.batches)
+
+  def __len__(self) -> int:
+    return self.count
+
+
 @dataclasses.dataclass
 class StreamData:
   """A data source for the two eval streams plus the names its labels refer to."""
@@ -68,6 +85,10 @@ class StreamData:
   frame_batches: Callable[[], Iterable[Batch]] | None
   class_names: Sequence[str]  # label index -> name (model.num_classes entries)
   annotated_class_names: Sequence[str]  # gt_labels index -> name (24 on UCF101-24)
+  # Whole test videos for tubes (eval.video_map): clips every tube_frame_stride frames,
+  # and the evaluated videos' ground truth.
+  video_batches: Callable[[], Iterable[Batch]] | None = None
+  video_truth: Callable[[], Sequence[Any]] | None = None
 
 
 # ----------------------------------------------------------------------------------
@@ -129,14 +150,15 @@ def resolve_step(config: ml_collections.ConfigDict, step: int | str | None) -> i
 
 def check_workdir(workdir: str | os.PathLike, step: int | str) -> pathlib.Path:
   """Clear errors for a missing workdir or one without the requested checkpoints."""
+  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir_lock.check_local_path(workdir)
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist (expected a directory '
                             'written by launch.py --mode=train)')
   subdir = checkpointing.BEST_DIR if step == 'best' else checkpointing.CHECKPOINT_DIR
   ckpt_dir = workdir / subdir
-  steps = sorted(int(p.name) for p in ckpt_dir.iterdir()
-                 if p.is_dir() and p.name.isdigit()) if ckpt_dir.is_dir() else []
+  steps = checkpointing.committed_steps(ckpt_dir)
   if not steps:
     raise FileNotFoundError(f'workdir {workdir} has no checkpoints: expected step '
                             f'directories under {ckpt_dir}, found '
@@ -244,7 +266,8 @@ def _gather(tree: Any) -> dict[str, np.ndarray]:
 
 
 def run_stream(predict: PredictFn, variables: Any, batches: Iterable[Batch],
-               keys: Sequence[str], mesh: Any, keep_first: bool = False
+               keys: Sequence[str], mesh: Any, keep_first: bool = False,
+               desc: str = 'eval'
                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
   """Predictions and the named batch fields of a whole stream, concatenated (all hosts).
 
@@ -253,7 +276,9 @@ def run_stream(predict: PredictFn, variables: Any, batches: Iterable[Batch],
   """
   chunks: list[dict[str, np.ndarray]] = []
   first = None
-  for batch in batches:
+  total = len(batches) if hasattr(batches, '__len__') else None
+  for batch in logging_utils.progress(batches, total, desc,
+                                      enabled=jax.process_index() == 0):
     sharded = distributed.shard_batch({k: batch[k] for k in ('clip',) + tuple(keys)},
                                       mesh)
     out = predict(variables, sharded['clip'])
@@ -313,26 +338,154 @@ def clip_metrics(out: Mapping[str, np.ndarray], class_names: Sequence[str],
   }
 
 
+def frame_ap_both(det_frames: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarray,
+                  det_sizes: np.ndarray, gt_frames: np.ndarray, gt_labels: np.ndarray,
+                  gt_boxes: np.ndarray, gt_sizes: np.ndarray,
+                  annotated_class_names: Sequence[str], protocol: str) -> dict[str, Any]:
+  """Frame-mAP@0.5 under both rules ('act', 'voc'); `protocol` names the headline one."""
+  results = {
+      name: metrics.frame_map(det_frames, det_scores, det_boxes, gt_frames, gt_labels,
+                              gt_boxes, num_classes=len(annotated_class_names),
+                              protocol=name, frame_sizes=det_sizes,
+                              gt_frame_sizes=gt_sizes)
+      for name in metrics.FRAME_AP_PROTOCOLS}
+  chosen = results[protocol]
+  return {
+      'frame_map': chosen['frame_map'],
+      'frame_map_protocol': protocol,
+      'frame_map_by_protocol': {k: v['frame_map'] for k, v in results.items()},
+      'per_class_ap': {annotated_class_names[c]: float(chosen['per_class_ap'][c])
+                       for c in range(len(annotated_class_names))},
+  }
+
+
 def frame_metrics(out: Mapping[str, np.ndarray], index_map: np.ndarray,
-                  annotated_class_names: Sequence[str]) -> dict[str, Any]:
-  """Frame-mAP@0.5 of the frame stream: one box per scored frame, one score per class."""
+                  annotated_class_names: Sequence[str], protocol: str = 'act'
+                  ) -> dict[str, Any]:
+  """Frame-mAP@0.5 of the annotated-frame stream: one box per frame, a score per class."""
   valid = out['valid'].astype(bool)
   keys = metrics.frame_keys(out['video_id'][valid], out['frame'][valid])
   scores = metrics.frame_detection_scores(out['logits'][valid], index_map)
   det_boxes = metrics.xywh_to_corners(out['boxes'][valid])
+  sizes = out['original_size'][valid]
   gt_labels = out['gt_labels'][valid]
   present = gt_labels >= 0
   gt_frames = np.broadcast_to(keys[:, None], gt_labels.shape)[present]
-  result = metrics.frame_map(keys, scores, det_boxes, gt_frames, gt_labels[present],
-                             out['gt_boxes'][valid][present],
-                             num_classes=len(annotated_class_names))
+  gt_sizes = np.broadcast_to(sizes[:, None], gt_labels.shape + (2,))[present]
+  result = frame_ap_both(keys, scores, det_boxes, sizes, gt_frames, gt_labels[present],
+                         out['gt_boxes'][valid][present], gt_sizes,
+                         annotated_class_names, protocol)
   return {
-      'frame_map': result['frame_map'],
-      'per_class_ap': {annotated_class_names[c]: float(result['per_class_ap'][c])
-                       for c in range(len(annotated_class_names))},
+      **result,
+      'frame_map_frames': 'annotated',
       'num_frames_scored': int(valid.sum()),
       'num_gt_boxes': int(present.sum()),
   }
+
+
+def linking_config(config: ml_collections.ConfigDict) -> Any:
+  """tubes.LinkingConfig from `config.eval.tubes` (missing fields keep the defaults)."""
+  from stconsist_jax import tubes  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(tubes.LinkingConfig)}
+  given = dict(config.eval.get('tubes', None) or {})
+  return tubes.LinkingConfig(**{k: v for k, v in given.items() if k in fields})
+
+
+def _pixels(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  return metrics.normalized_to_pixels(boxes, size)
+
+
+def video_detections(out: Mapping[str, np.ndarray], truth: Any, index_map: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+  """Every frame of one video: normalized corner boxes `(F, 4)` and annotated-class
+  scores `(F, C)`, interpolated between the frames the stream scored."""
+  from stconsist_jax import tubes  # pylint: disable=g-import-not-at-top
+  rows = np.nonzero(out['valid'].astype(bool) & (out['video_id'] == truth.video_id))[0]
+  if not len(rows):
+    raise ValueError(f'the whole-video stream yielded no clip of test video {truth.name}')
+  rows = rows[np.argsort(out['frame'][rows], kind='stable')]
+  frames = out['frame'][rows]
+  boxes = metrics.xywh_to_corners(out['boxes'][rows])
+  scores = metrics.frame_detection_scores(out['logits'][rows], index_map)
+  _, boxes, scores = tubes.fill_frames(frames, boxes[:, None], scores[:, None],
+                                       truth.num_frames)
+  return boxes[:, 0], scores[:, 0]
+
+
+def ground_truth_tubes(truth: Any) -> list[Any]:
+  """The video's annotated tubes as `tubes.Tube`s in pixels (frames where present)."""
+  from stconsist_jax import tubes  # pylint: disable=g-import-not-at-top
+  out = []
+  for k, label in enumerate(truth.tube_labels):
+    frames = np.nonzero(truth.tube_present[k])[0]
+    if len(frames):
+      out.append(tubes.ground_truth_tube(
+          int(label), frames, _pixels(truth.tube_boxes[k][frames], truth.original_size)))
+  return out
+
+
+def video_metrics(out: Mapping[str, np.ndarray], truths: Sequence[Any],
+                  index_map: np.ndarray, annotated_class_names: Sequence[str],
+                  config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Video-mAP of tubes linked on whole test videos; optionally frame-mAP on every frame.
+
+  Tubes are linked per annotated class (`eval.tubes`, ACT's linking); video accuracy
+  here is the class of each annotated video's top tube. With
+  `eval.frame_ap_frames='all'`, frame-mAP scores every frame of the test videos (frames
+  without ground truth hold only false positives), as ACT does for untrimmed videos.
+  """
+  from stconsist_jax import tubes  # pylint: disable=g-import-not-at-top
+  linking = linking_config(config)
+  num_classes = len(annotated_class_names)
+  detections, ground_truth, video_labels = {}, {}, {}
+  frame_rows = {k: [] for k in ('frames', 'scores', 'boxes', 'sizes')}
+  gt_rows = {k: [] for k in ('frames', 'labels', 'boxes', 'sizes')}
+  boxes_per_frame = []
+  every_frame = str(config.eval.get('frame_ap_frames', 'annotated')) == 'all'
+  for truth in truths:
+    boxes, scores = video_detections(out, truth, index_map)
+    frames = np.arange(truth.num_frames)
+    detections[truth.name] = tubes.link_video(
+        frames, _pixels(boxes, truth.original_size)[:, None], scores[:, None], linking)
+    ground_truth[truth.name] = ground_truth_tubes(truth)
+    if len(truth.tube_labels):
+      video_labels[truth.name] = int(truth.tube_labels[0])
+    boxes_per_frame.append(truth.tube_present.sum(axis=0))
+    if every_frame:
+      keys = metrics.frame_keys(np.full(truth.num_frames, truth.video_id), frames)
+      frame_rows['frames'].append(keys)
+      frame_rows['scores'].append(scores)
+      frame_rows['boxes'].append(boxes)
+      frame_rows['sizes'].append(np.tile(truth.original_size, (truth.num_frames, 1)))
+      tube_k, frame_f = np.nonzero(truth.tube_present)
+      gt_rows['frames'].append(keys[frame_f])
+      gt_rows['labels'].append(truth.tube_labels[tube_k])
+      gt_rows['boxes'].append(truth.tube_boxes[tube_k, frame_f])
+      gt_rows['sizes'].append(np.tile(truth.original_size, (len(tube_k), 1)))
+  result = tubes.video_map(detections, ground_truth, num_classes,
+                           plus_one=linking.plus_one)
+  counts = np.concatenate(boxes_per_frame) if boxes_per_frame else np.zeros(0)
+  report = {
+      **{k: result[k] for k in VIDEO_MAP_KEYS},
+      'per_class_video_ap@0.5': {annotated_class_names[c]: float(result['per_class_ap'][0.5][c])
+                                 for c in range(num_classes)},
+      'tube_video_accuracy': tubes.video_accuracy_from_tubes(detections, video_labels),
+      'one_box_cap': tubes.one_box_cap(counts) if counts.sum() else float('nan'),
+      'num_tubes': int(sum(len(t) for t in detections.values())),
+      'num_gt_tubes': int(sum(len(t) for t in ground_truth.values())),
+      'num_videos_linked': len(truths),
+      'linking': dataclasses.asdict(linking),
+  }
+  if every_frame and frame_rows['frames']:
+    cat = {k: np.concatenate(v) for k, v in frame_rows.items()}
+    gcat = {k: np.concatenate(v) for k, v in gt_rows.items()}
+    all_frames = frame_ap_both(cat['frames'], cat['scores'], cat['boxes'], cat['sizes'],
+                               gcat['frames'], gcat['labels'], gcat['boxes'], gcat['sizes'],
+                               annotated_class_names,
+                               str(config.eval.get('frame_ap_protocol', 'act')))
+    report['all_frames'] = {**all_frames, 'num_frames_scored': int(len(cat['frames'])),
+                            'num_gt_boxes': int(len(gcat['frames']))}
+  return report
 
 
 def frame_index_map(class_names: Sequence[str], annotated_class_names: Sequence[str]
@@ -364,10 +517,20 @@ def pipeline_streams(config: ml_collections.ConfigDict, source: Any = None,
     annotated_class_names = (builder.info.metadata or {}).get('annotated_class_names') or None
   if annotated_class_names is None:
     annotated_class_names = metrics.UCF101_24_CLASSES
+
+  def counted(make):
+    ds, count = make(config, **kw)
+    return Counted(tfds.as_numpy(ds), count)
+
+  with_videos = with_frames and bool(config.eval.get('video_map', False))
   return StreamData(
-      clip_batches=lambda: tfds.as_numpy(pipeline.make_eval_clip_dataset(config, **kw)[0]),
-      frame_batches=(lambda: tfds.as_numpy(
-          pipeline.make_eval_frame_dataset(config, **kw)[0])) if with_frames else None,
+      clip_batches=lambda: counted(pipeline.make_eval_clip_dataset),
+      frame_batches=(lambda: counted(pipeline.make_eval_frame_dataset))
+      if with_frames else None,
+      video_batches=(lambda: counted(pipeline.make_eval_video_dataset))
+      if with_videos else None,
+      video_truth=(lambda: pipeline.video_ground_truth(config, source))
+      if with_videos else None,
       class_names=list(class_names), annotated_class_names=list(annotated_class_names))
 
 
@@ -378,20 +541,67 @@ def pipeline_streams(config: ml_collections.ConfigDict, source: Any = None,
 def protocol_of(config: ml_collections.ConfigDict, num_annotated_classes: int = 24
                 ) -> dict[str, Any]:
   d, e = config.data, config.eval
+  every_frame = str(e.get('frame_ap_frames', 'annotated')) == 'all'
+  tubes_text = {}
+  if e.get('video_map', False):
+    tubes_text['video_map'] = (
+        f"tubes linked per annotated class on whole test videos: a clip centred on every "
+        f"{int(e.get('tube_frame_stride', 1))}-th frame (and the last) gives one box and "
+        f"the class scores, linearly interpolated in between; ACT's linking "
+        f"(eval.tubes: {dict(e.get('tubes', None) or {})}); spatio-temporal IoU = "
+        f"temporal IoU x mean per-frame IoU (+1 pixel convention); per class, tubes "
+        f"ranked across videos, each ground-truth tube matched once; AP as ACT's videoAP. "
+        f"video_map@0.5:0.95 averages 0.5, 0.55, ..., 0.95")
   return metrics.protocol(
       clip_length=int(d.num_frames), image_size=int(d.image_size),
       clips_per_video=int(e.clips_per_video), num_classes=int(config.model.num_classes),
       num_annotated_classes=num_annotated_classes,
-      extra={
+      frame_map_protocol=str(e.get('frame_ap_protocol', 'voc')),
+      extra={**tubes_text,
           'frame_clip_placement': (
               f'annotated frame f at clip position T//2 = {int(d.num_frames) // 2}; clip '
               f'frames f + (p - T//2) * {int(d.frame_stride)}, clamped to the video'),
-          'frames_scored': (f'every annotated frame f (any tube has a box) with '
-                            f'f % {int(e.frame_stride)} == 0'),
+          'frames_scored': (
+              f"every frame of the test videos (eval.frame_ap_frames='all', from the "
+              f"whole-video pass; frames without ground truth hold only false positives)"
+              if every_frame else
+              f'every annotated frame f (any tube has a box) with '
+              f'f % {int(e.frame_stride)} == 0'),
           'clip_stream_placement': (f'{int(e.clips_per_video)} uniformly spaced windows '
                                     'per test video, loop-padded if shorter than a clip'),
           'data': f'{d.name} split {d.split}, frames stored at {d.frame_size}px',
+          'videos': ('every test video' if not int(e.get('max_videos', 0)) else
+                     f'a subset: at most {int(e.max_videos)} test videos evenly spaced over '
+                     'the split (eval.max_videos), not comparable with full-split numbers'),
       })
+
+
+def frame_summary(frame_result: Mapping[str, Any] | None) -> dict[str, Any]:
+  """The report's frame-mAP and video-mAP fields (NaN when not measured).
+
+  The headline `frame_map` scores every frame when the whole-video pass measured it
+  (eval.frame_ap_frames='all'), else the annotated frames; both rules are kept.
+  """
+  if not frame_result:
+    return {'frame_map': float('nan'), 'per_class_ap': {},
+            **{k: float('nan') for k in VIDEO_MAP_KEYS}}
+  video = frame_result.get('video') or {}
+  headline = video.get('all_frames') or frame_result
+  out = {
+      'frame_map': headline['frame_map'],
+      'frame_map_protocol': headline['frame_map_protocol'],
+      'frame_map_by_protocol': headline['frame_map_by_protocol'],
+      'frame_map_frames': 'all' if 'all_frames' in video else 'annotated',
+      'per_class_ap': headline['per_class_ap'],
+      **{k: video.get(k, float('nan')) for k in VIDEO_MAP_KEYS},
+  }
+  if 'all_frames' in video:
+    out['frame_map_annotated_frames'] = frame_result['frame_map_by_protocol']
+  if video:
+    out['tubes'] = {k: v for k, v in video.items()
+                    if k not in VIDEO_MAP_KEYS and k != 'all_frames'
+                    and not k.startswith('num_')}
+  return out
 
 
 def build_report(config: ml_collections.ConfigDict, restored: Restored,
@@ -411,12 +621,13 @@ def build_report(config: ml_collections.ConfigDict, restored: Restored,
       'clip_top5': clip_result['clip_top5'],
       'video_accuracy': clip_result['video_accuracy'],
       'mean_iou': clip_result['mean_iou'],
-      'frame_map': frame_result['frame_map'] if frame_result else float('nan'),
-      'per_class_ap': frame_result['per_class_ap'] if frame_result else {},
+      **frame_summary(frame_result),
       'per_class_accuracy': clip_result['per_class_accuracy'],
-      'counts': {k: v for k, v in {**clip_result, **(frame_result or {})}.items()
+      'counts': {k: v for k, v in {**clip_result, **(frame_result or {}),
+                                   **((frame_result or {}).get('video') or {})}.items()
                  if k.startswith('num_')},
       'confusion_matrix': clip_result['confusion_matrix'],
+      'timing': {k: round(v, 3) for k, v in clip_result.get('timing', {}).items()},
       'protocol': protocol_of(config, len(frame_result['per_class_ap'])
                               if frame_result else 24),
       'devices': int(jax.device_count()),
@@ -436,11 +647,19 @@ def report_markdown(report: Mapping[str, Any], images: Sequence[str] = ()) -> st
            f"{report['architecture']}; fix_weights: {report['fix_weights']}; config "
            f"{report['config_hash']}.", '',
            '| model | fix_weights | accuracy (video) | clip top-1 | clip top-5 | mean IoU '
-           '| frame-mAP@0.5 |', '| --- | --- | --- | --- | --- | --- | --- |',
+           '| frame-mAP@0.5 | video-mAP@0.2 | @0.5 | @0.75 | @0.5:0.95 |',
+           '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
            f"| {report['model']} | {report['fix_weights']} | "
            f"{_fmt(report['video_accuracy'], True)} | {_fmt(report['clip_accuracy'], True)} "
            f"| {_fmt(report['clip_top5'], True)} | {_fmt(report['mean_iou'])} | "
-           f"{_fmt(report['frame_map'], True)} |", '', '## Counts', '']
+           f"{_fmt(report['frame_map'], True)} | "
+           + ' | '.join(_fmt(report.get(k), True) for k in VIDEO_MAP_KEYS) + ' |', '']
+  by_rule = report.get('frame_map_by_protocol') or {}
+  if by_rule:
+    lines += [f"frame-mAP@0.5 by rule ({report.get('frame_map_frames')} frames): " +
+              ', '.join(f'{k} {_fmt(v, True)}' for k, v in by_rule.items()) +
+              f"; the table shows {report.get('frame_map_protocol')}.", '']
+  lines += ['## Counts', '']
   lines += [f'- {k}: {v}' for k, v in report['counts'].items()]
   lines += ['', '## Protocol', '']
   lines += [f'- **{k}**: {v}' for k, v in report['protocol'].items()]
@@ -519,14 +738,26 @@ def evaluate_restored(config: ml_collections.ConfigDict, restored: Restored,
       {k: restored.variables[k] for k in ('params', 'batch_stats')
        if k in restored.variables}, mesh)
   predict = make_predict_fn(restored.model, mesh)
+  t0 = time.monotonic()
   clip_out, first = run_stream(predict, variables, streams.clip_batches(), CLIP_KEYS, mesh,
-                               keep_first=with_boxes)
+                               keep_first=with_boxes, desc='eval clips')
   clip_result = clip_metrics(clip_out, streams.class_names, with_boxes)
+  clip_result['timing'] = {'clips_seconds': time.monotonic() - t0}
   frame_result = None
   if index_map is not None:
+    t0 = time.monotonic()
     frame_out, _ = run_stream(predict, variables, streams.frame_batches(), FRAME_KEYS,
-                              mesh)
-    frame_result = frame_metrics(frame_out, index_map, streams.annotated_class_names)
+                              mesh, desc='eval frames')
+    frame_result = frame_metrics(frame_out, index_map, streams.annotated_class_names,
+                                 str(config.eval.get('frame_ap_protocol', 'voc')))
+    clip_result['timing']['frames_seconds'] = time.monotonic() - t0
+    if streams.video_batches is not None:
+      t0 = time.monotonic()
+      video_out, _ = run_stream(predict, variables, streams.video_batches(), VIDEO_KEYS,
+                                mesh, desc='eval whole videos')
+      frame_result['video'] = video_metrics(video_out, streams.video_truth(), index_map,
+                                            streams.annotated_class_names, config)
+      clip_result['timing']['videos_seconds'] = time.monotonic() - t0
   sheet = None
   if first is not None:
     sheet = clip_sheet_of(first, streams.class_names,
@@ -534,9 +765,22 @@ def evaluate_restored(config: ml_collections.ConfigDict, restored: Restored,
   return clip_result, frame_result, sheet
 
 
+def check_writable(directory: pathlib.Path) -> None:
+  """Fails before any compute when reports could not be written to `directory`."""
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=directory, prefix='.write-check-', delete=True)
+    probe.close()
+  except OSError as e:
+    raise PermissionError(
+        f'cannot write evaluation reports to {directory} ({e.strerror or e}); pass '
+        f'--eval_dir=DIR to write them elsewhere') from None
+
+
 def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              step: int | str | None = None, *, mesh: Any = None,
-             streams: StreamData | None = None, write: bool = True) -> dict[str, Any]:
+             streams: StreamData | None = None, write: bool = True,
+             eval_dir: str | os.PathLike | None = None) -> dict[str, Any]:
   """Restores a checkpoint of `workdir`, evaluates it and writes WORKDIR/eval/<step>/.
 
   Args:
@@ -549,11 +793,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     mesh: device mesh (default: all devices of all processes).
     streams: the eval data (default: the tf.data pipeline of `config.data`).
     write: write report.json, report.md and PNGs (process 0 only).
+    eval_dir: where `<step>/` goes (default WORKDIR/eval), e.g. for a read-only workdir.
 
   Returns:
     The report dict (also on processes that do not write).
   """
   restored = restore(config, workdir, step)
+  out_root = pathlib.Path(eval_dir) if eval_dir else pathlib.Path(workdir) / EVAL_DIR
+  if write and jax.process_index() == 0:
+    check_writable(out_root)
   if streams is None:
     streams = pipeline_streams(config, with_frames=not restored.classification_only)
   clip_result, frame_result, sheet = evaluate_restored(config, restored, streams, mesh)
@@ -573,7 +821,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             logging_utils.read_metrics_jsonl(log_path))
       except ValueError as e:
         logging.warning('No training curves: %s', e)
-    out_dir = write_eval_dir(workdir / EVAL_DIR / str(restored.step), report, images)
+    out_dir = write_eval_dir(out_root / str(restored.step), report, images)
     logging.info('Wrote %s', out_dir)
   return report
 

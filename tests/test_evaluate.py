@@ -6,6 +6,7 @@ against the dataset's ground truth, the error cases, and tools/compare_reports.p
 
 import importlib.util
 import json
+import os
 
 import jax
 import numpy as np
@@ -103,7 +104,15 @@ def test_evaluate_writes_reports_and_is_deterministic(run, synthetic_tfds):
 
   # The same restore and evaluation again: identical numbers.
   again = evaluate.evaluate(config, workdir, "latest", streams=streams, write=False)
-  assert json.dumps(again) == json.dumps(report)
+  assert set(report["timing"]) == {"clips_seconds", "frames_seconds", "videos_seconds"}
+  for key in evaluate.VIDEO_MAP_KEYS:
+    assert 0.0 <= on_disk[key] <= 1.0, key
+  assert set(on_disk["frame_map_by_protocol"]) == {"act", "voc"}
+  assert on_disk["frame_map"] == on_disk["frame_map_by_protocol"]["act"]
+  assert on_disk["counts"]["num_videos_linked"] == sum(
+      1 for r in truth.records.values() if r.tubes and r.path in truth.splits[1][1])
+  untimed = lambda r: json.dumps({k: v for k, v in r.items() if k != "timing"})
+  assert untimed(again) == untimed(report)
 
   # On one device instead of eight: the same numbers.
   one = evaluate.evaluate(config, workdir, 2, streams=streams, write=False,
@@ -214,3 +223,47 @@ def test_make_evaluate_fn_for_train_and_eval(run, synthetic_tfds, tmp_path):
                              write=False)
   for key in evaluate.SUMMARY_KEYS:
     assert got[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
+
+
+def test_read_only_workdir_fails_before_compute_and_eval_dir_works(run, synthetic_tfds,
+                                                                    tmp_path, monkeypatch):
+  config, workdir = run
+  computed = []
+  monkeypatch.setattr(evaluate, "evaluate_restored",
+                      lambda *a, **k: computed.append(1) or (_ for _ in ()).throw(
+                          AssertionError("computed before checking the output")))
+  target = tmp_path / "ro"
+  target.mkdir()
+  target.chmod(0o500)
+  try:
+    if os.access(target, os.W_OK):  # root ignores the mode: make the check fail another way
+      monkeypatch.setattr(evaluate.tempfile, "NamedTemporaryFile",
+                          lambda **k: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+    with pytest.raises(PermissionError, match="--eval_dir"):
+      evaluate.evaluate(config, workdir, 2, eval_dir=target / "eval")
+  finally:
+    target.chmod(0o700)
+  assert not computed
+  monkeypatch.undo()
+  out = tmp_path / "elsewhere"
+  evaluate.evaluate(config, workdir, 2, streams=_streams(config, synthetic_tfds),
+                    eval_dir=out)
+  assert (out / "2" / "report.json").exists()
+
+
+def test_max_videos_evaluates_an_evenly_spaced_subset(run, synthetic_tfds):
+  from stconsist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(pipeline.eval_subset(10, 4), [0, 2, 5, 7])
+  np.testing.assert_array_equal(pipeline.eval_subset(3, 5), [0, 1, 2])
+  np.testing.assert_array_equal(pipeline.eval_subset(7, 0), np.arange(7))
+  config, workdir = run
+  config = config.copy_and_resolve_references()
+  config.eval.max_videos = 3
+  report = evaluate.evaluate(config, workdir, 2, streams=_streams(config, synthetic_tfds),
+                             write=False)
+  assert report["counts"]["num_videos"] == 3
+  assert report["counts"]["num_clips"] == 3 * config.eval.clips_per_video
+  assert "at most 3 test videos" in report["protocol"]["videos"]
+  # Eight hosts' shares of the subset cover it exactly once.
+  shares = [pipeline.host_videos(20, 3, i, 8) for i in range(8)]
+  np.testing.assert_array_equal(np.concatenate(shares), pipeline.eval_subset(20, 3))

@@ -78,7 +78,9 @@ DEFAULT_NAME = "ucf101_stconsist"
 TRAIN_KEYS = ("clip", "label", "box", "box_flip", "has_box", "tube_label")
 HOST_FLIP_KEY = "clip_flip"  # only with data.host_flip; else the train step flips
 EVAL_CLIP_KEYS = ("clip", "label", "box", "has_box", "video_id", "valid")
-EVAL_FRAME_KEYS = ("clip", "label", "video_id", "frame", "gt_boxes", "gt_labels", "valid")
+EVAL_FRAME_KEYS = ("clip", "label", "video_id", "frame", "gt_boxes", "gt_labels",
+                   "original_size", "valid")
+EVAL_VIDEO_KEYS = ("clip", "video_id", "frame", "valid")
 
 # The raw per-video element every source yields (frames still JPEG-encoded).
 RAW_SIGNATURE = {
@@ -90,7 +92,10 @@ RAW_SIGNATURE = {
     "tube_labels": tf.TensorSpec([None], tf.int32),
     "tube_boxes": tf.TensorSpec([None, None, 4], tf.float32),
     "tube_present": tf.TensorSpec([None, None], tf.bool),
+    "original_size": tf.TensorSpec([2], tf.int32),  # (height, width) of the source video
 }
+# Fields a test or tool may leave out of an in-memory record.
+RAW_DEFAULTS = {"original_size": (240, 320)}
 
 
 # ----------------------------------------------------------------------------- sources
@@ -204,7 +209,8 @@ class InMemorySource:
 
     def generate():
       for example in examples:
-        yield {key: np.asarray(example[key], spec.dtype.as_numpy_dtype)
+        yield {key: np.asarray(example[key] if key in example else RAW_DEFAULTS[key],
+                               spec.dtype.as_numpy_dtype)
                for key, spec in RAW_SIGNATURE.items()}
 
     return tf.data.Dataset.from_generator(generate, output_signature=RAW_SIGNATURE)
@@ -473,14 +479,46 @@ def _pad_and_batch(ds: tf.data.Dataset, batch: int, num_batches: int) -> tf.data
   return _options(ds.take(batch * num_batches).batch(batch).prefetch(AUTOTUNE))
 
 
+def eval_subset(num_videos: int, max_videos: int) -> np.ndarray:
+  """Indices of the test videos evaluated: all, or `max_videos` evenly spaced ones.
+
+  Evenly spaced over the split (sorted by class) so a small subset still spans the
+  classes; deterministic, the same on every host and every run.
+  """
+  if max_videos <= 0 or max_videos >= num_videos:
+    return np.arange(num_videos)
+  return np.unique((np.arange(max_videos) * num_videos) // max_videos)
+
+
+def host_videos(num_videos: int, max_videos: int, process_index: int,
+                process_count: int) -> np.ndarray:
+  """The evaluated test-video indices of one host (a contiguous share of the subset)."""
+  subset = eval_subset(num_videos, max_videos)
+  start, end = host_range(len(subset), process_index, process_count)
+  return subset[start:end]
+
+
+def _read_videos(source: Source, videos: np.ndarray) -> tf.data.Dataset:
+  """(index, example) of the given sorted test-video indices."""
+  if not len(videos):
+    return source.read(TEST_SPLIT, 0, 1).enumerate(0).take(0)
+  first, last = int(videos[0]), int(videos[-1]) + 1
+  ds = source.read(TEST_SPLIT, first, last).enumerate(first)
+  if last - first != len(videos):
+    wanted = tf.constant(videos, tf.int64)
+    ds = ds.filter(lambda i, ex: tf.reduce_any(tf.equal(i, wanted)))
+  return ds
+
+
 def _eval_setup(config, process_index, process_count, source):
   spec = window_spec(config.data)
   spec = spec._replace(scale_min=1.0, scale_max=1.0)
   source = source or source_from_config(config.data)
   batch = per_host_batch(int(config.eval.batch_size), process_count, "config.eval.batch_size")
   num_videos = source.num_examples(TEST_SPLIT)
-  start, end = host_range(num_videos, process_index, process_count)
-  raw = source.read(TEST_SPLIT, start, end).enumerate(start).ignore_errors(log_warning=True)
+  videos = host_videos(num_videos, int(config.eval.get("max_videos", 0)), process_index,
+                       process_count)
+  raw = _read_videos(source, videos).ignore_errors(log_warning=True)
   if only_ucf24(config.data.get("classes", 101)):
     raw = raw.filter(lambda i, ex: _is_ucf24(ex)).map(
         lambda i, ex: (i, {**ex, "label": tf.cast(ex["tube_labels"][0], tf.int32)}))
@@ -507,7 +545,8 @@ def make_eval_clip_dataset(config, *, process_index: int = 0, process_count: int
   if only_ucf24(config.data.get("classes", 101)):  # which videos count needs a pass
     counts = (layout or eval_layout(config, process_count, source)).clip_counts
   else:
-    counts = eval_clip_counts(num_videos, k, process_count)
+    counts = eval_clip_counts(len(eval_subset(num_videos, int(config.eval.get(
+        "max_videos", 0)))), k, process_count)
   num_batches = num_batches_for(counts, batch)
   c0, c1 = clips_lib.central_positions(spec)
 
@@ -550,6 +589,7 @@ class EvalLayout:
   clip_counts: tuple[int, ...]  # clips per host of the clip stream
   frame_counts: tuple[int, ...]  # clips per host of the frame stream
   max_boxes: int  # G: most tubes of any test video (at least 1)
+  video_frame_counts: tuple[int, ...] = ()  # clips per host of the whole-video stream
 
 
 def eval_layout(config, process_count: int, source: Source | None = None) -> EvalLayout:
@@ -563,25 +603,37 @@ def eval_layout(config, process_count: int, source: Source | None = None) -> Eva
     raise ValueError(f"config.eval.frame_stride must be >= 1, got {stride}")
   ucf24 = only_ucf24(config.data.get("classes", 101))
 
-  def summary(ex):
+  def summary(i, ex):
     frames = annotated_frames(ex["tube_present"], tf.shape(ex["frames"])[0], stride)
     taken = _is_ucf24(ex) if ucf24 else tf.constant(True)
-    return tf.stack([tf.cast(taken, tf.int32), tf.size(frames),
-                     tf.shape(ex["tube_labels"])[0]])
+    return tf.stack([tf.cast(i, tf.int32), tf.cast(taken, tf.int32), tf.size(frames),
+                     tf.shape(ex["tube_labels"])[0], tf.shape(ex["frames"])[0],
+                     tf.cast(_is_ucf24(ex), tf.int32)])
 
   num_videos = source.num_examples(TEST_SPLIT)
-  ds = source.read(TEST_SPLIT, 0, num_videos).map(summary, num_parallel_calls=AUTOTUNE)
+  max_videos = int(config.eval.get("max_videos", 0))
+  subset = eval_subset(num_videos, max_videos)
+  ds = _read_videos(source, subset).map(summary, num_parallel_calls=AUTOTUNE)
   rows = np.array(list(ds.ignore_errors(log_warning=True).as_numpy_iterator()),
-                  np.int64).reshape(-1, 3)
-  if len(rows) != num_videos:
+                  np.int64).reshape(-1, 6)
+  if len(rows) != len(subset):
     logging.warning("Test split: %d of %d records are unreadable; evaluation skips them.",
-                    num_videos - len(rows), num_videos)
-  ranges = [host_range(num_videos, i, process_count) for i in range(process_count)]
+                    len(subset) - len(rows), len(subset))
+  # taken, annotated frames, tubes, length, has tubes; unreadable: 0
+  table = np.zeros((num_videos, 5), np.int64)
+  table[rows[:, 0]] = rows[:, 1:]
+  per_host = [table[host_videos(num_videos, max_videos, i, process_count)]
+              for i in range(process_count)]
   k = int(config.eval.clips_per_video)
+  tube_stride = int(config.eval.get("tube_frame_stride", 1))
   return EvalLayout(
-      clip_counts=tuple(k * int(rows[s:e, 0].sum()) for s, e in ranges),
-      frame_counts=tuple(int((rows[s:e, 0] * rows[s:e, 1]).sum()) for s, e in ranges),
-      max_boxes=max(1, int(rows[:, 2].max(initial=0))))
+      clip_counts=tuple(k * int(t[:, 0].sum()) for t in per_host),
+      frame_counts=tuple(int((t[:, 0] * t[:, 1]).sum()) for t in per_host),
+      max_boxes=max(1, int(table[:, 2].max(initial=0))),
+      video_frame_counts=tuple(
+          int(sum(num_video_clips(int(n), tube_stride)
+                  for n in t[(t[:, 0] > 0) & (t[:, 4] > 0), 3]))
+          for t in per_host))
 
 
 def make_eval_frame_dataset(config, *, process_index: int = 0, process_count: int = 1,
@@ -613,11 +665,102 @@ def make_eval_frame_dataset(config, *, process_index: int = 0, process_count: in
                                            spec.image_size, 3]),
             "label": ex["label"], "video_id": tf.cast(video_id, tf.int32),
             "frame": frame, "gt_boxes": gt_boxes, "gt_labels": gt_labels,
-            "valid": tf.constant(True)}
+            "original_size": ex["original_size"], "valid": tf.constant(True)}
 
   ds = raw.flat_map(clips_of).map(make, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors(log_warning=True)
   return _pad_and_batch(ds, batch, num_batches), num_batches
+
+
+def num_video_clips(video_frames: int, stride: int) -> int:
+  """Clips of the whole-video stream for one video: frames 0, k, 2k, ... and the last."""
+  if video_frames <= 0:
+    return 0
+  return len(range(0, video_frames, stride)) + int((video_frames - 1) % stride != 0)
+
+
+def video_clip_frames(video_frames: tf.Tensor, stride: int) -> tf.Tensor:
+  """Frames (int32) 0, k, 2k, ... plus the last frame, so interpolation reaches the end."""
+  frames = tf.range(0, video_frames, stride, dtype=tf.int32)
+  last = tf.reshape(video_frames - 1, [1])
+  return tf.cond(tf.equal((video_frames - 1) % stride, 0), lambda: frames,
+                 lambda: tf.concat([frames, last], 0))
+
+
+def make_eval_video_dataset(config, *, process_index: int = 0, process_count: int = 1,
+                            source: Source | None = None,
+                            layout: EvalLayout | None = None
+                            ) -> tuple[tf.data.Dataset, int]:
+  """Whole annotated test videos: a clip centred on every `eval.tube_frame_stride`-th frame.
+
+  The detections of these clips, interpolated in between, are linked into action tubes
+  (video-mAP). Only UCF101-24 videos (with tubes) take part, as in ACT's protocol; only
+  the window's frames are decoded, never a whole video. Returns `(dataset,
+  num_batches)`, the same count on every host.
+  """
+  spec, source, batch, _, raw = _eval_setup(config, process_index, process_count, source)
+  layout = layout or eval_layout(config, process_count, source)
+  num_batches = num_batches_for(layout.video_frame_counts, batch)
+  stride = int(config.eval.get("tube_frame_stride", 1))
+
+  def clips_of(video_id, ex):
+    frames = video_clip_frames(tf.shape(ex["frames"])[0], stride)
+    return tf.data.Dataset.from_tensor_slices(frames).map(lambda f: (video_id, f, ex))
+
+  def make(video_id, frame, ex):
+    indices = clips_lib.centred_indices(frame, tf.shape(ex["frames"])[0], spec)
+    clip = clips_lib.resize_clip(
+        clips_lib.decode_frames(ex["frames"], indices, spec.frame_size), spec.image_size)
+    return {"clip": tf.ensure_shape(clip, [spec.num_frames, spec.image_size,
+                                           spec.image_size, 3]),
+            "video_id": tf.cast(video_id, tf.int32), "frame": frame,
+            "valid": tf.constant(True)}
+
+  raw = raw.filter(lambda i, ex: _is_ucf24(ex))
+  ds = raw.flat_map(clips_of).map(make, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors(log_warning=True)
+  return _pad_and_batch(ds, batch, num_batches), num_batches
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoTruth:
+  """A test video's ground truth for tube evaluation (boxes normalized corners)."""
+  video_id: int
+  name: str
+  label: int  # the model's label space (ucf24: the first tube's label)
+  num_frames: int
+  original_size: tuple[int, int]  # (height, width)
+  tube_labels: np.ndarray  # (n,) 0..23
+  tube_present: np.ndarray  # (n, num_frames) bool
+  tube_boxes: np.ndarray  # (n, num_frames, 4) float32
+
+
+def video_ground_truth(config, source: Source | None = None) -> list[VideoTruth]:
+  """Ground truth of the evaluated annotated test videos (every host gets the same list).
+
+  The videos of `make_eval_video_dataset`; one pass, no frame decoded.
+  """
+  source = source or source_from_config(config.data)
+  num_videos = source.num_examples(TEST_SPLIT)
+  subset = eval_subset(num_videos, int(config.eval.get("max_videos", 0)))
+  ucf24 = only_ucf24(config.data.get("classes", 101))
+  keys = ("label", "name", "num_frames", "original_size", "tube_labels", "tube_present",
+          "tube_boxes", "annotated")
+  ds = _read_videos(source, subset).map(
+      lambda i, ex: (i, tf.shape(ex["frames"])[0], {k: ex[k] for k in keys}),
+      num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+  out = []
+  for index, length, ex in ds.as_numpy_iterator():
+    labels = np.asarray(ex["tube_labels"], np.int64)
+    if not (ex["annotated"] and len(labels)):
+      continue
+    out.append(VideoTruth(
+        video_id=int(index), name=ex["name"].decode(),
+        label=int(labels[0]) if ucf24 else int(ex["label"]), num_frames=int(length),
+        original_size=(int(ex["original_size"][0]), int(ex["original_size"][1])),
+        tube_labels=labels, tube_present=np.asarray(ex["tube_present"], bool),
+        tube_boxes=np.asarray(ex["tube_boxes"], np.float32)))
+  return out
 
 
 # ----------------------------------------------------------------------------- numpy side
