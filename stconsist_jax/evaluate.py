@@ -474,6 +474,7 @@ def video_metrics(out: Mapping[str, np.ndarray], truths: Sequence[Any],
       'num_tubes': int(sum(len(t) for t in detections.values())),
       'num_gt_tubes': int(sum(len(t) for t in ground_truth.values())),
       'num_videos_linked': len(truths),
+      'num_video_clips_scored': int(out['valid'].astype(bool).sum()),
       'linking': dataclasses.asdict(linking),
   }
   if every_frame and frame_rows['frames']:

@@ -1,0 +1,217 @@
+"""Full-scale rehearsal of the real-data path: check your setup before you rent accelerators.
+
+  python tools/rehearse.py --annotations=pyannot.pkl --workdir=rehearsal \
+      [--frame_size=128] [--config=configs/model2.py] [--train_steps=20] [--batch_size=2] \
+      [--eval_videos=4] [--eval_frame_stride=8] [--max_videos=0] [--num_workers=N]
+
+Makes a synthetic twin of UCF-101 split 1 from real annotations (every annotated video
+at 320x240 with its real length, rendered in parallel processes), builds it with the
+TFDS builder at the chosen size, trains the named config for a few steps from scratch,
+evaluates on a bounded subset, and prints each stage's wall time, disk use and peak
+memory, with the projected time of a full evaluation. Every stage is the command a user
+runs on the real data, started as a subprocess; a failing stage stops the rehearsal
+with its output. Stages whose output exists are reused (delete WORKDIR to redo them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+from absl import app
+from absl import flags
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_ANNOTATIONS = flags.DEFINE_string('annotations', None,
+                                   'A real UCF101-24 pyannot.pkl or UCF101v2-GT.pkl.')
+_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/rehearsal',
+                               'Holds the twin, its TFDS build, the run and rehearsal.json.')
+_FRAME_SIZE = flags.DEFINE_integer('frame_size', 128, 'Stored frame size of the build.')
+_CONFIG = flags.DEFINE_string('config', 'configs/model2.py', 'Config file to train.')
+_TRAIN_STEPS = flags.DEFINE_integer('train_steps', 20, 'Training steps.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 2, 'Global training batch.')
+_EVAL_VIDEOS = flags.DEFINE_integer('eval_videos', 4, 'eval.max_videos of the bounded eval.')
+_EVAL_FRAME_STRIDE = flags.DEFINE_integer(
+    'eval_frame_stride', 8, 'eval.frame_stride and eval.tube_frame_stride of the bounded '
+    'eval (the projection is for stride 1).')
+_MAX_VIDEOS = flags.DEFINE_integer('max_videos', 0,
+                                   'Videos of the twin (0: every annotated video).')
+_NUM_WORKERS = flags.DEFINE_integer('num_workers', None,
+                                    'Processes for rendering and building (default: CPUs).')
+
+
+@dataclasses.dataclass
+class StageResult:
+  name: str
+  command: list[str]
+  seconds: float
+  peak_rss_mb: float  # the largest process of the stage (workers included)
+  disk_mb: float  # size of the stage's output directory
+  reused: bool = False
+
+
+def disk_mb(path: pathlib.Path) -> float:
+  if not path.exists():
+    return 0.0
+  return sum(p.stat().st_size for p in path.rglob('*') if p.is_file()) / 2**20
+
+
+def run_stage(name: str, command: Sequence[str], output: pathlib.Path,
+              log: pathlib.Path) -> StageResult:
+  """Runs `command` with its output in `log`; its time and its largest process's RSS."""
+  print(f'[rehearse] {name}: {" ".join(command)}', flush=True)
+  t0 = time.time()
+  with open(log, 'w') as out:
+    proc = subprocess.Popen(list(command), cwd=REPO_ROOT, stdout=out,
+                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    _, status, usage = os.wait4(proc.pid, 0)
+  seconds = time.time() - t0
+  code = os.waitstatus_to_exitcode(status)
+  if code != 0:
+    tail = ''.join(log.read_text().splitlines(keepends=True)[-25:])
+    cli.fail(f'[rehearse] stage {name} failed (exit {code}) after {seconds:.0f} s; the end '
+             f'of {log}:\n{tail}')
+  # ru_maxrss is in KiB on Linux: the largest of the process and its waited-for children.
+  return StageResult(name, list(command), seconds, usage.ru_maxrss / 1024, disk_mb(output))
+
+
+def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str, int]:
+  """Clips, annotated frames and whole-video clips a full evaluation of split 1 runs."""
+  from stconsist_jax.data import annotations as ann  # pylint: disable=g-import-not-at-top
+  records = ann.load_annotations(next(p for p in (manual_dir / 'pyannot.pkl',
+                                                  manual_dir / 'UCF101v2-GT.pkl')
+                                      if p.exists()))
+  test = [ann.strip_extension(p) for p in
+          ann.read_split_list(manual_dir / 'ucfTrainTestlist' / 'testlist01.txt')]
+  frames = video_frames = 0
+  for path in test:
+    record = records.get(path)
+    if record is None or not record.tubes:
+      continue
+    annotated = set()
+    for tube in record.tubes:
+      annotated.update(range(tube.start, tube.end))
+    frames += len(annotated)
+    video_frames += record.num_frames
+  return {'videos': len(test), 'clips': clips_per_video * len(test), 'frames': frames,
+          'video_clips': video_frames}
+
+
+def project_full_eval(report: dict, full: dict[str, int]) -> float | None:
+  """Seconds of a full evaluation, scaled from the bounded one's per-clip times."""
+  timing = report.get('timing') or {}
+  counts = report.get('counts') or {}
+  clips, frames = counts.get('num_clips'), counts.get('num_frames_scored')
+  if not clips or 'clips_seconds' not in timing:
+    return None
+  total = timing['clips_seconds'] / clips * full['clips']
+  if frames and 'frames_seconds' in timing:
+    total += timing['frames_seconds'] / frames * full['frames']
+  video_clips = counts.get('num_video_clips_scored')
+  if video_clips and 'videos_seconds' in timing:
+    total += timing['videos_seconds'] / video_clips * full['video_clips']
+  return total
+
+
+def _fmt_seconds(seconds: float) -> str:
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f'{h}:{m:02d}:{s:02d}'
+
+
+def table(stages: Sequence[StageResult]) -> str:
+  lines = ['| stage | wall time | peak RSS (largest process) | disk |',
+           '| --- | --- | --- | --- |']
+  for s in stages:
+    note = ' (reused)' if s.reused else ''
+    lines.append(f'| {s.name}{note} | {_fmt_seconds(s.seconds)} | {s.peak_rss_mb:,.0f} MB | '
+                 f'{s.disk_mb:,.0f} MB |')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _ANNOTATIONS.value:
+    cli.fail('error: --annotations is required (a real pyannot.pkl or UCF101v2-GT.pkl)')
+  annotations = pathlib.Path(_ANNOTATIONS.value).absolute()
+  if not annotations.is_file():
+    cli.fail(f'error: --annotations {annotations} is not a file')
+  root = pathlib.Path(_WORKDIR.value).absolute()
+  root.mkdir(parents=True, exist_ok=True)
+  twin, data_dir, run = root / 'ucf101_twin', root / 'tfds', root / 'run'
+  size = _FRAME_SIZE.value
+  py = sys.executable
+  workers = [] if _NUM_WORKERS.value is None else [f'--num_workers={_NUM_WORKERS.value}']
+  stages: list[StageResult] = []
+
+  generate = [py, '-m', 'stconsist_jax.data.synthetic', f'--output={twin}',
+              f'--from-annotations={annotations}', f'--max-videos={_MAX_VIDEOS.value}',
+              *workers]
+  build = [py, 'tools/build_dataset.py', f'--manual_dir={twin}', f'--data_dir={data_dir}',
+           f'--frame_size={size}', *workers]
+  overrides = [f'--config.data.data_dir={data_dir}', f'--config.data.frame_size={size}',
+               f'--config.data.image_size={size}', "--config.init_from=",
+               f'--config.train.batch_size={_BATCH_SIZE.value}',
+               f'--config.eval.batch_size={_BATCH_SIZE.value}',
+               f'--config.train.num_steps={_TRAIN_STEPS.value}',
+               f'--config.train.checkpoint_every={_TRAIN_STEPS.value}',
+               f'--config.train.log_every={max(1, _TRAIN_STEPS.value // 4)}',
+               f'--config.optimizer.warmup_steps={max(1, _TRAIN_STEPS.value // 10)}',
+               f'--config.loss.rampup_steps={_TRAIN_STEPS.value}',
+               f'--config.eval.max_videos={_EVAL_VIDEOS.value}',
+               f'--config.eval.frame_stride={_EVAL_FRAME_STRIDE.value}',
+               f'--config.eval.tube_frame_stride={_EVAL_FRAME_STRIDE.value}']
+  train = [py, 'launch.py', f'--config={_CONFIG.value}', f'--workdir={run}', *overrides]
+  evaluate = [*train, '--mode=eval']
+
+  plan = [('generate twin', generate, twin, (twin / 'pyannot.pkl').exists()),
+          ('TFDS build', build, data_dir, (data_dir / 'ucf101_stconsist').exists()),
+          ('train', train, run, False),
+          ('bounded eval', evaluate, run / 'eval', False)]
+  for name, command, output, done in plan:
+    if done:
+      print(f'[rehearse] {name}: reusing {output}', flush=True)
+      stages.append(StageResult(name, list(command), 0.0, 0.0, disk_mb(output), reused=True))
+      continue
+    log = root / f'{name.replace(" ", "_")}.log'
+    stages.append(run_stage(name, command, output, log))
+    print(f'[rehearse] {name}: {_fmt_seconds(stages[-1].seconds)}, peak RSS '
+          f'{stages[-1].peak_rss_mb:,.0f} MB, {stages[-1].disk_mb:,.0f} MB on disk', flush=True)
+
+  reports = sorted((run / 'eval').glob('*/report.json'), key=lambda p: p.stat().st_mtime)
+  report = json.loads(reports[-1].read_text())
+  clips_per_video = int(report['protocol'].get('clips_per_video', 10))
+  full = full_eval_passes(twin, clips_per_video)
+  projected = project_full_eval(report, full)
+  print('\n' + table(stages))
+  print(f"\nbounded eval: {report['counts'].get('num_videos')} of {full['videos']} test "
+        f"videos, {report['counts'].get('num_clips')} clips, "
+        f"{report['counts'].get('num_frames_scored')} annotated frames, "
+        f"{report['counts'].get('num_video_clips_scored')} whole-video clips (strides "
+        f'{_EVAL_FRAME_STRIDE.value})')
+  if projected is not None:
+    print(f"projected full evaluation ({full['clips']:,} clips + {full['frames']:,} "
+          f"annotated frames + {full['video_clips']:,} whole-video clips, strides 1) on "
+          f'this machine: {_fmt_seconds(projected)}')
+  summary = {'stages': [dataclasses.asdict(s) for s in stages], 'full_eval': full,
+             'projected_full_eval_seconds': projected, 'cpu_count': os.cpu_count(),
+             'report': str(reports[-1])}
+  (root / 'rehearsal.json').write_text(json.dumps(summary, indent=1) + '\n')
+  print(json.dumps({'projected_full_eval_seconds': projected,
+                    'stage_seconds': {s.name: round(s.seconds, 1) for s in stages}}))
+
+
+if __name__ == '__main__':
+  # --config here is a file name passed on to launch.py, not a config flag of its own.
+  app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, config_flags=()))
