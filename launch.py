@@ -32,6 +32,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'cluster environment).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             'Show every library log line (hidden: INFO of orbax, TFDS, '
+                             "JAX's backend probe and TensorFlow's C++ notices).")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False,
     'Resume a workdir even though the config differs from its config.json beyond run '
@@ -59,7 +62,7 @@ def main(argv):
 
   from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
-  logging_utils.quiet_library_logs()
+  logging_utils.quiet_library_logs(_VERBOSE.value)
   with cli.user_errors(workdir_lock.UnsupportedWorkdirError):
     workdir_lock.check_local_path(_WORKDIR.value)
     if _EVAL_DIR.value:

@@ -188,9 +188,13 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
   workdir = pathlib.Path(workdir).absolute()
   config = config_lib.load(workdir)
   subdir = BEST_DIR if step == 'best' else CHECKPOINT_DIR
+  # Never saves: create=False and no read_only (whose notices only alarm users); every
+  # item present gets a handler, so orbax does not warn about the ones left unread.
   manager = ocp.CheckpointManager(
-      workdir / subdir, options=ocp.CheckpointManagerOptions(read_only=True),
-      item_handlers={'variables': ocp.StandardCheckpointHandler()})
+      workdir / subdir, options=ocp.CheckpointManagerOptions(create=False),
+      item_handlers={'variables': ocp.StandardCheckpointHandler(),
+                     'train': ocp.StandardCheckpointHandler(),
+                     'metrics': ocp.JsonCheckpointHandler()})
   steps = list(manager.all_steps())
   if not steps:
     raise FileNotFoundError(f'no checkpoints under {workdir / subdir}')

@@ -20,8 +20,9 @@ METRICS_FILENAME = 'metrics.jsonl'
 CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'iou', 'lr')
 
 
-# Libraries whose INFO records (one per checkpoint event, shard, ...) drown the run's own.
-QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/')
+# Libraries whose INFO records (one per checkpoint event, shard, backend probe, ...)
+# drown the run's own.
+QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/jax/_src/')
 
 
 class _DropLibraryInfo:
@@ -33,8 +34,15 @@ class _DropLibraryInfo:
     return not any(lib in record.pathname for lib in QUIET_LIBRARIES)
 
 
-def quiet_library_logs() -> None:
-  """Hides INFO logs of orbax and TFDS on the console (idempotent)."""
+def quiet_library_logs(verbose: bool = False) -> None:
+  """Hides library INFO logs and TensorFlow's C++ notices on the console (idempotent).
+
+  With `verbose` nothing is hidden. TensorFlow reads its C++ log level once, when first
+  imported: call this before anything imports it.
+  """
+  if verbose:
+    return
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
     handler.addFilter(_DropLibraryInfo())
