@@ -467,8 +467,9 @@ def video_metrics(out: Mapping[str, np.ndarray], truths: Sequence[Any],
   counts = np.concatenate(boxes_per_frame) if boxes_per_frame else np.zeros(0)
   report = {
       **{k: result[k] for k in VIDEO_MAP_KEYS},
-      'per_class_video_ap@0.5': {annotated_class_names[c]: float(result['per_class_ap'][0.5][c])
-                                 for c in range(num_classes)},
+      'per_class_video_ap@0.5': {
+          annotated_class_names[c]: float(result['per_class_ap'][0.5][c])
+          for c in range(num_classes)},
       'tube_video_accuracy': tubes.video_accuracy_from_tubes(detections, video_labels),
       'one_box_cap': tubes.one_box_cap(counts) if counts.sum() else float('nan'),
       'num_tubes': int(sum(len(t) for t in detections.values())),

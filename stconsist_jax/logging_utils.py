@@ -25,10 +25,19 @@ CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'io
 QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/jax/_src/')
 
 
+# Warnings a library raises about its own code, which no user setting can avoid:
+# TFDS 4.9's Tensor.decode_example reads its own deprecated `FeatureConnector.dtype`.
+LIBRARY_SELF_WARNINGS = (
+    ('/tensorflow_datasets/', '`FeatureConnector.dtype` is deprecated'),)
+
+
 class _DropLibraryInfo:
   """absl handler filter: keeps WARNING and above from `QUIET_LIBRARIES`, all else."""
 
   def filter(self, record: Any) -> bool:
+    if any(lib in record.pathname and text in str(record.msg)
+           for lib, text in LIBRARY_SELF_WARNINGS):
+      return False
     if record.levelno >= logging.converter.ABSL_TO_STANDARD[logging.WARNING]:
       return True
     return not any(lib in record.pathname for lib in QUIET_LIBRARIES)

@@ -66,6 +66,7 @@ from tensorflow_datasets.core import example_parser
 from stconsist_jax.data import clips as clips_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
+TFRECORD_BUFFER_BYTES = 256 * 1024  # TensorFlow's default, named so it is not logged
 SKIPPED_KEY = "_skipped"
 INDEX_KEY = "_index"
 TRAIN_SPLIT = "train"
@@ -146,7 +147,8 @@ class TfdsSource:
     parts = []
     for file in self.builder.info.splits[f"{split}[{start}:{end}]"].file_instructions:
       path = os.path.join(self.builder.data_dir, file.filename)  # kept if absolute
-      part = tf.data.TFRecordDataset(path).skip(file.skip)
+      part = tf.data.TFRecordDataset(path, buffer_size=TFRECORD_BUFFER_BYTES)
+      part = part.skip(file.skip)
       parts.append(part.take(file.take) if file.take is not None and file.take >= 0
                    else part)
     ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
