@@ -27,8 +27,11 @@ QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/jax/_src/')
 
 # Warnings a library raises about its own code, which no user setting can avoid:
 # TFDS 4.9's Tensor.decode_example reads its own deprecated `FeatureConnector.dtype`.
+# And TFDS warns for every builder config not registered in advance, though the project
+# makes them on purpose (any frame size, any class list).
 LIBRARY_SELF_WARNINGS = (
-    ('/tensorflow_datasets/', '`FeatureConnector.dtype` is deprecated'),)
+    ('/tensorflow_datasets/', '`FeatureConnector.dtype` is deprecated'),
+    ('/tensorflow_datasets/', 'Using custom data configuration'))
 
 
 class _DropLibraryInfo:
@@ -49,6 +52,9 @@ def quiet_library_logs(verbose: bool = False) -> None:
   With `verbose` nothing is hidden. TensorFlow reads its C++ log level once, when first
   imported: call this before anything imports it.
   """
+  # TensorFlow only runs the input pipeline here (JPEG decoding, gathers, resizes), none
+  # of which uses oneDNN; with oneDNN on it prints a notice no log level hides.
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   if verbose:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -5,10 +5,20 @@ The environment is set before JAX or TensorFlow is imported by any test module.
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Many tests compile the same tiny train and eval steps: one persistent compilation
+# cache per test run compiles each once. The controller makes it before the
+# pytest-xdist workers start, so they and their subprocesses inherit it; it is removed
+# at the end. A cache the user set up is used and kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="stconsist_jax_tests_")
+  os.environ["STCONSIST_JAX_TESTS_OWN_CACHE"] = "1"
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
@@ -29,3 +39,10 @@ def ucf24_dir() -> pathlib.Path:
   if not (SHARED_UCF24 / "pyannot.pkl").exists():
     pytest.skip(f"real UCF101-24 annotations not found at {SHARED_UCF24}")
   return SHARED_UCF24
+
+
+def pytest_sessionfinish(session):
+  """The controller (not an xdist worker) removes the compilation cache it made."""
+  if (not hasattr(session.config, "workerinput")
+      and os.environ.get("STCONSIST_JAX_TESTS_OWN_CACHE") == "1"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -39,6 +39,7 @@ def _tiny_config():
   config.model.widen_factor = 0.125
   config.model.num_classes = NUM_CLASSES
   config.eval.batch_size = 8
+  config.eval.tubes.iou_threshold = 0.5  # ACT's default (the demo links at 0.3)
   return config
 
 

@@ -7,6 +7,7 @@ findings 3, 5-8, 10 and 12) on a tiny model with random data (no TensorFlow).
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,8 +34,18 @@ def _one_device_mesh():
   return distributed.make_mesh(jax.devices()[:1])
 
 
-def _params(state):
-  return jax.tree.map(np.asarray, jax.device_get(state.params))
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """One finished 4-step run (checkpoints at steps 2 and 4), copied by the tests."""
+  workdir = tmp_path_factory.mktemp('template') / 'run'
+  _run(tiny_config(4), workdir)
+  return workdir
+
+
+def _copy(trained, tmp_path):
+  target = tmp_path / 'run'
+  shutil.copytree(trained, target)
+  return target
 
 
 # ------------------------------------------------------------------------- the lock
@@ -102,9 +113,9 @@ def test_two_launches_on_one_workdir_second_exits_with_one_line(repo_root, tmp_p
 # ------------------------------------------------------------- damaged files, resumes
 
 
-def test_truncated_metrics_line_then_resume_stays_readable(tmp_path):
+def test_truncated_metrics_line_then_resume_stays_readable(trained, tmp_path):
   config = tiny_config(4)
-  _run(config, tmp_path)
+  tmp_path = _copy(trained, tmp_path)
   path = tmp_path / logging_utils.METRICS_FILENAME
   with open(path, 'a') as f:
     f.write('{"step": 5, "loss": 1.2')  # a crash mid-write
@@ -123,9 +134,9 @@ def _damage_latest(workdir: pathlib.Path, step: int) -> None:
     p.write_bytes(p.read_bytes()[:7])
 
 
-def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, caplog):
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(trained, tmp_path):
   config = tiny_config(4)  # checkpoints at steps 2 and 4
-  _run(config, tmp_path)
+  tmp_path = _copy(trained, tmp_path)
   _damage_latest(tmp_path, 4)
   _, variables, step = checkpointing.restore_for_eval(tmp_path, 'latest')
   assert step == 2
@@ -141,17 +152,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(tmp_path, cap
   del variables
 
 
-def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
-  config = tiny_config(2)
-  _run(config, tmp_path)
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_path):
+  tmp_path = _copy(trained, tmp_path)
   _damage_latest(tmp_path, 2)
+  _damage_latest(tmp_path, 4)
   with pytest.raises(checkpointing.CheckpointReadError, match='could be read'):
     checkpointing.restore_for_eval(tmp_path, 'latest')
 
 
-def test_resume_with_another_architecture_is_refused_before_writing(tmp_path):
-  config = tiny_config(2)
-  _run(config, tmp_path)
+def test_resume_with_another_architecture_is_refused_before_writing(trained, tmp_path):
+  tmp_path = _copy(trained, tmp_path)
   saved = (tmp_path / config_lib.CONFIG_FILENAME).read_text()
   other = tiny_config(4)
   other.model.depth = 18
@@ -160,11 +170,10 @@ def test_resume_with_another_architecture_is_refused_before_writing(tmp_path):
   assert (tmp_path / config_lib.CONFIG_FILENAME).read_text() == saved
 
 
-def test_resume_with_another_learning_rate_needs_explicit_consent(tmp_path):
-  config = tiny_config(2)
-  _run(config, tmp_path)
+def test_resume_with_another_learning_rate_needs_explicit_consent(trained, tmp_path):
+  tmp_path = _copy(trained, tmp_path)
   saved = (tmp_path / config_lib.CONFIG_FILENAME).read_text()
-  changed = tiny_config(3)
+  changed = tiny_config(5)
   changed.optimizer.lr = 0.5
   with pytest.raises(config_lib.ConfigError, match='allow_config_change'):
     _run(changed, tmp_path)
@@ -175,10 +184,10 @@ def test_resume_with_another_learning_rate_needs_explicit_consent(tmp_path):
   assert len(backups) == 1 and backups[0].read_text() == saved
 
 
-def test_longer_run_resumes_without_consent(tmp_path):
-  _run(tiny_config(2), tmp_path)
-  state = _run(tiny_config(3), tmp_path)
-  assert int(jax.device_get(state.step)) == 3
+def test_longer_run_resumes_without_consent(trained, tmp_path):
+  tmp_path = _copy(trained, tmp_path)
+  state = _run(tiny_config(5), tmp_path)
+  assert int(jax.device_get(state.step)) == 5
 
 
 # --------------------------------------------------------------------- bad settings
@@ -243,3 +252,42 @@ def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 2 and 'in use by another run' in proc.stderr
   assert (workdir / workdir_lock.LOCK_FILENAME).exists()
+
+
+# ------------------------------------------------------------ the study's config, tools
+
+
+def test_model2_as_shipped_says_how_to_get_its_weights(repo_root, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/model2.py',
+       f'--workdir={tmp_path / "model2"}', '--config.data.name=random'], cwd=repo_root,
+      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'convert_torch_weights' in proc.stderr and "init_from=''" in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'model2' / config_lib.CONFIG_FILENAME).exists()
+
+
+def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/model2.py',
+       f'--workdir={tmp_path / "model2"}', '--config.init_from=',
+       '--config.data.name=random', '--config.data.frame_size=16',
+       '--config.data.image_size=16', '--config.data.num_frames=4',
+       '--config.model.depth=10', '--config.model.widen_factor=0.125',
+       '--config.train.batch_size=8', '--config.train.num_steps=2',
+       '--config.optimizer.warmup_steps=1'], cwd=repo_root, capture_output=True,
+      text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert checkpointing.committed_steps(tmp_path / 'model2' / 'checkpoints') == [2]
+
+
+def test_progress_logs_count_and_eta_without_a_terminal(caplog):
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  caplog.set_level(std_logging.INFO)
+  items = list(logging_utils.progress(range(5), 5, 'eval frames', log_every_s=0.0))
+  assert items == list(range(5))
+  lines = [r.getMessage() for r in caplog.records if 'eval frames' in r.getMessage()]
+  assert lines and lines[-1].startswith('eval frames: 5/5 batches (100%)')
+  assert 'ETA' in lines[-1]

@@ -28,18 +28,81 @@ _CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Checkpoints, logs, reports.')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', 'data_cache/demo',
                                  'Synthetic videos and the TFDS build (reused).')
+_VERBOSE = flags.DEFINE_bool('verbose', False,
+                             'Show every library log line (hidden: INFO of orbax, TFDS, '
+                             "JAX's backend probe and TensorFlow's C++ notices).")
 _RESUME = flags.DEFINE_bool('resume', False,
                             'Continue the run in --workdir instead of starting afresh.')
 
 SUMMARY = (('video_accuracy', 'video accuracy'), ('clip_accuracy', 'clip accuracy'),
-           ('mean_iou', 'mean IoU'), ('frame_map', 'frame-mAP@0.5'))
+           ('mean_iou', 'mean IoU'), ('frame_map', 'frame-mAP@0.5'),
+           ('video_map@0.2', 'video-mAP@0.2'), ('video_map@0.5', 'video-mAP@0.5'),
+           ('video_map@0.75', 'video-mAP@0.75'), ('video_map@0.5:0.95', 'video-mAP@.5:.95'))
+PREDICT_DIR = 'predict'
+
+
+def cpu_model() -> str:
+  """The CPU's model name (Linux /proc/cpuinfo; the platform string elsewhere)."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=g-import-not-at-top
+  return platform.processor() or platform.machine()
+
+
+def first_annotated_test_video(manual_dir: pathlib.Path) -> pathlib.Path:
+  """A test video of the synthetic set that has boxes (its first in list order)."""
+  from stconsist_jax.data import annotations as ann  # pylint: disable=g-import-not-at-top
+  lists = manual_dir / 'ucfTrainTestlist'
+  records = ann.load_annotations(manual_dir / 'pyannot.pkl',
+                                 ann.read_class_index(lists / 'classInd.txt'))
+  for path in ann.read_split_list(lists / 'testlist01.txt'):
+    record = records.get(path)
+    if record is not None and record.tubes:
+      return manual_dir / 'UCF-101' / f'{path}.avi'
+  raise FileNotFoundError(f'no annotated test video in {manual_dir}')
+
+
+def predict_one(workdir: pathlib.Path, video: pathlib.Path) -> dict:
+  """Runs the prediction command's code on one video; its JSON and a frame strip."""
+  from stconsist_jax import predict  # pylint: disable=g-import-not-at-top
+  out_dir = workdir / PREDICT_DIR
+  loaded = predict.load(str(workdir), 'latest')
+  result = predict.predict_video(loaded, video, out_dir, progress=False)
+  strip = frame_strip(result.video_path, 4)
+  if strip is not None:
+    from stconsist_jax import visualize  # pylint: disable=g-import-not-at-top
+    visualize.save_png(strip, out_dir / f'{result.name}_strip.png')
+  return result.record
+
+
+def frame_strip(mp4: pathlib.Path | None, count: int):
+  """`count` evenly spaced frames of a video side by side (RGB), or None."""
+  if mp4 is None:
+    return None
+  import cv2  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  cap = cv2.VideoCapture(str(mp4))
+  frames = []
+  ok, frame = cap.read()
+  while ok:
+    frames.append(frame)
+    ok, frame = cap.read()
+  cap.release()
+  if not frames:
+    return None
+  picks = np.linspace(0, len(frames) - 1, count).round().astype(int)
+  return np.concatenate([frames[i][:, :, ::-1] for i in picks], axis=1)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
-  logging_utils.quiet_library_logs()
+  logging_utils.quiet_library_logs(_VERBOSE.value)
   with cli.user_errors(*cli.project_user_errors()):
     run(_CONFIG.value, pathlib.Path(_WORKDIR.value), pathlib.Path(_CACHE_DIR.value),
         resume=_RESUME.value)
@@ -65,9 +128,14 @@ def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> Non
   print(f'[demo] training {config.train.num_steps} steps into {workdir} ...', flush=True)
   train.train_and_evaluate(config, str(workdir), allow_config_change=resume)
   train_s = time.time() - t0
-  print(f'[demo] trained in {train_s:.0f} s; evaluating the restored checkpoint ...',
-        flush=True)
+  clips_per_s = config.train.num_steps * config.train.batch_size / max(train_s, 1e-9)
+  print(f'[demo] trained in {train_s:.0f} s ({clips_per_s:.1f} clips/s including '
+        f'compilation); evaluating the restored checkpoint ...', flush=True)
   report = evaluate.evaluate(config, str(workdir), 'latest')
+  video = first_annotated_test_video(prepared.videos_dir(cache))
+  print(f'[demo] predicting {video.name} with the prediction command\'s code ...',
+        flush=True)
+  prediction = predict_one(workdir, video)
 
   total_s = time.time() - t_start
   step = report.get('checkpoint_step')
@@ -76,10 +144,16 @@ def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> Non
     value = report.get(key)
     print(f'  {label:>15}: ' + ('n/a' if value is None else f'{value:.3f}'))
   print(f'  report: {workdir / "eval" / str(step) / "report.md"}')
-  print(f'[demo] total {total_s:.0f} s (training {train_s:.0f} s) on '
-        f'{os.cpu_count()} CPU cores', flush=True)
+  tubes = prediction['tubes']
+  print(f"  prediction: {workdir / PREDICT_DIR} ({prediction['num_frames']} frames at "
+        f"{prediction['timing']['frames_per_s']:.0f} frames/s, {len(tubes)} tube(s); top: "
+        + (f"{tubes[0]['class']} {tubes[0]['score']:.2f}" if tubes else 'none') + ')')
+  print(f'[demo] total {total_s:.0f} s (training {train_s:.0f} s, {clips_per_s:.1f} '
+        f'clips/s) on {os.cpu_count()} CPU cores: {cpu_model()}', flush=True)
   print(json.dumps({k: report.get(k) for k, _ in SUMMARY} |
-                   {'train_seconds': round(train_s, 1), 'total_seconds': round(total_s, 1)}))
+                   {'train_seconds': round(train_s, 1), 'total_seconds': round(total_s, 1),
+                    'clips_per_s': round(clips_per_s, 1), 'cpu': cpu_model(),
+                    'cpu_count': os.cpu_count(), 'seed': config.seed}))
 
 
 if __name__ == '__main__':

@@ -32,22 +32,25 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_ANNOTATIONS = flags.DEFINE_string('annotations', None,
-                                   'A real UCF101-24 pyannot.pkl or UCF101v2-GT.pkl.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/rehearsal',
-                               'Holds the twin, its TFDS build, the run and rehearsal.json.')
-_FRAME_SIZE = flags.DEFINE_integer('frame_size', 128, 'Stored frame size of the build.')
-_CONFIG = flags.DEFINE_string('config', 'configs/model2.py', 'Config file to train.')
-_TRAIN_STEPS = flags.DEFINE_integer('train_steps', 20, 'Training steps.')
-_BATCH_SIZE = flags.DEFINE_integer('batch_size', 2, 'Global training batch.')
-_EVAL_VIDEOS = flags.DEFINE_integer('eval_videos', 4, 'eval.max_videos of the bounded eval.')
-_EVAL_FRAME_STRIDE = flags.DEFINE_integer(
-    'eval_frame_stride', 8, 'eval.frame_stride and eval.tube_frame_stride of the bounded '
-    'eval (the projection is for stride 1).')
-_MAX_VIDEOS = flags.DEFINE_integer('max_videos', 0,
-                                   'Videos of the twin (0: every annotated video).')
-_NUM_WORKERS = flags.DEFINE_integer('num_workers', None,
-                                    'Processes for rendering and building (default: CPUs).')
+
+def define_flags() -> None:
+  """The command line's flags (defined only when run, so importing defines none)."""
+  flags.DEFINE_string('annotations', None, 'A real UCF101-24 pyannot.pkl or UCF101v2-GT.pkl.')
+  flags.DEFINE_string('workdir', 'workdirs/rehearsal',
+                      'Holds the twin, its TFDS build, the run and rehearsal.json.')
+  flags.DEFINE_integer('frame_size', 128, 'Stored frame size of the build.')
+  flags.DEFINE_string('config', 'configs/model2.py', 'Config file to train.')
+  flags.DEFINE_integer('train_steps', 20, 'Training steps.')
+  flags.DEFINE_integer('batch_size', 2, 'Global training batch.')
+  flags.DEFINE_integer('eval_videos', 4, 'eval.max_videos of the bounded eval.')
+  flags.DEFINE_integer('eval_frame_stride', 8, 'eval.frame_stride and eval.tube_frame_stride '
+                       'of the bounded eval (the projection is for stride 1).')
+  flags.DEFINE_integer('max_videos', 0, 'Videos of the twin (0: every annotated video).')
+  flags.DEFINE_integer('num_workers', None,
+                       'Processes for rendering and building (default: CPUs).')
+
+
+FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass
@@ -142,37 +145,37 @@ def table(stages: Sequence[StageResult]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _ANNOTATIONS.value:
+  if not FLAGS.annotations:
     cli.fail('error: --annotations is required (a real pyannot.pkl or UCF101v2-GT.pkl)')
-  annotations = pathlib.Path(_ANNOTATIONS.value).absolute()
+  annotations = pathlib.Path(FLAGS.annotations).absolute()
   if not annotations.is_file():
     cli.fail(f'error: --annotations {annotations} is not a file')
-  root = pathlib.Path(_WORKDIR.value).absolute()
+  root = pathlib.Path(FLAGS.workdir).absolute()
   root.mkdir(parents=True, exist_ok=True)
   twin, data_dir, run = root / 'ucf101_twin', root / 'tfds', root / 'run'
-  size = _FRAME_SIZE.value
+  size = FLAGS.frame_size
   py = sys.executable
-  workers = [] if _NUM_WORKERS.value is None else [f'--num_workers={_NUM_WORKERS.value}']
+  workers = [] if FLAGS.num_workers is None else [f'--num_workers={FLAGS.num_workers}']
   stages: list[StageResult] = []
 
   generate = [py, '-m', 'stconsist_jax.data.synthetic', f'--output={twin}',
-              f'--from-annotations={annotations}', f'--max-videos={_MAX_VIDEOS.value}',
+              f'--from-annotations={annotations}', f'--max-videos={FLAGS.max_videos}',
               *workers]
   build = [py, 'tools/build_dataset.py', f'--manual_dir={twin}', f'--data_dir={data_dir}',
            f'--frame_size={size}', *workers]
   overrides = [f'--config.data.data_dir={data_dir}', f'--config.data.frame_size={size}',
                f'--config.data.image_size={size}', "--config.init_from=",
-               f'--config.train.batch_size={_BATCH_SIZE.value}',
-               f'--config.eval.batch_size={_BATCH_SIZE.value}',
-               f'--config.train.num_steps={_TRAIN_STEPS.value}',
-               f'--config.train.checkpoint_every={_TRAIN_STEPS.value}',
-               f'--config.train.log_every={max(1, _TRAIN_STEPS.value // 4)}',
-               f'--config.optimizer.warmup_steps={max(1, _TRAIN_STEPS.value // 10)}',
-               f'--config.loss.rampup_steps={_TRAIN_STEPS.value}',
-               f'--config.eval.max_videos={_EVAL_VIDEOS.value}',
-               f'--config.eval.frame_stride={_EVAL_FRAME_STRIDE.value}',
-               f'--config.eval.tube_frame_stride={_EVAL_FRAME_STRIDE.value}']
-  train = [py, 'launch.py', f'--config={_CONFIG.value}', f'--workdir={run}', *overrides]
+               f'--config.train.batch_size={FLAGS.batch_size}',
+               f'--config.eval.batch_size={FLAGS.batch_size}',
+               f'--config.train.num_steps={FLAGS.train_steps}',
+               f'--config.train.checkpoint_every={FLAGS.train_steps}',
+               f'--config.train.log_every={max(1, FLAGS.train_steps // 4)}',
+               f'--config.optimizer.warmup_steps={max(1, FLAGS.train_steps // 10)}',
+               f'--config.loss.rampup_steps={FLAGS.train_steps}',
+               f'--config.eval.max_videos={FLAGS.eval_videos}',
+               f'--config.eval.frame_stride={FLAGS.eval_frame_stride}',
+               f'--config.eval.tube_frame_stride={FLAGS.eval_frame_stride}']
+  train = [py, 'launch.py', f'--config={FLAGS.config}', f'--workdir={run}', *overrides]
   evaluate = [*train, '--mode=eval']
 
   plan = [('generate twin', generate, twin, (twin / 'pyannot.pkl').exists()),
@@ -199,7 +202,7 @@ def main(argv: Sequence[str]) -> None:
         f"videos, {report['counts'].get('num_clips')} clips, "
         f"{report['counts'].get('num_frames_scored')} annotated frames, "
         f"{report['counts'].get('num_video_clips_scored')} whole-video clips (strides "
-        f'{_EVAL_FRAME_STRIDE.value})')
+        f'{FLAGS.eval_frame_stride})')
   if projected is not None:
     print(f"projected full evaluation ({full['clips']:,} clips + {full['frames']:,} "
           f"annotated frames + {full['video_clips']:,} whole-video clips, strides 1) on "
@@ -213,5 +216,6 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   # --config here is a file name passed on to launch.py, not a config flag of its own.
   app.run(main, flags_parser=lambda argv: cli.parse_flags(argv, config_flags=()))

@@ -20,9 +20,14 @@ def _stamp(path: pathlib.Path) -> str | None:
   return path.read_text() if path.exists() else None
 
 
+def videos_dir(cache: str | pathlib.Path) -> pathlib.Path:
+  """Where the synthetic UCF-101 folder of a cache lives."""
+  return pathlib.Path(cache) / 'ucf101'
+
+
 def ensure_videos(cache: pathlib.Path, spec: synthetic.SyntheticSpec) -> pathlib.Path:
   """The synthetic UCF-101 folder of `spec` under `cache`, generated unless present."""
-  root = cache / 'ucf101'
+  root = videos_dir(cache)
   stamp = root / 'spec.json'
   wanted = json.dumps(dataclasses.asdict(spec), sort_keys=True)
   if _stamp(stamp) == wanted:

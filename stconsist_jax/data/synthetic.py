@@ -55,6 +55,10 @@ class SyntheticSpec:
   max_frames: int = 60
   clips_per_group: int = 1
   second_actor_prob: float = 0.3
+  # Chance that the primary actor's tube spans the whole video; otherwise up to a fifth
+  # of the frames at each end stay unannotated although the actor is visible (as real
+  # UCF101-24 tubes bound the action, not the person).
+  full_tube_prob: float = 0.3
   width: int = 320
   height: int = 240
 
@@ -65,6 +69,9 @@ class SyntheticSpec:
     if not 0 <= self.annotated_classes <= min(24, self.num_classes):
       raise ValueError(f"annotated_classes must be in [0, min(24, num_classes)], "
                        f"got {self.annotated_classes}")
+    for name in ("second_actor_prob", "full_tube_prob"):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
     if self.videos_per_class < 1 or self.clips_per_group < 1:
       raise ValueError("videos_per_class and clips_per_group must be >= 1")
     if not 2 <= self.min_frames <= self.max_frames:
@@ -289,7 +296,7 @@ def plan_video(spec: SyntheticSpec, class_index: int, video_index: int,
     actors.append(actor(a, b))
   ranges = ()
   if annotated:
-    if rng.uniform() < 0.3:
+    if rng.uniform() < spec.full_tube_prob:
       first = (0, n)
     else:
       first = (int(rng.integers(0, n // 5 + 1)), n - int(rng.integers(0, n // 5 + 1)))

@@ -341,6 +341,14 @@ def source_mismatch(recorded: Mapping[str, Any] | None, current: Mapping[str, An
 class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
   """UCF-101 videos with UCF101-24 actor tubes, one example per video."""
 
+  # TFDS prints these two notices to stdout in bold whatever the log level; here they
+  # are log lines like the rest of the build's progress.
+  def _log_download_bytes(self) -> None:
+    logging.info("Building %s into %s ...", self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("Built %s in %s", self.name, self.data_dir)
+
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -454,7 +462,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
                                              cfg.jpeg_quality))
     start, written = time.time(), 0
     bar = tqdm.tqdm(total=len(tasks), unit="video", desc=f"{cfg.name} {split}",
-                    mininterval=2.0)
+                    mininterval=2.0, disable=None)  # None: shown on a terminal only
     for video in _parallel_map(video_decode.decode_video, tasks, self._num_workers):
       bar.update(1)
       record = records.get(video.path)
@@ -575,6 +583,8 @@ def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, split: int
   if _recover_replaced(b.data_path):
     b = builder(cfg, data_dir, num_workers)
   download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
+  # TFDS's own bars (splits, shuffling) repeat what the builder's bar and log lines say.
+  tfds.display_progress_bar(False)
   if not (overwrite and b.data_path.exists()):
     b.download_and_prepare(download_config=download_config)
     return b
