@@ -3,8 +3,8 @@
 Runs tools/demo.py end to end in a subprocess: synthetic videos -> TFDS build -> training
 with flip consistency and withheld boxes -> restore -> evaluation report -> prediction on
 a test video. The thresholds sit well below the worst of training seeds 0-2 measured
-while tuning (2-core AMD EPYC: video accuracy 0.958, mean IoU 0.588, frame-mAP 0.348,
-video-mAP@0.2 0.823), so another CPU's floating-point results still pass.
+while tuning (2-core AMD EPYC: video accuracy 0.958, mean IoU 0.576, frame-mAP 0.377,
+video-mAP@0.2 0.688), so another CPU's floating-point results still pass.
 """
 
 import json
@@ -12,12 +12,12 @@ import subprocess
 import sys
 
 REDUCED = (
-    "--config.synthetic.videos_per_class=9",
+    "--config.synthetic.videos_per_class=8",
     "--config.data.frame_size=32",
     "--config.data.image_size=32",
-    "--config.train.num_steps=400",
-    "--config.train.checkpoint_every=200",
-    "--config.loss.rampup_steps=60",
+    "--config.train.num_steps=300",
+    "--config.train.checkpoint_every=150",
+    "--config.loss.rampup_steps=50",
 )
 
 
@@ -31,10 +31,10 @@ def test_reduced_demo_learns(repo_root, tmp_path):
   assert summary["video_accuracy"] >= 0.85, summary
   assert summary["mean_iou"] >= 0.45, summary
   assert summary["frame_map"] >= 0.2, summary
-  assert summary["video_map@0.2"] >= 0.6, summary
-  report_dir = tmp_path / "run" / "eval" / "400"
+  assert summary["video_map@0.2"] >= 0.5, summary
+  report_dir = tmp_path / "run" / "eval" / "300"
   report = json.loads((report_dir / "report.json").read_text())
-  assert report["checkpoint_step"] == 400
+  assert report["checkpoint_step"] == 300
   assert report["video_accuracy"] == summary["video_accuracy"]
   assert report["frame_map_protocol"] == "act"
   assert set(report["frame_map_by_protocol"]) == {"act", "voc"}
