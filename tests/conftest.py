@@ -46,3 +46,14 @@ def pytest_sessionfinish(session):
   if (not hasattr(session.config, "workerinput")
       and os.environ.get("STCONSIST_JAX_TESTS_OWN_CACHE") == "1"):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+# The longest tests, started first so that the two pytest-xdist workers finish together
+# instead of one running a long test alone at the end.
+LONG_TESTS = ("test_reduced_demo_learns", "test_two_process_run_matches_single_process",
+              "test_kill_and_resume_continues_the_same_loss_curve",
+              "test_device_flip_equals_host_flip", "test_one_device_and_eight_devices_agree")
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: item.originalname not in LONG_TESTS)

@@ -74,7 +74,7 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
       '--config.train.batch_size=8', f'--config.train.num_steps={steps}',
       '--config.train.log_every=1', '--config.train.checkpoint_every=2',
       '--config.optimizer.warmup_steps=1', '--config.optimizer.schedule=constant',
-      '--config.loss.rampup_steps=2']
+      '--config.loss.rampup_steps=2', '--config.loss.loc_weight=1.0']
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
              JAX_PLATFORMS='cpu')
