@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default as default_config  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
+from stconsist_jax import logging_utils  # noqa: E402
 from stconsist_jax import models  # noqa: E402
 from stconsist_jax import predict  # noqa: E402
 
@@ -78,17 +78,6 @@ def write_test_video(path: pathlib.Path, num_frames: int, size: tuple[int, int],
   return path
 
 
-def cpu_name() -> str:
-  """The CPU model as lscpu names it (from /proc/cpuinfo), else the architecture."""
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
-
-
 def random_variables(model: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
   d = config.data
   clip = np.zeros((1, d.num_frames, d.image_size, d.image_size, 3), np.uint8)
@@ -134,7 +123,7 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
       'predict_s': timing['predict_s'], 'compile_s': round(compile_s, 2),
       'num_frames': num_frames, 'clips': clips, 'tubes_found': result.record['tubes_found'],
       'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
-      'num_devices': predictor.num_devices, 'cpu': cpu_name(),
+      'num_devices': predictor.num_devices, 'cpu': logging_utils.cpu_model(),
       'architecture': loaded.model_info['architecture'],
       'clip_frames': predictor.num_frames, 'image_size': predictor.image_size,
       'frame_size': predictor.frame_size, 'batch_size': predictor.batch_size,

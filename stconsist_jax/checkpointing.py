@@ -46,21 +46,26 @@ def restore_with_fallback(steps: list[int], read: Callable[[int], T], where: str
                           ) -> tuple[int, T]:
   """`read(step)` for the newest readable step, newest first, warning on each failure.
 
-  Raises CheckpointReadError when none can be read (never falls back to a fresh start).
+  `on_unreadable(step)` is called for the steps that failed, only once an older one was
+  read: when every step fails alike (say, a target of another structure) nothing is
+  touched. Raises CheckpointReadError when none can be read (never a fresh start).
   """
-  errors = []
+  errors, failed = [], []
   for step in sorted(steps, reverse=True):
     try:
-      return step, read(step)
+      result = read(step)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
       errors.append(f'step {step}: {_short(e)}')
+      failed.append(step)
       older = [s for s in steps if s < step]
       logging.warning('Checkpoint step %d in %s is unreadable (%s); %s', step, where,
                       _short(e), f'falling back to step {max(older)}' if older
                       else 'no older checkpoint to fall back to')
-      if on_unreadable is not None:
-        on_unreadable(step)
+      continue
+    for bad in failed if on_unreadable is not None else ():
+      on_unreadable(bad)
+    return step, result
   raise CheckpointReadError(
       f'no checkpoint in {where} could be read ({"; ".join(errors[:3])}); the files are '
       f'damaged: restore them from a backup or start a new workdir')

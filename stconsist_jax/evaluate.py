@@ -564,8 +564,8 @@ def protocol_of(config: ml_collections.ConfigDict, num_annotated_classes: int = 
               f'annotated frame f at clip position T//2 = {int(d.num_frames) // 2}; clip '
               f'frames f + (p - T//2) * {int(d.frame_stride)}, clamped to the video'),
           'frames_scored': (
-              f"every frame of the test videos (eval.frame_ap_frames='all', from the "
-              f"whole-video pass; frames without ground truth hold only false positives)"
+              "every frame of the test videos (eval.frame_ap_frames='all', from the "
+              "whole-video pass; frames without ground truth hold only false positives)"
               if every_frame else
               f'every annotated frame f (any tube has a box) with '
               f'f % {int(e.frame_stride)} == 0'),

@@ -63,6 +63,18 @@ def quiet_library_logs(verbose: bool = False) -> None:
     handler.addFilter(_DropLibraryInfo())
 
 
+def cpu_model() -> str:
+  """The CPU's model name as lscpu gives it (/proc/cpuinfo), else the platform's word."""
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith('model name'):
+        return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  import platform  # pylint: disable=g-import-not-at-top
+  return platform.processor() or platform.machine()
+
+
 def _format_seconds(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)

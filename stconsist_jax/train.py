@@ -518,10 +518,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt_dir = pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR
   if config.init_from and not checkpointing.committed_steps(ckpt_dir):
     checkpointing.check_init_from(config.init_from)
-  # Process 0 holds the workdir for the whole run: a second run on it is refused.
-  lock = workdir_lock.WorkdirLock(workdir) if jax.process_index() == 0 else None
-  if lock is not None:
-    lock.acquire()
+  # Process 0 holds the workdir for the whole run: a second run on it is refused. All
+  # processes learn the outcome, or the others would wait for process 0 forever.
+  lock, refused = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLockedError as e:
+      lock, refused = None, e
+  if distributed.any_process(refused is not None):
+    raise refused or workdir_lock.WorkdirLockedError(
+        f'workdir {workdir} is in use by another run (reported by process 0)')
   try:
     return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change)
   finally:

@@ -41,18 +41,6 @@ SUMMARY = (('video_accuracy', 'video accuracy'), ('clip_accuracy', 'clip accurac
 PREDICT_DIR = 'predict'
 
 
-def cpu_model() -> str:
-  """The CPU's model name (Linux /proc/cpuinfo; the platform string elsewhere)."""
-  try:
-    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  import platform  # pylint: disable=g-import-not-at-top
-  return platform.processor() or platform.machine()
-
-
 def first_annotated_test_video(manual_dir: pathlib.Path) -> pathlib.Path:
   """A test video of the synthetic set that has boxes (its first in list order)."""
   from stconsist_jax.data import annotations as ann  # pylint: disable=g-import-not-at-top
@@ -111,6 +99,7 @@ def main(argv):
 def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> None:
   """Checks everything a user can get wrong first, then data, training, evaluation."""
   from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   t_start = time.time()
   workdir_lock.check_local_path(workdir)
@@ -149,10 +138,10 @@ def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> Non
         f"{prediction['timing']['frames_per_s']:.0f} frames/s, {len(tubes)} tube(s); top: "
         + (f"{tubes[0]['class']} {tubes[0]['score']:.2f}" if tubes else 'none') + ')')
   print(f'[demo] total {total_s:.0f} s (training {train_s:.0f} s, {clips_per_s:.1f} '
-        f'clips/s) on {os.cpu_count()} CPU cores: {cpu_model()}', flush=True)
+        f'clips/s) on {os.cpu_count()} CPU cores: {logging_utils.cpu_model()}', flush=True)
   print(json.dumps({k: report.get(k) for k, _ in SUMMARY} |
                    {'train_seconds': round(train_s, 1), 'total_seconds': round(total_s, 1),
-                    'clips_per_s': round(clips_per_s, 1), 'cpu': cpu_model(),
+                    'clips_per_s': round(clips_per_s, 1), 'cpu': logging_utils.cpu_model(),
                     'cpu_count': os.cpu_count(), 'seed': config.seed}))
 
 
