@@ -29,6 +29,7 @@ from stconsist_jax import config_lib
 from stconsist_jax import distributed
 from stconsist_jax import evaluate
 from stconsist_jax import fileio
+from stconsist_jax import logging_utils
 from stconsist_jax import metrics
 from stconsist_jax import tubes as tubes_lib
 from stconsist_jax.data import video_decode
@@ -1206,6 +1207,7 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
+    logging_utils.quiet_library_logs()  # before anything imports TensorFlow
   logging.get_absl_handler().addFilter(_RoutineCheckpointLogs())
   sys.exit(run())
 
