@@ -25,6 +25,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default as default_config  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
+from stconsist_jax import evaluate  # noqa: E402
 from stconsist_jax import logging_utils  # noqa: E402
 from stconsist_jax import models  # noqa: E402
 from stconsist_jax import predict  # noqa: E402
@@ -97,7 +98,7 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
   compile_s = predictor.warm_up()
   num_classes = int(config.model.num_classes)
   loaded = predict.Loaded(predictor, config, predict.generic_class_names(num_classes),
-                          predict.linking_config(config),
+                          evaluate.linking_config(config),
                           {'source': 'workdir', 'path': '', 'step': 0,
                            'architecture': predict.evaluate.describe_model(config.model),
                            'classification_only': False, 'num_classes': num_classes,

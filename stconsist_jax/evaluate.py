@@ -10,6 +10,7 @@ and writes WORKDIR/eval/<step>/{report.json, report.md, clips.png, curves.png}.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -41,7 +42,8 @@ SHEET_PNG = 'clips.png'
 CURVES_PNG = 'curves.png'
 INIT_FROM = 'init_from'  # `step` value: evaluate config.init_from (classification only).
 CLIP_KEYS = ('label', 'box', 'has_box', 'video_id', 'valid')
-FRAME_KEYS = ('label', 'video_id', 'frame', 'gt_boxes', 'gt_labels', 'original_size', 'valid')
+FRAME_KEYS = ('label', 'video_id', 'frame', 'gt_boxes', 'gt_labels', 'original_size',
+              'valid')
 VIDEO_KEYS = ('video_id', 'frame', 'valid')
 SUMMARY_KEYS = ('clip_accuracy', 'clip_top5', 'video_accuracy', 'mean_iou', 'frame_map',
                 'video_map@0.5')
@@ -383,16 +385,18 @@ def frame_metrics(out: Mapping[str, np.ndarray], index_map: np.ndarray,
   }
 
 
-def linking_config(config: ml_collections.ConfigDict) -> Any:
+def linking_config(config: ml_collections.ConfigDict | None) -> Any:
   """tubes.LinkingConfig from `config.eval.tubes` (missing fields keep the defaults)."""
   from stconsist_jax import tubes  # pylint: disable=g-import-not-at-top
-  fields = {f.name for f in dataclasses.fields(tubes.LinkingConfig)}
-  given = dict(config.eval.get('tubes', None) or {})
-  return tubes.LinkingConfig(**{k: v for k, v in given.items() if k in fields})
-
-
-def _pixels(boxes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  return metrics.normalized_to_pixels(boxes, size)
+  group = {}
+  if config is not None:
+    group = (config.get('eval', None) or {}).get('tubes', None) or {}
+  defaults = tubes.LinkingConfig()
+  values = {}
+  for field in dataclasses.fields(defaults):
+    if group.get(field.name) is not None:
+      values[field.name] = type(getattr(defaults, field.name))(group[field.name])
+  return tubes.LinkingConfig(**values)
 
 
 def video_detections(out: Mapping[str, np.ndarray], truth: Any, index_map: np.ndarray
@@ -420,7 +424,8 @@ def ground_truth_tubes(truth: Any) -> list[Any]:
     frames = np.nonzero(truth.tube_present[k])[0]
     if len(frames):
       out.append(tubes.ground_truth_tube(
-          int(label), frames, _pixels(truth.tube_boxes[k][frames], truth.original_size)))
+          int(label), frames,
+          metrics.normalized_to_pixels(truth.tube_boxes[k][frames], truth.original_size)))
   return out
 
 
@@ -446,7 +451,8 @@ def video_metrics(out: Mapping[str, np.ndarray], truths: Sequence[Any],
     boxes, scores = video_detections(out, truth, index_map)
     frames = np.arange(truth.num_frames)
     detections[truth.name] = tubes.link_video(
-        frames, _pixels(boxes, truth.original_size)[:, None], scores[:, None], linking)
+        frames, metrics.normalized_to_pixels(boxes, truth.original_size)[:, None],
+        scores[:, None], linking)
     ground_truth[truth.name] = ground_truth_tubes(truth)
     if len(truth.tube_labels):
       video_labels[truth.name] = int(truth.tube_labels[0])
@@ -520,16 +526,20 @@ def pipeline_streams(config: ml_collections.ConfigDict, source: Any = None,
   if annotated_class_names is None:
     annotated_class_names = metrics.UCF101_24_CLASSES
 
-  def counted(make):
-    ds, count = make(config, **kw)
+  @functools.cache
+  def layout():  # one pass over the test annotations sizes both frame-level streams
+    return pipeline.eval_layout(config, jax.process_count(), source)
+
+  def counted(make, **extra):
+    ds, count = make(config, **kw, **extra)
     return Counted(tfds.as_numpy(ds), count)
 
   with_videos = with_frames and bool(config.eval.get('video_map', False))
   return StreamData(
       clip_batches=lambda: counted(pipeline.make_eval_clip_dataset),
-      frame_batches=(lambda: counted(pipeline.make_eval_frame_dataset))
+      frame_batches=(lambda: counted(pipeline.make_eval_frame_dataset, layout=layout()))
       if with_frames else None,
-      video_batches=(lambda: counted(pipeline.make_eval_video_dataset))
+      video_batches=(lambda: counted(pipeline.make_eval_video_dataset, layout=layout()))
       if with_videos else None,
       video_truth=(lambda: pipeline.video_ground_truth(config, source))
       if with_videos else None,

@@ -340,22 +340,6 @@ def densify(detections: Detections) -> FrameResults:
   return FrameResults(boxes, probs, predicted)
 
 
-def linking_config(config: ml_collections.ConfigDict | None) -> tubes_lib.LinkingConfig:
-  """`tubes.LinkingConfig` from `config.eval.tubes` where present, else its defaults."""
-  group = {}
-  if config is not None:
-    group = (config.get('eval', None) or {}).get('tubes', None) or {}
-  defaults = tubes_lib.LinkingConfig()
-  names = ([f.name for f in dataclasses.fields(defaults)]
-           if dataclasses.is_dataclass(defaults) else list(vars(defaults)))
-  values = {}
-  for name in names:
-    if name in group and group[name] is not None:
-      default = getattr(defaults, name)
-      values[name] = type(default)(group[name]) if default is not None else group[name]
-  return tubes_lib.LinkingConfig(**values)
-
-
 def linking_dict(linking: Any) -> dict[str, Any]:
   if dataclasses.is_dataclass(linking):
     return dataclasses.asdict(linking)
@@ -951,7 +935,7 @@ def load(workdir: str | os.PathLike | None = None, step: int | str = 'latest', *
   predictor = FramePredictor.from_config(config, model, variables, batch_size=batch_size,
                                          with_boxes=with_boxes, mesh=mesh)
   names = class_names_for(names_config, num_classes, names_file)
-  return Loaded(predictor, config, names, linking_config(config), info)
+  return Loaded(predictor, config, names, evaluate.linking_config(config), info)
 
 
 def settings_of(loaded: Loaded, every: int, top_k: int, max_tubes: int

@@ -77,6 +77,12 @@ def is_stale(holder: Holder, now: float | None = None, host: str | None = None) 
   return holder.expired(now)
 
 
+def _in_use(workdir: str | os.PathLike, holder: Holder) -> WorkdirLockedError:
+  return WorkdirLockedError(
+      f'workdir {workdir} is in use by another run ({holder.describe()}); wait for it '
+      f'to finish, stop it, or choose another --workdir')
+
+
 def read_holder(path: pathlib.Path) -> Holder | None:
   """The holder in a lock file; None when absent; an unreadable file counts as stale."""
   try:
@@ -126,9 +132,7 @@ class WorkdirLock:
       if current is None:
         continue  # Released between our two looks: try again.
       if not is_stale(current):
-        raise WorkdirLockedError(
-            f'workdir {self.path.parent} is in use by another run ({current.describe()}); '
-            f'wait for it to finish, stop it, or choose another --workdir')
+        raise _in_use(self.path.parent, current)
       logging.warning('Taking over the stale lock of workdir %s (%s: %s)', self.path.parent,
                       current.describe(), 'process gone' if current.host == holder.host
                       else 'lease expired')
@@ -190,6 +194,4 @@ def check_not_locked(workdir: str | os.PathLike) -> None:
   path = pathlib.Path(workdir) / LOCK_FILENAME
   holder = read_holder(path)
   if holder is not None and not is_stale(holder):
-    raise WorkdirLockedError(
-        f'workdir {workdir} is in use by another run ({holder.describe()}); '
-        f'wait for it to finish, stop it, or choose another --workdir')
+    raise _in_use(workdir, holder)

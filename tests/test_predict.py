@@ -272,11 +272,11 @@ def test_validate_prediction_names_the_problem(directory_run):
 
 def test_linking_settings_come_from_config_eval_tubes():
   config = _tiny_config()
-  defaults = predict.linking_config(config)
+  defaults = evaluate.linking_config(config)
   assert predict.linking_dict(defaults) == predict.linking_dict(
       predict.tubes_lib.LinkingConfig())
   predict.apply_overrides(config, ['eval.tubes.min_length=3', 'eval.tubes.iou_threshold=0.2'])
-  linking = predict.linking_config(config)
+  linking = evaluate.linking_config(config)
   assert linking.min_length == 3 and linking.iou_threshold == pytest.approx(0.2)
   with pytest.raises(ValueError, match='key.path=value'):
     predict.apply_overrides(config, ['eval.tubes'])
