@@ -22,7 +22,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["data_fixtures"]
+pytest_plugins = ["data_fixtures", "gcs_fixtures"]
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_UCF24 = REPO_ROOT.parent / "shared" / "data" / "ucf101_24"
@@ -51,6 +51,8 @@ def pytest_sessionfinish(session):
 # The longest tests, started first so that the two pytest-xdist workers finish together
 # instead of one running a long test alone at the end.
 LONG_TESTS = ("test_reduced_demo_learns", "test_two_process_run_matches_single_process",
+              "test_build_train_kill_resume_and_evaluate_on_a_bucket",
+              "test_kill_during_a_checkpoint_save_resumes_from_the_last_committed",
               "test_kill_and_resume_continues_the_same_loss_curve",
               "test_device_flip_equals_host_flip", "test_one_device_and_eight_devices_agree")
 
