@@ -59,14 +59,8 @@ def main(argv):
   from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
-
-  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   config = _CONFIG.value
   logging_utils.quiet_library_logs(_VERBOSE.value)
-  with cli.user_errors(workdir_lock.UnsupportedWorkdirError):
-    workdir_lock.check_local_path(_WORKDIR.value)
-    if _EVAL_DIR.value:
-      workdir_lock.check_local_path(_EVAL_DIR.value, 'eval_dir')
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          force=_DISTRIBUTED.value)
   try:

@@ -3,23 +3,27 @@
 Times `stconsist_jax.train.make_train_step` (the clip and its flipped copy in one forward
 pass, all four losses, SGD with momentum) on batches generated on the device, for each
 compute dtype and batch size; the FLOPs of a step come from XLA's cost analysis of the
-compiled step. With `--torch`, the same detector, losses and step in PyTorch run in the
-same process after each JAX setting, and `ratio` = JAX clips/s / PyTorch clips/s. A clip
-counts once although it is computed twice (itself and its flip). Each setting prints one
-JSON line on stdout; on a GPU of known peak it includes `mfu`. No TensorFlow is imported.
+compiled step. With `--prefetch=N` (N >= 0) the batches come from a host iterator
+instead (numpy `train.random_batch`, as from a data pipeline), through
+`distributed.prefetch_to_mesh` N steps ahead (0: sharded at each step). With `--torch`,
+the same detector, losses and step in PyTorch run in the same process after each JAX
+setting, and `ratio` = JAX clips/s / PyTorch clips/s. A clip counts once although it is
+computed twice (itself and its flip). Each setting prints one JSON line on stdout; on a
+GPU of known peak it includes `mfu`. No TensorFlow is imported.
 
   python benchmarks/train_step.py --batch_sizes=2 --dtypes=float32,bfloat16 --torch
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pathlib
 import platform
 import sys
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 # Without this, JAX would take 75% of the GPU's memory and leave PyTorch too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -53,6 +57,9 @@ _BOX_HEAD = flags.DEFINE_enum("box_head", "mlp", ["mlp", "spatial", "none"],
 _CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "conv2d"],
                                "3D conv lowering (config.model.conv_impl).")
 _NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices in the mesh (0 = all).")
+_PREFETCH = flags.DEFINE_integer(
+    "prefetch", -1, "Input: -1 = batches made on the devices (no input cost); N >= 0 = "
+    "host batches through distributed.prefetch_to_mesh, N ahead (0 = shard per step).")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the same step in PyTorch.")
 _TORCH_CPU_BF16 = flags.DEFINE_bool(
     "torch_cpu_bf16", False, "With --torch on a CPU, also run PyTorch in bfloat16, with "
@@ -129,29 +136,43 @@ def peak_flops_per_s(device_kind: str, dtype: str) -> float | None:
   return None
 
 
-def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup: int
-                ) -> dict[str, Any]:
+def batch_stream(config: ml_collections.ConfigDict, mesh: Any, prefetch: int
+                 ) -> Iterator[dict[str, jax.Array]]:
+  """Endless sharded training batches, made on the devices or on the host.
+
+  prefetch < 0: two batches made on the devices, repeated (no input cost); else numpy
+  batches of every step through `distributed.prefetch_to_mesh`, `prefetch` ahead.
+  """
+  if prefetch < 0:
+    batch_fn = make_batch_fn(config, mesh)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), 2)
+    return itertools.cycle([batch_fn(k) for k in keys])
+  host = (train.random_batch(config, step) for step in itertools.count())
+  return distributed.prefetch_to_mesh(host, mesh, prefetch)
+
+
+def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup: int,
+                prefetch: int = -1) -> dict[str, Any]:
   """Compiles and times the real train step; FLOPs from the compiled executable."""
   model = models.build_model(config.model)
   stage = train.resolve_stages(config)[0]
   state = train.create_train_state(config, model, mesh)
-  batch_fn = make_batch_fn(config, mesh)
-  keys = jax.random.split(jax.random.PRNGKey(config.seed), min(steps, 2))
-  batches = [batch_fn(k) for k in keys]
+  batches = batch_stream(config, mesh, prefetch)
+  example = next(batches)
   start = time.perf_counter()
   compiled = train.make_train_step(config, model, mesh, stage).lower(
-      state, batches[0]).compile()
+      state, example).compile()
   compile_s = time.perf_counter() - start
   # The cost analysis of an SPMD executable describes one device's share.
   flops_per_step = cost_flops(compiled)
   if flops_per_step is not None:
     flops_per_step *= mesh.devices.size
-  for i in range(warmup):
-    state, metrics = compiled(state, batches[i % len(batches)])
+  for _ in range(warmup):
+    state, metrics = compiled(state, next(batches))
   jax.block_until_ready(state)
   start = time.perf_counter()
-  for i in range(steps):
-    state, metrics = compiled(state, batches[i % len(batches)])
+  for _ in range(steps):
+    state, metrics = compiled(state, next(batches))
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - start
   loss = float(metrics["loss"])
@@ -179,10 +200,12 @@ def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool
       "box_head": _BOX_HEAD.value, "conv_impl": _CONV_IMPL.value, "steps": _STEPS.value,
       "warmup": _WARMUP.value, "device": f"{device.device_kind} / {device.platform}",
       "platform": device.platform, "num_devices": mesh.devices.size,
+      "input": "device" if _PREFETCH.value < 0 else "host",
+      "prefetch": max(_PREFETCH.value, 0),
       "load_avg_1m_before": round(os.getloadavg()[0], 2),
   }
   logging.info("JAX: %s", record)
-  record.update(measure_jax(config, mesh, _STEPS.value, _WARMUP.value))
+  record.update(measure_jax(config, mesh, _STEPS.value, _WARMUP.value, _PREFETCH.value))
   peak = peak_flops_per_s(device.device_kind, dtype) if device.platform == "gpu" else None
   if peak is not None and record["flops_per_s"] is not None:
     record["peak_flops_per_s"] = peak * mesh.devices.size

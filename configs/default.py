@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Make the flipped clip on the host too (default: the train step flips on the device,
   # which halves host work and host-to-device traffic).
   config.data.host_flip = False
+  # Global batches put on the devices ahead of the step that uses them, so that their
+  # transfer overlaps the steps before (distributed.prefetch_to_mesh); 0 = off.
+  config.data.device_prefetch = 2
 
   # Model (stconsist_jax.models.build_model).
   config.model = ml_collections.ConfigDict()
@@ -91,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.checkpoint_every = 1000
   config.train.keep_checkpoints = 3
   config.train.eval_every = 5000  # train_and_eval mode only; 0 = only at the end.
+  # (first, num): a JAX profiler trace of the num steps from global step `first` (counted
+  # from 0 across resumes) into <workdir>/profile, process 0 only, for TensorBoard's
+  # profile plugin or Perfetto (*.trace.json.gz); num = 0 = off.
+  config.train.profile_steps = (0, 0)
 
   config.eval = ml_collections.ConfigDict()
   config.eval.clips_per_video = 10

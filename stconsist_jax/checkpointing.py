@@ -1,34 +1,38 @@
-"""Orbax checkpoints in one place: periodic async saves, last K + best, resume, eval restore.
+"""Orbax checkpoints in one place: periodic async saves, latest N + best, resume, eval restore.
 
-Layout of a workdir:
+Layout of a workdir (a local folder or a gs:// prefix):
   config.json                 the run's config (saved before the first step)
   checkpoints/<step>/         items 'variables' {params, batch_stats} and 'train'
-                              {opt_state, step, rng}; the last `keep` are kept
-  best/<step>/                'variables' + 'metrics' of the best evaluation so far
-Orbax writes each step into a temporary directory and renames it when complete, so a
-crash never leaves a half-written checkpoint that a resume would pick up. A committed step
-that cannot be read (a damaged file) is set aside as `<step>.unreadable-<time>` and the
-previous step is used, with a warning; never silently step 0. The data stream is a pure
-function of (seed, step): the step alone restores the pipeline position.
+                              {opt_state, step, rng}; an evaluated step also holds its
+                              'metrics'. One orbax CheckpointManager keeps the latest
+                              `keep` steps and the best one by `best_metric`.
+Locally orbax writes each step into a temporary directory and renames it when complete;
+on a bucket it writes the step in place and marks it with a commit file last. Either
+way only finished steps are listed, so a crash never leaves a half-written checkpoint
+that a resume would pick up. A finished step that cannot be read (a damaged file) is
+set aside as `<step>.unreadable-<time>` and the previous step is used, with a warning;
+never silently step 0. The data stream is a pure function of (seed, step): the step
+alone restores the pipeline position.
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 from typing import Any, Callable, Mapping, TypeVar
 
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from stconsist_jax import config_lib
+from stconsist_jax import fileio
 
 CHECKPOINT_DIR = 'checkpoints'
-BEST_DIR = 'best'
+ITEMS = ('variables', 'train')
 T = TypeVar('T')
 
 
@@ -72,12 +76,8 @@ def restore_with_fallback(steps: list[int], read: Callable[[int], T], where: str
 
 
 def _abstract(tree: Any) -> Any:
-  """Target for restoring into the shardings of `tree`'s arrays."""
-  def leaf(x):
-    if isinstance(x, jax.Array):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-    return x
-  return jax.tree.map(leaf, tree)
+  """Target for restoring into the shapes, dtypes and shardings of `tree`'s arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
 def _local_abstract(metadata: Any) -> Any:
@@ -88,53 +88,90 @@ def _local_abstract(metadata: Any) -> Any:
 
 
 def committed_steps(directory: str | os.PathLike) -> list[int]:
-  """Sorted steps with a committed directory (orbax's temporary ones are not digits)."""
-  directory = pathlib.Path(directory)
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+  """Sorted steps orbax finished writing under `directory` (local or bucket)."""
+  return sorted(int(p.name) for p in ocp.utils.checkpoint_steps_paths(directory)
+                if p.name.isdigit())
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """Handlers for every item a step may hold, so none is reported as left unread."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item in ITEMS:
+    registry.add(item, ocp.args.StandardSave)
+    registry.add(item, ocp.args.StandardRestore)
+  return registry
+
+
+def _best_fn(best_metric: str) -> Callable[[Mapping[str, float]], float]:
+  return lambda metrics: float(metrics[best_metric])
+
+
+def _manager(directory: epath.Path, *, keep: int | None, best_metric: str, best_mode: str,
+             async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+  """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
+  policies = ocp.checkpoint_managers
+  best_fn = _best_fn(best_metric)
+  latest = policies.LatestN(n=keep if keep and keep > 0 else None)
+  best = policies.BestN(get_metric_fn=best_fn, reverse=best_mode == 'min', n=1,
+                        keep_checkpoints_without_metrics=False)
+  return ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(
+          create=create, enable_async_checkpointing=async_save,
+          best_fn=best_fn, best_mode=best_mode,
+          preservation_policy=policies.AnyPreservationPolicy([latest, best])),
+      handler_registry=_handler_registry())
 
 
 class Checkpointer:
-  """Periodic checkpoints (last `keep`) plus the best one by an evaluation metric."""
+  """Periodic checkpoints (latest `keep`) and the best evaluated one, in one manager."""
 
   def __init__(self, workdir: str | os.PathLike, *, keep: int = 3,
                best_metric: str = 'video_accuracy', best_mode: str = 'max',
                async_save: bool = True):
-    self.workdir = pathlib.Path(workdir).absolute()
+    self.workdir = fileio.as_path(workdir)
     self.best_metric = best_metric
-    self._manager = ocp.CheckpointManager(
-        self.workdir / CHECKPOINT_DIR,
-        item_names=('variables', 'train'),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep if keep > 0 else None, create=True,
-            enable_async_checkpointing=async_save))
-    self._best = ocp.CheckpointManager(
-        self.workdir / BEST_DIR,
-        item_names=('variables', 'metrics'),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: float(m[best_metric]),
-            best_mode=best_mode, keep_checkpoints_without_metrics=False,
-            enable_async_checkpointing=False))
+    self._manager = _manager(self.workdir / CHECKPOINT_DIR, keep=keep,
+                             best_metric=best_metric, best_mode=best_mode,
+                             async_save=async_save)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any) -> None:
-    """Starts an async save of a TrainState at `step` (no-op if that step exists)."""
+  def best_step(self) -> int | None:
+    """The evaluated step with the best `best_metric` (None before any evaluation)."""
+    return self._manager.best_step()  # best_fn is set: only evaluated steps count.
+
+  def save(self, step: int, state: Any, metrics: Mapping[str, Any] | None = None) -> None:
+    """Starts an async save of a TrainState at `step` (no-op if that step exists).
+
+    `metrics` (an evaluation of this state) make the step a candidate for 'best'; they
+    must hold `best_metric`, else the step is saved as a plain periodic one.
+    """
     if step in self._manager.all_steps():
       return
+    if metrics is not None:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if self.best_metric not in metrics:
+        logging.warning('eval.best_metric %r not among the evaluation metrics %s '
+                        '(undefined at this step?): step %d not offered as best',
+                        self.best_metric, sorted(metrics), step)
+        metrics = None
     self._manager.save(step, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(
             {'params': state.params, 'batch_stats': state.batch_stats}),
         train=ocp.args.StandardSave(
             {'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng})),
-        force=True)
+        metrics=metrics, force=True)
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption service saw a SIGTERM on any host (multi-process runs)."""
+    return self._manager.reached_preemption(step)
 
   def restore(self, state: Any, step: int | None = None) -> Any:
     """`state` restored from `step`, or from the newest readable step when None.
 
-    An unreadable step is set aside (renamed, not deleted) so that later saves of that
+    An unreadable step is set aside (moved, not deleted) so that later saves of that
     step number are not skipped, and the previous step is tried.
     """
     args = ocp.args.Composite(
@@ -145,85 +182,78 @@ class Checkpointer:
     steps = [step] if step is not None else list(self._manager.all_steps())
     _, restored = restore_with_fallback(
         steps, lambda s: self._manager.restore(s, args=args),
-        str(self.workdir / CHECKPOINT_DIR),
+        os.fspath(self.workdir / CHECKPOINT_DIR),
         on_unreadable=self._set_aside if step is None else None)
     v, t = restored['variables'], restored['train']
     return state.replace(params=v['params'], batch_stats=v['batch_stats'],
                          opt_state=t['opt_state'], step=t['step'], rng=t['rng'])
 
   def _set_aside(self, step: int) -> None:
-    """Renames an unreadable step directory out of orbax's sight (process 0 only)."""
+    """Moves an unreadable step directory out of orbax's sight (process 0 only)."""
     if jax.process_index() == 0:
       src = self.workdir / CHECKPOINT_DIR / str(step)
-      dst = src.with_name(f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}')
+      dst = src.parent / f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}'
       if src.exists():
-        os.replace(src, dst)
+        fileio.move_tree(src, dst)
         logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
     self._manager.reload()
-
-  def save_best(self, step: int, state: Any, metrics: Mapping[str, float]) -> bool:
-    """Offers an evaluated state to the 'best' slot; returns whether it was kept."""
-    if self.best_metric not in metrics:
-      logging.warning('eval.best_metric %r not among the evaluation metrics %s (undefined '
-                      'at this step?): step %d not offered as best', self.best_metric,
-                      sorted(metrics), step)
-      return False
-    metrics = {k: float(v) for k, v in metrics.items()}
-    self._best.save(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(
-            {'params': state.params, 'batch_stats': state.batch_stats}),
-        metrics=ocp.args.JsonSave(metrics)), metrics=metrics, force=True)
-    self._best.wait_until_finished()
-    return self._best.best_step() == step
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
-    self._best.close()
 
 
 def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
                      ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
   """(config, {'params', 'batch_stats'} as numpy, step) of a training workdir.
 
-  `step` is an int, 'latest' (newest periodic checkpoint) or 'best' (best evaluation).
+  `step` is an int, 'latest' (newest checkpoint) or 'best' (best evaluated checkpoint by
+  the run's eval.best_metric).
   """
-  workdir = pathlib.Path(workdir).absolute()
+  workdir = fileio.as_path(workdir)
   config = config_lib.load(workdir)
-  subdir = BEST_DIR if step == 'best' else CHECKPOINT_DIR
+  directory = workdir / CHECKPOINT_DIR
+  evaluation = config.get('eval', None) or {}
   # Never saves: create=False and no read_only (whose notices only alarm users); every
-  # item present gets a handler, so orbax does not warn about the ones left unread.
-  manager = ocp.CheckpointManager(
-      workdir / subdir, options=ocp.CheckpointManagerOptions(create=False),
-      item_handlers={'variables': ocp.StandardCheckpointHandler(),
-                     'train': ocp.StandardCheckpointHandler(),
-                     'metrics': ocp.JsonCheckpointHandler()})
-  steps = list(manager.all_steps())
-  if not steps:
-    raise FileNotFoundError(f'no checkpoints under {workdir / subdir}')
-  if step not in ('latest', 'best') and step not in steps:
-    raise FileNotFoundError(f'no checkpoint for step {step} under {workdir / subdir}; '
-                            f'available: {sorted(steps)}')
-
-  def read(s: int) -> Any:
-    metadata = manager.item_metadata(s)['variables']
-    return manager.restore(s, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(_local_abstract(metadata))))['variables']
-
+  # item present has a handler, so orbax does not warn about the ones left unread.
+  manager = _manager(directory, keep=None, create=False,
+                     best_metric=evaluation.get('best_metric', 'video_accuracy'),
+                     best_mode=evaluation.get('best_mode', 'max'))
   try:
-    step, restored = restore_with_fallback(
-        steps if step in ('latest', 'best') else [step], read, str(workdir / subdir))
+    steps = list(manager.all_steps())
+    if not steps:
+      raise FileNotFoundError(f'no checkpoints under {directory}')
+    if step == 'best':
+      best = manager.best_step()
+      if best is None:
+        raise FileNotFoundError(f'no evaluated checkpoint under {directory}: the run saved '
+                                f'no evaluation yet, so there is no best step')
+      candidates = [best]
+    elif step == 'latest':
+      candidates = steps
+    elif step not in steps:
+      raise FileNotFoundError(f'no checkpoint for step {step} under {directory}; '
+                              f'available: {sorted(steps)}')
+    else:
+      candidates = [step]
+
+    def read(s: int) -> Any:
+      metadata = manager.item_metadata(s)['variables']
+      return manager.restore(s, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(_local_abstract(metadata))))['variables']
+
+    step, restored = restore_with_fallback(candidates, read, os.fspath(directory))
   finally:
     manager.close()
   variables = jax.tree.map(np.asarray, jax.device_get(restored))
-  logging.info('Restored %s step %d from %s', subdir, step, workdir)
+  logging.info('Restored step %d from %s', step, directory)
   return config, variables, int(step)
 
 
 def is_training_workdir(path: str | os.PathLike) -> bool:
-  path = pathlib.Path(path)
+  path = fileio.as_path(path)
   return (path / config_lib.CONFIG_FILENAME).exists() and (path / CHECKPOINT_DIR).is_dir()
 
 
@@ -234,15 +264,13 @@ def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
     _, variables, _ = restore_for_eval(path, 'latest')
     return variables
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
-  _, variables = models.load_pretrained(str(path))
+  _, variables = models.load_pretrained(os.fspath(path))
   return variables
 
 
-def check_init_from(path: str | os.PathLike) -> pathlib.Path:
+def check_init_from(path: str | os.PathLike) -> epath.Path:
   """`path` if it exists; else a FileNotFoundError saying how to get the weights."""
-  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
-  workdir_lock.check_local_path(path, 'init_from')
-  path = pathlib.Path(path)
+  path = fileio.as_path(path)
   if not path.exists():
     raise FileNotFoundError(
         f'init_from: {path} does not exist. It should be a directory written by '

@@ -113,4 +113,4 @@ def project_user_errors() -> tuple[type[BaseException], ...]:
   from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
   from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   return (config_lib.ConfigError, FileNotFoundError, workdir_lock.WorkdirLockedError,
-          workdir_lock.UnsupportedWorkdirError, checkpointing.CheckpointReadError)
+          checkpointing.CheckpointReadError)

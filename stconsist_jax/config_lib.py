@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 from typing import Any, Mapping
 
+from etils import epath
 import ml_collections
 
 from stconsist_jax import fileio
@@ -118,6 +118,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _check_range(config, key, 1)
   _check_choice(config, 'data.classes', ('all', 'ucf24'))
   _check_type(config, 'data.host_flip', bool)
+  _check_type(config, 'data.device_prefetch', int)
+  _check_range(config, 'data.device_prefetch', 0)
   _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
   _check_type(config, 'data.labeled_per_batch', int)
   _check_range(config, 'data.labeled_per_batch', 0, config.train.batch_size)
@@ -192,6 +194,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
                       f'warm-up (e.g. --config.optimizer.warmup_steps='
                       f'{config.train.num_steps // 10}) or more steps')
   _check_type(config, 'train.fix_weights', bool)
+  profile = _check_type(config, 'train.profile_steps', (tuple, list))
+  if len(profile) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 0
+                              for v in profile):
+    raise ConfigError(f'config key train.profile_steps must be (first step, number of '
+                      f'steps), two ints >= 0, got {profile!r}')
   _check_stages(config)
   if num_devices is not None and config.train.batch_size % num_devices:
     raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not '
@@ -236,8 +243,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
 # Keys a resumed run may change: how long it runs, how it logs and evaluates, where the
 # data lives. Any other difference would silently mix two experiments in one workdir.
 RESUMABLE_PREFIXES = ('train.num_steps', 'train.log_every', 'train.checkpoint_every',
-                      'train.keep_checkpoints', 'train.eval_every', 'eval.', 'data.data_dir',
-                      'init_from')
+                      'train.keep_checkpoints', 'train.eval_every', 'train.profile_steps',
+                      'eval.', 'data.data_dir', 'data.device_prefetch', 'init_from')
 
 
 def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
@@ -275,9 +282,9 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return config.to_json(indent=2, sort_keys=True)
 
 
-def save(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> pathlib.Path:
-  """Writes `config.json` into `directory` atomically (temp file + rename)."""
-  return fileio.atomic_write(pathlib.Path(directory) / CONFIG_FILENAME, to_json(config))
+def save(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> epath.Path:
+  """Writes `config.json` into `directory` (local or a bucket) whole."""
+  return fileio.atomic_write(fileio.as_path(directory) / CONFIG_FILENAME, to_json(config))
 
 
 def _lists_to_tuples(value: Any) -> Any:
@@ -290,7 +297,7 @@ def _lists_to_tuples(value: Any) -> Any:
 
 def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   """Reads the `config.json` saved by `save` (lists come back as tuples)."""
-  path = pathlib.Path(directory) / CONFIG_FILENAME
+  path = fileio.as_path(directory) / CONFIG_FILENAME
   if not path.exists():
     raise FileNotFoundError(f'no {CONFIG_FILENAME} in {directory}: not a training workdir')
   try:

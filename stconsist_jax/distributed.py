@@ -1,16 +1,17 @@
-"""Device mesh, global batches from per-host data, and multi-process start-up.
+"""Device mesh, global batches from host data (prefetched to devices), multi-process start-up.
 
 One code path for one device, many devices and many hosts: a 1-D Mesh('data').
 """
 
 from __future__ import annotations
 
+import collections
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 DATA_AXIS = 'data'
@@ -54,9 +55,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over `devices` (default: all devices of all processes)."""
+  """A 1-D mesh over `devices` (default: all devices of all processes).
+
+  The axis is `Auto`: jit places arrays by the in/out shardings it is given and
+  partitions the rest itself (an `Explicit` axis would make shardings part of types).
+  """
   devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), (AxisType.Auto,), devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -83,6 +88,23 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+def prefetch_to_mesh(batches: Iterable[Mapping[str, Any]], mesh: Mesh, size: int = 2
+                     ) -> Iterator[dict[str, jax.Array]]:
+  """Yields `shard_batch` of each host batch, with the next `size` already on the devices.
+
+  A batch's transfer is issued `size` steps before the step that uses it, so it overlaps
+  the steps in between (JAX dispatches them asynchronously). size=0 shards each batch
+  when it is asked for. Ends when `batches` does, after yielding every batch.
+  """
+  ready: collections.deque[dict[str, jax.Array]] = collections.deque()
+  for batch in batches:
+    ready.append(shard_batch(batch, mesh))
+    if len(ready) > size:
+      yield ready.popleft()
+  while ready:
+    yield ready.popleft()
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -15,13 +15,11 @@ import hashlib
 import json
 import math
 import os
-import pathlib
-import shutil
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
@@ -31,6 +29,7 @@ import numpy as np
 from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import distributed
+from stconsist_jax import fileio
 from stconsist_jax import logging_utils
 from stconsist_jax import metrics
 from stconsist_jax import visualize
@@ -150,16 +149,13 @@ def resolve_step(config: ml_collections.ConfigDict, step: int | str | None) -> i
   return step
 
 
-def check_workdir(workdir: str | os.PathLike, step: int | str) -> pathlib.Path:
+def check_workdir(workdir: str | os.PathLike, step: int | str) -> epath.Path:
   """Clear errors for a missing workdir or one without the requested checkpoints."""
-  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
-  workdir_lock.check_local_path(workdir)
-  workdir = pathlib.Path(workdir)
+  workdir = fileio.as_path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f'workdir {workdir} does not exist (expected a directory '
                             'written by launch.py --mode=train)')
-  subdir = checkpointing.BEST_DIR if step == 'best' else checkpointing.CHECKPOINT_DIR
-  ckpt_dir = workdir / subdir
+  ckpt_dir = workdir / checkpointing.CHECKPOINT_DIR
   steps = checkpointing.committed_steps(ckpt_dir)
   if not steps:
     raise FileNotFoundError(f'workdir {workdir} has no checkpoints: expected step '
@@ -236,12 +232,12 @@ def restore(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     return Restored(model, variables, INIT_FROM, None, classification_only=True)
   check_workdir(workdir, step)
   source_config, variables, restored_step = checkpointing.restore_for_eval(workdir, step)
-  checkpoint_dir = checkpointing.BEST_DIR if step == 'best' else checkpointing.CHECKPOINT_DIR
   model = models.build_model(config.model)
   check_architecture(
       model, variables, _sample_shape(config), describe_model(config.model),
       describe_model(source_config.model) if 'model' in source_config else 'unknown',
-      where=f'checkpoint {pathlib.Path(workdir) / checkpoint_dir} step {restored_step}')
+      where=f'checkpoint {fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR} step '
+            f'{restored_step}')
   return Restored(model, variables, restored_step, source_config,
                   classification_only=str(config.model.get('box_head', 'mlp')) == 'none')
 
@@ -687,29 +683,17 @@ def report_markdown(report: Mapping[str, Any], images: Sequence[str] = ()) -> st
   return '\n'.join(lines) + '\n'
 
 
-def write_eval_dir(out_dir: pathlib.Path, report: Mapping[str, Any],
-                   images: Mapping[str, np.ndarray]) -> pathlib.Path:
-  """Writes report.json, report.md and PNGs into `out_dir` atomically (temp dir + rename)."""
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f'.{out_dir.name}.'))
-  try:
-    (tmp / REPORT_JSON).write_text(json.dumps(report, indent=2) + '\n')
-    for name, image in images.items():
-      visualize.save_png(image, tmp / name)
-    (tmp / REPORT_MD).write_text(report_markdown(report, sorted(images)))
-    old = None
-    if out_dir.exists():
-      old = out_dir.parent / f'.{out_dir.name}.old'
-      if old.exists():
-        shutil.rmtree(old)
-      os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-      shutil.rmtree(old, ignore_errors=True)
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return out_dir
+def write_eval_dir(out_dir: str | os.PathLike, report: Mapping[str, Any],
+                   images: Mapping[str, np.ndarray]) -> epath.Path:
+  """Writes report.json, report.md and PNGs into `out_dir`, its commit file last.
+
+  Readers take only committed report directories (`fileio.is_committed`), so a crash
+  mid-write, locally or on a bucket, never leaves a report that looks finished.
+  """
+  files = {name: visualize.png_bytes(image) for name, image in images.items()}
+  files[REPORT_MD] = report_markdown(report, sorted(images))
+  files[REPORT_JSON] = json.dumps(report, indent=2) + '\n'
+  return fileio.write_committed_dir(out_dir, files)
 
 
 def clip_sheet_of(first: Mapping[str, np.ndarray], class_names: Sequence[str],
@@ -777,12 +761,12 @@ def evaluate_restored(config: ml_collections.ConfigDict, restored: Restored,
   return clip_result, frame_result, sheet
 
 
-def check_writable(directory: pathlib.Path) -> None:
+def check_writable(directory: str | os.PathLike) -> None:
   """Fails before any compute when reports could not be written to `directory`."""
+  probe = fileio.as_path(directory) / f'.write-check-{os.getpid()}'
   try:
-    directory.mkdir(parents=True, exist_ok=True)
-    probe = tempfile.NamedTemporaryFile(dir=directory, prefix='.write-check-', delete=True)
-    probe.close()
+    fileio.atomic_write(probe, b'')
+    probe.unlink()
   except OSError as e:
     raise PermissionError(
         f'cannot write evaluation reports to {directory} ({e.strerror or e}); pass '
@@ -811,15 +795,15 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     The report dict (also on processes that do not write).
   """
   restored = restore(config, workdir, step)
-  out_root = pathlib.Path(eval_dir) if eval_dir else pathlib.Path(workdir) / EVAL_DIR
+  workdir = fileio.as_path(workdir)
+  out_root = fileio.as_path(eval_dir) if eval_dir else workdir / EVAL_DIR
   if write and jax.process_index() == 0:
     check_writable(out_root)
   if streams is None:
     streams = pipeline_streams(config, with_frames=not restored.classification_only)
   clip_result, frame_result, sheet = evaluate_restored(config, restored, streams, mesh)
-  workdir = pathlib.Path(workdir)
   report = build_report(config, restored, clip_result, frame_result,
-                        run_name=workdir.absolute().name)
+                        run_name=fileio.base_name(workdir))
   logging.info('Eval %s step %s: %s', workdir, restored.step,
                ' '.join(f'{k}={report[k]}' for k in SUMMARY_KEYS))
   if write and jax.process_index() == 0:
@@ -854,9 +838,9 @@ def make_evaluate_fn(workdir: str | os.PathLike | None = None,
     streams = (streams_fn or pipeline_streams)(config)
     clip_result, frame_result, sheet = evaluate_restored(config, restored, streams, mesh)
     report = build_report(config, restored, clip_result, frame_result,
-                          run_name=pathlib.Path(workdir or '.').absolute().name)
+                          run_name=fileio.base_name(workdir or '.'))
     if workdir is not None and jax.process_index() == 0:
-      write_eval_dir(pathlib.Path(workdir) / EVAL_DIR / str(step), report,
+      write_eval_dir(fileio.as_path(workdir) / EVAL_DIR / str(step), report,
                      {SHEET_PNG: sheet} if sheet is not None else {})
     return {k: float(report[k]) for k in SUMMARY_KEYS if report[k] is not None}
   return evaluate_fn

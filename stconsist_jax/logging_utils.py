@@ -1,10 +1,12 @@
 """Training logs: a console line per interval, a progress bar on a TTY, TensorBoard, JSON lines.
 
-Only process 0 writes. TensorBoard goes through tensorboardX (no TensorFlow needed).
+Only process 0 writes; TensorBoard (clu) needs TensorFlow. Optional: a trace of chosen steps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import pathlib
@@ -13,10 +15,16 @@ import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from absl import logging
+from etils import epath
+import jax
 import numpy as np
+
+from stconsist_jax import fileio
 
 T = TypeVar('T')
 METRICS_FILENAME = 'metrics.jsonl'
+TENSORBOARD_DIR = 'tensorboard'
+PROFILE_DIR = 'profile'
 CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'iou', 'lr')
 
 
@@ -31,7 +39,10 @@ QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/jax/_src/')
 # makes them on purpose (any frame size, any class list).
 LIBRARY_SELF_WARNINGS = (
     ('/tensorflow_datasets/', '`FeatureConnector.dtype` is deprecated'),
-    ('/tensorflow_datasets/', 'Using custom data configuration'))
+    ('/tensorflow_datasets/', 'Using custom data configuration'),
+    # Orbax, tracking the best step, warns for every save without metrics, though only
+    # evaluated steps have any.
+    ('/orbax/', 'Requested `tracked_metric`; did not provide metrics'))
 
 
 class _DropLibraryInfo:
@@ -114,31 +125,118 @@ def progress(items: Iterable[T], total: int | None, desc: str, *,
                      _format_seconds(now - start))
 
 
+class JsonlWriter:
+  """`metrics.jsonl` (one JSON dict per step), buffered and written whole at each flush.
+
+  A bucket cannot append to an object, so the file's text is kept in memory and every
+  flush writes all of it again through `fileio.atomic_write`. It has the scalar methods
+  of clu's MetricWriter (write_scalars, flush, close) without subclassing it: importing
+  `clu.metric_writers` imports TensorFlow, which this writer must not need.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.path = epath.Path(path)
+    old = self.path.read_text() if self.path.exists() else ''
+    self._text = drop_partial_last_line(old, self.path)
+    self._new: list[str] = []
+    self._dirty = self._text != old
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    values = {k: float(np.asarray(v)) for k, v in scalars.items()}
+    self._new.append(json.dumps({'step': int(step), **values}) + '\n')
+
+  def flush(self) -> None:
+    if not (self._new or self._dirty):
+      return
+    self._text += ''.join(self._new)
+    self._new = []
+    self._dirty = False
+    fileio.atomic_write(self.path, self._text)
+
+  def close(self) -> None:
+    self.flush()
+
+
+_warned_no_tensorboard = False
+
+
+def tensorboard_writer(logdir: str | os.PathLike) -> Any | None:
+  """clu's TensorBoard writer (TF summaries) on `logdir`; None, warning once, without TF."""
+  global _warned_no_tensorboard
+  try:
+    metric_writers = importlib.import_module('clu.metric_writers')
+  except ImportError as e:
+    if not _warned_no_tensorboard:
+      _warned_no_tensorboard = True
+      logging.warning('No TensorBoard summaries (%s): training metrics go to the console '
+                      'and %s only', e, METRICS_FILENAME)
+    return None
+  return metric_writers.SummaryWriter(os.fspath(logdir))
+
+
+class IntervalClock:
+  """Wall time of a logging interval and the part of it spent in `timed(name)` blocks.
+
+  Like clu's `periodic_actions.ReportProgress.timed`, without its TensorFlow import.
+  """
+
+  def __init__(self, start_step: int):
+    self._start = (start_step, time.monotonic())
+    self._timed: dict[str, float] = {}
+
+  @contextlib.contextmanager
+  def timed(self, name: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+      yield
+    finally:
+      self._timed[name] = self._timed.get(name, 0.0) + time.monotonic() - start
+
+  def lap(self, step: int) -> tuple[float, float, dict[str, float]]:
+    """(steps since the last lap, seconds, {name: fraction of them}); starts a new one."""
+    start_step, start_time = self._start
+    now = time.monotonic()
+    elapsed = max(now - start_time, 1e-9)
+    fractions = {k: v / elapsed for k, v in self._timed.items()}
+    self._start = (step, now)
+    self._timed = {}
+    return step - start_step, elapsed, fractions
+
+
+def interval_line(step: int, total_steps: int, means: Mapping[str, float]) -> str:
+  """The console line of a logging interval: step, losses, speed, input share, ETA."""
+  eta = (total_steps - step) / max(means['steps_per_sec'], 1e-9)
+  parts = [f'{k}={means[k]:.4g}' for k in CONSOLE_KEYS if k in means]
+  return (f'step {step}/{total_steps} ' + ' '.join(parts) +
+          f" clips/s={means['clips_per_s']:.1f} "
+          f"input={100 * means['input_wait_fraction']:.0f}% ETA {_format_seconds(eta)}")
+
+
 class MetricLogger:
   """Writes per-step metrics (JSON lines) and interval summaries (console, TensorBoard).
 
+  `metrics.jsonl` and the TensorBoard events reach the workdir at each `flush()` (the
+  training loop calls it at checkpoints, evaluations and preemption) and at `close()`.
+
   Attributes:
-    workdir: where `metrics.jsonl` and the TensorBoard event files go.
+    workdir: where `metrics.jsonl` and the TensorBoard event files go (local or bucket).
   """
 
   def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int,
                batch_size: int, enabled: bool = True, progress_bar: bool | None = None):
-    self.workdir = pathlib.Path(workdir)
+    self.workdir = epath.Path(workdir)
     self.enabled = enabled
     self._total_steps = total_steps
     self._batch_size = batch_size
     self._interval: list[Mapping[str, float]] = []
-    self._interval_start = (start_step, time.monotonic())
-    self._writer = None
+    self._clock = IntervalClock(start_step)
+    self._tensorboard = None
     self._bar = None
     self._jsonl = None
     if not enabled:
       return
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    repair_partial_last_line(self.workdir / METRICS_FILENAME)
-    self._jsonl = open(self.workdir / METRICS_FILENAME, 'a')
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    self._writer = SummaryWriter(str(self.workdir / 'tensorboard'))
+    self._jsonl = JsonlWriter(self.workdir / METRICS_FILENAME)
+    self._tensorboard = tensorboard_writer(self.workdir / TENSORBOARD_DIR)
     if progress_bar is None:
       progress_bar = sys.stdout.isatty()
     if progress_bar:
@@ -146,45 +244,46 @@ class MetricLogger:
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
                             dynamic_ncols=True)
 
+  def timed(self, name: str) -> contextlib.AbstractContextManager[None]:
+    """Context whose wall time counts as `name` (e.g. 'input') in the interval's split."""
+    return self._clock.timed(name)
+
   def write_steps(self, records: Sequence[tuple[int, Mapping[str, Any]]]) -> None:
-    """Appends one JSON line per step and accumulates the interval's mean."""
+    """Buffers one JSON line per step and accumulates the interval's mean."""
     for step, metrics in records:
       values = {k: float(np.asarray(v)) for k, v in metrics.items()}
       self._interval.append(values)
       if self._jsonl is not None:
-        self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
-    if self._jsonl is not None:
-      self._jsonl.flush()
+        self._jsonl.write_scalars(step, values)
     if self._bar is not None and records:
       self._bar.update(len(records))
       last = self._interval[-1]
       self._bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
 
   def write_interval(self, step: int) -> dict[str, float]:
-    """Console line + TensorBoard scalars of the mean over the steps since the last call."""
+    """Console line + TensorBoard scalars of the mean over the steps since the last call.
+
+    Besides the metrics' means: `steps_per_sec`, `clips_per_s` and `input_wait_fraction`
+    (the share of the interval's wall time spent in `timed('input')`).
+    """
     if not self._interval:
       return {}
     keys = self._interval[0].keys()
     means = {k: float(np.mean([m[k] for m in self._interval])) for k in keys}
-    start_step, start_time = self._interval_start
-    elapsed = max(time.monotonic() - start_time, 1e-9)
-    steps_per_s = (step - start_step) / elapsed
-    means['clips_per_s'] = steps_per_s * self._batch_size
     self._interval = []
-    self._interval_start = (step, time.monotonic())
+    steps, elapsed, fractions = self._clock.lap(step)
+    means['steps_per_sec'] = steps / elapsed
+    means['clips_per_s'] = means['steps_per_sec'] * self._batch_size
+    means['input_wait_fraction'] = fractions.get('input', 0.0)
     if not self.enabled:
       return means
-    eta = (self._total_steps - step) / max(steps_per_s, 1e-9)
-    parts = [f'{k}={means[k]:.4g}' for k in CONSOLE_KEYS if k in means]
-    line = (f'step {step}/{self._total_steps} ' + ' '.join(parts) +
-            f" clips/s={means['clips_per_s']:.1f} ETA {_format_seconds(eta)}")
+    line = interval_line(step, self._total_steps, means)
     if self._bar is not None:
       self._bar.write(line)
     else:
       logging.info('%s', line)
-    for k, v in means.items():
-      self._writer.add_scalar(f'train/{k}', v, step)
-    self._writer.flush()
+    if self._tensorboard is not None:
+      self._tensorboard.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
     return means
 
   def write_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -193,40 +292,69 @@ class MetricLogger:
     values = {k: float(np.asarray(v)) for k, v in metrics.items()}
     logging.info('eval step %d: %s', step,
                  ' '.join(f'{k}={v:.4g}' for k, v in sorted(values.items())))
-    for k, v in values.items():
-      self._writer.add_scalar(f'eval/{k}', v, step)
-    self._writer.flush()
+    if self._tensorboard is not None:
+      self._tensorboard.write_scalars(step, {f'eval/{k}': v for k, v in values.items()})
+
+  def flush(self) -> None:
+    """Writes the buffered JSON lines and TensorBoard events to the workdir."""
+    if self._jsonl is not None:
+      self._jsonl.flush()
+    if self._tensorboard is not None:
+      self._tensorboard.flush()
 
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
-    if self._writer is not None:
-      self._writer.close()
-    if self._jsonl is not None:
-      self._jsonl.close()
+    self.flush()
+    if self._tensorboard is not None:
+      self._tensorboard.close()
 
 
-def repair_partial_last_line(path: pathlib.Path) -> None:
-  """Cuts a partly written last line (a run killed mid-write) before appending to `path`.
+class StepProfiler:
+  """A JAX profiler trace of training steps [first, first + num) in `<workdir>/profile`.
+
+  Off when `num` is 0, on processes other than 0 (enabled=False), and when a resumed run
+  starts after `first`. View the trace with TensorBoard's profile plugin or Perfetto.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, first: int, num: int, *,
+               enabled: bool = True):
+    self.logdir = epath.Path(workdir) / PROFILE_DIR
+    self._first = first
+    self._last = first + num - 1
+    self._on = enabled and num > 0
+    self._tracing = False
+
+  def before_step(self, step: int) -> None:
+    if self._on and step == self._first:
+      jax.profiler.start_trace(os.fspath(self.logdir))
+      self._tracing = True
+
+  def after_step(self, step: int, outputs: Any) -> None:
+    """Stops the trace after its last step has run (`outputs` are that step's)."""
+    if self._tracing and step == self._last:
+      jax.block_until_ready(outputs)
+      self.stop()
+
+  def stop(self) -> None:
+    if self._tracing:
+      jax.profiler.stop_trace()
+      self._tracing = False
+      logging.info('Profile of steps %d-%d written to %s', self._first, self._last,
+                   self.logdir)
+
+
+def drop_partial_last_line(text: str, source: str | os.PathLike = '') -> str:
+  """`text` without a partly written last line (a run killed mid-write), with a warning.
 
   Without this, the next run's first line would be glued onto the fragment.
   """
-  if not path.exists():
-    return
-  with open(path, 'rb+') as f:
-    size = f.seek(0, os.SEEK_END)
-    if size == 0:
-      return
-    f.seek(size - 1)
-    if f.read(1) == b'\n':
-      return
-    tail_start = max(size - 65536, 0)
-    f.seek(tail_start)
-    tail = f.read()
-    cut = tail_start + tail.rfind(b'\n') + 1 if b'\n' in tail else 0
-    logging.warning('%s: dropping a partly written last line (%d bytes) left by an '
-                    'interrupted run', path, size - cut)
-    f.truncate(cut)
+  if not text or text.endswith('\n'):
+    return text
+  cut = text.rfind('\n') + 1
+  logging.warning('%s: dropping a partly written last line (%d bytes) left by an '
+                  'interrupted run', source, len(text[cut:].encode('utf-8')))
+  return text[:cut]
 
 
 def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -235,7 +363,7 @@ def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   Blank lines are ignored; a truncated last line (a run killed mid-write) is skipped.
   A malformed line elsewhere raises a ValueError naming the file and line.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     raise FileNotFoundError(f'training metrics log not found: {path}')
   lines = path.read_text().splitlines()
@@ -257,7 +385,7 @@ def read_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def read_metrics(workdir: str | os.PathLike) -> dict[int, dict[str, float]]:
   """step -> metrics from `metrics.jsonl`; a step logged twice (after a resume) keeps the last."""
-  path = pathlib.Path(workdir) / METRICS_FILENAME
+  path = epath.Path(workdir) / METRICS_FILENAME
   if not path.exists():
     return {}
   out: dict[int, dict[str, float]] = {}

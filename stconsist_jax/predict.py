@@ -1,5 +1,10 @@
 """Action tubes on any video: per-frame boxes and class scores from sliding clips, linked.
 
+Videos are read from local files (OpenCV decodes local files only); the workdir, the
+converted weights, the class names file and the output folder may also be bucket URLs
+(gs://...). Every output file is written whole: the annotated video is encoded into a
+local temporary file and then copied to its place.
+
 Usage, settings and the JSON schema of the output: docs/predict.md.
 """
 
@@ -20,6 +25,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import cv2
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -47,6 +53,8 @@ PLACEMENT = ('the clip of frame f holds frames f + (p - T//2) * s, p = 0..T-1, c
 NUM_DIGITS = 5  # Decimals of scores in the JSON; boxes get 2 (pixels).
 MAX_TUBES = 10  # Tubes kept per video (JSON and drawing), best first; 0: all.
 DRAWN_TUBES = 3  # Tubes drawn on one frame at most (the best ones through it).
+REMOTE_VIDEO = ('a bucket URL: OpenCV reads local files only; copy the video to a local '
+                'disk first')
 
 
 class VideoError(Exception):
@@ -385,6 +393,8 @@ class VideoInfo:
 
 def open_video(path: str | os.PathLike) -> tuple[Any, VideoInfo]:
   """(cv2.VideoCapture, VideoInfo); VideoError with one clear line if it cannot be read."""
+  if fileio.is_remote(path):
+    raise VideoError(REMOTE_VIDEO)
   p = pathlib.Path(path)
   if not p.exists():
     raise VideoError('no such file')
@@ -427,12 +437,14 @@ def list_videos(path: str | os.PathLike, exclude: str | os.PathLike | None = Non
                 ) -> list[pathlib.Path]:
   """`path` itself, or the video files directly inside a folder (sorted, by extension).
 
-  Files under `exclude` (the output folder) are left out.
+  Files under `exclude` (the output folder, local or a bucket URL) are left out.
   """
   p = pathlib.Path(path)
   if not p.is_dir():
     return [p]
-  skip = pathlib.Path(exclude).resolve() if exclude is not None else None
+  skip = None
+  if exclude is not None and not fileio.is_remote(exclude):
+    skip = pathlib.Path(exclude).resolve()
   found = []
   for f in sorted(p.iterdir()):
     if (f.name.startswith('.') or not f.is_file()
@@ -737,22 +749,16 @@ def draw_frame(frame_bgr: np.ndarray, box: np.ndarray | None, probs: np.ndarray,
   return image
 
 
-def _atomic_video_path(out_path: pathlib.Path) -> pathlib.Path:
-  fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f'.{out_path.stem}.',
-                             suffix=out_path.suffix)
-  os.close(fd)
-  return pathlib.Path(tmp)
-
-
 def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
                 results: FrameResults, tube_list: Sequence[Any], class_names: Sequence[str],
                 fps: float, on_frame: Callable[[], None] | None = None) -> int:
-  """Decodes `video` again and writes it with the predictions drawn (atomically).
+  """Decodes `video` again and writes it with the predictions drawn, whole.
 
-  Returns the frames written; the original resolution and frame rate are kept.
+  OpenCV encodes into a local temporary file, which is then written to `out_path`
+  (local or a bucket URL) in one piece. Returns the frames written; the original
+  resolution and frame rate are kept.
   """
-  out_path = pathlib.Path(out_path)
-  out_path.parent.mkdir(parents=True, exist_ok=True)
+  out_path = fileio.as_path(out_path)
   by_frame: dict[int, list[tuple[int, str, float, np.ndarray]]] = {}
   for tube_id, tube in enumerate(tube_list):
     for f, b in zip(np.asarray(tube.frames), np.asarray(tube.boxes)):
@@ -760,7 +766,8 @@ def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
           (tube_id, class_names[int(tube.label)], float(tube.score), b))
   cap, _ = open_video(video)
   frames = read_frames(cap)
-  tmp = _atomic_video_path(out_path)
+  scratch = tempfile.TemporaryDirectory(prefix='stconsist_predict_')
+  tmp = os.path.join(scratch.name, f'video{out_path.suffix}')
   writer = None
   written = 0
   try:
@@ -769,7 +776,7 @@ def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
         break
       if writer is None:
         h, w = frame.shape[:2]
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*FOURCC), float(fps),
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC), float(fps),
                                  (w, h))
         if not writer.isOpened():
           raise VideoError(f'OpenCV cannot write {FOURCC} video {out_path}')
@@ -785,13 +792,12 @@ def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
       raise VideoError('no frames decoded on the second pass')
     writer.release()
     writer = None
-    os.replace(tmp, out_path)
+    fileio.atomic_write(out_path, pathlib.Path(tmp).read_bytes())
   finally:
     frames.close()
     if writer is not None:
       writer.release()
-    if tmp.exists():
-      tmp.unlink()
+    scratch.cleanup()
   if written != results.num_frames:
     logging.warning('%s: %d frames decoded on the second pass, %d on the first; the '
                     'annotated video has %d', video, written, results.num_frames, written)
@@ -864,7 +870,7 @@ def class_names_for(config: ml_collections.ConfigDict | None, num_classes: int,
   has `num_classes` labels; anything else falls back to generic names with a warning.
   """
   if names_file:
-    names = [line.strip() for line in pathlib.Path(names_file).read_text().splitlines()
+    names = [line.strip() for line in fileio.as_path(names_file).read_text().splitlines()
              if line.strip()]
     if len(names) != num_classes:
       raise ValueError(f'--class_names {names_file}: {len(names)} names for a model of '
@@ -958,8 +964,8 @@ class VideoResult:
   """What predicting one video produced."""
   name: str
   record: dict[str, Any]
-  json_path: pathlib.Path
-  video_path: pathlib.Path | None
+  json_path: epath.Path
+  video_path: epath.Path | None
   results: FrameResults
   tubes: list[Any]
 
@@ -972,8 +978,8 @@ def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.Pa
 
   Args:
     loaded: the model (`load`).
-    video: a file OpenCV can read.
-    out_dir: where the outputs go (created).
+    video: a local file OpenCV can read.
+    out_dir: where the outputs go (created; local or a bucket URL).
     name: output file name without extension (default: the video's stem).
     every: predict every `every`-th frame and the last; interpolate in between.
     top_k: per frame, the k best classes in the JSON; 0: every class's score.
@@ -989,12 +995,14 @@ def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.Pa
   """
   if every < 1:
     raise ValueError(f'--frame_stride must be >= 1, got {every}')
+  if fileio.is_remote(video):
+    raise VideoError(REMOTE_VIDEO)
   video = pathlib.Path(video)
-  out_dir = pathlib.Path(out_dir)
+  out_dir = fileio.as_path(out_dir)
   name = name or video.stem
   json_path = out_dir / f'{name}.json'
   mp4_path = out_dir / f'{name}.mp4'
-  if write_annotated and mp4_path.resolve() == video.resolve():
+  if write_annotated and _same_local_file(mp4_path, video):
     mp4_path = out_dir / f'{name}_pred.mp4'
   cap, info = open_video(video)
   shape = []
@@ -1048,6 +1056,11 @@ def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.Pa
     logging.info('%s: the header states %d frames, %d were decoded', video,
                  info.reported_frames, results.num_frames)
   return VideoResult(name, record, json_path, written, results, tube_list)
+
+
+def _same_local_file(path: epath.Path, video: pathlib.Path) -> bool:
+  """Whether an output `path` would overwrite the input `video`."""
+  return not fileio.is_remote(path) and pathlib.Path(path).resolve() == video.resolve()
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
@@ -1107,9 +1120,11 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The CLI's flags, defined only when run as a program so importers keep the names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints).')
-  flags.DEFINE_string('video', None, 'A video file, or a folder of videos.')
-  flags.DEFINE_string('output', None, 'Folder for <name>.json and <name>.mp4.')
+  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints); '
+                      'a path or a bucket URL.')
+  flags.DEFINE_string('video', None, 'A local video file, or a folder of videos.')
+  flags.DEFINE_string('output', None, 'Folder for <name>.json and <name>.mp4; a path or '
+                      'a bucket URL.')
   flags.DEFINE_string('step', 'latest', "Checkpoint: 'latest', 'best' or a step number.")
   flags.DEFINE_string('init_from', None, 'A converted classifier '
                       '(tools/convert_torch_weights.py): class scores only, no boxes.')
@@ -1138,7 +1153,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run(argv_flags: Any = None) -> int:
   """The CLI's work; returns the exit code (0 when at least one video was predicted)."""
   f = argv_flags or FLAGS
-  out_dir = pathlib.Path(f.output)
+  if fileio.is_remote(f.video):
+    print(f'error: --video {f.video} is {REMOTE_VIDEO}', file=sys.stderr)
+    return 2
+  out_dir = fileio.as_path(f.output)
   videos = list_videos(f.video, exclude=out_dir)
   if not videos:
     print(f'no videos in {f.video} (extensions {", ".join(VIDEO_EXTENSIONS)})',

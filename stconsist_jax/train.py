@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
+import itertools
 import signal
 import threading
 import time
@@ -396,6 +396,7 @@ def _next_batch(batches: Iterator[Batch], config: ml_collections.ConfigDict,
         f'the training data of process {jax.process_index()} ran out at step {step}: its '
         f'share of {config.data.name!r} holds no usable video for data.classes='
         f'{config.data.classes!r}, data.labeled_per_batch={config.data.labeled_per_batch}'
+        f', or none of its files could be read (--verbose shows the reading errors)'
         ) from None
 
 
@@ -413,14 +414,18 @@ def check_num_classes(config: ml_collections.ConfigDict) -> None:
 
 
 class _SigtermFlag:
-  """Records SIGTERM so the loop can save and stop between steps."""
+  """Records SIGTERM so a single-process loop can save and stop between steps.
+
+  With several processes JAX's own preemption notifier watches SIGTERM instead.
+  """
 
   def __init__(self):
     self.received = False
     self._previous = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -457,7 +462,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
   anything is written, unless `allow_config_change`; then the old config is kept as
   `config.before-<time>.json` beside the new one.
   """
-  path = pathlib.Path(workdir) / config_lib.CONFIG_FILENAME
+  path = fileio.as_path(workdir) / config_lib.CONFIG_FILENAME
   if not path.exists():
     return
   saved = config_lib.load(workdir)
@@ -482,7 +487,7 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
   logging.warning('Continuing %s with changed %s (--allow_config_change)', workdir,
                   config_lib.describe_differences(blocking))
   if jax.process_index() == 0:
-    backup = path.with_name(f'config.before-{time.strftime("%Y%m%d-%H%M%S")}.json')
+    backup = path.parent / f'config.before-{time.strftime("%Y%m%d-%H%M%S")}.json'
     fileio.atomic_write(backup, path.read_bytes())
 
 
@@ -494,12 +499,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   Args:
     config: a validated-here ConfigDict (configs/default.py documents the fields).
-    workdir: checkpoints, config.json, metrics.jsonl and TensorBoard files.
+    workdir: checkpoints, config.json, metrics.jsonl and TensorBoard files; a local
+      folder or a bucket URL (gs://...).
     batch_iter_fn: `(config, start_step) -> iterator` of this host's numpy batches
       (docs/DESIGN.md section 3); a pure function of (seed, step). Default: the tf.data
       pipeline.
     evaluate_fn: `(config, variables, step, mesh) -> {metric: float}`, called every
-      `train.eval_every` steps and at the end; enables the 'best' checkpoint.
+      `train.eval_every` steps and at the end; the evaluated step is saved with its
+      metrics, which makes it a candidate for the 'best' checkpoint.
     mesh: device mesh (default: all devices).
     allow_config_change: resume even if the saved config differs beyond run length,
       logging and evaluation (never for another architecture).
@@ -509,13 +516,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Preempted: SIGTERM arrived; the current step was checkpointed.
     WorkdirLockedError: another live run holds the workdir.
   """
-  workdir_lock.check_local_path(workdir)
   mesh = distributed.make_mesh() if mesh is None else mesh
   config_lib.validate(config, num_devices=mesh.devices.size,
                       num_processes=jax.process_count())
   if batch_iter_fn is None:
     check_num_classes(config)
-  ckpt_dir = pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR
+  ckpt_dir = fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR
   if config.init_from and not checkpointing.committed_steps(ckpt_dir):
     checkpointing.check_init_from(config.init_from)
   # Process 0 holds the workdir for the whole run: a second run on it is refused. All
@@ -546,7 +552,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   stages = resolve_stages(config)
   num_steps = config.train.num_steps
   is_main = jax.process_index() == 0
-  if checkpointing.committed_steps(pathlib.Path(workdir) / checkpointing.CHECKPOINT_DIR):
+  if checkpointing.committed_steps(fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR):
     check_resume_config(config, workdir, allow_config_change)
   checkpointer = checkpointing.Checkpointer(
       workdir, keep=config.train.keep_checkpoints, best_metric=config.eval.best_metric,
@@ -563,8 +569,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   start = int(jax.device_get(state.step))
   batch_iter_fn = batch_iter_fn or default_batch_iter_fn
   batches = batch_iter_fn(config, start)
+  # Bounded: the prefetcher must not read batches past the last step.
+  device_batches = distributed.prefetch_to_mesh(
+      itertools.islice(batches, num_steps - start), mesh, config.data.device_prefetch)
   logger = logging_utils.MetricLogger(workdir, total_steps=num_steps, start_step=start,
                                       batch_size=config.train.batch_size, enabled=is_main)
+  profiler = logging_utils.StepProfiler(workdir, *config.train.profile_steps,
+                                        enabled=is_main)
   step_fns: dict[int, Callable] = {}
   pending: list[tuple[int, Any]] = []
   every = config.train.checkpoint_every
@@ -584,13 +595,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
                        stages[index].start, stages[index].end, stages[index].fix_weights,
                        dict(stages[index].loss_weights))
           step_fns[index] = make_train_step(config, model, mesh, stages[index])
-        batch = distributed.shard_batch(_next_batch(batches, config, step), mesh)
+        profiler.before_step(step)
+        with logger.timed('input'):
+          batch = _next_batch(device_batches, config, step)
         state, metrics = step_fns[index](state, batch)
+        profiler.after_step(step, metrics)
         done = step + 1
         pending.append((done, metrics))
         # Read once: a signal arriving later is seen next step. All hosts must agree, or
-        # those that stop would wait forever in the save's barriers for the others.
-        stop = distributed.any_process(sigterm.received)
+        # those that stop would wait forever in the save's barriers for the others: on
+        # several processes JAX's preemption service decides for all of them.
+        stop = (checkpointer.reached_preemption(done) if jax.process_count() > 1
+                else sigterm.received)
         save_now = (every and done % every == 0) or done == num_steps or stop
         eval_now = evaluate_fn is not None and (
             (config.train.eval_every and done % config.train.eval_every == 0)
@@ -599,13 +615,15 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           flush()
         if done % config.train.log_every == 0 or done == num_steps:
           logger.write_interval(done)
-        if save_now:
-          checkpointer.save(done, state)
+        eval_metrics = None
         if eval_now:
           variables = {'params': state.params, 'batch_stats': state.batch_stats}
           eval_metrics = evaluate_fn(config, variables, done, mesh)
           logger.write_eval(done, eval_metrics)
-          if checkpointer.save_best(done, state, eval_metrics):
+        if save_now or eval_now:  # An evaluated step is kept while it is the best.
+          logger.flush()
+          checkpointer.save(done, state, metrics=eval_metrics)
+          if eval_now and checkpointer.best_step() == done:
             logging.info('New best %s=%.4f at step %d', config.eval.best_metric,
                          float(eval_metrics[config.eval.best_metric]), done)
         if stop and done < num_steps:
@@ -614,6 +632,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       if pending:
         flush()
   finally:
+    profiler.stop()
     checkpointer.wait()
     checkpointer.close()
     logger.close()

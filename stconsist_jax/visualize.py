@@ -8,9 +8,9 @@ from the run's `metrics.jsonl` (one JSON dict per logged step, with a `step` key
 import io
 import math
 import os
-import pathlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -135,11 +135,16 @@ def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray
   return np.asarray(sheet)
 
 
-def save_png(image: np.ndarray, path: PathLike) -> pathlib.Path:
-  """Writes a uint8 `(H, W, 3)` image as PNG atomically (temp file + rename)."""
+def png_bytes(image: np.ndarray) -> bytes:
+  """A uint8 `(H, W, 3)` image encoded as PNG."""
   buffer = io.BytesIO()
   Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
-  return fileio.atomic_write(path, buffer.getvalue())
+  return buffer.getvalue()
+
+
+def save_png(image: np.ndarray, path: PathLike) -> epath.Path:
+  """Writes a uint8 `(H, W, 3)` image as PNG whole (local or bucket path)."""
+  return fileio.atomic_write(path, png_bytes(image))
 
 
 # Panels of the curves figure: (title, keys tried in order). Other numeric keys get
@@ -218,6 +223,6 @@ def training_curves(records: Sequence[Dict[str, Any]],
 
 
 def write_training_curves(metrics_path: PathLike, out_path: PathLike
-                          ) -> pathlib.Path:
+                          ) -> epath.Path:
   """Reads `metrics.jsonl` and writes the curves PNG."""
   return save_png(training_curves(logging_utils.read_metrics_jsonl(metrics_path)), out_path)

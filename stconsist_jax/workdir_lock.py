@@ -2,6 +2,8 @@
 
 A second run on a live workdir is refused with the holder named; a lock whose holder is
 gone (a dead pid on this host, or a lease not renewed in time on any host) is taken over.
+Locally the lock is created exclusively (O_EXCL); a bucket has no exclusive create, so
+there the lock is written, left to settle and read back: the last writer holds it.
 """
 
 from __future__ import annotations
@@ -9,35 +11,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
-import re
 import socket
 import threading
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
+
+from stconsist_jax import fileio
 
 LOCK_FILENAME = '.run.lock'
 DEFAULT_LEASE_SECONDS = 120.0
-# 'gs://b/x' and what pathlib makes of it ('gs:/b/x'); not a drive letter ('C:/').
-_URL = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]+:/')
+# A bucket write is visible to every reader once it returns; two contenders that both saw
+# no lock wait this long, then read back whose lock stayed.
+REMOTE_SETTLE_SECONDS = 2.0
 
 
 class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir."""
-
-
-class UnsupportedWorkdirError(ValueError):
-  """The workdir is a URL (gs://, s3://, ...): bucket workdirs are not supported yet."""
-
-
-def check_local_path(path: str | os.PathLike, what: str = 'workdir') -> None:
-  """Refuses bucket URLs, which would silently become local folders named 'gs:'."""
-  if _URL.match(str(path)):
-    raise UnsupportedWorkdirError(
-        f'{what} {str(path)!r} is a bucket URL, which is not supported yet: use a local '
-        f'or mounted filesystem path (for example a gcsfuse mount of the bucket)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +75,7 @@ def _in_use(workdir: str | os.PathLike, holder: Holder) -> WorkdirLockedError:
       f'to finish, stop it, or choose another --workdir')
 
 
-def read_holder(path: pathlib.Path) -> Holder | None:
+def read_holder(path: epath.Path) -> Holder | None:
   """The holder in a lock file; None when absent; an unreadable file counts as stale."""
   try:
     data = json.loads(path.read_text())
@@ -99,8 +91,7 @@ class WorkdirLock:
 
   def __init__(self, workdir: str | os.PathLike, *,
                lease_seconds: float = DEFAULT_LEASE_SECONDS):
-    check_local_path(workdir)
-    self.path = pathlib.Path(workdir) / LOCK_FILENAME
+    self.path = fileio.as_path(workdir) / LOCK_FILENAME
     self.lease_seconds = float(lease_seconds)
     self._holder: Holder | None = None
     self._stop = threading.Event()
@@ -113,6 +104,9 @@ class WorkdirLock:
                   token=f'{socket.gethostname()}-{os.getpid()}-{time.time_ns()}')
 
   def _create_exclusive(self, holder: Holder) -> bool:
+    """Writes the lock if none exists; whether this run now holds it."""
+    if fileio.is_remote(self.path):
+      return self._create_remote(holder)
     try:
       fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -120,6 +114,14 @@ class WorkdirLock:
     with os.fdopen(fd, 'w') as f:
       json.dump(dataclasses.asdict(holder), f)
     return True
+
+  def _create_remote(self, holder: Holder) -> bool:
+    if self.path.exists():
+      return False
+    fileio.atomic_write(self.path, json.dumps(dataclasses.asdict(holder)))
+    time.sleep(REMOTE_SETTLE_SECONDS)
+    current = read_holder(self.path)
+    return current is not None and current.token == holder.token
 
   def acquire(self) -> Holder:
     """Takes the lock; raises WorkdirLockedError naming a live holder."""
@@ -136,12 +138,7 @@ class WorkdirLock:
       logging.warning('Taking over the stale lock of workdir %s (%s: %s)', self.path.parent,
                       current.describe(), 'process gone' if current.host == holder.host
                       else 'lease expired')
-      stale = self.path.with_name(f'{LOCK_FILENAME}.stale.{holder.token}')
-      try:
-        os.replace(self.path, stale)  # Atomic: only one contender wins the rename.
-        stale.unlink()
-      except FileNotFoundError:
-        pass
+      self._remove_stale()
     else:
       raise WorkdirLockedError(f'could not take the lock of workdir {self.path.parent}')
     self._holder = holder
@@ -150,6 +147,17 @@ class WorkdirLock:
                                     name='workdir-lock-lease')
     self._thread.start()
     return holder
+
+  def _remove_stale(self) -> None:
+    if fileio.is_remote(self.path):
+      self.path.unlink(missing_ok=True)
+      return
+    stale = self.path.with_name(f'{LOCK_FILENAME}.stale.{os.getpid()}.{time.time_ns()}')
+    try:
+      os.replace(self.path, stale)  # Atomic: only one contender wins the rename.
+      stale.unlink()
+    except FileNotFoundError:
+      pass
 
   def _renew_loop(self) -> None:
     while not self._stop.wait(self.lease_seconds / 3):
@@ -164,9 +172,7 @@ class WorkdirLock:
       logging.warning('The lock of workdir %s was taken by another run', self.path.parent)
       return
     self._holder = dataclasses.replace(self._holder, renewed=time.time())
-    tmp = self.path.with_name(f'{LOCK_FILENAME}.{self._holder.token}.tmp')
-    tmp.write_text(json.dumps(dataclasses.asdict(self._holder)))
-    os.replace(tmp, self.path)
+    fileio.atomic_write(self.path, json.dumps(dataclasses.asdict(self._holder)))
 
   def release(self) -> None:
     """Removes the lock file if it is still ours."""
@@ -191,7 +197,6 @@ class WorkdirLock:
 
 def check_not_locked(workdir: str | os.PathLike) -> None:
   """Raises WorkdirLockedError when a live run holds `workdir` (before deleting it, say)."""
-  path = pathlib.Path(workdir) / LOCK_FILENAME
-  holder = read_holder(path)
+  holder = read_holder(fileio.as_path(workdir) / LOCK_FILENAME)
   if holder is not None and not is_stale(holder):
     raise _in_use(workdir, holder)

@@ -157,3 +157,18 @@ def test_mfu_peaks(repo_root):
   assert module.peak_flops_per_s("NVIDIA H200", "bfloat16") == 989e12
   assert module.peak_flops_per_s("NVIDIA A100-SXM4-80GB", "float32") == 19.5e12
   assert module.peak_flops_per_s("cpu", "float32") is None
+
+
+def test_host_input_through_the_prefetcher(repo_root):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # One CPU device.
+  cmd = [sys.executable, str(repo_root / "benchmarks" / "train_step.py"),
+         *(f"--{k}s={v}" if k == "batch_size" else f"--{k}={v}" for k, v in TINY.items()),
+         "--dtypes=float32", "--warmup=1", "--steps=3", "--prefetch=2"]
+  proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  (line,) = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  record = json.loads(line)
+  assert record["input"] == "host" and record["prefetch"] == 2
+  assert record["clips_per_s"] == pytest.approx(record["batch_size"] / record["step_time_s"])
+  assert record["tensorflow_imported"] is False

@@ -115,21 +115,26 @@ def _state(value: float) -> _State:
 
 
 def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):
-  config = ml_collections.ConfigDict({'seed': 3})
+  config = ml_collections.ConfigDict(
+      {'seed': 3, 'eval': {'best_metric': 'acc', 'best_mode': 'max'}})
   config_lib.save(config, tmp_path)
   ckpt = checkpointing.Checkpointer(tmp_path, keep=2, best_metric='acc', best_mode='max')
-  for step in (1, 2, 3):
-    ckpt.save(step, _state(float(step)))
-  assert ckpt.save_best(1, _state(1.0), {'acc': 0.5})
-  assert ckpt.save_best(2, _state(2.0), {'acc': 0.9})
-  assert not ckpt.save_best(3, _state(3.0), {'acc': 0.7})
+  assert ckpt.best_step() is None
+  ckpt.save(1, _state(1.0), metrics={'acc': 0.5})
+  ckpt.save(2, _state(2.0), metrics={'acc': 0.9})
+  assert ckpt.best_step() == 2
+  ckpt.save(3, _state(3.0), metrics={'acc': 0.7})
+  ckpt.save(4, _state(4.0))
+  ckpt.save(5, _state(5.0))
+  assert ckpt.best_step() == 2
   ckpt.wait()
-  assert sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
-                if p.name.isdigit()) == [2, 3]
+  # The latest two (4, 5) and the best evaluated one (2); 1 and 3 are gone.
+  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4, 5]
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4', '5']
   restored = ckpt.restore(_state(0.0))
-  np.testing.assert_array_equal(restored.params['w'], [3.0, 3.0, 3.0])
-  np.testing.assert_array_equal(restored.opt_state['mu'], [-3.0, -3.0, -3.0])
-  assert int(restored.step) == 3
+  np.testing.assert_array_equal(restored.params['w'], [5.0, 5.0, 5.0])
+  np.testing.assert_array_equal(restored.opt_state['mu'], [-5.0, -5.0, -5.0])
+  assert int(restored.step) == 5
   ckpt.close()
   loaded, variables, step = checkpointing.restore_for_eval(tmp_path, 'best')
   assert step == 2 and loaded.seed == 3
@@ -138,5 +143,6 @@ def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):
   assert step == 2
   with pytest.raises(FileNotFoundError, match='step 1'):
     checkpointing.restore_for_eval(tmp_path, 1)
+  assert checkpointing.restore_for_eval(tmp_path, 'latest')[2] == 5
   with pytest.raises(FileNotFoundError, match='config.json'):
     checkpointing.restore_for_eval(tmp_path / 'nothing')

@@ -244,6 +244,84 @@ def test_existing_output_untouched(tmp_path, capsys):
   assert os.listdir(tmp_path / "o") == ["keep"]
 
 
+def _fail_metadata_write(exception):
+  def write(directory, metadata):
+    del directory, metadata
+    raise exception
+  return write
+
+
+def test_interrupted_conversion_is_refused_then_replaced(tmp_path, capsys, caplog,
+                                                         monkeypatch):
+  from stconsist_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  _, path = make_checkpoint(tmp_path, 10, "B", 0.125, 5, "2020")
+  out = tmp_path / "o"
+  # An error while writing removes what was written.
+  monkeypatch.setattr(pretrained, "_write_metadata", _fail_metadata_write(OSError("full")))
+  with pytest.raises(OSError, match="full"):
+    TOOL_MODULE.convert(str(path), str(out))
+  assert not out.exists()
+  # A crash (here an interrupt) between variables/ and metadata.json leaves them behind.
+  monkeypatch.setattr(pretrained, "_write_metadata", _fail_metadata_write(KeyboardInterrupt()))
+  with pytest.raises(KeyboardInterrupt):
+    TOOL_MODULE.convert(str(path), str(out))
+  assert sorted(os.listdir(out)) == ["variables"]
+  with pytest.raises(ValueError, match="unfinished conversion.*convert_torch_weights"):
+    pretrained.read_metadata(str(out))
+  with pytest.raises(ValueError, match="unfinished conversion"):
+    checkpointing.load_init_variables(str(out))
+  monkeypatch.undo()
+
+  assert TOOL_MODULE.run(["--input", str(path), "--output", str(out)]) == 0
+  assert "Replacing the unfinished conversion" in caplog.text
+  assert sorted(os.listdir(out)) == ["metadata.json", "variables"]
+  assert set(checkpointing.load_init_variables(str(out))) == {"params", "batch_stats"}
+  capsys.readouterr()
+  rc, err = run_cli_inprocess(capsys, "--input", str(path), "--output", str(out))
+  assert rc == 1 and "already holds a converted checkpoint" in err
+
+
+def test_convert_from_and_to_a_bucket_then_load(gcs_bucket, tmp_path, capsys, monkeypatch):
+  from stconsist_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  model, path = make_checkpoint(tmp_path, 10, "B", 0.125, 5, "2020")
+  source = f"{gcs_bucket}/downloads/{path.name}"
+  fileio.as_path(source).write_bytes(path.read_bytes())
+  out = f"{gcs_bucket}/weights/r10"
+  assert TOOL_MODULE.run(["--input", source, "--output", out]) == 0
+  assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ["metadata.json",
+                                                                   "variables"]
+  metadata = pretrained.read_metadata(out)
+  assert metadata["source_file"] == path.name
+  assert metadata["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+  assert_parity(model, out, "2020", random_clips(1, 16, 32))
+  _, loaded = load_pretrained(out)
+  init = checkpointing.load_init_variables(out)
+  np.testing.assert_array_equal(init["params"]["backbone"]["conv1"]["kernel"],
+                                loaded["params"]["backbone"]["conv1"]["kernel"])
+  capsys.readouterr()
+  rc, err = run_cli_inprocess(capsys, "--input", str(path), "--output", out)
+  assert rc == 1 and "already holds a converted checkpoint" in err
+  assert leftovers(tmp_path) == []
+
+  # An interrupted conversion to a bucket is refused by readers, then replaced.
+  unfinished = f"{gcs_bucket}/weights/unfinished"
+  monkeypatch.setattr(pretrained, "_write_metadata", _fail_metadata_write(KeyboardInterrupt()))
+  with pytest.raises(KeyboardInterrupt):
+    TOOL_MODULE.convert(str(path), unfinished)
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="unfinished conversion"):
+    checkpointing.load_init_variables(unfinished)
+  assert TOOL_MODULE.run(["--input", str(path), "--output", unfinished]) == 0
+  assert pretrained.is_finished(unfinished)
+
+
+def test_missing_bucket_input_is_one_paragraph(gcs_bucket, tmp_path, capsys):
+  rc, err = run_cli_inprocess(capsys, "--input", f"{gcs_bucket}/none.pth", "--output",
+                              f"{gcs_bucket}/o")
+  assert_refused(rc, err, tmp_path, "does not exist")
+
+
 # ------------------------------------------------------- keys, load and merge
 
 

@@ -34,6 +34,57 @@ def test_shard_batch_global_array_equals_host_batch():
     assert shard_rows == list(range(8))
 
 
+def test_make_mesh_over_a_subset_of_devices():
+  devices = jax.devices()[2:6]
+  mesh = distributed.make_mesh(devices)
+  assert mesh.axis_names == ('data',)
+  assert list(mesh.devices.flat) == devices
+  assert mesh.axis_types == (jax.sharding.AxisType.Auto,)
+  rows = distributed.shard_batch({'x': np.arange(8)}, mesh)['x']
+  assert {d.id for d in rows.sharding.device_set} == {2, 3, 4, 5}
+
+
+def _host_batches(n: int):
+  """n distinct host batches (batch i holds i and its rows) and a count of those read."""
+  read = [0]
+
+  def stream():
+    for i in range(n):
+      read[0] += 1
+      yield {'x': np.arange(8, dtype=np.int32) + 100 * i, 'y': np.full(8, i, np.float32)}
+
+  return stream(), read
+
+
+@pytest.mark.parametrize('size', [0, 1, 2, 5])
+def test_prefetched_stream_equals_sharding_each_batch(size):
+  mesh = distributed.make_mesh()
+  expected = [distributed.shard_batch(b, mesh) for b in _host_batches(4)[0]]
+  stream, _ = _host_batches(4)
+  got = list(distributed.prefetch_to_mesh(stream, mesh, size))
+  assert len(got) == len(expected) == 4
+  for i, (a, b) in enumerate(zip(got, expected)):
+    assert a.keys() == b.keys() == {'x', 'y'}
+    np.testing.assert_array_equal(np.asarray(a['x']), np.arange(8) + 100 * i)
+    np.testing.assert_array_equal(np.asarray(a['y']), np.full(8, i))
+    for key in a:
+      assert a[key].sharding == b[key].sharding == distributed.batch_sharding(mesh)
+
+
+def test_prefetch_keeps_two_batches_ahead_and_stops_cleanly():
+  mesh = distributed.make_mesh(jax.devices()[:2])
+  stream, read = _host_batches(5)
+  batches = distributed.prefetch_to_mesh(stream, mesh, 2)
+  seen = []
+  for i, batch in enumerate(batches):
+    seen.append(int(np.asarray(batch['y'])[0]))
+    # While batch i is in use, batches i+1 and i+2 (if any) are already on the devices.
+    assert read[0] == min(i + 3, 5), (i, read[0])
+  assert seen == [0, 1, 2, 3, 4]
+  with pytest.raises(StopIteration):
+    next(batches)
+
+
 def test_detect_multiprocess(monkeypatch):
   for var in ('SLURM_NTASKS', 'SLURM_PROCID', 'TPU_WORKER_HOSTNAMES', 'JAX_NUM_PROCESSES'):
     monkeypatch.delenv(var, raising=False)

@@ -4,6 +4,7 @@ Checks determinism (twice, and 1 vs 8 simulated devices), report contents and co
 against the dataset's ground truth, the error cases, and tools/compare_reports.py.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import distributed
 from stconsist_jax import evaluate
+from stconsist_jax import fileio
 from stconsist_jax import models
 from stconsist_jax import train
 
@@ -73,7 +75,7 @@ def test_evaluate_writes_reports_and_is_deterministic(run, synthetic_tfds):
   report = evaluate.evaluate(config, workdir, "latest", streams=streams)
   out_dir = workdir / "eval" / "2"
   assert sorted(p.name for p in out_dir.iterdir()) == [
-      "clips.png", "curves.png", "report.json", "report.md"]
+      "COMMITTED", "clips.png", "curves.png", "report.json", "report.md"]
   on_disk = json.loads((out_dir / "report.json").read_text())
   assert on_disk == json.loads(json.dumps(report))
   for key in ("clip_accuracy", "clip_top5", "video_accuracy", "mean_iou", "frame_map",
@@ -171,6 +173,7 @@ def test_checkpoint_of_another_architecture_error(run, synthetic_tfds):
   assert "box_head" in msg and "(128, 16)" in msg and "(128, 8)" in msg
 
 
+@functools.cache
 def _compare_module(repo_root):
   spec = importlib.util.spec_from_file_location(
       "compare_reports", repo_root / "tools" / "compare_reports.py")
@@ -190,8 +193,11 @@ def test_compare_reports_table(repo_root, tmp_path):
   ]
   for r in reports:
     d = tmp_path / r["run"] / "eval" / str(r["checkpoint_step"])
-    d.mkdir(parents=True)
-    (d / "report.json").write_text(json.dumps(r))
+    fileio.write_committed_dir(d, {"report.json": json.dumps(r)})
+  # A newer evaluation that was interrupted (no commit file) is skipped.
+  unfinished = tmp_path / "m1" / "eval" / "20"
+  unfinished.mkdir()
+  (unfinished / "report.json").write_text(json.dumps(dict(reports[0], checkpoint_step=20)))
   loaded = [compare.load_report(tmp_path / r["run"]) for r in reports]
   md = compare.render(loaded, "markdown").splitlines()
   assert md[0] == ("| run | model | fix_weights | accuracy | mean IoU | frame-mAP | "
@@ -203,6 +209,22 @@ def test_compare_reports_table(repo_root, tmp_path):
                              "frame-mAP", "clip", "acc", "step"]
   with pytest.raises(FileNotFoundError, match="no report.json"):
     compare.find_report(tmp_path / "empty")
+  with pytest.raises(FileNotFoundError, match="no finished report"):
+    compare.find_report(unfinished)
+
+
+def test_compare_reports_on_a_bucket(repo_root, gcs_bucket):
+  compare = _compare_module(repo_root)
+  report = {"model": "Model-2", "fix_weights": True, "video_accuracy": 0.5,
+            "checkpoint_step": 4}
+  fileio.write_committed_dir(f"{gcs_bucket}/m2/eval/4", {"report.json": json.dumps(report)})
+  fileio.atomic_write(f"{gcs_bucket}/m2/eval/9/report.json",  # interrupted: no commit file
+                      json.dumps(dict(report, checkpoint_step=9)))
+  loaded = compare.load_report(f"{gcs_bucket}/m2")
+  assert loaded["run"] == "m2" and loaded["checkpoint_step"] == 4
+  assert compare.render([loaded], "csv").splitlines()[1] == "m2,Model-2,yes,50.0%,-,-,-,4"
+  with pytest.raises(FileNotFoundError, match="no finished report"):
+    compare.find_report(f"{gcs_bucket}/m2/eval/9")
 
 
 def test_make_evaluate_fn_for_train_and_eval(run, synthetic_tfds, tmp_path):
@@ -237,8 +259,8 @@ def test_read_only_workdir_fails_before_compute_and_eval_dir_works(run, syntheti
   target.chmod(0o500)
   try:
     if os.access(target, os.W_OK):  # root ignores the mode: make the check fail another way
-      monkeypatch.setattr(evaluate.tempfile, "NamedTemporaryFile",
-                          lambda **k: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+      monkeypatch.setattr(evaluate.fileio, "atomic_write",
+                          lambda *a: (_ for _ in ()).throw(PermissionError(13, "read-only")))
     with pytest.raises(PermissionError, match="--eval_dir"):
       evaluate.evaluate(config, workdir, 2, eval_dir=target / "eval")
   finally:

@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 import tracemalloc
+import types
 
 import cv2
 import jax
@@ -340,6 +341,29 @@ def test_cli_user_errors_are_one_line(repo_root, workdir, tmp_path):
               f'--output={tmp_path / "o"}')
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
+def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path):
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  out = f'{gcs_bucket}/predictions'
+  result = predict.predict_video(loaded, videos / 'b.mp4', out, progress=False)
+  assert str(result.json_path) == f'{out}/b.json'
+  assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ['b.json', 'b.mp4']
+  record = json.loads(fileio.as_path(f'{out}/b.json').read_text())
+  predict.validate_prediction(record)
+  local = tmp_path / 'b.mp4'
+  local.write_bytes(fileio.as_path(f'{out}/b.mp4').read_bytes())
+  assert _count_frames(local) == record['num_frames'] == 23
+
+
+def test_bucket_video_is_refused_in_one_line(tmp_path, capsys):
+  with pytest.raises(predict.VideoError, match='bucket URL'):
+    predict.open_video('gs://bucket/v.mp4')
+  args = types.SimpleNamespace(video='gs://bucket/v.mp4', output=str(tmp_path / 'o'))
+  assert predict.run(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: --video gs://bucket/v.mp4 is a bucket URL')
+  assert err.count('\n') == 1 and not (tmp_path / 'o').exists()
 
 
 def test_benchmark_prints_frames_per_second_without_tensorflow(repo_root):

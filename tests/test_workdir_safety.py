@@ -192,13 +192,6 @@ def test_longer_run_resumes_without_consent(trained, tmp_path):
 # --------------------------------------------------------------------- bad settings
 
 
-def test_bucket_workdir_is_refused_clearly(tmp_path, monkeypatch):
-  monkeypatch.chdir(tmp_path)
-  with pytest.raises(workdir_lock.UnsupportedWorkdirError, match='not supported yet'):
-    _run(tiny_config(1), 'gs://bucket/run')
-  assert not pathlib.Path('gs:').exists()
-
-
 def test_missing_init_from_says_how_to_get_weights_before_writing(tmp_path):
   config = tiny_config(1)
   config.init_from = str(tmp_path / 'no_weights')
@@ -225,7 +218,7 @@ def test_short_run_warmup_message_says_how_to_proceed():
     (['--config=configs/nope.py'], "config file 'configs/nope.py' not found"),
     (['--config.seed=-1'], "'seed' must be >= 0"),
     (['--config.seedx=1'], "'seedx' does not exist"),
-    (['--workdir=gs://bucket/demo'], 'bucket URL'),
+    (['--cache_dir=gs://bucket/cache'], '--cache_dir gs://bucket/cache is a bucket URL'),
 ])
 def test_demo_bad_flags_one_line_and_workdir_kept(repo_root, tmp_path, args, message):
   workdir = tmp_path / 'demo'

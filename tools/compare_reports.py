@@ -2,19 +2,27 @@
 
 Columns: run, model, fix_weights, accuracy (video top-1), mean IoU, frame-mAP, plus the
 clip accuracy and checkpoint step. Each argument is a report.json, an eval/<step>/
-directory, or a training workdir (its newest eval/<step>/report.json is used).
+directory, or a training workdir (its newest eval/<step>/report.json is used), local or
+a bucket URL (gs://...). Only finished report directories count: those with the commit
+file that evaluation writes last; an interrupted evaluation's directory is skipped
+(named directly, it is refused).
 
-  python tools/compare_reports.py workdirs/model1 workdirs/model2 [--format=markdown]
+  python tools/compare_reports.py workdirs/model1 gs://bucket/model2 [--format=markdown]
 """
 
 import json
 import math
-import pathlib
+import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from absl import app
 from absl import flags
+from etils import epath
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from stconsist_jax import fileio  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("format", "text", ["text", "markdown", "csv"], "Output table format.")
@@ -31,26 +39,44 @@ COLUMNS = (
 )
 
 
-def find_report(path: pathlib.Path) -> pathlib.Path:
-  """A report.json file from a file, an eval/<step> dir or a workdir."""
+def _step_order(path: epath.Path):
+  return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def _finished_reports(eval_dir: epath.Path) -> List[epath.Path]:
+  """The eval/<step> directories holding a report.json and their commit file, in order."""
+  found = [p for p in eval_dir.iterdir()
+           if fileio.is_committed(p) and (p / "report.json").is_file()]
+  return sorted(found, key=_step_order)
+
+
+def _unfinished(directory: epath.Path) -> FileNotFoundError:
+  return FileNotFoundError(
+      f"{directory} holds no finished report (no {fileio.COMMIT_FILENAME} file: its "
+      "evaluation was interrupted, or predates commit files); run the evaluation again")
+
+
+def find_report(path: fileio.PathLike) -> epath.Path:
+  """A report.json file from a file, an eval/<step> dir or a workdir (local or URL)."""
+  path = fileio.as_path(path)
   if path.is_file():
     return path
   if (path / "report.json").is_file():
+    if not fileio.is_committed(path):
+      raise _unfinished(path)
     return path / "report.json"
   eval_dir = path / "eval"
   if eval_dir.is_dir():
-    candidates = [p for p in eval_dir.iterdir() if (p / "report.json").is_file()]
-
-    def order(p: pathlib.Path):
-      return (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)
-
-    if candidates:
-      return sorted(candidates, key=order)[-1] / "report.json"
+    finished = _finished_reports(eval_dir)
+    if finished:
+      return finished[-1] / "report.json"
+    if any((p / "report.json").is_file() for p in eval_dir.iterdir()):
+      raise _unfinished(eval_dir)
   raise FileNotFoundError(f"no report.json found at {path} (expected a report.json, an "
                           "eval/<step>/ directory or a workdir with eval/<step>/report.json)")
 
 
-def load_report(path: pathlib.Path) -> Dict[str, Any]:
+def load_report(path: fileio.PathLike) -> Dict[str, Any]:
   report_path = find_report(path)
   try:
     report = json.loads(report_path.read_text())
@@ -62,9 +88,11 @@ def load_report(path: pathlib.Path) -> Dict[str, Any]:
   return report
 
 
-def _run_name(report_path: pathlib.Path) -> str:
+def _run_name(report_path: epath.Path) -> str:
   # .../<workdir>/eval/<step>/report.json -> <workdir>
-  parts = report_path.resolve().parts
+  if not fileio.is_remote(report_path):
+    report_path = fileio.as_path(os.path.abspath(report_path))
+  parts = report_path.parts
   if len(parts) >= 4 and parts[-3] == "eval":
     return parts[-4]
   return report_path.parent.name
@@ -107,7 +135,7 @@ def main(argv: Sequence[str], out: Optional[Any] = None) -> None:
   if not paths:
     raise app.UsageError("give one or more report.json files, eval/<step>/ dirs or "
                          "workdirs")
-  reports = [load_report(pathlib.Path(p)) for p in paths]
+  reports = [load_report(p) for p in paths]
   print(render(reports, FLAGS.format), file=out or sys.stdout)
 
 

@@ -1,21 +1,28 @@
 """Converts a 3D-ResNets-PyTorch checkpoint (2017 or 2020 release) into a Flax orbax checkpoint.
 
-Detects the architecture from the tensors, refuses what does not fit, writes atomically.
+Detects the architecture from the tensors, refuses what does not fit, and writes the
+output directory with its metadata.json last (the mark of a finished conversion).
 
   python tools/convert_torch_weights.py --input r3d34_K_200ep.pth --output weights/r3d34_k700 \
       [--drop-classifier] [--normalization PRESET] [--shortcut A|B] [--depth N]
 
-Only this tool needs torch (the `convert` extra); the mapping itself lives in
-`stconsist_jax.models.pretrained`. Exit status 0 on success, 1 with a one-paragraph
-message on stderr when the file cannot be converted (nothing is left behind).
+--input and --output may be bucket URLs (gs://bucket/...); an input URL is copied to a
+local temporary file first, since torch reads local files. Only this tool needs torch
+(the `convert` extra); the mapping itself lives in `stconsist_jax.models.pretrained`.
+Exit status 0 on success, 1 with a one-paragraph message on stderr when the file cannot
+be converted (nothing is left behind). An unfinished output of an interrupted
+conversion is replaced.
 """
 
 import argparse
 import collections
+import contextlib
 import hashlib
 import os
 import pickle
 import sys
+import tempfile
+from typing import Iterator
 import zipfile
 
 from absl import logging
@@ -23,11 +30,27 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from stconsist_jax import fileio  # noqa: E402
 from stconsist_jax.models import detector  # noqa: E402
 from stconsist_jax.models import pretrained  # noqa: E402
 from stconsist_jax.models import resnet3d  # noqa: E402
 
 ConversionError = pretrained.ConversionError
+
+
+@contextlib.contextmanager
+def local_input(path: str) -> Iterator[str]:
+  """`path` itself, or for a bucket URL a local temporary copy (removed afterwards)."""
+  if not fileio.is_remote(path):
+    yield path
+    return
+  source = fileio.as_path(path)
+  if not source.is_file():
+    raise ConversionError(f"The input file {path} does not exist or is not a file.")
+  with tempfile.TemporaryDirectory(prefix="convert_torch_weights_") as tmp:
+    local = os.path.join(tmp, source.name)
+    source.copy(local)
+    yield local
 
 
 def sha256_of(path: str) -> str:
@@ -38,18 +61,22 @@ def sha256_of(path: str) -> str:
   return digest.hexdigest()
 
 
-def load_torch_file(path: str, allow_pickle: bool) -> object:
-  """torch.load with weights_only (tensors and simple types only) unless allowed."""
+def load_torch_file(local_path: str, allow_pickle: bool, path: str | None = None) -> object:
+  """torch.load with weights_only (tensors and simple types only) unless allowed.
+
+  `path` is the name errors give (the input as the user named it); default `local_path`.
+  """
   import torch  # pylint: disable=g-import-not-at-top
 
-  if not os.path.isfile(path):
+  path = path or local_path
+  if not os.path.isfile(local_path):
     raise ConversionError(f"The input file {path} does not exist or is not a file.")
   try:
     if allow_pickle:
-      return torch.load(path, map_location="cpu", weights_only=False)
+      return torch.load(local_path, map_location="cpu", weights_only=False)
     # Counter appears in 2020 scheduler states (MultiStepLR milestones); it is a plain dict.
     with torch.serialization.safe_globals([collections.Counter]):
-      return torch.load(path, map_location="cpu", weights_only=True)
+      return torch.load(local_path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "weights_only" in str(e) or "Unsupported global" in str(e):
@@ -97,10 +124,11 @@ def convert(input_path: str, output_dir: str, drop_classifier: bool = False,
   if normalization is not None and normalization not in detector.NORMALIZATION_PRESETS:
     raise ConversionError(f"Unknown --normalization {normalization!r}; valid presets: "
                           f"{', '.join(sorted(detector.NORMALIZATION_PRESETS))}.")
-  if os.path.exists(output_dir):
-    raise ConversionError(f"The output directory {output_dir} already exists; remove it or "
-                          "choose another --output.")
-  raw = extract_state_dict(load_torch_file(input_path, allow_pickle), input_path)
+  pretrained.check_output_dir(output_dir)
+  with local_input(input_path) as local_path:
+    raw = extract_state_dict(load_torch_file(local_path, allow_pickle, input_path),
+                             input_path)
+    source_sha256 = sha256_of(local_path)
   state, had_prefix, had_nbt = pretrained.clean_state_dict(raw)
   shapes = {k: tuple(v.shape) for k, v in state.items()}
   if depth is None:
@@ -145,8 +173,8 @@ def convert(input_path: str, output_dir: str, drop_classifier: bool = False,
       "normalization": preset,
       "num_classes": None if drop_classifier else arch.num_classes,
       "source_num_classes": arch.num_classes,
-      "source_file": os.path.basename(input_path),
-      "source_sha256": sha256_of(input_path),
+      "source_file": fileio.base_name(input_path),
+      "source_sha256": source_sha256,
       "generation": generation,
       "drop_classifier": bool(drop_classifier),
   }
@@ -158,8 +186,9 @@ def convert(input_path: str, output_dir: str, drop_classifier: bool = False,
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--input", required=True, help="the .pth file")
-  parser.add_argument("--output", required=True, help="directory to create")
+  parser.add_argument("--input", required=True, help="the .pth file (path or bucket URL)")
+  parser.add_argument("--output", required=True,
+                      help="directory to create (path or bucket URL)")
   parser.add_argument("--drop-classifier", action="store_true",
                       help="leave out fc (for fine-tuning to another class count)")
   parser.add_argument("--normalization", default=None,

@@ -6,17 +6,22 @@ Generates a synthetic dataset in the real UCF-101 layout (cached under --cache_d
 builds it with the TFDS builder (cached), trains configs/demo.py from scratch with flip
 consistency and part of the boxes withheld, restores the final checkpoint, evaluates it
 and prints the numbers; report.json, report.md and PNGs land in WORKDIR/eval/<step>/.
+WORKDIR may be a bucket URL (gs://...); the cache is a local folder (the synthetic
+videos are rendered and read with OpenCV).
 """
 
+import contextlib
 import json
 import os
 import pathlib
-import shutil
 import sys
+import tempfile
 import time
+from typing import Iterator
 
 from absl import app
 from absl import flags
+from etils import epath
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -25,9 +30,10 @@ from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-impor
 
 _CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
                                  'Training config.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Checkpoints, logs, reports.')
+_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo',
+                               'Checkpoints, logs, reports (a path or a bucket URL).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', 'data_cache/demo',
-                                 'Synthetic videos and the TFDS build (reused).')
+                                 'Synthetic videos and the TFDS build (reused; local).')
 _VERBOSE = flags.DEFINE_bool('verbose', False,
                              'Show every library log line (hidden: INFO of orbax, TFDS, '
                              "JAX's backend probe and TensorFlow's C++ notices).")
@@ -54,7 +60,18 @@ def first_annotated_test_video(manual_dir: pathlib.Path) -> pathlib.Path:
   raise FileNotFoundError(f'no annotated test video in {manual_dir}')
 
 
-def predict_one(workdir: pathlib.Path, video: pathlib.Path) -> dict:
+def check_local_cache(cache: str) -> pathlib.Path:
+  """The cache folder; a bucket URL is refused (OpenCV renders and reads the videos)."""
+  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  if fileio.is_remote(cache):
+    raise config_lib.ConfigError(
+        f'--cache_dir {cache} is a bucket URL; the synthetic videos are rendered and read '
+        'with OpenCV, which needs a local folder')
+  return pathlib.Path(cache)
+
+
+def predict_one(workdir: epath.Path, video: pathlib.Path) -> dict:
   """Runs the prediction command's code on one video; its JSON and a frame strip."""
   from stconsist_jax import predict  # pylint: disable=g-import-not-at-top
   out_dir = workdir / PREDICT_DIR
@@ -67,13 +84,31 @@ def predict_one(workdir: pathlib.Path, video: pathlib.Path) -> dict:
   return result.record
 
 
-def frame_strip(mp4: pathlib.Path | None, count: int):
-  """`count` evenly spaced frames of a video side by side (RGB), or None."""
+@contextlib.contextmanager
+def local_file(path: epath.Path) -> Iterator[str]:
+  """`path` itself, or for a bucket URL a local temporary copy (removed afterwards)."""
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  if not fileio.is_remote(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory(prefix='stconsist_demo_') as tmp:
+    local = os.path.join(tmp, fileio.base_name(path))
+    fileio.as_path(path).copy(local)
+    yield local
+
+
+def frame_strip(mp4: epath.Path | None, count: int):
+  """`count` evenly spaced frames of a video (local or a URL) side by side (RGB), or None."""
   if mp4 is None:
     return None
+  with local_file(mp4) as local:
+    return _frame_strip(local, count)
+
+
+def _frame_strip(mp4: str, count: int):
   import cv2  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  cap = cv2.VideoCapture(str(mp4))
+  cap = cv2.VideoCapture(mp4)
   frames = []
   ok, frame = cap.read()
   while ok:
@@ -92,17 +127,19 @@ def main(argv):
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs(_VERBOSE.value)
   with cli.user_errors(*cli.project_user_errors()):
-    run(_CONFIG.value, pathlib.Path(_WORKDIR.value), pathlib.Path(_CACHE_DIR.value),
-        resume=_RESUME.value)
+    run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value, resume=_RESUME.value)
 
 
-def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> None:
+def run(config, workdir: str | os.PathLike, cache: str | os.PathLike,
+        resume: bool) -> None:
   """Checks everything a user can get wrong first, then data, training, evaluation."""
   from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   t_start = time.time()
-  workdir_lock.check_local_path(workdir)
+  workdir = fileio.as_path(workdir)
+  cache = check_local_cache(os.fspath(cache))
   config_lib.validate(config)
   workdir_lock.check_not_locked(workdir)
 
@@ -112,7 +149,7 @@ def run(config, workdir: pathlib.Path, cache: pathlib.Path, resume: bool) -> Non
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
   if workdir.exists() and not resume:
-    shutil.rmtree(workdir)
+    workdir.rmtree()
   t0 = time.time()
   print(f'[demo] training {config.train.num_steps} steps into {workdir} ...', flush=True)
   train.train_and_evaluate(config, str(workdir), allow_config_change=resume)

@@ -11,6 +11,9 @@ evaluates on a bounded subset, and prints each stage's wall time, disk use and p
 memory, with the projected time of a full evaluation. Every stage is the command a user
 runs on the real data, started as a subprocess; a failing stage stops the rehearsal
 with its output. Stages whose output exists are reused (delete WORKDIR to redo them).
+WORKDIR and the annotations are local: the twin is rendered with OpenCV and the
+rehearsal measures this machine's disk use. Only a finished evaluation report (its
+commit file written) is read.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def define_flags() -> None:
@@ -142,15 +146,33 @@ def table(stages: Sequence[StageResult]) -> str:
   return '\n'.join(lines)
 
 
+def local_path(flag: str, value: str) -> pathlib.Path:
+  """The absolute local path a flag names; a bucket URL is refused in one line."""
+  if fileio.is_remote(value):
+    cli.fail(f'error: --{flag} {value} is a bucket URL; the rehearsal renders videos with '
+             'OpenCV and measures local disk use: give a local path')
+  return pathlib.Path(os.path.abspath(value))
+
+
+def latest_finished_report(eval_dir: pathlib.Path) -> pathlib.Path:
+  """report.json of the newest eval/<step>/ whose commit file was written."""
+  reports = sorted(
+      (p for p in eval_dir.glob('*/report.json') if fileio.is_committed(p.parent)),
+      key=lambda p: p.stat().st_mtime)
+  if not reports:
+    cli.fail(f'[rehearse] no finished evaluation report in {eval_dir}')
+  return reports[-1]
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.annotations:
     cli.fail('error: --annotations is required (a real pyannot.pkl or UCF101v2-GT.pkl)')
-  annotations = pathlib.Path(FLAGS.annotations).absolute()
+  annotations = local_path('annotations', FLAGS.annotations)
   if not annotations.is_file():
     cli.fail(f'error: --annotations {annotations} is not a file')
-  root = pathlib.Path(FLAGS.workdir).absolute()
+  root = local_path('workdir', FLAGS.workdir)
   root.mkdir(parents=True, exist_ok=True)
   twin, data_dir, run = root / 'ucf101_twin', root / 'tfds', root / 'run'
   size = FLAGS.frame_size
@@ -192,8 +214,8 @@ def main(argv: Sequence[str]) -> None:
     print(f'[rehearse] {name}: {_fmt_seconds(stages[-1].seconds)}, peak RSS '
           f'{stages[-1].peak_rss_mb:,.0f} MB, {stages[-1].disk_mb:,.0f} MB on disk', flush=True)
 
-  reports = sorted((run / 'eval').glob('*/report.json'), key=lambda p: p.stat().st_mtime)
-  report = json.loads(reports[-1].read_text())
+  report_path = latest_finished_report(run / 'eval')
+  report = json.loads(report_path.read_text())
   clips_per_video = int(report['protocol'].get('clips_per_video', 10))
   full = full_eval_passes(twin, clips_per_video)
   projected = project_full_eval(report, full)
@@ -209,8 +231,8 @@ def main(argv: Sequence[str]) -> None:
           f'this machine: {_fmt_seconds(projected)}')
   summary = {'stages': [dataclasses.asdict(s) for s in stages], 'full_eval': full,
              'projected_full_eval_seconds': projected, 'cpu_count': os.cpu_count(),
-             'report': str(reports[-1])}
-  (root / 'rehearsal.json').write_text(json.dumps(summary, indent=1) + '\n')
+             'report': str(report_path)}
+  fileio.atomic_write(root / 'rehearsal.json', json.dumps(summary, indent=1) + '\n')
   print(json.dumps({'projected_full_eval_seconds': projected,
                     'stage_seconds': {s.name: round(s.seconds, 1) for s in stages}}))
 

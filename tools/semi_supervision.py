@@ -7,12 +7,12 @@ Trains configs/demo.py on the demo's synthetic data with boxes kept for only a f
 of the annotated videos, once with the consistency loss (con_cls + con_loc, ramped) and
 once without it (both weights 0), for several seeds; evaluates each final checkpoint and
 prints mean +- standard deviation of mean IoU, frame-mAP and video accuracy. The last
-line is one JSON object; WORKDIR/summary.json holds every run.
+line is one JSON object; WORKDIR/summary.json holds every run. WORKDIR may be a bucket
+URL (gs://...); the data cache is a local folder (shared with the demo).
 """
 
 import json
 import pathlib
-import shutil
 import sys
 import time
 
@@ -27,9 +27,11 @@ from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-impor
 
 _CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
                                  'Training config.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/semi_supervision', 'Runs and summary.')
+_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/semi_supervision',
+                               'Runs and summary (a path or a bucket URL).')
 _CACHE_DIR = flags.DEFINE_string('cache_dir', 'data_cache/demo',
-                                 'Synthetic videos and the TFDS build (shared with the demo).')
+                                 'Synthetic videos and the TFDS build (shared with the demo; '
+                                 'local).')
 _FRACTION = flags.DEFINE_float('box_label_fraction', 0.25,
                                'Share of annotated videos whose boxes are kept.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds.')
@@ -67,10 +69,10 @@ def main(argv):
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   logging_utils.quiet_library_logs()
   with cli.user_errors(*cli.project_user_errors()):
-    study(_CONFIG.value, pathlib.Path(_WORKDIR.value))
+    study(_CONFIG.value, _WORKDIR.value)
 
 
-def study(base, root: pathlib.Path) -> None:
+def study(base, root: str) -> None:
   """Checks the settings and every run's workdir first, then trains and evaluates."""
   from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
@@ -78,7 +80,11 @@ def study(base, root: pathlib.Path) -> None:
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
   from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
-  workdir_lock.check_local_path(root)
+  root = fileio.as_path(root)
+  if fileio.is_remote(_CACHE_DIR.value):
+    raise config_lib.ConfigError(
+        f'--cache_dir {_CACHE_DIR.value} is a bucket URL; the synthetic videos are rendered '
+        'and read with OpenCV, which needs a local folder')
   if not 0.0 <= _FRACTION.value <= 1.0:
     raise config_lib.ConfigError(
         f'--box_label_fraction must be in [0, 1], got {_FRACTION.value}')
@@ -95,7 +101,7 @@ def study(base, root: pathlib.Path) -> None:
   for seed, name, consistency in plan:
     workdir = root / f'{name}_seed{seed}'
     if workdir.exists():
-      shutil.rmtree(workdir)
+      workdir.rmtree()
     config = run_config(base, seed, consistency)
     t0 = time.time()
     train.train_and_evaluate(config, str(workdir))

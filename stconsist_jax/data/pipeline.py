@@ -54,15 +54,16 @@ import functools
 import hashlib
 import math
 import os
-import pathlib
 from typing import Any, Iterator, Protocol, Sequence
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_parser
 
+from stconsist_jax import fileio
 from stconsist_jax.data import clips as clips_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -146,7 +147,9 @@ class TfdsSource:
       return self.read(split, 0, 1).take(0)
     parts = []
     for file in self.builder.info.splits[f"{split}[{start}:{end}]"].file_instructions:
-      path = os.path.join(self.builder.data_dir, file.filename)  # kept if absolute
+      path = file.filename  # TFDS may give the full path, a bucket URL included.
+      if not (fileio.is_remote(path) or os.path.isabs(path)):
+        path = os.path.join(self.builder.data_dir, path)
       part = tf.data.TFRecordDataset(path, buffer_size=TFRECORD_BUFFER_BYTES)
       part = part.skip(file.skip)
       parts.append(part.take(file.take) if file.take is not None and file.take >= 0
@@ -163,7 +166,7 @@ class TfdsSource:
     return normalize_raw(example)
 
 
-def _prepared_dir(config_dir: pathlib.Path) -> pathlib.Path | None:
+def _prepared_dir(config_dir: epath.Path) -> epath.Path | None:
   """The newest built version folder under a config folder, if any."""
   versions = [d for d in config_dir.glob("*") if (d / "dataset_info.json").exists()]
   if not versions:
@@ -173,7 +176,7 @@ def _prepared_dir(config_dir: pathlib.Path) -> pathlib.Path | None:
 
 def _find_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   if data_dir:
-    config_dir = pathlib.Path(data_dir, *name.split("/"))
+    config_dir = fileio.as_path(data_dir).joinpath(*name.split("/"))
     found = _prepared_dir(config_dir)
     if found is None and "/" in name:
       # Builds with a class list other than UCF-101's are named `<config>_c<classes>`.
@@ -184,7 +187,7 @@ def _find_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
                          f"{[d.name for d in variants]}; name one in config.data.name")
       found = _prepared_dir(variants[0]) if variants else None
     if found is not None:
-      return tfds.builder_from_directory(str(found))
+      return tfds.builder_from_directory(os.fspath(found))
   # Registers the builder class so that `tfds.builder` finds it by name.
   from stconsist_jax.data import tfds_builder  # noqa: F401  pylint: disable=g-import-not-at-top
   try:

@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import shutil
 import time
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -278,6 +277,11 @@ def check_manual_dir(manual_dir: str | os.PathLike, split: int = 1) -> pathlib.P
     ManualDirError: naming the first missing part (its `instructions` say how to
       download and arrange UCF-101).
   """
+  if fileio.is_remote(manual_dir):
+    raise ManualDirError(f"manual dir {os.fspath(manual_dir)} is a bucket URL: the source "
+                         "videos are decoded with OpenCV, which reads local files; copy "
+                         "the UCF-101 folder to a local disk (the built dataset, "
+                         "--data_dir, may be a bucket)")
   manual_dir = pathlib.Path(manual_dir)
   if not manual_dir.is_dir():
     raise ManualDirError(f"manual dir {manual_dir} not found: expected the downloaded "
@@ -516,7 +520,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     if existed and not self._report.videos:
       return
     report = self._report.to_dict()
-    path = pathlib.Path(self.data_dir) / REPORT_FILE
+    path = fileio.as_path(self.data_dir) / REPORT_FILE
     fileio.atomic_write(path, json.dumps(report, indent=1))
     logging.info("build report %s: written %s, skipped %s, videos/s %s", path,
                  report["videos_written"], report["videos_skipped"],
@@ -553,10 +557,10 @@ def _recover_replaced(data_path: epath.Path) -> bool:
   if not aside.exists():
     return False
   if data_path.exists():  # The new build was complete: drop the old one.
-    shutil.rmtree(aside)
+    aside.rmtree()
     return False
   logging.warning("restoring %s, set aside by an interrupted rebuild", data_path)
-  os.replace(aside, data_path)
+  fileio.move_tree(aside, data_path)
   return True
 
 
@@ -589,20 +593,20 @@ def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, split: int
     b.download_and_prepare(download_config=download_config)
     return b
   aside = _replaced_path(b.data_path)
-  os.replace(b.data_path, aside)
+  fileio.move_tree(b.data_path, aside)
   try:
     b = builder(cfg, data_dir, num_workers)
     b.download_and_prepare(download_config=download_config)
   except BaseException:
     if b.data_path.exists():  # Complete but its report failed: keep the old build.
-      shutil.rmtree(b.data_path)
-    os.replace(aside, b.data_path)
+      b.data_path.rmtree()
+    fileio.move_tree(aside, b.data_path)
     raise
-  shutil.rmtree(aside)
+  aside.rmtree()
   return b
 
 
 def read_report(builder_or_dir: Ucf101Stconsist | str | os.PathLike) -> dict[str, Any]:
   d = (builder_or_dir.data_dir if isinstance(builder_or_dir, Ucf101Stconsist)
        else builder_or_dir)
-  return json.loads((pathlib.Path(d) / REPORT_FILE).read_text())
+  return json.loads((fileio.as_path(d) / REPORT_FILE).read_text())

@@ -1,6 +1,7 @@
 """Converted 3D-ResNets-PyTorch weights: the torch-free half of the converter, and loading.
 
-Maps PyTorch state_dict keys to the Flax tree, checks fit, saves/loads orbax checkpoints.
+Maps PyTorch state_dict keys to the Flax tree, checks fit, saves/loads orbax checkpoints
+(a local directory or a bucket URL such as gs://bucket/weights, through etils.epath).
 
 `tools/convert_torch_weights.py` reads the `.pth` file with torch and hands plain numpy
 arrays to the functions here; nothing in this module imports torch. A converted checkpoint
@@ -9,22 +10,27 @@ is a directory:
   DIR/metadata.json   format, architecture, normalization, num_classes, generation, ...
   DIR/variables/      orbax checkpoint of {'params': {'backbone', ['classifier']},
                       'batch_stats': {'backbone'}}
+
+metadata.json is written last and marks DIR finished (an object store has no rename):
+a DIR without it is an unfinished conversion, refused by readers and replaced by the
+next conversion to the same place.
 """
 
 import dataclasses
 import json
 import os
 import re
-import shutil
-import uuid
 from typing import Any, Mapping
 
+from absl import logging
+from etils import epath
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from stconsist_jax import fileio
 from stconsist_jax.models import detector
 from stconsist_jax.models import resnet3d
 
@@ -264,50 +270,97 @@ def state_dict_to_variables(state: Mapping[str, np.ndarray],
 # --------------------------------------------------------------------- save/load
 
 
-def save_converted(output_dir: str, variables: Mapping[str, Any],
+def _directory(path: str | os.PathLike) -> epath.Path:
+  """`path` as an epath.Path; a local one made absolute (orbax needs that)."""
+  if fileio.is_remote(path):
+    return fileio.as_path(path)
+  return fileio.as_path(os.path.abspath(os.fspath(path)))
+
+
+def is_finished(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds a finished conversion (metadata.json is written last)."""
+  return (fileio.as_path(directory) / METADATA_FILE).exists()
+
+
+def _is_leftover(directory: epath.Path) -> bool:
+  """An unfinished conversion: only variables/ (or orbax's temporary folders of it)."""
+  return all(p.name.startswith(VARIABLES_DIR) for p in directory.iterdir())
+
+
+def check_output_dir(output_dir: str | os.PathLike) -> None:
+  """Refuses an output that is finished or holds anything but an unfinished conversion."""
+  directory = fileio.as_path(output_dir)
+  if is_finished(directory):
+    raise ConversionError(f"The output directory {output_dir} already holds a converted "
+                          "checkpoint; remove it or choose another --output.")
+  if directory.exists() and not _is_leftover(directory):
+    raise ConversionError(f"The output directory {output_dir} already exists and is not a "
+                          "converted checkpoint; remove it or choose another --output.")
+
+
+def save_converted(output_dir: str | os.PathLike, variables: Mapping[str, Any],
                    metadata: Mapping[str, Any]) -> None:
-  """Writes DIR atomically: everything goes to DIR.tmp-xxxx, renamed at the end."""
-  output_dir = os.path.abspath(output_dir)
-  if os.path.exists(output_dir):
-    raise ConversionError(f"The output directory {output_dir} already exists; remove it or "
-                          "choose another --output.")
-  tmp = f"{output_dir}.tmp-{uuid.uuid4().hex[:8]}"
+  """Writes DIR (local or a bucket URL): variables/ first, metadata.json last.
+
+  metadata.json marks the directory finished, so a crash in between leaves a directory
+  that readers refuse and that the next conversion to the same place replaces (with a
+  warning). A finished output, or a directory holding anything else, is refused. An
+  error while writing removes what was written.
+  """
+  check_output_dir(output_dir)
+  directory = _directory(output_dir)
+  if directory.exists() and any(directory.iterdir()):
+    logging.warning("Replacing the unfinished conversion in %s (no %s: an earlier "
+                    "conversion stopped before the end)", output_dir, METADATA_FILE)
+    directory.rmtree()
   try:
-    os.makedirs(tmp)
+    directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, VARIABLES_DIR), dict(variables))
+    checkpointer.save(directory / VARIABLES_DIR, dict(variables))
     checkpointer.wait_until_finished()
-    with open(os.path.join(tmp, METADATA_FILE), "w") as f:
-      json.dump(dict(metadata, format=FORMAT), f, indent=2, sort_keys=True)
-    os.rename(tmp, output_dir)
-  finally:
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp, ignore_errors=True)
+    _write_metadata(directory, metadata)
+  except Exception:
+    if directory.exists() and not is_finished(directory):
+      directory.rmtree()
+    raise
 
 
-def read_metadata(directory: str) -> dict[str, Any]:
+def _write_metadata(directory: epath.Path, metadata: Mapping[str, Any]) -> None:
+  """The commit marker of a conversion: written whole, after everything else."""
+  fileio.atomic_write(directory / METADATA_FILE,
+                      json.dumps(dict(metadata, format=FORMAT), indent=2, sort_keys=True))
+
+
+def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
   """metadata.json of a converted checkpoint, with clear errors for anything else."""
-  if not os.path.isdir(directory):
+  path = fileio.as_path(directory)
+  if not path.exists():
     raise FileNotFoundError(f"Pretrained checkpoint directory {directory} does not exist; "
                             "create it with tools/convert_torch_weights.py.")
-  path = os.path.join(directory, METADATA_FILE)
+  has_variables = (path / VARIABLES_DIR).exists()
+  if not is_finished(path):
+    if has_variables:
+      raise ValueError(f"{directory} is an unfinished conversion (no {METADATA_FILE}: the "
+                       "converter stopped before the end); run "
+                       "tools/convert_torch_weights.py again to replace it.")
+    raise ValueError(f"{directory} is not a converted checkpoint: it has no "
+                     f"{METADATA_FILE}. Create it with tools/convert_torch_weights.py.")
   try:
-    with open(path) as f:
-      metadata = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"{directory} is not a converted checkpoint: cannot read {path} "
-                     f"({e}). Create it with tools/convert_torch_weights.py.") from None
-  if metadata.get("format") != FORMAT or not os.path.isdir(
-      os.path.join(directory, VARIABLES_DIR)):
+    metadata = json.loads((path / METADATA_FILE).read_text())
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{directory} is not a converted checkpoint: cannot read "
+                     f"{METADATA_FILE} ({e}). Create it with tools/convert_torch_weights.py."
+                     ) from None
+  if not isinstance(metadata, dict) or metadata.get("format") != FORMAT or not has_variables:
+    found = metadata.get("format") if isinstance(metadata, dict) else None
     raise ValueError(f"{directory} is not a converted checkpoint of format {FORMAT} "
-                     f"(metadata format {metadata.get('format')!r}, 'variables/' "
-                     "present: " f"{os.path.isdir(os.path.join(directory, VARIABLES_DIR))}).")
+                     f"(metadata format {found!r}, 'variables/' present: {has_variables}).")
   return metadata
 
 
-def load_pretrained(directory: str,
+def load_pretrained(directory: str | os.PathLike,
                     dtype: Any = jnp.float32) -> tuple[detector.VideoClassifier, dict[str, Any]]:
-  """DIR -> (VideoClassifier, variables).
+  """DIR (local or a bucket URL) -> (VideoClassifier, variables).
 
   `model.apply(variables, uint8_clip, train=False)` gives the PyTorch logits of the same
   clip normalized as the weights expect (the model applies that preset itself). For a
@@ -319,8 +372,7 @@ def load_pretrained(directory: str,
   model = detector.VideoClassifier(num_classes=int(num_classes),
                                    backbone_kwargs=dict(metadata["architecture"]),
                                    normalization=metadata["normalization"], dtype=dtype)
-  restored = ocp.StandardCheckpointer().restore(
-      os.path.abspath(os.path.join(directory, VARIABLES_DIR)))
+  restored = ocp.StandardCheckpointer().restore(_directory(directory) / VARIABLES_DIR)
   variables = jax.tree_util.tree_map(jnp.asarray, restored)
   return model, {"params": variables["params"], "batch_stats": variables["batch_stats"]}
 
