@@ -131,12 +131,13 @@ def box_consistency(boxes: Array, boxes_flip: Array) -> Array:
 def consistency_ramp(step: Union[int, Array], rampup_steps: int,
                      total_steps: Optional[int] = None,
                      rampdown_steps: int = 0) -> Array:
-  """The consistency weight w(t) of CSD-SSD, in steps.
+  """The consistency weight w(t) of CSD-SSD (its `rampweight`), in steps.
 
-  w(0) = 0; w(t) = exp(-5 (1 - t / T_up)^2) for 0 < t < T_up; 1 afterwards. With
+  w(0) = 0; w(t) = exp(-5 (1 - t / T_up)^2) for 0 < t < T_up; else, with
   `rampdown_steps` = T_down > 0 (and `total_steps` = T_end), w(t) =
-  exp(-12.5 (1 - (T_end - t) / T_down)^2) for t > T_end - T_down. `rampup_steps` == 0
-  means no ramp-up: w = 1 from step 0.
+  exp(-12.5 (1 - (T_end - t) / T_down)^2) for t > T_end - T_down; else 1.
+  `rampup_steps` == 0 means no ramp-up: w = 1 from step 0. When the two ramps overlap
+  (T_up > T_end - T_down) the ramp-up wins until T_up, as in CSD-SSD's if/elif.
 
   Args:
     step: the current step (Python int or a traced integer scalar).
@@ -160,7 +161,8 @@ def consistency_ramp(step: Union[int, Array], rampup_steps: int,
     w = jnp.where(t <= 0, 0.0, w)
   if rampdown_steps > 0:
     down = jnp.exp(-12.5 * jnp.square(1.0 - (total_steps - t) / rampdown_steps))
-    w = jnp.where(t > total_steps - rampdown_steps, jnp.minimum(w, down), w)
+    in_rampdown = (t > total_steps - rampdown_steps) & (t >= rampup_steps)
+    w = jnp.where(in_rampdown, down, w)
   return w.astype(jnp.float32)
 
 

@@ -204,6 +204,46 @@ def test_consistency_ramp_values():
     losses.consistency_ramp(5, 10, rampdown_steps=3)
 
 
+def _csd_rampweight(iteration, ramp_up_end, total, ramp_down):
+  """CSD-SSD's `rampweight` (train_csd.py), its constants made arguments."""
+  ramp_down_start = total - ramp_down
+  if iteration < ramp_up_end:
+    ramp_weight = math.exp(-5 * math.pow((1 - iteration / ramp_up_end), 2))
+  elif iteration > ramp_down_start:
+    ramp_weight = math.exp(-12.5 * math.pow((1 - (total - iteration) / ramp_down), 2))
+  else:
+    ramp_weight = 1
+  if iteration == 0:
+    ramp_weight = 0
+  return ramp_weight
+
+
+@pytest.mark.parametrize("ramp_up,total,ramp_down", [
+    (32000, 120000, 20000),  # CSD-SSD's own setting: the ramps do not meet.
+    (80, 100, 40),  # Overlapping: ramp-up still running when ramp-down would start.
+    (100, 100, 100),  # Overlapping over the whole run.
+    (10, 50, 10),  # Meeting in the middle with a flat part between.
+])
+def test_consistency_ramp_equals_csd_rampweight(ramp_up, total, ramp_down):
+  edges = {0, 1, ramp_up - 1, ramp_up, ramp_up + 1, total - ramp_down,
+           total - ramp_down + 1, total - 1, total}
+  steps = sorted(t for t in edges | set(range(0, total + 1, max(total // 37, 1)))
+                 if 0 <= t <= total)
+  for t in steps:
+    np.testing.assert_allclose(
+        losses.consistency_ramp(t, ramp_up, total, ramp_down),
+        _csd_rampweight(t, ramp_up, total, ramp_down), rtol=1e-5, atol=1e-7,
+        err_msg=f"step {t}")
+
+
+def test_overlapping_ramps_let_the_ramp_up_win():
+  """The example of the issue: ramp-up 80, total 100, ramp-down 40, step 70."""
+  np.testing.assert_allclose(losses.consistency_ramp(70, 80, 100, 40),
+                             math.exp(-5 * (1 - 70 / 80) ** 2), rtol=1e-6)  # 0.925
+  np.testing.assert_allclose(losses.consistency_ramp(90, 80, 100, 40),
+                             math.exp(-12.5 * (1 - 10 / 40) ** 2), rtol=1e-6)
+
+
 def test_total_loss_weights_each_term():
   terms = {"cls": jnp.float32(2.0), "loc": jnp.float32(0.5), "con": jnp.float32(0.1)}
   w = {"cls": 1.0, "loc": 2.0, "con": jnp.float32(0.5) * 10}
