@@ -51,8 +51,7 @@ def pytest_sessionfinish(session):
 # The longest tests, started first so that the two pytest-xdist workers finish together
 # instead of one running a long test alone at the end.
 LONG_TESTS = ("test_reduced_demo_learns", "test_two_process_run_matches_single_process",
-              "test_build_train_kill_resume_and_evaluate_on_a_bucket",
-              "test_kill_during_a_checkpoint_save_resumes_from_the_last_committed",
+              "test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket",
               "test_kill_and_resume_continues_the_same_loss_curve",
               "test_device_flip_equals_host_flip", "test_one_device_and_eight_devices_agree")
 

@@ -21,7 +21,6 @@ from stconsist_jax.data import tfds_builder
 from tests.data_fixtures import SYNTHETIC_FRAME_SIZE
 
 NUM_STEPS = 12
-EVERY = 4
 
 
 def _overrides(builder, data_dir, num_classes):
@@ -33,7 +32,7 @@ def _overrides(builder, data_dir, num_classes):
       f'--config.model.num_classes={num_classes}', '--config.model.widen_factor=0.125',
       '--config.model.box_head=mlp', '--config.model.box_hidden=(8,)',
       '--config.train.batch_size=4', f'--config.train.num_steps={NUM_STEPS}',
-      '--config.train.log_every=2', f'--config.train.checkpoint_every={EVERY}',
+      '--config.train.log_every=2', '--config.train.checkpoint_every=1',
       f'--config.train.eval_every={NUM_STEPS}', '--config.optimizer.warmup_steps=2',
       '--config.loss.rampup_steps=4', '--config.eval.batch_size=8',
       '--config.eval.clips_per_video=1', '--config.eval.frame_stride=8',
@@ -61,20 +60,34 @@ def _finish(proc, timeout=600):
   return out
 
 
-def _wait_for_checkpoint(proc, directory, timeout=300):
+def _kill_during_a_save(proc, ckpt_dir, timeout=300):
+  """SIGKILLs `proc` while a step is being written next to a committed one.
+
+  On a bucket orbax writes a step in place and commits it last, so the step in progress
+  is a directory that `committed_steps` does not list. Returns (committed, partial).
+  """
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    if checkpointing.committed_steps(directory):
-      return
     if proc.poll() is not None:
       pytest.fail(f'run ended early (rc {proc.returncode}):\n{proc.stdout.read()[-4000:]}')
-    time.sleep(0.2)
-  proc.kill()
-  pytest.fail('no checkpoint appeared on the bucket')
+    committed = {str(s) for s in checkpointing.committed_steps(ckpt_dir)}
+    present = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
+    if committed and {name for name in present - committed if name.isdigit()}:
+      break
+    time.sleep(0.02)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  committed = checkpointing.committed_steps(ckpt_dir)
+  partial = {p.name for p in ckpt_dir.iterdir() if p.name.isdigit()} - {
+      str(s) for s in committed}
+  return committed, partial
 
 
-def test_build_train_kill_resume_and_evaluate_on_a_bucket(gcs_bucket, synthetic_root,
-                                                          repo_root):
+def test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket(
+    gcs_bucket, synthetic_root, repo_root):
+  """The TFDS build, training (SIGKILLed while a checkpoint is being written, then
+  resumed from the last committed one), evaluation and a separate --mode=eval, all on
+  gs://."""
   data_dir = f'{gcs_bucket}/tfds'
   workdir = f'{gcs_bucket}/runs/tiny'
   builder = tfds_builder.build(synthetic_root.root, data_dir, split=1,
@@ -86,10 +99,8 @@ def test_build_train_kill_resume_and_evaluate_on_a_bucket(gcs_bucket, synthetic_
 
   first = _launch(repo_root, workdir, args)
   ckpt_dir = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
-  _wait_for_checkpoint(first, ckpt_dir)
-  first.send_signal(signal.SIGKILL)
-  first.wait()
-  killed_at = checkpointing.committed_steps(ckpt_dir)
+  killed_at, partial = _kill_during_a_save(first, ckpt_dir)
+  assert partial, 'the save in progress finished before the kill landed'
   assert killed_at and max(killed_at) < NUM_STEPS
 
   out = _finish(_launch(repo_root, workdir, args))
@@ -113,39 +124,3 @@ def test_build_train_kill_resume_and_evaluate_on_a_bucket(gcs_bucket, synthetic_
   assert again['video_accuracy'] == report['video_accuracy']
   _, variables, step = checkpointing.restore_for_eval(workdir, 'latest')
   assert step == NUM_STEPS and 'params' in variables
-
-
-def test_kill_during_a_checkpoint_save_resumes_from_the_last_committed(gcs_bucket,
-                                                                      repo_root):
-  """SIGKILL lands while a step is being written: that step is not listed, the previous
-  committed one is restored, and the run completes."""
-  workdir = f'{gcs_bucket}/runs/killed'
-  args = ['--config.data.name=random', '--config.data.frame_size=16',
-          '--config.data.image_size=16', '--config.data.num_frames=4',
-          '--config.model.widen_factor=0.125', '--config.model.box_hidden=(16,)',
-          '--config.train.batch_size=4', '--config.train.num_steps=8',
-          '--config.train.log_every=1', '--config.train.checkpoint_every=1',
-          '--config.optimizer.warmup_steps=2', '--config.loss.rampup_steps=5']
-  ckpt_dir = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
-  proc = _launch(repo_root, workdir, args)
-  # Kill as soon as a step directory exists that is not committed yet (a save in
-  # progress: orbax writes a bucket step in place and commits it last).
-  in_progress = set()
-  deadline = time.monotonic() + 300
-  while not in_progress and time.monotonic() < deadline and proc.poll() is None:
-    present = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
-    committed = {str(s) for s in checkpointing.committed_steps(ckpt_dir)}
-    if committed:
-      in_progress = {name for name in present - committed if name.isdigit()}
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert in_progress, 'never saw a save in progress next to a committed step'
-  committed = checkpointing.committed_steps(ckpt_dir)
-  partial = {p.name for p in ckpt_dir.iterdir() if p.name.isdigit()} - {
-      str(s) for s in committed}
-  assert partial, 'the save finished before the kill landed'
-  assert committed
-  out = _finish(_launch(repo_root, workdir, args))
-  assert f'Resumed from checkpoint step {max(committed)}' in out
-  assert 8 in checkpointing.committed_steps(ckpt_dir)
