@@ -68,8 +68,7 @@ def main(argv):
                         num_processes=jax.process_count())
   except config_lib.ConfigError as e:
     logging.error('invalid config: %s', e)
-    print(f'invalid config: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f'invalid config: {e}')
   logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
                jax.device_count(), jax.devices()[0].platform)
 
@@ -82,12 +81,12 @@ def main(argv):
                    if _MODE.value == 'train_and_eval' else None)
     train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn,
                              allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except cli.project_user_errors() + (ValueError, PermissionError) as e:
-    # Bad settings found once the data or checkpoints are looked at (num_classes vs the
-    # dataset, a dataset not built, no checkpoint, another architecture): one message.
+  except cli.project_user_errors() as e:
+    # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
+    # the dataset, a dataset not built, no checkpoint, another architecture): one line.
+    # Any other exception is a bug and keeps its traceback.
     logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    cli.fail(f'error: {e}')
   except train.Preempted as e:
     logging.warning('%s', e)
     print(str(e), file=sys.stderr)

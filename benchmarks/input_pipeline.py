@@ -1,7 +1,7 @@
 """Input pipeline benchmark: clips/s of the tf.data pipeline against a whole-video reference loader.
 
 Builds (or reuses) a synthetic UCF-101-layout dataset and its TFDS records, then measures
-in one run, on the same videos: (1) `pipeline.make_train_dataset` (decode only the 16
+in one run, on the same videos: (1) `train_stream.make_train_dataset` (decode only the 16
 chosen JPEG frames, boxes; the flipped copy is made by the train step on the
 accelerator, or here with --host_flip) and (2) the original study's way of loading a
 sample (OpenCV-decode the whole .avi, resize every frame, pick a window, flip in numpy),
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from stconsist_jax.data import pipeline  # noqa: E402
+from stconsist_jax.data import train_stream  # noqa: E402
 from stconsist_jax.data import synthetic  # noqa: E402
 from stconsist_jax.data import tfds_builder  # noqa: E402
 
@@ -78,7 +78,7 @@ def data_config(data_dir: pathlib.Path, frame_size: int, num_frames: int,
   return ml_collections.ConfigDict(dict(
       name="synthetic", data_dir=str(data_dir), split=1, frame_size=frame_size,
       image_size=frame_size, num_frames=num_frames, frame_stride=1, classes="all",
-      box_label_fraction=1.0, labeled_per_batch=0, scale_augment=False,
+      box_label_fraction=1.0, labeled_per_batch=0, scale_augment=(1.0, 1.0),
       shuffle_buffer=64, host_flip=host_flip))
 
 
@@ -86,8 +86,8 @@ class PipelineMeter:
   """The training stream, kept open across rounds; each round counts samples, wall, CPU."""
 
   def __init__(self, config, batch_size: int):
-    self.iterator = pipeline.BatchIterator(
-        pipeline.make_train_dataset(config, batch_size=batch_size, seed=0))
+    self.iterator = train_stream.BatchIterator(
+        train_stream.make_train_dataset(config, batch_size=batch_size, seed=0))
     for _ in range(5):  # warm-up: graph tracing, shuffle buffer, autotuning
       next(self.iterator)
 

@@ -25,10 +25,14 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from configs import default as default_config  # noqa: E402
 from configs import demo as demo_config  # noqa: E402
-from stconsist_jax import evaluate  # noqa: E402
+from stconsist_jax import distributed  # noqa: E402
+from stconsist_jax import frame_predictor  # noqa: E402
 from stconsist_jax import logging_utils  # noqa: E402
 from stconsist_jax import models  # noqa: E402
 from stconsist_jax import predict  # noqa: E402
+from stconsist_jax import reports  # noqa: E402
+from stconsist_jax import tubes  # noqa: E402
+from stconsist_jax import video_files  # noqa: E402
 
 SETTINGS = ('demo', 'r3d34')
 
@@ -92,20 +96,20 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
   model = models.build_model(config.model)
   devices = jax.local_devices()
   devices = devices[:_NUM_DEVICES.value] if _NUM_DEVICES.value else devices
-  predictor = predict.FramePredictor.from_config(
+  predictor = frame_predictor.FramePredictor.from_config(
       config, model, random_variables(model, config), batch_size=_BATCH_SIZE.value,
-      mesh=predict.distributed.make_mesh(devices))
+      mesh=distributed.make_mesh(devices))
   compile_s = predictor.warm_up()
   num_classes = int(config.model.num_classes)
   loaded = predict.Loaded(predictor, config, predict.generic_class_names(num_classes),
-                          evaluate.linking_config(config),
+                          tubes.linking_config(config),
                           {'source': 'workdir', 'path': '', 'step': 0,
-                           'architecture': predict.evaluate.describe_model(config.model),
+                           'architecture': reports.describe_model(config.model),
                            'classification_only': False, 'num_classes': num_classes,
                            'config_hash': None})
 
   start = time.perf_counter()
-  decoded = sum(1 for _ in predict.read_frames(predict.open_video(video)[0]))
+  decoded = sum(1 for _ in video_files.read_frames(video_files.open_video(video)[0]))
   decode_s = time.perf_counter() - start
 
   with tempfile.TemporaryDirectory() as out:

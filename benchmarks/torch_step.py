@@ -68,7 +68,7 @@ class TorchDetector(nn.Module):
 def loss_terms(logits: torch.Tensor, logits_flip: torch.Tensor, boxes: torch.Tensor,
                boxes_flip: torch.Tensor, label: torch.Tensor, box: torch.Tensor,
                has_box: torch.Tensor) -> dict[str, torch.Tensor]:
-  """The four terms of `stconsist_jax.train.loss_terms` (JS consistency), in PyTorch."""
+  """The four terms of `stconsist_jax.train_step.loss_terms` (JS consistency), in PyTorch."""
   cls = F.cross_entropy(logits, label)
   mask = has_box.float()
   diff = torch.where(has_box[:, None], boxes - box, torch.zeros_like(boxes))

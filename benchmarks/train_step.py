@@ -1,10 +1,10 @@
 """Train-step benchmark: clips/s and achieved FLOP/s of the jitted step, optionally against PyTorch.
 
-Times `stconsist_jax.train.make_train_step` (the clip and its flipped copy in one forward
+Times `stconsist_jax.train_step.make_train_step` (the clip and its flipped copy in one forward
 pass, all four losses, SGD with momentum) on batches generated on the device, for each
 compute dtype and batch size; the FLOPs of a step come from XLA's cost analysis of the
 compiled step. With `--prefetch=N` (N >= 0) the batches come from a host iterator
-instead (numpy `train.random_batch`, as from a data pipeline), through
+instead (numpy `random_source.random_batch`, as from a data pipeline), through
 `distributed.prefetch_to_mesh` N steps ahead (0: sharded at each step). With `--torch`,
 the same detector, losses and step in PyTorch run in the same process after each JAX
 setting, and `ratio` = JAX clips/s / PyTorch clips/s. A clip counts once although it is
@@ -41,7 +41,8 @@ from configs import default as default_config  # noqa: E402
 from stconsist_jax import config_lib  # noqa: E402
 from stconsist_jax import distributed  # noqa: E402
 from stconsist_jax import models  # noqa: E402
-from stconsist_jax import train  # noqa: E402
+from stconsist_jax import train_step  # noqa: E402
+from stconsist_jax.data import random_source  # noqa: E402
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["2"], "Global batch sizes (clips per step).")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
@@ -147,7 +148,7 @@ def batch_stream(config: ml_collections.ConfigDict, mesh: Any, prefetch: int
     batch_fn = make_batch_fn(config, mesh)
     keys = jax.random.split(jax.random.PRNGKey(config.seed), 2)
     return itertools.cycle([batch_fn(k) for k in keys])
-  host = (train.random_batch(config, step) for step in itertools.count())
+  host = (random_source.random_batch(config, step) for step in itertools.count())
   return distributed.prefetch_to_mesh(host, mesh, prefetch)
 
 
@@ -155,12 +156,12 @@ def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup
                 prefetch: int = -1) -> dict[str, Any]:
   """Compiles and times the real train step; FLOPs from the compiled executable."""
   model = models.build_model(config.model)
-  stage = train.resolve_stages(config)[0]
-  state = train.create_train_state(config, model, mesh)
+  stage = train_step.resolve_stages(config)[0]
+  state = train_step.create_train_state(config, model, mesh)
   batches = batch_stream(config, mesh, prefetch)
   example = next(batches)
   start = time.perf_counter()
-  compiled = train.make_train_step(config, model, mesh, stage).lower(
+  compiled = train_step.make_train_step(config, model, mesh, stage).lower(
       state, example).compile()
   compile_s = time.perf_counter() - start
   # The cost analysis of an SPMD executable describes one device's share.

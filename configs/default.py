@@ -11,10 +11,11 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Input pipeline (stconsist_jax.data.pipeline). The stream is a pure function of
-  # (seed, step), so resuming restarts it at the restored step.
+  # Input pipeline (stconsist_jax.data: train_stream, eval_streams). The training stream
+  # is a pure function of (seed, step), so resuming restarts it at the restored step.
   config.data = ml_collections.ConfigDict()
   # TFDS name; 'synthetic' = generated videos; 'random' = random arrays, no TF (smoke runs).
+  # A bare name reads the config `name/split{split}_{frame_size}`; `name/config` as given.
   config.data.name = 'ucf101_stconsist'
   config.data.data_dir = ''  # TFDS data_dir ('' = TFDS default).
   config.data.split = 1  # UCF-101 train/test split (only 1 has UCF101-24 boxes).
@@ -25,10 +26,14 @@ def get_config() -> ml_collections.ConfigDict:
   # 'all': every video, one label per dataset class (101 for UCF-101); 'ucf24': only the
   # annotated videos, labelled by their tube class (24 for UCF101-24).
   config.data.classes = 'all'
-  config.data.box_label_fraction = 1.0  # Fraction of annotated videos whose boxes are kept.
-  config.data.labeled_per_batch = 0  # Clips with a box per batch (0 = natural mix).
+  # Fraction of annotated videos whose boxes are kept, chosen by a keyed hash of (video
+  # name, seed): the same on every host, and nested (a smaller fraction keeps a subset).
+  config.data.box_label_fraction = 1.0
+  # k > 0: every per-host batch holds k clips of box-kept videos (windows drawn where
+  # tube 0 has boxes) and the rest from the other videos; 0 = natural mix.
+  config.data.labeled_per_batch = 0
   config.data.scale_augment = (1.0, 1.0)  # Crop side / frame side (min, max); (1, 1) = off.
-  config.data.shuffle_buffer = 512
+  config.data.shuffle_buffer = 512  # Videos in the shuffle buffer.
   # Make the flipped clip on the host too (default: the train step flips on the device,
   # which halves host work and host-to-device traffic).
   config.data.host_flip = False
@@ -85,9 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.batch_size = 64  # Global batch (all hosts); divisible by the device count.
   config.train.num_steps = 20000
-  config.train.fix_weights = False  # Train only the box head (backbone + classifier frozen).
-  # Optional staged schedule; empty = one stage with the settings above. Each stage is a
-  # dict {'num_steps': int (-1 = until train.num_steps), 'fix_weights': bool,
+  # Optional staged schedule; empty = one stage training everything. Each stage is a
+  # dict {'num_steps': int (-1 = until train.num_steps), 'freeze_backbone': bool (train
+  # only the box head: backbone and classifier frozen, BatchNorm in inference mode),
   # 'loss_weights': {cls, loc, con_cls, con_loc} (omitted keys keep config.loss's)}.
   config.train.stages = ()
   config.train.log_every = 50

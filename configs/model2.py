@@ -11,6 +11,5 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model.box_hidden = (256, 64, 8)
-  config.train.fix_weights = False
   config.init_from = 'workdirs/finetune_cls'
   return config

@@ -3,7 +3,7 @@
 Layout of a workdir (a local folder or a gs:// prefix):
   config.json                 the run's config (saved before the first step)
   checkpoints/<step>/         items 'variables' {params, batch_stats} and 'train'
-                              {opt_state, step, rng}; an evaluated step also holds its
+                              {opt_state, step}; an evaluated step also holds its
                               'metrics'. One orbax CheckpointManager keeps the latest
                               `keep` steps and the best one by `best_metric`.
 Locally orbax writes each step into a temporary directory and renames it when complete;
@@ -161,7 +161,7 @@ class Checkpointer:
         variables=ocp.args.StandardSave(
             {'params': state.params, 'batch_stats': state.batch_stats}),
         train=ocp.args.StandardSave(
-            {'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng})),
+            {'opt_state': state.opt_state, 'step': state.step})),
         metrics=metrics, force=True)
 
   def reached_preemption(self, step: int) -> bool:
@@ -178,7 +178,7 @@ class Checkpointer:
         variables=ocp.args.StandardRestore(
             _abstract({'params': state.params, 'batch_stats': state.batch_stats})),
         train=ocp.args.StandardRestore(
-            _abstract({'opt_state': state.opt_state, 'step': state.step, 'rng': state.rng})))
+            _abstract({'opt_state': state.opt_state, 'step': state.step})))
     steps = [step] if step is not None else list(self._manager.all_steps())
     _, restored = restore_with_fallback(
         steps, lambda s: self._manager.restore(s, args=args),
@@ -186,7 +186,7 @@ class Checkpointer:
         on_unreadable=self._set_aside if step is None else None)
     v, t = restored['variables'], restored['train']
     return state.replace(params=v['params'], batch_stats=v['batch_stats'],
-                         opt_state=t['opt_state'], step=t['step'], rng=t['rng'])
+                         opt_state=t['opt_state'], step=t['step'])
 
   def _set_aside(self, step: int) -> None:
     """Moves an unreadable step directory out of orbax's sight (process 0 only)."""
@@ -205,13 +205,40 @@ class Checkpointer:
     self._manager.close()
 
 
+def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> list[int]:
+  """The committed steps of a training workdir; clear errors when it cannot be restored.
+
+  Raises FileNotFoundError for a missing workdir, one without checkpoints or without
+  its config, and an int `step` that is not among its steps.
+  """
+  workdir = fileio.as_path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(f'workdir {workdir} does not exist (expected a directory '
+                            f'written by launch.py --mode=train: '
+                            f'{config_lib.CONFIG_FILENAME} and {CHECKPOINT_DIR}/)')
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  steps = committed_steps(ckpt_dir)
+  if not steps:
+    raise FileNotFoundError(f'workdir {workdir} has no checkpoints: expected step '
+                            f'directories under {ckpt_dir}, found '
+                            f'{"none" if ckpt_dir.is_dir() else "no such directory"}')
+  if isinstance(step, int) and step not in steps:
+    raise FileNotFoundError(f'workdir {workdir} has no checkpoint for step {step}; '
+                            f'found steps {steps}')
+  if not (workdir / config_lib.CONFIG_FILENAME).exists():
+    raise FileNotFoundError(f'workdir {workdir} has checkpoints but no '
+                            f'{config_lib.CONFIG_FILENAME} (the config saved by training)')
+  return steps
+
+
 def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
                      ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
   """(config, {'params', 'batch_stats'} as numpy, step) of a training workdir.
 
   `step` is an int, 'latest' (newest checkpoint) or 'best' (best evaluated checkpoint by
-  the run's eval.best_metric).
+  the run's eval.best_metric). Errors as `check_workdir`.
   """
+  steps = check_workdir(workdir, step)
   workdir = fileio.as_path(workdir)
   config = config_lib.load(workdir)
   directory = workdir / CHECKPOINT_DIR
@@ -222,9 +249,6 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
                      best_metric=evaluation.get('best_metric', 'video_accuracy'),
                      best_mode=evaluation.get('best_mode', 'max'))
   try:
-    steps = list(manager.all_steps())
-    if not steps:
-      raise FileNotFoundError(f'no checkpoints under {directory}')
     if step == 'best':
       best = manager.best_step()
       if best is None:
@@ -233,9 +257,6 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
       candidates = [best]
     elif step == 'latest':
       candidates = steps
-    elif step not in steps:
-      raise FileNotFoundError(f'no checkpoint for step {step} under {directory}; '
-                              f'available: {sorted(steps)}')
     else:
       candidates = [step]
 

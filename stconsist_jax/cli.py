@@ -7,7 +7,6 @@ line on stderr and exit code 2, never a traceback; real bugs still raise.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 import sys
 from typing import Iterator, Sequence
@@ -15,7 +14,6 @@ from typing import Iterator, Sequence
 from absl import flags
 
 EXIT_USER_ERROR = 2
-_DEFAULT_CONFIG_PATHS: dict[str, str] = {}
 
 
 def fail(message: str) -> None:
@@ -28,24 +26,6 @@ def _config_path(argv: Sequence[str], name: str) -> str | None:
   return next((a.split('=', 1)[1] for a in argv[1:] if a.startswith(f'--{name}=')), None)
 
 
-def _missing_key(config_path: str | None, dotted: str) -> bool:
-  """Whether `dotted` names no field of the config file at `config_path`."""
-  if config_path is None:
-    return False
-  try:
-    spec = importlib.util.spec_from_file_location('_cli_config', config_path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    node = module.get_config()
-  except Exception:  # pylint: disable=broad-except
-    return False
-  for part in dotted.split('.'):
-    if not hasattr(node, 'keys') or part not in node.keys():
-      return True
-    node = node[part]
-  return False
-
-
 def define_config_file(name: str, default: str | None, help_string: str) -> object:
   """config_flags.DEFINE_config_file; a bad override of the default config is one line.
 
@@ -53,20 +33,32 @@ def define_config_file(name: str, default: str | None, help_string: str) -> obje
   so an unknown key raises at import time, before app.run can report it.
   """
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  if default is not None:
-    _DEFAULT_CONFIG_PATHS[name] = default
   try:
     return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     fail(_override_error(sys.argv, name, e))
 
 
+def _missing_field(error: Exception) -> str | None:
+  """The field that ml_collections names first when an override's key does not exist.
+
+  It raises KeyError (a missing group) or AttributeError (a missing field) whose message
+  starts with the quoted field.
+  """
+  if not isinstance(error, (KeyError, AttributeError)):
+    return None
+  found = re.match(r"""[\s\\'"]*(\w+)""", str(error))
+  return found.group(1) if found else None
+
+
 def _override_error(argv: Sequence[str], name: str, error: Exception) -> str:
-  keys = [a[2:].split('=')[0] for a in argv[1:] if a.startswith(f'--{name}.')]
-  path = _config_path(argv, name) or _DEFAULT_CONFIG_PATHS.get(name)
-  missing = [k for k in keys if _missing_key(path, k[len(name) + 1:])]
-  where = (f'config key {missing[0][len(name) + 1:]!r} does not exist' if missing
-           else f'bad override among {keys}')
+  """One line for a --name.* override that ml_collections refused."""
+  keys = [a[2:].split('=')[0][len(name) + 1:] for a in argv[1:]
+          if a.startswith(f'--{name}.')]
+  field = _missing_field(error)
+  missing = [k for k in keys if field in k.split('.')] if field else []
+  where = (f'config key {missing[0]!r} does not exist' if missing
+           else f'bad override among {[f"{name}.{k}" for k in keys]}')
   hint = re.search(r'Did you mean "([^"]+)"', str(error))
   detail = f' (did you mean {hint.group(1)!r}?)' if hint else f' ({error})'
   return f'invalid config: {where}{detail}'
@@ -108,9 +100,21 @@ def user_errors(*error_types: type[BaseException]) -> Iterator[None]:
 
 
 def project_user_errors() -> tuple[type[BaseException], ...]:
-  """The project's own error types that describe a user's mistake or a damaged file."""
-  from stconsist_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
-  return (config_lib.ConfigError, FileNotFoundError, workdir_lock.WorkdirLockedError,
-          checkpointing.CheckpointReadError)
+  """The error types that describe a user's mistake or a damaged file.
+
+  The project's own types, and the OS errors of a path the user gave; any other
+  exception is a bug and keeps its traceback.
+  """
+  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import checkpointing
+  from stconsist_jax import config_lib
+  from stconsist_jax import train
+  from stconsist_jax import workdir_lock
+  from stconsist_jax.data import annotations
+  from stconsist_jax.models import param_trees
+  from stconsist_jax.models import pretrained
+  # pylint: enable=g-import-not-at-top
+  return (config_lib.ConfigError, workdir_lock.WorkdirLockedError,
+          checkpointing.CheckpointReadError, param_trees.ParameterTreeMismatchError,
+          pretrained.ConversionError, annotations.DataFileError,
+          train.TrainingDataExhaustedError, FileNotFoundError, PermissionError)

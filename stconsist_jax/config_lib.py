@@ -20,7 +20,7 @@ DTYPES = ('float32', 'bfloat16')
 CON_CLS = ('js', 'csd')
 DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 LOSS_TERMS = ('cls', 'loc', 'con_cls', 'con_loc')
-STAGE_KEYS = ('num_steps', 'fix_weights', 'loss_weights')
+STAGE_KEYS = ('num_steps', 'freeze_backbone', 'loss_weights')
 CONFIG_FILENAME = 'config.json'
 
 
@@ -85,9 +85,9 @@ def _check_stages(config: Any) -> None:
                         f'got {num_steps!r}')
     if num_steps == -1 and i != len(stages) - 1:
       raise ConfigError(f'config key {key}.num_steps: only the last stage may use -1')
-    if not isinstance(stage.get('fix_weights', False), bool):
-      raise ConfigError(f'config key {key}.fix_weights must be bool, '
-                        f'got {stage.get("fix_weights")!r}')
+    if not isinstance(stage.get('freeze_backbone', False), bool):
+      raise ConfigError(f'config key {key}.freeze_backbone must be bool, '
+                        f'got {stage.get("freeze_backbone")!r}')
     weights = stage.get('loss_weights', {}) or {}
     for name, value in dict(weights).items():
       if name not in LOSS_TERMS:
@@ -103,12 +103,8 @@ def _check_stages(config: Any) -> None:
                       f'train.num_steps={config.train.num_steps}')
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
-             num_processes: int = 1) -> None:
-  """Checks types, ranges and consistency; raises ConfigError naming the key."""
-  _check_type(config, 'seed', int)
-  _check_range(config, 'seed', 0, 2**31 - 1)
-  # Data.
+def _check_data(config: Any, num_processes: int) -> None:
+  """The `data` group: the one place its values are checked (the data layer trusts it)."""
   _check_type(config, 'data.name', str)
   _check_type(config, 'data.data_dir', str)
   _check_choice(config, 'data.split', (1, 2, 3))
@@ -116,23 +112,39 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
               'data.shuffle_buffer'):
     _check_type(config, key, int)
     _check_range(config, key, 1)
+  # The box target averages the window's two central frames.
+  _check_range(config, 'data.num_frames', 2)
   _check_choice(config, 'data.classes', ('all', 'ucf24'))
   _check_type(config, 'data.host_flip', bool)
   _check_type(config, 'data.device_prefetch', int)
   _check_range(config, 'data.device_prefetch', 0)
   _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
-  _check_type(config, 'data.labeled_per_batch', int)
-  _check_range(config, 'data.labeled_per_batch', 0, config.train.batch_size)
-  scale = _get(config, 'data.scale_augment')
-  if not isinstance(scale, bool) and not (
-      isinstance(scale, (tuple, list)) and len(scale) == 2
-      and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-      and 0 < scale[0] <= scale[1] <= 1):
+  labeled = _check_type(config, 'data.labeled_per_batch', int)
+  _check_range(config, 'data.labeled_per_batch', 0)
+  per_host = _check_type(config, 'train.batch_size', int) // num_processes
+  if labeled > per_host:
+    raise ConfigError(f'config key data.labeled_per_batch={labeled} exceeds the per-host '
+                      f'batch {per_host} (train.batch_size over {num_processes} processes)')
+  if labeled and config.data.box_label_fraction <= 0:
+    raise ConfigError('config key data.labeled_per_batch > 0 needs '
+                      'data.box_label_fraction > 0')
+  scale = _check_type(config, 'data.scale_augment', (tuple, list))
+  if not (len(scale) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+          and 0 < scale[0] <= scale[1] <= 1):
     raise ConfigError(f'config key data.scale_augment must be (min, max) with '
-                      f'0 < min <= max <= 1 (or a bool), got {scale!r}')
+                      f'0 < min <= max <= 1, got {scale!r}')
   if config.data.image_size > config.data.frame_size:
     raise ConfigError(f'config key data.image_size={config.data.image_size} exceeds '
                       f'data.frame_size={config.data.frame_size}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
+             num_processes: int = 1) -> None:
+  """Checks types, ranges and consistency; raises ConfigError naming the key."""
+  _check_type(config, 'seed', int)
+  _check_range(config, 'seed', 0, 2**31 - 1)
+  _check_data(config, num_processes)
   # Model.
   _check_choice(config, 'model.depth', DEPTHS)
   _check_range(config, 'model.widen_factor', 0.0, low_open=True)
@@ -193,7 +205,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
                       f'exceeds train.num_steps={config.train.num_steps}: pass a shorter '
                       f'warm-up (e.g. --config.optimizer.warmup_steps='
                       f'{config.train.num_steps // 10}) or more steps')
-  _check_type(config, 'train.fix_weights', bool)
   profile = _check_type(config, 'train.profile_steps', (tuple, list))
   if len(profile) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 0
                               for v in profile):

@@ -25,7 +25,8 @@ T = TypeVar('T')
 METRICS_FILENAME = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 PROFILE_DIR = 'profile'
-CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'w', 'accuracy', 'iou', 'lr')
+CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'con_weight', 'accuracy', 'iou',
+                'lr')
 
 
 # Libraries whose INFO records (one per checkpoint event, shard, backend probe, ...)

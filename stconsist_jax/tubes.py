@@ -1,30 +1,26 @@
-"""Action tubes: per-frame detections linked into tubes, spatio-temporal IoU and NMS,
-video-AP / video-mAP (ACT's `videoAP`), tube-level video accuracy and the one-box cap.
+"""Action tubes: the `Tube` type, ACT's linking of per-frame detections into tubes with
+its spatio-temporal IoU and 3D NMS, the linking settings, and frame interpolation.
 
 Plain numpy (no JAX, no TensorFlow). A `Tube` is one actor's (or one detector track's)
 corner boxes on increasing 0-based frames; ground-truth tubes use the same type with
-scores of one (`ground_truth_tube`).
+scores of one (`ground_truth_tube`). Scoring tubes (video-AP) is `video_ap`.
 
 Box units and IoU: following ACT (`ACT_utils.iou2d` / `iou3dt`, used both for linking
 and for the tube IoU of NMS and video-AP), IoUs here use the +1 pixel convention
 (width = x2 - x1 + 1) by default, so boxes must be in PIXELS: convert normalized boxes
 with `metrics.normalized_to_pixels` first. `plus_one=False` (a `LinkingConfig` field
 and a keyword of the IoU / AP functions) gives the continuous IoU for any units.
-`link_video` and `video_map` refuse, with the +1 convention, boxes that all lie in
-[0, 1] (normalized boxes by mistake).
+`link_video` and `video_ap.video_map` refuse, with the +1 convention, boxes that all lie
+in [0, 1] (normalized boxes by mistake).
 """
 
 import dataclasses
 import math
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
-from stconsist_jax import metrics
-
-# IoU thresholds averaged into 'video_map@0.5:0.95' (ACT: 0.5 + 0.05 * i, i < 10).
-COCO_THRESHOLDS: Tuple[float, ...] = tuple(
-    float(t) for t in np.round(0.5 + 0.05 * np.arange(10), 2))
+from stconsist_jax import boxes as boxes_lib
 
 
 # ----------------------------------------------------------------------------------
@@ -134,11 +130,28 @@ class LinkingConfig:
                          f"{value}")
 
 
+def linking_config(config: Any) -> LinkingConfig:
+  """LinkingConfig from `config.eval.tubes`, the fields it sets (the others: defaults).
+
+  `config` is an experiment config or None; a missing `eval` or `eval.tubes` group
+  (a converted classifier's settings) gives the defaults.
+  """
+  group = {}
+  if config is not None:
+    group = (config.get('eval', None) or {}).get('tubes', None) or {}
+  defaults = LinkingConfig()
+  values = {}
+  for field in dataclasses.fields(defaults):
+    if group.get(field.name) is not None:
+      values[field.name] = type(getattr(defaults, field.name))(group[field.name])
+  return LinkingConfig(**values)
+
+
 # ----------------------------------------------------------------------------------
 # Spatio-temporal IoU and NMS.
 
 
-def _check_pixel_boxes(boxes: np.ndarray, where: str) -> None:
+def check_pixel_boxes(boxes: np.ndarray, where: str) -> None:
   """Refuses all-in-[0, 1] boxes under the +1 convention (they look normalized)."""
   if boxes.size and np.all(boxes >= 0.0) and np.all(boxes <= 1.0):
     raise ValueError(f"{where}: every box coordinate lies in [0, 1]: these look like "
@@ -170,7 +183,7 @@ def spatiotemporal_iou(a: Tube, b: Tube, *, plus_one: bool = True) -> float:
   common, ca, cb = np.intersect1d(a.frames[ia], b.frames[ib], assume_unique=True,
                                   return_indices=True)
   num_frames = len(ia) + len(ib) - len(common)
-  ious = metrics.paired_iou_corners(a.boxes[ia[ca]], b.boxes[ib[cb]], plus_one)
+  ious = boxes_lib.iou_corners(a.boxes[ia[ca]], b.boxes[ib[cb]], plus_one=plus_one)
   return float(temporal * np.sum(ious) / num_frames)
 
 
@@ -242,8 +255,9 @@ def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   for t in range(num_steps):
     # linkable[g][i][j]: box i of step t - 1 - g and box j of step t are linkable.
     prev = boxes[max(t - config.max_gap, 0):t][::-1]
-    linkable = (metrics.iou_matrix_corners(prev.reshape(-1, 4), boxes[t],
-                                           config.plus_one) >= config.iou_threshold)
+    linkable = (boxes_lib.pairwise_iou_corners(prev.reshape(-1, 4), boxes[t],
+                                               plus_one=config.plus_one)
+                >= config.iou_threshold)
     linkable = linkable.reshape(len(prev), boxes.shape[1], boxes.shape[1]).tolist()
     for c in range(num_classes):
       cand = cands[t][c]
@@ -309,7 +323,7 @@ def link_video(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   """
   frames, boxes, scores = _check_video_arrays(frames, boxes, scores, "link_video")
   if config.plus_one:
-    _check_pixel_boxes(boxes, "link_video")
+    check_pixel_boxes(boxes, "link_video")
   if frames.shape[0] == 0 or boxes.shape[1] == 0:
     return []
   out: List[Tube] = []
@@ -360,205 +374,10 @@ def fill_frames(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   return target, lerp(boxes), lerp(scores)
 
 
-# ----------------------------------------------------------------------------------
-# Video-AP.
-
-
-def _class_tubes(tubes_by_video: Mapping[str, Sequence[Tube]], label: int
-                 ) -> Dict[str, List[Tube]]:
-  return {v: [t for t in tubes if t.label == label]
-          for v, tubes in tubes_by_video.items()}
-
-
-def _ranked(detections: Mapping[str, Sequence[Tube]], label: int
-            ) -> List[Tuple[str, Tube]]:
-  """(video, tube) of one class by score, descending; ties: video name, list order."""
-  dets = [(v, t) for v in sorted(detections) for t in detections[v] if t.label == label]
-  return sorted(dets, key=lambda vt: -vt[1].score)
-
-
-def _video_ap_curves(detections: Mapping[str, Sequence[Tube]],
-                     ground_truth: Mapping[str, Sequence[Tube]], label: int,
-                     thresholds: Sequence[float], plus_one: bool) -> List[float]:
-  """Video AP of one class at each threshold (NaN without ground truth)."""
-  gt = {v: tubes for v, tubes in _class_tubes(ground_truth, label).items() if tubes}
-  num_gt = sum(len(t) for t in gt.values())
-  if num_gt == 0:
-    return [float("nan")] * len(thresholds)
-  ranked = _ranked(detections, label)
-  # IoU of each ranked detection with the ground-truth tubes of its video, once.
-  rows = [np.array([spatiotemporal_iou(g, tube, plus_one=plus_one) for g in gt[v]])
-          if v in gt else None for v, tube in ranked]
-  aps = []
-  for thr in thresholds:
-    unmatched = {v: np.ones(len(tubes), bool) for v, tubes in gt.items()}
-    tp = np.zeros(len(ranked), np.float64)
-    for i, ((v, _), row) in enumerate(zip(ranked, rows)):
-      if row is None or not unmatched[v].any():
-        continue
-      # ACT: the best of the video's still-unmatched tubes (first of equal IoUs).
-      cand = np.nonzero(unmatched[v])[0]
-      best = cand[int(np.argmax(row[cand]))]
-      if row[best] >= thr:
-        unmatched[v][best] = False
-        tp[i] = 1.0
-    ctp = np.cumsum(tp)
-    precision = ctp / np.arange(1, len(tp) + 1, dtype=np.float64)
-    aps.append(metrics.act_ap(ctp / num_gt, precision))
-  return aps
-
-
-def video_ap(detections: Mapping[str, Sequence[Tube]],
-             ground_truth: Mapping[str, Sequence[Tube]], label: int,
-             iou_threshold: float, *, plus_one: bool = True) -> float:
-  """Video AP of one class (ACT's `videoAP`).
-
-  The class's detected tubes of all videos are ranked by score, descending (stable:
-  ties by video name, then by position in the video's list). Each is compared with
-  the class's ground-truth tubes of its video that are still unmatched and takes the
-  one of highest `spatiotemporal_iou` (the first of equal IoUs): a true positive at
-  IoU >= `iou_threshold`, which removes that tube, otherwise a false positive (as is
-  every tube of a video without ground truth of the class). AP is `metrics.act_ap`
-  (ACT's `pr_to_ap`: trapezoids from (recall 0, precision 1), no envelope).
-
-  Args:
-    detections: video name -> detected tubes (any labels; other classes ignored).
-    ground_truth: video name -> ground-truth tubes (any labels).
-    label: the class.
-    iou_threshold: spatio-temporal IoU criterion.
-    plus_one: ACT's +1 pixel IoU (boxes in pixels); False for the continuous IoU.
-
-  Returns:
-    The AP, NaN when the class has no ground-truth tube.
-  """
-  return _video_ap_curves(detections, ground_truth, label, [iou_threshold],
-                          plus_one)[0]
-
-
-def _threshold_key(thr: float) -> str:
-  return f"video_map@{thr:g}"
-
-
-def video_map(detections: Mapping[str, Sequence[Tube]],
-              ground_truth: Mapping[str, Sequence[Tube]], num_classes: int,
-              thresholds: Sequence[float] = (0.2, 0.5, 0.75), *,
-              plus_one: bool = True) -> Dict[str, Any]:
-  """Video-mAP at several spatio-temporal IoU thresholds, and over 0.5:0.95.
-
-  Per class and threshold `video_ap`; the mAP is the mean over the classes that have
-  ground truth. Classes without a ground-truth tube get AP NaN and are left out of
-  the mean (ACT's `videoAP` would divide by zero there, or count AP 0 if the class had
-  no detections either; MMAction2's port skips them, as here). 'video_map@0.5:0.95' is
-  the mean of the mAPs at 0.5, 0.55, ..., 0.95 (ACT's `videoAP_050_095`).
-
-  Args:
-    detections: video name -> detected tubes of all classes (e.g. `link_video`).
-    ground_truth: video name -> ground-truth tubes.
-    num_classes: C; every tube label must lie in [0, C).
-    thresholds: the single thresholds reported.
-    plus_one: ACT's +1 pixel IoU (boxes in pixels); False for the continuous IoU.
-
-  Returns:
-    `{'video_map@<thr>': float for each threshold (e.g. 'video_map@0.2'),
-      'video_map@0.5:0.95': float, 'per_class_ap': {thr: (C,) float64 array, for the
-      given thresholds and 0.5..0.95}, 'classes_with_gt': list of int,
-      'num_gt_tubes': (C,) int64, 'num_detections': (C,) int64}`. mAPs are NaN when no
-      class has ground truth.
-  """
-  for name, tubes_by_video in (("detections", detections),
-                               ("ground_truth", ground_truth)):
-    for v, tubes in tubes_by_video.items():
-      for t in tubes:
-        if not 0 <= t.label < num_classes:
-          raise ValueError(f"video_map: a tube of video {v!r} in {name} has label "
-                           f"{t.label}, outside [0, {num_classes})")
-  if plus_one:
-    everything = [t.boxes for d in (detections, ground_truth) for tubes in d.values()
-                  for t in tubes]
-    if everything:
-      _check_pixel_boxes(np.concatenate(everything), "video_map")
-  all_thresholds = sorted(set(float(t) for t in thresholds) | set(COCO_THRESHOLDS))
-  per_class = np.full((num_classes, len(all_thresholds)), np.nan)
-  num_gt = np.zeros(num_classes, np.int64)
-  num_det = np.zeros(num_classes, np.int64)
-  for tubes in ground_truth.values():
-    for t in tubes:
-      num_gt[t.label] += 1
-  for tubes in detections.values():
-    for t in tubes:
-      num_det[t.label] += 1
-  for c in range(num_classes):
-    if num_gt[c]:
-      per_class[c] = _video_ap_curves(detections, ground_truth, c, all_thresholds,
-                                      plus_one)
-  with_gt = [int(c) for c in np.nonzero(num_gt)[0]]
-  maps = (np.mean(per_class[with_gt], axis=0) if with_gt
-          else np.full(len(all_thresholds), np.nan))
-  by_thr = dict(zip(all_thresholds, maps.tolist()))
-  out: Dict[str, Any] = {_threshold_key(t): by_thr[float(t)] for t in thresholds}
-  out["video_map@0.5:0.95"] = float(np.mean([by_thr[t] for t in COCO_THRESHOLDS]))
-  out["per_class_ap"] = {t: per_class[:, i].copy()
-                         for i, t in enumerate(all_thresholds)}
-  out["classes_with_gt"] = with_gt
-  out["num_gt_tubes"] = num_gt
-  out["num_detections"] = num_det
-  return out
-
-
-# ----------------------------------------------------------------------------------
-# Video-level accuracy and the one-box cap.
-
-
-def video_accuracy_from_tubes(detections: Mapping[str, Sequence[Tube]],
-                              video_labels: Mapping[str, int]) -> float:
-  """Share of videos whose top tube carries the video's label.
-
-  The predicted class of a video is the label of its highest-scoring tube (the first
-  of equal scores in its list); a video without tubes counts as wrong. Videos in
-  `detections` but not in `video_labels` are ignored.
-
-  Args:
-    detections: video name -> tubes (e.g. `link_video`).
-    video_labels: video name -> class index, the videos scored.
-
-  Returns:
-    The accuracy in [0, 1], NaN without videos.
-  """
-  if not video_labels:
-    return float("nan")
-  correct = 0
-  for v, label in video_labels.items():
-    tubes = detections.get(v, ())
-    if tubes:
-      top = max(range(len(tubes)), key=lambda i: (tubes[i].score, -i))
-      correct += int(tubes[top].label == int(label))
-  return correct / len(video_labels)
-
-
-def one_box_cap(gt_boxes_per_frame: Any) -> float:
-  """The share of ground-truth boxes a one-box-per-frame detector could ever match.
-
-  A detector that emits one box per frame (scored for every class) matches at most
-  one ground-truth box per frame, so on frames with several actors the others are
-  missed whatever it does: at most `frames with >= 1 box / boxes` of the boxes can be
-  recalled. Under both frame-AP rules that is also the highest frame-AP it can reach
-  (all its true positives ranked first give precision 1 up to that recall). Count
-  the boxes of one class to cap that class's AP, or of all classes for the whole set.
-
-  Args:
-    gt_boxes_per_frame: `(frames,)` non-negative counts of ground-truth boxes per
-      frame (frames without boxes may be included, they change nothing).
-
-  Returns:
-    The cap in (0, 1], NaN when there is no box.
-  """
-  counts = np.asarray(gt_boxes_per_frame).reshape(-1)
-  if counts.size and (not np.issubdtype(counts.dtype, np.integer)
-                      and not np.all(counts == np.round(counts))):
-    raise ValueError("one_box_cap: box counts must be integers")
-  if counts.size and counts.min() < 0:
-    raise ValueError(f"one_box_cap: box counts must be >= 0, found {counts.min()}")
-  total = counts.sum()
-  if total == 0:
-    return float("nan")
-  return float(np.count_nonzero(counts) / total)
+def fill_one_box(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                 num_frames: int) -> Tuple[np.ndarray, np.ndarray]:
+  """`fill_frames` for one box per frame: boxes `(F, 4)`, scores `(F, C)` -> every frame's
+  `(num_frames, 4)` and `(num_frames, C)`, float64."""
+  _, dense_boxes, dense_scores = fill_frames(frames, np.asarray(boxes)[:, None],
+                                             np.asarray(scores)[:, None], num_frames)
+  return dense_boxes[:, 0], dense_scores[:, 0]

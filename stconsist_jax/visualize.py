@@ -14,6 +14,7 @@ from etils import epath
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from stconsist_jax import boxes as boxes_lib
 from stconsist_jax import fileio
 from stconsist_jax import logging_utils
 
@@ -25,13 +26,6 @@ BACKGROUND = (0, 0, 0)
 TEXT_COLOR = (255, 255, 255)
 HEADER_HEIGHT = 14
 GAP = 6
-
-
-def flip_box(box: np.ndarray) -> np.ndarray:
-  """`(x, y, w, h)` -> `(1 - x - w, y, w, h)`: the box in the horizontally flipped frame."""
-  b = np.array(box, np.float64)
-  b[..., 0] = 1.0 - b[..., 0] - b[..., 2]
-  return b
 
 
 def box_pixels(box: np.ndarray, width: int, height: int) -> Tuple[int, int, int, int]:
@@ -124,7 +118,7 @@ def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray
                                            (clips_flip[i], pred_boxes_flip[i]))):
       boxes = []
       if gt_boxes is not None and has_box[i]:
-        gt = gt_boxes[i] if side == 0 else flip_box(gt_boxes[i])
+        gt = gt_boxes[i] if side == 0 else boxes_lib.flip_xywh(gt_boxes[i])
         boxes.append((gt, GT_COLOR))
       boxes.append((pred, PRED_COLOR))
       for j in idx:
@@ -153,7 +147,7 @@ CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("loss terms", ("loss", "total", "cls", "loc", "con", "con_cls", "con_loc")),
     ("accuracy", ("accuracy", "train_accuracy", "eval_clip_accuracy")),
     ("IoU", ("iou", "train_iou", "eval_mean_iou")),
-    ("consistency weight w(t)", ("w", "w_t", "w(t)", "ramp", "consistency_weight")),
+    ("consistency weight w(t)", ("con_weight",)),
 )
 _SKIP_KEYS = ("step", "time", "timestamp", "wall_time")
 

@@ -61,6 +61,7 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
   """
   from stconsist_jax.data import annotations as ann
   from stconsist_jax.data import synthetic
+  from stconsist_jax.data import synthetic_video
   h, w = TINY_UCF101_SIZE
   records = {}
   for label, name in enumerate(ann.UCF101_CLASSES):
@@ -72,7 +73,7 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
                        np.float64)
       for f, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
         frames[f, y1:y2, x1:x2] = 255
-      synthetic.write_video(frames, root / "UCF-101" / f"{path}.avi")
+      synthetic_video.write_video(frames, root / "UCF-101" / f"{path}.avi")
       tubes = ()
       if name in ann.UCF24_CLASSES:
         tubes = (ann.Tube(ann.UCF24_CLASSES.index(name), 0, TINY_UCF101_FRAMES, boxes),)

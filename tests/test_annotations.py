@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from stconsist_jax.data import annotations as ann
+from stconsist_jax.data import download
 from stconsist_jax.data import stats
 
 
@@ -108,7 +109,7 @@ def test_validation_report_on_real_lists(records, ucf24_dir):
   train = ann.read_split_list(ucf24_dir / "trainlist01.txt")
   test = ann.read_split_list(ucf24_dir / "testlist01.txt")
   assert (len(train), len(test)) == (2290, 910)
-  report = ann.validate(records, listed=train + test)
+  report = download.validate(records, listed=train + test)
   assert report.counts == {"listed_without_annotations": 6}
   missing = sorted(set(train + test) - set(records))
   assert len(missing) == 6 and set(missing) <= set(train)
@@ -122,8 +123,8 @@ def test_validation_counts_injected_problems(records):
   boxes[4] = [10, 10, 10, 50]  # zero width
   bad = ann.VideoRecord(r.path, r.label, r.class_name, 100,
                         (ann.Tube(r.tubes[0].label, 0, 164, boxes),))
-  report = ann.validate({r.path: bad}, listed=[r.path, "Skijet/v_Skijet_g99_c01"],
-                        video_dir="/nonexistent")
+  report = download.validate({r.path: bad}, listed=[r.path, "Skijet/v_Skijet_g99_c01"],
+                             video_dir="/nonexistent")
   assert report.counts == {"box_outside_frame": 1, "empty_box": 1,
                            "tube_past_video_end": 1, "listed_without_annotations": 1,
                            "video_file_missing": 2}

@@ -109,7 +109,7 @@ def _load(repo_root, name):
 
 def test_torch_loss_terms_match_jax_losses(repo_root):
   torch = pytest.importorskip("torch")
-  from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import train_step  # pylint: disable=g-import-not-at-top
   torch_step = _load(repo_root, "torch_step")
   rng = np.random.default_rng(0)
   n, k = 6, 7
@@ -120,10 +120,10 @@ def test_torch_loss_terms_match_jax_losses(repo_root):
   got = torch_step.loss_terms(*(torch.from_numpy(a) for a in (
       logits, logits_flip, boxes, boxes_flip)), torch.from_numpy(label),
       torch.from_numpy(box), torch.from_numpy(has_box))
-  want = train.loss_terms({"logits": logits, "boxes": boxes},
-                          {"logits": logits_flip, "boxes": boxes_flip},
-                          {"label": label.astype(np.int32), "box": box, "has_box": has_box},
-                          "js")
+  want = train_step.loss_terms({"logits": logits, "boxes": boxes},
+                               {"logits": logits_flip, "boxes": boxes_flip},
+                               {"label": label.astype(np.int32), "box": box,
+                                "has_box": has_box}, "js")
   for name in ("cls", "loc", "con_cls", "con_loc"):
     np.testing.assert_allclose(got[name].item(), float(want[name]), rtol=1e-5, atol=1e-7,
                                err_msg=name)

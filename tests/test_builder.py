@@ -15,7 +15,9 @@ import tensorflow_datasets as tfds
 
 from stconsist_jax import cli
 from stconsist_jax.data import annotations as ann
+from stconsist_jax.data import download
 from stconsist_jax.data import synthetic
+from stconsist_jax.data import synthetic_video
 from stconsist_jax.data import tfds_builder
 from stconsist_jax.data import video_decode
 
@@ -114,7 +116,7 @@ def test_corrupt_truncated_and_missing_videos_are_skipped(tmp_path):
   (videos / f"{corrupt}.avi").write_bytes(b"RIFF\x00\x00\x00\x00AVI garbage" * 10)
   (videos / f"{missing}.avi").unlink()
   frames, _ = synthetic.render_video(spec, truncated)
-  synthetic.write_video(frames[:5], videos / f"{truncated}.avi")
+  synthetic_video.write_video(frames[:5], videos / f"{truncated}.avi")
 
   b = tfds_builder.build(tmp_path / "src", tmp_path / "out", split=1, frame_size=16,
                          num_workers=2)
@@ -183,7 +185,7 @@ def test_annotated_class_names_recorded_in_metadata(synthetic_tfds):
 def test_annotated_class_names_of_real_annotations_follow_ucf24_order(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / "pyannot.pkl")
   expected = (ucf24_dir / "classes.txt").read_text().split()
-  assert tfds_builder.annotated_class_names(records) == expected
+  assert download.annotated_class_names(records) == expected
 
 
 def test_tube_label_shared_by_two_classes_is_a_clear_error():
@@ -195,7 +197,7 @@ def test_tube_label_shared_by_two_classes_is_a_clear_error():
                                        (ann.Tube(0, 0, 2, boxes),)),
   }
   with pytest.raises(ValueError, match="tube label 0 is used by classes 'A' and 'B'"):
-    tfds_builder.annotated_class_names(records)
+    download.annotated_class_names(records)
 
 
 # --------------------------------------------------------------------------- regressions
@@ -275,14 +277,14 @@ def test_from_annotations_subset_builds(ucf24_dir, tmp_path, tool, capsys):
 def test_annotated_class_names_of_a_subset_keep_the_ucf24_label_space(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / "pyannot.pkl")
   subset = {p: r for p, r in records.items() if r.class_name in ("Skijet", "Biking")}
-  assert tfds_builder.annotated_class_names(subset) == list(ann.UCF24_CLASSES)
+  assert download.annotated_class_names(subset) == list(ann.UCF24_CLASSES)
   # Labels of other names must still leave no hole.
   boxes = np.zeros((1, 4))
   odd = {"A/v_A_g01_c01": ann.VideoRecord("A/v_A_g01_c01", 0, "A", 1,
                                           (ann.Tube(1, 0, 1, boxes),))}
   with pytest.raises(ValueError, match=r"tube labels \[0\] are used by no video"):
-    tfds_builder.annotated_class_names(odd)
-  assert tfds_builder.annotated_class_names({}) == []
+    download.annotated_class_names(odd)
+  assert download.annotated_class_names({}) == []
 
 
 def test_tool_reports_a_wrong_manual_dir_in_one_line(tmp_path, tool, capsys):

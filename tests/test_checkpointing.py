@@ -94,7 +94,7 @@ def test_kill_and_resume_continues_the_same_loss_curve(repo_root, tmp_path, refe
   metrics = logging_utils.read_metrics(tmp_path)  # Re-run steps keep their last record.
   assert sorted(metrics) == list(range(1, NUM_STEPS + 1))
   for step in range(1, NUM_STEPS + 1):
-    for key in ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'lr', 'w'):
+    for key in ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'lr', 'con_weight'):
       assert metrics[step][key] == ref[step][key], (step, key)
 
 
@@ -104,14 +104,12 @@ class _State:
   params: dict
   batch_stats: dict
   opt_state: dict
-  rng: jax.Array
 
 
 def _state(value: float) -> _State:
   return _State(step=np.array(int(value), np.int32), params={'w': np.full((3,), value, np.float32)},
                 batch_stats={'m': np.zeros((2,), np.float32)},
-                opt_state={'mu': np.full((3,), -value, np.float32)},
-                rng=np.array([0, 7], np.uint32))
+                opt_state={'mu': np.full((3,), -value, np.float32)})
 
 
 def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):

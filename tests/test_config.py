@@ -31,7 +31,7 @@ def test_study_settings():
   assert _config('model1').model.box_hidden == (16,)
   assert _config('model2').model.box_hidden == (256, 64, 8)
   fixed = _config('model2_fixed').train.stages
-  assert fixed[0]['fix_weights'] and fixed[0]['loss_weights']['loc'] == 1.0
+  assert fixed[0]['freeze_backbone'] and fixed[0]['loss_weights']['loc'] == 1.0
   assert fixed[0]['loss_weights']['cls'] == 0.0 and fixed[1]['num_steps'] == -1
   assert _config('finetune_cls').loss.loc_weight == 0.0
 
@@ -47,7 +47,6 @@ def test_study_settings():
     ('model.num_classes', 0, None, r'model.num_classes.*>= 1'),
     ('data.classes', 'ucf101', None, r"data.classes.*'all', 'ucf24'"),
     ('optimizer.lr', '0.1', None, r"optimizer.lr.*must be int or float, got '0.1'"),
-    ('train.fix_weights', 1, None, 'train.fix_weights.*bool'),
     ('loss.con_cls', 'kl', None, 'loss.con_cls'),
     ('data.scale_augment', (0.9, 0.5), None, 'data.scale_augment'),
 ])
@@ -62,11 +61,15 @@ def test_bad_values_name_the_key(key, value, devices, pattern):
 
 def test_bad_stages_name_the_stage():
   config = _config()
-  config.train.stages = ({'num_steps': 10, 'fix_weights': True, 'loss_weight': {}},)
+  config.train.stages = ({'num_steps': 10, 'freeze_backbone': True, 'loss_weight': {}},)
   with pytest.raises(config_lib.ConfigError, match=r"train.stages\[0\].*loss_weight"):
     config_lib.validate(config)
   config.train.stages = ({'num_steps': -1}, {'num_steps': 5})
   with pytest.raises(config_lib.ConfigError, match=r'only the last stage'):
+    config_lib.validate(config)
+  config.train.stages = ({'num_steps': -1, 'freeze_backbone': 1},)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'train.stages\[0\].freeze_backbone must be bool'):
     config_lib.validate(config)
 
 

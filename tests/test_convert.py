@@ -1,4 +1,4 @@
-"""Tests of tools/convert_torch_weights.py and stconsist_jax.models.pretrained.
+"""Tests of tools/convert_torch_weights.py, stconsist_jax.models.torch_mapping and pretrained.
 
 Parity against the PyTorch replica in both checkpoint generations, refusals, merging.
 """
@@ -20,6 +20,7 @@ from stconsist_jax.models import detector
 from stconsist_jax.models import load_pretrained
 from stconsist_jax.models import merge_pretrained
 from stconsist_jax.models import pretrained
+from stconsist_jax.models import torch_mapping
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "convert_torch_weights.py"
@@ -326,17 +327,17 @@ def test_missing_bucket_input_is_one_paragraph(gcs_bucket, tmp_path, capsys):
 
 
 def test_key_mapping_examples():
-  assert pretrained.torch_key_to_flax("layer2.0.downsample.1.running_mean") == (
+  assert torch_mapping.torch_key_to_flax("layer2.0.downsample.1.running_mean") == (
       "batch_stats", ("backbone", "layer2_0", "downsample_bn", "mean"))
-  assert pretrained.torch_key_to_flax("layer4.2.conv3.weight") == (
+  assert torch_mapping.torch_key_to_flax("layer4.2.conv3.weight") == (
       "params", ("backbone", "layer4_2", "conv3", "kernel"))
-  assert pretrained.torch_key_to_flax("bn1.weight") == ("params", ("backbone", "bn1", "scale"))
-  assert pretrained.torch_key_to_flax("fc.weight") == ("params", ("classifier", "kernel"))
-  clean, had_prefix, had_nbt = pretrained.clean_state_dict(
+  assert torch_mapping.torch_key_to_flax("bn1.weight") == ("params", ("backbone", "bn1", "scale"))
+  assert torch_mapping.torch_key_to_flax("fc.weight") == ("params", ("classifier", "kernel"))
+  clean, had_prefix, had_nbt = torch_mapping.clean_state_dict(
       {"module.module.conv1.weight": 1, "module.bn1.num_batches_tracked": 2})
   assert clean == {"conv1.weight": 1} and had_prefix and had_nbt
   with pytest.raises(KeyError):
-    pretrained.torch_key_to_flax("layer1.0.attention.weight")
+    torch_mapping.torch_key_to_flax("layer1.0.attention.weight")
 
 
 def test_load_pretrained_errors(tmp_path):

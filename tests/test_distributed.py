@@ -16,6 +16,7 @@ from stconsist_jax import checkpointing
 from stconsist_jax import distributed
 from stconsist_jax import logging_utils
 from stconsist_jax import train
+from stconsist_jax.data import random_source
 
 import test_train  # pylint: disable=g-bad-import-order
 
@@ -105,7 +106,7 @@ def test_detect_multiprocess(monkeypatch):
 
 def test_host_rows_partition_the_global_batch():
   batch = {'x': np.arange(12)}
-  parts = [train.host_rows(batch, i, 3)['x'] for i in range(3)]
+  parts = [random_source.host_rows(batch, i, 3)['x'] for i in range(3)]
   np.testing.assert_array_equal(np.concatenate(parts), batch['x'])
 
 

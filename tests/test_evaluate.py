@@ -21,7 +21,9 @@ from stconsist_jax import distributed
 from stconsist_jax import evaluate
 from stconsist_jax import fileio
 from stconsist_jax import models
-from stconsist_jax import train
+from stconsist_jax import reports
+from stconsist_jax import train_step
+from stconsist_jax import video_ap
 
 
 def _config(tfds_fixture, box_hidden=(8,)):
@@ -44,7 +46,7 @@ def _make_workdir(path, config, steps=(1, 2)):
   """A training workdir with checkpoints at `steps` (freshly initialized weights)."""
   mesh = distributed.make_mesh()
   model = models.build_model(config.model)
-  state = train.create_train_state(config, model, mesh)
+  state = train_step.create_train_state(config, model, mesh)
   config_lib.save(config, path)
   ckpt = checkpointing.Checkpointer(path, keep=5, async_save=False)
   for s in steps:
@@ -52,7 +54,7 @@ def _make_workdir(path, config, steps=(1, 2)):
   ckpt.wait()
   ckpt.close()
   (path / "metrics.jsonl").write_text("".join(
-      json.dumps({"step": s, "loss": 2.0 / s, "cls": 1.5 / s, "w": s / 10}) + "\n"
+      json.dumps({"step": s, "loss": 2.0 / s, "cls": 1.5 / s, "con_weight": s / 10}) + "\n"
       for s in range(1, 11)))
   return path
 
@@ -107,7 +109,7 @@ def test_evaluate_writes_reports_and_is_deterministic(run, synthetic_tfds):
   # The same restore and evaluation again: identical numbers.
   again = evaluate.evaluate(config, workdir, "latest", streams=streams, write=False)
   assert set(report["timing"]) == {"clips_seconds", "frames_seconds", "videos_seconds"}
-  for key in evaluate.VIDEO_MAP_KEYS:
+  for key in video_ap.VIDEO_MAP_KEYS:
     assert 0.0 <= on_disk[key] <= 1.0, key
   assert set(on_disk["frame_map_by_protocol"]) == {"act", "voc"}
   assert on_disk["frame_map"] == on_disk["frame_map_by_protocol"]["act"]
@@ -165,7 +167,7 @@ def test_workdir_without_checkpoints_error(run, tmp_path):
 def test_checkpoint_of_another_architecture_error(run, synthetic_tfds):
   _, workdir = run  # trained with box head (8,)
   other = _config(synthetic_tfds, box_hidden=(16,))
-  with pytest.raises(evaluate.ArchitectureMismatchError) as e:
+  with pytest.raises(models.ParameterTreeMismatchError) as e:
     evaluate.evaluate(other, workdir)
   msg = str(e.value)
   assert "expected R3D-10" in msg and "box head Model-1" in msg
@@ -185,9 +187,9 @@ def _compare_module(repo_root):
 def test_compare_reports_table(repo_root, tmp_path):
   compare = _compare_module(repo_root)
   reports = [
-      {"run": "m1", "model": "Model-1", "fix_weights": False, "video_accuracy": 0.83,
+      {"run": "m1", "model": "Model-1", "freeze_backbone": False, "video_accuracy": 0.83,
        "mean_iou": 0.11, "frame_map": None, "clip_accuracy": 0.8, "checkpoint_step": 9},
-      {"run": "m2f", "model": "Model-2", "fix_weights": True, "video_accuracy": 0.96,
+      {"run": "m2f", "model": "Model-2", "freeze_backbone": True, "video_accuracy": 0.96,
        "mean_iou": 0.2149, "frame_map": 0.123, "clip_accuracy": 0.9,
        "checkpoint_step": 10},
   ]
@@ -200,12 +202,12 @@ def test_compare_reports_table(repo_root, tmp_path):
   (unfinished / "report.json").write_text(json.dumps(dict(reports[0], checkpoint_step=20)))
   loaded = [compare.load_report(tmp_path / r["run"]) for r in reports]
   md = compare.render(loaded, "markdown").splitlines()
-  assert md[0] == ("| run | model | fix_weights | accuracy | mean IoU | frame-mAP | "
+  assert md[0] == ("| run | model | freeze_backbone | accuracy | mean IoU | frame-mAP | "
                    "clip acc | step |")
   assert md[2] == "| m1 | Model-1 | no | 83.0% | 0.110 | - | 80.0% | 9 |"
   assert md[3] == "| m2f | Model-2 | yes | 96.0% | 0.215 | 12.3% | 90.0% | 10 |"
   text = compare.render(loaded, "text").splitlines()
-  assert text[0].split() == ["run", "model", "fix_weights", "accuracy", "mean", "IoU",
+  assert text[0].split() == ["run", "model", "freeze_backbone", "accuracy", "mean", "IoU",
                              "frame-mAP", "clip", "acc", "step"]
   with pytest.raises(FileNotFoundError, match="no report.json"):
     compare.find_report(tmp_path / "empty")
@@ -215,7 +217,7 @@ def test_compare_reports_table(repo_root, tmp_path):
 
 def test_compare_reports_on_a_bucket(repo_root, gcs_bucket):
   compare = _compare_module(repo_root)
-  report = {"model": "Model-2", "fix_weights": True, "video_accuracy": 0.5,
+  report = {"model": "Model-2", "freeze_backbone": True, "video_accuracy": 0.5,
             "checkpoint_step": 4}
   fileio.write_committed_dir(f"{gcs_bucket}/m2/eval/4", {"report.json": json.dumps(report)})
   fileio.atomic_write(f"{gcs_bucket}/m2/eval/9/report.json",  # interrupted: no commit file
@@ -237,13 +239,13 @@ def test_make_evaluate_fn_for_train_and_eval(run, synthetic_tfds, tmp_path):
                                  streams_fn=lambda c: _streams(c, synthetic_tfds))
   got = fn(config, variables, 2, mesh)
   written = json.loads((tmp_path / "eval" / "2" / "report.json").read_text())
-  assert set(got) == set(evaluate.SUMMARY_KEYS)
-  for key in evaluate.SUMMARY_KEYS:
+  assert set(got) == set(reports.SUMMARY_KEYS)
+  for key in reports.SUMMARY_KEYS:
     assert got[key] == written[key], key
   # The same numbers as restoring the checkpoint through evaluate().
   direct = evaluate.evaluate(config, workdir, 2, streams=_streams(config, synthetic_tfds),
                              write=False)
-  for key in evaluate.SUMMARY_KEYS:
+  for key in reports.SUMMARY_KEYS:
     assert got[key] == pytest.approx(direct[key], rel=1e-6, abs=1e-9), key
 
 
@@ -274,10 +276,10 @@ def test_read_only_workdir_fails_before_compute_and_eval_dir_works(run, syntheti
 
 
 def test_max_videos_evaluates_an_evenly_spaced_subset(run, synthetic_tfds):
-  from stconsist_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  np.testing.assert_array_equal(pipeline.eval_subset(10, 4), [0, 2, 5, 7])
-  np.testing.assert_array_equal(pipeline.eval_subset(3, 5), [0, 1, 2])
-  np.testing.assert_array_equal(pipeline.eval_subset(7, 0), np.arange(7))
+  from stconsist_jax.data import eval_streams  # pylint: disable=g-import-not-at-top
+  np.testing.assert_array_equal(eval_streams.eval_subset(10, 4), [0, 2, 5, 7])
+  np.testing.assert_array_equal(eval_streams.eval_subset(3, 5), [0, 1, 2])
+  np.testing.assert_array_equal(eval_streams.eval_subset(7, 0), np.arange(7))
   config, workdir = run
   config = config.copy_and_resolve_references()
   config.eval.max_videos = 3
@@ -287,5 +289,5 @@ def test_max_videos_evaluates_an_evenly_spaced_subset(run, synthetic_tfds):
   assert report["counts"]["num_clips"] == 3 * config.eval.clips_per_video
   assert "at most 3 test videos" in report["protocol"]["videos"]
   # Eight hosts' shares of the subset cover it exactly once.
-  shares = [pipeline.host_videos(20, 3, i, 8) for i in range(8)]
-  np.testing.assert_array_equal(np.concatenate(shares), pipeline.eval_subset(20, 3))
+  shares = [eval_streams.host_videos(20, 3, i, 8) for i in range(8)]
+  np.testing.assert_array_equal(np.concatenate(shares), eval_streams.eval_subset(20, 3))

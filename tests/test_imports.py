@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 TF_FREE = ("stconsist_jax.models", "stconsist_jax.losses", "stconsist_jax.metrics",
-           "stconsist_jax.train", "stconsist_jax.checkpointing", "stconsist_jax.distributed",
-           "stconsist_jax.evaluate", "stconsist_jax.visualize", "stconsist_jax.config_lib")
+           "stconsist_jax.boxes", "stconsist_jax.train_step", "stconsist_jax.train",
+           "stconsist_jax.data.random_source", "stconsist_jax.checkpointing",
+           "stconsist_jax.distributed", "stconsist_jax.evaluate", "stconsist_jax.visualize",
+           "stconsist_jax.config_lib")
 
 
 def test_core_modules_import_without_tensorflow_opencv_or_torch(repo_root):

@@ -9,7 +9,10 @@ import math
 import numpy as np
 import pytest
 
+from stconsist_jax import boxes
+from stconsist_jax import frame_ap
 from stconsist_jax import metrics
+from stconsist_jax import reports
 
 
 # ----------------------------------------------------------------------------------
@@ -74,7 +77,7 @@ def _ap(dets, gts):
   det_boxes = np.array([d[2] for d in dets], np.float64).reshape(-1, 4)
   gt_frames = np.array([g[0] for g in gts], np.int64)
   gt_boxes = np.array([g[1] for g in gts], np.float64).reshape(-1, 4)
-  return metrics.average_precision(det_frames, det_scores, det_boxes, gt_frames,
+  return frame_ap.average_precision(det_frames, det_scores, det_boxes, gt_frames,
                                    gt_boxes)
 
 
@@ -160,10 +163,10 @@ def test_ap_matches_reference_on_random_cases():
 
 def test_voc_ap_is_all_point_interpolation():
   # precision 1, 0.5, 0.667 at recall 0.5, 0.5, 1.0 -> envelope 1 then 0.667.
-  assert metrics.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == \
+  assert frame_ap.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == \
       pytest.approx(0.5 + 0.5 * 2 / 3)
   # The 11-point VOC2007 value would be (6 * 1 + 5 * 2/3) / 11 = 0.8485; not this.
-  assert metrics.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) != \
+  assert frame_ap.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) != \
       pytest.approx((6 + 5 * 2 / 3) / 11)
 
 
@@ -175,7 +178,7 @@ def test_frame_map_over_classes_with_ground_truth():
   gt_frames = np.array([0, 1])
   gt_labels = np.array([0, 1])
   gt_boxes = np.array([A, B])
-  out = metrics.frame_map(det_frames, det_scores, det_boxes, gt_frames, gt_labels,
+  out = frame_ap.frame_map(det_frames, det_scores, det_boxes, gt_frames, gt_labels,
                           gt_boxes, num_classes=3)
   # Class 0: dets ranked (f0 TP 0.9, f1 FP 0.2) -> AP 1. Class 1: (f1 TP 0.8, f0 FP) -> 1.
   assert out["classes_with_gt"] == [0, 1]
@@ -183,13 +186,13 @@ def test_frame_map_over_classes_with_ground_truth():
   assert math.isnan(out["per_class_ap"][2])
   assert out["frame_map"] == pytest.approx(1.0)
   # Swap the boxes: class 0's only detection on frame 0 is now wrong.
-  out = metrics.frame_map(det_frames, det_scores, det_boxes[::-1], gt_frames,
+  out = frame_ap.frame_map(det_frames, det_scores, det_boxes[::-1], gt_frames,
                           gt_labels, gt_boxes, num_classes=3)
   assert out["frame_map"] == pytest.approx(0.0)
 
 
 def test_frame_keys_distinguish_videos():
-  keys = metrics.frame_keys(np.array([0, 1, 1]), np.array([5, 5, 6]))
+  keys = frame_ap.frame_keys(np.array([0, 1, 1]), np.array([5, 5, 6]))
   assert len(set(keys.tolist())) == 3
 
 
@@ -210,8 +213,8 @@ def test_box_iou_edge_cases(a, b, expected):
   got = metrics.box_iou(np.array([a], float), np.array([b], float))
   assert got.shape == (1,)
   assert got[0] == pytest.approx(expected)
-  ref = _ref_iou(metrics.xywh_to_corners(np.array(a, float)),
-                 metrics.xywh_to_corners(np.array(b, float)))
+  ref = _ref_iou(boxes.xywh_to_corners(np.array(a, float)),
+                 boxes.xywh_to_corners(np.array(b, float)))
   assert got[0] == pytest.approx(ref)
 
 
@@ -274,10 +277,10 @@ def test_confusion_matrix_and_per_class_accuracy():
 
 def test_class_index_map_by_name():
   names = ["ApplyEyeMakeup"] + list(reversed(metrics.UCF101_24_CLASSES))
-  idx = metrics.class_index_map(names)
+  idx = frame_ap.class_index_map(names)
   assert [names[i] for i in idx] == list(metrics.UCF101_24_CLASSES)
   with pytest.raises(ValueError, match="Basketball"):
-    metrics.class_index_map(["ApplyEyeMakeup"])
+    frame_ap.class_index_map(["ApplyEyeMakeup"])
 
 
 def test_class_index_map_matches_real_class_list(ucf24_dir):
@@ -288,7 +291,7 @@ def test_class_index_map_matches_real_class_list(ucf24_dir):
 def test_frame_detection_scores_softmax_over_all_classes():
   logits = np.array([[2.0, 0.0, 1.0, -1.0]])
   p = np.exp(logits) / np.exp(logits).sum()
-  got = metrics.frame_detection_scores(logits, np.array([2, 0]))
+  got = frame_ap.frame_detection_scores(logits, np.array([2, 0]))
   np.testing.assert_allclose(got, p[:, [2, 0]])
 
 
@@ -353,7 +356,7 @@ def _act_ap(dets, gts, thr=0.5):
   det_boxes = np.array([d[2] for d in dets], np.float64).reshape(-1, 4)
   gt_frames = np.array([g[0] for g in gts], np.int64)
   gt_boxes = np.array([g[1] for g in gts], np.float64).reshape(-1, 4)
-  return metrics.act_average_precision(det_frames, det_scores, det_boxes, gt_frames,
+  return frame_ap.act_average_precision(det_frames, det_scores, det_boxes, gt_frames,
                                        gt_boxes, thr)
 
 
@@ -367,13 +370,13 @@ PFAR = (300, 0, 319, 19)
 def test_plus_one_iou_hand_values():
   # Continuous: 2 / (4 + 4 - 2) = 1/3. Pixel-inclusive: 2*3 / (9 + 9 - 6) = 1/2.
   a, b = np.array([[0, 0, 2, 2]], float), np.array([[1, 0, 3, 2]], float)
-  assert metrics.iou_matrix_corners(a, b)[0, 0] == pytest.approx(1 / 3)
-  assert metrics.iou_matrix_corners(a, b, plus_one=True)[0, 0] == pytest.approx(0.5)
+  assert boxes.pairwise_iou_corners(a, b)[0, 0] == pytest.approx(1 / 3)
+  assert boxes.pairwise_iou_corners(a, b, plus_one=True)[0, 0] == pytest.approx(0.5)
   assert _ref_iou_plus_one(a[0], b[0]) == pytest.approx(0.5)
   # Touching boxes overlap by one pixel column under the +1 convention.
   c, d = np.array([[0, 0, 9, 9]], float), np.array([[9, 0, 18, 9]], float)
-  assert metrics.iou_matrix_corners(c, d)[0, 0] == 0.0
-  assert metrics.iou_matrix_corners(c, d, plus_one=True)[0, 0] == pytest.approx(
+  assert boxes.pairwise_iou_corners(c, d)[0, 0] == 0.0
+  assert boxes.pairwise_iou_corners(c, d, plus_one=True)[0, 0] == pytest.approx(
       10 / 190)
 
 
@@ -386,9 +389,9 @@ def test_act_ap_trapezoid_from_precision_one():
   # The VOC envelope credits precision 0.5 over the whole recall range instead.
   assert _ap(dets, gts) == pytest.approx(0.5)
   np.testing.assert_allclose(
-      metrics.act_ap([0.5, 0.5, 1.0], [1.0, 0.5, 2 / 3]),
+      frame_ap.act_ap([0.5, 0.5, 1.0], [1.0, 0.5, 2 / 3]),
       0.5 * (1 + 1) / 2 + 0.0 + 0.5 * (0.5 + 2 / 3) / 2)
-  assert metrics.act_ap([], []) == 0.0
+  assert frame_ap.act_ap([], []) == 0.0
 
 
 def test_act_ap_duplicates_are_false_positives():
@@ -463,30 +466,30 @@ def test_frame_map_act_converts_normalized_boxes_to_pixels():
   gt, det = gt_px / scale, det_px / scale
   args = (np.array([7]), np.array([[1.0]]), det, np.array([7]), np.array([0]), gt)
   # In pixels of the 240x320 frame the +1 IoU is 0.5; the continuous one 1/3.
-  act = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act")
-  voc = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45)
+  act = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act")
+  voc = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45)
   assert act["frame_map"] == pytest.approx(1.0) and act["protocol"] == "act"
   assert voc["frame_map"] == 0.0 and voc["protocol"] == "voc"
   # On a 10x finer pixel grid the same normalized boxes are 21 px wide: +1 IoU 0.355.
-  fine = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act",
+  fine = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act",
                            frame_sizes=(10 * h, 10 * w))
   assert fine["frame_map"] == 0.0
-  per_row = metrics.frame_map(*args, num_classes=1, iou_threshold=0.45,
+  per_row = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45,
                               protocol="act", frame_sizes=np.array([[h, w]]),
                               gt_frame_sizes=np.array([[h, w]]))
   assert per_row["frame_map"] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="gt_frame_sizes"):
-    metrics.frame_map(*args, num_classes=1, protocol="act",
+    frame_ap.frame_map(*args, num_classes=1, protocol="act",
                       frame_sizes=np.array([[h, w]]))
   with pytest.raises(ValueError, match="protocol"):
-    metrics.frame_map(*args, num_classes=1, protocol="coco")
+    frame_ap.frame_map(*args, num_classes=1, protocol="coco")
 
 
 def test_frame_map_act_class_without_ground_truth_is_left_out():
   scale = np.array([320, 240, 320, 240], float)
   det_boxes = np.array([PA, PB], float) / scale
   det_scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
-  out = metrics.frame_map(np.array([0, 1]), det_scores, det_boxes, np.array([0, 1]),
+  out = frame_ap.frame_map(np.array([0, 1]), det_scores, det_boxes, np.array([0, 1]),
                           np.array([0, 1]), np.array([PA, PB], float) / scale,
                           num_classes=3, protocol="act")
   assert out["classes_with_gt"] == [0, 1]
@@ -506,7 +509,7 @@ def test_frame_map_act_matches_reference_per_class():
   gt_frames, gt_labels = det_frames[gt_idx], rng.integers(0, num_classes, 15)
   gt_boxes_px = det_boxes_px[gt_idx] + rng.integers(-10, 11, (15, 4))
   scale = np.array([320, 240, 320, 240], float)
-  out = metrics.frame_map(det_frames, det_scores, det_boxes_px / scale, gt_frames,
+  out = frame_ap.frame_map(det_frames, det_scores, det_boxes_px / scale, gt_frames,
                           gt_labels, gt_boxes_px / scale, num_classes=num_classes,
                           protocol="act")
   for c in range(num_classes):
@@ -539,7 +542,7 @@ def test_box_iou_is_row_wise_and_matches_reference():
   a = np.concatenate([rng.uniform(0, 1, (50, 2)), rng.uniform(0, 0.5, (50, 2))], 1)
   b = np.concatenate([rng.uniform(0, 1, (50, 2)), rng.uniform(0, 0.5, (50, 2))], 1)
   got = metrics.box_iou(a, b)
-  ref = [_ref_iou(metrics.xywh_to_corners(x), metrics.xywh_to_corners(y))
+  ref = [_ref_iou(boxes.xywh_to_corners(x), boxes.xywh_to_corners(y))
          for x, y in zip(a, b)]
   np.testing.assert_allclose(got, ref, atol=1e-12)
   assert metrics.box_iou(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0,)
@@ -548,9 +551,9 @@ def test_box_iou_is_row_wise_and_matches_reference():
 
 
 def test_protocol_names_the_frame_map_rule():
-  voc = metrics.protocol(8, 112, 10, 101)["frame_map"]
-  act = metrics.protocol(8, 112, 10, 101, frame_map_protocol="act")["frame_map"]
+  voc = reports.protocol(8, 112, 10, 101)["frame_map"]
+  act = reports.protocol(8, 112, 10, 101, frame_map_protocol="act")["frame_map"]
   assert "VOC devkit rule" in voc and "ACT" not in voc
   assert "ACT frameAP rule" in act and "+1" in act
   with pytest.raises(ValueError, match="frame_map_protocol"):
-    metrics.protocol(8, 112, 10, 101, frame_map_protocol="x")
+    reports.protocol(8, 112, 10, 101, frame_map_protocol="x")

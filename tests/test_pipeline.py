@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from stconsist_jax.data import pipeline
+from stconsist_jax.data import eval_streams
+from stconsist_jax.data import sources
+from stconsist_jax.data import train_stream
 
 SIZE = 32
 T = 8
@@ -73,16 +75,16 @@ def make_split(seed: int, count: int, prefix: str, annotated_every: int = 2) -> 
 
 
 @pytest.fixture(scope="module")
-def source() -> pipeline.InMemorySource:
-  return pipeline.InMemorySource({"train": make_split(0, 14, "tr"),
+def source() -> sources.InMemorySource:
+  return sources.InMemorySource({"train": make_split(0, 14, "tr"),
                                   "test": make_split(1, 9, "te")})
 
 
 def data_config(**overrides) -> ml_collections.ConfigDict:
   values = dict(
       name="in_memory", data_dir="", split=1, frame_size=SIZE, image_size=SIZE,
-      num_frames=T, frame_stride=1, classes=101, box_label_fraction=1.0,
-      labeled_per_batch=0, scale_augment=False, shuffle_buffer=16)
+      num_frames=T, frame_stride=1, classes="all", box_label_fraction=1.0,
+      labeled_per_batch=0, scale_augment=(1.0, 1.0), shuffle_buffer=16, host_flip=False)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 
@@ -93,15 +95,16 @@ def full_config(**eval_overrides) -> ml_collections.ConfigDict:
   config.data = data_config()
   config.train = ml_collections.ConfigDict(dict(batch_size=4))
   config.eval = ml_collections.ConfigDict(dict(clips_per_video=3, frame_stride=1,
-                                               batch_size=4))
+                                               batch_size=4, max_videos=0,
+                                               tube_frame_stride=1))
   config.eval.update(eval_overrides)
   return config
 
 
 def take(data_cfg, source, steps, batch=4, seed=3, start_step=0, **kwargs):
-  ds = pipeline.make_train_dataset(data_cfg, batch_size=batch, seed=seed, source=source,
+  ds = train_stream.make_train_dataset(data_cfg, batch_size=batch, seed=seed, source=source,
                                    start_step=start_step, **kwargs)
-  iterator = pipeline.BatchIterator(ds)
+  iterator = train_stream.BatchIterator(ds)
   return [next(iterator) for _ in range(steps)], iterator
 
 
@@ -123,13 +126,13 @@ def expected_box(video: dict, ids: np.ndarray) -> tuple[np.ndarray, bool, int]:
 
 
 @pytest.fixture(scope="module")
-def unique_source() -> pipeline.InMemorySource:
+def unique_source() -> sources.InMemorySource:
   """Nine videos whose label is their index, so each clip names its video."""
   rng = np.random.default_rng(5)
   lengths = [5, 9, 14, 16, 20, 23, 31, 12, 27]
   videos = [make_video(rng, f"C{i}/v_{i}", n, i, 0 if i % 3 == 2 else 1 + i % 2)
             for i, n in enumerate(lengths)]
-  return pipeline.InMemorySource({"train": videos})
+  return sources.InMemorySource({"train": videos})
 
 
 # ---------------------------------------------------------------------- training clips
@@ -187,14 +190,14 @@ def test_box_label_fraction_keeps_a_nested_share():
   names = [f"Class{i % 24}/v_Class_g{i:04d}_c01" for i in range(4000)]
   kept = {}
   for fraction in (0.0, 0.1, 0.5, 1.0):
-    kept[fraction] = np.array(pipeline.box_label_kept(names, seed=7, fraction=fraction))
+    kept[fraction] = np.array(train_stream.box_label_kept(names, seed=7, fraction=fraction))
   n = len(names)
   assert kept[0.0].sum() == 0 and kept[1.0].sum() == n
   for fraction in (0.1, 0.5):
     sigma = np.sqrt(n * fraction * (1 - fraction))
     assert abs(kept[fraction].sum() - fraction * n) < 4 * sigma
   assert not np.any(kept[0.1] & ~kept[0.5])  # nested
-  other_seed = np.array(pipeline.box_label_kept(names, seed=8, fraction=0.5))
+  other_seed = np.array(train_stream.box_label_kept(names, seed=8, fraction=0.5))
   assert (other_seed != kept[0.5]).mean() > 0.3  # the seed changes the subset
 
 
@@ -226,7 +229,7 @@ def test_labeled_per_batch_gives_boxes_in_the_first_slots(unique_source):
 
 
 def test_classes_24_keeps_annotated_videos_relabelled(source):
-  batches, _ = take(data_config(classes=24), source, 4)
+  batches, _ = take(data_config(classes="ucf24"), source, 4)
   annotated = {(v["label"] % 24) for v in source.splits["train"] if v["annotated"]}
   for batch in batches:
     assert set(batch["label"].tolist()) <= annotated
@@ -242,7 +245,7 @@ def test_scale_augment_keeps_boxes_inside_the_crop(source):
 
 
 def test_stream_is_a_pure_function_of_seed_and_step(source):
-  cfg = data_config(labeled_per_batch=1, scale_augment=True)
+  cfg = data_config(labeled_per_batch=1, scale_augment=(0.8, 1.0))
   full, _ = take(cfg, source, 9)
   again, _ = take(cfg, source, 9)
   resumed, _ = take(cfg, source, 3, start_step=6)
@@ -250,7 +253,7 @@ def test_stream_is_a_pure_function_of_seed_and_step(source):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
   for a, b in zip(full[6:], resumed):
-    assert set(a) == set(pipeline.TRAIN_KEYS)
+    assert set(a) == set(train_stream.TRAIN_KEYS)
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
   other, _ = take(cfg, source, 3, seed=4)
@@ -269,12 +272,12 @@ def test_hosts_read_disjoint_shares(unique_source):
 # ---------------------------------------------------------------------- robustness
 
 
-def corrupt_source() -> pipeline.InMemorySource:
+def corrupt_source() -> sources.InMemorySource:
   rng = np.random.default_rng(9)
   videos = [make_video(rng, f"C{i}/v_{i}", 10, i, 1) for i in range(6)]
   videos[1]["frames"] = [b"not a jpeg"] * 10  # undecodable frames
   videos[3]["num_frames"] = 99  # record inconsistent with its frames
-  return pipeline.InMemorySource({"train": videos})
+  return sources.InMemorySource({"train": videos})
 
 
 def test_corrupt_records_are_counted_and_skipped(caplog):
@@ -302,7 +305,7 @@ def _clip_stream(config, source, hosts):
   rows = []
   counts = set()
   for host in range(hosts):
-    ds, num_batches = pipeline.make_eval_clip_dataset(config, process_index=host,
+    ds, num_batches = eval_streams.make_eval_clip_dataset(config, process_index=host,
                                                       process_count=hosts, source=source)
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == num_batches
@@ -346,7 +349,7 @@ def test_eval_frame_stream_covers_each_annotated_frame_once(source, hosts):
   max_boxes = max(len(v["tube_labels"]) for v in videos)
   seen, counts = [], set()
   for host in range(hosts):
-    ds, num_batches = pipeline.make_eval_frame_dataset(config, process_index=host,
+    ds, num_batches = eval_streams.make_eval_frame_dataset(config, process_index=host,
                                                        process_count=hosts, source=source)
     batches = list(ds.as_numpy_iterator())
     assert len(batches) == num_batches
@@ -384,13 +387,13 @@ def tfds_config(synthetic_tfds, **data_overrides) -> ml_collections.ConfigDict:
 
 def test_tfds_eval_clips_match_the_annotation_records(synthetic_tfds):
   config = tfds_config(synthetic_tfds)
-  source = pipeline.source_from_config(config.data)
+  source = sources.source_from_config(config.data)
   num_videos = source.num_examples("test")
   names = [n.decode() for n in source.read("test", 0, num_videos).map(
       lambda ex: ex["name"]).as_numpy_iterator()]
   assert sorted(names) == sorted(synthetic_tfds.truth.splits[1][1])
   k = config.eval.clips_per_video
-  ds, _ = pipeline.make_eval_clip_dataset(config, source=source)
+  ds, _ = eval_streams.make_eval_clip_dataset(config, source=source)
   rows = [(int(b["video_id"][i]), b["label"][i], b["box"][i], b["has_box"][i])
           for b in ds.as_numpy_iterator() for i in np.flatnonzero(b["valid"])]
   assert sorted(r[0] for r in rows) == sorted(list(range(num_videos)) * k)
@@ -417,21 +420,21 @@ def test_tfds_eval_clips_match_the_annotation_records(synthetic_tfds):
 
 def test_tfds_training_stream_and_frame_stream(synthetic_tfds):
   config = tfds_config(synthetic_tfds, labeled_per_batch=1)
-  iterator = pipeline.train_iterator(config, process_index=1, process_count=2)
+  iterator = train_stream.train_iterator(config, process_index=1, process_count=2)
   batch = next(iterator)
   # The flipped clip is left to the train step (no data.host_flip).
-  assert set(batch) == set(pipeline.TRAIN_KEYS) and "clip_flip" not in batch
+  assert set(batch) == set(train_stream.TRAIN_KEYS) and "clip_flip" not in batch
   assert batch["clip"].shape == (2, T, 32, 32, 3) and batch["clip"].dtype == np.uint8
   records = synthetic_tfds.truth.records
   expected = sorted((name, f) for name in synthetic_tfds.truth.splits[1][1]
                     for f in sorted({f for t in records[name].tubes
                                      for f in range(t.start, t.end)}))
-  source = pipeline.source_from_config(config.data)
+  source = sources.source_from_config(config.data)
   names = [n.decode() for n in source.read("test", 0, source.num_examples("test")).map(
       lambda ex: ex["name"]).as_numpy_iterator()]
   seen = []
   for host in range(2):
-    ds, _ = pipeline.make_eval_frame_dataset(config, process_index=host, process_count=2)
+    ds, _ = eval_streams.make_eval_frame_dataset(config, process_index=host, process_count=2)
     for b in ds.as_numpy_iterator():
       seen += [(names[b["video_id"][i]], int(b["frame"][i])) for i in np.flatnonzero(b["valid"])]
   assert sorted(seen) == expected
@@ -442,7 +445,7 @@ def test_label_names_follow_the_built_dataset(synthetic_tfds, classes):
   config = tfds_config(synthetic_tfds, classes=classes)
   truth = synthetic_tfds.truth
   expected = truth.class_names if classes == "all" else truth.annotated_class_names
-  assert pipeline.label_names(config.data) == list(expected)
+  assert sources.label_names(config.data) == list(expected)
 
 
 def test_num_classes_mismatch_fails_before_training(synthetic_tfds):

@@ -21,10 +21,14 @@ from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import distributed
 from stconsist_jax import evaluate
+from stconsist_jax import frame_predictor
 from stconsist_jax import models
 from stconsist_jax import predict
-from stconsist_jax import train
-from stconsist_jax.data import synthetic
+from stconsist_jax import prediction_record
+from stconsist_jax import train_step
+from stconsist_jax import tubes
+from stconsist_jax import video_files
+from stconsist_jax.data import synthetic_video
 from stconsist_jax.models import pretrained
 
 NUM_CLASSES = 5
@@ -80,7 +84,7 @@ def videos(tmp_path_factory):
   for name, (fourcc, fps, size, n) in VIDEOS.items():
     frames = _moving_square(n, size)
     if fourcc == 'XVID':
-      synthetic.write_video(frames, folder / name, fps=fps)  # as the dataset's videos
+      synthetic_video.write_video(frames, folder / name, fps=fps)  # as the dataset's videos
     else:
       _write(folder / name, frames, fourcc, fps)
   (folder / 'broken.avi').write_bytes(np.random.default_rng(1).bytes(4000))
@@ -94,7 +98,7 @@ def workdir(tmp_path_factory):
   config = _tiny_config()
   path = tmp_path_factory.mktemp('run') / 'tiny'
   model = models.build_model(config.model)
-  state = train.create_train_state(config, model, distributed.make_mesh())
+  state = train_step.create_train_state(config, model, distributed.make_mesh())
   config_lib.save(config, path)
   ckpt = checkpointing.Checkpointer(path, keep=2, async_save=False)
   ckpt.save(3, state)
@@ -112,7 +116,7 @@ def loaded(workdir):
 def directory_run(loaded, videos, tmp_path_factory):
   out = tmp_path_factory.mktemp('out')
   lines = []
-  inputs = predict.list_videos(videos, exclude=out)
+  inputs = video_files.list_videos(videos, exclude=out)
   done, failed = predict.predict_all(loaded, inputs, out, progress=False,
                                      report=lines.append)
   return out, inputs, done, failed, lines
@@ -125,9 +129,9 @@ def directory_run(loaded, videos, tmp_path_factory):
     (8, 1, 1, 30), (8, 2, 3, 30), (7, 1, 4, 5), (16, 1, 1, 1), (4, 3, 2, 11)])
 def test_windows_follow_the_eval_placement(num_frames, stride, every, video_frames):
   frames = (np.full((2, 3, 1), i, np.int32) for i in range(video_frames))
-  got = list(predict.sliding_windows(frames, num_frames, stride, every))
+  got = list(frame_predictor.sliding_windows(frames, num_frames, stride, every))
   centres = [c for c, _ in got]
-  assert centres == list(predict.centre_frames(video_frames, every))
+  assert centres == list(frame_predictor.centre_frames(video_frames, every))
   assert centres[-1] == video_frames - 1
   for centre, clip in got:
     # Frame f's clip: f + (p - T//2) * stride, p = 0..T-1, clamped to the video.
@@ -135,7 +139,7 @@ def test_windows_follow_the_eval_placement(num_frames, stride, every, video_fram
                        video_frames - 1)
     np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
     np.testing.assert_array_equal(
-        predict.clip_indices(centre, num_frames, stride, video_frames), expected)
+        frame_predictor.clip_indices(centre, num_frames, stride, video_frames), expected)
 
 
 def test_windows_stream_with_bounded_memory():
@@ -153,7 +157,7 @@ def test_windows_stream_with_bounded_memory():
   tracemalloc.start()
   try:
     count = 0
-    for centre, clip in predict.sliding_windows(frames(), num_frames, stride):
+    for centre, clip in frame_predictor.sliding_windows(frames(), num_frames, stride):
       # Never reads further than the clip's last frame.
       assert consumed[0] <= min(centre + lookahead + 1, total)
       assert clip.shape == (num_frames, 48, 48, 3)
@@ -170,11 +174,11 @@ def test_windows_stream_with_bounded_memory():
 def test_prepare_frame_resizes_like_training():
   frame = np.zeros((90, 160, 3), np.uint8)
   frame[..., 0] = 200  # blue in BGR
-  out = predict.prepare_frame(frame, 40, 32, bgr=True)
+  out = frame_predictor.prepare_frame(frame, 40, 32, bgr=True)
   assert out.shape == (32, 32, 3) and out.dtype == np.uint8
   assert (out[..., 2] == 200).all() and (out[..., :2] == 0).all()  # now RGB
   with pytest.raises(ValueError, match='uint8'):
-    predict.prepare_frame(np.zeros((4, 4), np.float32), 8, 8)
+    frame_predictor.prepare_frame(np.zeros((4, 4), np.float32), 8, 8)
 
 
 # ----------------------------------------------------------- restored model
@@ -192,7 +196,7 @@ def test_directory_predicts_good_videos_and_skips_bad_ones(directory_run, videos
   for name, (_, fps, (h, w), n) in VIDEOS.items():
     stem = name.split('.')[0]
     record = json.loads((out / f'{stem}.json').read_text())
-    predict.validate_prediction(record)
+    prediction_record.validate_prediction(record)
     assert record['num_frames'] == _count_frames(videos / name) == n
     assert len(record['frames']) == n
     assert record['size'] == [h, w] and record['fps'] == pytest.approx(fps)
@@ -217,17 +221,17 @@ def test_directory_predicts_good_videos_and_skips_bad_ones(directory_run, videos
 
 
 def test_frame_stride_reuses_the_dense_clips(loaded, videos):
-  cap, _ = predict.open_video(videos / 'b.mp4')
-  dense = loaded.predictor.detect(predict.read_frames(cap), bgr=True)
-  cap, _ = predict.open_video(videos / 'b.mp4')
-  sparse = loaded.predictor.detect(predict.read_frames(cap), every=5, bgr=True)
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  dense = loaded.predictor.detect(video_files.read_frames(cap), bgr=True)
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  sparse = loaded.predictor.detect(video_files.read_frames(cap), every=5, bgr=True)
   assert dense.num_frames == sparse.num_frames == 23
   np.testing.assert_array_equal(sparse.frames, [0, 5, 10, 15, 20, 22])
   np.testing.assert_allclose(sparse.logits, dense.logits[sparse.frames], rtol=1e-5,
                              atol=1e-5)
   np.testing.assert_allclose(sparse.boxes, dense.boxes[sparse.frames], rtol=1e-5,
                              atol=1e-6)
-  filled = predict.densify(sparse)
+  filled = frame_predictor.densify(sparse)
   assert filled.boxes.shape == (23, 4) and filled.probs.shape == (23, NUM_CLASSES)
   assert filled.predicted.sum() == 6 and filled.predicted[[0, 5, 22]].all()
   np.testing.assert_allclose(filled.probs.sum(1), 1.0, rtol=1e-6)
@@ -239,45 +243,45 @@ def test_frame_stride_reuses_the_dense_clips(loaded, videos):
 def test_detect_frames_takes_any_rgb_frame_iterator(loaded, workdir, videos):
   """The reusable entry point: (config, model, variables, RGB frames) -> every frame."""
   restored = evaluate.restore(loaded.config, workdir, 'latest')
-  cap, _ = predict.open_video(videos / 'b.mp4')
-  rgb = (cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in predict.read_frames(cap))
-  got = predict.detect_frames(loaded.config, restored.model, restored.variables, rgb,
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  rgb = (cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in video_files.read_frames(cap))
+  got = frame_predictor.detect_frames(loaded.config, restored.model, restored.variables, rgb,
                               every=2, batch_size=8)
-  cap, _ = predict.open_video(videos / 'b.mp4')
-  expected = predict.densify(loaded.predictor.detect(predict.read_frames(cap), every=2,
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  expected = frame_predictor.densify(loaded.predictor.detect(video_files.read_frames(cap), every=2,
                                                      bgr=True))
   assert got.num_frames == 23 and got.predicted.sum() == 12
   np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-6)
   np.testing.assert_allclose(got.probs, expected.probs, atol=1e-6)
-  empty = predict.detect_frames(loaded.config, restored.model, restored.variables, [])
+  empty = frame_predictor.detect_frames(loaded.config, restored.model, restored.variables, [])
   assert empty.num_frames == 0
 
 
 def test_validate_prediction_names_the_problem(directory_run):
   record = json.loads((directory_run[0] / 'b.json').read_text())
-  predict.validate_prediction(record)
+  prediction_record.validate_prediction(record)
   broken = dict(record, frames=record['frames'][:-1])
   with pytest.raises(ValueError, match='num_frames'):
-    predict.validate_prediction(broken)
+    prediction_record.validate_prediction(broken)
   broken = dict(record, fps='25')
   with pytest.raises(ValueError, match=r'\$\.fps'):
-    predict.validate_prediction(broken)
+    prediction_record.validate_prediction(broken)
   broken = dict(record, tubes=[{'id': 0, 'label': 1, 'class': 'class_1', 'start': 3,
                                 'end': 99, 'score': 0.5, 'frames': [3], 'boxes': [[0] * 4]}])
   with pytest.raises(ValueError, match='outside the video'):
-    predict.validate_prediction(broken)
+    prediction_record.validate_prediction(broken)
   del record['top5']
   with pytest.raises(ValueError, match="missing 'top5'"):
-    predict.validate_prediction(record)
+    prediction_record.validate_prediction(record)
 
 
 def test_linking_settings_come_from_config_eval_tubes():
   config = _tiny_config()
-  defaults = evaluate.linking_config(config)
-  assert predict.linking_dict(defaults) == predict.linking_dict(
-      predict.tubes_lib.LinkingConfig())
+  defaults = tubes.linking_config(config)
+  assert prediction_record.linking_dict(defaults) == prediction_record.linking_dict(
+      tubes.LinkingConfig())
   predict.apply_overrides(config, ['eval.tubes.min_length=3', 'eval.tubes.iou_threshold=0.2'])
-  linking = evaluate.linking_config(config)
+  linking = tubes.linking_config(config)
   assert linking.min_length == 3 and linking.iou_threshold == pytest.approx(0.2)
   with pytest.raises(ValueError, match='key.path=value'):
     predict.apply_overrides(config, ['eval.tubes'])
@@ -296,7 +300,7 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
   assert loaded.classification_only
   result = predict.predict_video(loaded, videos / 'b.mp4', tmp_path / 'out', progress=False)
   record = json.loads(result.json_path.read_text())
-  predict.validate_prediction(record)
+  prediction_record.validate_prediction(record)
   assert record['model']['source'] == 'init_from' and record['tubes'] == []
   assert all(f['box'] is None for f in record['frames'])
   assert record['num_frames'] == 23 and len(record['top5']) == 3
@@ -323,7 +327,7 @@ def test_cli_predicts_a_folder_and_reports_bad_files(repo_root, workdir, videos,
   skipped = [line for line in proc.stdout.splitlines() if line.startswith('skipped ')]
   assert len(skipped) == 2 and 'Traceback' not in proc.stderr
   record = json.loads((out / 'a.json').read_text())
-  predict.validate_prediction(record)
+  prediction_record.validate_prediction(record)
   assert record['settings']['frame_stride'] == 2 and record['settings']['devices'] == 1
   assert record['settings']['linking']['min_length'] == 5
   assert all(len(f['scores']) == NUM_CLASSES for f in record['frames'])
@@ -350,15 +354,15 @@ def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path):
   assert str(result.json_path) == f'{out}/b.json'
   assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ['b.json', 'b.mp4']
   record = json.loads(fileio.as_path(f'{out}/b.json').read_text())
-  predict.validate_prediction(record)
+  prediction_record.validate_prediction(record)
   local = tmp_path / 'b.mp4'
   local.write_bytes(fileio.as_path(f'{out}/b.mp4').read_bytes())
   assert _count_frames(local) == record['num_frames'] == 23
 
 
 def test_bucket_video_is_refused_in_one_line(tmp_path, capsys):
-  with pytest.raises(predict.VideoError, match='bucket URL'):
-    predict.open_video('gs://bucket/v.mp4')
+  with pytest.raises(video_files.VideoError, match='bucket URL'):
+    video_files.open_video('gs://bucket/v.mp4')
   args = types.SimpleNamespace(video='gs://bucket/v.mp4', output=str(tmp_path / 'o'))
   assert predict.run(args) == 2
   err = capsys.readouterr().err

@@ -21,8 +21,8 @@ from stconsist_jax.models import NORMALIZATION_PRESETS
 from stconsist_jax.models import normalize
 from stconsist_jax.models import ResNet3D
 from stconsist_jax.models import detector
-from stconsist_jax.models import pretrained
 from stconsist_jax.models import resnet3d
+from stconsist_jax.models import torch_mapping
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import torch_resnet3d  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -43,7 +43,7 @@ def _flax_from_torch(torch_model) -> dict:
   for key, value in torch_model.state_dict().items():
     if key.endswith("num_batches_tracked") or key.startswith("fc."):
       continue
-    collection, path = pretrained.torch_key_to_flax(key)
+    collection, path = torch_mapping.torch_key_to_flax(key)
     array = value.numpy()
     if array.ndim == 5:
       array = array.transpose(2, 3, 4, 1, 0)

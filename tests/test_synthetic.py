@@ -13,6 +13,7 @@ import pytest
 from stconsist_jax import cli
 from stconsist_jax.data import annotations as ann
 from stconsist_jax.data import synthetic
+from stconsist_jax.data import synthetic_video
 
 
 def _decode(path):
@@ -119,7 +120,7 @@ def test_boxes_follow_the_drawn_actor(synthetic_root):
     plan = synthetic.plan_video(spec, ci, vi, True)
     if len(plan.actors) != 1:
       continue
-    frames, _ = synthetic.render(plan)
+    frames, _ = synthetic_video.render(plan)
     t = record.tubes[0]
     expected = _single_actor_boxes_from_pixels(frames[t.start:t.end], plan.actors[0].rgb)
     np.testing.assert_array_equal(t.boxes, expected)
@@ -201,8 +202,9 @@ def test_from_annotations_videos_are_the_rendered_plans(from_annotations):
   # The generator draws through `render`, the one renderer of this module.
   path = sorted(from_annotations.records)[0]  # The first video draws the first seed.
   record = from_annotations.records[path]
-  plan = synthetic.annotation_plan(record, int(np.random.default_rng(0).integers(2**31)))
-  rendered, boxes = synthetic.render(plan)
+  plan = synthetic_video.annotation_plan(record,
+                                        int(np.random.default_rng(0).integers(2**31)))
+  rendered, boxes = synthetic_video.render(plan)
   decoded, _, _ = _decode(from_annotations.root / "UCF-101" / f"{path}.avi")
   assert decoded.shape == rendered.shape == (record.num_frames, 240, 320, 3)
   assert np.abs(decoded.astype(float) - rendered).mean() < 8.0
@@ -238,8 +240,8 @@ def test_cli_reports_a_bad_annotation_file_in_one_line(tmp_path, repo_root, prob
   elif problem == "crafted":
     path.write_bytes(pickle.dumps(_Exploit(os.system, f"touch {marker}"), protocol=2))
   result = subprocess.run(
-      [sys.executable, "-m", "stconsist_jax.data.synthetic", f"--output={tmp_path / 'o'}",
-       f"--from-annotations={path}", "--max-videos=1", "--num-workers=0"],
+      [sys.executable, "tools/generate_synthetic.py", f"--output={tmp_path / 'o'}",
+       f"--from_annotations={path}", "--max_videos=1", "--num_workers=0"],
       cwd=repo_root, capture_output=True, text=True, timeout=120)
   assert result.returncode == cli.EXIT_USER_ERROR
   assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
@@ -276,9 +278,9 @@ def test_cli_writes_the_layout_and_import_defines_no_flags(tmp_path, repo_root):
   assert "output" not in flags.FLAGS  # importing the module left the names free
   out = tmp_path / "cli"
   result = subprocess.run(
-      [sys.executable, "-m", "stconsist_jax.data.synthetic", f"--output={out}",
-       "--num-classes=2", "--annotated-classes=1", "--videos-per-class=2",
-       "--min-frames=8", "--max-frames=10"],
+      [sys.executable, "tools/generate_synthetic.py", f"--output={out}",
+       "--num_classes=2", "--annotated_classes=1", "--videos_per_class=2",
+       "--min_frames=8", "--max_frames=10"],
       cwd=repo_root, capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "wrote 4 videos (2 annotated) of 2 classes" in result.stdout

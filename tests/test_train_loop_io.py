@@ -11,6 +11,7 @@ import pytest
 from stconsist_jax import distributed
 from stconsist_jax import logging_utils
 from stconsist_jax import train
+from stconsist_jax.data import random_source
 
 import test_train  # pylint: disable=g-bad-import-order
 
@@ -41,7 +42,7 @@ def test_data_running_out_is_a_clear_error_at_the_missing_step(tmp_path):
   config = test_train.tiny_config(num_steps=4)
 
   def two_batches(cfg, start_step):
-    return (train.random_batch(cfg, s) for s in itertools.islice(
+    return (random_source.random_batch(cfg, s) for s in itertools.islice(
         itertools.count(start_step), 2))
 
   with pytest.raises(ValueError, match='ran out at step 2'):

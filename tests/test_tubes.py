@@ -10,8 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from stconsist_jax import metrics
+from stconsist_jax import frame_ap
 from stconsist_jax import tubes
+from stconsist_jax import video_ap
 
 
 # ----------------------------------------------------------------------------------
@@ -459,7 +460,7 @@ def test_video_ap_duplicates_misses_and_videos_without_ground_truth():
           "c": [_tube(0, range(20), BOX, 0.6)]}       # video without GT: FP
   # Points (1,0), (1,1/3), (1/2,1/3), (2/3,2/3), (1/2,2/3); "b" never found.
   expected = 1 / 3 + 1 / 3 * (0.5 + 2 / 3) / 2
-  assert tubes.video_ap(dets, gt, 0, 0.5) == pytest.approx(expected)
+  assert video_ap.video_ap(dets, gt, 0, 0.5) == pytest.approx(expected)
   ref = _ref_video_ap([("a", 0.9, (list(range(20)), [BOX] * 20)),
                        ("a", 0.8, (list(range(20)), [BOX] * 20)),
                        ("a", 0.7, (list(range(20)), [OTHER] * 20)),
@@ -468,16 +469,16 @@ def test_video_ap_duplicates_misses_and_videos_without_ground_truth():
                              (list(range(20)), [OTHER] * 20)],
                        "b": [(list(range(20)), [BOX] * 20)]}, 0.5)
   assert ref == pytest.approx(expected)
-  assert math.isnan(tubes.video_ap(dets, gt, 1, 0.5))
+  assert math.isnan(video_ap.video_ap(dets, gt, 1, 0.5))
 
 
 def test_video_ap_ties_by_video_name_then_list_order():
   gt = {"b": [_tube(0, range(20), BOX)]}
   tp, fp = _tube(0, range(20), BOX, 0.5), _tube(0, range(20), OTHER, 0.5)
-  assert tubes.video_ap({"a": [fp], "b": [tp]}, gt, 0, 0.5) == pytest.approx(0.25)
-  assert tubes.video_ap({"b": [tp], "a": [fp]}, gt, 0, 0.5) == pytest.approx(0.25)
-  assert tubes.video_ap({"b": [tp, fp]}, gt, 0, 0.5) == pytest.approx(1.0)
-  assert tubes.video_ap({"b": [fp, tp]}, gt, 0, 0.5) == pytest.approx(0.25)
+  assert video_ap.video_ap({"a": [fp], "b": [tp]}, gt, 0, 0.5) == pytest.approx(0.25)
+  assert video_ap.video_ap({"b": [tp], "a": [fp]}, gt, 0, 0.5) == pytest.approx(0.25)
+  assert video_ap.video_ap({"b": [tp, fp]}, gt, 0, 0.5) == pytest.approx(1.0)
+  assert video_ap.video_ap({"b": [fp, tp]}, gt, 0, 0.5) == pytest.approx(0.25)
 
 
 def test_video_ap_tubes_with_gaps():
@@ -485,8 +486,8 @@ def test_video_ap_tubes_with_gaps():
   gt = {"v": [tubes.ground_truth_tube(0, [*range(5), *range(10, 20)], [BOX] * 15)]}
   det = {"v": [_tube(0, range(20), BOX, 0.9)]}
   assert tubes.spatiotemporal_iou(gt["v"][0], det["v"][0]) == pytest.approx(0.75)
-  assert tubes.video_ap(det, gt, 0, 0.7) == pytest.approx(1.0)
-  assert tubes.video_ap(det, gt, 0, 0.8) == 0.0
+  assert video_ap.video_ap(det, gt, 0, 0.7) == pytest.approx(1.0)
+  assert video_ap.video_ap(det, gt, 0, 0.8) == 0.0
 
 
 def test_video_map_thresholds_and_class_without_ground_truth():
@@ -495,7 +496,7 @@ def test_video_map_thresholds_and_class_without_ground_truth():
   gt = {"v": [_tube(0, range(100), BOX), _tube(1, range(30), OTHER)]}
   dets = {"v": [_tube(0, range(72), BOX, 0.9), _tube(1, range(30), OTHER, 0.8),
                 _tube(2, range(30), OTHER, 0.7)]}
-  out = tubes.video_map(dets, gt, num_classes=3)
+  out = video_ap.video_map(dets, gt, num_classes=3)
   assert out["classes_with_gt"] == [0, 1]
   assert out["video_map@0.2"] == pytest.approx(1.0)
   assert out["video_map@0.5"] == pytest.approx(1.0)
@@ -508,17 +509,17 @@ def test_video_map_thresholds_and_class_without_ground_truth():
       {0.2, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95})
   np.testing.assert_array_equal(out["num_gt_tubes"], [1, 1, 0])
   np.testing.assert_array_equal(out["num_detections"], [1, 1, 1])
-  empty = tubes.video_map(dets, {}, num_classes=3)
+  empty = video_ap.video_map(dets, {}, num_classes=3)
   assert math.isnan(empty["video_map@0.5"]) and empty["classes_with_gt"] == []
   with pytest.raises(ValueError, match="outside"):
-    tubes.video_map(dets, gt, num_classes=2)
+    video_ap.video_map(dets, gt, num_classes=2)
 
 
 def test_video_map_refuses_normalized_boxes_under_plus_one():
   t = _tube(0, range(20), (0.1, 0.1, 0.5, 0.5))
   with pytest.raises(ValueError, match="normalized"):
-    tubes.video_map({"v": [t]}, {"v": [t]}, num_classes=1)
-  out = tubes.video_map({"v": [t]}, {"v": [t]}, num_classes=1, plus_one=False)
+    video_ap.video_map({"v": [t]}, {"v": [t]}, num_classes=1)
+  out = video_ap.video_map({"v": [t]}, {"v": [t]}, num_classes=1, plus_one=False)
   assert out["video_map@0.5"] == pytest.approx(1.0)
 
 
@@ -549,7 +550,7 @@ def test_video_ap_matches_act_reference_on_random_cases():
         dets[v].append(_tube(0, range(start, start + n), box, score))
         ref_dets.append((v, score, (list(range(start, start + n)), [box] * n)))
     for thr in (0.2, 0.5):
-      got, ref = tubes.video_ap(dets, gt, 0, thr), _ref_video_ap(ref_dets, ref_gt, thr)
+      got, ref = video_ap.video_ap(dets, gt, 0, thr), _ref_video_ap(ref_dets, ref_gt, thr)
       if math.isnan(ref):
         assert math.isnan(got), trial
       else:
@@ -567,18 +568,18 @@ def test_video_accuracy_from_tubes():
           "extra": [_tube(0, range(5), BOX, 0.5)]}
   # a -> 1 (right), b -> 0 (tie: first listed; wrong), c -> none (wrong).
   labels = {"a": 1, "b": 1, "c": 0}
-  assert tubes.video_accuracy_from_tubes(dets, labels) == pytest.approx(1 / 3)
-  assert tubes.video_accuracy_from_tubes(dets, {"b": 0}) == 1.0
-  assert math.isnan(tubes.video_accuracy_from_tubes(dets, {}))
+  assert video_ap.video_accuracy_from_tubes(dets, labels) == pytest.approx(1 / 3)
+  assert video_ap.video_accuracy_from_tubes(dets, {"b": 0}) == 1.0
+  assert math.isnan(video_ap.video_accuracy_from_tubes(dets, {}))
 
 
 def test_one_box_cap_hand_values():
-  assert tubes.one_box_cap([1, 2, 0, 3]) == pytest.approx(3 / 6)
-  assert tubes.one_box_cap(np.ones(4, int)) == 1.0
-  assert math.isnan(tubes.one_box_cap([]))
-  assert math.isnan(tubes.one_box_cap([0, 0]))
+  assert video_ap.one_box_cap([1, 2, 0, 3]) == pytest.approx(3 / 6)
+  assert video_ap.one_box_cap(np.ones(4, int)) == 1.0
+  assert math.isnan(video_ap.one_box_cap([]))
+  assert math.isnan(video_ap.one_box_cap([0, 0]))
   with pytest.raises(ValueError, match=">= 0"):
-    tubes.one_box_cap([1, -1])
+    video_ap.one_box_cap([1, -1])
 
 
 @pytest.mark.parametrize("protocol", ["voc", "act"])
@@ -590,8 +591,8 @@ def test_one_box_cap_is_the_best_frame_ap_of_a_one_box_detector(protocol):
   gt_frames = np.array([f for f, bs in gt_boxes.items() for _ in bs])
   gt = np.array([b for bs in gt_boxes.values() for b in bs])
   det = np.array([bs[0] for bs in gt_boxes.values()])
-  out = metrics.frame_map(np.arange(3), np.ones((3, 1)), det, gt_frames,
+  out = frame_ap.frame_map(np.arange(3), np.ones((3, 1)), det, gt_frames,
                           np.zeros(len(gt), int), gt, num_classes=1, protocol=protocol)
-  cap = tubes.one_box_cap(np.bincount(gt_frames))
+  cap = video_ap.one_box_cap(np.bincount(gt_frames))
   assert cap == pytest.approx(3 / 6)
   assert out["frame_map"] == pytest.approx(cap)

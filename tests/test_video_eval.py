@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from stconsist_jax import evaluate
-from stconsist_jax.data import pipeline
+from stconsist_jax import stream_metrics
+from stconsist_jax import tubes
+from stconsist_jax import video_ap
+from stconsist_jax.data import eval_streams
 
 NUM_FRAMES = 30
 SIZE = (240, 320)
@@ -20,7 +22,7 @@ SIZE = (240, 320)
 def _truth(video_id, label, boxes, present=None):
   """A VideoTruth with one tube of normalized corner boxes `(NUM_FRAMES, 4)`."""
   present = np.ones(NUM_FRAMES, bool) if present is None else present
-  return pipeline.VideoTruth(
+  return eval_streams.VideoTruth(
       video_id=video_id, name=f'v{video_id}', label=label, num_frames=NUM_FRAMES,
       original_size=SIZE, tube_labels=np.array([label]), tube_present=present[None],
       tube_boxes=np.where(present[:, None], boxes, 0.0)[None].astype(np.float32))
@@ -59,7 +61,7 @@ def _config(**eval_fields):
 def test_num_video_clips_matches_the_stream_frames():
   for n, k in [(30, 1), (30, 4), (29, 4), (1, 3), (7, 7), (8, 7)]:
     frames = list(range(0, n, k)) + ([n - 1] if (n - 1) % k else [])
-    assert pipeline.num_video_clips(n, k) == len(frames)
+    assert eval_streams.num_video_clips(n, k) == len(frames)
 
 
 @pytest.mark.parametrize('stride', [1, 4])
@@ -68,9 +70,9 @@ def test_detections_on_the_ground_truth_give_video_ap_one(stride):
   truths = [_truth(0, 0, _moving_boxes()), _truth(1, 2, _moving_boxes(0.2))]
   out = _concat([_stream_rows(truths[0], _moving_boxes(), 0, 3, stride),
                  _stream_rows(truths[1], _moving_boxes(0.2), 2, 3, stride)])
-  result = evaluate.video_metrics(out, truths, np.arange(3), names,
+  result = stream_metrics.video_metrics(out, truths, np.arange(3), names,
                                   _config(frame_ap_frames='all'))
-  for key in evaluate.VIDEO_MAP_KEYS:
+  for key in video_ap.VIDEO_MAP_KEYS:
     assert result[key] == pytest.approx(1.0), key
   assert result['tube_video_accuracy'] == 1.0
   assert result['one_box_cap'] == 1.0
@@ -84,7 +86,7 @@ def test_detections_on_the_ground_truth_give_video_ap_one(stride):
 def test_boxes_beside_the_actor_give_video_ap_zero():
   truth = _truth(0, 1, _moving_boxes())
   out = _stream_rows(truth, _moving_boxes(0.45), 1, 2, 1)  # no overlap at all
-  result = evaluate.video_metrics(out, [truth], np.arange(2), ['A', 'B'], _config())
+  result = stream_metrics.video_metrics(out, [truth], np.arange(2), ['A', 'B'], _config())
   assert result['video_map@0.2'] == 0.0 and result['video_map@0.5'] == 0.0
   assert 'all_frames' not in result
 
@@ -98,7 +100,7 @@ def test_half_the_video_detected_gives_temporal_iou_one_half():
   off = np.where(np.arange(NUM_FRAMES)[:, None] < 15, _moving_boxes(), _moving_boxes(0.5))
   out = _stream_rows(truth, off, 0, 1, 1)
   out['logits'] = np.where(out['frame'][:, None] < 15, 5.0, 1.0) * np.array([[1.0, 0.0]])
-  result = evaluate.video_metrics(out, [truth], np.array([0]), ['A'], _config())
+  result = stream_metrics.video_metrics(out, [truth], np.array([0]), ['A'], _config())
   assert result['num_tubes'] == 2
   assert result['video_map@0.2'] == 1.0
   assert result['video_map@0.75'] == 0.0
@@ -108,6 +110,6 @@ def test_config_group_reaches_the_linking():
   config = _config()
   config.eval.tubes.min_length = 3
   config.eval.tubes.iou_threshold = 0.3
-  linking = evaluate.linking_config(config)
+  linking = tubes.linking_config(config)
   assert (linking.min_length, linking.iou_threshold, linking.max_gap) == (3, 0.3, 1)
-  assert evaluate.linking_config(ml_collections.ConfigDict({'eval': {}})).min_length == 15
+  assert tubes.linking_config(ml_collections.ConfigDict({'eval': {}})).min_length == 15

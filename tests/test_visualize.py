@@ -17,11 +17,6 @@ def _is(pixels, color):
   return np.all(pixels == color, axis=-1)
 
 
-def test_flip_box():
-  np.testing.assert_allclose(visualize.flip_box([0.1, 0.2, 0.3, 0.4]),
-                             [0.6, 0.2, 0.3, 0.4])
-
-
 def test_draw_boxes_outline_on_expected_pixels():
   frame = np.full((16, 16, 3), 128, np.uint8)
   out = visualize.draw_boxes(frame, [((0.25, 0.25, 0.5, 0.5), visualize.GT_COLOR)],
@@ -112,7 +107,7 @@ def _write_jsonl(path, records, tail=""):
 def test_training_curves_png(tmp_path):
   records = [{"step": s, "loss": 3.0 / (s + 1), "cls": 2.0 / (s + 1),
               "loc": 0.1, "con_cls": 0.001, "con_loc": 0.002,
-              "w": min(1.0, s / 5), "accuracy": s / 10, "iou": s / 20,
+              "con_weight": min(1.0, s / 5), "accuracy": s / 10, "iou": s / 20,
               "lr": 0.01} for s in range(10)]
   metrics_path = tmp_path / "metrics.jsonl"
   # A run killed mid-write leaves a truncated last line: it is skipped.

@@ -46,13 +46,14 @@ def run(manual_dir: str, data_dir: str, split: int = 1, frame_size: int = 128,
   out, err = out or sys.stdout, err or sys.stderr
   # Imported here so the decoding worker processes, which re-import this script,
   # start without TensorFlow.
+  from stconsist_jax.data import download  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds_builder.build(manual_dir, data_dir, split, frame_size, num_workers,
                                  jpeg_quality, overwrite=overwrite)
   except tfds_builder.USER_ERRORS as e:
     print(f"error: {e}", file=err)
-    if isinstance(e, tfds_builder.ManualDirError):
+    if isinstance(e, download.ManualDirError):
       print(e.instructions, file=err, end="")
     return cli.EXIT_USER_ERROR
   report = tfds_builder.read_report(builder)

@@ -1,6 +1,6 @@
 """Prints several runs' evaluation reports side by side, in the study's table 3 layout.
 
-Columns: run, model, fix_weights, accuracy (video top-1), mean IoU, frame-mAP, plus the
+Columns: run, model, freeze_backbone, accuracy (video top-1), mean IoU, frame-mAP, plus the
 clip accuracy and checkpoint step. Each argument is a report.json, an eval/<step>/
 directory, or a training workdir (its newest eval/<step>/report.json is used), local or
 a bucket URL (gs://...). Only finished report directories count: those with the commit
@@ -30,7 +30,7 @@ flags.DEFINE_enum("format", "text", ["text", "markdown", "csv"], "Output table f
 COLUMNS = (
     ("run", "run"),
     ("model", "model"),
-    ("fix_weights", "fix_weights"),
+    ("freeze_backbone", "freeze_backbone"),
     ("accuracy", "video_accuracy"),
     ("mean IoU", "mean_iou"),
     ("frame-mAP", "frame_map"),

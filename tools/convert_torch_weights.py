@@ -8,7 +8,7 @@ output directory with its metadata.json last (the mark of a finished conversion)
 
 --input and --output may be bucket URLs (gs://bucket/...); an input URL is copied to a
 local temporary file first, since torch reads local files. Only this tool needs torch
-(the `convert` extra); the mapping itself lives in `stconsist_jax.models.pretrained`.
+(the `convert` extra); the mapping itself lives in `stconsist_jax.models.torch_mapping`.
 Exit status 0 on success, 1 with a one-paragraph message on stderr when the file cannot
 be converted (nothing is left behind). An unfinished output of an interrupted
 conversion is replaced.
@@ -32,8 +32,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stconsist_jax import fileio  # noqa: E402
 from stconsist_jax.models import detector  # noqa: E402
+from stconsist_jax.models import param_trees  # noqa: E402
 from stconsist_jax.models import pretrained  # noqa: E402
 from stconsist_jax.models import resnet3d  # noqa: E402
+from stconsist_jax.models import torch_mapping  # noqa: E402
 
 ConversionError = pretrained.ConversionError
 
@@ -120,7 +122,12 @@ def convert(input_path: str, output_dir: str, drop_classifier: bool = False,
             normalization: str | None = None, shortcut: str | None = None,
             depth: int | None = None, conv1_t_stride: int = 1, no_max_pool: bool = False,
             allow_pickle: bool = False) -> dict:
-  """Converts one file; returns the metadata written. Raises ConversionError."""
+  """Converts one file; returns the metadata written.
+
+  Raises:
+    ConversionError: the file is no checkpoint of the family, or the output is taken.
+    ParameterTreeMismatchError: its tensors do not fit the architecture.
+  """
   if normalization is not None and normalization not in detector.NORMALIZATION_PRESETS:
     raise ConversionError(f"Unknown --normalization {normalization!r}; valid presets: "
                           f"{', '.join(sorted(detector.NORMALIZATION_PRESETS))}.")
@@ -129,24 +136,10 @@ def convert(input_path: str, output_dir: str, drop_classifier: bool = False,
     raw = extract_state_dict(load_torch_file(local_path, allow_pickle, input_path),
                              input_path)
     source_sha256 = sha256_of(local_path)
-  state, had_prefix, had_nbt = pretrained.clean_state_dict(raw)
+  state, had_prefix, had_nbt = torch_mapping.clean_state_dict(raw)
   shapes = {k: tuple(v.shape) for k, v in state.items()}
-  if depth is None:
-    arch = pretrained.detect_architecture(shapes)
-  else:
-    # A forced depth: take the rest from the tensors and let check_fit list the misfits.
-    if depth not in resnet3d.DEPTHS:
-      raise ConversionError(f"--depth must be one of {sorted(resnet3d.DEPTHS)}, got {depth}.")
-    conv1 = shapes.get("conv1.weight")
-    if conv1 is None or len(conv1) != 5:
-      pretrained.detect_architecture(shapes)  # Raises the not-a-ResNet message.
-    fc = shapes.get("fc.weight")
-    arch = pretrained.Architecture(
-        depth=depth, block=resnet3d.DEPTHS[depth][0],
-        shortcut_type="B" if any(".downsample." in k for k in shapes) else "A",
-        widen_factor=conv1[0] / 64, conv1_t_size=int(conv1[2]),
-        num_classes=int(fc[0]) if fc is not None else None)
-  generation = pretrained.generation_of(had_prefix, had_nbt, arch.shortcut_type)
+  arch = torch_mapping.detect_architecture(shapes, depth)
+  generation = torch_mapping.generation_of(had_prefix, had_nbt, arch.shortcut_type)
   print(f"Found: depth {arch.depth} ({arch.block} blocks "
         f"{list(resnet3d.DEPTHS[arch.depth][1])}), shortcut {arch.shortcut_type}, "
         f"widen_factor {arch.widen_factor:g}, conv1_t_size {arch.conv1_t_size}, "
@@ -164,10 +157,11 @@ def convert(input_path: str, output_dir: str, drop_classifier: bool = False,
   backbone = arch.backbone_kwargs(conv1_t_stride, no_max_pool)
   what = (f"a depth-{arch.depth} 3D ResNet with shortcut {arch.shortcut_type} and "
           f"widen_factor {arch.widen_factor:g}")
-  pretrained.check_fit(shapes, pretrained.expected_shapes(backbone, arch.num_classes), what)
+  torch_mapping.check_fit(
+      shapes, torch_mapping.expected_shapes(backbone, arch.num_classes), what)
 
-  variables = pretrained.state_dict_to_variables(state, drop_classifier)
-  preset = normalization or pretrained.GENERATION_NORMALIZATION[generation]
+  variables = torch_mapping.state_dict_to_variables(state, drop_classifier)
+  preset = normalization or torch_mapping.GENERATION_NORMALIZATION[generation]
   metadata = {
       "architecture": backbone,
       "normalization": preset,
@@ -215,7 +209,7 @@ def run(argv: list[str]) -> int:
             normalization=args.normalization, shortcut=args.shortcut, depth=args.depth,
             conv1_t_stride=args.conv1_t_stride, no_max_pool=args.no_max_pool,
             allow_pickle=args.allow_pickle)
-  except ConversionError as e:
+  except (ConversionError, param_trees.ParameterTreeMismatchError) as e:
     print(f"error: cannot convert {args.input}: {e}", file=sys.stderr)
     return 1
   return 0

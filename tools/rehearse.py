@@ -180,8 +180,8 @@ def main(argv: Sequence[str]) -> None:
   workers = [] if FLAGS.num_workers is None else [f'--num_workers={FLAGS.num_workers}']
   stages: list[StageResult] = []
 
-  generate = [py, '-m', 'stconsist_jax.data.synthetic', f'--output={twin}',
-              f'--from-annotations={annotations}', f'--max-videos={FLAGS.max_videos}',
+  generate = [py, 'tools/generate_synthetic.py', f'--output={twin}',
+              f'--from_annotations={annotations}', f'--max_videos={FLAGS.max_videos}',
               *workers]
   build = [py, 'tools/build_dataset.py', f'--manual_dir={twin}', f'--data_dir={data_dir}',
            f'--frame_size={size}', *workers]

@@ -1,7 +1,9 @@
 """UCF-101 / UCF101-24 annotation files and split lists -> typed per-video records.
 
 Reads `pyannot.pkl` (corrected UCF101-24), the ACT/MOC `UCF101v2-GT.pkl`, `classInd.txt`
-and the official train/test lists; writes both pickle formats; validates records.
+and the official train/test lists, and writes them all (for synthetic datasets); the
+checks of a whole download are in `download`. Over 400 lines as one job: the two pickle
+formats in both directions, the restricted unpickler and the two class lists.
 
 All pickle arrays are cast to float64/int64 before any arithmetic: the real files store
 boxes and frame counts as uint8/uint16, where `x + w` silently wraps around. Pickles come
@@ -194,7 +196,7 @@ def official_split(list_dir: PathLike, split: int) -> tuple[list[str], list[str]
 
 
 def write_class_index(class_names: Sequence[str], path: PathLike) -> None:
-  _write_text(path, "".join(f"{i} {c}\n" for i, c in enumerate(class_names, start=1)))
+  fileio.atomic_write(path, "".join(f"{i} {c}\n" for i, c in enumerate(class_names, start=1)))
 
 
 def write_split_lists(list_dir: PathLike, split: int, train: Sequence[str],
@@ -202,13 +204,9 @@ def write_split_lists(list_dir: PathLike, split: int, train: Sequence[str],
   """Writes `trainlist0N.txt` / `testlist0N.txt` in the official format."""
   index = {c: i for i, c in enumerate(class_names)}
   list_dir = pathlib.Path(list_dir)
-  _write_text(list_dir / f"trainlist0{split}.txt",
-              "".join(f"{p}.avi {index[class_of(p)] + 1}\n" for p in train))
-  _write_text(list_dir / f"testlist0{split}.txt", "".join(f"{p}.avi\n" for p in test))
-
-
-def _write_text(path: PathLike, text: str) -> None:
-  fileio.atomic_write(path, text.encode("utf-8"))
+  fileio.atomic_write(list_dir / f"trainlist0{split}.txt",
+                      "".join(f"{p}.avi {index[class_of(p)] + 1}\n" for p in train))
+  fileio.atomic_write(list_dir / f"testlist0{split}.txt", "".join(f"{p}.avi\n" for p in test))
 
 
 # --------------------------------------------------------------------------- pickles
@@ -434,83 +432,3 @@ def write_act(records: Iterable[VideoRecord], path: PathLike, labels: Sequence[s
               frame_size: tuple[int, int] = UCF101_FRAME_SIZE) -> None:
   data = to_act(records, labels, train_videos, test_videos, frame_size)
   fileio.atomic_write(path, pickle.dumps(data, protocol=2))
-
-
-# --------------------------------------------------------------------------- validation
-
-MAX_EXAMPLES = 5
-
-
-@dataclasses.dataclass
-class ValidationReport:
-  """Problems found in the data, by kind: a count and a few examples of each."""
-  counts: dict[str, int] = dataclasses.field(default_factory=dict)
-  examples: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-
-  def add(self, kind: str, example: str) -> None:
-    self.counts[kind] = self.counts.get(kind, 0) + 1
-    shown = self.examples.setdefault(kind, [])
-    if len(shown) < MAX_EXAMPLES:
-      shown.append(example)
-
-  @property
-  def ok(self) -> bool:
-    return not self.counts
-
-  def summary(self) -> str:
-    if self.ok:
-      return "no problems found"
-    lines = []
-    for kind in sorted(self.counts):
-      lines.append(f"{kind}: {self.counts[kind]} (e.g. {'; '.join(self.examples[kind])})")
-    return "\n".join(lines)
-
-  def to_dict(self) -> dict[str, Any]:
-    return {"counts": dict(self.counts), "examples": dict(self.examples)}
-
-
-def validate(records: Mapping[str, VideoRecord], *,
-             listed: Iterable[str] = (),
-             video_dir: PathLike | None = None,
-             frame_size: tuple[int, int] | Mapping[str, tuple[int, int]] = UCF101_FRAME_SIZE,
-             ) -> ValidationReport:
-  """Checks records (and optionally split lists and video files); never raises per item.
-
-  Kinds: `box_outside_frame` and `empty_box` (per box), `tube_past_video_end`,
-  `tube_before_video_start` (per tube), `listed_without_annotations` (a listed video of
-  an annotated class with no record), `annotated_not_listed` (when `listed` is given),
-  `video_file_missing` (when `video_dir` is given; records and listed videos).
-  """
-  report = ValidationReport()
-  listed = [strip_extension(p) for p in listed]
-  for path, r in records.items():
-    h, w = frame_size[path] if isinstance(frame_size, Mapping) else frame_size
-    for k, t in enumerate(r.tubes):
-      if t.start < 0:
-        report.add("tube_before_video_start", f"{path} tube {k} starts at {t.start}")
-      if t.end > r.num_frames:
-        report.add("tube_past_video_end",
-                   f"{path} tube {k} ends at {t.end} > {r.num_frames} frames")
-      b = t.boxes
-      outside = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w) | (b[:, 3] > h)
-      empty = (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
-      for i in np.flatnonzero(outside):
-        report.add("box_outside_frame",
-                   f"{path} tube {k} frame {t.start + i}: {b[i].tolist()} vs {w}x{h}")
-      for i in np.flatnonzero(empty):
-        report.add("empty_box", f"{path} tube {k} frame {t.start + i}: {b[i].tolist()}")
-  if listed:
-    annotated_classes = {r.class_name for r in records.values() if r.tubes}
-    listed_set = set(listed)
-    for p in listed:
-      if p not in records and class_of(p) in annotated_classes:
-        report.add("listed_without_annotations", p)
-    for p in records:
-      if p not in listed_set:
-        report.add("annotated_not_listed", p)
-  if video_dir is not None:
-    video_dir = pathlib.Path(video_dir)
-    for p in sorted(set(records) | set(listed)):
-      if not (video_dir / f"{p}.avi").is_file():
-        report.add("video_file_missing", f"{p}.avi")
-  return report

@@ -1,7 +1,8 @@
 """Pure TensorFlow functions on one video: window choice, frame decoding, boxes, crops.
 
 Everything here is a function of tensors and explicit stateless seeds, so the same
-inputs always give the same clip; `pipeline.py` composes these into tf.data streams.
+inputs always give the same clip; `train_stream.py` and `eval_streams.py` compose these
+into tf.data streams.
 Boxes come in two layouts: corners `(x1, y1, x2, y2)` as stored in the TFDS records and
 `(x, y, w, h)` as the model predicts; both normalized by the frame width/height.
 """
@@ -10,8 +11,11 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from stconsist_jax import boxes
+
 # A box whose visible part after a crop is below this share of its area loses its mask.
 MIN_BOX_VISIBLE = 0.5
+HOST_FLIP_KEY = "clip_flip"  # only with data.host_flip; else the train step flips
 
 
 class WindowSpec(NamedTuple):
@@ -119,12 +123,6 @@ def corners_to_xywh(box: tf.Tensor) -> tf.Tensor:
   return tf.concat([box[..., :2], box[..., 2:] - box[..., :2]], axis=-1)
 
 
-def flip_xywh(box: tf.Tensor) -> tf.Tensor:
-  """The box of the horizontally flipped frame: `(1 - x - w, y, w, h)`."""
-  x, y, w, h = tf.unstack(box, axis=-1)
-  return tf.stack([1.0 - x - w, y, w, h], axis=-1)
-
-
 def primary_box(tube_boxes: tf.Tensor, tube_present: tf.Tensor, tube_labels: tf.Tensor,
                 frames: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Tube 0's box averaged over the given frames where it is present.
@@ -224,3 +222,32 @@ def scale_crop(clip: tf.Tensor, box: tf.Tensor, has_box: tf.Tensor, seed: tf.Ten
   keep = tf.logical_and(keep, area > 0)
   new_box = tf.where(keep, tf.concat([lo, hi - lo], axis=0), tf.zeros([4]))
   return crop, new_box, keep
+
+
+def window_spec(data_config) -> WindowSpec:
+  """The clip layout of a validated `config.data`."""
+  scale_min, scale_max = data_config.scale_augment
+  return WindowSpec(
+      num_frames=data_config.num_frames, frame_stride=data_config.frame_stride,
+      frame_size=data_config.frame_size, image_size=data_config.image_size,
+      scale_min=float(scale_min), scale_max=float(scale_max),
+      host_flip=data_config.host_flip)
+
+
+def clip_targets(clip: tf.Tensor, box: tf.Tensor, has_box: tf.Tensor,
+                 tube_label: tf.Tensor, spec: WindowSpec) -> dict[str, tf.Tensor]:
+  """Final per-clip dict: resize, flipped box, and the flipped clip if made on the host."""
+  clip = resize_clip(clip, spec.image_size)
+  clip = tf.ensure_shape(clip, [spec.num_frames, spec.image_size, spec.image_size, 3])
+  box = tf.where(has_box, box, tf.zeros([4]))
+  out = {
+      "clip": clip,
+      "box": box,
+      "box_flip": tf.where(has_box, boxes.flip_xywh(box, xp=tf.experimental.numpy),
+                           tf.zeros([4])),
+      "has_box": has_box,
+      "tube_label": tf.where(has_box, tube_label, -1),
+  }
+  if spec.host_flip:
+    out[HOST_FLIP_KEY] = flip_width(clip)
+  return out

@@ -12,6 +12,7 @@ import time
 
 from absl import logging
 
+from stconsist_jax import fileio
 from stconsist_jax.data import synthetic
 from stconsist_jax.data import tfds_builder
 
@@ -36,7 +37,7 @@ def ensure_videos(cache: pathlib.Path, spec: synthetic.SyntheticSpec) -> pathlib
   t0 = time.time()
   print(f'generating synthetic UCF-101-layout videos in {root} ...', flush=True)
   synthetic.generate(root, spec, overwrite=True)
-  stamp.write_text(wanted)
+  fileio.atomic_write(stamp, wanted)
   print(f'videos written in {time.time() - t0:.1f} s', flush=True)
   return root
 
@@ -56,7 +57,7 @@ def ensure_tfds(cache: pathlib.Path, manual_dir: pathlib.Path, frame_size: int,
   print(f'building the TFDS dataset (frames {frame_size}x{frame_size}) in {data_dir} ...',
         flush=True)
   tfds_builder.build(manual_dir, data_dir, split=split, frame_size=frame_size)
-  stamp.write_text(wanted or '')
+  fileio.atomic_write(stamp, wanted or '')
   print(f'TFDS build done in {time.time() - t0:.1f} s', flush=True)
   return data_dir
 

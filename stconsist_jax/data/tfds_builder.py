@@ -3,26 +3,22 @@
 Frames are decoded with OpenCV in fresh worker processes, squashed to size x size and
 stored as JPEG; boxes of every tube, clipped to the frame, come with a presence mask
 (docs/DESIGN.md, 2). A build records its source and refuses to pass off another's.
+The manual dir's layout and checks are `download`'s; the command line is
+`python tools/build_dataset.py --manual_dir DIR --split 1 --frame_size 128`.
 
-Manual dir layout: `UCF-101/<Class>/*.avi`, `ucfTrainTestlist/` (classInd.txt,
-trainlist0N.txt, testlist0N.txt) and `pyannot.pkl` or `UCF101v2-GT.pkl`.
-
-  tfds build stconsist_jax/data/ucf101_stconsist --manual_dir DIR --config split1_128
-  python tools/build_dataset.py --manual_dir DIR --split 1 --frame_size 128
+Over 400 lines as one job: the builder class, its configs, the report it writes and the
+safe rebuild around it change together.
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
-import hashlib
 import json
-import multiprocessing
 import os
 import pathlib
 import time
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 from absl import logging
 from etils import epath
@@ -32,34 +28,16 @@ import tqdm
 
 from stconsist_jax import fileio
 from stconsist_jax.data import annotations as ann
+from stconsist_jax.data import download
 from stconsist_jax.data import video_decode
 
 NAME = "ucf101_stconsist"
 FRAME_SIZES = (128, 64, 32)
-ANNOTATION_FILES = ("pyannot.pkl", "UCF101v2-GT.pkl")
 REPORT_FILE = "build_report.json"
 DEFAULT_JPEG_QUALITY = 90
 # A video decoding to fewer than this fraction of its expected frame count (annotated,
 # else announced by its header) is truncated and skipped.
 MIN_FRAME_FRACTION = 0.9
-_LAYOUT = ("UCF-101/<Class>/*.avi, ucfTrainTestlist/ (classInd.txt, trainlist0N.txt, "
-           "testlist0N.txt) and pyannot.pkl or UCF101v2-GT.pkl")
-
-_MANUAL_DOWNLOAD_INSTRUCTIONS = """\
-Download UCF-101 (https://www.crcv.ucf.edu/data/UCF101.php): the videos `UCF101.rar`
-and the split lists `UCF101TrainTestSplits-RecognitionTask.zip`, and a UCF101-24
-annotation pickle: `pyannot.pkl` (github.com/gurkirt/corrected-UCF101-Annots) or
-`UCF101v2-GT.pkl` (ACT / MOC detectors). Arrange them in the manual dir as:
-
-  <manual_dir>/UCF-101/<Class>/v_<Class>_gGG_cCC.avi
-  <manual_dir>/ucfTrainTestlist/classInd.txt, trainlist0{1,2,3}.txt, testlist0{1,2,3}.txt
-  <manual_dir>/pyannot.pkl   (or UCF101v2-GT.pkl)
-"""
-
-
-class ManualDirError(FileNotFoundError):
-  """The manual dir, or a file the build needs in it, is missing (one-line message)."""
-  instructions = _MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
 class SourceMismatchError(FileExistsError):
@@ -67,7 +45,7 @@ class SourceMismatchError(FileExistsError):
 
 
 # Problems with a user's inputs: a command line reports them in one line, no traceback.
-USER_ERRORS = (ManualDirError, SourceMismatchError, ann.DataFileError)
+USER_ERRORS = (download.ManualDirError, SourceMismatchError, ann.DataFileError)
 
 
 class Ucf101StconsistConfig(tfds.core.BuilderConfig):
@@ -167,27 +145,6 @@ def _default_workers() -> int:
   return max(1, min(os.cpu_count() or 1, 16))
 
 
-def _parallel_map(fn, tasks: Sequence[Any], num_workers: int) -> Iterator[Any]:
-  """Ordered results of fn(task), from a fresh spawn pool with bounded look-ahead."""
-  if num_workers <= 0:
-    yield from map(fn, tasks)
-    return
-  ctx = multiprocessing.get_context("spawn")  # no inherited TensorFlow state
-  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
-    pending = collections.deque()
-    it = iter(tasks)
-    for task in it:
-      pending.append(pool.submit(fn, task))
-      if len(pending) >= 4 * num_workers:
-        break
-    while pending:
-      result = pending.popleft().result()
-      task = next(it, None)
-      if task is not None:
-        pending.append(pool.submit(fn, task))
-      yield result
-
-
 class TubeArrays(NamedTuple):
   """A video's tubes as stored, and how many boxes storing them changed or dropped."""
   labels: np.ndarray  # int32 (k,)
@@ -230,118 +187,6 @@ def tube_arrays(record: ann.VideoRecord | None, num_frames: int, height: int,
   return TubeArrays(labels, boxes, present, beyond, clipped_count, empty_count)
 
 
-def annotated_class_names(records: Mapping[str, ann.VideoRecord],
-                          known: Sequence[str] = ann.UCF24_CLASSES) -> list[str]:
-  """The class name of each tube label 0..L-1.
-
-  `known` (UCF101-24's list) when every used label names its class there: a subset of
-  the videos keeps the full label space, absent classes and all. Otherwise the names
-  come from the videos that carry each label, which must then use every label 0..L-1.
-
-  Raises:
-    ValueError: a tube label is used by videos of two classes, or (labels not of
-      `known`) a label in 0..L-1 is used by no video (the list would have a hole).
-  """
-  names: dict[int, str] = {}
-  for record in records.values():
-    for tube in record.tubes:
-      named = names.setdefault(tube.label, record.class_name)
-      if named != record.class_name:
-        raise ValueError(f"tube label {tube.label} is used by classes {named!r} and "
-                         f"{record.class_name!r} ({record.path}); expected one class per "
-                         "label")
-  if names and all(0 <= label < len(known) and known[label] == name
-                   for label, name in names.items()):
-    return list(known)
-  top = max(names, default=-1)
-  missing = [i for i in range(top + 1) if i not in names]
-  if missing:
-    raise ValueError(f"tube labels {missing} are used by no video, though labels up to "
-                     f"{top} are, and the labels do not follow the {len(known)} known "
-                     f"annotated classes; expected every label 0..{top} in use")
-  return [names[i] for i in range(top + 1)]
-
-
-def find_annotation_file(manual_dir: pathlib.Path) -> pathlib.Path:
-  for name in ANNOTATION_FILES:
-    if (manual_dir / name).is_file():
-      return manual_dir / name
-  raise ManualDirError(
-      f"no annotation pickle in {manual_dir}: expected one of {', '.join(ANNOTATION_FILES)}")
-
-
-def check_manual_dir(manual_dir: str | os.PathLike, split: int = 1) -> pathlib.Path:
-  """The annotation file of a manual dir that has every part the build reads.
-
-  Raises:
-    ManualDirError: naming the first missing part (its `instructions` say how to
-      download and arrange UCF-101).
-  """
-  if fileio.is_remote(manual_dir):
-    raise ManualDirError(f"manual dir {os.fspath(manual_dir)} is a bucket URL: the source "
-                         "videos are decoded with OpenCV, which reads local files; copy "
-                         "the UCF-101 folder to a local disk (the built dataset, "
-                         "--data_dir, may be a bucket)")
-  manual_dir = pathlib.Path(manual_dir)
-  if not manual_dir.is_dir():
-    raise ManualDirError(f"manual dir {manual_dir} not found: expected the downloaded "
-                         f"UCF-101 folder with {_LAYOUT}")
-  list_dir = manual_dir / "ucfTrainTestlist"
-  for needed in (manual_dir / "UCF-101", list_dir / "classInd.txt",
-                 list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"):
-    if not needed.exists():
-      raise ManualDirError(f"{needed} not found: the manual dir {manual_dir} should hold "
-                           f"{_LAYOUT}")
-  return find_annotation_file(manual_dir)
-
-
-def load_records(annotation_file: pathlib.Path, class_names: Sequence[str]
-                 ) -> tuple[dict[str, ann.VideoRecord], list[str]]:
-  """(records, annotated class names) of an annotation file; DataFileError if unusable."""
-  records = ann.load_annotations(annotation_file, class_names)
-  try:
-    return records, annotated_class_names(records)
-  except ValueError as e:
-    raise ann.AnnotationFileError(f"{annotation_file}: {e}") from None
-
-
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def source_of(manual_dir: str | os.PathLike, split: int = 1) -> dict[str, Any]:
-  """What a build of `manual_dir` is made from: its absolute path and a fingerprint.
-
-  The fingerprint hashes the annotation pickle, classInd.txt and the split's lists.
-  """
-  manual_dir = pathlib.Path(manual_dir).absolute()
-  list_dir = manual_dir / "ucfTrainTestlist"
-  files = [check_manual_dir(manual_dir, split), list_dir / "classInd.txt",
-           list_dir / f"trainlist0{split}.txt", list_dir / f"testlist0{split}.txt"]
-  hashes = {str(f.relative_to(manual_dir)): _sha256(f) for f in files}
-  fingerprint = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
-  return {"manual_dir": str(manual_dir), "fingerprint": fingerprint, "files": hashes}
-
-
-def source_mismatch(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]
-                    ) -> str | None:
-  """Why a build recorded as made from `recorded` is not one of `current`, or None."""
-  if not recorded:
-    return "it records no source (built before sources were recorded)"
-  reasons = []
-  if recorded.get("manual_dir") != current["manual_dir"]:
-    reasons.append(f"it was built from {recorded.get('manual_dir')}")
-  if recorded.get("fingerprint") != current["fingerprint"]:
-    changed = sorted(name for name, digest in current["files"].items()
-                     if (recorded.get("files") or {}).get(name) != digest)
-    reasons.append(f"its {', '.join(changed) or 'files'} differ")
-  return " and ".join(reasons) or None
-
-
 class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
   """UCF-101 videos with UCF101-24 actor tubes, one example per video."""
 
@@ -355,7 +200,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = _MANUAL_DOWNLOAD_INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = download.INSTRUCTIONS
   BUILDER_CONFIGS = [Ucf101StconsistConfig(split=s, frame_size=f)
                      for f in FRAME_SIZES for s in (1, 2, 3)]
   DEFAULT_BUILDER_CONFIG_NAME = "split1_128"
@@ -401,26 +246,27 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     list_dir = manual_dir / "ucfTrainTestlist"
     split = self.builder_config.split
     try:
-      annotation_file = check_manual_dir(manual_dir, split)
-    except ManualDirError as e:
-      raise ManualDirError(f"{e}\n{_MANUAL_DOWNLOAD_INSTRUCTIONS}") from None
+      annotation_file = download.check_manual_dir(manual_dir, split)
+    except download.ManualDirError as e:
+      raise download.ManualDirError(f"{e}\n{download.INSTRUCTIONS}") from None
     class_names = ann.read_class_index(list_dir / "classInd.txt")
     if class_names != self.builder_config.class_names:
       raise ann.DataFileError(
           f"{list_dir / 'classInd.txt'} lists {len(class_names)} classes that differ from "
           f"the {len(self.builder_config.class_names)} of config "
           f"{self.builder_config.name!r}; build with make_config(manual_dir=...)")
-    records, label_names = load_records(annotation_file, class_names)
+    records, label_names = download.load_records(annotation_file, class_names)
     used = {r.class_name for r in records.values() if r.tubes}
     self._report.absent_annotated_classes = [c for c in label_names if c not in used]
     if self._report.absent_annotated_classes:
       logging.info("annotated classes without tubes in %s: %s", annotation_file,
                    ", ".join(self._report.absent_annotated_classes))
-    self._report.source = source_of(manual_dir, split)
+    self._report.source = download.source_of(manual_dir, split)
     self.info.metadata["annotated_class_names"] = label_names
     self.info.metadata["source"] = self._report.source
     train, test = ann.official_split(list_dir, split)
-    problems = ann.validate(records, listed=train + test, video_dir=manual_dir / "UCF-101")
+    problems = download.validate(records, listed=train + test,
+                                 video_dir=manual_dir / "UCF-101")
     self._report.problems = problems.to_dict()
     if not problems.ok:
       logging.warning("annotation problems:\n%s", problems.summary())
@@ -467,7 +313,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     start, written = time.time(), 0
     bar = tqdm.tqdm(total=len(tasks), unit="video", desc=f"{cfg.name} {split}",
                     mininterval=2.0, disable=None)  # None: shown on a terminal only
-    for video in _parallel_map(video_decode.decode_video, tasks, self._num_workers):
+    for video in video_decode.decode_all(tasks, self._num_workers):
       bar.update(1)
       record = records.get(video.path)
       reason = self._check_decoded(video, record)
@@ -529,7 +375,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
   def _check_source(self, manual_dir: str | os.PathLike) -> None:
     """Raises SourceMismatchError unless the existing build was made from `manual_dir`."""
     recorded = (self.info.metadata or {}).get("source")
-    why = source_mismatch(recorded, source_of(manual_dir, self.builder_config.split))
+    why = download.source_mismatch(
+        recorded, download.source_of(manual_dir, self.builder_config.split))
     if why is not None:
       raise SourceMismatchError(
           f"{self.data_dir} already holds {self.builder_config.name} but {why}, so it is "
@@ -575,13 +422,13 @@ def build(manual_dir: str | os.PathLike, data_dir: str | os.PathLike, split: int
   place until the new one is complete.
 
   Raises:
-    ManualDirError, SourceMismatchError, annotations.DataFileError: `USER_ERRORS`,
-      each with a one-line message.
+    download.ManualDirError, SourceMismatchError, annotations.DataFileError:
+      `USER_ERRORS`, each with a one-line message.
   """
-  annotation_file = check_manual_dir(manual_dir, split)
+  annotation_file = download.check_manual_dir(manual_dir, split)
   cfg = make_config(split, frame_size, manual_dir=manual_dir, jpeg_quality=jpeg_quality)
   # Unusable inputs fail here, before anything is written.
-  load_records(annotation_file, cfg.class_names)
+  download.load_records(annotation_file, cfg.class_names)
   ann.official_split(pathlib.Path(manual_dir) / "ucfTrainTestlist", split)
   b = builder(cfg, data_dir, num_workers)
   if _recover_replaced(b.data_path):

@@ -1,13 +1,17 @@
 """Video decoding for dataset builds: one .avi -> resized JPEG-encoded RGB frames.
 
-Imports only OpenCV and numpy, so the builder's worker processes start fast and carry
-no TensorFlow state.
+Decoded in fresh worker processes that import only OpenCV and numpy, so they start fast
+and carry no TensorFlow state.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import math
+import multiprocessing
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -75,3 +79,27 @@ def decode_video(task: DecodeTask) -> DecodedVideo:
   except Exception as e:  # pylint: disable=broad-except
     # A worker must report, not crash, so the build can skip this video.
     return DecodedVideo(task.path, [], error=f"{type(e).__name__}: {e} ({task.file})")
+
+
+def decode_all(tasks: Sequence[DecodeTask], num_workers: int) -> Iterator[DecodedVideo]:
+  """`decode_video` of every task, in order: in a fresh spawn pool (0: in this process).
+
+  At most 4 tasks per worker are in flight, so memory stays bounded on long lists.
+  """
+  if num_workers <= 0:
+    yield from map(decode_video, tasks)
+    return
+  ctx = multiprocessing.get_context("spawn")  # no inherited TensorFlow state
+  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+    pending = collections.deque()
+    it = iter(tasks)
+    for task in it:
+      pending.append(pool.submit(decode_video, task))
+      if len(pending) >= 4 * num_workers:
+        break
+    while pending:
+      result = pending.popleft().result()
+      task = next(it, None)
+      if task is not None:
+        pending.append(pool.submit(decode_video, task))
+      yield result

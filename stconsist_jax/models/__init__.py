@@ -8,6 +8,7 @@ from stconsist_jax.models.detector import Detector
 from stconsist_jax.models.detector import NORMALIZATION_PRESETS
 from stconsist_jax.models.detector import normalize
 from stconsist_jax.models.detector import VideoClassifier
+from stconsist_jax.models.param_trees import ParameterTreeMismatchError
 from stconsist_jax.models.pretrained import load_pretrained
 from stconsist_jax.models.pretrained import merge_pretrained
 from stconsist_jax.models.pretrained import MergeReport
@@ -15,5 +16,6 @@ from stconsist_jax.models.resnet3d import ResNet3D
 
 __all__ = [
     "build_model", "Detector", "NORMALIZATION_PRESETS", "normalize", "VideoClassifier",
-    "load_pretrained", "merge_pretrained", "MergeReport", "ResNet3D",
+    "load_pretrained", "merge_pretrained", "MergeReport", "ParameterTreeMismatchError",
+    "ResNet3D",
 ]

@@ -6,11 +6,11 @@ Both take uint8 (or 0..255 float) clips `N, T, H, W, 3` and normalize them on th
 a named preset, so the host never ships float32 pixels. Heads compute in float32 whatever
 the backbone's compute dtype, so `logits` and `boxes` are always float32.
 
-Freezing (`fix_weights`): `__call__(..., freeze_backbone=True)` runs the backbone's
-BatchNorm in inference mode (its statistics do not move) and applies `stop_gradient` to the
-backbone outputs, so no gradient reaches backbone parameters. The classifier still receives
-gradients from a classification loss; the train step freezes it too by differentiating the
-loss with respect to the box head's parameters alone.
+Freezing (a training stage's `freeze_backbone`): `__call__(..., freeze_backbone=True)` runs
+the backbone's BatchNorm in inference mode (its statistics do not move) and applies
+`stop_gradient` to the backbone outputs, so no gradient reaches backbone parameters. The
+classifier still receives gradients from a classification loss; the train step freezes it
+too by differentiating the loss with respect to the box head's parameters alone.
 """
 
 from typing import Any, Sequence
@@ -21,6 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from stconsist_jax.models import resnet3d
+
+# The box head's parameter subtree: all that trains while the backbone is frozen.
+BOX_HEAD_SCOPE = "box_head"
 
 # name -> (scale applied first, per-channel mean, per-channel std), RGB order.
 NORMALIZATION_PRESETS: dict[str, tuple[float, tuple[float, ...], tuple[float, ...]]] = {
@@ -179,9 +182,9 @@ class Detector(nn.Module):
     logits = nn.Dense(self.num_classes, name="classifier")(features)
     hidden = tuple(self.box_hidden)
     if self.box_head == "mlp":
-      boxes = MLPBoxHead(hidden, self.box_activation, name="box_head")(features)
+      boxes = MLPBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(features)
     elif self.box_head == "spatial":
-      boxes = SpatialBoxHead(hidden, self.box_activation, name="box_head")(out["feature_map"])
+      boxes = SpatialBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(out["feature_map"])
     else:
       boxes = jnp.zeros((clip.shape[0], 4), jnp.float32)
     return {"logits": logits, "boxes": boxes.astype(jnp.float32)}
