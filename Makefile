@@ -22,6 +22,8 @@ demo: venv
 	$(PY) tools/demo.py
 
 test: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
 
 bench: venv

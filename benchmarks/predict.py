@@ -12,7 +12,8 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags

@@ -23,7 +23,8 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 # Without this, JAX would take 75% of the GPU's memory and leave PyTorch too little.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")

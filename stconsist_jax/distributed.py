@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 import jax

@@ -14,7 +14,8 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from absl import logging
 import jax

@@ -14,7 +14,7 @@ import os
 import stat
 import tempfile
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 from etils import epath
 

@@ -5,7 +5,8 @@ Detections are one corner box per frame key (`frame_keys`) scored for every anno
 class (`frame_detection_scores`); see `frame_map` for the two matching rules.
 """
 
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -13,7 +14,7 @@ from stconsist_jax import boxes as boxes_lib
 from stconsist_jax import metrics
 
 # Frame-AP matching rules understood by `frame_map` (see `FRAME_AP_FUNCTIONS`).
-FRAME_AP_PROTOCOLS: Tuple[str, ...] = ("voc", "act")
+FRAME_AP_PROTOCOLS: tuple[str, ...] = ("voc", "act")
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -63,7 +64,7 @@ def _ap_inputs(det_frames, det_scores, det_boxes, gt_frames, gt_boxes, fn_name):
 
 def _frame_candidates(det_frames: np.ndarray, det_boxes: np.ndarray,
                       gt_frames: np.ndarray, gt_boxes: np.ndarray, plus_one: bool
-                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The ground-truth boxes of each detection's frame and their IoUs, all at once.
 
   Returns:
@@ -110,7 +111,7 @@ def _frame_true_positives(det_frames, det_scores, det_boxes, gt_frames, gt_boxes
   return tp
 
 
-def precision_recall(tp: np.ndarray, num_gt: int) -> Tuple[np.ndarray, np.ndarray]:
+def precision_recall(tp: np.ndarray, num_gt: int) -> tuple[np.ndarray, np.ndarray]:
   """(recall, precision) after each ranked detection, from its 1.0 / 0.0 true positives."""
   ctp = np.cumsum(tp)
   precision = ctp / np.arange(1, len(tp) + 1, dtype=np.float64)
@@ -198,7 +199,7 @@ def frame_map(det_frames: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndar
               gt_frames: np.ndarray, gt_labels: np.ndarray, gt_boxes: np.ndarray,
               num_classes: int = 24, iou_threshold: float = 0.5,
               protocol: str = "voc", frame_sizes: Any = None,
-              gt_frame_sizes: Any = None) -> Dict[str, Any]:
+              gt_frame_sizes: Any = None) -> dict[str, Any]:
   """Per-class frame AP and their mean over the classes that have ground truth.
 
   Classes without ground truth get AP NaN and are left out of the mean (ACT's

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import cv2
 import jax
@@ -175,7 +176,7 @@ class FramePredictor:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, model: Any,
-                  variables: Mapping[str, Any], **kwargs: Any) -> 'FramePredictor':
+                  variables: Mapping[str, Any], **kwargs: Any) -> FramePredictor:
     """Clip settings from `config.data` (num_frames, frame_stride, frame_size, image_size)."""
     d = config.data
     return cls(model, variables, num_frames=int(d.num_frames),
@@ -253,7 +254,7 @@ class FramePredictor:
 def detect_frames(config: ml_collections.ConfigDict, model: Any,
                   variables: Mapping[str, Any], frames: Iterable[np.ndarray], *,
                   every: int = 1, bgr: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
-                  mesh: Any = None) -> 'FrameResults':
+                  mesh: Any = None) -> FrameResults:
   """Dense per-frame boxes and class probabilities of `model` on a frame iterator.
 
   The one-call form of `FramePredictor(...).detect` + `densify`: clip settings from

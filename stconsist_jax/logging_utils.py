@@ -12,7 +12,8 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 from etils import epath

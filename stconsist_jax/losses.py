@@ -5,19 +5,19 @@ box regression, the flip-consistency terms (Jensen-Shannon or the CSD-SSD varian
 the mirrored box term), the consistency ramp w(t) and the weighted total.
 """
 
-from typing import Mapping, Optional, Union
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-Scalar = Union[float, Array]
+Scalar = float | Array
 
 CLASSIFICATION_CONSISTENCY_KINDS = ("js", "csd")
 
 
 def softmax_cross_entropy(logits: Array, labels: Array,
-                          weights: Optional[Array] = None) -> Array:
+                          weights: Array | None = None) -> Array:
   """Weighted mean of the softmax cross-entropy.
 
   Args:
@@ -128,8 +128,8 @@ def box_consistency(boxes: Array, boxes_flip: Array) -> Array:
           jnp.square(w - wf) + jnp.square(h - hf)) / 4.0
 
 
-def consistency_ramp(step: Union[int, Array], rampup_steps: int,
-                     total_steps: Optional[int] = None,
+def consistency_ramp(step: int | Array, rampup_steps: int,
+                     total_steps: int | None = None,
                      rampdown_steps: int = 0) -> Array:
   """The consistency weight w(t) of CSD-SSD (its `rampweight`), in steps.
 

@@ -7,14 +7,14 @@ geometry is `stconsist_jax.boxes`. Frame-AP is `frame_ap`, tubes and video-AP ar
 `tubes` and `video_ap`.
 """
 
-from typing import Any, Optional, Tuple
+from typing import Any
 
 import numpy as np
 
 from stconsist_jax import boxes as boxes_lib
 
 # The 24 annotated classes of UCF101-24 in label order (0..23).
-UCF101_24_CLASSES: Tuple[str, ...] = (
+UCF101_24_CLASSES: tuple[str, ...] = (
     "Basketball", "BasketballDunk", "Biking", "CliffDiving", "CricketBowling",
     "Diving", "Fencing", "FloorGymnastics", "GolfSwing", "HorseRiding", "IceDancing",
     "LongJump", "PoleVault", "RopeClimbing", "SalsaSpin", "SkateBoarding", "Skiing",
@@ -22,10 +22,10 @@ UCF101_24_CLASSES: Tuple[str, ...] = (
     "VolleyballSpiking", "WalkingWithDog")
 
 # (height, width) of every UCF-101 video: the default pixel grid of the ACT protocol.
-UCF101_FRAME_SIZE: Tuple[int, int] = (240, 320)
+UCF101_FRAME_SIZE: tuple[int, int] = (240, 320)
 
 
-def _valid_mask(n: int, valid: Optional[np.ndarray]) -> np.ndarray:
+def _valid_mask(n: int, valid: np.ndarray | None) -> np.ndarray:
   if valid is None:
     return np.ones(n, bool)
   valid = np.asarray(valid).astype(bool)
@@ -62,7 +62,7 @@ def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> np.ndarr
 
 
 def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1,
-             valid: Optional[np.ndarray] = None) -> float:
+             valid: np.ndarray | None = None) -> float:
   """Top-k accuracy over the valid rows (NaN when there are none)."""
   correct = topk_correct(scores, labels, k)
   mask = _valid_mask(correct.shape[0], valid)
@@ -72,8 +72,8 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1,
 
 
 def video_predictions(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray,
-                      valid: Optional[np.ndarray] = None
-                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      valid: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Averages the clip class probabilities of each video.
 
   Returns:
@@ -100,7 +100,7 @@ def video_predictions(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarr
 
 
 def video_accuracy(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray,
-                   valid: Optional[np.ndarray] = None) -> float:
+                   valid: np.ndarray | None = None) -> float:
   """Top-1 accuracy of the clip-averaged softmax per video (NaN with no videos)."""
   _, mean_probs, vlabels = video_predictions(probs, labels, video_ids, valid)
   if len(vlabels) == 0:
@@ -109,7 +109,7 @@ def video_accuracy(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray,
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
-                     valid: Optional[np.ndarray] = None) -> np.ndarray:
+                     valid: np.ndarray | None = None) -> np.ndarray:
   """`(K, K)` int64 counts, rows = true class, columns = predicted class."""
   labels = np.asarray(labels, np.int64)
   predictions = np.asarray(predictions, np.int64)
@@ -172,7 +172,7 @@ def normalized_to_pixels(boxes: np.ndarray, frame_sizes: Any = UCF101_FRAME_SIZE
 
 
 def mean_iou(pred: np.ndarray, target: np.ndarray, has_box: np.ndarray,
-             valid: Optional[np.ndarray] = None) -> float:
+             valid: np.ndarray | None = None) -> float:
   """Mean IoU over the (valid) clips that have a box target; NaN when none do."""
   has_box = np.asarray(has_box).astype(bool) & _valid_mask(len(has_box), valid)
   if not has_box.any():

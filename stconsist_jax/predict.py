@@ -18,7 +18,8 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from absl import app
 from absl import flags

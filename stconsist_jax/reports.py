@@ -8,7 +8,8 @@ import hashlib
 import json
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -292,8 +293,8 @@ def clip_sheet_of(first: Mapping[str, np.ndarray], class_names: Sequence[str],
       clips, clips[:, :, :, ::-1], first['pred_boxes'][order],
       first['pred_flip_boxes'][order], gt_boxes=first['box'][order],
       has_box=first['has_box'][order],
-      gt_names=[class_names[int(l)] for l in first['label'][order]],
-      pred_names=[class_names[int(l)] for l in pred_labels])
+      gt_names=[class_names[int(label)] for label in first['label'][order]],
+      pred_names=[class_names[int(label)] for label in pred_labels])
 
 
 def check_writable(directory: str | os.PathLike) -> None:

@@ -8,7 +8,8 @@ their batch fields, padding rows marked by `valid`); results are report fields.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 import numpy as np

@@ -10,7 +10,8 @@ import itertools
 import signal
 import threading
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 import jax

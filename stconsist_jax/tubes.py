@@ -16,7 +16,8 @@ in [0, 1] (normalized boxes by mistake).
 
 import dataclasses
 import math
-from typing import Any, List, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -188,7 +189,7 @@ def spatiotemporal_iou(a: Tube, b: Tube, *, plus_one: bool = True) -> float:
 
 
 def nms_tubes(tubes: Sequence[Tube], threshold: float, *, plus_one: bool = True
-              ) -> List[int]:
+              ) -> list[int]:
   """Greedy 3D NMS (ACT's `nms3dt`): indices of the kept tubes, highest score first.
 
   Tubes are visited by score, descending (stable: equal scores keep their order in
@@ -197,7 +198,7 @@ def nms_tubes(tubes: Sequence[Tube], threshold: float, *, plus_one: bool = True
   call it per class.
   """
   order = sorted(range(len(tubes)), key=lambda i: -tubes[i].score)
-  keep: List[int] = []
+  keep: list[int] = []
   while order:
     i = order.pop(0)
     keep.append(i)
@@ -235,7 +236,7 @@ def _check_video_arrays(frames, boxes, scores, fn_name):
 
 
 def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                      config: LinkingConfig) -> List[List[Tube]]:
+                      config: LinkingConfig) -> list[list[Tube]]:
   """ACT's greedy linking of every class (before filtering and NMS).
 
   Classes are linked independently; they share, per frame, the IoUs of that frame's
@@ -250,8 +251,8 @@ def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   cands = np.argsort(-scores, axis=1, kind="stable")[:, :config.top_k, :]
   cands = cands.transpose(0, 2, 1).tolist()  # [step][class] -> detection indices
   score_l = scores.tolist()
-  live: List[List[List[Any]]] = [[] for _ in range(num_classes)]
-  done: List[List[List[Any]]] = [[] for _ in range(num_classes)]
+  live: list[list[list[Any]]] = [[] for _ in range(num_classes)]
+  done: list[list[list[Any]]] = [[] for _ in range(num_classes)]
   for t in range(num_steps):
     # linkable[g][i][j]: box i of step t - 1 - g and box j of step t are linkable.
     prev = boxes[max(t - config.max_gap, 0):t][::-1]
@@ -293,7 +294,7 @@ def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
 
 
 def link_video(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-               config: LinkingConfig = LinkingConfig()) -> List[Tube]:
+               config: LinkingConfig = LinkingConfig()) -> list[Tube]:
   """Links the per-frame detections of one video into tubes, each class on its own.
 
   ACT's `BuildTubes` (MMAction2's `link_tubes`) with tubelets of length 1, per class:
@@ -326,7 +327,7 @@ def link_video(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     check_pixel_boxes(boxes, "link_video")
   if frames.shape[0] == 0 or boxes.shape[1] == 0:
     return []
-  out: List[Tube] = []
+  out: list[Tube] = []
   for class_tubes in _link_all_classes(frames, boxes, scores, config):
     kept = [t for t in class_tubes
             if t.end - t.start + 1 >= config.min_length and t.score >= config.min_score]
@@ -336,7 +337,7 @@ def link_video(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
 
 
 def fill_frames(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                num_frames: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Detections computed every k-th frame -> every frame `0..num_frames - 1`.
 
   Boxes and scores are interpolated linearly (coordinate by coordinate) between the
@@ -375,7 +376,7 @@ def fill_frames(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
 
 
 def fill_one_box(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                 num_frames: int) -> Tuple[np.ndarray, np.ndarray]:
+                 num_frames: int) -> tuple[np.ndarray, np.ndarray]:
   """`fill_frames` for one box per frame: boxes `(F, 4)`, scores `(F, C)` -> every frame's
   `(num_frames, 4)` and `(num_frames, C)`, float64."""
   _, dense_boxes, dense_scores = fill_frames(frames, np.asarray(boxes)[:, None],

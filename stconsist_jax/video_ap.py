@@ -5,7 +5,8 @@ Plain numpy. Tubes and their spatio-temporal IoU (+1 pixel convention by default
 boxes in pixels) are `stconsist_jax.tubes`.
 """
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -13,20 +14,20 @@ from stconsist_jax import frame_ap
 from stconsist_jax import tubes as tubes_lib
 
 # IoU thresholds averaged into 'video_map@0.5:0.95' (ACT: 0.5 + 0.05 * i, i < 10).
-COCO_THRESHOLDS: Tuple[float, ...] = tuple(
+COCO_THRESHOLDS: tuple[float, ...] = tuple(
     float(t) for t in np.round(0.5 + 0.05 * np.arange(10), 2))
 # The video-mAP fields of reports: `video_map`'s default thresholds and 0.5:0.95.
 VIDEO_MAP_KEYS = ('video_map@0.2', 'video_map@0.5', 'video_map@0.75', 'video_map@0.5:0.95')
 
 
 def _class_tubes(tubes_by_video: Mapping[str, Sequence[tubes_lib.Tube]], label: int
-                 ) -> Dict[str, List[tubes_lib.Tube]]:
+                 ) -> dict[str, list[tubes_lib.Tube]]:
   return {v: [t for t in tubes if t.label == label]
           for v, tubes in tubes_by_video.items()}
 
 
 def _ranked(detections: Mapping[str, Sequence[tubes_lib.Tube]], label: int
-            ) -> List[Tuple[str, tubes_lib.Tube]]:
+            ) -> list[tuple[str, tubes_lib.Tube]]:
   """(video, tube) of one class by score, descending; ties: video name, list order."""
   dets = [(v, t) for v in sorted(detections) for t in detections[v] if t.label == label]
   return sorted(dets, key=lambda vt: -vt[1].score)
@@ -34,7 +35,7 @@ def _ranked(detections: Mapping[str, Sequence[tubes_lib.Tube]], label: int
 
 def _video_ap_curves(detections: Mapping[str, Sequence[tubes_lib.Tube]],
                      ground_truth: Mapping[str, Sequence[tubes_lib.Tube]], label: int,
-                     thresholds: Sequence[float], plus_one: bool) -> List[float]:
+                     thresholds: Sequence[float], plus_one: bool) -> list[float]:
   """Video AP of one class at each threshold (NaN without ground truth)."""
   gt = {v: tubes for v, tubes in _class_tubes(ground_truth, label).items() if tubes}
   num_gt = sum(len(t) for t in gt.values())
@@ -95,7 +96,7 @@ def _threshold_key(thr: float) -> str:
 def video_map(detections: Mapping[str, Sequence[tubes_lib.Tube]],
               ground_truth: Mapping[str, Sequence[tubes_lib.Tube]], num_classes: int,
               thresholds: Sequence[float] = (0.2, 0.5, 0.75), *,
-              plus_one: bool = True) -> Dict[str, Any]:
+              plus_one: bool = True) -> dict[str, Any]:
   """Video-mAP at several spatio-temporal IoU thresholds, and over 0.5:0.95.
 
   Per class and threshold `video_ap`; the mAP is the mean over the classes that have
@@ -148,7 +149,7 @@ def video_map(detections: Mapping[str, Sequence[tubes_lib.Tube]],
   maps = (np.mean(per_class[with_gt], axis=0) if with_gt
           else np.full(len(all_thresholds), np.nan))
   by_thr = dict(zip(all_thresholds, maps.tolist()))
-  out: Dict[str, Any] = {_threshold_key(t): by_thr[float(t)] for t in thresholds}
+  out: dict[str, Any] = {_threshold_key(t): by_thr[float(t)] for t in thresholds}
   out["video_map@0.5:0.95"] = float(np.mean([by_thr[t] for t in COCO_THRESHOLDS]))
   out["per_class_ap"] = {t: per_class[:, i].copy()
                          for i, t in enumerate(all_thresholds)}

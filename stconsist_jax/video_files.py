@@ -13,7 +13,8 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 from absl import logging
 import cv2

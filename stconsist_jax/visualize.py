@@ -8,7 +8,8 @@ from the run's `metrics.jsonl` (one JSON dict per logged step, with a `step` key
 import io
 import math
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
+from collections.abc import Sequence
 
 from etils import epath
 import numpy as np
@@ -18,7 +19,7 @@ from stconsist_jax import boxes as boxes_lib
 from stconsist_jax import fileio
 from stconsist_jax import logging_utils
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 GT_COLOR = (0, 255, 0)
 PRED_COLOR = (255, 0, 0)
@@ -28,7 +29,7 @@ HEADER_HEIGHT = 14
 GAP = 6
 
 
-def box_pixels(box: np.ndarray, width: int, height: int) -> Tuple[int, int, int, int]:
+def box_pixels(box: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
   """Normalized `(x, y, w, h)` -> inclusive pixel corners `(x1, y1, x2, y2)`, clipped."""
   x, y, w, h = (float(v) for v in box)
   x1 = int(round(np.clip(x, 0, 1) * width))
@@ -39,7 +40,7 @@ def box_pixels(box: np.ndarray, width: int, height: int) -> Tuple[int, int, int,
 
 
 def draw_boxes(frame: np.ndarray,
-               boxes: Sequence[Tuple[np.ndarray, Tuple[int, int, int]]],
+               boxes: Sequence[tuple[np.ndarray, tuple[int, int, int]]],
                scale: int = 1, line_width: int = 1) -> np.ndarray:
   """Returns `frame` (uint8 `(H, W, 3)`) upscaled by `scale` with box outlines drawn.
 
@@ -64,16 +65,16 @@ def draw_boxes(frame: np.ndarray,
   return np.asarray(img)
 
 
-def _frame_indices(num_frames: int, shown: int) -> List[int]:
+def _frame_indices(num_frames: int, shown: int) -> list[int]:
   shown = max(1, min(shown, num_frames))
   return [int(round(i)) for i in np.linspace(0, num_frames - 1, shown)]
 
 
 def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray,
-               pred_boxes_flip: np.ndarray, gt_boxes: Optional[np.ndarray] = None,
-               has_box: Optional[np.ndarray] = None,
-               gt_names: Optional[Sequence[str]] = None,
-               pred_names: Optional[Sequence[str]] = None,
+               pred_boxes_flip: np.ndarray, gt_boxes: np.ndarray | None = None,
+               has_box: np.ndarray | None = None,
+               gt_names: Sequence[str] | None = None,
+               pred_names: Sequence[str] | None = None,
                frames_shown: int = 4, scale: int = 2,
                line_width: int = 2) -> np.ndarray:
   """A uint8 RGB sheet: one row per clip, its frames then its flipped copy's frames.
@@ -143,7 +144,7 @@ def save_png(image: np.ndarray, path: PathLike) -> epath.Path:
 
 # Panels of the curves figure: (title, keys tried in order). Other numeric keys get
 # a panel each after these.
-CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("loss terms", ("loss", "total", "cls", "loc", "con", "con_cls", "con_loc")),
     ("accuracy", ("accuracy", "train_accuracy", "eval_clip_accuracy")),
     ("IoU", ("iou", "train_iou", "eval_mean_iou")),
@@ -152,15 +153,15 @@ CURVE_PANELS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
 _SKIP_KEYS = ("step", "time", "timestamp", "wall_time")
 
 
-def last_record_per_step(records: Sequence[Dict[str, Any]]
-                         ) -> List[Dict[str, Any]]:
+def last_record_per_step(records: Sequence[dict[str, Any]]
+                         ) -> list[dict[str, Any]]:
   """Sorted by step; a step logged twice (a resumed run) keeps its last record."""
   by_step = {int(r["step"]): r for r in records}
   return [by_step[s] for s in sorted(by_step)]
 
 
-def _series(records: Sequence[Dict[str, Any]], key: str
-            ) -> Tuple[np.ndarray, np.ndarray]:
+def _series(records: Sequence[dict[str, Any]], key: str
+            ) -> tuple[np.ndarray, np.ndarray]:
   steps, values = [], []
   for r in records:
     v = r.get(key)
@@ -170,7 +171,7 @@ def _series(records: Sequence[Dict[str, Any]], key: str
   return np.asarray(steps), np.asarray(values, np.float64)
 
 
-def training_curves(records: Sequence[Dict[str, Any]],
+def training_curves(records: Sequence[dict[str, Any]],
                     width_px: int = 1200) -> np.ndarray:
   """Renders training curves (loss terms, accuracy, IoU, w(t), then the rest) as RGB."""
   import matplotlib  # pylint: disable=g-import-not-at-top

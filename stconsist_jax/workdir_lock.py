@@ -187,7 +187,7 @@ class WorkdirLock:
       self.path.unlink(missing_ok=True)
     self._holder = None
 
-  def __enter__(self) -> 'WorkdirLock':
+  def __enter__(self) -> WorkdirLock:
     self.acquire()
     return self
 

@@ -62,7 +62,7 @@ def tiny_record(repo_root):
   proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  lines = [s for s in proc.stdout.splitlines() if s.startswith("{")]
   assert len(lines) == 1, proc.stdout
   return json.loads(lines[0])
 
@@ -98,7 +98,7 @@ def test_flops_match_a_hand_count_of_the_convolutions(tiny_record):
       tiny_record["flops_per_step"], expected)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(repo_root, name):
   """A benchmarks/ module, loaded once (train_step defines absl flags at import)."""
   spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / f"{name}.py")
@@ -167,7 +167,7 @@ def test_host_input_through_the_prefetcher(repo_root):
   proc = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True,
                         timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  (line,) = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+  (line,) = [s for s in proc.stdout.splitlines() if s.startswith("{")]
   record = json.loads(line)
   assert record["input"] == "host" and record["prefetch"] == 2
   assert record["clips_per_s"] == pytest.approx(record["batch_size"] / record["step_time_s"])

@@ -115,7 +115,8 @@ def test_evaluate_writes_reports_and_is_deterministic(run, synthetic_tfds):
   assert on_disk["frame_map"] == on_disk["frame_map_by_protocol"]["act"]
   assert on_disk["counts"]["num_videos_linked"] == sum(
       1 for r in truth.records.values() if r.tubes and r.path in truth.splits[1][1])
-  untimed = lambda r: json.dumps({k: v for k, v in r.items() if k != "timing"})
+  def untimed(r):
+    return json.dumps({k: v for k, v in r.items() if k != "timing"})
   assert untimed(again) == untimed(report)
 
   # On one device instead of eight: the same numbers.

@@ -38,7 +38,7 @@ def test_softmax_cross_entropy_zero_weight_rows_get_no_gradient():
   logits = rng.normal(size=(4, 3)).astype(np.float32)
   labels = np.array([0, 1, 2, 0])
   w = np.array([1, 0, 1, 0], np.float32)
-  g = jax.grad(lambda l: losses.softmax_cross_entropy(l, labels, w))(logits)
+  g = jax.grad(lambda x: losses.softmax_cross_entropy(x, labels, w))(logits)
   np.testing.assert_array_equal(np.asarray(g)[[1, 3]], 0.0)
   assert np.all(np.abs(np.asarray(g)[[0, 2]]).sum(-1) > 0)
 

@@ -515,8 +515,8 @@ def test_frame_map_act_matches_reference_per_class():
   for c in range(num_classes):
     dets = [(int(f), float(s), tuple(b)) for f, s, b in
             zip(det_frames, det_scores[:, c], det_boxes_px)]
-    gts = [(int(f), tuple(b)) for f, b, l in zip(gt_frames, gt_boxes_px, gt_labels)
-           if l == c]
+    gts = [(int(f), tuple(b)) for f, b, lab in zip(gt_frames, gt_boxes_px, gt_labels)
+           if lab == c]
     ref = _ref_act_frame_ap(dets, gts)
     if math.isnan(ref):
       assert math.isnan(out["per_class_ap"][c])

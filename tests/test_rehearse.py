@@ -26,8 +26,8 @@ def test_full_eval_counts_of_split_1(rehearse, ucf24_dir, tmp_path):
   (manual / 'ucfTrainTestlist' / 'testlist01.txt').symlink_to(ucf24_dir / 'testlist01.txt')
   with open(ucf24_dir / 'pyannot.pkl', 'rb') as f:
     raw = pickle.load(f, encoding='latin1')  # the project's own data, trusted here
-  test = [l.split()[0].rsplit('.', 1)[0]
-          for l in (ucf24_dir / 'testlist01.txt').read_text().splitlines() if l.strip()]
+  test = [s.split()[0].rsplit('.', 1)[0]
+          for s in (ucf24_dir / 'testlist01.txt').read_text().splitlines() if s.strip()]
   frames = video_frames = 0
   for name in test:
     if name not in raw or not raw[name]['annotations']:

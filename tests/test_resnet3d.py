@@ -210,7 +210,8 @@ def test_spatial_head_learns_positions():
     return jnp.asarray(fmap), jnp.asarray(boxes)
 
   def iou(a, b):
-    x1 = np.maximum(a[:, 0], b[:, 0]); y1 = np.maximum(a[:, 1], b[:, 1])
+    x1 = np.maximum(a[:, 0], b[:, 0])
+    y1 = np.maximum(a[:, 1], b[:, 1])
     x2 = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2])
     y2 = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3])
     inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
@@ -224,7 +225,7 @@ def test_spatial_head_learns_positions():
     state = opt.init(params)
 
     @jax.jit
-    def step(params, state, fmap=fmap, boxes=boxes):
+    def step(params, state, fmap=fmap, boxes=boxes, opt=opt):
       loss, grads = jax.value_and_grad(
           lambda p: jnp.mean((head.apply(p, fmap) - boxes) ** 2))(params)
       updates, state = opt.update(grads, state)

@@ -10,7 +10,8 @@ An existing build of the same DIR is reused; one of another source is refused un
 """
 
 import sys
-from typing import Sequence, TextIO
+from typing import TextIO
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags

@@ -14,7 +14,8 @@ import json
 import math
 import os
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags
@@ -43,7 +44,7 @@ def _step_order(path: epath.Path):
   return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
-def _finished_reports(eval_dir: epath.Path) -> List[epath.Path]:
+def _finished_reports(eval_dir: epath.Path) -> list[epath.Path]:
   """The eval/<step> directories holding a report.json and their commit file, in order."""
   found = [p for p in eval_dir.iterdir()
            if fileio.is_committed(p) and (p / "report.json").is_file()]
@@ -76,7 +77,7 @@ def find_report(path: fileio.PathLike) -> epath.Path:
                           "eval/<step>/ directory or a workdir with eval/<step>/report.json)")
 
 
-def load_report(path: fileio.PathLike) -> Dict[str, Any]:
+def load_report(path: fileio.PathLike) -> dict[str, Any]:
   report_path = find_report(path)
   try:
     report = json.loads(report_path.read_text())
@@ -110,11 +111,11 @@ def format_value(key: str, value: Any) -> str:
   return str(value)
 
 
-def table_rows(reports: Sequence[Dict[str, Any]]) -> List[List[str]]:
+def table_rows(reports: Sequence[dict[str, Any]]) -> list[list[str]]:
   return [[format_value(key, r.get(key)) for _, key in COLUMNS] for r in reports]
 
 
-def render(reports: Sequence[Dict[str, Any]], fmt: str = "text") -> str:
+def render(reports: Sequence[dict[str, Any]], fmt: str = "text") -> str:
   header = [title for title, _ in COLUMNS]
   rows = table_rows(reports)
   if fmt == "csv":
@@ -125,12 +126,13 @@ def render(reports: Sequence[Dict[str, Any]], fmt: str = "text") -> str:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
   widths = [max(len(x) for x in col) for col in zip(header, *rows)]
-  fmt_row = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
+  def fmt_row(r):
+    return "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
   return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] +
                    [fmt_row(r) for r in rows])
 
 
-def main(argv: Sequence[str], out: Optional[Any] = None) -> None:
+def main(argv: Sequence[str], out: Any | None = None) -> None:
   paths = argv[1:]
   if not paths:
     raise app.UsageError("give one or more report.json files, eval/<step>/ dirs or "

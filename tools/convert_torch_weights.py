@@ -22,7 +22,7 @@ import os
 import pickle
 import sys
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 import zipfile
 
 from absl import logging

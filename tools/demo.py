@@ -17,7 +17,7 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import app
 from absl import flags
@@ -26,7 +26,7 @@ from etils import epath
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
                                  'Training config.')

@@ -10,7 +10,7 @@ problem with the inputs is one line on stderr and exit status 2.
 """
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags

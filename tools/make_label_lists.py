@@ -10,7 +10,7 @@ ones, and `--config.data.labeled_videos=<file>` trains with one of them.
 """
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags

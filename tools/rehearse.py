@@ -25,7 +25,7 @@ import pathlib
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags
@@ -33,8 +33,8 @@ from absl import flags
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax import fileio  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def define_flags() -> None:

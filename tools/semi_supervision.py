@@ -23,7 +23,7 @@ import numpy as np
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from stconsist_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
                                  'Training config.')

@@ -20,7 +20,8 @@ import dataclasses
 import os
 import pathlib
 import pickle
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

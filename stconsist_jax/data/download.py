@@ -10,7 +10,8 @@ import hashlib
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 

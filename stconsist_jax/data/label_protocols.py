@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import tensorflow as tf
 

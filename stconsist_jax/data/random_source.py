@@ -6,7 +6,8 @@ TensorFlow, so training on random data runs where JAX alone is installed.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterator, Mapping
 
 import jax
 import ml_collections

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Sequence
 
 from etils import epath
 import numpy as np

@@ -9,7 +9,7 @@ Columns: videos, tubes, boxes over all tubes, boxes of the first tube of each vi
 from __future__ import annotations
 
 import json
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from absl import app
 from absl import flags

@@ -22,7 +22,8 @@ import pickle
 import shutil
 import tempfile
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 from absl import logging
 import numpy as np

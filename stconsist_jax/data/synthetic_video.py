@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import cv2
 import numpy as np

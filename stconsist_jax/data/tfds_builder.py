@@ -18,7 +18,8 @@ import json
 import os
 import pathlib
 import time
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
 
 from absl import logging
 from etils import epath

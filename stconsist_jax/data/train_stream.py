@@ -6,7 +6,7 @@ Kept boxes (`data.box_label_fraction`), box-labelled rows per batch, resumption 
 from __future__ import annotations
 
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 from absl import logging
 import numpy as np

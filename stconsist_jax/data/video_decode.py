@@ -11,7 +11,7 @@ import concurrent.futures
 import dataclasses
 import math
 import multiprocessing
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import cv2
 import numpy as np

@@ -4,7 +4,8 @@ The same numbers as `lax.conv_general_dilated` on NTHWC/THWIO; XLA's CPU backend
 2D convolutions several times faster than 3D ones (forward and backward), GPUs do not care.
 """
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import jax
 from jax import lax

@@ -13,7 +13,8 @@ classifier still receives gradients from a classification loss; the train step f
 too by differentiating the loss with respect to the box head's parameters alone.
 """
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

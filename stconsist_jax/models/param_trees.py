@@ -2,7 +2,8 @@
 description of how two such views differ, and the error raised when they must not.
 """
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import jax
 import numpy as np

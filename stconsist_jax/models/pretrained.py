@@ -16,7 +16,8 @@ next conversion to the same place.
 import dataclasses
 import json
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from absl import logging
 from etils import epath

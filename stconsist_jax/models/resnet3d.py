@@ -7,7 +7,8 @@ Submodules are named after the PyTorch keys (`conv1`, `bn1`, `layer2_0/conv1`,
 float32; `dtype` is the compute dtype (bfloat16 on accelerators).
 """
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -8,7 +8,8 @@ the converted directory is `stconsist_jax.models.pretrained`.
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import flax
 import jax
@@ -159,7 +160,7 @@ def detect_architecture(shapes: Mapping[str, tuple[int, ...]],
     depth = next((d for d, (b, layers) in resnet3d.DEPTHS.items()
                   if b == block and layers == counts), None)
     if depth is None:
-      known = ", ".join(f"{d}: {b} {list(l)}" for d, (b, l) in resnet3d.DEPTHS.items())
+      known = ", ".join(f"{d}: {b} {list(layers)}" for d, (b, layers) in resnet3d.DEPTHS.items())
       raise pretrained.ConversionError(
           f"The state_dict has {block} blocks with {list(counts)} blocks per stage, which "
           f"is no depth of the 3D-ResNets-PyTorch family ({known}); the file is incomplete "
