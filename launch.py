@@ -17,36 +17,48 @@ from ml_collections import config_flags
 from stconsist_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file (configs/*.py); override fields with --config.a.b=value.',
-    lock_config=True)
+  'config',
+  None,
+  'Config file (configs/*.py); override fields with --config.a.b=value.',
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and config.json.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'train_and_eval'],
-                          'What to run.')
-_EVAL_STEP = flags.DEFINE_string('eval_step', None,
-                                 "--mode=eval: a step number, 'latest' or 'best'.")
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
-                                 'Force jax.distributed.initialize() (auto-detected on '
-                                 'Slurm and TPU pods).')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
-                                   'host:port of process 0 (multi-process without a '
-                                   'cluster environment).')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'train_and_eval'], 'What to run.')
+_EVAL_STEP = flags.DEFINE_string(
+  'eval_step', None, "--mode=eval: a step number, 'latest' or 'best'."
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+  'distributed', False, 'Force jax.distributed.initialize() (auto-detected on Slurm and TPU pods).'
+)
+_COORDINATOR = flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'host:port of process 0 (multi-process without a cluster environment).',
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'With --coordinator_address.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'With --coordinator_address.')
-_VERBOSE = flags.DEFINE_bool('verbose', False,
-                             'Show every library log line (hidden: INFO of orbax, TFDS, '
-                             "JAX's backend probe and TensorFlow's C++ notices).")
+_VERBOSE = flags.DEFINE_bool(
+  'verbose',
+  False,
+  'Show every library log line (hidden: INFO of orbax, TFDS, '
+  "JAX's backend probe and TensorFlow's C++ notices).",
+)
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
-    'allow_config_change', False,
-    'Resume a workdir even though the config differs from its config.json beyond run '
-    'length, logging and evaluation (the old config is kept beside it).')
-_EVAL_DIR = flags.DEFINE_string('eval_dir', None,
-                                '--mode=eval: write reports here instead of WORKDIR/eval.')
+  'allow_config_change',
+  False,
+  'Resume a workdir even though the config differs from its config.json beyond run '
+  'length, logging and evaluation (the old config is kept beside it).',
+)
+_EVAL_DIR = flags.DEFINE_string(
+  'eval_dir', None, '--mode=eval: write reports here instead of WORKDIR/eval.'
+)
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
 
 
 def _evaluate_module():
   from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
+
   return evaluate
 
 
@@ -59,28 +71,42 @@ def main(argv):
   from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+
   config = _CONFIG.value
   logging_utils.quiet_library_logs(_VERBOSE.value)
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         force=_DISTRIBUTED.value)
+  distributed.initialize(
+    _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value
+  )
   try:
-    config_lib.validate(config, num_devices=jax.device_count(),
-                        num_processes=jax.process_count())
+    config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   except config_lib.ConfigError as e:
     logging.error('invalid config: %s', e)
     cli.fail(f'invalid config: {e}')
-  logging.info('JAX %s: %d processes, %d devices (%s)', jax.__version__, jax.process_count(),
-               jax.device_count(), jax.devices()[0].platform)
+  logging.info(
+    'JAX %s: %d processes, %d devices (%s)',
+    jax.__version__,
+    jax.process_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
 
   try:
     if _MODE.value == 'eval':
-      _evaluate_module().evaluate(config, _WORKDIR.value, step=_EVAL_STEP.value,
-                                  eval_dir=_EVAL_DIR.value)
+      _evaluate_module().evaluate(
+        config, _WORKDIR.value, step=_EVAL_STEP.value, eval_dir=_EVAL_DIR.value
+      )
       return
-    evaluate_fn = (_evaluate_module().make_evaluate_fn(_WORKDIR.value)
-                   if _MODE.value == 'train_and_eval' else None)
-    train.train_and_evaluate(config, _WORKDIR.value, evaluate_fn=evaluate_fn,
-                             allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+    evaluate_fn = (
+      _evaluate_module().make_evaluate_fn(_WORKDIR.value)
+      if _MODE.value == 'train_and_eval'
+      else None
+    )
+    train.train_and_evaluate(
+      config,
+      _WORKDIR.value,
+      evaluate_fn=evaluate_fn,
+      allow_config_change=_ALLOW_CONFIG_CHANGE.value,
+    )
   except cli.project_user_errors() as e:
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.

@@ -37,19 +37,24 @@ from stconsist_jax import video_files  # noqa: E402
 
 SETTINGS = ('demo', 'r3d34')
 
-_SETTINGS = flags.DEFINE_list('settings', list(SETTINGS),
-                              'demo: configs/demo.py (R3D-10/4, 8x48x48, spatial head, '
-                              '8 classes); r3d34: R3D-34, 16x128x128, Model-2 head, 101 '
-                              'classes.')
+_SETTINGS = flags.DEFINE_list(
+  'settings',
+  list(SETTINGS),
+  'demo: configs/demo.py (R3D-10/4, 8x48x48, spatial head, '
+  '8 classes); r3d34: R3D-34, 16x128x128, Model-2 head, 101 '
+  'classes.',
+)
 _FRAMES = flags.DEFINE_list('frames', ['200', '48'], 'Video length per setting (frames).')
-_VIDEO_SIZE = flags.DEFINE_list('video_size', ['240', '320'],
-                                'Height, width of the test video (UCF-101: 240, 320).')
+_VIDEO_SIZE = flags.DEFINE_list(
+  'video_size', ['240', '320'], 'Height, width of the test video (UCF-101: 240, 320).'
+)
 _FPS = flags.DEFINE_integer('fps', 25, 'Frame rate of the test video.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Clips per batch.')
 _EVERY = flags.DEFINE_integer('frame_stride', 1, 'Predict every k-th frame.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Devices in the mesh (0 = all).')
-_WRITE = flags.DEFINE_bool('write_video', True, 'Also time drawing and encoding the '
-                           'annotated video (reported apart).')
+_WRITE = flags.DEFINE_bool(
+  'write_video', True, 'Also time drawing and encoding the annotated video (reported apart).'
+)
 
 
 def bench_config(setting: str) -> ml_collections.ConfigDict:
@@ -66,8 +71,9 @@ def bench_config(setting: str) -> ml_collections.ConfigDict:
   return config
 
 
-def write_test_video(path: pathlib.Path, num_frames: int, size: tuple[int, int],
-                     fps: int) -> pathlib.Path:
+def write_test_video(
+  path: pathlib.Path, num_frames: int, size: tuple[int, int], fps: int
+) -> pathlib.Path:
   """An XviD .avi (as UCF-101's) of a square moving over noise."""
   h, w = size
   rng = np.random.default_rng(0)
@@ -78,7 +84,7 @@ def write_test_video(path: pathlib.Path, num_frames: int, size: tuple[int, int],
   for f in range(num_frames):
     frame = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
     x = int((w - side) * (f % 50) / 49)
-    frame[h // 3:h // 3 + side, x:x + side] = (40, 200, 230)
+    frame[h // 3 : h // 3 + side, x : x + side] = (40, 200, 230)
     writer.write(frame)
   writer.release()
   return path
@@ -88,54 +94,75 @@ def random_variables(model: Any, config: ml_collections.ConfigDict) -> dict[str,
   d = config.data
   clip = np.zeros((1, d.num_frames, d.image_size, d.image_size, 3), np.uint8)
   init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
-  return jax.tree.map(np.asarray, jax.device_get(
-      dict(init(jax.random.key(0, impl='rbg'), clip))))
+  return jax.tree.map(np.asarray, jax.device_get(dict(init(jax.random.key(0, impl='rbg'), clip))))
 
 
 def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str, Any]:
   config = bench_config(setting)
   model = models.build_model(config.model)
   devices = jax.local_devices()
-  devices = devices[:_NUM_DEVICES.value] if _NUM_DEVICES.value else devices
+  devices = devices[: _NUM_DEVICES.value] if _NUM_DEVICES.value else devices
   predictor = frame_predictor.FramePredictor.from_config(
-      config, model, random_variables(model, config), batch_size=_BATCH_SIZE.value,
-      mesh=distributed.make_mesh(devices))
+    config,
+    model,
+    random_variables(model, config),
+    batch_size=_BATCH_SIZE.value,
+    mesh=distributed.make_mesh(devices),
+  )
   compile_s = predictor.warm_up()
   num_classes = int(config.model.num_classes)
-  loaded = predict.Loaded(predictor, config, predict.generic_class_names(num_classes),
-                          tubes.linking_config(config),
-                          {'source': 'workdir', 'path': '', 'step': 0,
-                           'architecture': reports.describe_model(config.model),
-                           'classification_only': False, 'num_classes': num_classes,
-                           'config_hash': None})
+  loaded = predict.Loaded(
+    predictor,
+    config,
+    predict.generic_class_names(num_classes),
+    tubes.linking_config(config),
+    {
+      'source': 'workdir',
+      'path': '',
+      'step': 0,
+      'architecture': reports.describe_model(config.model),
+      'classification_only': False,
+      'num_classes': num_classes,
+      'config_hash': None,
+    },
+  )
 
   start = time.perf_counter()
   decoded = sum(1 for _ in video_files.read_frames(video_files.open_video(video)[0]))
   decode_s = time.perf_counter() - start
 
   with tempfile.TemporaryDirectory() as out:
-    result = predict.predict_video(loaded, video, out, every=_EVERY.value,
-                                   write_annotated=_WRITE.value, progress=False)
+    result = predict.predict_video(
+      loaded, video, out, every=_EVERY.value, write_annotated=_WRITE.value, progress=False
+    )
   timing = result.record['timing']
   clips = int(result.results.predicted.sum())
   num_frames = result.record['num_frames']
   return {
-      'setting': setting,
-      'frames_per_s': round(num_frames / timing['predict_s'], 2),
-      'clips_per_s': round(clips / timing['predict_s'], 2),
-      'decode_frames_per_s': round(decoded / decode_s, 1),
-      'write_frames_per_s': (round(num_frames / timing['write_s'], 1)
-                             if _WRITE.value else None),
-      'predict_s': timing['predict_s'], 'compile_s': round(compile_s, 2),
-      'num_frames': num_frames, 'clips': clips, 'tubes_found': result.record['tubes_found'],
-      'device': jax.devices()[0].device_kind, 'platform': jax.devices()[0].platform,
-      'num_devices': predictor.num_devices, 'cpu': logging_utils.cpu_model(),
-      'architecture': loaded.model_info['architecture'],
-      'clip_frames': predictor.num_frames, 'image_size': predictor.image_size,
-      'frame_size': predictor.frame_size, 'batch_size': predictor.batch_size,
-      'frame_stride': _EVERY.value, 'video_size': result.record['size'],
-      'num_classes': num_classes, 'dtype': str(config.model.dtype),
-      'tensorflow_imported': 'tensorflow' in sys.modules,
+    'setting': setting,
+    'frames_per_s': round(num_frames / timing['predict_s'], 2),
+    'clips_per_s': round(clips / timing['predict_s'], 2),
+    'decode_frames_per_s': round(decoded / decode_s, 1),
+    'write_frames_per_s': (round(num_frames / timing['write_s'], 1) if _WRITE.value else None),
+    'predict_s': timing['predict_s'],
+    'compile_s': round(compile_s, 2),
+    'num_frames': num_frames,
+    'clips': clips,
+    'tubes_found': result.record['tubes_found'],
+    'device': jax.devices()[0].device_kind,
+    'platform': jax.devices()[0].platform,
+    'num_devices': predictor.num_devices,
+    'cpu': logging_utils.cpu_model(),
+    'architecture': loaded.model_info['architecture'],
+    'clip_frames': predictor.num_frames,
+    'image_size': predictor.image_size,
+    'frame_size': predictor.frame_size,
+    'batch_size': predictor.batch_size,
+    'frame_stride': _EVERY.value,
+    'video_size': result.record['size'],
+    'num_classes': num_classes,
+    'dtype': str(config.model.dtype),
+    'tensorflow_imported': 'tensorflow' in sys.modules,
   }
 
 

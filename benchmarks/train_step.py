@@ -27,7 +27,7 @@ from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
 # Without this, JAX would take 75% of the GPU's memory and leave PyTorch too little.
-os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -45,45 +45,62 @@ from stconsist_jax import models  # noqa: E402
 from stconsist_jax import train_step  # noqa: E402
 from stconsist_jax.data import random_source  # noqa: E402
 
-_BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["2"], "Global batch sizes (clips per step).")
-_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"],
-                            "Compute dtypes (config.model.dtype): float32, bfloat16.")
-_DEPTH = flags.DEFINE_integer("depth", 34, "ResNet3D depth: 10, 18, 34, 50, 101, 152, 200.")
-_WIDEN = flags.DEFINE_float("widen_factor", 1.0, "Channel multiplier of the backbone.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 128, "Clip height and width.")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", 16, "Frames per clip.")
-_STEPS = flags.DEFINE_integer("steps", 2, "Timed steps per setting.")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps before timing (after compiling).")
-_BOX_HEAD = flags.DEFINE_enum("box_head", "mlp", ["mlp", "spatial", "none"],
-                              "Box head (mlp = the study's Model-2 head).")
-_CONV_IMPL = flags.DEFINE_enum("conv_impl", "auto", ["auto", "xla", "conv2d"],
-                               "3D conv lowering (config.model.conv_impl).")
-_NUM_DEVICES = flags.DEFINE_integer("num_devices", 0, "Devices in the mesh (0 = all).")
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['2'], 'Global batch sizes (clips per step).')
+_DTYPES = flags.DEFINE_list(
+  'dtypes', ['float32', 'bfloat16'], 'Compute dtypes (config.model.dtype): float32, bfloat16.'
+)
+_DEPTH = flags.DEFINE_integer('depth', 34, 'ResNet3D depth: 10, 18, 34, 50, 101, 152, 200.')
+_WIDEN = flags.DEFINE_float('widen_factor', 1.0, 'Channel multiplier of the backbone.')
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 128, 'Clip height and width.')
+_NUM_FRAMES = flags.DEFINE_integer('num_frames', 16, 'Frames per clip.')
+_STEPS = flags.DEFINE_integer('steps', 2, 'Timed steps per setting.')
+_WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps before timing (after compiling).')
+_BOX_HEAD = flags.DEFINE_enum(
+  'box_head', 'mlp', ['mlp', 'spatial', 'none'], "Box head (mlp = the study's Model-2 head)."
+)
+_CONV_IMPL = flags.DEFINE_enum(
+  'conv_impl', 'auto', ['auto', 'xla', 'conv2d'], '3D conv lowering (config.model.conv_impl).'
+)
+_NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Devices in the mesh (0 = all).')
 _PREFETCH = flags.DEFINE_integer(
-    "prefetch", -1, "Input: -1 = batches made on the devices (no input cost); N >= 0 = "
-    "host batches through distributed.prefetch_to_mesh, N ahead (0 = shard per step).")
-_TORCH = flags.DEFINE_bool("torch", False, "Also time the same step in PyTorch.")
+  'prefetch',
+  -1,
+  'Input: -1 = batches made on the devices (no input cost); N >= 0 = '
+  'host batches through distributed.prefetch_to_mesh, N ahead (0 = shard per step).',
+)
+_TORCH = flags.DEFINE_bool('torch', False, 'Also time the same step in PyTorch.')
 _TORCH_CPU_BF16 = flags.DEFINE_bool(
-    "torch_cpu_bf16", False, "With --torch on a CPU, also run PyTorch in bfloat16, with "
-    "oneDNN disabled (its bf16 backward crashed on torch 2.13; the fallback is slow).")
+  'torch_cpu_bf16',
+  False,
+  'With --torch on a CPU, also run PyTorch in bfloat16, with '
+  'oneDNN disabled (its bf16 backward crashed on torch 2.13; the fallback is slow).',
+)
 
 # Peak dense TFLOP/s per device: (device_kind substring, {dtype: peak}), first match
 # wins. float32 is the plain FP32 (non-tensor-core) peak; 'tf32' is the tensor-core TF32
 # peak, which XLA may use for float32 convolutions at default precision.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
-    ("H100 PCIe", {"bfloat16": 756.0, "float32": 51.0, "tf32": 378.0}),
-    ("H100", {"bfloat16": 989.0, "float32": 67.0, "tf32": 495.0}),
-    ("H200", {"bfloat16": 989.0, "float32": 67.0, "tf32": 495.0}),
-    ("A100", {"bfloat16": 312.0, "float32": 19.5, "tf32": 156.0}),
+  ('H100 PCIe', {'bfloat16': 756.0, 'float32': 51.0, 'tf32': 378.0}),
+  ('H100', {'bfloat16': 989.0, 'float32': 67.0, 'tf32': 495.0}),
+  ('H200', {'bfloat16': 989.0, 'float32': 67.0, 'tf32': 495.0}),
+  ('A100', {'bfloat16': 312.0, 'float32': 19.5, 'tf32': 156.0}),
 )
 
 
-def bench_config(*, depth: int, widen_factor: float, image_size: int, num_frames: int,
-                 batch_size: int, dtype: str, box_head: str, conv_impl: str
-                 ) -> ml_collections.ConfigDict:
+def bench_config(
+  *,
+  depth: int,
+  widen_factor: float,
+  image_size: int,
+  num_frames: int,
+  batch_size: int,
+  dtype: str,
+  box_head: str,
+  conv_impl: str,
+) -> ml_collections.ConfigDict:
   """configs/default.py (Model-2, consistency on) with the benchmark's settings."""
   config = default_config.get_config()
-  config.data.name = "random"
+  config.data.name = 'random'
   config.data.image_size = config.data.frame_size = image_size
   config.data.num_frames = num_frames
   config.model.depth = depth
@@ -107,13 +124,18 @@ def make_batch_fn(config: ml_collections.ConfigDict, mesh: Any):
     xy, wh = jnp.split(jax.random.uniform(k_box, (n, 4)), 2, axis=1)
     has_box = jax.random.bernoulli(k_has, 0.5, (n,))
     box = jnp.where(has_box[:, None], jnp.concatenate([0.5 * xy, 0.1 + 0.4 * wh], 1), 0.0)
-    box_flip = jnp.where(has_box[:, None], jnp.stack(
-        [1.0 - box[:, 0] - box[:, 2], box[:, 1], box[:, 2], box[:, 3]], 1), 0.0)
+    box_flip = jnp.where(
+      has_box[:, None],
+      jnp.stack([1.0 - box[:, 0] - box[:, 2], box[:, 1], box[:, 2], box[:, 3]], 1),
+      0.0,
+    )
     return {
-        "clip": clip,  # the train step makes the flipped copy on the device
-        "label": jax.random.randint(k_label, (n,), 0, config.model.num_classes, jnp.int32),
-        "box": box, "box_flip": box_flip, "has_box": has_box,
-        "tube_label": jnp.where(has_box, jax.random.randint(k_tube, (n,), 0, 24), -1),
+      'clip': clip,  # the train step makes the flipped copy on the device
+      'label': jax.random.randint(k_label, (n,), 0, config.model.num_classes, jnp.int32),
+      'box': box,
+      'box_flip': box_flip,
+      'has_box': has_box,
+      'tube_label': jnp.where(has_box, jax.random.randint(k_tube, (n,), 0, 24), -1),
     }
 
   return jax.jit(generate, out_shardings=distributed.batch_sharding(mesh))
@@ -126,7 +148,7 @@ def cost_flops(compiled: Any) -> float | None:
     return None
   if isinstance(analysis, Mapping):
     analysis = [analysis]
-  total = sum(float(a.get("flops", 0.0)) for a in analysis if a)
+  total = sum(float(a.get('flops', 0.0)) for a in analysis if a)
   return total if total > 0 else None
 
 
@@ -138,8 +160,9 @@ def peak_flops_per_s(device_kind: str, dtype: str) -> float | None:
   return None
 
 
-def batch_stream(config: ml_collections.ConfigDict, mesh: Any, prefetch: int
-                 ) -> Iterator[dict[str, jax.Array]]:
+def batch_stream(
+  config: ml_collections.ConfigDict, mesh: Any, prefetch: int
+) -> Iterator[dict[str, jax.Array]]:
   """Endless sharded training batches, made on the devices or on the host.
 
   prefetch < 0: two batches made on the devices, repeated (no input cost); else numpy
@@ -153,8 +176,9 @@ def batch_stream(config: ml_collections.ConfigDict, mesh: Any, prefetch: int
   return distributed.prefetch_to_mesh(host, mesh, prefetch)
 
 
-def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup: int,
-                prefetch: int = -1) -> dict[str, Any]:
+def measure_jax(
+  config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup: int, prefetch: int = -1
+) -> dict[str, Any]:
   """Compiles and times the real train step; FLOPs from the compiled executable."""
   model = models.build_model(config.model)
   stage = train_step.resolve_stages(config)[0]
@@ -162,8 +186,7 @@ def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup
   batches = batch_stream(config, mesh, prefetch)
   example = next(batches)
   start = time.perf_counter()
-  compiled = train_step.make_train_step(config, model, mesh, stage).lower(
-      state, example).compile()
+  compiled = train_step.make_train_step(config, model, mesh, stage).lower(state, example).compile()
   compile_s = time.perf_counter() - start
   # The cost analysis of an SPMD executable describes one device's share.
   flops_per_step = cost_flops(compiled)
@@ -177,63 +200,89 @@ def measure_jax(config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup
     state, metrics = compiled(state, next(batches))
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - start
-  loss = float(metrics["loss"])
+  loss = float(metrics['loss'])
   if not jnp.isfinite(loss):
-    raise FloatingPointError(f"JAX step produced a non-finite loss {loss}")
+    raise FloatingPointError(f'JAX step produced a non-finite loss {loss}')
   step_time = elapsed / steps
-  return {"clips_per_s": config.train.batch_size / step_time, "step_time_s": step_time,
-          "flops_per_step": flops_per_step,
-          "flops_per_s": None if flops_per_step is None else flops_per_step / step_time,
-          "compile_s": compile_s}
+  return {
+    'clips_per_s': config.train.batch_size / step_time,
+    'step_time_s': step_time,
+    'flops_per_step': flops_per_step,
+    'flops_per_s': None if flops_per_step is None else flops_per_step / step_time,
+    'compile_s': compile_s,
+  }
 
 
-def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool
-                ) -> dict[str, Any]:
+def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool) -> dict[str, Any]:
   """One (dtype, batch size): the JAX step, then PyTorch's; the JSON record."""
-  config = bench_config(depth=_DEPTH.value, widen_factor=_WIDEN.value,
-                        image_size=_IMAGE_SIZE.value, num_frames=_NUM_FRAMES.value,
-                        batch_size=batch_size, dtype=dtype, box_head=_BOX_HEAD.value,
-                        conv_impl=_CONV_IMPL.value)
+  config = bench_config(
+    depth=_DEPTH.value,
+    widen_factor=_WIDEN.value,
+    image_size=_IMAGE_SIZE.value,
+    num_frames=_NUM_FRAMES.value,
+    batch_size=batch_size,
+    dtype=dtype,
+    box_head=_BOX_HEAD.value,
+    conv_impl=_CONV_IMPL.value,
+  )
   config_lib.validate(config, num_devices=mesh.devices.size, num_processes=1)
   device = mesh.devices.flat[0]
   record: dict[str, Any] = {
-      "depth": _DEPTH.value, "widen_factor": _WIDEN.value, "batch_size": batch_size,
-      "dtype": dtype, "image_size": _IMAGE_SIZE.value, "num_frames": _NUM_FRAMES.value,
-      "box_head": _BOX_HEAD.value, "conv_impl": _CONV_IMPL.value, "steps": _STEPS.value,
-      "warmup": _WARMUP.value, "device": f"{device.device_kind} / {device.platform}",
-      "platform": device.platform, "num_devices": mesh.devices.size,
-      "input": "device" if _PREFETCH.value < 0 else "host",
-      "prefetch": max(_PREFETCH.value, 0),
-      "load_avg_1m_before": round(os.getloadavg()[0], 2),
+    'depth': _DEPTH.value,
+    'widen_factor': _WIDEN.value,
+    'batch_size': batch_size,
+    'dtype': dtype,
+    'image_size': _IMAGE_SIZE.value,
+    'num_frames': _NUM_FRAMES.value,
+    'box_head': _BOX_HEAD.value,
+    'conv_impl': _CONV_IMPL.value,
+    'steps': _STEPS.value,
+    'warmup': _WARMUP.value,
+    'device': f'{device.device_kind} / {device.platform}',
+    'platform': device.platform,
+    'num_devices': mesh.devices.size,
+    'input': 'device' if _PREFETCH.value < 0 else 'host',
+    'prefetch': max(_PREFETCH.value, 0),
+    'load_avg_1m_before': round(os.getloadavg()[0], 2),
   }
-  logging.info("JAX: %s", record)
+  logging.info('JAX: %s', record)
   record.update(measure_jax(config, mesh, _STEPS.value, _WARMUP.value, _PREFETCH.value))
-  peak = peak_flops_per_s(device.device_kind, dtype) if device.platform == "gpu" else None
-  if peak is not None and record["flops_per_s"] is not None:
-    record["peak_flops_per_s"] = peak * mesh.devices.size
-    record["mfu"] = record["flops_per_s"] / record["peak_flops_per_s"]
-    if dtype == "float32":
-      record["mfu_vs_tf32"] = record["flops_per_s"] / (
-          peak_flops_per_s(device.device_kind, "tf32") * mesh.devices.size)
+  peak = peak_flops_per_s(device.device_kind, dtype) if device.platform == 'gpu' else None
+  if peak is not None and record['flops_per_s'] is not None:
+    record['peak_flops_per_s'] = peak * mesh.devices.size
+    record['mfu'] = record['flops_per_s'] / record['peak_flops_per_s']
+    if dtype == 'float32':
+      record['mfu_vs_tf32'] = record['flops_per_s'] / (
+        peak_flops_per_s(device.device_kind, 'tf32') * mesh.devices.size
+      )
   else:
-    record["peak_flops_per_s"] = record["mfu"] = None
-  record.update(torch_clips_per_s=None, torch_step_time_s=None, ratio=None,
-                torch_threads=None, torch_note=None)
+    record['peak_flops_per_s'] = record['mfu'] = None
+  record.update(
+    torch_clips_per_s=None, torch_step_time_s=None, ratio=None, torch_threads=None, torch_note=None
+  )
   if with_torch:
     from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
-    logging.info("PyTorch: depth %d, batch %d, %s", _DEPTH.value, batch_size, dtype)
+
+    logging.info('PyTorch: depth %d, batch %d, %s', _DEPTH.value, batch_size, dtype)
     result = torch_step.measure(
-        depth=_DEPTH.value, widen_factor=_WIDEN.value,
-        num_classes=config.model.num_classes, batch_size=batch_size,
-        num_frames=_NUM_FRAMES.value, image_size=_IMAGE_SIZE.value, dtype=dtype,
-        steps=_STEPS.value, warmup=_WARMUP.value,
-        device=torch_step.torch_device(device.platform), seed=config.seed,
-        allow_cpu_bf16=_TORCH_CPU_BF16.value)
+      depth=_DEPTH.value,
+      widen_factor=_WIDEN.value,
+      num_classes=config.model.num_classes,
+      batch_size=batch_size,
+      num_frames=_NUM_FRAMES.value,
+      image_size=_IMAGE_SIZE.value,
+      dtype=dtype,
+      steps=_STEPS.value,
+      warmup=_WARMUP.value,
+      device=torch_step.torch_device(device.platform),
+      seed=config.seed,
+      allow_cpu_bf16=_TORCH_CPU_BF16.value,
+    )
     record.update(result)
-    if result["torch_clips_per_s"]:
-      record["ratio"] = record["clips_per_s"] / result["torch_clips_per_s"]
-  record["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-  record["tensorflow_imported"] = "tensorflow" in sys.modules
+    if result['torch_clips_per_s']:
+      record['ratio'] = record['clips_per_s'] / result['torch_clips_per_s']
+  record['load_avg_1m_after'] = round(os.getloadavg()[0], 2)
+  record['tensorflow_imported'] = 'tensorflow' in sys.modules
   return record
 
 
@@ -241,45 +290,56 @@ def parse_batch_sizes(values: Sequence[str]) -> list[int]:
   try:
     sizes = [int(v) for v in values]
   except ValueError as e:
-    raise app.UsageError(f"--batch_sizes: expected integers, found {values}") from e
+    raise app.UsageError(f'--batch_sizes: expected integers, found {values}') from e
   if any(s <= 0 for s in sizes):
-    raise app.UsageError(f"--batch_sizes: expected positive integers, found {sizes}")
+    raise app.UsageError(f'--batch_sizes: expected positive integers, found {sizes}')
   return sizes
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   batch_sizes = parse_batch_sizes(_BATCH_SIZES.value)
   for dtype in _DTYPES.value:
-    if dtype not in ("float32", "bfloat16"):
-      raise app.UsageError(f"--dtypes: expected float32 or bfloat16, found {dtype!r}")
+    if dtype not in ('float32', 'bfloat16'):
+      raise app.UsageError(f'--dtypes: expected float32 or bfloat16, found {dtype!r}')
   if _STEPS.value < 1 or _WARMUP.value < 0:
-    raise app.UsageError(f"--steps must be >= 1 and --warmup >= 0, found "
-                         f"{_STEPS.value} and {_WARMUP.value}")
-  if _TORCH.value and _BOX_HEAD.value != "mlp":
-    raise app.UsageError(f"--torch replicates the Model-2 head only (--box_head=mlp), "
-                         f"found --box_head={_BOX_HEAD.value}")
+    raise app.UsageError(
+      f'--steps must be >= 1 and --warmup >= 0, found {_STEPS.value} and {_WARMUP.value}'
+    )
+  if _TORCH.value and _BOX_HEAD.value != 'mlp':
+    raise app.UsageError(
+      f'--torch replicates the Model-2 head only (--box_head=mlp), '
+      f'found --box_head={_BOX_HEAD.value}'
+    )
   devices = jax.devices()
   if _NUM_DEVICES.value:
     if _NUM_DEVICES.value > len(devices):
-      raise app.UsageError(f"--num_devices={_NUM_DEVICES.value} but only {len(devices)} "
-                           f"devices are visible")
-    devices = devices[:_NUM_DEVICES.value]
+      raise app.UsageError(
+        f'--num_devices={_NUM_DEVICES.value} but only {len(devices)} devices are visible'
+      )
+    devices = devices[: _NUM_DEVICES.value]
   for b in batch_sizes:
     if b % len(devices):
-      raise app.UsageError(f"--batch_sizes: {b} is not divisible by the {len(devices)} "
-                           f"devices of the mesh (set --num_devices)")
+      raise app.UsageError(
+        f'--batch_sizes: {b} is not divisible by the {len(devices)} '
+        f'devices of the mesh (set --num_devices)'
+      )
   mesh = distributed.make_mesh(devices)
-  logging.info("%s, jax %s, %d devices (%s), host %s with %d cores", sys.version.split()[0],
-               jax.__version__, len(devices), devices[0].device_kind, platform.node(),
-               os.cpu_count())
+  logging.info(
+    '%s, jax %s, %d devices (%s), host %s with %d cores',
+    sys.version.split()[0],
+    jax.__version__,
+    len(devices),
+    devices[0].device_kind,
+    platform.node(),
+    os.cpu_count(),
+  )
   for dtype in _DTYPES.value:
     for batch_size in batch_sizes:
-      record = run_setting(dtype=dtype, batch_size=batch_size, mesh=mesh,
-                           with_torch=_TORCH.value)
+      record = run_setting(dtype=dtype, batch_size=batch_size, mesh=mesh, with_torch=_TORCH.value)
       print(json.dumps(record), flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main)

@@ -118,9 +118,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Video-mAP: link per-frame detections of whole test videos into tubes.
   config.eval.video_map = True
   config.eval.tube_frame_stride = 1  # Run a clip every k-th frame; interpolate between.
-  config.eval.tubes = ml_collections.ConfigDict(dict(  # ACT's linking (stconsist_jax.tubes)
-      iou_threshold=0.5, max_gap=1, min_length=15, min_score=0.005, nms_threshold=0.3,
-      top_k=10))
+  config.eval.tubes = ml_collections.ConfigDict(
+    dict(  # ACT's linking (stconsist_jax.tubes)
+      iou_threshold=0.5, max_gap=1, min_length=15, min_score=0.005, nms_threshold=0.3, top_k=10
+    )
+  )
   config.eval.batch_size = 64
   config.eval.best_metric = 'video_accuracy'  # Metric that selects the 'best' checkpoint.
   config.eval.best_mode = 'max'  # 'max' or 'min'.

@@ -13,9 +13,18 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   # The synthetic dataset (stconsist_jax.data.synthetic.SyntheticSpec fields).
-  config.synthetic = ml_collections.ConfigDict(dict(
-      seed=0, num_classes=8, annotated_classes=6, videos_per_class=15, min_frames=32,
-      max_frames=64, second_actor_prob=0.15, full_tube_prob=1.0))
+  config.synthetic = ml_collections.ConfigDict(
+    dict(
+      seed=0,
+      num_classes=8,
+      annotated_classes=6,
+      videos_per_class=15,
+      min_frames=32,
+      max_frames=64,
+      second_actor_prob=0.15,
+      full_tube_prob=1.0,
+    )
+  )
   config.data.name = 'synthetic'
   config.data.frame_size = 48
   config.data.image_size = 48

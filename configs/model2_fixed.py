@@ -17,8 +17,11 @@ BOX_HEAD_EPOCHS = 15
 def get_config() -> ml_collections.ConfigDict:
   config = model2.get_config()
   config.train.stages = (
-      {'num_steps': BOX_HEAD_EPOCHS * STEPS_PER_EPOCH, 'freeze_backbone': True,
-       'loss_weights': {'cls': 0.0, 'loc': 1.0, 'con_cls': 0.0, 'con_loc': 0.0}},
-      {'num_steps': -1, 'freeze_backbone': False, 'loss_weights': {}},
+    {
+      'num_steps': BOX_HEAD_EPOCHS * STEPS_PER_EPOCH,
+      'freeze_backbone': True,
+      'loss_weights': {'cls': 0.0, 'loc': 1.0, 'con_cls': 0.0, 'con_loc': 0.0},
+    },
+    {'num_steps': -1, 'freeze_backbone': False, 'loss_weights': {}},
   )
   return config

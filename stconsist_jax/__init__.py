@@ -3,4 +3,4 @@
 Consistency-based semi-supervision between a clip and its horizontally flipped copy.
 """
 
-__version__ = "0.1.0"
+__version__ = '0.1.0'

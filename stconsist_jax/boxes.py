@@ -58,15 +58,15 @@ def iou_corners(a: Array, b: Array, *, plus_one: bool = False, xp: Any = np) -> 
   def area(box):
     return extent(box[..., 0], box[..., 2]) * extent(box[..., 1], box[..., 3])
 
-  inter = (extent(xp.maximum(a[..., 0], b[..., 0]), xp.minimum(a[..., 2], b[..., 2]))
-           * extent(xp.maximum(a[..., 1], b[..., 1]), xp.minimum(a[..., 3], b[..., 3])))
+  inter = extent(xp.maximum(a[..., 0], b[..., 0]), xp.minimum(a[..., 2], b[..., 2])) * extent(
+    xp.maximum(a[..., 1], b[..., 1]), xp.minimum(a[..., 3], b[..., 3])
+  )
   union = area(a) + area(b) - inter
   positive = union > 0
   return xp.where(positive, inter / xp.where(positive, union, 1.0), 0.0)
 
 
-def pairwise_iou_corners(a: Array, b: Array, *, plus_one: bool = False,
-                         xp: Any = np) -> Array:
+def pairwise_iou_corners(a: Array, b: Array, *, plus_one: bool = False, xp: Any = np) -> Array:
   """`(M, G)` IoU between corner boxes `a (M, 4)` and `b (G, 4)` (see `iou_corners`)."""
   return iou_corners(a[:, None, :], b[None, :, :], plus_one=plus_one, xp=xp)
 

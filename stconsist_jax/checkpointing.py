@@ -46,9 +46,12 @@ def _short(error: BaseException, limit: int = 300) -> str:
   return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
 
 
-def restore_with_fallback(steps: list[int], read: Callable[[int], T], where: str,
-                          on_unreadable: Callable[[int], None] | None = None
-                          ) -> tuple[int, T]:
+def restore_with_fallback(
+  steps: list[int],
+  read: Callable[[int], T],
+  where: str,
+  on_unreadable: Callable[[int], None] | None = None,
+) -> tuple[int, T]:
   """`read(step)` for the newest readable step, newest first, warning on each failure.
 
   `on_unreadable(step)` is called for the steps that failed, only once an older one was
@@ -64,16 +67,21 @@ def restore_with_fallback(steps: list[int], read: Callable[[int], T], where: str
       errors.append(f'step {step}: {_short(e)}')
       failed.append(step)
       older = [s for s in steps if s < step]
-      logging.warning('Checkpoint step %d in %s is unreadable (%s); %s', step, where,
-                      _short(e), f'falling back to step {max(older)}' if older
-                      else 'no older checkpoint to fall back to')
+      logging.warning(
+        'Checkpoint step %d in %s is unreadable (%s); %s',
+        step,
+        where,
+        _short(e),
+        f'falling back to step {max(older)}' if older else 'no older checkpoint to fall back to',
+      )
       continue
     for bad in failed if on_unreadable is not None else ():
       on_unreadable(bad)
     return step, result
   raise CheckpointReadError(
-      f'no checkpoint in {where} could be read ({"; ".join(errors[:3])}); the files are '
-      f'damaged: restore them from a backup or start a new workdir')
+    f'no checkpoint in {where} could be read ({"; ".join(errors[:3])}); the files are '
+    f'damaged: restore them from a backup or start a new workdir'
+  )
 
 
 def _abstract(tree: Any) -> Any:
@@ -84,14 +92,14 @@ def _abstract(tree: Any) -> Any:
 def _local_abstract(metadata: Any) -> Any:
   """Metadata tree -> target on this process's first device, whatever topology saved it."""
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-                      metadata)
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
 
 
 def committed_steps(directory: str | os.PathLike) -> list[int]:
   """Sorted steps orbax finished writing under `directory` (local or bucket)."""
-  return sorted(int(p.name) for p in ocp.utils.checkpoint_steps_paths(directory)
-                if p.name.isdigit())
+  return sorted(
+    int(p.name) for p in ocp.utils.checkpoint_steps_paths(directory) if p.name.isdigit()
+  )
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -107,34 +115,56 @@ def _best_fn(best_metric: str) -> Callable[[Mapping[str, float]], float]:
   return lambda metrics: float(metrics[best_metric])
 
 
-def _manager(directory: epath.Path, *, keep: int | None, best_metric: str, best_mode: str,
-             async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
+def _manager(
+  directory: epath.Path,
+  *,
+  keep: int | None,
+  best_metric: str,
+  best_mode: str,
+  async_save: bool = True,
+  create: bool = True,
+) -> ocp.CheckpointManager:
   """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
   policies = ocp.checkpoint_managers
   best_fn = _best_fn(best_metric)
   latest = policies.LatestN(n=keep if keep and keep > 0 else None)
-  best = policies.BestN(get_metric_fn=best_fn, reverse=best_mode == 'min', n=1,
-                        keep_checkpoints_without_metrics=False)
+  best = policies.BestN(
+    get_metric_fn=best_fn, reverse=best_mode == 'min', n=1, keep_checkpoints_without_metrics=False
+  )
   return ocp.CheckpointManager(
-      directory,
-      options=ocp.CheckpointManagerOptions(
-          create=create, enable_async_checkpointing=async_save,
-          best_fn=best_fn, best_mode=best_mode,
-          preservation_policy=policies.AnyPreservationPolicy([latest, best])),
-      handler_registry=_handler_registry())
+    directory,
+    options=ocp.CheckpointManagerOptions(
+      create=create,
+      enable_async_checkpointing=async_save,
+      best_fn=best_fn,
+      best_mode=best_mode,
+      preservation_policy=policies.AnyPreservationPolicy([latest, best]),
+    ),
+    handler_registry=_handler_registry(),
+  )
 
 
 class Checkpointer:
   """Periodic checkpoints (latest `keep`) and the best evaluated one, in one manager."""
 
-  def __init__(self, workdir: str | os.PathLike, *, keep: int = 3,
-               best_metric: str = 'video_accuracy', best_mode: str = 'max',
-               async_save: bool = True):
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    keep: int = 3,
+    best_metric: str = 'video_accuracy',
+    best_mode: str = 'max',
+    async_save: bool = True,
+  ):
     self.workdir = fileio.as_path(workdir)
     self.best_metric = best_metric
-    self._manager = _manager(self.workdir / CHECKPOINT_DIR, keep=keep,
-                             best_metric=best_metric, best_mode=best_mode,
-                             async_save=async_save)
+    self._manager = _manager(
+      self.workdir / CHECKPOINT_DIR,
+      keep=keep,
+      best_metric=best_metric,
+      best_mode=best_mode,
+      async_save=async_save,
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -154,16 +184,23 @@ class Checkpointer:
     if metrics is not None:
       metrics = {k: float(v) for k, v in metrics.items()}
       if self.best_metric not in metrics:
-        logging.warning('eval.best_metric %r not among the evaluation metrics %s '
-                        '(undefined at this step?): step %d not offered as best',
-                        self.best_metric, sorted(metrics), step)
+        logging.warning(
+          'eval.best_metric %r not among the evaluation metrics %s '
+          '(undefined at this step?): step %d not offered as best',
+          self.best_metric,
+          sorted(metrics),
+          step,
+        )
         metrics = None
-    self._manager.save(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardSave(
-            {'params': state.params, 'batch_stats': state.batch_stats}),
-        train=ocp.args.StandardSave(
-            {'opt_state': state.opt_state, 'step': state.step})),
-        metrics=metrics, force=True)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        variables=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
+        train=ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
+      ),
+      metrics=metrics,
+      force=True,
+    )
 
   def reached_preemption(self, step: int) -> bool:
     """Whether JAX's preemption service saw a SIGTERM on any host (multi-process runs)."""
@@ -176,18 +213,22 @@ class Checkpointer:
     step number are not skipped, and the previous step is tried.
     """
     args = ocp.args.Composite(
-        variables=ocp.args.StandardRestore(
-            _abstract({'params': state.params, 'batch_stats': state.batch_stats})),
-        train=ocp.args.StandardRestore(
-            _abstract({'opt_state': state.opt_state, 'step': state.step})))
+      variables=ocp.args.StandardRestore(
+        _abstract({'params': state.params, 'batch_stats': state.batch_stats})
+      ),
+      train=ocp.args.StandardRestore(_abstract({'opt_state': state.opt_state, 'step': state.step})),
+    )
     steps = [step] if step is not None else list(self._manager.all_steps())
     _, restored = restore_with_fallback(
-        steps, lambda s: self._manager.restore(s, args=args),
-        os.fspath(self.workdir / CHECKPOINT_DIR),
-        on_unreadable=self._set_aside if step is None else None)
+      steps,
+      lambda s: self._manager.restore(s, args=args),
+      os.fspath(self.workdir / CHECKPOINT_DIR),
+      on_unreadable=self._set_aside if step is None else None,
+    )
     v, t = restored['variables'], restored['train']
-    return state.replace(params=v['params'], batch_stats=v['batch_stats'],
-                         opt_state=t['opt_state'], step=t['step'])
+    return state.replace(
+      params=v['params'], batch_stats=v['batch_stats'], opt_state=t['opt_state'], step=t['step']
+    )
 
   def _set_aside(self, step: int) -> None:
     """Moves an unreadable step directory out of orbax's sight (process 0 only)."""
@@ -214,26 +255,34 @@ def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> lis
   """
   workdir = fileio.as_path(workdir)
   if not workdir.is_dir():
-    raise FileNotFoundError(f'workdir {workdir} does not exist (expected a directory '
-                            f'written by launch.py --mode=train: '
-                            f'{config_lib.CONFIG_FILENAME} and {CHECKPOINT_DIR}/)')
+    raise FileNotFoundError(
+      f'workdir {workdir} does not exist (expected a directory '
+      f'written by launch.py --mode=train: '
+      f'{config_lib.CONFIG_FILENAME} and {CHECKPOINT_DIR}/)'
+    )
   ckpt_dir = workdir / CHECKPOINT_DIR
   steps = committed_steps(ckpt_dir)
   if not steps:
-    raise FileNotFoundError(f'workdir {workdir} has no checkpoints: expected step '
-                            f'directories under {ckpt_dir}, found '
-                            f'{"none" if ckpt_dir.is_dir() else "no such directory"}')
+    raise FileNotFoundError(
+      f'workdir {workdir} has no checkpoints: expected step '
+      f'directories under {ckpt_dir}, found '
+      f'{"none" if ckpt_dir.is_dir() else "no such directory"}'
+    )
   if isinstance(step, int) and step not in steps:
-    raise FileNotFoundError(f'workdir {workdir} has no checkpoint for step {step}; '
-                            f'found steps {steps}')
+    raise FileNotFoundError(
+      f'workdir {workdir} has no checkpoint for step {step}; found steps {steps}'
+    )
   if not (workdir / config_lib.CONFIG_FILENAME).exists():
-    raise FileNotFoundError(f'workdir {workdir} has checkpoints but no '
-                            f'{config_lib.CONFIG_FILENAME} (the config saved by training)')
+    raise FileNotFoundError(
+      f'workdir {workdir} has checkpoints but no '
+      f'{config_lib.CONFIG_FILENAME} (the config saved by training)'
+    )
   return steps
 
 
-def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
-                     ) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+def restore_for_eval(
+  workdir: str | os.PathLike, step: int | str = 'latest'
+) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
   """(config, {'params', 'batch_stats'} as numpy, step) of a training workdir.
 
   `step` is an int, 'latest' (newest checkpoint) or 'best' (best evaluated checkpoint by
@@ -246,15 +295,21 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
   evaluation = config.get('eval', None) or {}
   # Never saves: create=False and no read_only (whose notices only alarm users); every
   # item present has a handler, so orbax does not warn about the ones left unread.
-  manager = _manager(directory, keep=None, create=False,
-                     best_metric=evaluation.get('best_metric', 'video_accuracy'),
-                     best_mode=evaluation.get('best_mode', 'max'))
+  manager = _manager(
+    directory,
+    keep=None,
+    create=False,
+    best_metric=evaluation.get('best_metric', 'video_accuracy'),
+    best_mode=evaluation.get('best_mode', 'max'),
+  )
   try:
     if step == 'best':
       best = manager.best_step()
       if best is None:
-        raise FileNotFoundError(f'no evaluated checkpoint under {directory}: the run saved '
-                                f'no evaluation yet, so there is no best step')
+        raise FileNotFoundError(
+          f'no evaluated checkpoint under {directory}: the run saved '
+          f'no evaluation yet, so there is no best step'
+        )
       candidates = [best]
     elif step == 'latest':
       candidates = steps
@@ -263,8 +318,9 @@ def restore_for_eval(workdir: str | os.PathLike, step: int | str = 'latest'
 
     def read(s: int) -> Any:
       metadata = manager.item_metadata(s)['variables']
-      return manager.restore(s, args=ocp.args.Composite(
-          variables=ocp.args.StandardRestore(_local_abstract(metadata))))['variables']
+      return manager.restore(
+        s, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_local_abstract(metadata)))
+      )['variables']
 
     step, restored = restore_with_fallback(candidates, read, os.fspath(directory))
   finally:
@@ -286,6 +342,7 @@ def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
     _, variables, _ = restore_for_eval(path, 'latest')
     return variables
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+
   _, variables = models.load_pretrained(os.fspath(path))
   return variables
 
@@ -295,8 +352,9 @@ def check_init_from(path: str | os.PathLike) -> epath.Path:
   path = fileio.as_path(path)
   if not path.exists():
     raise FileNotFoundError(
-        f'init_from: {path} does not exist. It should be a directory written by '
-        f'tools/convert_torch_weights.py (see docs/converting.md for the Kinetics weights) '
-        f'or the workdir of a finished run (configs/finetune_cls.py); pass '
-        f"--config.init_from='' to train from scratch instead")
+      f'init_from: {path} does not exist. It should be a directory written by '
+      f'tools/convert_torch_weights.py (see docs/converting.md for the Kinetics weights) '
+      f'or the workdir of a finished run (configs/finetune_cls.py); pass '
+      f"--config.init_from='' to train from scratch instead"
+    )
   return path

@@ -33,6 +33,7 @@ def define_config_file(name: str, default: str | None, help_string: str) -> obje
   so an unknown key raises at import time, before app.run can report it.
   """
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
   try:
     return config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -53,12 +54,14 @@ def _missing_field(error: Exception) -> str | None:
 
 def _override_error(argv: Sequence[str], name: str, error: Exception) -> str:
   """One line for a --name.* override that ml_collections refused."""
-  keys = [a[2:].split('=')[0][len(name) + 1:] for a in argv[1:]
-          if a.startswith(f'--{name}.')]
+  keys = [a[2:].split('=')[0][len(name) + 1 :] for a in argv[1:] if a.startswith(f'--{name}.')]
   field = _missing_field(error)
   missing = [k for k in keys if field in k.split('.')] if field else []
-  where = (f'config key {missing[0]!r} does not exist' if missing
-           else f'bad override among {[f"{name}.{k}" for k in keys]}')
+  where = (
+    f'config key {missing[0]!r} does not exist'
+    if missing
+    else f'bad override among {[f"{name}.{k}" for k in keys]}'
+  )
   hint = re.search(r'Did you mean "([^"]+)"', str(error))
   detail = f' (did you mean {hint.group(1)!r}?)' if hint else f' ({error})'
   return f'invalid config: {where}{detail}'
@@ -113,8 +116,16 @@ def project_user_errors() -> tuple[type[BaseException], ...]:
   from stconsist_jax.data import annotations
   from stconsist_jax.models import param_trees
   from stconsist_jax.models import pretrained
+
   # pylint: enable=g-import-not-at-top
-  return (config_lib.ConfigError, workdir_lock.WorkdirLockedError,
-          checkpointing.CheckpointReadError, param_trees.ParameterTreeMismatchError,
-          pretrained.ConversionError, annotations.DataFileError,
-          train.TrainingDataExhaustedError, FileNotFoundError, PermissionError)
+  return (
+    config_lib.ConfigError,
+    workdir_lock.WorkdirLockedError,
+    checkpointing.CheckpointReadError,
+    param_trees.ParameterTreeMismatchError,
+    pretrained.ConversionError,
+    annotations.DataFileError,
+    train.TrainingDataExhaustedError,
+    FileNotFoundError,
+    PermissionError,
+  )

@@ -46,8 +46,7 @@ def _check_type(config: Any, key: str, types: type | tuple[type, ...]) -> Any:
   ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
   if not ok:
     names = ' or '.join(t.__name__ for t in types)
-    raise ConfigError(f'config key {key!r} must be {names}, got {value!r} '
-                      f'({type(value).__name__})')
+    raise ConfigError(f'config key {key!r} must be {names}, got {value!r} ({type(value).__name__})')
   return value
 
 
@@ -58,8 +57,9 @@ def _check_choice(config: Any, key: str, choices: tuple[Any, ...]) -> Any:
   return value
 
 
-def _check_range(config: Any, key: str, low: float | None = None, high: float | None = None,
-                 low_open: bool = False) -> float:
+def _check_range(
+  config: Any, key: str, low: float | None = None, high: float | None = None, low_open: bool = False
+) -> float:
   value = _check_type(config, key, (int, float))
   if low is not None and (value < low or (low_open and value == low)):
     bound = f'> {low}' if low_open else f'>= {low}'
@@ -77,31 +77,41 @@ def _check_stages(config: Any) -> None:
       raise ConfigError(f'config key {key!r} must be a dict, got {stage!r}')
     unknown = sorted(set(stage.keys()) - set(STAGE_KEYS))
     if unknown:
-      raise ConfigError(f'config key {key!r} has unknown fields {unknown}; '
-                        f'allowed: {list(STAGE_KEYS)}')
+      raise ConfigError(
+        f'config key {key!r} has unknown fields {unknown}; allowed: {list(STAGE_KEYS)}'
+      )
     num_steps = stage.get('num_steps')
-    if (not isinstance(num_steps, int) or isinstance(num_steps, bool)
-        or (num_steps < 1 and num_steps != -1)):
-      raise ConfigError(f'config key {key}.num_steps must be a positive int or -1, '
-                        f'got {num_steps!r}')
+    if (
+      not isinstance(num_steps, int)
+      or isinstance(num_steps, bool)
+      or (num_steps < 1 and num_steps != -1)
+    ):
+      raise ConfigError(
+        f'config key {key}.num_steps must be a positive int or -1, got {num_steps!r}'
+      )
     if num_steps == -1 and i != len(stages) - 1:
       raise ConfigError(f'config key {key}.num_steps: only the last stage may use -1')
     if not isinstance(stage.get('freeze_backbone', False), bool):
-      raise ConfigError(f'config key {key}.freeze_backbone must be bool, '
-                        f'got {stage.get("freeze_backbone")!r}')
+      raise ConfigError(
+        f'config key {key}.freeze_backbone must be bool, got {stage.get("freeze_backbone")!r}'
+      )
     weights = stage.get('loss_weights', {}) or {}
     for name, value in dict(weights).items():
       if name not in LOSS_TERMS:
-        raise ConfigError(f'config key {key}.loss_weights has unknown term {name!r}; '
-                          f'allowed: {list(LOSS_TERMS)}')
+        raise ConfigError(
+          f'config key {key}.loss_weights has unknown term {name!r}; allowed: {list(LOSS_TERMS)}'
+        )
       if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-        raise ConfigError(f'config key {key}.loss_weights.{name} must be a number >= 0, '
-                          f'got {value!r}')
+        raise ConfigError(
+          f'config key {key}.loss_weights.{name} must be a number >= 0, got {value!r}'
+        )
   fixed = [s for s in stages if s.get('num_steps') != -1]
   total = sum(s['num_steps'] for s in fixed)
   if stages and total > config.train.num_steps:
-    raise ConfigError(f'config key train.stages: the stages take {total} steps, more than '
-                      f'train.num_steps={config.train.num_steps}')
+    raise ConfigError(
+      f'config key train.stages: the stages take {total} steps, more than '
+      f'train.num_steps={config.train.num_steps}'
+    )
 
 
 def _check_data(config: Any, num_processes: int) -> None:
@@ -109,8 +119,13 @@ def _check_data(config: Any, num_processes: int) -> None:
   _check_type(config, 'data.name', str)
   _check_type(config, 'data.data_dir', str)
   _check_choice(config, 'data.split', (1, 2, 3))
-  for key in ('data.frame_size', 'data.image_size', 'data.num_frames', 'data.frame_stride',
-              'data.shuffle_buffer'):
+  for key in (
+    'data.frame_size',
+    'data.image_size',
+    'data.num_frames',
+    'data.frame_stride',
+    'data.shuffle_buffer',
+  ):
     _check_type(config, key, int)
     _check_range(config, key, 1)
   # The box target averages the window's two central frames.
@@ -124,24 +139,31 @@ def _check_data(config: Any, num_processes: int) -> None:
   _check_range(config, 'data.labeled_per_batch', 0)
   per_host = _check_type(config, 'train.batch_size', int) // num_processes
   if labeled > per_host:
-    raise ConfigError(f'config key data.labeled_per_batch={labeled} exceeds the per-host '
-                      f'batch {per_host} (train.batch_size over {num_processes} processes)')
+    raise ConfigError(
+      f'config key data.labeled_per_batch={labeled} exceeds the per-host '
+      f'batch {per_host} (train.batch_size over {num_processes} processes)'
+    )
   if labeled and config.data.box_label_fraction <= 0:
-    raise ConfigError('config key data.labeled_per_batch > 0 needs '
-                      'data.box_label_fraction > 0')
+    raise ConfigError('config key data.labeled_per_batch > 0 needs data.box_label_fraction > 0')
   scale = _check_type(config, 'data.scale_augment', (tuple, list))
-  if not (len(scale) == 2
-          and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
-          and 0 < scale[0] <= scale[1] <= 1):
-    raise ConfigError(f'config key data.scale_augment must be (min, max) with '
-                      f'0 < min <= max <= 1, got {scale!r}')
+  if not (
+    len(scale) == 2
+    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scale)
+    and 0 < scale[0] <= scale[1] <= 1
+  ):
+    raise ConfigError(
+      f'config key data.scale_augment must be (min, max) with 0 < min <= max <= 1, got {scale!r}'
+    )
   if config.data.image_size > config.data.frame_size:
-    raise ConfigError(f'config key data.image_size={config.data.image_size} exceeds '
-                      f'data.frame_size={config.data.frame_size}')
+    raise ConfigError(
+      f'config key data.image_size={config.data.image_size} exceeds '
+      f'data.frame_size={config.data.frame_size}'
+    )
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
-             num_processes: int = 1) -> None:
+def validate(
+  config: ml_collections.ConfigDict, num_devices: int | None = None, num_processes: int = 1
+) -> None:
   """Checks types, ranges and consistency; raises ConfigError naming the key."""
   _check_type(config, 'seed', int)
   _check_range(config, 'seed', 0, 2**31 - 1)
@@ -158,15 +180,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_type(config, 'model.num_classes', int)
   _check_range(config, 'model.num_classes', 1)
   from stconsist_jax.models import detector  # pylint: disable=g-import-not-at-top
+
   _check_choice(config, 'model.box_head', detector.BOX_HEADS)
   hidden = _check_type(config, 'model.box_hidden', (tuple, list))
   if not hidden or any(not isinstance(h, int) or isinstance(h, bool) or h < 1 for h in hidden):
-    raise ConfigError(f'config key model.box_hidden must be a non-empty tuple of positive '
-                      f'ints, got {hidden!r}')
+    raise ConfigError(
+      f'config key model.box_hidden must be a non-empty tuple of positive ints, got {hidden!r}'
+    )
   _check_choice(config, 'model.box_activation', tuple(detector.ACTIVATIONS))
   _check_choice(config, 'model.normalization', tuple(sorted(detector.NORMALIZATION_PRESETS)))
   _check_choice(config, 'model.dtype', DTYPES)
   from stconsist_jax.models import conv  # pylint: disable=g-import-not-at-top
+
   _check_choice(config, 'model.conv_impl', tuple(conv.CONV_IMPLS))
   # Loss.
   for term in LOSS_TERMS:
@@ -190,9 +215,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_range(config, 'optimizer.warmup_steps', 0)
   boundaries = _check_type(config, 'optimizer.decay_steps', (tuple, list))
   if any(not isinstance(b, int) or b < 1 for b in boundaries) or list(boundaries) != sorted(
-      boundaries):
-    raise ConfigError(f'config key optimizer.decay_steps must be increasing positive ints, '
-                      f'got {boundaries!r}')
+    boundaries
+  ):
+    raise ConfigError(
+      f'config key optimizer.decay_steps must be increasing positive ints, got {boundaries!r}'
+    )
   _check_range(config, 'optimizer.decay_factor', 0.0, low_open=True)
   # Train.
   for key in ('train.batch_size', 'train.num_steps', 'train.log_every'):
@@ -202,22 +229,31 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _check_type(config, key, int)
     _check_range(config, key, 0)
   if config.optimizer.warmup_steps > config.train.num_steps:
-    raise ConfigError(f'config key optimizer.warmup_steps={config.optimizer.warmup_steps} '
-                      f'exceeds train.num_steps={config.train.num_steps}: pass a shorter '
-                      f'warm-up (e.g. --config.optimizer.warmup_steps='
-                      f'{config.train.num_steps // 10}) or more steps')
+    raise ConfigError(
+      f'config key optimizer.warmup_steps={config.optimizer.warmup_steps} '
+      f'exceeds train.num_steps={config.train.num_steps}: pass a shorter '
+      f'warm-up (e.g. --config.optimizer.warmup_steps='
+      f'{config.train.num_steps // 10}) or more steps'
+    )
   profile = _check_type(config, 'train.profile_steps', (tuple, list))
-  if len(profile) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 0
-                              for v in profile):
-    raise ConfigError(f'config key train.profile_steps must be (first step, number of '
-                      f'steps), two ints >= 0, got {profile!r}')
+  if len(profile) != 2 or any(
+    not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in profile
+  ):
+    raise ConfigError(
+      f'config key train.profile_steps must be (first step, number of '
+      f'steps), two ints >= 0, got {profile!r}'
+    )
   _check_stages(config)
   if num_devices is not None and config.train.batch_size % num_devices:
-    raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not '
-                      f'divisible by the device count {num_devices}')
+    raise ConfigError(
+      f'config key train.batch_size={config.train.batch_size} is not '
+      f'divisible by the device count {num_devices}'
+    )
   if config.train.batch_size % num_processes:
-    raise ConfigError(f'config key train.batch_size={config.train.batch_size} is not '
-                      f'divisible by the process count {num_processes}')
+    raise ConfigError(
+      f'config key train.batch_size={config.train.batch_size} is not '
+      f'divisible by the process count {num_processes}'
+    )
   # Eval.
   for key in ('eval.clips_per_video', 'eval.frame_stride', 'eval.batch_size'):
     _check_type(config, key, int)
@@ -228,8 +264,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
   _check_choice(config, 'eval.frame_ap_frames', ('annotated', 'all'))
   _check_type(config, 'eval.video_map', bool)
   if config.eval.frame_ap_frames == 'all' and not config.eval.video_map:
-    raise ConfigError("config key eval.frame_ap_frames='all' scores frames of the "
-                      "whole-video pass: it needs eval.video_map=True")
+    raise ConfigError(
+      "config key eval.frame_ap_frames='all' scores frames of the "
+      'whole-video pass: it needs eval.video_map=True'
+    )
   _check_type(config, 'eval.tube_frame_stride', int)
   _check_range(config, 'eval.tube_frame_stride', 1)
   for key in ('iou_threshold', 'nms_threshold'):
@@ -239,14 +277,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
     _check_type(config, f'eval.tubes.{key}', int)
     _check_range(config, f'eval.tubes.{key}', 1)
   if num_devices is not None and config.eval.batch_size % num_devices:
-    raise ConfigError(f'config key eval.batch_size={config.eval.batch_size} is not '
-                      f'divisible by the device count {num_devices}')
+    raise ConfigError(
+      f'config key eval.batch_size={config.eval.batch_size} is not '
+      f'divisible by the device count {num_devices}'
+    )
   _check_type(config, 'eval.best_metric', str)
   _check_choice(config, 'eval.best_mode', ('max', 'min'))
   step = _check_type(config, 'eval.checkpoint_step', str)
   if not (step.isdigit() or step in ('latest', 'best', 'init_from')):
-    raise ConfigError(f"config key 'eval.checkpoint_step' must be 'latest', 'best', "
-                      f"'init_from' or a step number, got {step!r}")
+    raise ConfigError(
+      f"config key 'eval.checkpoint_step' must be 'latest', 'best', "
+      f"'init_from' or a step number, got {step!r}"
+    )
   _check_type(config, 'eval.sheet_clips', int)
   _check_range(config, 'eval.sheet_clips', 0)
   _check_type(config, 'init_from', str)
@@ -254,9 +296,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None,
 
 # Keys a resumed run may change: how long it runs, how it logs and evaluates, where the
 # data lives. Any other difference would silently mix two experiments in one workdir.
-RESUMABLE_PREFIXES = ('train.num_steps', 'train.log_every', 'train.checkpoint_every',
-                      'train.keep_checkpoints', 'train.eval_every', 'train.profile_steps',
-                      'eval.', 'data.data_dir', 'data.device_prefetch', 'init_from')
+RESUMABLE_PREFIXES = (
+  'train.num_steps',
+  'train.log_every',
+  'train.checkpoint_every',
+  'train.keep_checkpoints',
+  'train.eval_every',
+  'train.profile_steps',
+  'eval.',
+  'data.data_dir',
+  'data.device_prefetch',
+  'init_from',
+)
 
 
 def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
@@ -282,10 +333,11 @@ def is_resumable_change(key: str) -> bool:
   return any(key == p or (p.endswith('.') and key.startswith(p)) for p in RESUMABLE_PREFIXES)
 
 
-def describe_differences(diffs: list[tuple[str, str | None, str | None]], limit: int = 6
-                         ) -> str:
-  shown = [f'{k}: {old if old is not None else "(absent)"} -> '
-           f'{new if new is not None else "(absent)"}' for k, old, new in diffs[:limit]]
+def describe_differences(diffs: list[tuple[str, str | None, str | None]], limit: int = 6) -> str:
+  shown = [
+    f'{k}: {old if old is not None else "(absent)"} -> {new if new is not None else "(absent)"}'
+    for k, old, new in diffs[:limit]
+  ]
   more = f' and {len(diffs) - limit} more' if len(diffs) > limit else ''
   return '; '.join(shown) + more
 
@@ -315,8 +367,9 @@ def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
   try:
     data = json.loads(path.read_text())
   except (ValueError, UnicodeDecodeError) as e:
-    raise ConfigError(f'{path} is not a readable config ({e}); it was not written by '
-                      f'this project or was damaged') from None
+    raise ConfigError(
+      f'{path} is not a readable config ({e}); it was not written by this project or was damaged'
+    ) from None
   if not isinstance(data, dict):
     raise ConfigError(f'{path} does not hold a config object')
   return ml_collections.ConfigDict(_lists_to_tuples(data))

@@ -31,8 +31,12 @@ def detect_multiprocess() -> bool:
   return False
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, force: bool = False) -> None:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  force: bool = False,
+) -> None:
   """Calls jax.distributed.initialize() when asked or when several processes are detected.
 
   Explicit coordinator flags win; otherwise JAX's cluster auto-detection (Slurm, Cloud
@@ -46,13 +50,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if explicit:
     if num_processes is None or process_id is None:
       raise ValueError('--coordinator_address needs --num_processes and --process_id')
-    jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   else:
     jax.distributed.initialize()
-  logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
-               jax.process_index(), jax.process_count(), jax.local_device_count(),
-               jax.device_count())
+  logging.info(
+    'jax.distributed: process %d of %d, %d local / %d global devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -87,12 +96,14 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   batch is the concatenation over processes in process order.
   """
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
 
 
-def prefetch_to_mesh(batches: Iterable[Mapping[str, Any]], mesh: Mesh, size: int = 2
-                     ) -> Iterator[dict[str, jax.Array]]:
+def prefetch_to_mesh(
+  batches: Iterable[Mapping[str, Any]], mesh: Mesh, size: int = 2
+) -> Iterator[dict[str, jax.Array]]:
   """Yields `shard_batch` of each host batch, with the next `size` already on the devices.
 
   A batch's transfer is issued `size` steps before the step that uses it, so it overlaps
@@ -112,7 +123,8 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   """Puts a host pytree (identical on every process) on all devices of the mesh."""
   sharding = replicated(mesh)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+  )
 
 
 def any_process(flag: bool) -> bool:
@@ -120,5 +132,6 @@ def any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return bool(flag)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
   flags_of_all = multihost_utils.process_allgather(np.asarray(flag, np.int32))
   return bool(np.max(flags_of_all))

@@ -107,12 +107,10 @@ def begin_committed_dir(directory: PathLike) -> epath.Path:
 
 def commit_dir(directory: PathLike) -> None:
   """Marks `directory` finished; call once everything in it is written."""
-  atomic_write(as_path(directory) / COMMIT_FILENAME,
-               time.strftime('%Y-%m-%dT%H:%M:%S%z') + '\n')
+  atomic_write(as_path(directory) / COMMIT_FILENAME, time.strftime('%Y-%m-%dT%H:%M:%S%z') + '\n')
 
 
-def write_committed_dir(directory: PathLike, files: Mapping[str, bytes | str]
-                        ) -> epath.Path:
+def write_committed_dir(directory: PathLike, files: Mapping[str, bytes | str]) -> epath.Path:
   """Writes `files` (name -> content) into `directory`, replacing its old content.
 
   The commit file is removed first and written last, so a reader that checks

@@ -14,7 +14,7 @@ from stconsist_jax import boxes as boxes_lib
 from stconsist_jax import metrics
 
 # Frame-AP matching rules understood by `frame_map` (see `FRAME_AP_FUNCTIONS`).
-FRAME_AP_PROTOCOLS: tuple[str, ...] = ("voc", "act")
+FRAME_AP_PROTOCOLS: tuple[str, ...] = ('voc', 'act')
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -41,8 +41,7 @@ def act_ap(recall: np.ndarray, precision: np.ndarray) -> float:
   r = np.concatenate([[0.0], np.asarray(recall, np.float64).reshape(-1)])
   p = np.concatenate([[1.0], np.asarray(precision, np.float64).reshape(-1)])
   if r.shape != p.shape:
-    raise ValueError(f"act_ap: recall and precision differ in length: {r.size - 1} vs "
-                     f"{p.size - 1}")
+    raise ValueError(f'act_ap: recall and precision differ in length: {r.size - 1} vs {p.size - 1}')
   return float(np.sum(np.diff(r) * (p[1:] + p[:-1]) * 0.5))
 
 
@@ -54,17 +53,24 @@ def _ap_inputs(det_frames, det_scores, det_boxes, gt_frames, gt_boxes, fn_name):
   gt_frames = np.asarray(gt_frames).reshape(-1)
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
   if not det_frames.shape[0] == det_scores.shape[0] == det_boxes.shape[0]:
-    raise ValueError(f"{fn_name}: {det_frames.shape[0]} detection frames, "
-                     f"{det_scores.shape[0]} scores and {det_boxes.shape[0]} boxes")
+    raise ValueError(
+      f'{fn_name}: {det_frames.shape[0]} detection frames, '
+      f'{det_scores.shape[0]} scores and {det_boxes.shape[0]} boxes'
+    )
   if gt_frames.shape[0] != gt_boxes.shape[0]:
-    raise ValueError(f"{fn_name}: {gt_frames.shape[0]} ground-truth frames but "
-                     f"{gt_boxes.shape[0]} boxes")
+    raise ValueError(
+      f'{fn_name}: {gt_frames.shape[0]} ground-truth frames but {gt_boxes.shape[0]} boxes'
+    )
   return det_frames, det_scores, det_boxes, gt_frames, gt_boxes
 
 
-def _frame_candidates(det_frames: np.ndarray, det_boxes: np.ndarray,
-                      gt_frames: np.ndarray, gt_boxes: np.ndarray, plus_one: bool
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _frame_candidates(
+  det_frames: np.ndarray,
+  det_boxes: np.ndarray,
+  gt_frames: np.ndarray,
+  gt_boxes: np.ndarray,
+  plus_one: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """The ground-truth boxes of each detection's frame and their IoUs, all at once.
 
   Returns:
@@ -72,27 +78,26 @@ def _frame_candidates(det_frames: np.ndarray, det_boxes: np.ndarray,
     `gt_index[offsets[d]:offsets[d + 1]]` (in ground-truth input order) with IoUs
     `ious[offsets[d]:offsets[d + 1]]`.
   """
-  gt_order = np.argsort(gt_frames, kind="stable")
+  gt_order = np.argsort(gt_frames, kind='stable')
   sorted_frames = gt_frames[gt_order]
-  lo = np.searchsorted(sorted_frames, det_frames, side="left")
-  hi = np.searchsorted(sorted_frames, det_frames, side="right")
+  lo = np.searchsorted(sorted_frames, det_frames, side='left')
+  hi = np.searchsorted(sorted_frames, det_frames, side='right')
   counts = hi - lo
   offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
   within = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts)
   gt_index = gt_order[np.repeat(lo, counts) + within]
   det_index = np.repeat(np.arange(len(det_frames)), counts)
-  ious = boxes_lib.iou_corners(det_boxes[det_index], gt_boxes[gt_index],
-                              plus_one=plus_one)
+  ious = boxes_lib.iou_corners(det_boxes[det_index], gt_boxes[gt_index], plus_one=plus_one)
   return offsets, gt_index, ious
 
 
-def _frame_true_positives(det_frames, det_scores, det_boxes, gt_frames, gt_boxes,
-                          iou_threshold: float, rule: str) -> np.ndarray:
+def _frame_true_positives(
+  det_frames, det_scores, det_boxes, gt_frames, gt_boxes, iou_threshold: float, rule: str
+) -> np.ndarray:
   """`(D,)` 1.0 / 0.0 per detection in rank order (score descending, stable)."""
-  plus_one = rule == "act"
-  offsets, gt_index, ious = _frame_candidates(det_frames, det_boxes, gt_frames,
-                                              gt_boxes, plus_one)
-  order = np.argsort(-det_scores, kind="stable")
+  plus_one = rule == 'act'
+  offsets, gt_index, ious = _frame_candidates(det_frames, det_boxes, gt_frames, gt_boxes, plus_one)
+  order = np.argsort(-det_scores, kind='stable')
   tp = np.zeros(len(order), np.float64)
   matched = np.zeros(gt_frames.shape[0], bool)
   offsets_l, gt_l, ious_l = offsets.tolist(), gt_index.tolist(), ious.tolist()
@@ -118,22 +123,28 @@ def precision_recall(tp: np.ndarray, num_gt: int) -> tuple[np.ndarray, np.ndarra
   return ctp / num_gt, precision
 
 
-def _class_ap(rule: str, det_frames, det_scores, det_boxes, gt_frames, gt_boxes,
-              iou_threshold: float) -> float:
+def _class_ap(
+  rule: str, det_frames, det_scores, det_boxes, gt_frames, gt_boxes, iou_threshold: float
+) -> float:
   """One class's frame AP by `rule` ('voc' or 'act'); NaN without ground truth."""
-  fn_name = {"voc": "average_precision", "act": "act_average_precision"}[rule]
+  fn_name = {'voc': 'average_precision', 'act': 'act_average_precision'}[rule]
   args = _ap_inputs(det_frames, det_scores, det_boxes, gt_frames, gt_boxes, fn_name)
   num_gt = args[3].shape[0]
   if num_gt == 0:
-    return float("nan")
+    return float('nan')
   tp = _frame_true_positives(*args, iou_threshold, rule=rule)
-  curve_ap = act_ap if rule == "act" else voc_ap
+  curve_ap = act_ap if rule == 'act' else voc_ap
   return curve_ap(*precision_recall(tp, num_gt))
 
 
-def average_precision(det_frames: np.ndarray, det_scores: np.ndarray,
-                      det_boxes: np.ndarray, gt_frames: np.ndarray,
-                      gt_boxes: np.ndarray, iou_threshold: float = 0.5) -> float:
+def average_precision(
+  det_frames: np.ndarray,
+  det_scores: np.ndarray,
+  det_boxes: np.ndarray,
+  gt_frames: np.ndarray,
+  gt_boxes: np.ndarray,
+  iou_threshold: float = 0.5,
+) -> float:
   """VOC average precision of one class over frames (the `'voc'` protocol).
 
   Detections of all frames are ranked together by score (descending; equal scores keep
@@ -152,13 +163,17 @@ def average_precision(det_frames: np.ndarray, det_scores: np.ndarray,
     gt_boxes: `(G, 4)` corner boxes.
     iou_threshold: the VOC overlap criterion.
   """
-  return _class_ap("voc", det_frames, det_scores, det_boxes, gt_frames, gt_boxes,
-                   iou_threshold)
+  return _class_ap('voc', det_frames, det_scores, det_boxes, gt_frames, gt_boxes, iou_threshold)
 
 
-def act_average_precision(det_frames: np.ndarray, det_scores: np.ndarray,
-                          det_boxes: np.ndarray, gt_frames: np.ndarray,
-                          gt_boxes: np.ndarray, iou_threshold: float = 0.5) -> float:
+def act_average_precision(
+  det_frames: np.ndarray,
+  det_scores: np.ndarray,
+  det_boxes: np.ndarray,
+  gt_frames: np.ndarray,
+  gt_boxes: np.ndarray,
+  iou_threshold: float = 0.5,
+) -> float:
   """Frame AP of one class by ACT's `frameAP` rule (the `'act'` protocol).
 
   - Boxes are in pixels and IoU uses the +1 convention
@@ -177,12 +192,11 @@ def act_average_precision(det_frames: np.ndarray, det_scores: np.ndarray,
 
   Same arguments as `average_precision`, boxes in pixels. NaN without ground truth.
   """
-  return _class_ap("act", det_frames, det_scores, det_boxes, gt_frames, gt_boxes,
-                   iou_threshold)
+  return _class_ap('act', det_frames, det_scores, det_boxes, gt_frames, gt_boxes, iou_threshold)
 
 
 # Per-class frame AP of each protocol, as called by `frame_map`.
-FRAME_AP_FUNCTIONS = {"voc": average_precision, "act": act_average_precision}
+FRAME_AP_FUNCTIONS = {'voc': average_precision, 'act': act_average_precision}
 
 
 def frame_keys(video_ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
@@ -190,16 +204,25 @@ def frame_keys(video_ids: np.ndarray, frames: np.ndarray) -> np.ndarray:
   video_ids = np.asarray(video_ids, np.int64)
   frames = np.asarray(frames, np.int64)
   if frames.size and (frames.min() < 0 or frames.max() >= 1 << 32):
-    raise ValueError(f"frame_keys: frame indices must lie in [0, 2**32), found "
-                     f"[{frames.min()}, {frames.max()}]")
+    raise ValueError(
+      f'frame_keys: frame indices must lie in [0, 2**32), found [{frames.min()}, {frames.max()}]'
+    )
   return (video_ids << 32) + frames
 
 
-def frame_map(det_frames: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndarray,
-              gt_frames: np.ndarray, gt_labels: np.ndarray, gt_boxes: np.ndarray,
-              num_classes: int = 24, iou_threshold: float = 0.5,
-              protocol: str = "voc", frame_sizes: Any = None,
-              gt_frame_sizes: Any = None) -> dict[str, Any]:
+def frame_map(
+  det_frames: np.ndarray,
+  det_scores: np.ndarray,
+  det_boxes: np.ndarray,
+  gt_frames: np.ndarray,
+  gt_labels: np.ndarray,
+  gt_boxes: np.ndarray,
+  num_classes: int = 24,
+  iou_threshold: float = 0.5,
+  protocol: str = 'voc',
+  frame_sizes: Any = None,
+  gt_frame_sizes: Any = None,
+) -> dict[str, Any]:
   """Per-class frame AP and their mean over the classes that have ground truth.
 
   Classes without ground truth get AP NaN and are left out of the mean (ACT's
@@ -227,25 +250,26 @@ def frame_map(det_frames: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndar
       'classes_with_gt': list of int, 'protocol': str}`.
   """
   if protocol not in FRAME_AP_FUNCTIONS:
-    raise ValueError(f"frame_map: protocol must be one of {FRAME_AP_PROTOCOLS}, found "
-                     f"{protocol!r}")
+    raise ValueError(f'frame_map: protocol must be one of {FRAME_AP_PROTOCOLS}, found {protocol!r}')
   det_scores = np.asarray(det_scores, np.float64)
   det_boxes = np.asarray(det_boxes, np.float64).reshape(-1, 4)
   gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
   gt_frames = np.asarray(gt_frames).reshape(-1)
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
   if det_scores.ndim != 2 or det_scores.shape[1] != num_classes:
-    raise ValueError(f"frame_map: expected det_scores (D, {num_classes}), found "
-                     f"{det_scores.shape}")
+    raise ValueError(f'frame_map: expected det_scores (D, {num_classes}), found {det_scores.shape}')
   if gt_labels.shape != gt_frames.shape:
-    raise ValueError(f"frame_map: {gt_labels.shape[0]} ground-truth labels but "
-                     f"{gt_frames.shape[0]} frames")
-  if protocol == "act":
+    raise ValueError(
+      f'frame_map: {gt_labels.shape[0]} ground-truth labels but {gt_frames.shape[0]} frames'
+    )
+  if protocol == 'act':
     sizes = metrics.UCF101_FRAME_SIZE if frame_sizes is None else frame_sizes
     if gt_frame_sizes is None:
       if np.shape(sizes) != (2,):
-        raise ValueError("frame_map: per-detection frame_sizes need gt_frame_sizes "
-                         "(height, width) or (G, 2) for the ground truth as well")
+        raise ValueError(
+          'frame_map: per-detection frame_sizes need gt_frame_sizes '
+          '(height, width) or (G, 2) for the ground truth as well'
+        )
       gt_frame_sizes = sizes
     det_boxes = metrics.normalized_to_pixels(det_boxes, sizes)
     gt_boxes = metrics.normalized_to_pixels(gt_boxes, gt_frame_sizes)
@@ -254,17 +278,18 @@ def frame_map(det_frames: np.ndarray, det_scores: np.ndarray, det_boxes: np.ndar
   for c in range(num_classes):
     sel = gt_labels == c
     if sel.any():
-      aps[c] = ap_fn(det_frames, det_scores[:, c], det_boxes, gt_frames[sel],
-                     gt_boxes[sel], iou_threshold)
+      aps[c] = ap_fn(
+        det_frames, det_scores[:, c], det_boxes, gt_frames[sel], gt_boxes[sel], iou_threshold
+      )
   with_gt = [int(c) for c in np.nonzero(~np.isnan(aps))[0]]
-  fmap = float(np.mean(aps[with_gt])) if with_gt else float("nan")
-  return {"frame_map": fmap, "per_class_ap": aps, "classes_with_gt": with_gt,
-          "protocol": protocol}
+  fmap = float(np.mean(aps[with_gt])) if with_gt else float('nan')
+  return {'frame_map': fmap, 'per_class_ap': aps, 'classes_with_gt': with_gt, 'protocol': protocol}
 
 
-def class_index_map(dataset_class_names: Sequence[str],
-                    annotated_class_names: Sequence[str] = metrics.UCF101_24_CLASSES
-                    ) -> np.ndarray:
+def class_index_map(
+  dataset_class_names: Sequence[str],
+  annotated_class_names: Sequence[str] = metrics.UCF101_24_CLASSES,
+) -> np.ndarray:
   """`(24,)` index into the dataset's (101) classes of each annotated class, by name.
 
   Raises:
@@ -273,9 +298,11 @@ def class_index_map(dataset_class_names: Sequence[str],
   lookup = {name: i for i, name in enumerate(dataset_class_names)}
   missing = [n for n in annotated_class_names if n not in lookup]
   if missing:
-    raise ValueError(f"class_index_map: annotated classes {missing} not found among "
-                     f"the dataset's {len(lookup)} class names (first: "
-                     f"{list(dataset_class_names)[:3]})")
+    raise ValueError(
+      f'class_index_map: annotated classes {missing} not found among '
+      f"the dataset's {len(lookup)} class names (first: "
+      f'{list(dataset_class_names)[:3]})'
+    )
   return np.array([lookup[n] for n in annotated_class_names], np.int64)
 
 

@@ -26,12 +26,12 @@ from stconsist_jax import tubes as tubes_lib
 from stconsist_jax.data import video_decode
 
 DEFAULT_BATCH_SIZE = 8
-PLACEMENT = ('the clip of frame f holds frames f + (p - T//2) * s, p = 0..T-1, clamped '
-             'to the video')
+PLACEMENT = 'the clip of frame f holds frames f + (p - T//2) * s, p = 0..T-1, clamped to the video'
 
 
-def prepare_frame(frame: np.ndarray, frame_size: int, image_size: int,
-                  bgr: bool = False) -> np.ndarray:
+def prepare_frame(
+  frame: np.ndarray, frame_size: int, image_size: int, bgr: bool = False
+) -> np.ndarray:
   """A frame as the model saw it in training: squashed to frame_size, then image_size.
 
   The dataset build squashes each frame to `frame_size x frame_size` (area averaging
@@ -50,13 +50,13 @@ def prepare_frame(frame: np.ndarray, frame_size: int, image_size: int,
 def clip_offsets(num_frames: int, frame_stride: int = 1) -> np.ndarray:
   """Offsets `(T,)` of a clip's frames from its centre frame (position T // 2)."""
   if num_frames < 1 or frame_stride < 1:
-    raise ValueError(f'clip length and frame stride must be >= 1, got {num_frames} and '
-                     f'{frame_stride}')
+    raise ValueError(
+      f'clip length and frame stride must be >= 1, got {num_frames} and {frame_stride}'
+    )
   return (np.arange(num_frames, dtype=np.int64) - num_frames // 2) * frame_stride
 
 
-def clip_indices(centre: int, num_frames: int, frame_stride: int,
-                 video_frames: int) -> np.ndarray:
+def clip_indices(centre: int, num_frames: int, frame_stride: int, video_frames: int) -> np.ndarray:
   """Frames `(T,)` of the clip centred on `centre`, clamped to the video (as evaluation)."""
   return np.clip(centre + clip_offsets(num_frames, frame_stride), 0, video_frames - 1)
 
@@ -65,12 +65,12 @@ def centre_frames(video_frames: int, every: int = 1) -> np.ndarray:
   """The frames that get their own clip: 0, every, 2 * every, ... and the last frame."""
   if video_frames < 1:
     return np.zeros(0, np.int64)
-  return np.unique(np.r_[np.arange(0, video_frames, every), video_frames - 1]).astype(
-      np.int64)
+  return np.unique(np.r_[np.arange(0, video_frames, every), video_frames - 1]).astype(np.int64)
 
 
-def sliding_windows(frames: Iterable[np.ndarray], num_frames: int, frame_stride: int = 1,
-                    every: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+def sliding_windows(
+  frames: Iterable[np.ndarray], num_frames: int, frame_stride: int = 1, every: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
   """`(centre, clip)` for the centres of `centre_frames`, streaming over `frames`.
 
   Frames are copied into a ring buffer of `(T - 1) * frame_stride + 1` frames, all
@@ -96,8 +96,7 @@ def sliding_windows(frames: Iterable[np.ndarray], num_frames: int, frame_stride:
     if ring is None:
       ring = np.empty((span,) + frame.shape, frame.dtype)
     elif frame.shape != ring.shape[1:]:
-      raise ValueError(f'frame {count} has shape {frame.shape}, the first had '
-                       f'{ring.shape[1:]}')
+      raise ValueError(f'frame {count} has shape {frame.shape}, the first had {ring.shape[1:]}')
     ring[count % span] = frame
     count += 1
     while centre + lookahead <= count - 1:
@@ -113,8 +112,9 @@ def sliding_windows(frames: Iterable[np.ndarray], num_frames: int, frame_stride:
     yield last, clip_of(last, last)
 
 
-def _batches(windows: Iterator[tuple[int, np.ndarray]], size: int
-             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _batches(
+  windows: Iterator[tuple[int, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """`(centres (b,), clips (b, T, H, W, C))` with b <= size (only the last is short)."""
   centres, clips = [], []
   for centre, clip in windows:
@@ -130,6 +130,7 @@ def _batches(windows: Iterator[tuple[int, np.ndarray]], size: int
 @dataclasses.dataclass
 class Detections:
   """The model's outputs on the clips of one video."""
+
   frames: np.ndarray  # int64 (M,): centre frame of each clip, increasing
   logits: np.ndarray  # float32 (M, K)
   boxes: np.ndarray | None  # float32 (M, 4) (x_left, y_top, w, h) normalized; None:
@@ -151,13 +152,26 @@ class FramePredictor:
   head; the mesh to all local devices.
   """
 
-  def __init__(self, model: Any, variables: Mapping[str, Any], *, num_frames: int,
-               frame_size: int, image_size: int, frame_stride: int = 1,
-               batch_size: int = DEFAULT_BATCH_SIZE, with_boxes: bool | None = None,
-               mesh: Any = None):
-    for name, value in (('num_frames', num_frames), ('frame_size', frame_size),
-                        ('image_size', image_size), ('frame_stride', frame_stride),
-                        ('batch_size', batch_size)):
+  def __init__(
+    self,
+    model: Any,
+    variables: Mapping[str, Any],
+    *,
+    num_frames: int,
+    frame_size: int,
+    image_size: int,
+    frame_stride: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    with_boxes: bool | None = None,
+    mesh: Any = None,
+  ):
+    for name, value in (
+      ('num_frames', num_frames),
+      ('frame_size', frame_size),
+      ('image_size', image_size),
+      ('frame_stride', frame_stride),
+      ('batch_size', batch_size),
+    ):
       if int(value) < 1:
         raise ValueError(f'{name} must be >= 1, got {value}')
     self.mesh = distributed.make_mesh(jax.local_devices()) if mesh is None else mesh
@@ -171,17 +185,25 @@ class FramePredictor:
       with_boxes = str(getattr(model, 'box_head', 'none')) != 'none'
     self.with_boxes = bool(with_boxes)
     self.variables = distributed.replicate(
-        {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh)
+      {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh
+    )
     self._predict = evaluate.make_predict_fn(model, self.mesh)
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, model: Any,
-                  variables: Mapping[str, Any], **kwargs: Any) -> FramePredictor:
+  def from_config(
+    cls, config: ml_collections.ConfigDict, model: Any, variables: Mapping[str, Any], **kwargs: Any
+  ) -> FramePredictor:
     """Clip settings from `config.data` (num_frames, frame_stride, frame_size, image_size)."""
     d = config.data
-    return cls(model, variables, num_frames=int(d.num_frames),
-               frame_stride=int(d.get('frame_stride', 1)), frame_size=int(d.frame_size),
-               image_size=int(d.image_size), **kwargs)
+    return cls(
+      model,
+      variables,
+      num_frames=int(d.num_frames),
+      frame_stride=int(d.get('frame_stride', 1)),
+      frame_size=int(d.frame_size),
+      image_size=int(d.image_size),
+      **kwargs,
+    )
 
   @property
   def num_devices(self) -> int:
@@ -199,19 +221,25 @@ class FramePredictor:
 
   def _run(self, clips: np.ndarray) -> Any:
     padded = np.zeros((self.batch_size,) + clips.shape[1:], np.uint8)
-    padded[:len(clips)] = clips
+    padded[: len(clips)] = clips
     sharded = distributed.shard_batch({'clip': padded}, self.mesh)['clip']
     return self._predict(self.variables, sharded)
 
   def _fetch(self, centres: np.ndarray, out: Any) -> dict[str, np.ndarray]:
     host = jax.tree.map(np.asarray, jax.device_get(out))
-    got = {'frames': centres, 'logits': host['logits'][:len(centres)].astype(np.float32)}
+    got = {'frames': centres, 'logits': host['logits'][: len(centres)].astype(np.float32)}
     if self.with_boxes and 'boxes' in host:
-      got['boxes'] = host['boxes'][:len(centres)].astype(np.float32)
+      got['boxes'] = host['boxes'][: len(centres)].astype(np.float32)
     return got
 
-  def detect(self, frames: Iterable[np.ndarray], *, every: int = 1, bgr: bool = False,
-             on_frame: Callable[[np.ndarray], None] | None = None) -> Detections:
+  def detect(
+    self,
+    frames: Iterable[np.ndarray],
+    *,
+    every: int = 1,
+    bgr: bool = False,
+    on_frame: Callable[[np.ndarray], None] | None = None,
+  ) -> Detections:
     """Runs the model on a clip centred on every `every`-th frame (and the last one).
 
     Args:
@@ -243,32 +271,43 @@ class FramePredictor:
     if pending is not None:
       chunks.append(self._fetch(*pending))
     if not chunks:
-      return Detections(np.zeros(0, np.int64), np.zeros((0, 0), np.float32),
-                        None, count[0])
-    boxes = (np.concatenate([c['boxes'] for c in chunks])
-             if all('boxes' in c for c in chunks) else None)
-    return Detections(np.concatenate([c['frames'] for c in chunks]),
-                      np.concatenate([c['logits'] for c in chunks]), boxes, count[0])
+      return Detections(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), None, count[0])
+    boxes = (
+      np.concatenate([c['boxes'] for c in chunks]) if all('boxes' in c for c in chunks) else None
+    )
+    return Detections(
+      np.concatenate([c['frames'] for c in chunks]),
+      np.concatenate([c['logits'] for c in chunks]),
+      boxes,
+      count[0],
+    )
 
 
-def detect_frames(config: ml_collections.ConfigDict, model: Any,
-                  variables: Mapping[str, Any], frames: Iterable[np.ndarray], *,
-                  every: int = 1, bgr: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
-                  mesh: Any = None) -> FrameResults:
+def detect_frames(
+  config: ml_collections.ConfigDict,
+  model: Any,
+  variables: Mapping[str, Any],
+  frames: Iterable[np.ndarray],
+  *,
+  every: int = 1,
+  bgr: bool = False,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  mesh: Any = None,
+) -> FrameResults:
   """Dense per-frame boxes and class probabilities of `model` on a frame iterator.
 
   The one-call form of `FramePredictor(...).detect` + `densify`: clip settings from
   `config.data`; frames uint8 `(H, W, 3)` RGB (BGR with `bgr`) of any size. Builds a new
   jitted function per call: for many videos keep one FramePredictor.
   """
-  predictor = FramePredictor.from_config(config, model, variables, batch_size=batch_size,
-                                         mesh=mesh)
+  predictor = FramePredictor.from_config(config, model, variables, batch_size=batch_size, mesh=mesh)
   return densify(predictor.detect(frames, every=every, bgr=bgr))
 
 
 @dataclasses.dataclass
 class FrameResults:
   """One box and one class distribution per frame of a video."""
+
   boxes: np.ndarray | None  # float64 (F, 4) corners x1, y1, x2, y2 normalized; None:
   #   classification only
   probs: np.ndarray  # float64 (F, K) softmax probabilities
@@ -286,8 +325,9 @@ def densify(detections: Detections) -> FrameResults:
   predicted[detections.frames] = True
   if not len(detections.frames):
     k = detections.logits.shape[1]
-    return FrameResults(None if detections.boxes is None else np.zeros((n, 4)),
-                        np.zeros((n, k)), predicted)
+    return FrameResults(
+      None if detections.boxes is None else np.zeros((n, 4)), np.zeros((n, k)), predicted
+    )
   if detections.boxes is None:
     full = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (len(detections.frames), 1))
     _, probs = tubes_lib.fill_one_box(detections.frames, full, detections.probs, n)
@@ -297,8 +337,7 @@ def densify(detections: Detections) -> FrameResults:
   return FrameResults(boxes, probs, predicted)
 
 
-def link_tubes(results: FrameResults, linking: Any,
-               size: tuple[int, int] = (1, 1)) -> list[Any]:
+def link_tubes(results: FrameResults, linking: Any, size: tuple[int, int] = (1, 1)) -> list[Any]:
   """Action tubes of one video (`tubes.link_video`), boxes in pixels of `size` (h, w).
 
   Sorted by score, best first; empty for a classifier without boxes. Only classes whose
@@ -313,7 +352,5 @@ def link_tubes(results: FrameResults, linking: Any,
   classes = np.nonzero(results.probs.max(0) >= float(linking.min_score))[0]
   if not len(classes):
     return []
-  found = tubes_lib.link_video(frames, boxes[:, None], results.probs[:, None, classes],
-                               linking)
-  return [tubes_lib.Tube(int(classes[t.label]), t.frames, t.boxes, t.scores)
-          for t in found]
+  found = tubes_lib.link_video(frames, boxes[:, None], results.probs[:, None, classes], linking)
+  return [tubes_lib.Tube(int(classes[t.label]), t.frames, t.boxes, t.scores) for t in found]

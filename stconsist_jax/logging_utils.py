@@ -26,8 +26,7 @@ T = TypeVar('T')
 METRICS_FILENAME = 'metrics.jsonl'
 TENSORBOARD_DIR = 'tensorboard'
 PROFILE_DIR = 'profile'
-CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'con_weight', 'accuracy', 'iou',
-                'lr')
+CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'con_weight', 'accuracy', 'iou', 'lr')
 
 
 # Libraries whose INFO records (one per checkpoint event, shard, backend probe, ...)
@@ -40,19 +39,21 @@ QUIET_LIBRARIES = ('/orbax/', '/tensorflow_datasets/', '/etils/', '/jax/_src/')
 # And TFDS warns for every builder config not registered in advance, though the project
 # makes them on purpose (any frame size, any class list).
 LIBRARY_SELF_WARNINGS = (
-    ('/tensorflow_datasets/', '`FeatureConnector.dtype` is deprecated'),
-    ('/tensorflow_datasets/', 'Using custom data configuration'),
-    # Orbax, tracking the best step, warns for every save without metrics, though only
-    # evaluated steps have any.
-    ('/orbax/', 'Requested `tracked_metric`; did not provide metrics'))
+  ('/tensorflow_datasets/', '`FeatureConnector.dtype` is deprecated'),
+  ('/tensorflow_datasets/', 'Using custom data configuration'),
+  # Orbax, tracking the best step, warns for every save without metrics, though only
+  # evaluated steps have any.
+  ('/orbax/', 'Requested `tracked_metric`; did not provide metrics'),
+)
 
 
 class _DropLibraryInfo:
   """absl handler filter: keeps WARNING and above from `QUIET_LIBRARIES`, all else."""
 
   def filter(self, record: Any) -> bool:
-    if any(lib in record.pathname and text in str(record.msg)
-           for lib, text in LIBRARY_SELF_WARNINGS):
+    if any(
+      lib in record.pathname and text in str(record.msg) for lib, text in LIBRARY_SELF_WARNINGS
+    ):
       return False
     if record.levelno >= logging.converter.ABSL_TO_STANDARD[logging.WARNING]:
       return True
@@ -85,6 +86,7 @@ def cpu_model() -> str:
   except OSError:
     pass
   import platform  # pylint: disable=g-import-not-at-top
+
   return platform.processor() or platform.machine()
 
 
@@ -95,8 +97,14 @@ def _format_seconds(seconds: float) -> str:
   return f'{h}:{m:02d}:{s:02d}'
 
 
-def progress(items: Iterable[T], total: int | None, desc: str, *,
-             enabled: bool = True, log_every_s: float = 30.0) -> Iterator[T]:
+def progress(
+  items: Iterable[T],
+  total: int | None,
+  desc: str,
+  *,
+  enabled: bool = True,
+  log_every_s: float = 30.0,
+) -> Iterator[T]:
   """Yields `items`, showing progress with an ETA: a tqdm bar on a TTY, else log lines.
 
   Without a TTY a line is logged at most every `log_every_s` seconds and at the end, so
@@ -107,6 +115,7 @@ def progress(items: Iterable[T], total: int | None, desc: str, *,
     return
   if sys.stderr.isatty():
     import tqdm  # pylint: disable=g-import-not-at-top
+
     yield from tqdm.tqdm(items, total=total, desc=desc, unit='batch', dynamic_ncols=True)
     return
   start = last = time.monotonic()
@@ -119,12 +128,17 @@ def progress(items: Iterable[T], total: int | None, desc: str, *,
       last = now
       rate = done / max(now - start, 1e-9)
       if total:
-        logging.info('%s: %d/%d batches (%.0f%%), %s elapsed, ETA %s', desc, done, total,
-                     100 * done / total, _format_seconds(now - start),
-                     _format_seconds((total - done) / max(rate, 1e-9)))
+        logging.info(
+          '%s: %d/%d batches (%.0f%%), %s elapsed, ETA %s',
+          desc,
+          done,
+          total,
+          100 * done / total,
+          _format_seconds(now - start),
+          _format_seconds((total - done) / max(rate, 1e-9)),
+        )
       else:
-        logging.info('%s: %d batches, %s elapsed', desc, done,
-                     _format_seconds(now - start))
+        logging.info('%s: %d batches, %s elapsed', desc, done, _format_seconds(now - start))
 
 
 class JsonlWriter:
@@ -170,8 +184,11 @@ def tensorboard_writer(logdir: str | os.PathLike) -> Any | None:
   except ImportError as e:
     if not _warned_no_tensorboard:
       _warned_no_tensorboard = True
-      logging.warning('No TensorBoard summaries (%s): training metrics go to the console '
-                      'and %s only', e, METRICS_FILENAME)
+      logging.warning(
+        'No TensorBoard summaries (%s): training metrics go to the console and %s only',
+        e,
+        METRICS_FILENAME,
+      )
     return None
   return metric_writers.SummaryWriter(os.fspath(logdir))
 
@@ -209,9 +226,10 @@ def interval_line(step: int, total_steps: int, means: Mapping[str, float]) -> st
   """The console line of a logging interval: step, losses, speed, input share, ETA."""
   eta = (total_steps - step) / max(means['steps_per_sec'], 1e-9)
   parts = [f'{k}={means[k]:.4g}' for k in CONSOLE_KEYS if k in means]
-  return (f'step {step}/{total_steps} ' + ' '.join(parts) +
-          f" clips/s={means['clips_per_s']:.1f} "
-          f"input={100 * means['input_wait_fraction']:.0f}% ETA {_format_seconds(eta)}")
+  return (
+    f'step {step}/{total_steps} ' + ' '.join(parts) + f' clips/s={means["clips_per_s"]:.1f} '
+    f'input={100 * means["input_wait_fraction"]:.0f}% ETA {_format_seconds(eta)}'
+  )
 
 
 class MetricLogger:
@@ -224,8 +242,16 @@ class MetricLogger:
     workdir: where `metrics.jsonl` and the TensorBoard event files go (local or bucket).
   """
 
-  def __init__(self, workdir: str | os.PathLike, *, total_steps: int, start_step: int,
-               batch_size: int, enabled: bool = True, progress_bar: bool | None = None):
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    total_steps: int,
+    start_step: int,
+    batch_size: int,
+    enabled: bool = True,
+    progress_bar: bool | None = None,
+  ):
     self.workdir = epath.Path(workdir)
     self.enabled = enabled
     self._total_steps = total_steps
@@ -243,8 +269,8 @@ class MetricLogger:
       progress_bar = sys.stdout.isatty()
     if progress_bar:
       import tqdm  # pylint: disable=g-import-not-at-top
-      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step',
-                            dynamic_ncols=True)
+
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
 
   def timed(self, name: str) -> contextlib.AbstractContextManager[None]:
     """Context whose wall time counts as `name` (e.g. 'input') in the interval's split."""
@@ -260,7 +286,7 @@ class MetricLogger:
     if self._bar is not None and records:
       self._bar.update(len(records))
       last = self._interval[-1]
-      self._bar.set_postfix(loss=f"{last.get('loss', float('nan')):.4f}")
+      self._bar.set_postfix(loss=f'{last.get("loss", float("nan")):.4f}')
 
   def write_interval(self, step: int) -> dict[str, float]:
     """Console line + TensorBoard scalars of the mean over the steps since the last call.
@@ -292,8 +318,9 @@ class MetricLogger:
     if not self.enabled:
       return
     values = {k: float(np.asarray(v)) for k, v in metrics.items()}
-    logging.info('eval step %d: %s', step,
-                 ' '.join(f'{k}={v:.4g}' for k, v in sorted(values.items())))
+    logging.info(
+      'eval step %d: %s', step, ' '.join(f'{k}={v:.4g}' for k, v in sorted(values.items()))
+    )
     if self._tensorboard is not None:
       self._tensorboard.write_scalars(step, {f'eval/{k}': v for k, v in values.items()})
 
@@ -319,8 +346,7 @@ class StepProfiler:
   starts after `first`. View the trace with TensorBoard's profile plugin or Perfetto.
   """
 
-  def __init__(self, workdir: str | os.PathLike, first: int, num: int, *,
-               enabled: bool = True):
+  def __init__(self, workdir: str | os.PathLike, first: int, num: int, *, enabled: bool = True):
     self.logdir = epath.Path(workdir) / PROFILE_DIR
     self._first = first
     self._last = first + num - 1
@@ -342,8 +368,7 @@ class StepProfiler:
     if self._tracing:
       jax.profiler.stop_trace()
       self._tracing = False
-      logging.info('Profile of steps %d-%d written to %s', self._first, self._last,
-                   self.logdir)
+      logging.info('Profile of steps %d-%d written to %s', self._first, self._last, self.logdir)
 
 
 def drop_partial_last_line(text: str, source: str | os.PathLike = '') -> str:
@@ -354,8 +379,11 @@ def drop_partial_last_line(text: str, source: str | os.PathLike = '') -> str:
   if not text or text.endswith('\n'):
     return text
   cut = text.rfind('\n') + 1
-  logging.warning('%s: dropping a partly written last line (%d bytes) left by an '
-                  'interrupted run', source, len(text[cut:].encode('utf-8')))
+  logging.warning(
+    '%s: dropping a partly written last line (%d bytes) left by an interrupted run',
+    source,
+    len(text[cut:].encode('utf-8')),
+  )
   return text[:cut]
 
 

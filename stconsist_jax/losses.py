@@ -13,11 +13,10 @@ import jax.numpy as jnp
 Array = jax.Array
 Scalar = float | Array
 
-CLASSIFICATION_CONSISTENCY_KINDS = ("js", "csd")
+CLASSIFICATION_CONSISTENCY_KINDS = ('js', 'csd')
 
 
-def softmax_cross_entropy(logits: Array, labels: Array,
-                          weights: Array | None = None) -> Array:
+def softmax_cross_entropy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
   """Weighted mean of the softmax cross-entropy.
 
   Args:
@@ -52,8 +51,7 @@ def box_mse(pred: Array, target: Array, mask: Array) -> Array:
   mask_f = mask.astype(jnp.float32)
   # The difference is masked before squaring (not the square after) so that garbage
   # targets on masked rows, even NaN, reach neither the value nor the gradient.
-  diff = jnp.where(mask[:, None],
-                   pred.astype(jnp.float32) - target.astype(jnp.float32), 0.0)
+  diff = jnp.where(mask[:, None], pred.astype(jnp.float32) - target.astype(jnp.float32), 0.0)
   per_clip = jnp.mean(jnp.square(diff), axis=-1)
   return jnp.sum(per_clip) / jnp.maximum(jnp.sum(mask_f), 1.0)
 
@@ -97,15 +95,17 @@ def csd_consistency(logits_p: Array, logits_q: Array, eps: float = 1e-7) -> Arra
   return 0.5 * (kl_q_p + kl_p_q)
 
 
-def classification_consistency(logits: Array, logits_flip: Array,
-                               kind: str = "js", eps: float = 1e-7) -> Array:
+def classification_consistency(
+  logits: Array, logits_flip: Array, kind: str = 'js', eps: float = 1e-7
+) -> Array:
   """Per-example classification consistency of the chosen `kind` ('js' or 'csd')."""
-  if kind == "js":
+  if kind == 'js':
     return js_divergence(logits, logits_flip)
-  if kind == "csd":
+  if kind == 'csd':
     return csd_consistency(logits, logits_flip, eps=eps)
-  raise ValueError(f"loss consistency kind: expected one of "
-                   f"{CLASSIFICATION_CONSISTENCY_KINDS}, found {kind!r}")
+  raise ValueError(
+    f'loss consistency kind: expected one of {CLASSIFICATION_CONSISTENCY_KINDS}, found {kind!r}'
+  )
 
 
 def box_consistency(boxes: Array, boxes_flip: Array) -> Array:
@@ -124,13 +124,14 @@ def box_consistency(boxes: Array, boxes_flip: Array) -> Array:
   xf, yf, wf, hf = jnp.moveaxis(boxes_flip, -1, 0)
   cx, cy = x + w / 2, y + h / 2
   cxf, cyf = xf + wf / 2, yf + hf / 2
-  return (jnp.square(cx - (1.0 - cxf)) + jnp.square(cy - cyf) +
-          jnp.square(w - wf) + jnp.square(h - hf)) / 4.0
+  return (
+    jnp.square(cx - (1.0 - cxf)) + jnp.square(cy - cyf) + jnp.square(w - wf) + jnp.square(h - hf)
+  ) / 4.0
 
 
-def consistency_ramp(step: int | Array, rampup_steps: int,
-                     total_steps: int | None = None,
-                     rampdown_steps: int = 0) -> Array:
+def consistency_ramp(
+  step: int | Array, rampup_steps: int, total_steps: int | None = None, rampdown_steps: int = 0
+) -> Array:
   """The consistency weight w(t) of CSD-SSD (its `rampweight`), in steps.
 
   w(0) = 0; w(t) = exp(-5 (1 - t / T_up)^2) for 0 < t < T_up; else, with
@@ -149,10 +150,12 @@ def consistency_ramp(step: int | Array, rampup_steps: int,
     A float32 scalar in [0, 1].
   """
   if rampup_steps < 0 or rampdown_steps < 0:
-    raise ValueError(f"consistency ramp: expected rampup_steps >= 0 and "
-                     f"rampdown_steps >= 0, found {rampup_steps}, {rampdown_steps}")
+    raise ValueError(
+      f'consistency ramp: expected rampup_steps >= 0 and '
+      f'rampdown_steps >= 0, found {rampup_steps}, {rampdown_steps}'
+    )
   if rampdown_steps > 0 and total_steps is None:
-    raise ValueError("consistency ramp: rampdown_steps > 0 needs total_steps")
+    raise ValueError('consistency ramp: rampdown_steps > 0 needs total_steps')
   t = jnp.asarray(step, jnp.float32)
   w = jnp.float32(1.0)
   if rampup_steps > 0:
@@ -166,8 +169,7 @@ def consistency_ramp(step: int | Array, rampup_steps: int,
   return w.astype(jnp.float32)
 
 
-def total_loss(terms: Mapping[str, Array],
-               weights: Mapping[str, Scalar]) -> Array:
+def total_loss(terms: Mapping[str, Array], weights: Mapping[str, Scalar]) -> Array:
   """sum_k weights[k] * terms[k], e.g. L = cls + loc + w(t) * con.
 
   Every term needs a weight (a float or a traced scalar such as w(t) * lambda_con);
@@ -175,8 +177,9 @@ def total_loss(terms: Mapping[str, Array],
   """
   missing = sorted(set(terms) - set(weights))
   if missing:
-    raise KeyError(f"total_loss: no weight for term(s) {missing}; weights given for "
-                   f"{sorted(weights)}")
+    raise KeyError(
+      f'total_loss: no weight for term(s) {missing}; weights given for {sorted(weights)}'
+    )
   total = jnp.float32(0.0)
   for name in sorted(terms):
     total = total + jnp.asarray(weights[name], jnp.float32) * terms[name]

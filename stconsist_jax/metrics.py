@@ -15,11 +15,31 @@ from stconsist_jax import boxes as boxes_lib
 
 # The 24 annotated classes of UCF101-24 in label order (0..23).
 UCF101_24_CLASSES: tuple[str, ...] = (
-    "Basketball", "BasketballDunk", "Biking", "CliffDiving", "CricketBowling",
-    "Diving", "Fencing", "FloorGymnastics", "GolfSwing", "HorseRiding", "IceDancing",
-    "LongJump", "PoleVault", "RopeClimbing", "SalsaSpin", "SkateBoarding", "Skiing",
-    "Skijet", "SoccerJuggling", "Surfing", "TennisSwing", "TrampolineJumping",
-    "VolleyballSpiking", "WalkingWithDog")
+  'Basketball',
+  'BasketballDunk',
+  'Biking',
+  'CliffDiving',
+  'CricketBowling',
+  'Diving',
+  'Fencing',
+  'FloorGymnastics',
+  'GolfSwing',
+  'HorseRiding',
+  'IceDancing',
+  'LongJump',
+  'PoleVault',
+  'RopeClimbing',
+  'SalsaSpin',
+  'SkateBoarding',
+  'Skiing',
+  'Skijet',
+  'SoccerJuggling',
+  'Surfing',
+  'TennisSwing',
+  'TrampolineJumping',
+  'VolleyballSpiking',
+  'WalkingWithDog',
+)
 
 # (height, width) of every UCF-101 video: the default pixel grid of the ACT protocol.
 UCF101_FRAME_SIZE: tuple[int, int] = (240, 320)
@@ -30,7 +50,7 @@ def _valid_mask(n: int, valid: np.ndarray | None) -> np.ndarray:
     return np.ones(n, bool)
   valid = np.asarray(valid).astype(bool)
   if valid.shape != (n,):
-    raise ValueError(f"valid mask: expected shape ({n},), found {valid.shape}")
+    raise ValueError(f'valid mask: expected shape ({n},), found {valid.shape}')
   return valid
 
 
@@ -55,25 +75,28 @@ def topk_correct(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> np.ndarr
   scores = np.asarray(scores)
   labels = np.asarray(labels)
   if scores.ndim != 2 or labels.shape != scores.shape[:1]:
-    raise ValueError(f"topk_correct: expected scores (N, K) and labels (N,), found "
-                     f"{scores.shape} and {labels.shape}")
-  order = np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    raise ValueError(
+      f'topk_correct: expected scores (N, K) and labels (N,), found '
+      f'{scores.shape} and {labels.shape}'
+    )
+  order = np.argsort(-scores, axis=-1, kind='stable')[:, :k]
   return np.any(order == labels[:, None], axis=-1)
 
 
-def accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1,
-             valid: np.ndarray | None = None) -> float:
+def accuracy(
+  scores: np.ndarray, labels: np.ndarray, k: int = 1, valid: np.ndarray | None = None
+) -> float:
   """Top-k accuracy over the valid rows (NaN when there are none)."""
   correct = topk_correct(scores, labels, k)
   mask = _valid_mask(correct.shape[0], valid)
   if not mask.any():
-    return float("nan")
+    return float('nan')
   return float(np.mean(correct[mask]))
 
 
-def video_predictions(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray,
-                      valid: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def video_predictions(
+  probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Averages the clip class probabilities of each video.
 
   Returns:
@@ -94,31 +117,36 @@ def video_predictions(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarr
   vlabels[inverse] = labels
   if np.any(vlabels[inverse] != labels):
     bad = vids[np.unique(inverse[vlabels[inverse] != labels])]
-    raise ValueError(f"video_predictions: clips of video(s) {bad[:5].tolist()} carry "
-                     "different labels")
+    raise ValueError(
+      f'video_predictions: clips of video(s) {bad[:5].tolist()} carry different labels'
+    )
   return vids, sums / counts[:, None], vlabels
 
 
-def video_accuracy(probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray,
-                   valid: np.ndarray | None = None) -> float:
+def video_accuracy(
+  probs: np.ndarray, labels: np.ndarray, video_ids: np.ndarray, valid: np.ndarray | None = None
+) -> float:
   """Top-1 accuracy of the clip-averaged softmax per video (NaN with no videos)."""
   _, mean_probs, vlabels = video_predictions(probs, labels, video_ids, valid)
   if len(vlabels) == 0:
-    return float("nan")
+    return float('nan')
   return float(np.mean(topk_correct(mean_probs, vlabels, 1)))
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int,
-                     valid: np.ndarray | None = None) -> np.ndarray:
+def confusion_matrix(
+  labels: np.ndarray, predictions: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+) -> np.ndarray:
   """`(K, K)` int64 counts, rows = true class, columns = predicted class."""
   labels = np.asarray(labels, np.int64)
   predictions = np.asarray(predictions, np.int64)
   mask = _valid_mask(labels.shape[0], valid)
   labels, predictions = labels[mask], predictions[mask]
-  for name, arr in (("labels", labels), ("predictions", predictions)):
+  for name, arr in (('labels', labels), ('predictions', predictions)):
     if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-      raise ValueError(f"confusion_matrix: {name} must lie in [0, {num_classes}), "
-                       f"found range [{arr.min()}, {arr.max()}]")
+      raise ValueError(
+        f'confusion_matrix: {name} must lie in [0, {num_classes}), '
+        f'found range [{arr.min()}, {arr.max()}]'
+      )
   cm = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(cm, (labels, predictions), 1)
   return cm
@@ -128,7 +156,7 @@ def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
   """Recall per true class from a confusion matrix; NaN for classes with no samples."""
   confusion = np.asarray(confusion, np.float64)
   totals = confusion.sum(axis=1)
-  with np.errstate(invalid="ignore", divide="ignore"):
+  with np.errstate(invalid='ignore', divide='ignore'):
     return np.where(totals > 0, np.diag(confusion) / totals, np.nan)
 
 
@@ -140,13 +168,11 @@ def box_iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
   """`(N,)` IoU of matching rows of two `(N, 4)` arrays of `(x, y, w, h)` boxes, float64."""
   pred, target = np.asarray(pred), np.asarray(target)
   if pred.shape != target.shape or pred.ndim != 2 or pred.shape[-1:] != (4,):
-    raise ValueError(f"box_iou: expected two (N, 4) arrays, found {pred.shape} and "
-                     f"{target.shape}")
+    raise ValueError(f'box_iou: expected two (N, 4) arrays, found {pred.shape} and {target.shape}')
   return boxes_lib.iou_xywh(pred.astype(np.float64), target.astype(np.float64))
 
 
-def normalized_to_pixels(boxes: np.ndarray, frame_sizes: Any = UCF101_FRAME_SIZE
-                         ) -> np.ndarray:
+def normalized_to_pixels(boxes: np.ndarray, frame_sizes: Any = UCF101_FRAME_SIZE) -> np.ndarray:
   """Normalized corner boxes -> pixel corner boxes (x times width, y times height).
 
   The inverse of how annotations are normalized (pixel coordinate / frame size), so
@@ -162,19 +188,21 @@ def normalized_to_pixels(boxes: np.ndarray, frame_sizes: Any = UCF101_FRAME_SIZE
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   sizes = np.asarray(frame_sizes, np.float64)
   if sizes.shape != (2,) and sizes.shape != (boxes.shape[0], 2):
-    raise ValueError(f"normalized_to_pixels: frame_sizes must be (height, width) or "
-                     f"({boxes.shape[0]}, 2), found shape {sizes.shape}")
+    raise ValueError(
+      f'normalized_to_pixels: frame_sizes must be (height, width) or '
+      f'({boxes.shape[0]}, 2), found shape {sizes.shape}'
+    )
   if sizes.size and not np.all(sizes > 0):
-    raise ValueError("normalized_to_pixels: frame sizes must be positive, found "
-                     f"min {sizes.min()}")
+    raise ValueError(f'normalized_to_pixels: frame sizes must be positive, found min {sizes.min()}')
   h, w = sizes[..., 0], sizes[..., 1]
   return boxes * np.stack([w, h, w, h], axis=-1)
 
 
-def mean_iou(pred: np.ndarray, target: np.ndarray, has_box: np.ndarray,
-             valid: np.ndarray | None = None) -> float:
+def mean_iou(
+  pred: np.ndarray, target: np.ndarray, has_box: np.ndarray, valid: np.ndarray | None = None
+) -> float:
   """Mean IoU over the (valid) clips that have a box target; NaN when none do."""
   has_box = np.asarray(has_box).astype(bool) & _valid_mask(len(has_box), valid)
   if not has_box.any():
-    return float("nan")
+    return float('nan')
   return float(np.mean(box_iou(np.asarray(pred)[has_box], np.asarray(target)[has_box])))

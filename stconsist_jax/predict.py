@@ -54,6 +54,7 @@ MAX_TUBES = 10  # Tubes kept per video (JSON and drawing), best first; 0: all.
 @dataclasses.dataclass
 class Loaded:
   """A restored model ready to predict, with what the output records say about it."""
+
   predictor: frame_predictor.FramePredictor
   config: ml_collections.ConfigDict
   class_names: list[str]
@@ -72,8 +73,9 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: Sequence[str]
+) -> ml_collections.ConfigDict:
   """Sets `a.b.c=value` entries (Python literals, else strings); missing groups are made."""
   for item in overrides:
     key, eq, text = item.partition('=')
@@ -105,41 +107,59 @@ def generic_class_names(num_classes: int) -> list[str]:
   return [f'class_{i}' for i in range(num_classes)]
 
 
-def class_names_for(config: ml_collections.ConfigDict | None, num_classes: int,
-                    names_file: str | os.PathLike | None = None) -> list[str]:
+def class_names_for(
+  config: ml_collections.ConfigDict | None,
+  num_classes: int,
+  names_file: str | os.PathLike | None = None,
+) -> list[str]:
   """Class names: a file (one per line), the config's dataset, else `class_<i>`.
 
   The dataset's names are read only when it is reachable (its TFDS build exists) and
   has `num_classes` labels; anything else falls back to generic names with a warning.
   """
   if names_file:
-    names = [line.strip() for line in fileio.as_path(names_file).read_text().splitlines()
-             if line.strip()]
+    names = [
+      line.strip() for line in fileio.as_path(names_file).read_text().splitlines() if line.strip()
+    ]
     if len(names) != num_classes:
-      raise ValueError(f'--class_names {names_file}: {len(names)} names for a model of '
-                       f'{num_classes} classes')
+      raise ValueError(
+        f'--class_names {names_file}: {len(names)} names for a model of {num_classes} classes'
+      )
     return names
   data = config.get('data', None) if config is not None else None
   if data is None or data.get('name', 'random') in ('random', ''):
     return generic_class_names(num_classes)
   try:
     from stconsist_jax.data import sources  # pylint: disable=g-import-not-at-top
+
     names = sources.label_names(data)
   except Exception as e:  # pylint: disable=broad-except
-    logging.warning('Class names: dataset %r not readable (%s); using class_<i>',
-                    data.get('name'), ' '.join(str(e).split())[:200])
+    logging.warning(
+      'Class names: dataset %r not readable (%s); using class_<i>',
+      data.get('name'),
+      ' '.join(str(e).split())[:200],
+    )
     return generic_class_names(num_classes)
   if len(names) != num_classes:
-    logging.warning('Class names: the dataset has %d, the model %d classes; using '
-                    'class_<i>', len(names), num_classes)
+    logging.warning(
+      'Class names: the dataset has %d, the model %d classes; using class_<i>',
+      len(names),
+      num_classes,
+    )
     return generic_class_names(num_classes)
   return [str(n) for n in names]
 
 
-def load(workdir: str | os.PathLike | None = None, step: int | str = 'latest', *,
-         init_from: str | os.PathLike | None = None, overrides: Sequence[str] = (),
-         batch_size: int | None = None, names_file: str | os.PathLike | None = None,
-         mesh: Any = None) -> Loaded:
+def load(
+  workdir: str | os.PathLike | None = None,
+  step: int | str = 'latest',
+  *,
+  init_from: str | os.PathLike | None = None,
+  overrides: Sequence[str] = (),
+  batch_size: int | None = None,
+  names_file: str | os.PathLike | None = None,
+  mesh: Any = None,
+) -> Loaded:
   """Restores a trained detector of a workdir, or a converted classifier (`init_from`).
 
   With `init_from`, the classifier of that converted checkpoint predicts class scores
@@ -147,43 +167,68 @@ def load(workdir: str | os.PathLike | None = None, step: int | str = 'latest', *
   given, else DEFAULT_DATA. `overrides` ('key.path=value') change the config first.
   """
   if workdir is None and not init_from:
-    raise ValueError('give --workdir (a training workdir) or --init_from (a directory '
-                     'written by tools/convert_torch_weights.py)')
-  config = config_lib.load(workdir) if workdir is not None else ml_collections.ConfigDict(
-      {'data': dict(DEFAULT_DATA), 'model': {}, 'eval': {}})
+    raise ValueError(
+      'give --workdir (a training workdir) or --init_from (a directory '
+      'written by tools/convert_torch_weights.py)'
+    )
+  config = (
+    config_lib.load(workdir)
+    if workdir is not None
+    else ml_collections.ConfigDict({'data': dict(DEFAULT_DATA), 'model': {}, 'eval': {}})
+  )
   apply_overrides(config, overrides)
   _data_settings(config)
   if init_from:
     from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+
     model, variables = models.load_pretrained(str(init_from))
     variables = jax.tree.map(np.asarray, jax.device_get(variables))
     if 'classifier' not in variables['params']:
-      raise ValueError(f'converted checkpoint {init_from} has no classifier (converted '
-                       'with --drop-classifier): it cannot score classes')
+      raise ValueError(
+        f'converted checkpoint {init_from} has no classifier (converted '
+        'with --drop-classifier): it cannot score classes'
+      )
     num_classes = int(model.num_classes)
-    arch = ml_collections.ConfigDict(dict(model.backbone_kwargs, num_classes=num_classes,
-                                          box_head='none'))
-    info = {'source': 'init_from', 'path': str(init_from), 'step': evaluate.INIT_FROM,
-            'architecture': reports.describe_model(arch), 'classification_only': True,
-            'num_classes': num_classes, 'config_hash': None}
+    arch = ml_collections.ConfigDict(
+      dict(model.backbone_kwargs, num_classes=num_classes, box_head='none')
+    )
+    info = {
+      'source': 'init_from',
+      'path': str(init_from),
+      'step': evaluate.INIT_FROM,
+      'architecture': reports.describe_model(arch),
+      'classification_only': True,
+      'num_classes': num_classes,
+      'config_hash': None,
+    }
     with_boxes = False
-    names_config = config if workdir is not None and int(
-        config.model.get('num_classes', -1)) == num_classes else None
+    names_config = (
+      config
+      if workdir is not None and int(config.model.get('num_classes', -1)) == num_classes
+      else None
+    )
   else:
     restored = evaluate.restore(config, workdir, step)
     model, variables = restored.model, restored.variables
     num_classes = int(config.model.num_classes)
     with_boxes = not restored.classification_only
-    info = {'source': 'workdir', 'path': str(workdir), 'step': restored.step,
-            'architecture': reports.describe_model(config.model),
-            'classification_only': not with_boxes, 'num_classes': num_classes,
-            'config_hash': reports.config_hash(config)}
+    info = {
+      'source': 'workdir',
+      'path': str(workdir),
+      'step': restored.step,
+      'architecture': reports.describe_model(config.model),
+      'classification_only': not with_boxes,
+      'num_classes': num_classes,
+      'config_hash': reports.config_hash(config),
+    }
     names_config = config
   if batch_size is None:
-    batch_size = int((config.get('eval', None) or {}).get(
-        'batch_size', frame_predictor.DEFAULT_BATCH_SIZE))
+    batch_size = int(
+      (config.get('eval', None) or {}).get('batch_size', frame_predictor.DEFAULT_BATCH_SIZE)
+    )
   predictor = frame_predictor.FramePredictor.from_config(
-      config, model, variables, batch_size=batch_size, with_boxes=with_boxes, mesh=mesh)
+    config, model, variables, batch_size=batch_size, with_boxes=with_boxes, mesh=mesh
+  )
   names = class_names_for(names_config, num_classes, names_file)
   return Loaded(predictor, config, names, tubes_lib.linking_config(config), info)
 
@@ -195,6 +240,7 @@ def load(workdir: str | os.PathLike | None = None, step: int | str = 'latest', *
 @dataclasses.dataclass
 class VideoResult:
   """What predicting one video produced."""
+
   name: str
   record: dict[str, Any]
   json_path: epath.Path
@@ -203,10 +249,18 @@ class VideoResult:
   tubes: list[Any]
 
 
-def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  name: str | None = None, every: int = 1, top_k: int = 5,
-                  max_tubes: int = MAX_TUBES, write_annotated: bool = True,
-                  progress: bool = True) -> VideoResult:
+def predict_video(
+  loaded: Loaded,
+  video: str | os.PathLike,
+  out_dir: str | os.PathLike,
+  *,
+  name: str | None = None,
+  every: int = 1,
+  top_k: int = 5,
+  max_tubes: int = MAX_TUBES,
+  write_annotated: bool = True,
+  progress: bool = True,
+) -> VideoResult:
   """Predicts one video and writes OUT/<name>.json (and OUT/<name>.mp4).
 
   Args:
@@ -239,8 +293,14 @@ def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.Pa
     mp4_path = out_dir / f'{name}_pred.mp4'
   cap, info = video_files.open_video(video)
   shape = []
-  bar = tqdm.tqdm(total=info.reported_frames or None, unit='frame', desc=name,
-                  disable=not progress, leave=False, dynamic_ncols=True)
+  bar = tqdm.tqdm(
+    total=info.reported_frames or None,
+    unit='frame',
+    desc=name,
+    disable=not progress,
+    leave=False,
+    dynamic_ncols=True,
+  )
 
   def on_frame(frame):
     if not shape:
@@ -249,8 +309,9 @@ def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.Pa
 
   start = time.perf_counter()
   try:
-    detections = loaded.predictor.detect(video_files.read_frames(cap), every=every,
-                                         bgr=True, on_frame=on_frame)
+    detections = loaded.predictor.detect(
+      video_files.read_frames(cap), every=every, bgr=True, on_frame=on_frame
+    )
     if detections.num_frames == 0:
       raise video_files.VideoError('no decodable frames')
     results = frame_predictor.densify(detections)
@@ -259,37 +320,59 @@ def predict_video(loaded: Loaded, video: str | os.PathLike, out_dir: str | os.Pa
     tube_list = found[:max_tubes] if max_tubes > 0 else found
     predict_s = time.perf_counter() - start
     record = prediction_record.make_record(
-        str(video), results, size, info.fps, loaded.class_names, found, tube_list,
-        loaded.model_info,
-        prediction_record.settings(loaded.predictor, loaded.linking, every, top_k,
-                                   max_tubes), top_k)
+      str(video),
+      results,
+      size,
+      info.fps,
+      loaded.class_names,
+      found,
+      tube_list,
+      loaded.model_info,
+      prediction_record.settings(loaded.predictor, loaded.linking, every, top_k, max_tubes),
+      top_k,
+    )
     write_s = 0.0
     written = None
     if write_annotated:
       bar.reset(total=results.num_frames)
       bar.set_description(f'{name} (writing)')
       t0 = time.perf_counter()
-      video_files.write_video(video, mp4_path, results, tube_list, loaded.class_names,
-                              info.fps, on_frame=bar.update)
+      video_files.write_video(
+        video, mp4_path, results, tube_list, loaded.class_names, info.fps, on_frame=bar.update
+      )
       written = mp4_path
       write_s = time.perf_counter() - t0
-    record['timing'] = {'predict_s': round(predict_s, 3), 'write_s': round(write_s, 3),
-                        'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2)}
+    record['timing'] = {
+      'predict_s': round(predict_s, 3),
+      'write_s': round(write_s, 3),
+      'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2),
+    }
     prediction_record.validate_prediction(record)
     fileio.atomic_write(json_path, prediction_record.dumps(record))
   finally:
     bar.close()
   if info.reported_frames and info.reported_frames != results.num_frames:
-    logging.info('%s: the header states %d frames, %d were decoded', video,
-                 info.reported_frames, results.num_frames)
+    logging.info(
+      '%s: the header states %d frames, %d were decoded',
+      video,
+      info.reported_frames,
+      results.num_frames,
+    )
   return VideoResult(name, record, json_path, written, results, tube_list)
 
 
-def predict_all(loaded: Loaded, inputs: Sequence[pathlib.Path], out_dir: str | os.PathLike,
-                *, every: int = 1, top_k: int = 5, max_tubes: int = MAX_TUBES,
-                write_annotated: bool = True, progress: bool = True,
-                report: Callable[[str], None] = print
-                ) -> tuple[list[VideoResult], dict[str, str]]:
+def predict_all(
+  loaded: Loaded,
+  inputs: Sequence[pathlib.Path],
+  out_dir: str | os.PathLike,
+  *,
+  every: int = 1,
+  top_k: int = 5,
+  max_tubes: int = MAX_TUBES,
+  write_annotated: bool = True,
+  progress: bool = True,
+  report: Callable[[str], None] = print,
+) -> tuple[list[VideoResult], dict[str, str]]:
   """Predicts each video; one that fails is reported in one line and skipped.
 
   Returns the results and {video: reason} of the videos skipped.
@@ -297,9 +380,17 @@ def predict_all(loaded: Loaded, inputs: Sequence[pathlib.Path], out_dir: str | o
   done, failed = [], {}
   for path, name in zip(inputs, video_files.output_names(list(inputs))):
     try:
-      result = predict_video(loaded, path, out_dir, name=name, every=every, top_k=top_k,
-                             max_tubes=max_tubes, write_annotated=write_annotated,
-                             progress=progress)
+      result = predict_video(
+        loaded,
+        path,
+        out_dir,
+        name=name,
+        every=every,
+        top_k=top_k,
+        max_tubes=max_tubes,
+        write_annotated=write_annotated,
+        progress=progress,
+      )
     except (video_files.VideoError, cv2.error, OSError) as e:
       reason = ' '.join(str(e).split()) or type(e).__name__
       failed[str(path)] = reason
@@ -307,10 +398,12 @@ def predict_all(loaded: Loaded, inputs: Sequence[pathlib.Path], out_dir: str | o
       continue
     timing = result.record['timing']
     top = result.record['top5'][0]
-    report(f'{path}: {result.record["num_frames"]} frames in {timing["predict_s"]:.2f} s '
-           f'({timing["frames_per_s"]:.1f} frames/s; writing {timing["write_s"]:.2f} s), '
-           f'{len(result.tubes)} tubes, top class {top["class"]} {top["score"]:.3f} '
-           f'-> {result.json_path}')
+    report(
+      f'{path}: {result.record["num_frames"]} frames in {timing["predict_s"]:.2f} s '
+      f'({timing["frames_per_s"]:.1f} frames/s; writing {timing["write_s"]:.2f} s), '
+      f'{len(result.tubes)} tubes, top class {top["class"]} {top["score"]:.3f} '
+      f'-> {result.json_path}'
+    )
     done.append(result)
   return done, failed
 
@@ -323,24 +416,39 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The CLI's flags, defined only when run as a program so importers keep the names."""
-  flags.DEFINE_string('workdir', None, 'Training workdir (config.json + checkpoints); '
-                      'a path or a bucket URL.')
+  flags.DEFINE_string(
+    'workdir', None, 'Training workdir (config.json + checkpoints); a path or a bucket URL.'
+  )
   flags.DEFINE_string('video', None, 'A local video file, or a folder of videos.')
-  flags.DEFINE_string('output', None, 'Folder for <name>.json and <name>.mp4; a path or '
-                      'a bucket URL.')
+  flags.DEFINE_string(
+    'output', None, 'Folder for <name>.json and <name>.mp4; a path or a bucket URL.'
+  )
   flags.DEFINE_string('step', 'latest', "Checkpoint: 'latest', 'best' or a step number.")
-  flags.DEFINE_string('init_from', None, 'A converted classifier '
-                      '(tools/convert_torch_weights.py): class scores only, no boxes.')
-  flags.DEFINE_integer('frame_stride', 1, 'Predict every k-th frame (and the last); '
-                       'frames in between are interpolated.')
-  flags.DEFINE_integer('batch_size', None, 'Clips per batch (default: the config\'s '
-                       'eval.batch_size), rounded up to a multiple of the devices.')
-  flags.DEFINE_integer('frame_top_k', 5, 'Per frame, the k best classes in the JSON '
-                       '(0: every class\'s score).')
-  flags.DEFINE_integer('max_tubes', MAX_TUBES, 'Keep the best k tubes per video in the '
-                       'JSON and the drawing (0: all).')
-  flags.DEFINE_multi_string('override', [], 'Config change key.path=value, e.g. '
-                            'eval.tubes.iou_threshold=0.3 (repeatable).')
+  flags.DEFINE_string(
+    'init_from',
+    None,
+    'A converted classifier (tools/convert_torch_weights.py): class scores only, no boxes.',
+  )
+  flags.DEFINE_integer(
+    'frame_stride',
+    1,
+    'Predict every k-th frame (and the last); frames in between are interpolated.',
+  )
+  flags.DEFINE_integer(
+    'batch_size',
+    None,
+    "Clips per batch (default: the config's "
+    'eval.batch_size), rounded up to a multiple of the devices.',
+  )
+  flags.DEFINE_integer(
+    'frame_top_k', 5, "Per frame, the k best classes in the JSON (0: every class's score)."
+  )
+  flags.DEFINE_integer(
+    'max_tubes', MAX_TUBES, 'Keep the best k tubes per video in the JSON and the drawing (0: all).'
+  )
+  flags.DEFINE_multi_string(
+    'override', [], 'Config change key.path=value, e.g. eval.tubes.iou_threshold=0.3 (repeatable).'
+  )
   flags.DEFINE_string('class_names', None, 'Text file of class names, one per line.')
   flags.DEFINE_bool('write_video', True, 'Write the annotated <name>.mp4.')
   flags.DEFINE_bool('progress', True, 'Progress bars.')
@@ -356,40 +464,60 @@ def run(argv_flags: Any = None) -> int:
   out_dir = fileio.as_path(f.output)
   videos = video_files.list_videos(f.video, exclude=out_dir)
   if not videos:
-    print(f'no videos in {f.video} (extensions {", ".join(video_files.VIDEO_EXTENSIONS)})',
-          file=sys.stderr)
+    print(
+      f'no videos in {f.video} (extensions {", ".join(video_files.VIDEO_EXTENSIONS)})',
+      file=sys.stderr,
+    )
     return 1
   if len(videos) == 1 and not videos[0].exists():
     print(f'skipped {videos[0]}: no such file', file=sys.stderr)
     return 1
   try:
     step = evaluate.resolve_step(ml_collections.ConfigDict({'eval': {}}), f.step)
-    loaded = load(f.workdir, step, init_from=f.init_from, overrides=f.override,
-                  batch_size=f.batch_size, names_file=f.class_names)
+    loaded = load(
+      f.workdir,
+      step,
+      init_from=f.init_from,
+      overrides=f.override,
+      batch_size=f.batch_size,
+      names_file=f.class_names,
+    )
   except cli.project_user_errors() + (ValueError, NotADirectoryError) as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
   p = loaded.predictor
   compile_s = p.warm_up()
-  print(f'{loaded.model_info["architecture"]} ({loaded.model_info["source"]} step '
-        f'{loaded.model_info["step"]}): clips of {p.num_frames} frames at '
-        f'{p.image_size}px, batch {p.batch_size} on {p.num_devices} '
-        f'{jax.devices()[0].platform} device(s), compiled in {compile_s:.1f} s; '
-        f'{len(videos)} video(s)', flush=True)
+  print(
+    f'{loaded.model_info["architecture"]} ({loaded.model_info["source"]} step '
+    f'{loaded.model_info["step"]}): clips of {p.num_frames} frames at '
+    f'{p.image_size}px, batch {p.batch_size} on {p.num_devices} '
+    f'{jax.devices()[0].platform} device(s), compiled in {compile_s:.1f} s; '
+    f'{len(videos)} video(s)',
+    flush=True,
+  )
   start = time.perf_counter()
   try:
     done, failed = predict_all(
-        loaded, videos, out_dir, every=f.frame_stride, top_k=f.frame_top_k,
-        max_tubes=f.max_tubes, write_annotated=f.write_video, progress=f.progress,
-        report=lambda line: print(line, flush=True))
+      loaded,
+      videos,
+      out_dir,
+      every=f.frame_stride,
+      top_k=f.frame_top_k,
+      max_tubes=f.max_tubes,
+      write_annotated=f.write_video,
+      progress=f.progress,
+      report=lambda line: print(line, flush=True),
+    )
   except ValueError as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
   frames = sum(r.record['num_frames'] for r in done)
   predict_s = sum(r.record['timing']['predict_s'] for r in done)
-  print(f'predicted {len(done)} of {len(videos)} video(s), {frames} frames, '
-        f'{frames / max(predict_s, 1e-9):.1f} frames/s (decode + model + linking), '
-        f'{time.perf_counter() - start:.1f} s in all; skipped {len(failed)}')
+  print(
+    f'predicted {len(done)} of {len(videos)} video(s), {frames} frames, '
+    f'{frames / max(predict_s, 1e-9):.1f} frames/s (decode + model + linking), '
+    f'{time.perf_counter() - start:.1f} s in all; skipped {len(failed)}'
+  )
   return 0 if done else 1
 
 

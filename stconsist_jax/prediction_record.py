@@ -22,84 +22,129 @@ NUM_DIGITS = 5  # Decimals of scores in the JSON; boxes get 2 (pixels).
 _NUMBER = {'type': 'number'}
 _INT = {'type': 'integer', 'minimum': 0}
 _BOX = {'type': 'array', 'items': _NUMBER, 'minItems': 4, 'maxItems': 4}
-_CLASS_SCORE = {'type': 'object', 'required': ['label', 'class', 'score'],
-                'additionalProperties': False,
-                'properties': {'label': _INT, 'class': {'type': 'string'},
-                               'score': _NUMBER}}
+_CLASS_SCORE = {
+  'type': 'object',
+  'required': ['label', 'class', 'score'],
+  'additionalProperties': False,
+  'properties': {'label': _INT, 'class': {'type': 'string'}, 'score': _NUMBER},
+}
 
 PREDICTION_SCHEMA: dict[str, Any] = {
-    '$schema': 'https://json-schema.org/draft/2020-12/schema',
-    'title': 'stconsist_jax prediction of one video',
-    'type': 'object',
-    'required': ['format', 'video', 'num_frames', 'fps', 'size', 'classes', 'frames',
-                 'tubes', 'tubes_found', 'top5', 'model', 'settings'],
-    'additionalProperties': False,
-    'properties': {
-        'format': {'type': 'string', 'enum': [FORMAT]},
-        'video': {'type': 'string'},
-        'num_frames': {'type': 'integer', 'minimum': 1},
-        'fps': {'type': 'number', 'minimum': 0},
-        'size': {'type': 'array', 'items': {'type': 'integer', 'minimum': 1},
-                 'minItems': 2, 'maxItems': 2},
-        'classes': {'type': 'array', 'items': {'type': 'string'}, 'minItems': 1},
-        'frames': {'type': 'array', 'items': {
-            'type': 'object', 'required': ['frame', 'box', 'scores', 'predicted'],
-            'additionalProperties': False,
-            'properties': {
-                'frame': _INT,
-                'box': {'anyOf': [_BOX, {'type': 'null'}]},
-                'scores': {'anyOf': [{'type': 'array', 'items': _NUMBER},
-                                     {'type': 'array', 'items': _CLASS_SCORE}]},
-                'predicted': {'type': 'boolean'},
-            }}},
-        'tubes': {'type': 'array', 'items': {
-            'type': 'object',
-            'required': ['id', 'label', 'class', 'start', 'end', 'score', 'frames',
-                         'boxes'],
-            'additionalProperties': False,
-            'properties': {
-                'id': _INT, 'label': _INT, 'class': {'type': 'string'},
-                'start': _INT, 'end': _INT, 'score': _NUMBER,
-                'frames': {'type': 'array', 'items': _INT, 'minItems': 1},
-                'boxes': {'type': 'array', 'items': _BOX, 'minItems': 1},
-            }}},
-        'tubes_found': _INT,
-        'top5': {'type': 'array', 'items': _CLASS_SCORE, 'minItems': 1, 'maxItems': 5},
-        'model': {'type': 'object',
-                  'required': ['source', 'path', 'step', 'architecture',
-                               'classification_only', 'num_classes'],
-                  'properties': {
-                      'source': {'type': 'string', 'enum': ['workdir', 'init_from']},
-                      'path': {'type': 'string'},
-                      'step': {'anyOf': [_INT, {'type': 'string'}]},
-                      'architecture': {'type': 'string'},
-                      'classification_only': {'type': 'boolean'},
-                      'num_classes': {'type': 'integer', 'minimum': 1},
-                      'config_hash': {'type': ['string', 'null']},
-                  }},
-        'settings': {'type': 'object',
-                     'required': ['clip_frames', 'clip_frame_stride', 'frame_size',
-                                  'image_size', 'frame_stride', 'batch_size', 'devices',
-                                  'frame_top_k', 'max_tubes', 'linking', 'placement'],
-                     'properties': {
-                         'clip_frames': {'type': 'integer', 'minimum': 1},
-                         'clip_frame_stride': {'type': 'integer', 'minimum': 1},
-                         'frame_size': {'type': 'integer', 'minimum': 1},
-                         'image_size': {'type': 'integer', 'minimum': 1},
-                         'frame_stride': {'type': 'integer', 'minimum': 1},
-                         'batch_size': {'type': 'integer', 'minimum': 1},
-                         'devices': {'type': 'integer', 'minimum': 1},
-                         'frame_top_k': _INT,
-                         'max_tubes': _INT,
-                         'linking': {'type': 'object'},
-                         'placement': {'type': 'string'},
-                     }},
-        'timing': {'type': 'object', 'properties': {
-            'predict_s': _NUMBER, 'write_s': _NUMBER, 'frames_per_s': _NUMBER}},
+  '$schema': 'https://json-schema.org/draft/2020-12/schema',
+  'title': 'stconsist_jax prediction of one video',
+  'type': 'object',
+  'required': [
+    'format',
+    'video',
+    'num_frames',
+    'fps',
+    'size',
+    'classes',
+    'frames',
+    'tubes',
+    'tubes_found',
+    'top5',
+    'model',
+    'settings',
+  ],
+  'additionalProperties': False,
+  'properties': {
+    'format': {'type': 'string', 'enum': [FORMAT]},
+    'video': {'type': 'string'},
+    'num_frames': {'type': 'integer', 'minimum': 1},
+    'fps': {'type': 'number', 'minimum': 0},
+    'size': {
+      'type': 'array',
+      'items': {'type': 'integer', 'minimum': 1},
+      'minItems': 2,
+      'maxItems': 2,
     },
+    'classes': {'type': 'array', 'items': {'type': 'string'}, 'minItems': 1},
+    'frames': {
+      'type': 'array',
+      'items': {
+        'type': 'object',
+        'required': ['frame', 'box', 'scores', 'predicted'],
+        'additionalProperties': False,
+        'properties': {
+          'frame': _INT,
+          'box': {'anyOf': [_BOX, {'type': 'null'}]},
+          'scores': {
+            'anyOf': [{'type': 'array', 'items': _NUMBER}, {'type': 'array', 'items': _CLASS_SCORE}]
+          },
+          'predicted': {'type': 'boolean'},
+        },
+      },
+    },
+    'tubes': {
+      'type': 'array',
+      'items': {
+        'type': 'object',
+        'required': ['id', 'label', 'class', 'start', 'end', 'score', 'frames', 'boxes'],
+        'additionalProperties': False,
+        'properties': {
+          'id': _INT,
+          'label': _INT,
+          'class': {'type': 'string'},
+          'start': _INT,
+          'end': _INT,
+          'score': _NUMBER,
+          'frames': {'type': 'array', 'items': _INT, 'minItems': 1},
+          'boxes': {'type': 'array', 'items': _BOX, 'minItems': 1},
+        },
+      },
+    },
+    'tubes_found': _INT,
+    'top5': {'type': 'array', 'items': _CLASS_SCORE, 'minItems': 1, 'maxItems': 5},
+    'model': {
+      'type': 'object',
+      'required': ['source', 'path', 'step', 'architecture', 'classification_only', 'num_classes'],
+      'properties': {
+        'source': {'type': 'string', 'enum': ['workdir', 'init_from']},
+        'path': {'type': 'string'},
+        'step': {'anyOf': [_INT, {'type': 'string'}]},
+        'architecture': {'type': 'string'},
+        'classification_only': {'type': 'boolean'},
+        'num_classes': {'type': 'integer', 'minimum': 1},
+        'config_hash': {'type': ['string', 'null']},
+      },
+    },
+    'settings': {
+      'type': 'object',
+      'required': [
+        'clip_frames',
+        'clip_frame_stride',
+        'frame_size',
+        'image_size',
+        'frame_stride',
+        'batch_size',
+        'devices',
+        'frame_top_k',
+        'max_tubes',
+        'linking',
+        'placement',
+      ],
+      'properties': {
+        'clip_frames': {'type': 'integer', 'minimum': 1},
+        'clip_frame_stride': {'type': 'integer', 'minimum': 1},
+        'frame_size': {'type': 'integer', 'minimum': 1},
+        'image_size': {'type': 'integer', 'minimum': 1},
+        'frame_stride': {'type': 'integer', 'minimum': 1},
+        'batch_size': {'type': 'integer', 'minimum': 1},
+        'devices': {'type': 'integer', 'minimum': 1},
+        'frame_top_k': _INT,
+        'max_tubes': _INT,
+        'linking': {'type': 'object'},
+        'placement': {'type': 'string'},
+      },
+    },
+    'timing': {
+      'type': 'object',
+      'properties': {'predict_s': _NUMBER, 'write_s': _NUMBER, 'frames_per_s': _NUMBER},
+    },
+  },
 }
-_TYPES = {'object': dict, 'array': list, 'string': str, 'boolean': bool,
-          'null': type(None)}
+_TYPES = {'object': dict, 'array': list, 'string': str, 'boolean': bool, 'null': type(None)}
 
 
 def _type_ok(value: Any, name: str) -> bool:
@@ -202,12 +247,18 @@ def _round(values: np.ndarray, digits: int) -> list[float]:
 
 def top_classes(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:
   order = np.argsort(-probs, kind='stable')[:k]
-  return [{'label': int(c), 'class': class_names[c],
-           'score': round(float(probs[c]), NUM_DIGITS)} for c in order]
+  return [
+    {'label': int(c), 'class': class_names[c], 'score': round(float(probs[c]), NUM_DIGITS)}
+    for c in order
+  ]
 
 
-def frame_entries(results: frame_predictor.FrameResults, size: tuple[int, int],
-                  class_names: Sequence[str], top_k: int = 0) -> list[dict[str, Any]]:
+def frame_entries(
+  results: frame_predictor.FrameResults,
+  size: tuple[int, int],
+  class_names: Sequence[str],
+  top_k: int = 0,
+) -> list[dict[str, Any]]:
   """The JSON `frames` list: pixel corner box, all scores or the top-k classes."""
   h, w = size
   scale = np.array([w, h, w, h], np.float64)
@@ -216,20 +267,32 @@ def frame_entries(results: frame_predictor.FrameResults, size: tuple[int, int],
     box = None
     if results.boxes is not None:
       box = _round(results.boxes[f] * scale, 2)
-    scores = (top_classes(results.probs[f], class_names, top_k) if top_k > 0
-              else _round(results.probs[f], NUM_DIGITS))
-    entries.append({'frame': f, 'box': box, 'scores': scores,
-                    'predicted': bool(results.predicted[f])})
+    scores = (
+      top_classes(results.probs[f], class_names, top_k)
+      if top_k > 0
+      else _round(results.probs[f], NUM_DIGITS)
+    )
+    entries.append(
+      {'frame': f, 'box': box, 'scores': scores, 'predicted': bool(results.predicted[f])}
+    )
   return entries
 
 
 def tube_entries(tubes: Sequence[Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
   """The JSON `tubes` list (ids in the order given: by score, best first)."""
-  return [{'id': i, 'label': int(t.label), 'class': class_names[int(t.label)],
-           'start': int(t.start), 'end': int(t.end),
-           'score': round(float(t.score), NUM_DIGITS),
-           'frames': [int(f) for f in t.frames],
-           'boxes': [_round(b, 2) for b in np.asarray(t.boxes)]} for i, t in enumerate(tubes)]
+  return [
+    {
+      'id': i,
+      'label': int(t.label),
+      'class': class_names[int(t.label)],
+      'start': int(t.start),
+      'end': int(t.end),
+      'score': round(float(t.score), NUM_DIGITS),
+      'frames': [int(f) for f in t.frames],
+      'boxes': [_round(b, 2) for b in np.asarray(t.boxes)],
+    }
+    for i, t in enumerate(tubes)
+  ]
 
 
 def linking_dict(linking: Any) -> dict[str, Any]:
@@ -258,31 +321,52 @@ def dumps(record: Mapping[str, Any]) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def settings(predictor: frame_predictor.FramePredictor, linking: Any, every: int,
-             top_k: int, max_tubes: int) -> dict[str, Any]:
+def settings(
+  predictor: frame_predictor.FramePredictor, linking: Any, every: int, top_k: int, max_tubes: int
+) -> dict[str, Any]:
   """The record's `settings`: clips, batching, the JSON options and the linking."""
   p = predictor
-  return {'clip_frames': p.num_frames, 'clip_frame_stride': p.frame_stride,
-          'frame_size': p.frame_size, 'image_size': p.image_size, 'frame_stride': every,
-          'batch_size': p.batch_size, 'devices': p.num_devices, 'frame_top_k': top_k,
-          'max_tubes': max_tubes, 'linking': linking_dict(linking),
-          'placement': frame_predictor.PLACEMENT,
-          'interpolation': 'linear between predicted frames' if every > 1 else 'none'}
+  return {
+    'clip_frames': p.num_frames,
+    'clip_frame_stride': p.frame_stride,
+    'frame_size': p.frame_size,
+    'image_size': p.image_size,
+    'frame_stride': every,
+    'batch_size': p.batch_size,
+    'devices': p.num_devices,
+    'frame_top_k': top_k,
+    'max_tubes': max_tubes,
+    'linking': linking_dict(linking),
+    'placement': frame_predictor.PLACEMENT,
+    'interpolation': 'linear between predicted frames' if every > 1 else 'none',
+  }
 
 
-def make_record(video: str, results: frame_predictor.FrameResults, size: tuple[int, int],
-                fps: float, class_names: Sequence[str], found: Sequence[Any],
-                kept: Sequence[Any], model_info: Mapping[str, Any],
-                settings: Mapping[str, Any], top_k: int) -> dict[str, Any]:
+def make_record(
+  video: str,
+  results: frame_predictor.FrameResults,
+  size: tuple[int, int],
+  fps: float,
+  class_names: Sequence[str],
+  found: Sequence[Any],
+  kept: Sequence[Any],
+  model_info: Mapping[str, Any],
+  settings: Mapping[str, Any],
+  top_k: int,
+) -> dict[str, Any]:
   """The record of one video (without `timing`): frames, the `kept` tubes of the `found`
   ones, the video's top 5 classes, the model and the settings."""
   return {
-      'format': FORMAT, 'video': video, 'num_frames': results.num_frames,
-      'fps': round(fps, 4), 'size': list(size), 'classes': list(class_names),
-      'frames': frame_entries(results, size, class_names, top_k),
-      'tubes': tube_entries(kept, class_names),
-      'tubes_found': len(found),
-      'top5': top_classes(results.probs.mean(0), class_names, 5),
-      'model': dict(model_info),
-      'settings': dict(settings),
+    'format': FORMAT,
+    'video': video,
+    'num_frames': results.num_frames,
+    'fps': round(fps, 4),
+    'size': list(size),
+    'classes': list(class_names),
+    'frames': frame_entries(results, size, class_names, top_k),
+    'tubes': tube_entries(kept, class_names),
+    'tubes_found': len(found),
+    'top5': top_classes(results.probs.mean(0), class_names, 5),
+    'model': dict(model_info),
+    'settings': dict(settings),
   }

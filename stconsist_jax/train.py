@@ -44,16 +44,17 @@ class Preempted(Exception):
   """SIGTERM arrived; a checkpoint of the current step was saved."""
 
   def __init__(self, step: int):
-    super().__init__(f'stopped by SIGTERM at step {step} after saving a checkpoint; '
-                     f'rerun the same command to resume')
+    super().__init__(
+      f'stopped by SIGTERM at step {step} after saving a checkpoint; '
+      f'rerun the same command to resume'
+    )
     self.step = step
 
 
 # -------------------------------------------------------------------------------- loop
 
 
-def default_batch_iter_fn(config: ml_collections.ConfigDict, start_step: int
-                          ) -> Iterator[Batch]:
+def default_batch_iter_fn(config: ml_collections.ConfigDict, start_step: int) -> Iterator[Batch]:
   """This host's training batches starting at `start_step`.
 
   data.name == 'random' uses `random_source`; anything else the tf.data pipeline
@@ -62,23 +63,26 @@ def default_batch_iter_fn(config: ml_collections.ConfigDict, start_step: int
   if config.data.name == 'random':
     return random_source.batch_iterator(config, start_step)
   from stconsist_jax.data import train_stream  # pylint: disable=g-import-not-at-top
-  return train_stream.train_iterator(config, start_step=start_step,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count())
+
+  return train_stream.train_iterator(
+    config,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
 
 
-def _next_batch(batches: Iterator[Batch], config: ml_collections.ConfigDict,
-                step: int) -> Batch:
+def _next_batch(batches: Iterator[Batch], config: ml_collections.ConfigDict, step: int) -> Batch:
   """The next host batch; an exhausted stream is a clear error, not a StopIteration."""
   try:
     return next(batches)
   except StopIteration:
     raise TrainingDataExhaustedError(
-        f'the training data of process {jax.process_index()} ran out at step {step}: its '
-        f'share of {config.data.name!r} holds no usable video for data.classes='
-        f'{config.data.classes!r}, data.labeled_per_batch={config.data.labeled_per_batch}'
-        f', or none of its files could be read (--verbose shows the reading errors)'
-        ) from None
+      f'the training data of process {jax.process_index()} ran out at step {step}: its '
+      f'share of {config.data.name!r} holds no usable video for data.classes='
+      f'{config.data.classes!r}, data.labeled_per_batch={config.data.labeled_per_batch}'
+      f', or none of its files could be read (--verbose shows the reading errors)'
+    ) from None
 
 
 def check_num_classes(config: ml_collections.ConfigDict) -> None:
@@ -86,12 +90,14 @@ def check_num_classes(config: ml_collections.ConfigDict) -> None:
   if config.data.name == 'random':
     return
   from stconsist_jax.data import sources  # pylint: disable=g-import-not-at-top
+
   names = sources.label_names(config.data)
   if len(names) != config.model.num_classes:
     raise config_lib.ConfigError(
-        f'config key model.num_classes={config.model.num_classes} differs from the '
-        f'{len(names)} labels that data {config.data.name!r} yields with '
-        f'data.classes={config.data.classes!r} (first: {names[:3]})')
+      f'config key model.num_classes={config.model.num_classes} differs from the '
+      f'{len(names)} labels that data {config.data.name!r} yields with '
+      f'data.classes={config.data.classes!r} (first: {names[:3]})'
+    )
 
 
 class _SigtermFlag:
@@ -105,8 +111,7 @@ class _SigtermFlag:
     self._previous = None
 
   def __enter__(self):
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -120,8 +125,10 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(records: Sequence[tuple[int, Mapping[str, Any]]], checkpointer: Any,
-                  ) -> None:
+def _check_finite(
+  records: Sequence[tuple[int, Mapping[str, Any]]],
+  checkpointer: Any,
+) -> None:
   checked = ('loss',) + config_lib.LOSS_TERMS
   for step, metrics in records:
     bad = [k for k in checked if not np.isfinite(metrics[k])]
@@ -130,13 +137,15 @@ def _check_finite(records: Sequence[tuple[int, Mapping[str, Any]]], checkpointer
       last = checkpointer.latest_step()
       values = ', '.join(f'{k}={float(metrics[k]):.6g}' for k in checked)
       raise NonFiniteLossError(
-          f'non-finite loss at step {step} (terms: {", ".join(bad)}; {values}); '
-          f'stopping. Last good checkpoint: '
-          f'{"none" if last is None else f"step {last}"} in {checkpointer.workdir}')
+        f'non-finite loss at step {step} (terms: {", ".join(bad)}; {values}); '
+        f'stopping. Last good checkpoint: '
+        f'{"none" if last is None else f"step {last}"} in {checkpointer.workdir}'
+      )
 
 
-def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
-                        allow_config_change: bool) -> None:
+def check_resume_config(
+  config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool
+) -> None:
   """Refuses to resume a workdir whose saved config differs in what defines the run.
 
   Run length, logging, evaluation and data location may change on resume (logged). Any
@@ -154,30 +163,40 @@ def check_resume_config(config: ml_collections.ConfigDict, workdir: str,
   blocking = [d for d in diffs if not config_lib.is_resumable_change(d[0])]
   harmless = [d for d in diffs if config_lib.is_resumable_change(d[0])]
   if harmless:
-    logging.info('Resuming %s with changed %s', workdir,
-                 config_lib.describe_differences(harmless))
+    logging.info('Resuming %s with changed %s', workdir, config_lib.describe_differences(harmless))
   if not blocking:
     return
   model_keys = [d for d in blocking if d[0].startswith('model.')]
   if model_keys or not allow_config_change:
     raise config_lib.ConfigError(
-        f'workdir {workdir} holds a run with another config '
-        f'({config_lib.describe_differences(blocking)}); resuming would mix two '
-        f'experiments. Use a new --workdir' + (
-            '' if model_keys else ', or pass --allow_config_change to continue this run '
-            'with the new settings'))
-  logging.warning('Continuing %s with changed %s (--allow_config_change)', workdir,
-                  config_lib.describe_differences(blocking))
+      f'workdir {workdir} holds a run with another config '
+      f'({config_lib.describe_differences(blocking)}); resuming would mix two '
+      f'experiments. Use a new --workdir'
+      + (
+        ''
+        if model_keys
+        else ', or pass --allow_config_change to continue this run with the new settings'
+      )
+    )
+  logging.warning(
+    'Continuing %s with changed %s (--allow_config_change)',
+    workdir,
+    config_lib.describe_differences(blocking),
+  )
   if jax.process_index() == 0:
     backup = path.parent / f'config.before-{time.strftime("%Y%m%d-%H%M%S")}.json'
     fileio.atomic_write(backup, path.read_bytes())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       batch_iter_fn: BatchIterFn | None = None,
-                       evaluate_fn: EvaluateFn | None = None,
-                       mesh: Any = None, allow_config_change: bool = False
-                       ) -> train_step.TrainState:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  batch_iter_fn: BatchIterFn | None = None,
+  evaluate_fn: EvaluateFn | None = None,
+  mesh: Any = None,
+  allow_config_change: bool = False,
+) -> train_step.TrainState:
   """Trains (resuming from `workdir` if it holds checkpoints); returns the final state.
 
   Args:
@@ -201,8 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     TrainingDataExhaustedError: the batch stream ended before the last step.
   """
   mesh = distributed.make_mesh() if mesh is None else mesh
-  config_lib.validate(config, num_devices=mesh.devices.size,
-                      num_processes=jax.process_count())
+  config_lib.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
   if batch_iter_fn is None:
     check_num_classes(config)
   ckpt_dir = fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR
@@ -219,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       lock, refused = None, e
   if distributed.any_process(refused is not None):
     raise refused or workdir_lock.WorkdirLockedError(
-        f'workdir {workdir} is in use by another run (reported by process 0)')
+      f'workdir {workdir} is in use by another run (reported by process 0)'
+    )
   try:
     return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change)
   finally:
@@ -227,11 +246,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       lock.release()
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str,
-           batch_iter_fn: BatchIterFn | None, evaluate_fn: EvaluateFn | None, mesh: Any,
-           allow_config_change: bool) -> train_step.TrainState:
+def _train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  batch_iter_fn: BatchIterFn | None,
+  evaluate_fn: EvaluateFn | None,
+  mesh: Any,
+  allow_config_change: bool,
+) -> train_step.TrainState:
   """The body of `train_and_evaluate`, run while the workdir lock is held."""
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+
   model = models.build_model(config.model)
   stages = train_step.resolve_stages(config)
   num_steps = config.train.num_steps
@@ -239,27 +264,35 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
   if checkpointing.committed_steps(fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR):
     check_resume_config(config, workdir, allow_config_change)
   checkpointer = checkpointing.Checkpointer(
-      workdir, keep=config.train.keep_checkpoints, best_metric=config.eval.best_metric,
-      best_mode=config.eval.best_mode)
+    workdir,
+    keep=config.train.keep_checkpoints,
+    best_metric=config.eval.best_metric,
+    best_mode=config.eval.best_mode,
+  )
   latest = checkpointer.latest_step()
   if is_main:
     config_lib.save(config, workdir)
   state = train_step.create_train_state(
-      config, model, mesh, init_from=None if latest is not None else config.init_from)
+    config, model, mesh, init_from=None if latest is not None else config.init_from
+  )
   if latest is not None:
     state = checkpointer.restore(state)
-    logging.info('Resumed from checkpoint step %d in %s', int(jax.device_get(state.step)),
-                 workdir)
+    logging.info('Resumed from checkpoint step %d in %s', int(jax.device_get(state.step)), workdir)
   start = int(jax.device_get(state.step))
   batch_iter_fn = batch_iter_fn or default_batch_iter_fn
   batches = batch_iter_fn(config, start)
   # Bounded: the prefetcher must not read batches past the last step.
   device_batches = distributed.prefetch_to_mesh(
-      itertools.islice(batches, num_steps - start), mesh, config.data.device_prefetch)
-  logger = logging_utils.MetricLogger(workdir, total_steps=num_steps, start_step=start,
-                                      batch_size=config.train.batch_size, enabled=is_main)
-  profiler = logging_utils.StepProfiler(workdir, *config.train.profile_steps,
-                                        enabled=is_main)
+    itertools.islice(batches, num_steps - start), mesh, config.data.device_prefetch
+  )
+  logger = logging_utils.MetricLogger(
+    workdir,
+    total_steps=num_steps,
+    start_step=start,
+    batch_size=config.train.batch_size,
+    enabled=is_main,
+  )
+  profiler = logging_utils.StepProfiler(workdir, *config.train.profile_steps, enabled=is_main)
   step_fns: dict[int, Callable] = {}
   pending: list[tuple[int, Any]] = []
   every = config.train.checkpoint_every
@@ -275,9 +308,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
       for step in range(start, num_steps):
         index = train_step.stage_at(stages, step)
         if index not in step_fns:
-          logging.info('Stage %d: steps [%d, %d), freeze_backbone=%s, loss weights %s',
-                       index, stages[index].start, stages[index].end,
-                       stages[index].freeze_backbone, dict(stages[index].loss_weights))
+          logging.info(
+            'Stage %d: steps [%d, %d), freeze_backbone=%s, loss weights %s',
+            index,
+            stages[index].start,
+            stages[index].end,
+            stages[index].freeze_backbone,
+            dict(stages[index].loss_weights),
+          )
           step_fns[index] = train_step.make_train_step(config, model, mesh, stages[index])
         profiler.before_step(step)
         with logger.timed('input'):
@@ -289,12 +327,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
         # Read once: a signal arriving later is seen next step. All hosts must agree, or
         # those that stop would wait forever in the save's barriers for the others: on
         # several processes JAX's preemption service decides for all of them.
-        stop = (checkpointer.reached_preemption(done) if jax.process_count() > 1
-                else sigterm.received)
+        stop = (
+          checkpointer.reached_preemption(done) if jax.process_count() > 1 else sigterm.received
+        )
         save_now = (every and done % every == 0) or done == num_steps or stop
         eval_now = evaluate_fn is not None and (
-            (config.train.eval_every and done % config.train.eval_every == 0)
-            or done == num_steps)
+          (config.train.eval_every and done % config.train.eval_every == 0) or done == num_steps
+        )
         if save_now or eval_now or done % config.train.log_every == 0:
           flush()
         if done % config.train.log_every == 0 or done == num_steps:
@@ -308,8 +347,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           logger.flush()
           checkpointer.save(done, state, metrics=eval_metrics)
           if eval_now and checkpointer.best_step() == done:
-            logging.info('New best %s=%.4f at step %d', config.eval.best_metric,
-                         float(eval_metrics[config.eval.best_metric]), done)
+            logging.info(
+              'New best %s=%.4f at step %d',
+              config.eval.best_metric,
+              float(eval_metrics[config.eval.best_metric]),
+              done,
+            )
         if stop and done < num_steps:
           checkpointer.wait()
           raise Preempted(done)

@@ -42,6 +42,7 @@ class TrainState:
   parameters, so freezing the backbone leaves its state untouched and the structure is
   the same in every stage.
   """
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -51,6 +52,7 @@ class TrainState:
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """A contiguous run of steps [start, end) with one freezing mode and loss weights."""
+
   start: int
   end: int
   freeze_backbone: bool
@@ -62,8 +64,10 @@ class Stage:
 
 def split_params(params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   """{'backbone', 'classifier', 'box_head'} -> {REST: {backbone, classifier}, BOX_HEAD: ...}."""
-  return {REST: {k: v for k, v in params.items() if k != detector.BOX_HEAD_SCOPE},
-          BOX_HEAD: {k: v for k, v in params.items() if k == detector.BOX_HEAD_SCOPE}}
+  return {
+    REST: {k: v for k, v in params.items() if k != detector.BOX_HEAD_SCOPE},
+    BOX_HEAD: {k: v for k, v in params.items() if k == detector.BOX_HEAD_SCOPE},
+  }
 
 
 def join_params(parts: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -99,15 +103,15 @@ def make_lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sc
     main = optax.constant_schedule(opt.lr)
   elif opt.schedule == 'step':
     main = optax.piecewise_constant_schedule(
-        opt.lr, {int(b) - warmup: opt.decay_factor for b in opt.decay_steps})
+      opt.lr, {int(b) - warmup: opt.decay_factor for b in opt.decay_steps}
+    )
   elif opt.schedule == 'cosine':
     main = optax.cosine_decay_schedule(opt.lr, max(num_steps - warmup, 1))
   else:
     raise ValueError(f'config key optimizer.schedule: unknown schedule {opt.schedule!r}')
   if warmup == 0:
     return main
-  return optax.join_schedules(
-      [optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), main], [warmup])
 
 
 # ------------------------------------------------------------------------------ stages
@@ -123,13 +127,13 @@ def resolve_stages(config: ml_collections.ConfigDict) -> list[Stage]:
     end = config.train.num_steps if n == -1 else min(start + n, config.train.num_steps)
     weights = dict(base)
     weights.update({k: float(v) for k, v in dict(spec.get('loss_weights', {}) or {}).items()})
-    stages.append(Stage(start, end, bool(spec.get('freeze_backbone', False)),
-                        tuple(sorted(weights.items()))))
+    stages.append(
+      Stage(start, end, bool(spec.get('freeze_backbone', False)), tuple(sorted(weights.items())))
+    )
     start = end
   if start < config.train.num_steps:  # Steps after the listed stages: the last stage's mode.
     last = stages[-1]
-    stages.append(Stage(start, config.train.num_steps, last.freeze_backbone,
-                        last.loss_weights))
+    stages.append(Stage(start, config.train.num_steps, last.freeze_backbone, last.loss_weights))
   return [s for s in stages if s.end > s.start]
 
 
@@ -143,8 +147,7 @@ def stage_at(stages: Sequence[Stage], step: int) -> int:
 # ------------------------------------------------------------------------------- state
 
 
-def init_variables(model: Any, config: ml_collections.ConfigDict, rng: jax.Array
-                   ) -> dict[str, Any]:
+def init_variables(model: Any, config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
   """Host (numpy) variables of a freshly initialized model."""
   d = config.data
   dummy = jnp.zeros((2, d.num_frames, d.image_size, d.image_size, 3), jnp.uint8)
@@ -152,8 +155,9 @@ def init_variables(model: Any, config: ml_collections.ConfigDict, rng: jax.Array
   return jax.tree.map(np.asarray, jax.device_get(dict(variables)))
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: Any, mesh: Any,
-                       init_from: str | None = None) -> TrainState:
+def create_train_state(
+  config: ml_collections.ConfigDict, model: Any, mesh: Any, init_from: str | None = None
+) -> TrainState:
   """A replicated TrainState: fresh init, or merged with `init_from` variables."""
   # Initializers draw from an 'rbg' key: XLA compiles RngBitGenerator far faster than
   # threefry on CPU, and init runs on one local device, so every process gets the same.
@@ -162,24 +166,34 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any, mesh: Any,
   variables = init_variables(model, config, jax.random.key(config.seed, impl='rbg'))
   if init_from:
     from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+
     variables, report = models.merge_pretrained(variables, pretrained)
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
     logging.info('Initialized from %s: %s', init_from, report)
   tx = make_optimizer(config.optimizer)
   params = variables['params']
   opt_state = {name: tx.init(part) for name, part in split_params(params).items()}
-  state = TrainState(step=np.zeros((), np.int32), params=params,
-                     batch_stats=variables.get('batch_stats', {}),
-                     opt_state=jax.device_get(opt_state))
+  state = TrainState(
+    step=np.zeros((), np.int32),
+    params=params,
+    batch_stats=variables.get('batch_stats', {}),
+    opt_state=jax.device_get(opt_state),
+  )
   return distributed.replicate(state, mesh)
 
 
 # -------------------------------------------------------------------------------- step
 
 
-def forward_pair(model: Any, variables: Mapping[str, Any], clip: jax.Array,
-                 clip_flip: jax.Array | None, *, train: bool, freeze_backbone: bool
-                 ) -> tuple[dict[str, jax.Array], dict[str, jax.Array], Any]:
+def forward_pair(
+  model: Any,
+  variables: Mapping[str, Any],
+  clip: jax.Array,
+  clip_flip: jax.Array | None,
+  *,
+  train: bool,
+  freeze_backbone: bool,
+) -> tuple[dict[str, jax.Array], dict[str, jax.Array], Any]:
   """One forward pass over clips and flipped clips interleaved on the batch axis.
 
   Interleaving (row 2i = clip i, row 2i+1 = its flip) keeps each pair on the device that
@@ -191,44 +205,66 @@ def forward_pair(model: Any, variables: Mapping[str, Any], clip: jax.Array,
     clip_flip = clip[:, :, :, ::-1]
   x = jnp.stack([clip, clip_flip], axis=1).reshape((2 * b,) + clip.shape[1:])
   if train:
-    out, updates = model.apply(variables, x, train=True, freeze_backbone=freeze_backbone,
-                               mutable=['batch_stats'])
+    out, updates = model.apply(
+      variables, x, train=True, freeze_backbone=freeze_backbone, mutable=['batch_stats']
+    )
     new_batch_stats = updates['batch_stats']
   else:
     out, new_batch_stats = model.apply(variables, x, train=False), None
   pairs = {k: v.reshape((b, 2) + v.shape[1:]) for k, v in out.items()}
-  return ({k: v[:, 0] for k, v in pairs.items()}, {k: v[:, 1] for k, v in pairs.items()},
-          new_batch_stats)
+  return (
+    {k: v[:, 0] for k, v in pairs.items()},
+    {k: v[:, 1] for k, v in pairs.items()},
+    new_batch_stats,
+  )
 
 
-def loss_terms(out: Mapping[str, jax.Array], out_flip: Mapping[str, jax.Array],
-               batch: Batch, con_cls: str) -> dict[str, jax.Array]:
+def loss_terms(
+  out: Mapping[str, jax.Array], out_flip: Mapping[str, jax.Array], batch: Batch, con_cls: str
+) -> dict[str, jax.Array]:
   """The four loss terms, each a scalar mean over the global batch."""
   logits = out['logits'].astype(jnp.float32)
   pred_boxes = out['boxes'].astype(jnp.float32)
   return {
-      'cls': losses.softmax_cross_entropy(logits, batch['label'], None),
-      'loc': losses.box_mse(pred_boxes, batch['box'], batch['has_box']),
-      'con_cls': jnp.mean(losses.classification_consistency(
-          logits, out_flip['logits'].astype(jnp.float32), kind=con_cls)),
-      'con_loc': jnp.mean(losses.box_consistency(
-          pred_boxes, out_flip['boxes'].astype(jnp.float32))),
+    'cls': losses.softmax_cross_entropy(logits, batch['label'], None),
+    'loc': losses.box_mse(pred_boxes, batch['box'], batch['has_box']),
+    'con_cls': jnp.mean(
+      losses.classification_consistency(
+        logits, out_flip['logits'].astype(jnp.float32), kind=con_cls
+      )
+    ),
+    'con_loc': jnp.mean(losses.box_consistency(pred_boxes, out_flip['boxes'].astype(jnp.float32))),
   }
 
 
-def train_step(state: TrainState, batch: Batch, *, model: Any,
-               tx: optax.GradientTransformation, lr_fn: optax.Schedule, stage: Stage,
-               loss_config: ml_collections.ConfigDict, num_steps: int,
-               grad_clip_norm: float) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: Batch,
+  *,
+  model: Any,
+  tx: optax.GradientTransformation,
+  lr_fn: optax.Schedule,
+  stage: Stage,
+  loss_config: ml_collections.ConfigDict,
+  num_steps: int,
+  grad_clip_norm: float,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on a global batch; pure, jit it with `make_train_step`."""
   weights = dict(stage.loss_weights)
   # The ramp restarts with each stage: protocol 2's second stage is protocol 1, whose
   # consistency weight ramps up from 0 (with one stage this is the global step).
-  con_weight = losses.consistency_ramp(state.step - stage.start, loss_config.rampup_steps,
-                                       num_steps - stage.start, loss_config.rampdown_steps)
-  term_weights = {'cls': weights['cls'], 'loc': weights['loc'],
-                  'con_cls': con_weight * weights['con_cls'],
-                  'con_loc': con_weight * weights['con_loc']}
+  con_weight = losses.consistency_ramp(
+    state.step - stage.start,
+    loss_config.rampup_steps,
+    num_steps - stage.start,
+    loss_config.rampdown_steps,
+  )
+  term_weights = {
+    'cls': weights['cls'],
+    'loc': weights['loc'],
+    'con_cls': con_weight * weights['con_cls'],
+    'con_loc': con_weight * weights['con_loc'],
+  }
   parts = split_params(state.params)
   frozen = stage.freeze_backbone
   # With the backbone frozen only the box head is differentiated: the backbone and
@@ -236,16 +272,16 @@ def train_step(state: TrainState, batch: Batch, *, model: Any,
   trained = (BOX_HEAD,) if frozen else (REST, BOX_HEAD)
 
   def loss_fn(trainable):
-    variables = {'params': join_params({**parts, **trainable}),
-                 'batch_stats': state.batch_stats}
-    out, out_flip, new_stats = forward_pair(model, variables, batch['clip'],
-                                            batch.get('clip_flip'), train=True,
-                                            freeze_backbone=frozen)
+    variables = {'params': join_params({**parts, **trainable}), 'batch_stats': state.batch_stats}
+    out, out_flip, new_stats = forward_pair(
+      model, variables, batch['clip'], batch.get('clip_flip'), train=True, freeze_backbone=frozen
+    )
     terms = loss_terms(out, out_flip, batch, loss_config.con_cls)
     return losses.total_loss(terms, term_weights), (terms, out, new_stats)
 
   (loss, (terms, out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      {name: parts[name] for name in trained})
+    {name: parts[name] for name in trained}
+  )
   grad_norm = optax.global_norm(grads)
   if grad_clip_norm > 0:
     scale = jnp.minimum(1.0, grad_clip_norm / jnp.maximum(grad_norm, 1e-12))
@@ -254,8 +290,7 @@ def train_step(state: TrainState, batch: Batch, *, model: Any,
   new_parts, opt_state = dict(parts), dict(state.opt_state)
   for name in trained:
     updates, opt_state[name] = tx.update(grads[name], state.opt_state[name], parts[name])
-    new_parts[name] = optax.apply_updates(parts[name],
-                                          jax.tree.map(lambda u: -lr * u, updates))
+    new_parts[name] = optax.apply_updates(parts[name], jax.tree.map(lambda u: -lr * u, updates))
   # Frozen BatchNorm: its statistics stay untouched.
   batch_stats = state.batch_stats if frozen else new_stats
 
@@ -263,26 +298,39 @@ def train_step(state: TrainState, batch: Batch, *, model: Any,
   num_boxes = jnp.sum(has_box.astype(jnp.float32))
   iou = boxes.iou_xywh(out['boxes'].astype(jnp.float32), batch['box'], xp=jnp)
   metrics = {
-      'loss': loss, **terms, 'con_weight': con_weight,
-      'lr': jnp.asarray(lr, jnp.float32), 'grad_norm': grad_norm,
-      'accuracy': jnp.mean((jnp.argmax(out['logits'], -1) == batch['label']
-                            ).astype(jnp.float32)),
-      'iou': jnp.sum(jnp.where(has_box, iou, 0.0)) / jnp.maximum(num_boxes, 1.0),
-      'labeled': num_boxes,
+    'loss': loss,
+    **terms,
+    'con_weight': con_weight,
+    'lr': jnp.asarray(lr, jnp.float32),
+    'grad_norm': grad_norm,
+    'accuracy': jnp.mean((jnp.argmax(out['logits'], -1) == batch['label']).astype(jnp.float32)),
+    'iou': jnp.sum(jnp.where(has_box, iou, 0.0)) / jnp.maximum(num_boxes, 1.0),
+    'labeled': num_boxes,
   }
-  new_state = state.replace(step=state.step + 1, params=join_params(new_parts),
-                            batch_stats=batch_stats, opt_state=opt_state)
+  new_state = state.replace(
+    step=state.step + 1, params=join_params(new_parts), batch_stats=batch_stats, opt_state=opt_state
+  )
   return new_state, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: Any, mesh: Any, stage: Stage
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+def make_train_step(
+  config: ml_collections.ConfigDict, model: Any, mesh: Any, stage: Stage
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """`train_step` for one stage, jitted: batch on 'data', state replicated and donated."""
   fn = functools.partial(
-      train_step, model=model, tx=make_optimizer(config.optimizer),
-      lr_fn=make_lr_schedule(config.optimizer, config.train.num_steps), stage=stage,
-      loss_config=config.loss, num_steps=config.train.num_steps,
-      grad_clip_norm=float(config.optimizer.grad_clip_norm))
+    train_step,
+    model=model,
+    tx=make_optimizer(config.optimizer),
+    lr_fn=make_lr_schedule(config.optimizer, config.train.num_steps),
+    stage=stage,
+    loss_config=config.loss,
+    num_steps=config.train.num_steps,
+    grad_clip_norm=float(config.optimizer.grad_clip_norm),
+  )
   repl = distributed.replicated(mesh)
-  return jax.jit(fn, in_shardings=(repl, distributed.batch_sharding(mesh)),
-                 out_shardings=(repl, repl), donate_argnums=(0,))
+  return jax.jit(
+    fn,
+    in_shardings=(repl, distributed.batch_sharding(mesh)),
+    out_shardings=(repl, repl),
+    donate_argnums=(0,),
+  )

@@ -42,6 +42,7 @@ class Tube:
     boxes: float64 `(n, 4)` corner boxes `x1, y1, x2, y2` (units of the input).
     scores: float64 `(n,)` the score of `label` on each of those frames.
   """
+
   label: int
   frames: np.ndarray
   boxes: np.ndarray
@@ -53,19 +54,23 @@ class Tube:
     scores = np.array(self.scores, dtype=np.float64).reshape(-1)
     n = frames.shape[0]
     if n == 0:
-      raise ValueError("Tube: a tube needs at least one frame")
+      raise ValueError('Tube: a tube needs at least one frame')
     if boxes.shape != (n, 4) or scores.shape != (n,):
-      raise ValueError(f"Tube: expected boxes ({n}, 4) and scores ({n},) for {n} "
-                       f"frames, found {boxes.shape} and {scores.shape}")
+      raise ValueError(
+        f'Tube: expected boxes ({n}, 4) and scores ({n},) for {n} '
+        f'frames, found {boxes.shape} and {scores.shape}'
+      )
     if frames[0] < 0 or np.any(np.diff(frames) <= 0):
-      raise ValueError(f"Tube: frames must be strictly increasing and >= 0, found "
-                       f"{frames[:10].tolist()}{'...' if n > 10 else ''}")
+      raise ValueError(
+        f'Tube: frames must be strictly increasing and >= 0, found '
+        f'{frames[:10].tolist()}{"..." if n > 10 else ""}'
+      )
     if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
-      raise ValueError("Tube: boxes and scores must be finite")
-    for name, arr in (("frames", frames), ("boxes", boxes), ("scores", scores)):
+      raise ValueError('Tube: boxes and scores must be finite')
+    for name, arr in (('frames', frames), ('boxes', boxes), ('scores', scores)):
       arr.setflags(write=False)
       object.__setattr__(self, name, arr)
-    object.__setattr__(self, "label", int(self.label))
+    object.__setattr__(self, 'label', int(self.label))
 
   @property
   def start(self) -> int:
@@ -111,6 +116,7 @@ class LinkingConfig:
     top_k: detections per frame and class considered (the highest scores).
     plus_one: ACT's +1 pixel IoU (boxes in pixels); False for the continuous IoU.
   """
+
   iou_threshold: float = 0.5
   max_gap: int = 1
   min_length: int = 15
@@ -120,15 +126,14 @@ class LinkingConfig:
   plus_one: bool = True
 
   def __post_init__(self):
-    for name in ("iou_threshold", "nms_threshold"):
+    for name in ('iou_threshold', 'nms_threshold'):
       value = getattr(self, name)
       if not 0.0 <= value <= 1.0:
-        raise ValueError(f"LinkingConfig: {name} must lie in [0, 1], found {value}")
-    for name in ("max_gap", "min_length", "top_k"):
+        raise ValueError(f'LinkingConfig: {name} must lie in [0, 1], found {value}')
+    for name in ('max_gap', 'min_length', 'top_k'):
       value = getattr(self, name)
       if int(value) != value or value < 1:
-        raise ValueError(f"LinkingConfig: {name} must be an integer >= 1, found "
-                         f"{value}")
+        raise ValueError(f'LinkingConfig: {name} must be an integer >= 1, found {value}')
 
 
 def linking_config(config: Any) -> LinkingConfig:
@@ -155,10 +160,12 @@ def linking_config(config: Any) -> LinkingConfig:
 def check_pixel_boxes(boxes: np.ndarray, where: str) -> None:
   """Refuses all-in-[0, 1] boxes under the +1 convention (they look normalized)."""
   if boxes.size and np.all(boxes >= 0.0) and np.all(boxes <= 1.0):
-    raise ValueError(f"{where}: every box coordinate lies in [0, 1]: these look like "
-                     "normalized boxes, but the +1 IoU convention needs pixels. "
-                     "Convert them with metrics.normalized_to_pixels, or use "
-                     "plus_one=False for the continuous IoU")
+    raise ValueError(
+      f'{where}: every box coordinate lies in [0, 1]: these look like '
+      'normalized boxes, but the +1 IoU convention needs pixels. '
+      'Convert them with metrics.normalized_to_pixels, or use '
+      'plus_one=False for the continuous IoU'
+    )
 
 
 def spatiotemporal_iou(a: Tube, b: Tube, *, plus_one: bool = True) -> float:
@@ -181,15 +188,15 @@ def spatiotemporal_iou(a: Tube, b: Tube, *, plus_one: bool = True) -> float:
   temporal = (e - s + 1) / (max(a.end, b.end) - min(a.start, b.start) + 1)
   ia = np.nonzero((a.frames >= s) & (a.frames <= e))[0]
   ib = np.nonzero((b.frames >= s) & (b.frames <= e))[0]
-  common, ca, cb = np.intersect1d(a.frames[ia], b.frames[ib], assume_unique=True,
-                                  return_indices=True)
+  common, ca, cb = np.intersect1d(
+    a.frames[ia], b.frames[ib], assume_unique=True, return_indices=True
+  )
   num_frames = len(ia) + len(ib) - len(common)
   ious = boxes_lib.iou_corners(a.boxes[ia[ca]], b.boxes[ib[cb]], plus_one=plus_one)
   return float(temporal * np.sum(ious) / num_frames)
 
 
-def nms_tubes(tubes: Sequence[Tube], threshold: float, *, plus_one: bool = True
-              ) -> list[int]:
+def nms_tubes(tubes: Sequence[Tube], threshold: float, *, plus_one: bool = True) -> list[int]:
   """Greedy 3D NMS (ACT's `nms3dt`): indices of the kept tubes, highest score first.
 
   Tubes are visited by score, descending (stable: equal scores keep their order in
@@ -202,8 +209,9 @@ def nms_tubes(tubes: Sequence[Tube], threshold: float, *, plus_one: bool = True
   while order:
     i = order.pop(0)
     keep.append(i)
-    order = [j for j in order
-             if spatiotemporal_iou(tubes[i], tubes[j], plus_one=plus_one) <= threshold]
+    order = [
+      j for j in order if spatiotemporal_iou(tubes[i], tubes[j], plus_one=plus_one) <= threshold
+    ]
   return keep
 
 
@@ -216,27 +224,33 @@ def _check_video_arrays(frames, boxes, scores, fn_name):
   boxes = np.asarray(boxes, np.float64)
   scores = np.asarray(scores, np.float64)
   if frames.ndim != 1 or boxes.ndim != 3 or scores.ndim != 3:
-    raise ValueError(f"{fn_name}: expected frames (F,), boxes (F, N, 4), scores "
-                     f"(F, N, C), found {frames.shape}, {boxes.shape}, {scores.shape}")
+    raise ValueError(
+      f'{fn_name}: expected frames (F,), boxes (F, N, 4), scores '
+      f'(F, N, C), found {frames.shape}, {boxes.shape}, {scores.shape}'
+    )
   f = frames.shape[0]
   if boxes.shape[0] != f or boxes.shape[2] != 4 or scores.shape[:2] != boxes.shape[:2]:
-    raise ValueError(f"{fn_name}: expected frames (F,), boxes (F, N, 4), scores "
-                     f"(F, N, C) with the same F and N, found {frames.shape}, "
-                     f"{boxes.shape}, {scores.shape}")
+    raise ValueError(
+      f'{fn_name}: expected frames (F,), boxes (F, N, 4), scores '
+      f'(F, N, C) with the same F and N, found {frames.shape}, '
+      f'{boxes.shape}, {scores.shape}'
+    )
   if frames.size and not np.issubdtype(frames.dtype, np.integer):
     if not np.all(frames == np.round(frames)):
-      raise ValueError(f"{fn_name}: frames must be integers")
+      raise ValueError(f'{fn_name}: frames must be integers')
   frames = frames.astype(np.int64)
   if f and (frames[0] < 0 or np.any(np.diff(frames) <= 0)):
-    raise ValueError(f"{fn_name}: frames must be strictly increasing and >= 0, found "
-                     f"{frames[:10].tolist()}")
+    raise ValueError(
+      f'{fn_name}: frames must be strictly increasing and >= 0, found {frames[:10].tolist()}'
+    )
   if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
-    raise ValueError(f"{fn_name}: boxes and scores must be finite")
+    raise ValueError(f'{fn_name}: boxes and scores must be finite')
   return frames, boxes, scores
 
 
-def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                      config: LinkingConfig) -> list[list[Tube]]:
+def _link_all_classes(
+  frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, config: LinkingConfig
+) -> list[list[Tube]]:
   """ACT's greedy linking of every class (before filtering and NMS).
 
   Classes are linked independently; they share, per frame, the IoUs of that frame's
@@ -248,17 +262,18 @@ def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   """
   num_steps, _, num_classes = scores.shape
   # Per step and class, the top_k detections by score (stable: lower index first).
-  cands = np.argsort(-scores, axis=1, kind="stable")[:, :config.top_k, :]
+  cands = np.argsort(-scores, axis=1, kind='stable')[:, : config.top_k, :]
   cands = cands.transpose(0, 2, 1).tolist()  # [step][class] -> detection indices
   score_l = scores.tolist()
   live: list[list[list[Any]]] = [[] for _ in range(num_classes)]
   done: list[list[list[Any]]] = [[] for _ in range(num_classes)]
   for t in range(num_steps):
     # linkable[g][i][j]: box i of step t - 1 - g and box j of step t are linkable.
-    prev = boxes[max(t - config.max_gap, 0):t][::-1]
-    linkable = (boxes_lib.pairwise_iou_corners(prev.reshape(-1, 4), boxes[t],
-                                               plus_one=config.plus_one)
-                >= config.iou_threshold)
+    prev = boxes[max(t - config.max_gap, 0) : t][::-1]
+    linkable = (
+      boxes_lib.pairwise_iou_corners(prev.reshape(-1, 4), boxes[t], plus_one=config.plus_one)
+      >= config.iou_threshold
+    )
     linkable = linkable.reshape(len(prev), boxes.shape[1], boxes.shape[1]).tolist()
     for c in range(num_classes):
       cand = cands[t][c]
@@ -280,21 +295,22 @@ def _link_all_classes(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
           done[c].append(tube)
         else:
           still_live.append(tube)
-      live[c] = still_live + [[score_l[t][d][c], [(t, d)]]
-                              for k, d in enumerate(cand) if not taken[k]]
+      live[c] = still_live + [
+        [score_l[t][d][c], [(t, d)]] for k, d in enumerate(cand) if not taken[k]
+      ]
   out = []
   for c in range(num_classes):
     class_tubes = []
     for _, pairs in done[c] + live[c]:
       steps, dets = np.array(pairs, np.int64).T
-      class_tubes.append(Tube(c, frames[steps], boxes[steps, dets],
-                              scores[steps, dets, c]))
+      class_tubes.append(Tube(c, frames[steps], boxes[steps, dets], scores[steps, dets, c]))
     out.append(class_tubes)
   return out
 
 
-def link_video(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-               config: LinkingConfig = LinkingConfig()) -> list[Tube]:
+def link_video(
+  frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, config: LinkingConfig = LinkingConfig()
+) -> list[Tube]:
   """Links the per-frame detections of one video into tubes, each class on its own.
 
   ACT's `BuildTubes` (MMAction2's `link_tubes`) with tubelets of length 1, per class:
@@ -322,22 +338,26 @@ def link_video(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     All classes' tubes, sorted by score (mean per-frame score), descending; equal
     scores keep class order, then the order in which the tubes were kept by NMS.
   """
-  frames, boxes, scores = _check_video_arrays(frames, boxes, scores, "link_video")
+  frames, boxes, scores = _check_video_arrays(frames, boxes, scores, 'link_video')
   if config.plus_one:
-    check_pixel_boxes(boxes, "link_video")
+    check_pixel_boxes(boxes, 'link_video')
   if frames.shape[0] == 0 or boxes.shape[1] == 0:
     return []
   out: list[Tube] = []
   for class_tubes in _link_all_classes(frames, boxes, scores, config):
-    kept = [t for t in class_tubes
-            if t.end - t.start + 1 >= config.min_length and t.score >= config.min_score]
+    kept = [
+      t
+      for t in class_tubes
+      if t.end - t.start + 1 >= config.min_length and t.score >= config.min_score
+    ]
     keep = nms_tubes(kept, config.nms_threshold, plus_one=config.plus_one)
     out.extend(kept[i] for i in keep)
   return sorted(out, key=lambda t: -t.score)
 
 
-def fill_frames(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                num_frames: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fill_frames(
+  frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, num_frames: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Detections computed every k-th frame -> every frame `0..num_frames - 1`.
 
   Boxes and scores are interpolated linearly (coordinate by coordinate) between the
@@ -355,14 +375,15 @@ def fill_frames(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
     `(frames (num_frames,) int64, boxes (num_frames, N, 4), scores (num_frames, N, C))`,
     float64; computed frames keep their values exactly.
   """
-  frames, boxes, scores = _check_video_arrays(frames, boxes, scores, "fill_frames")
+  frames, boxes, scores = _check_video_arrays(frames, boxes, scores, 'fill_frames')
   if frames.shape[0] == 0:
-    raise ValueError("fill_frames: needs at least one computed frame")
+    raise ValueError('fill_frames: needs at least one computed frame')
   if num_frames < 1 or frames[-1] >= num_frames:
-    raise ValueError(f"fill_frames: computed frames must lie in [0, {num_frames}), "
-                     f"found last frame {frames[-1]}")
+    raise ValueError(
+      f'fill_frames: computed frames must lie in [0, {num_frames}), found last frame {frames[-1]}'
+    )
   target = np.arange(num_frames, dtype=np.int64)
-  hi = np.clip(np.searchsorted(frames, target, side="left"), 0, len(frames) - 1)
+  hi = np.clip(np.searchsorted(frames, target, side='left'), 0, len(frames) - 1)
   lo = np.clip(hi - 1, 0, None)
   lo = np.where(frames[hi] == target, hi, lo)  # Exact hits (and the first frame).
   span = (frames[hi] - frames[lo]).astype(np.float64)
@@ -375,10 +396,12 @@ def fill_frames(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
   return target, lerp(boxes), lerp(scores)
 
 
-def fill_one_box(frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                 num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def fill_one_box(
+  frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, num_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
   """`fill_frames` for one box per frame: boxes `(F, 4)`, scores `(F, C)` -> every frame's
   `(num_frames, 4)` and `(num_frames, C)`, float64."""
-  _, dense_boxes, dense_scores = fill_frames(frames, np.asarray(boxes)[:, None],
-                                             np.asarray(scores)[:, None], num_frames)
+  _, dense_boxes, dense_scores = fill_frames(
+    frames, np.asarray(boxes)[:, None], np.asarray(scores)[:, None], num_frames
+  )
   return dense_boxes[:, 0], dense_scores[:, 0]

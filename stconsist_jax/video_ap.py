@@ -15,36 +15,46 @@ from stconsist_jax import tubes as tubes_lib
 
 # IoU thresholds averaged into 'video_map@0.5:0.95' (ACT: 0.5 + 0.05 * i, i < 10).
 COCO_THRESHOLDS: tuple[float, ...] = tuple(
-    float(t) for t in np.round(0.5 + 0.05 * np.arange(10), 2))
+  float(t) for t in np.round(0.5 + 0.05 * np.arange(10), 2)
+)
 # The video-mAP fields of reports: `video_map`'s default thresholds and 0.5:0.95.
 VIDEO_MAP_KEYS = ('video_map@0.2', 'video_map@0.5', 'video_map@0.75', 'video_map@0.5:0.95')
 
 
-def _class_tubes(tubes_by_video: Mapping[str, Sequence[tubes_lib.Tube]], label: int
-                 ) -> dict[str, list[tubes_lib.Tube]]:
-  return {v: [t for t in tubes if t.label == label]
-          for v, tubes in tubes_by_video.items()}
+def _class_tubes(
+  tubes_by_video: Mapping[str, Sequence[tubes_lib.Tube]], label: int
+) -> dict[str, list[tubes_lib.Tube]]:
+  return {v: [t for t in tubes if t.label == label] for v, tubes in tubes_by_video.items()}
 
 
-def _ranked(detections: Mapping[str, Sequence[tubes_lib.Tube]], label: int
-            ) -> list[tuple[str, tubes_lib.Tube]]:
+def _ranked(
+  detections: Mapping[str, Sequence[tubes_lib.Tube]], label: int
+) -> list[tuple[str, tubes_lib.Tube]]:
   """(video, tube) of one class by score, descending; ties: video name, list order."""
   dets = [(v, t) for v in sorted(detections) for t in detections[v] if t.label == label]
   return sorted(dets, key=lambda vt: -vt[1].score)
 
 
-def _video_ap_curves(detections: Mapping[str, Sequence[tubes_lib.Tube]],
-                     ground_truth: Mapping[str, Sequence[tubes_lib.Tube]], label: int,
-                     thresholds: Sequence[float], plus_one: bool) -> list[float]:
+def _video_ap_curves(
+  detections: Mapping[str, Sequence[tubes_lib.Tube]],
+  ground_truth: Mapping[str, Sequence[tubes_lib.Tube]],
+  label: int,
+  thresholds: Sequence[float],
+  plus_one: bool,
+) -> list[float]:
   """Video AP of one class at each threshold (NaN without ground truth)."""
   gt = {v: tubes for v, tubes in _class_tubes(ground_truth, label).items() if tubes}
   num_gt = sum(len(t) for t in gt.values())
   if num_gt == 0:
-    return [float("nan")] * len(thresholds)
+    return [float('nan')] * len(thresholds)
   ranked = _ranked(detections, label)
   # IoU of each ranked detection with the ground-truth tubes of its video, once.
-  rows = [np.array([tubes_lib.spatiotemporal_iou(g, tube, plus_one=plus_one)
-                    for g in gt[v]]) if v in gt else None for v, tube in ranked]
+  rows = [
+    np.array([tubes_lib.spatiotemporal_iou(g, tube, plus_one=plus_one) for g in gt[v]])
+    if v in gt
+    else None
+    for v, tube in ranked
+  ]
   aps = []
   for thr in thresholds:
     unmatched = {v: np.ones(len(tubes), bool) for v, tubes in gt.items()}
@@ -62,9 +72,14 @@ def _video_ap_curves(detections: Mapping[str, Sequence[tubes_lib.Tube]],
   return aps
 
 
-def video_ap(detections: Mapping[str, Sequence[tubes_lib.Tube]],
-             ground_truth: Mapping[str, Sequence[tubes_lib.Tube]], label: int,
-             iou_threshold: float, *, plus_one: bool = True) -> float:
+def video_ap(
+  detections: Mapping[str, Sequence[tubes_lib.Tube]],
+  ground_truth: Mapping[str, Sequence[tubes_lib.Tube]],
+  label: int,
+  iou_threshold: float,
+  *,
+  plus_one: bool = True,
+) -> float:
   """Video AP of one class (ACT's `videoAP`).
 
   The class's detected tubes of all videos are ranked by score, descending (stable:
@@ -85,18 +100,21 @@ def video_ap(detections: Mapping[str, Sequence[tubes_lib.Tube]],
   Returns:
     The AP, NaN when the class has no ground-truth tube.
   """
-  return _video_ap_curves(detections, ground_truth, label, [iou_threshold],
-                          plus_one)[0]
+  return _video_ap_curves(detections, ground_truth, label, [iou_threshold], plus_one)[0]
 
 
 def _threshold_key(thr: float) -> str:
-  return f"video_map@{thr:g}"
+  return f'video_map@{thr:g}'
 
 
-def video_map(detections: Mapping[str, Sequence[tubes_lib.Tube]],
-              ground_truth: Mapping[str, Sequence[tubes_lib.Tube]], num_classes: int,
-              thresholds: Sequence[float] = (0.2, 0.5, 0.75), *,
-              plus_one: bool = True) -> dict[str, Any]:
+def video_map(
+  detections: Mapping[str, Sequence[tubes_lib.Tube]],
+  ground_truth: Mapping[str, Sequence[tubes_lib.Tube]],
+  num_classes: int,
+  thresholds: Sequence[float] = (0.2, 0.5, 0.75),
+  *,
+  plus_one: bool = True,
+) -> dict[str, Any]:
   """Video-mAP at several spatio-temporal IoU thresholds, and over 0.5:0.95.
 
   Per class and threshold `video_ap`; the mAP is the mean over the classes that have
@@ -119,18 +137,20 @@ def video_map(detections: Mapping[str, Sequence[tubes_lib.Tube]],
       'num_gt_tubes': (C,) int64, 'num_detections': (C,) int64}`. mAPs are NaN when no
       class has ground truth.
   """
-  for name, tubes_by_video in (("detections", detections),
-                               ("ground_truth", ground_truth)):
+  for name, tubes_by_video in (('detections', detections), ('ground_truth', ground_truth)):
     for v, tubes in tubes_by_video.items():
       for t in tubes:
         if not 0 <= t.label < num_classes:
-          raise ValueError(f"video_map: a tube of video {v!r} in {name} has label "
-                           f"{t.label}, outside [0, {num_classes})")
+          raise ValueError(
+            f'video_map: a tube of video {v!r} in {name} has label '
+            f'{t.label}, outside [0, {num_classes})'
+          )
   if plus_one:
-    everything = [t.boxes for d in (detections, ground_truth) for tubes in d.values()
-                  for t in tubes]
+    everything = [
+      t.boxes for d in (detections, ground_truth) for tubes in d.values() for t in tubes
+    ]
     if everything:
-      tubes_lib.check_pixel_boxes(np.concatenate(everything), "video_map")
+      tubes_lib.check_pixel_boxes(np.concatenate(everything), 'video_map')
   all_thresholds = sorted(set(float(t) for t in thresholds) | set(COCO_THRESHOLDS))
   per_class = np.full((num_classes, len(all_thresholds)), np.nan)
   num_gt = np.zeros(num_classes, np.int64)
@@ -143,24 +163,22 @@ def video_map(detections: Mapping[str, Sequence[tubes_lib.Tube]],
       num_det[t.label] += 1
   for c in range(num_classes):
     if num_gt[c]:
-      per_class[c] = _video_ap_curves(detections, ground_truth, c, all_thresholds,
-                                      plus_one)
+      per_class[c] = _video_ap_curves(detections, ground_truth, c, all_thresholds, plus_one)
   with_gt = [int(c) for c in np.nonzero(num_gt)[0]]
-  maps = (np.mean(per_class[with_gt], axis=0) if with_gt
-          else np.full(len(all_thresholds), np.nan))
+  maps = np.mean(per_class[with_gt], axis=0) if with_gt else np.full(len(all_thresholds), np.nan)
   by_thr = dict(zip(all_thresholds, maps.tolist()))
   out: dict[str, Any] = {_threshold_key(t): by_thr[float(t)] for t in thresholds}
-  out["video_map@0.5:0.95"] = float(np.mean([by_thr[t] for t in COCO_THRESHOLDS]))
-  out["per_class_ap"] = {t: per_class[:, i].copy()
-                         for i, t in enumerate(all_thresholds)}
-  out["classes_with_gt"] = with_gt
-  out["num_gt_tubes"] = num_gt
-  out["num_detections"] = num_det
+  out['video_map@0.5:0.95'] = float(np.mean([by_thr[t] for t in COCO_THRESHOLDS]))
+  out['per_class_ap'] = {t: per_class[:, i].copy() for i, t in enumerate(all_thresholds)}
+  out['classes_with_gt'] = with_gt
+  out['num_gt_tubes'] = num_gt
+  out['num_detections'] = num_det
   return out
 
 
-def video_accuracy_from_tubes(detections: Mapping[str, Sequence[tubes_lib.Tube]],
-                              video_labels: Mapping[str, int]) -> float:
+def video_accuracy_from_tubes(
+  detections: Mapping[str, Sequence[tubes_lib.Tube]], video_labels: Mapping[str, int]
+) -> float:
   """Share of videos whose top tube carries the video's label.
 
   The predicted class of a video is the label of its highest-scoring tube (the first
@@ -175,7 +193,7 @@ def video_accuracy_from_tubes(detections: Mapping[str, Sequence[tubes_lib.Tube]]
     The accuracy in [0, 1], NaN without videos.
   """
   if not video_labels:
-    return float("nan")
+    return float('nan')
   correct = 0
   for v, label in video_labels.items():
     tubes = detections.get(v, ())
@@ -203,12 +221,13 @@ def one_box_cap(gt_boxes_per_frame: Any) -> float:
     The cap in (0, 1], NaN when there is no box.
   """
   counts = np.asarray(gt_boxes_per_frame).reshape(-1)
-  if counts.size and (not np.issubdtype(counts.dtype, np.integer)
-                      and not np.all(counts == np.round(counts))):
-    raise ValueError("one_box_cap: box counts must be integers")
+  if counts.size and (
+    not np.issubdtype(counts.dtype, np.integer) and not np.all(counts == np.round(counts))
+  ):
+    raise ValueError('one_box_cap: box counts must be integers')
   if counts.size and counts.min() < 0:
-    raise ValueError(f"one_box_cap: box counts must be >= 0, found {counts.min()}")
+    raise ValueError(f'one_box_cap: box counts must be >= 0, found {counts.min()}')
   total = counts.sum()
   if total == 0:
-    return float("nan")
+    return float('nan')
   return float(np.count_nonzero(counts) / total)

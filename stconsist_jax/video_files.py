@@ -24,13 +24,27 @@ import numpy as np
 from stconsist_jax import fileio
 from stconsist_jax import frame_predictor
 
-VIDEO_EXTENSIONS = ('.avi', '.mp4', '.mkv', '.mov', '.webm', '.m4v', '.mpg', '.mpeg',
-                    '.wmv', '.flv', '.3gp', '.ogv', '.ts', '.mts', '.m2ts')
+VIDEO_EXTENSIONS = (
+  '.avi',
+  '.mp4',
+  '.mkv',
+  '.mov',
+  '.webm',
+  '.m4v',
+  '.mpg',
+  '.mpeg',
+  '.wmv',
+  '.flv',
+  '.3gp',
+  '.ogv',
+  '.ts',
+  '.mts',
+  '.m2ts',
+)
 DEFAULT_FPS = 25.0  # Written when a file does not state a usable frame rate.
 FOURCC = 'mp4v'
 DRAWN_TUBES = 3  # Tubes drawn on one frame at most (the best ones through it).
-REMOTE_VIDEO = ('a bucket URL: OpenCV reads local files only; copy the video to a local '
-                'disk first')
+REMOTE_VIDEO = 'a bucket URL: OpenCV reads local files only; copy the video to a local disk first'
 
 
 class VideoError(Exception):
@@ -40,6 +54,7 @@ class VideoError(Exception):
 @dataclasses.dataclass(frozen=True)
 class VideoInfo:
   """What a video file says about itself (the frame count may be wrong or zero)."""
+
   path: str
   fps: float  # DEFAULT_FPS when the file states none
   fps_stated: bool
@@ -62,15 +77,19 @@ def open_video(path: str | os.PathLike) -> tuple[Any, VideoInfo]:
   cap = cv2.VideoCapture(str(p))
   if not cap.isOpened():
     cap.release()
-    raise VideoError('OpenCV cannot open it (not a video, damaged, or an unsupported '
-                     'codec)')
+    raise VideoError('OpenCV cannot open it (not a video, damaged, or an unsupported codec)')
   fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
   stated = math.isfinite(fps) and 0.0 < fps <= 1000.0
   reported = cap.get(cv2.CAP_PROP_FRAME_COUNT)
   reported = int(reported) if math.isfinite(reported) and reported > 0 else 0
-  info = VideoInfo(str(path), fps if stated else DEFAULT_FPS, stated, reported,
-                   int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
-                   int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0))
+  info = VideoInfo(
+    str(path),
+    fps if stated else DEFAULT_FPS,
+    stated,
+    reported,
+    int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+    int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0),
+  )
   return cap, info
 
 
@@ -90,8 +109,9 @@ def read_frames(cap: Any) -> Iterator[np.ndarray]:
     cap.release()
 
 
-def list_videos(path: str | os.PathLike, exclude: str | os.PathLike | None = None
-                ) -> list[pathlib.Path]:
+def list_videos(
+  path: str | os.PathLike, exclude: str | os.PathLike | None = None
+) -> list[pathlib.Path]:
   """`path` itself, or the video files directly inside a folder (sorted, by extension).
 
   Files under `exclude` (the output folder, local or a bucket URL) are left out.
@@ -104,8 +124,7 @@ def list_videos(path: str | os.PathLike, exclude: str | os.PathLike | None = Non
     skip = pathlib.Path(exclude).resolve()
   found = []
   for f in sorted(p.iterdir()):
-    if (f.name.startswith('.') or not f.is_file()
-        or f.suffix.lower() not in VIDEO_EXTENSIONS):
+    if f.name.startswith('.') or not f.is_file() or f.suffix.lower() not in VIDEO_EXTENSIONS:
       continue
     if skip is not None and f.resolve().parent == skip:
       continue
@@ -116,8 +135,10 @@ def list_videos(path: str | os.PathLike, exclude: str | os.PathLike | None = Non
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
   """One output name per video: its stem, or stem_ext where two stems collide."""
   stems = [p.stem for p in paths]
-  names = [s if stems.count(s) == 1 else f'{s}_{p.suffix.lstrip(".").lower()}'
-           for s, p in zip(stems, paths)]
+  names = [
+    s if stems.count(s) == 1 else f'{s}_{p.suffix.lstrip(".").lower()}'
+    for s, p in zip(stems, paths)
+  ]
   seen: dict[str, int] = {}
   unique = []
   for name in names:
@@ -131,8 +152,18 @@ def same_local_file(path: epath.Path, video: pathlib.Path) -> bool:
   return not fileio.is_remote(path) and pathlib.Path(path).resolve() == video.resolve()
 
 
-_PALETTE = ((255, 99, 71), (60, 179, 113), (30, 144, 255), (255, 215, 0), (238, 130, 238),
-            (0, 206, 209), (255, 140, 0), (154, 205, 50), (219, 112, 147), (123, 104, 238))
+_PALETTE = (
+  (255, 99, 71),
+  (60, 179, 113),
+  (30, 144, 255),
+  (255, 215, 0),
+  (238, 130, 238),
+  (0, 206, 209),
+  (255, 140, 0),
+  (154, 205, 50),
+  (219, 112, 147),
+  (123, 104, 238),
+)
 
 
 def tube_color(tube_id: int) -> tuple[int, int, int]:
@@ -141,8 +172,15 @@ def tube_color(tube_id: int) -> tuple[int, int, int]:
   return (b, g, r)
 
 
-def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int],
-           scale: float, thickness: int) -> int:
+def _label(
+  image: np.ndarray,
+  text: str,
+  x: int,
+  y: int,
+  color: tuple[int, int, int],
+  scale: float,
+  thickness: int,
+) -> int:
   """Writes `text` on a filled box whose bottom-left is (x, y); returns the box height."""
   font = cv2.FONT_HERSHEY_SIMPLEX
   (tw, th), base = cv2.getTextSize(text, font, scale, thickness)
@@ -150,14 +188,17 @@ def _label(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, 
   x = int(np.clip(x, 0, max(w - tw - 2, 0)))
   y = int(np.clip(y, th + base + 2, h - 1))
   cv2.rectangle(image, (x, y - th - base - 2), (x + tw + 2, y), color, -1)
-  cv2.putText(image, text, (x + 1, y - base), font, scale, (0, 0, 0), thickness,
-              cv2.LINE_AA)
+  cv2.putText(image, text, (x + 1, y - base), font, scale, (0, 0, 0), thickness, cv2.LINE_AA)
   return th + base + 2
 
 
-def draw_frame(frame_bgr: np.ndarray, box: np.ndarray | None, probs: np.ndarray,
-               frame_tubes: Sequence[tuple[int, str, float, np.ndarray]],
-               class_names: Sequence[str]) -> np.ndarray:
+def draw_frame(
+  frame_bgr: np.ndarray,
+  box: np.ndarray | None,
+  probs: np.ndarray,
+  frame_tubes: Sequence[tuple[int, str, float, np.ndarray]],
+  class_names: Sequence[str],
+) -> np.ndarray:
   """A copy of the frame with its detection, its tubes and the top class drawn.
 
   Args:
@@ -174,8 +215,7 @@ def draw_frame(frame_bgr: np.ndarray, box: np.ndarray | None, probs: np.ndarray,
   scale = max(0.35, h / 720.0)
   thick = max(1, int(round(h / 360.0)))
   top = int(np.argmax(probs))
-  _label(image, f'{class_names[top]} {probs[top]:.2f}', 0, 0, (255, 255, 255), scale,
-         thick)
+  _label(image, f'{class_names[top]} {probs[top]:.2f}', 0, 0, (255, 255, 255), scale, thick)
   if box is not None:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     cv2.rectangle(image, (x1, y1), (x2, y2), (255, 255, 255), thick)
@@ -186,15 +226,21 @@ def draw_frame(frame_bgr: np.ndarray, box: np.ndarray | None, probs: np.ndarray,
   offset = 0
   for tube_id, name, score, tube_box in shown:
     x1, y1 = int(round(tube_box[0])), int(round(tube_box[1]))
-    offset += _label(image, f'#{tube_id} {name} {score:.2f}', x1, y1 + offset,
-                     tube_color(tube_id), scale, thick)
+    offset += _label(
+      image, f'#{tube_id} {name} {score:.2f}', x1, y1 + offset, tube_color(tube_id), scale, thick
+    )
   return image
 
 
-def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
-                results: frame_predictor.FrameResults, tube_list: Sequence[Any],
-                class_names: Sequence[str], fps: float,
-                on_frame: Callable[[], None] | None = None) -> int:
+def write_video(
+  video: str | os.PathLike,
+  out_path: str | os.PathLike,
+  results: frame_predictor.FrameResults,
+  tube_list: Sequence[Any],
+  class_names: Sequence[str],
+  fps: float,
+  on_frame: Callable[[], None] | None = None,
+) -> int:
   """Decodes `video` again and writes it with the predictions drawn, whole.
 
   OpenCV encodes into a local temporary file, which is then written to `out_path`
@@ -206,7 +252,8 @@ def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
   for tube_id, tube in enumerate(tube_list):
     for f, b in zip(np.asarray(tube.frames), np.asarray(tube.boxes)):
       by_frame.setdefault(int(f), []).append(
-          (tube_id, class_names[int(tube.label)], float(tube.score), b))
+        (tube_id, class_names[int(tube.label)], float(tube.score), b)
+      )
   cap, _ = open_video(video)
   frames = read_frames(cap)
   scratch = tempfile.TemporaryDirectory(prefix='stconsist_predict_')
@@ -219,15 +266,13 @@ def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
         break
       if writer is None:
         h, w = frame.shape[:2]
-        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC), float(fps),
-                                 (w, h))
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC), float(fps), (w, h))
         if not writer.isOpened():
           raise VideoError(f'OpenCV cannot write {FOURCC} video {out_path}')
       box = None
       if results.boxes is not None:
         box = results.boxes[f] * np.array([w, h, w, h], np.float64)
-      writer.write(draw_frame(frame, box, results.probs[f], by_frame.get(f, ()),
-                              class_names))
+      writer.write(draw_frame(frame, box, results.probs[f], by_frame.get(f, ()), class_names))
       written += 1
       if on_frame is not None:
         on_frame()
@@ -242,6 +287,11 @@ def write_video(video: str | os.PathLike, out_path: str | os.PathLike,
       writer.release()
     scratch.cleanup()
   if written != results.num_frames:
-    logging.warning('%s: %d frames decoded on the second pass, %d on the first; the '
-                    'annotated video has %d', video, written, results.num_frames, written)
+    logging.warning(
+      '%s: %d frames decoded on the second pass, %d on the first; the annotated video has %d',
+      video,
+      written,
+      results.num_frames,
+      written,
+    )
   return written

@@ -39,9 +39,12 @@ def box_pixels(box: np.ndarray, width: int, height: int) -> tuple[int, int, int,
   return (min(x1, width - 1), min(y1, height - 1), max(x2, 0), max(y2, 0))
 
 
-def draw_boxes(frame: np.ndarray,
-               boxes: Sequence[tuple[np.ndarray, tuple[int, int, int]]],
-               scale: int = 1, line_width: int = 1) -> np.ndarray:
+def draw_boxes(
+  frame: np.ndarray,
+  boxes: Sequence[tuple[np.ndarray, tuple[int, int, int]]],
+  scale: int = 1,
+  line_width: int = 1,
+) -> np.ndarray:
   """Returns `frame` (uint8 `(H, W, 3)`) upscaled by `scale` with box outlines drawn.
 
   Args:
@@ -52,8 +55,9 @@ def draw_boxes(frame: np.ndarray,
   """
   frame = np.asarray(frame)
   if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
-    raise ValueError(f"draw_boxes: expected a uint8 (H, W, 3) frame, found "
-                     f"{frame.dtype} {frame.shape}")
+    raise ValueError(
+      f'draw_boxes: expected a uint8 (H, W, 3) frame, found {frame.dtype} {frame.shape}'
+    )
   img = Image.fromarray(frame)
   if scale != 1:
     img = img.resize((frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST)
@@ -70,13 +74,19 @@ def _frame_indices(num_frames: int, shown: int) -> list[int]:
   return [int(round(i)) for i in np.linspace(0, num_frames - 1, shown)]
 
 
-def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray,
-               pred_boxes_flip: np.ndarray, gt_boxes: np.ndarray | None = None,
-               has_box: np.ndarray | None = None,
-               gt_names: Sequence[str] | None = None,
-               pred_names: Sequence[str] | None = None,
-               frames_shown: int = 4, scale: int = 2,
-               line_width: int = 2) -> np.ndarray:
+def clip_sheet(
+  clips: np.ndarray,
+  clips_flip: np.ndarray,
+  pred_boxes: np.ndarray,
+  pred_boxes_flip: np.ndarray,
+  gt_boxes: np.ndarray | None = None,
+  has_box: np.ndarray | None = None,
+  gt_names: Sequence[str] | None = None,
+  pred_names: Sequence[str] | None = None,
+  frames_shown: int = 4,
+  scale: int = 2,
+  line_width: int = 2,
+) -> np.ndarray:
   """A uint8 RGB sheet: one row per clip, its frames then its flipped copy's frames.
 
   Each row has a text header `GT: <name> | pred: <name>` and `frames_shown` frames of
@@ -96,8 +106,10 @@ def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray
   clips = np.asarray(clips)
   clips_flip = np.asarray(clips_flip)
   if clips.ndim != 5 or clips.shape != clips_flip.shape:
-    raise ValueError(f"clip_sheet: expected clips and clips_flip (N, T, H, W, 3) of "
-                     f"one shape, found {clips.shape} and {clips_flip.shape}")
+    raise ValueError(
+      f'clip_sheet: expected clips and clips_flip (N, T, H, W, 3) of '
+      f'one shape, found {clips.shape} and {clips_flip.shape}'
+    )
   n, t, h, w, _ = clips.shape
   if has_box is None:
     has_box = np.zeros(n, bool) if gt_boxes is None else np.ones(n, bool)
@@ -105,18 +117,18 @@ def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray
   fh, fw = h * scale, w * scale
   row_w = 2 * len(idx) * fw + (2 * len(idx) - 1) * 1 + GAP
   row_h = HEADER_HEIGHT + fh
-  sheet = Image.new("RGB", (row_w, n * row_h + (n - 1) * GAP), BACKGROUND)
+  sheet = Image.new('RGB', (row_w, n * row_h + (n - 1) * GAP), BACKGROUND)
   draw = ImageDraw.Draw(sheet)
   font = ImageFont.load_default()
   for i in range(n):
     top = i * (row_h + GAP)
-    gt_name = gt_names[i] if gt_names is not None else "?"
-    pred_name = pred_names[i] if pred_names is not None else "?"
-    draw.text((2, top + 1), f"GT: {gt_name} | pred: {pred_name}", fill=TEXT_COLOR,
-              font=font)
+    gt_name = gt_names[i] if gt_names is not None else '?'
+    pred_name = pred_names[i] if pred_names is not None else '?'
+    draw.text((2, top + 1), f'GT: {gt_name} | pred: {pred_name}', fill=TEXT_COLOR, font=font)
     x = 0
-    for side, (frames, pred) in enumerate(((clips[i], pred_boxes[i]),
-                                           (clips_flip[i], pred_boxes_flip[i]))):
+    for side, (frames, pred) in enumerate(
+      ((clips[i], pred_boxes[i]), (clips_flip[i], pred_boxes_flip[i]))
+    ):
       boxes = []
       if gt_boxes is not None and has_box[i]:
         gt = gt_boxes[i] if side == 0 else boxes_lib.flip_xywh(gt_boxes[i])
@@ -133,7 +145,7 @@ def clip_sheet(clips: np.ndarray, clips_flip: np.ndarray, pred_boxes: np.ndarray
 def png_bytes(image: np.ndarray) -> bytes:
   """A uint8 `(H, W, 3)` image encoded as PNG."""
   buffer = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+  Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format='PNG')
   return buffer.getvalue()
 
 
@@ -145,47 +157,49 @@ def save_png(image: np.ndarray, path: PathLike) -> epath.Path:
 # Panels of the curves figure: (title, keys tried in order). Other numeric keys get
 # a panel each after these.
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("loss terms", ("loss", "total", "cls", "loc", "con", "con_cls", "con_loc")),
-    ("accuracy", ("accuracy", "train_accuracy", "eval_clip_accuracy")),
-    ("IoU", ("iou", "train_iou", "eval_mean_iou")),
-    ("consistency weight w(t)", ("con_weight",)),
+  ('loss terms', ('loss', 'total', 'cls', 'loc', 'con', 'con_cls', 'con_loc')),
+  ('accuracy', ('accuracy', 'train_accuracy', 'eval_clip_accuracy')),
+  ('IoU', ('iou', 'train_iou', 'eval_mean_iou')),
+  ('consistency weight w(t)', ('con_weight',)),
 )
-_SKIP_KEYS = ("step", "time", "timestamp", "wall_time")
+_SKIP_KEYS = ('step', 'time', 'timestamp', 'wall_time')
 
 
-def last_record_per_step(records: Sequence[dict[str, Any]]
-                         ) -> list[dict[str, Any]]:
+def last_record_per_step(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
   """Sorted by step; a step logged twice (a resumed run) keeps its last record."""
-  by_step = {int(r["step"]): r for r in records}
+  by_step = {int(r['step']): r for r in records}
   return [by_step[s] for s in sorted(by_step)]
 
 
-def _series(records: Sequence[dict[str, Any]], key: str
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
   steps, values = [], []
   for r in records:
     v = r.get(key)
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-      steps.append(r["step"])
+      steps.append(r['step'])
       values.append(v)
   return np.asarray(steps), np.asarray(values, np.float64)
 
 
-def training_curves(records: Sequence[dict[str, Any]],
-                    width_px: int = 1200) -> np.ndarray:
+def training_curves(records: Sequence[dict[str, Any]], width_px: int = 1200) -> np.ndarray:
   """Renders training curves (loss terms, accuracy, IoU, w(t), then the rest) as RGB."""
   import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
+
+  matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
   if not records:
-    raise ValueError("training_curves: no logged records to plot")
+    raise ValueError('training_curves: no logged records to plot')
   records = last_record_per_step(records)
   keys = []
   for r in records:
     for k, v in r.items():
-      if (k not in keys and k not in _SKIP_KEYS and isinstance(v, (int, float))
-          and not isinstance(v, bool)):
+      if (
+        k not in keys
+        and k not in _SKIP_KEYS
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+      ):
         keys.append(k)
   panels, used = [], set()
   for title, wanted in CURVE_PANELS:
@@ -197,19 +211,18 @@ def training_curves(records: Sequence[dict[str, Any]],
   cols = min(3, len(panels))
   rows = math.ceil(len(panels) / cols)
   dpi = 100
-  fig, axes = plt.subplots(rows, cols, figsize=(width_px / dpi, 3 * rows), dpi=dpi,
-                           squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(width_px / dpi, 3 * rows), dpi=dpi, squeeze=False)
   for ax, (title, present) in zip(axes.flat, panels):
     for k in present:
       s, v = _series(records, k)
       ax.plot(s, v, label=k)
     ax.set_title(title)
-    ax.set_xlabel("step")
+    ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     if len(present) > 1:
       ax.legend(fontsize=8)
-  for ax in list(axes.flat)[len(panels):]:
-    ax.axis("off")
+  for ax in list(axes.flat)[len(panels) :]:
+    ax.axis('off')
   fig.tight_layout()
   fig.canvas.draw()
   image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
@@ -217,7 +230,6 @@ def training_curves(records: Sequence[dict[str, Any]],
   return image
 
 
-def write_training_curves(metrics_path: PathLike, out_path: PathLike
-                          ) -> epath.Path:
+def write_training_curves(metrics_path: PathLike, out_path: PathLike) -> epath.Path:
   """Reads `metrics.jsonl` and writes the curves PNG."""
   return save_png(training_curves(logging_utils.read_metrics_jsonl(metrics_path)), out_path)

@@ -35,6 +35,7 @@ class WorkdirLockedError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Holder:
   """Who holds a lock, as written in the lock file."""
+
   host: str
   pid: int
   started: float  # time.time() of acquisition
@@ -71,8 +72,9 @@ def is_stale(holder: Holder, now: float | None = None, host: str | None = None) 
 
 def _in_use(workdir: str | os.PathLike, holder: Holder) -> WorkdirLockedError:
   return WorkdirLockedError(
-      f'workdir {workdir} is in use by another run ({holder.describe()}); wait for it '
-      f'to finish, stop it, or choose another --workdir')
+    f'workdir {workdir} is in use by another run ({holder.describe()}); wait for it '
+    f'to finish, stop it, or choose another --workdir'
+  )
 
 
 def read_holder(path: epath.Path) -> Holder | None:
@@ -89,8 +91,7 @@ def read_holder(path: epath.Path) -> Holder | None:
 class WorkdirLock:
   """Context manager holding `WORKDIR/.run.lock` for a run, renewing its lease."""
 
-  def __init__(self, workdir: str | os.PathLike, *,
-               lease_seconds: float = DEFAULT_LEASE_SECONDS):
+  def __init__(self, workdir: str | os.PathLike, *, lease_seconds: float = DEFAULT_LEASE_SECONDS):
     self.path = fileio.as_path(workdir) / LOCK_FILENAME
     self.lease_seconds = float(lease_seconds)
     self._holder: Holder | None = None
@@ -99,9 +100,14 @@ class WorkdirLock:
 
   def _new_holder(self) -> Holder:
     now = time.time()
-    return Holder(host=socket.gethostname(), pid=os.getpid(), started=now, renewed=now,
-                  lease_seconds=self.lease_seconds,
-                  token=f'{socket.gethostname()}-{os.getpid()}-{time.time_ns()}')
+    return Holder(
+      host=socket.gethostname(),
+      pid=os.getpid(),
+      started=now,
+      renewed=now,
+      lease_seconds=self.lease_seconds,
+      token=f'{socket.gethostname()}-{os.getpid()}-{time.time_ns()}',
+    )
 
   def _create_exclusive(self, holder: Holder) -> bool:
     """Writes the lock if none exists; whether this run now holds it."""
@@ -135,16 +141,18 @@ class WorkdirLock:
         continue  # Released between our two looks: try again.
       if not is_stale(current):
         raise _in_use(self.path.parent, current)
-      logging.warning('Taking over the stale lock of workdir %s (%s: %s)', self.path.parent,
-                      current.describe(), 'process gone' if current.host == holder.host
-                      else 'lease expired')
+      logging.warning(
+        'Taking over the stale lock of workdir %s (%s: %s)',
+        self.path.parent,
+        current.describe(),
+        'process gone' if current.host == holder.host else 'lease expired',
+      )
       self._remove_stale()
     else:
       raise WorkdirLockedError(f'could not take the lock of workdir {self.path.parent}')
     self._holder = holder
     self._stop.clear()
-    self._thread = threading.Thread(target=self._renew_loop, daemon=True,
-                                    name='workdir-lock-lease')
+    self._thread = threading.Thread(target=self._renew_loop, daemon=True, name='workdir-lock-lease')
     self._thread.start()
     return holder
 

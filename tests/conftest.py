@@ -8,52 +8,58 @@ import pathlib
 import shutil
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # Many tests compile the same tiny train and eval steps: one persistent compilation
 # cache per test run compiles each once. The controller makes it before the
 # pytest-xdist workers start, so they and their subprocesses inherit it; it is removed
 # at the end. A cache the user set up is used and kept.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="stconsist_jax_tests_")
-  os.environ["STCONSIST_JAX_TESTS_OWN_CACHE"] = "1"
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='stconsist_jax_tests_')
+  os.environ['STCONSIST_JAX_TESTS_OWN_CACHE'] = '1'
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 import pytest  # noqa: E402
 
-pytest_plugins = ["data_fixtures", "gcs_fixtures"]
+pytest_plugins = ['data_fixtures', 'gcs_fixtures']
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_UCF24 = REPO_ROOT.parent / "shared" / "data" / "ucf101_24"
+SHARED_UCF24 = REPO_ROOT.parent / 'shared' / 'data' / 'ucf101_24'
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def repo_root() -> pathlib.Path:
   return REPO_ROOT
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def ucf24_dir() -> pathlib.Path:
   """The real UCF101-24 annotations shipped beside the project (never copied into it)."""
-  if not (SHARED_UCF24 / "pyannot.pkl").exists():
-    pytest.skip(f"real UCF101-24 annotations not found at {SHARED_UCF24}")
+  if not (SHARED_UCF24 / 'pyannot.pkl').exists():
+    pytest.skip(f'real UCF101-24 annotations not found at {SHARED_UCF24}')
   return SHARED_UCF24
 
 
 def pytest_sessionfinish(session):
   """The controller (not an xdist worker) removes the compilation cache it made."""
-  if (not hasattr(session.config, "workerinput")
-      and os.environ.get("STCONSIST_JAX_TESTS_OWN_CACHE") == "1"):
-    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+  if (
+    not hasattr(session.config, 'workerinput')
+    and os.environ.get('STCONSIST_JAX_TESTS_OWN_CACHE') == '1'
+  ):
+    shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 
 
 # The longest tests, started first so that the two pytest-xdist workers finish together
 # instead of one running a long test alone at the end.
-LONG_TESTS = ("test_reduced_demo_learns", "test_two_process_run_matches_single_process",
-              "test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket",
-              "test_kill_and_resume_continues_the_same_loss_curve",
-              "test_device_flip_equals_host_flip", "test_one_device_and_eight_devices_agree")
+LONG_TESTS = (
+  'test_reduced_demo_learns',
+  'test_two_process_run_matches_single_process',
+  'test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket',
+  'test_kill_and_resume_continues_the_same_loss_curve',
+  'test_device_flip_equals_host_flip',
+  'test_one_device_and_eight_devices_agree',
+)
 
 
 def pytest_collection_modifyitems(items):

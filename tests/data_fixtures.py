@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 # 6 classes (4 with boxes), 4 videos each, 24-48 frames: written in about a second.
-SYNTHETIC_SPEC_KWARGS = dict(seed=0, num_classes=6, annotated_classes=4,
-                             videos_per_class=4, min_frames=24, max_frames=48)
+SYNTHETIC_SPEC_KWARGS = dict(
+  seed=0, num_classes=6, annotated_classes=4, videos_per_class=4, min_frames=24, max_frames=48
+)
 SYNTHETIC_FRAME_SIZE = 32
 # The all-101-classes folder: 2 videos per class (groups 1 and 8: test and train in
 # split 1), 3 frames of 32x24 each; the 24 UCF101-24 classes carry one tube each.
@@ -20,18 +21,19 @@ TINY_UCF101_FRAMES = 3
 TINY_UCF101_SIZE = (24, 32)  # (height, width)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def synthetic_root(tmp_path_factory):
   """Ground truth (`synthetic.SyntheticDataset`) of a synthetic UCF-101 folder.
 
   `.root` is the folder: UCF-101/<Class>/*.avi, ucfTrainTestlist/, pyannot.pkl.
   """
   from stconsist_jax.data import synthetic
+
   spec = synthetic.SyntheticSpec(**SYNTHETIC_SPEC_KWARGS)
-  return synthetic.generate(tmp_path_factory.mktemp("synthetic") / "ucf101", spec)
+  return synthetic.generate(tmp_path_factory.mktemp('synthetic') / 'ucf101', spec)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def synthetic_tfds(synthetic_root, tmp_path_factory):
   """`synthetic_root` built with the TFDS builder, split 1, 32x32 frames.
 
@@ -41,15 +43,24 @@ def synthetic_tfds(synthetic_root, tmp_path_factory):
   manual_dir, num_classes.
   """
   from stconsist_jax.data import tfds_builder
-  data_dir = tmp_path_factory.mktemp("tfds")
+
+  data_dir = tmp_path_factory.mktemp('tfds')
   # In-process decoding: a worker pool's start-up would dominate such a tiny build.
-  builder = tfds_builder.build(synthetic_root.root, data_dir, split=1,
-                               frame_size=SYNTHETIC_FRAME_SIZE, num_workers=0)
+  builder = tfds_builder.build(
+    synthetic_root.root, data_dir, split=1, frame_size=SYNTHETIC_FRAME_SIZE, num_workers=0
+  )
   return types.SimpleNamespace(
-      data_dir=data_dir, config=builder.builder_config,
-      config_name=builder.builder_config.name, frame_size=SYNTHETIC_FRAME_SIZE, split=1,
-      builder_dir=builder.data_dir, builder=builder, truth=synthetic_root,
-      manual_dir=synthetic_root.root, num_classes=len(synthetic_root.class_names))
+    data_dir=data_dir,
+    config=builder.builder_config,
+    config_name=builder.builder_config.name,
+    frame_size=SYNTHETIC_FRAME_SIZE,
+    split=1,
+    builder_dir=builder.data_dir,
+    builder=builder,
+    truth=synthetic_root,
+    manual_dir=synthetic_root.root,
+    num_classes=len(synthetic_root.class_names),
+  )
 
 
 def write_tiny_ucf101(root: pathlib.Path) -> dict:
@@ -62,34 +73,33 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
   from stconsist_jax.data import annotations as ann
   from stconsist_jax.data import synthetic
   from stconsist_jax.data import synthetic_video
+
   h, w = TINY_UCF101_SIZE
   records = {}
   for label, name in enumerate(ann.UCF101_CLASSES):
     for group in TINY_UCF101_GROUPS:
       path = synthetic.video_path(name, group, 1)
-      frames = np.full((TINY_UCF101_FRAMES, h, w, 3), (label * 37 % 200, 90, 140),
-                       np.uint8)
-      boxes = np.array([[4 + f, 5, 16 + f, 19] for f in range(TINY_UCF101_FRAMES)],
-                       np.float64)
+      frames = np.full((TINY_UCF101_FRAMES, h, w, 3), (label * 37 % 200, 90, 140), np.uint8)
+      boxes = np.array([[4 + f, 5, 16 + f, 19] for f in range(TINY_UCF101_FRAMES)], np.float64)
       for f, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
         frames[f, y1:y2, x1:x2] = 255
-      synthetic_video.write_video(frames, root / "UCF-101" / f"{path}.avi")
+      synthetic_video.write_video(frames, root / 'UCF-101' / f'{path}.avi')
       tubes = ()
       if name in ann.UCF24_CLASSES:
         tubes = (ann.Tube(ann.UCF24_CLASSES.index(name), 0, TINY_UCF101_FRAMES, boxes),)
       records[path] = ann.VideoRecord(path, label, name, TINY_UCF101_FRAMES, tubes)
-  list_dir = root / "ucfTrainTestlist"
-  ann.write_class_index(ann.UCF101_CLASSES, list_dir / "classInd.txt")
+  list_dir = root / 'ucfTrainTestlist'
+  ann.write_class_index(ann.UCF101_CLASSES, list_dir / 'classInd.txt')
   for split in (1, 2, 3):
     test = [p for p in records if ann.group_of(p) in range(7 * split - 6, 7 * split + 1)]
     train = [p for p in records if p not in set(test)]
     ann.write_split_lists(list_dir, split, train, test, ann.UCF101_CLASSES)
-  ann.write_pyannot(records.values(), root / "pyannot.pkl")
+  ann.write_pyannot(records.values(), root / 'pyannot.pkl')
   return records
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def tiny_ucf101(tmp_path_factory):
   """A folder of all 101 classes (`write_tiny_ucf101`): fields root, records."""
-  root = tmp_path_factory.mktemp("tiny_ucf101") / "ucf101"
+  root = tmp_path_factory.mktemp('tiny_ucf101') / 'ucf101'
   return types.SimpleNamespace(root=root, records=write_tiny_ucf101(root))

@@ -11,7 +11,7 @@ import pytest
 import gcs_emulator
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def gcs_server() -> Iterator[gcs_emulator.GcsEmulator]:
   """One emulator per pytest process, found by every GCS client through os.environ.
 
@@ -39,6 +39,6 @@ def gcs_server() -> Iterator[gcs_emulator.GcsEmulator]:
 @pytest.fixture
 def gcs_bucket(gcs_server: gcs_emulator.GcsEmulator) -> str:
   """A new empty bucket on the emulator, as the string "gs://<bucket>"."""
-  name = f"test-{uuid.uuid4().hex[:16]}"
+  name = f'test-{uuid.uuid4().hex[:16]}'
   gcs_server.create_bucket(name)
-  return f"gs://{name}"
+  return f'gs://{name}'

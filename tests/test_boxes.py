@@ -8,8 +8,7 @@ from stconsist_jax import boxes
 
 
 def test_flip_box():
-  np.testing.assert_allclose(boxes.flip_xywh([0.1, 0.2, 0.3, 0.4]),
-                             [0.6, 0.2, 0.3, 0.4])
+  np.testing.assert_allclose(boxes.flip_xywh([0.1, 0.2, 0.3, 0.4]), [0.6, 0.2, 0.3, 0.4])
 
 
 def test_flip_is_its_own_inverse_and_keeps_dtype():
@@ -31,8 +30,11 @@ def test_iou_known_values():
   np.testing.assert_allclose(boxes.iou_corners(a, b), [1 / 7, 0.0, 0.0])
   # ACT's pixel convention: 2x2 pixels overlapping in 1 of 4 + 4 - 1.
   np.testing.assert_allclose(
-      boxes.iou_corners(np.array([0.0, 0.0, 1.0, 1.0]), np.array([1.0, 1.0, 2.0, 2.0]),
-                        plus_one=True), 1 / 7)
+    boxes.iou_corners(
+      np.array([0.0, 0.0, 1.0, 1.0]), np.array([1.0, 1.0, 2.0, 2.0]), plus_one=True
+    ),
+    1 / 7,
+  )
 
 
 def test_pairwise_matches_elementwise():

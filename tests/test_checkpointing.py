@@ -22,23 +22,45 @@ from stconsist_jax import logging_utils
 NUM_STEPS = 30
 EVERY = 4
 OVERRIDES = [
-    '--config.data.name=random', '--config.data.frame_size=16', '--config.data.image_size=16',
-    '--config.data.num_frames=4', '--config.model.widen_factor=0.125',
-    '--config.model.box_hidden=(16,)', '--config.train.batch_size=4',
-    f'--config.train.num_steps={NUM_STEPS}', '--config.train.log_every=1',
-    f'--config.train.checkpoint_every={EVERY}', '--config.optimizer.warmup_steps=2',
-    '--config.loss.rampup_steps=5',
+  '--config.data.name=random',
+  '--config.data.frame_size=16',
+  '--config.data.image_size=16',
+  '--config.data.num_frames=4',
+  '--config.model.widen_factor=0.125',
+  '--config.model.box_hidden=(16,)',
+  '--config.train.batch_size=4',
+  f'--config.train.num_steps={NUM_STEPS}',
+  '--config.train.log_every=1',
+  f'--config.train.checkpoint_every={EVERY}',
+  '--config.optimizer.warmup_steps=2',
+  '--config.loss.rampup_steps=5',
 ]
 
 
 def _launch(repo_root, workdir, cache_dir, **kwargs):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  cmd = [sys.executable, str(repo_root / 'launch.py'), '--config=configs/demo.py',
-         f'--workdir={workdir}', *OVERRIDES]
-  return subprocess.Popen(cmd, cwd=repo_root, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, **kwargs)
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=1',
+    JAX_PLATFORMS='cpu',
+    JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
+  cmd = [
+    sys.executable,
+    str(repo_root / 'launch.py'),
+    '--config=configs/demo.py',
+    f'--workdir={workdir}',
+    *OVERRIDES,
+  ]
+  return subprocess.Popen(
+    cmd,
+    cwd=repo_root,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    **kwargs,
+  )
 
 
 def _wait_for_steps(proc, workdir, n, committed=None, timeout=300):
@@ -46,7 +68,8 @@ def _wait_for_steps(proc, workdir, n, committed=None, timeout=300):
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     if len(logging_utils.read_metrics(workdir)) >= n and (
-        committed is None or (workdir / 'checkpoints' / str(committed)).is_dir()):
+      committed is None or (workdir / 'checkpoints' / str(committed)).is_dir()
+    ):
       return
     if proc.poll() is not None:
       pytest.fail(f'run ended early (rc {proc.returncode}):\n{proc.stdout.read()[-3000:]}')
@@ -107,14 +130,18 @@ class _State:
 
 
 def _state(value: float) -> _State:
-  return _State(step=np.array(int(value), np.int32), params={'w': np.full((3,), value, np.float32)},
-                batch_stats={'m': np.zeros((2,), np.float32)},
-                opt_state={'mu': np.full((3,), -value, np.float32)})
+  return _State(
+    step=np.array(int(value), np.int32),
+    params={'w': np.full((3,), value, np.float32)},
+    batch_stats={'m': np.zeros((2,), np.float32)},
+    opt_state={'mu': np.full((3,), -value, np.float32)},
+  )
 
 
 def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):
   config = ml_collections.ConfigDict(
-      {'seed': 3, 'eval': {'best_metric': 'acc', 'best_mode': 'max'}})
+    {'seed': 3, 'eval': {'best_metric': 'acc', 'best_mode': 'max'}}
+  )
   config_lib.save(config, tmp_path)
   ckpt = checkpointing.Checkpointer(tmp_path, keep=2, best_metric='acc', best_mode='max')
   assert ckpt.best_step() is None

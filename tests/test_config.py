@@ -12,8 +12,7 @@ import pytest
 
 from stconsist_jax import config_lib
 
-CONFIGS = ('default', 'model1', 'model2', 'model1_fixed', 'model2_fixed', 'finetune_cls',
-           'demo')
+CONFIGS = ('default', 'model1', 'model2', 'model1_fixed', 'model2_fixed', 'finetune_cls', 'demo')
 
 
 def _config(name='default'):
@@ -36,7 +35,9 @@ def test_study_settings():
   assert _config('finetune_cls').loss.loc_weight == 0.0
 
 
-@pytest.mark.parametrize('key, value, devices, pattern', [
+@pytest.mark.parametrize(
+  'key, value, devices, pattern',
+  [
     ('train.batch_size', 12, 8, 'train.batch_size.*divisible by the device count 8'),
     ('optimizer.name', 'lamb', None, "optimizer.name.*'sgd', 'adamw'"),
     ('optimizer.schedule', 'linear', None, 'optimizer.schedule'),
@@ -49,7 +50,8 @@ def test_study_settings():
     ('optimizer.lr', '0.1', None, r"optimizer.lr.*must be int or float, got '0.1'"),
     ('loss.con_cls', 'kl', None, 'loss.con_cls'),
     ('data.scale_augment', (0.9, 0.5), None, 'data.scale_augment'),
-])
+  ],
+)
 def test_bad_values_name_the_key(key, value, devices, pattern):
   # Built from a plain dict, as a config read back from JSON would be (no type locks).
   raw = _config().to_dict()
@@ -62,14 +64,15 @@ def test_bad_values_name_the_key(key, value, devices, pattern):
 def test_bad_stages_name_the_stage():
   config = _config()
   config.train.stages = ({'num_steps': 10, 'freeze_backbone': True, 'loss_weight': {}},)
-  with pytest.raises(config_lib.ConfigError, match=r"train.stages\[0\].*loss_weight"):
+  with pytest.raises(config_lib.ConfigError, match=r'train.stages\[0\].*loss_weight'):
     config_lib.validate(config)
   config.train.stages = ({'num_steps': -1}, {'num_steps': 5})
   with pytest.raises(config_lib.ConfigError, match=r'only the last stage'):
     config_lib.validate(config)
   config.train.stages = ({'num_steps': -1, 'freeze_backbone': 1},)
-  with pytest.raises(config_lib.ConfigError,
-                     match=r'train.stages\[0\].freeze_backbone must be bool'):
+  with pytest.raises(
+    config_lib.ConfigError, match=r'train.stages\[0\].freeze_backbone must be bool'
+  ):
     config_lib.validate(config)
 
 
@@ -82,32 +85,55 @@ def test_config_json_round_trip(tmp_path):
   config_lib.validate(loaded)
 
 
-@pytest.mark.parametrize('override, message', [
+@pytest.mark.parametrize(
+  'override, message',
+  [
     ('--config.optimizer.lrr=0.1', "config key 'optimizer.lrr' does not exist"),
     ('--config.optimizer.lr=fast', 'config.optimizer.lr'),
     ('--config.optimizer.name=lamb', "config key 'optimizer.name'"),
-])
+  ],
+)
 def test_launch_rejects_bad_overrides_before_compute(repo_root, tmp_path, override, message):
   proc = subprocess.run(
-      [sys.executable, str(repo_root / 'launch.py'), '--config=configs/demo.py',
-       f'--workdir={tmp_path}', override], cwd=repo_root, capture_output=True, text=True,
-      timeout=120)
+    [
+      sys.executable,
+      str(repo_root / 'launch.py'),
+      '--config=configs/demo.py',
+      f'--workdir={tmp_path}',
+      override,
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert proc.returncode == 2
   assert message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'checkpoints').exists()
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     (('--mode=eval',), 'does not exist'),
-    (('--mode=train', '--config.data.data_dir=/nonexistent/tfds'), "not found"),
-])
-def test_launch_reports_missing_workdir_or_dataset_in_one_line(repo_root, tmp_path, args,
-                                                               message):
+    (('--mode=train', '--config.data.data_dir=/nonexistent/tfds'), 'not found'),
+  ],
+)
+def test_launch_reports_missing_workdir_or_dataset_in_one_line(repo_root, tmp_path, args, message):
   proc = subprocess.run(
-      [sys.executable, str(repo_root / 'launch.py'), '--config=configs/demo.py',
-       f'--workdir={tmp_path / "missing"}', *args], cwd=repo_root, capture_output=True,
-      text=True, timeout=180)
+    [
+      sys.executable,
+      str(repo_root / 'launch.py'),
+      '--config=configs/demo.py',
+      f'--workdir={tmp_path / "missing"}',
+      *args,
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=180,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'error:' in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr

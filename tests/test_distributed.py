@@ -23,8 +23,10 @@ import test_train  # pylint: disable=g-bad-import-order
 
 def test_shard_batch_global_array_equals_host_batch():
   mesh = distributed.make_mesh()
-  batch = {'clip': np.arange(8 * 6, dtype=np.uint8).reshape(8, 6),
-           'label': np.arange(8, dtype=np.int32)}
+  batch = {
+    'clip': np.arange(8 * 6, dtype=np.uint8).reshape(8, 6),
+    'label': np.arange(8, dtype=np.int32),
+  }
   arrays = distributed.shard_batch(batch, mesh)
   for key, value in batch.items():
     assert arrays[key].shape == value.shape
@@ -120,23 +122,44 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
   steps = 3
   config = test_train.tiny_config(num_steps=steps)
   overrides = [
-      '--config.data.name=random', '--config.data.frame_size=16',
-      '--config.data.image_size=16', '--config.data.num_frames=4',
-      '--config.model.widen_factor=0.125', '--config.model.box_hidden=(16,)',
-      '--config.train.batch_size=8', f'--config.train.num_steps={steps}',
-      '--config.train.log_every=1', '--config.train.checkpoint_every=2',
-      '--config.optimizer.warmup_steps=1', '--config.optimizer.schedule=constant',
-      '--config.loss.rampup_steps=2', '--config.loss.loc_weight=1.0']
+    '--config.data.name=random',
+    '--config.data.frame_size=16',
+    '--config.data.image_size=16',
+    '--config.data.num_frames=4',
+    '--config.model.widen_factor=0.125',
+    '--config.model.box_hidden=(16,)',
+    '--config.train.batch_size=8',
+    f'--config.train.num_steps={steps}',
+    '--config.train.log_every=1',
+    '--config.train.checkpoint_every=2',
+    '--config.optimizer.warmup_steps=1',
+    '--config.optimizer.schedule=constant',
+    '--config.loss.rampup_steps=2',
+    '--config.loss.loc_weight=1.0',
+  ]
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu')
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
   workdir = tmp_path / 'two'
-  procs = [subprocess.Popen(
-      [sys.executable, str(repo_root / 'launch.py'), '--config=configs/demo.py',
-       f'--workdir={workdir}', *overrides, f'--coordinator_address=localhost:{port}',
-       '--num_processes=2', f'--process_id={i}'],
-      cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(repo_root / 'launch.py'),
+        '--config=configs/demo.py',
+        f'--workdir={workdir}',
+        *overrides,
+        f'--coordinator_address=localhost:{port}',
+        '--num_processes=2',
+        f'--process_id={i}',
+      ],
+      cwd=repo_root,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
@@ -150,12 +173,13 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
   assert sorted(got) == sorted(ref) == [1, 2, 3]
   for step in ref:
     for key in ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'grad_norm'):
-      np.testing.assert_allclose(got[step][key], ref[step][key], rtol=2e-5, atol=1e-6,
-                                 err_msg=f'{key} at step {step}')
+      np.testing.assert_allclose(
+        got[step][key], ref[step][key], rtol=2e-5, atol=1e-6, err_msg=f'{key} at step {step}'
+      )
   _, variables, step = checkpointing.restore_for_eval(workdir)
   assert step == steps
   ref_params = jax.device_get(state.params)
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(variables['params']),
-                          jax.tree.leaves(ref_params)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6,
-                               err_msg=jax.tree_util.keystr(path))
+  for (path, a), b in zip(
+    jax.tree_util.tree_leaves_with_path(variables['params']), jax.tree.leaves(ref_params)
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -30,8 +30,7 @@ def test_quiet_library_logs_installs_one_filter():
   logging_utils.quiet_library_logs()
   logging_utils.quiet_library_logs()
   handler = logging.get_absl_handler()
-  installed = [f for f in handler.filters
-               if isinstance(f, logging_utils._DropLibraryInfo)]  # pylint: disable=protected-access
+  installed = [f for f in handler.filters if isinstance(f, logging_utils._DropLibraryInfo)]  # pylint: disable=protected-access
   assert len(installed) == 1
 
 
@@ -72,8 +71,9 @@ def test_jsonl_is_written_whole_at_each_flush_only(tmp_path, monkeypatch):
 
 def test_partial_last_line_of_an_old_run_is_dropped_with_a_warning(tmp_path, monkeypatch):
   warnings = []
-  monkeypatch.setattr(logging_utils.logging, 'warning',
-                      lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(
+    logging_utils.logging, 'warning', lambda msg, *args: warnings.append(msg % args)
+  )
   path = tmp_path / 'metrics.jsonl'
   path.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
   writer = logging_utils.JsonlWriter(path)
@@ -98,6 +98,7 @@ def test_drop_partial_last_line_cases():
 def _events(logdir) -> dict[str, list[tuple[int, float]]]:
   """tag -> [(step, value)] of the TensorBoard event files under `logdir`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   out = {}
   for path in sorted(logdir.glob('events.out.tfevents.*')):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
@@ -109,19 +110,23 @@ def _events(logdir) -> dict[str, list[tuple[int, float]]]:
 
 def test_interval_splits_input_wait_and_writes_tensorboard(tmp_path, monkeypatch):
   now = _fake_clock(monkeypatch)
-  logger = logging_utils.MetricLogger(tmp_path, total_steps=20, start_step=0,
-                                      batch_size=4, progress_bar=False)
+  logger = logging_utils.MetricLogger(
+    tmp_path, total_steps=20, start_step=0, batch_size=4, progress_bar=False
+  )
   lines = []
-  monkeypatch.setattr(logging_utils.logging, 'info',
-                      lambda msg, *args: lines.append(msg % args))
+  monkeypatch.setattr(logging_utils.logging, 'info', lambda msg, *args: lines.append(msg % args))
   for step in range(1, 6):  # 5 steps in 10 s, 2.5 s of them waiting for input.
     with logger.timed('input'):
       now[0] += 0.5
     now[0] += 1.5
     logger.write_steps([(step, {'loss': float(step)})])
   means = logger.write_interval(5)
-  assert means == {'loss': 3.0, 'steps_per_sec': 0.5, 'clips_per_s': 2.0,
-                   'input_wait_fraction': 0.25}
+  assert means == {
+    'loss': 3.0,
+    'steps_per_sec': 0.5,
+    'clips_per_s': 2.0,
+    'input_wait_fraction': 0.25,
+  }
   assert lines == ['step 5/20 loss=3 clips/s=2.0 input=25% ETA 0:00:30']
   logger.close()
   events = _events(tmp_path / 'tensorboard')
@@ -135,11 +140,13 @@ def test_without_tensorflow_console_and_jsonl_only_one_warning(tmp_path, monkeyp
   monkeypatch.setitem(sys.modules, 'clu.metric_writers', None)  # as if TF were missing
   monkeypatch.setattr(logging_utils, '_warned_no_tensorboard', False)
   warnings = []
-  monkeypatch.setattr(logging_utils.logging, 'warning',
-                      lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(
+    logging_utils.logging, 'warning', lambda msg, *args: warnings.append(msg % args)
+  )
   for run in ('a', 'b'):
-    logger = logging_utils.MetricLogger(tmp_path / run, total_steps=2, start_step=0,
-                                        batch_size=1, progress_bar=False)
+    logger = logging_utils.MetricLogger(
+      tmp_path / run, total_steps=2, start_step=0, batch_size=1, progress_bar=False
+    )
     logger.write_steps([(1, {'loss': 1.5})])
     assert logger.write_interval(1)['loss'] == 1.5
     logger.close()
@@ -149,8 +156,9 @@ def test_without_tensorflow_console_and_jsonl_only_one_warning(tmp_path, monkeyp
 
 
 def test_other_processes_write_nothing(tmp_path):
-  logger = logging_utils.MetricLogger(tmp_path / 'w', total_steps=2, start_step=0,
-                                      batch_size=1, enabled=False)
+  logger = logging_utils.MetricLogger(
+    tmp_path / 'w', total_steps=2, start_step=0, batch_size=1, enabled=False
+  )
   logger.write_steps([(1, {'loss': 1.0})])
   assert logger.write_interval(1)['loss'] == 1.0
   logger.close()

@@ -25,12 +25,11 @@ def test_softmax_cross_entropy_matches_numpy():
   labels = rng.integers(0, 5, size=6)
   probs = np_softmax(logits.astype(np.float64), axis=-1)
   ce = -np.log(probs[np.arange(6), labels])
-  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), ce.mean(),
-                             rtol=1e-5)
+  np.testing.assert_allclose(losses.softmax_cross_entropy(logits, labels), ce.mean(), rtol=1e-5)
   w = np.array([1, 0, 1, 1, 0, 2], np.float32)
   np.testing.assert_allclose(
-      losses.softmax_cross_entropy(logits, labels, w), (w * ce).sum() / w.sum(),
-      rtol=1e-5)
+    losses.softmax_cross_entropy(logits, labels, w), (w * ce).sum() / w.sum(), rtol=1e-5
+  )
 
 
 def test_softmax_cross_entropy_zero_weight_rows_get_no_gradient():
@@ -83,8 +82,7 @@ def test_js_divergence_matches_scipy():
   # Symmetric, zero on identical inputs, bounded by log 2.
   np.testing.assert_allclose(losses.js_divergence(lq, lp), got, rtol=1e-5, atol=1e-8)
   np.testing.assert_allclose(losses.js_divergence(lp, lp), 0.0, atol=1e-6)
-  far = np.asarray(losses.js_divergence(np.array([[50.0, -50.0]]),
-                                        np.array([[-50.0, 50.0]])))
+  far = np.asarray(losses.js_divergence(np.array([[50.0, -50.0]]), np.array([[-50.0, 50.0]])))
   np.testing.assert_allclose(far, math.log(2), rtol=1e-5)
 
 
@@ -108,8 +106,9 @@ def test_csd_consistency_matches_numpy():
   rng = _rng(4)
   lp = rng.normal(size=(5, 9)).astype(np.float32) * 2
   lq = rng.normal(size=(5, 9)).astype(np.float32) * 2
-  np.testing.assert_allclose(losses.csd_consistency(lp, lq), _csd_numpy(lp, lq),
-                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(
+    losses.csd_consistency(lp, lq), _csd_numpy(lp, lq), rtol=1e-4, atol=1e-7
+  )
 
 
 def test_csd_consistency_gradient_only_through_the_non_target_side():
@@ -149,12 +148,14 @@ def test_csd_consistency_gradient_only_through_the_non_target_side():
 def test_classification_consistency_dispatch_and_bad_kind():
   lp = np.array([[1.0, 2.0, 0.5]], np.float32)
   lq = np.array([[0.0, 1.0, 2.0]], np.float32)
-  np.testing.assert_allclose(losses.classification_consistency(lp, lq, "js"),
-                             losses.js_divergence(lp, lq))
-  np.testing.assert_allclose(losses.classification_consistency(lp, lq, "csd"),
-                             losses.csd_consistency(lp, lq))
+  np.testing.assert_allclose(
+    losses.classification_consistency(lp, lq, 'js'), losses.js_divergence(lp, lq)
+  )
+  np.testing.assert_allclose(
+    losses.classification_consistency(lp, lq, 'csd'), losses.csd_consistency(lp, lq)
+  )
   with pytest.raises(ValueError, match="'kl'"):
-    losses.classification_consistency(lp, lq, "kl")
+    losses.classification_consistency(lp, lq, 'kl')
 
 
 def _flip(boxes):
@@ -168,8 +169,7 @@ def test_box_consistency_zero_for_flip_equivariant_prediction():
   xy = rng.uniform(0, 0.5, size=(8, 2))
   wh = rng.uniform(0.05, 0.5, size=(8, 2))
   boxes = np.concatenate([xy, wh], -1).astype(np.float32)
-  np.testing.assert_allclose(losses.box_consistency(boxes, _flip(boxes)), 0.0,
-                             atol=1e-7)
+  np.testing.assert_allclose(losses.box_consistency(boxes, _flip(boxes)), 0.0, atol=1e-7)
 
 
 def test_box_consistency_matches_hand_computed():
@@ -184,8 +184,9 @@ def test_consistency_ramp_values():
   t_up = 100
   assert float(losses.consistency_ramp(0, t_up)) == 0.0
   for t in (1, 25, 50, 99):
-    np.testing.assert_allclose(losses.consistency_ramp(t, t_up),
-                               math.exp(-5 * (1 - t / t_up) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(
+      losses.consistency_ramp(t, t_up), math.exp(-5 * (1 - t / t_up) ** 2), rtol=1e-6
+    )
   for t in (100, 101, 10_000):
     assert float(losses.consistency_ramp(t, t_up)) == 1.0
   # No ramp-up: 1 from the start.
@@ -195,12 +196,13 @@ def test_consistency_ramp_values():
   assert float(losses.consistency_ramp(150, **kw)) == 1.0
   assert float(losses.consistency_ramp(180, **kw)) == 1.0
   for t in (181, 190, 200):
-    np.testing.assert_allclose(losses.consistency_ramp(t, **kw),
-                               math.exp(-12.5 * (1 - (200 - t) / 20) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(
+      losses.consistency_ramp(t, **kw), math.exp(-12.5 * (1 - (200 - t) / 20) ** 2), rtol=1e-6
+    )
   # Traced step under jit gives the same values.
   jitted = jax.jit(lambda s: losses.consistency_ramp(s, t_up))
   np.testing.assert_allclose(jitted(jnp.int32(50)), math.exp(-5 * 0.25), rtol=1e-6)
-  with pytest.raises(ValueError, match="total_steps"):
+  with pytest.raises(ValueError, match='total_steps'):
     losses.consistency_ramp(5, 10, rampdown_steps=3)
 
 
@@ -218,35 +220,53 @@ def _csd_rampweight(iteration, ramp_up_end, total, ramp_down):
   return ramp_weight
 
 
-@pytest.mark.parametrize("ramp_up,total,ramp_down", [
+@pytest.mark.parametrize(
+  'ramp_up,total,ramp_down',
+  [
     (32000, 120000, 20000),  # CSD-SSD's own setting: the ramps do not meet.
     (80, 100, 40),  # Overlapping: ramp-up still running when ramp-down would start.
     (100, 100, 100),  # Overlapping over the whole run.
     (10, 50, 10),  # Meeting in the middle with a flat part between.
-])
+  ],
+)
 def test_consistency_ramp_equals_csd_rampweight(ramp_up, total, ramp_down):
-  edges = {0, 1, ramp_up - 1, ramp_up, ramp_up + 1, total - ramp_down,
-           total - ramp_down + 1, total - 1, total}
-  steps = sorted(t for t in edges | set(range(0, total + 1, max(total // 37, 1)))
-                 if 0 <= t <= total)
+  edges = {
+    0,
+    1,
+    ramp_up - 1,
+    ramp_up,
+    ramp_up + 1,
+    total - ramp_down,
+    total - ramp_down + 1,
+    total - 1,
+    total,
+  }
+  steps = sorted(
+    t for t in edges | set(range(0, total + 1, max(total // 37, 1))) if 0 <= t <= total
+  )
   for t in steps:
     np.testing.assert_allclose(
-        losses.consistency_ramp(t, ramp_up, total, ramp_down),
-        _csd_rampweight(t, ramp_up, total, ramp_down), rtol=1e-5, atol=1e-7,
-        err_msg=f"step {t}")
+      losses.consistency_ramp(t, ramp_up, total, ramp_down),
+      _csd_rampweight(t, ramp_up, total, ramp_down),
+      rtol=1e-5,
+      atol=1e-7,
+      err_msg=f'step {t}',
+    )
 
 
 def test_overlapping_ramps_let_the_ramp_up_win():
   """The example of the issue: ramp-up 80, total 100, ramp-down 40, step 70."""
-  np.testing.assert_allclose(losses.consistency_ramp(70, 80, 100, 40),
-                             math.exp(-5 * (1 - 70 / 80) ** 2), rtol=1e-6)  # 0.925
-  np.testing.assert_allclose(losses.consistency_ramp(90, 80, 100, 40),
-                             math.exp(-12.5 * (1 - 10 / 40) ** 2), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.consistency_ramp(70, 80, 100, 40), math.exp(-5 * (1 - 70 / 80) ** 2), rtol=1e-6
+  )  # 0.925
+  np.testing.assert_allclose(
+    losses.consistency_ramp(90, 80, 100, 40), math.exp(-12.5 * (1 - 10 / 40) ** 2), rtol=1e-6
+  )
 
 
 def test_total_loss_weights_each_term():
-  terms = {"cls": jnp.float32(2.0), "loc": jnp.float32(0.5), "con": jnp.float32(0.1)}
-  w = {"cls": 1.0, "loc": 2.0, "con": jnp.float32(0.5) * 10}
+  terms = {'cls': jnp.float32(2.0), 'loc': jnp.float32(0.5), 'con': jnp.float32(0.1)}
+  w = {'cls': 1.0, 'loc': 2.0, 'con': jnp.float32(0.5) * 10}
   np.testing.assert_allclose(losses.total_loss(terms, w), 2.0 + 1.0 + 0.5, rtol=1e-6)
-  with pytest.raises(KeyError, match="con"):
-    losses.total_loss(terms, {"cls": 1.0, "loc": 1.0})
+  with pytest.raises(KeyError, match='con'):
+    losses.total_loss(terms, {'cls': 1.0, 'loc': 1.0})

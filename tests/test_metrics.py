@@ -39,7 +39,7 @@ def _ref_ap(dets, gts, thr=0.5):
   in its frame, and integrates the precision envelope at each true positive's recall.
   """
   if not gts:
-    return float("nan")
+    return float('nan')
   dets = sorted(dets, key=lambda d: -d[1])
   used = [False] * len(gts)
   tps = []
@@ -77,14 +77,13 @@ def _ap(dets, gts):
   det_boxes = np.array([d[2] for d in dets], np.float64).reshape(-1, 4)
   gt_frames = np.array([g[0] for g in gts], np.int64)
   gt_boxes = np.array([g[1] for g in gts], np.float64).reshape(-1, 4)
-  return frame_ap.average_precision(det_frames, det_scores, det_boxes, gt_frames,
-                                   gt_boxes)
+  return frame_ap.average_precision(det_frames, det_scores, det_boxes, gt_frames, gt_boxes)
 
 
 A = (0.1, 0.1, 0.4, 0.4)
 B = (0.5, 0.5, 0.9, 0.9)
 A_NEAR = (0.12, 0.1, 0.42, 0.4)  # IoU with A > 0.5
-FAR = (0.6, 0.0, 0.7, 0.1)       # overlaps neither
+FAR = (0.6, 0.0, 0.7, 0.1)  # overlaps neither
 
 
 # ----------------------------------------------------------------------------------
@@ -163,11 +162,13 @@ def test_ap_matches_reference_on_random_cases():
 
 def test_voc_ap_is_all_point_interpolation():
   # precision 1, 0.5, 0.667 at recall 0.5, 0.5, 1.0 -> envelope 1 then 0.667.
-  assert frame_ap.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == \
-      pytest.approx(0.5 + 0.5 * 2 / 3)
+  assert frame_ap.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) == pytest.approx(
+    0.5 + 0.5 * 2 / 3
+  )
   # The 11-point VOC2007 value would be (6 * 1 + 5 * 2/3) / 11 = 0.8485; not this.
-  assert frame_ap.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) != \
-      pytest.approx((6 + 5 * 2 / 3) / 11)
+  assert frame_ap.voc_ap(np.array([0.5, 0.5, 1.0]), np.array([1.0, 0.5, 2 / 3])) != pytest.approx(
+    (6 + 5 * 2 / 3) / 11
+  )
 
 
 def test_frame_map_over_classes_with_ground_truth():
@@ -178,17 +179,19 @@ def test_frame_map_over_classes_with_ground_truth():
   gt_frames = np.array([0, 1])
   gt_labels = np.array([0, 1])
   gt_boxes = np.array([A, B])
-  out = frame_ap.frame_map(det_frames, det_scores, det_boxes, gt_frames, gt_labels,
-                          gt_boxes, num_classes=3)
+  out = frame_ap.frame_map(
+    det_frames, det_scores, det_boxes, gt_frames, gt_labels, gt_boxes, num_classes=3
+  )
   # Class 0: dets ranked (f0 TP 0.9, f1 FP 0.2) -> AP 1. Class 1: (f1 TP 0.8, f0 FP) -> 1.
-  assert out["classes_with_gt"] == [0, 1]
-  np.testing.assert_allclose(out["per_class_ap"][:2], [1.0, 1.0])
-  assert math.isnan(out["per_class_ap"][2])
-  assert out["frame_map"] == pytest.approx(1.0)
+  assert out['classes_with_gt'] == [0, 1]
+  np.testing.assert_allclose(out['per_class_ap'][:2], [1.0, 1.0])
+  assert math.isnan(out['per_class_ap'][2])
+  assert out['frame_map'] == pytest.approx(1.0)
   # Swap the boxes: class 0's only detection on frame 0 is now wrong.
-  out = frame_ap.frame_map(det_frames, det_scores, det_boxes[::-1], gt_frames,
-                          gt_labels, gt_boxes, num_classes=3)
-  assert out["frame_map"] == pytest.approx(0.0)
+  out = frame_ap.frame_map(
+    det_frames, det_scores, det_boxes[::-1], gt_frames, gt_labels, gt_boxes, num_classes=3
+  )
+  assert out['frame_map'] == pytest.approx(0.0)
 
 
 def test_frame_keys_distinguish_videos():
@@ -200,21 +203,25 @@ def test_frame_keys_distinguish_videos():
 # IoU.
 
 
-@pytest.mark.parametrize("a,b,expected", [
-    ((0, 0, 1, 1), (2, 2, 1, 1), 0.0),            # no overlap
-    ((0, 0, 1, 1), (1, 0, 1, 1), 0.0),            # touching edge
+@pytest.mark.parametrize(
+  'a,b,expected',
+  [
+    ((0, 0, 1, 1), (2, 2, 1, 1), 0.0),  # no overlap
+    ((0, 0, 1, 1), (1, 0, 1, 1), 0.0),  # touching edge
     ((0, 0, 1, 1), (0.25, 0.25, 0.5, 0.5), 0.25),  # containment
-    ((0, 0, 1, 1), (0, 0, 1, 1), 1.0),            # identical
-    ((0, 0, 1, 1), (0.5, 0, 1, 1), 0.5 / 1.5),     # half shifted
-    ((0.2, 0.2, 0, 0), (0, 0, 1, 1), 0.0),        # zero-area inside
-    ((0.2, 0.2, 0, 0), (0.2, 0.2, 0, 0), 0.0),    # two zero-area boxes: no NaN
-])
+    ((0, 0, 1, 1), (0, 0, 1, 1), 1.0),  # identical
+    ((0, 0, 1, 1), (0.5, 0, 1, 1), 0.5 / 1.5),  # half shifted
+    ((0.2, 0.2, 0, 0), (0, 0, 1, 1), 0.0),  # zero-area inside
+    ((0.2, 0.2, 0, 0), (0.2, 0.2, 0, 0), 0.0),  # two zero-area boxes: no NaN
+  ],
+)
 def test_box_iou_edge_cases(a, b, expected):
   got = metrics.box_iou(np.array([a], float), np.array([b], float))
   assert got.shape == (1,)
   assert got[0] == pytest.approx(expected)
-  ref = _ref_iou(boxes.xywh_to_corners(np.array(a, float)),
-                 boxes.xywh_to_corners(np.array(b, float)))
+  ref = _ref_iou(
+    boxes.xywh_to_corners(np.array(a, float)), boxes.xywh_to_corners(np.array(b, float))
+  )
   assert got[0] == pytest.approx(ref)
 
 
@@ -222,8 +229,9 @@ def test_mean_iou_only_over_clips_with_a_target():
   pred = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]], float)
   target = np.array([[0, 0, 1, 1], [5, 5, 1, 1], [0.25, 0.25, 0.5, 0.5]], float)
   assert metrics.mean_iou(pred, target, [True, False, True]) == pytest.approx(0.625)
-  assert metrics.mean_iou(pred, target, [True, True, True],
-                          valid=[False, True, True]) == pytest.approx(0.125)
+  assert metrics.mean_iou(
+    pred, target, [True, True, True], valid=[False, True, True]
+  ) == pytest.approx(0.125)
   assert math.isnan(metrics.mean_iou(pred, target, [False] * 3))
 
 
@@ -232,8 +240,7 @@ def test_mean_iou_only_over_clips_with_a_target():
 
 
 def test_topk_and_accuracy_with_valid_mask():
-  scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5],
-                     [0.9, 0.05, 0.05]])
+  scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5], [0.9, 0.05, 0.05]])
   labels = np.array([1, 1, 0, 2])
   # top-1 correct: row 0 only; top-2: rows 0, 1.
   assert metrics.accuracy(scores, labels, 1) == pytest.approx(0.25)
@@ -256,7 +263,7 @@ def test_video_accuracy_averages_clip_softmax():
   np.testing.assert_array_equal(vlabels, [0, 1])
   assert metrics.video_accuracy(probs, labels, vids, valid) == 1.0
   # Majority-of-clips voting would say 0 for video 7: accuracy 0.5.
-  with pytest.raises(ValueError, match="different labels"):
+  with pytest.raises(ValueError, match='different labels'):
     metrics.video_accuracy(probs, np.array([1, 0, 1, 0, 0]), vids)
 
 
@@ -271,20 +278,20 @@ def test_confusion_matrix_and_per_class_accuracy():
   acc = metrics.per_class_accuracy(cm)
   np.testing.assert_allclose(acc[:3], [0.5, 1.0, 2 / 3])
   assert math.isnan(acc[3])
-  with pytest.raises(ValueError, match="labels must lie"):
+  with pytest.raises(ValueError, match='labels must lie'):
     metrics.confusion_matrix(np.array([5]), np.array([0]), 4)
 
 
 def test_class_index_map_by_name():
-  names = ["ApplyEyeMakeup"] + list(reversed(metrics.UCF101_24_CLASSES))
+  names = ['ApplyEyeMakeup'] + list(reversed(metrics.UCF101_24_CLASSES))
   idx = frame_ap.class_index_map(names)
   assert [names[i] for i in idx] == list(metrics.UCF101_24_CLASSES)
-  with pytest.raises(ValueError, match="Basketball"):
-    frame_ap.class_index_map(["ApplyEyeMakeup"])
+  with pytest.raises(ValueError, match='Basketball'):
+    frame_ap.class_index_map(['ApplyEyeMakeup'])
 
 
 def test_class_index_map_matches_real_class_list(ucf24_dir):
-  names = (ucf24_dir / "classes.txt").read_text().split()
+  names = (ucf24_dir / 'classes.txt').read_text().split()
   assert tuple(names) == metrics.UCF101_24_CLASSES
 
 
@@ -325,7 +332,7 @@ def _ref_act_frame_ap(dets, gts, thr=0.5):
   Python's sort is stable, so equal scores keep their input order.
   """
   if not gts:
-    return float("nan")
+    return float('nan')
   gt = {}
   for frame, box in gts:
     gt.setdefault(frame, []).append(box)
@@ -356,13 +363,12 @@ def _act_ap(dets, gts, thr=0.5):
   det_boxes = np.array([d[2] for d in dets], np.float64).reshape(-1, 4)
   gt_frames = np.array([g[0] for g in gts], np.int64)
   gt_boxes = np.array([g[1] for g in gts], np.float64).reshape(-1, 4)
-  return frame_ap.act_average_precision(det_frames, det_scores, det_boxes, gt_frames,
-                                       gt_boxes, thr)
+  return frame_ap.act_average_precision(det_frames, det_scores, det_boxes, gt_frames, gt_boxes, thr)
 
 
 # Pixel boxes for the ACT cases.
 PA = (0, 0, 99, 99)
-PA_NEAR = (5, 0, 104, 99)   # +1 IoU with PA: 95 / 105
+PA_NEAR = (5, 0, 104, 99)  # +1 IoU with PA: 95 / 105
 PB = (150, 100, 249, 199)
 PFAR = (300, 0, 319, 19)
 
@@ -376,8 +382,7 @@ def test_plus_one_iou_hand_values():
   # Touching boxes overlap by one pixel column under the +1 convention.
   c, d = np.array([[0, 0, 9, 9]], float), np.array([[9, 0, 18, 9]], float)
   assert boxes.pairwise_iou_corners(c, d)[0, 0] == 0.0
-  assert boxes.pairwise_iou_corners(c, d, plus_one=True)[0, 0] == pytest.approx(
-      10 / 190)
+  assert boxes.pairwise_iou_corners(c, d, plus_one=True)[0, 0] == pytest.approx(10 / 190)
 
 
 def test_act_ap_trapezoid_from_precision_one():
@@ -389,8 +394,9 @@ def test_act_ap_trapezoid_from_precision_one():
   # The VOC envelope credits precision 0.5 over the whole recall range instead.
   assert _ap(dets, gts) == pytest.approx(0.5)
   np.testing.assert_allclose(
-      frame_ap.act_ap([0.5, 0.5, 1.0], [1.0, 0.5, 2 / 3]),
-      0.5 * (1 + 1) / 2 + 0.0 + 0.5 * (0.5 + 2 / 3) / 2)
+    frame_ap.act_ap([0.5, 0.5, 1.0], [1.0, 0.5, 2 / 3]),
+    0.5 * (1 + 1) / 2 + 0.0 + 0.5 * (0.5 + 2 / 3) / 2,
+  )
   assert frame_ap.act_ap([], []) == 0.0
 
 
@@ -466,36 +472,48 @@ def test_frame_map_act_converts_normalized_boxes_to_pixels():
   gt, det = gt_px / scale, det_px / scale
   args = (np.array([7]), np.array([[1.0]]), det, np.array([7]), np.array([0]), gt)
   # In pixels of the 240x320 frame the +1 IoU is 0.5; the continuous one 1/3.
-  act = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act")
+  act = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol='act')
   voc = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45)
-  assert act["frame_map"] == pytest.approx(1.0) and act["protocol"] == "act"
-  assert voc["frame_map"] == 0.0 and voc["protocol"] == "voc"
+  assert act['frame_map'] == pytest.approx(1.0) and act['protocol'] == 'act'
+  assert voc['frame_map'] == 0.0 and voc['protocol'] == 'voc'
   # On a 10x finer pixel grid the same normalized boxes are 21 px wide: +1 IoU 0.355.
-  fine = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45, protocol="act",
-                           frame_sizes=(10 * h, 10 * w))
-  assert fine["frame_map"] == 0.0
-  per_row = frame_ap.frame_map(*args, num_classes=1, iou_threshold=0.45,
-                              protocol="act", frame_sizes=np.array([[h, w]]),
-                              gt_frame_sizes=np.array([[h, w]]))
-  assert per_row["frame_map"] == pytest.approx(1.0)
-  with pytest.raises(ValueError, match="gt_frame_sizes"):
-    frame_ap.frame_map(*args, num_classes=1, protocol="act",
-                      frame_sizes=np.array([[h, w]]))
-  with pytest.raises(ValueError, match="protocol"):
-    frame_ap.frame_map(*args, num_classes=1, protocol="coco")
+  fine = frame_ap.frame_map(
+    *args, num_classes=1, iou_threshold=0.45, protocol='act', frame_sizes=(10 * h, 10 * w)
+  )
+  assert fine['frame_map'] == 0.0
+  per_row = frame_ap.frame_map(
+    *args,
+    num_classes=1,
+    iou_threshold=0.45,
+    protocol='act',
+    frame_sizes=np.array([[h, w]]),
+    gt_frame_sizes=np.array([[h, w]]),
+  )
+  assert per_row['frame_map'] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match='gt_frame_sizes'):
+    frame_ap.frame_map(*args, num_classes=1, protocol='act', frame_sizes=np.array([[h, w]]))
+  with pytest.raises(ValueError, match='protocol'):
+    frame_ap.frame_map(*args, num_classes=1, protocol='coco')
 
 
 def test_frame_map_act_class_without_ground_truth_is_left_out():
   scale = np.array([320, 240, 320, 240], float)
   det_boxes = np.array([PA, PB], float) / scale
   det_scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.5]])
-  out = frame_ap.frame_map(np.array([0, 1]), det_scores, det_boxes, np.array([0, 1]),
-                          np.array([0, 1]), np.array([PA, PB], float) / scale,
-                          num_classes=3, protocol="act")
-  assert out["classes_with_gt"] == [0, 1]
-  np.testing.assert_allclose(out["per_class_ap"][:2], [1.0, 1.0])
-  assert math.isnan(out["per_class_ap"][2])
-  assert out["frame_map"] == pytest.approx(1.0)
+  out = frame_ap.frame_map(
+    np.array([0, 1]),
+    det_scores,
+    det_boxes,
+    np.array([0, 1]),
+    np.array([0, 1]),
+    np.array([PA, PB], float) / scale,
+    num_classes=3,
+    protocol='act',
+  )
+  assert out['classes_with_gt'] == [0, 1]
+  np.testing.assert_allclose(out['per_class_ap'][:2], [1.0, 1.0])
+  assert math.isnan(out['per_class_ap'][2])
+  assert out['frame_map'] == pytest.approx(1.0)
 
 
 def test_frame_map_act_matches_reference_per_class():
@@ -509,31 +527,40 @@ def test_frame_map_act_matches_reference_per_class():
   gt_frames, gt_labels = det_frames[gt_idx], rng.integers(0, num_classes, 15)
   gt_boxes_px = det_boxes_px[gt_idx] + rng.integers(-10, 11, (15, 4))
   scale = np.array([320, 240, 320, 240], float)
-  out = frame_ap.frame_map(det_frames, det_scores, det_boxes_px / scale, gt_frames,
-                          gt_labels, gt_boxes_px / scale, num_classes=num_classes,
-                          protocol="act")
+  out = frame_ap.frame_map(
+    det_frames,
+    det_scores,
+    det_boxes_px / scale,
+    gt_frames,
+    gt_labels,
+    gt_boxes_px / scale,
+    num_classes=num_classes,
+    protocol='act',
+  )
   for c in range(num_classes):
-    dets = [(int(f), float(s), tuple(b)) for f, s, b in
-            zip(det_frames, det_scores[:, c], det_boxes_px)]
-    gts = [(int(f), tuple(b)) for f, b, lab in zip(gt_frames, gt_boxes_px, gt_labels)
-           if lab == c]
+    dets = [
+      (int(f), float(s), tuple(b)) for f, s, b in zip(det_frames, det_scores[:, c], det_boxes_px)
+    ]
+    gts = [(int(f), tuple(b)) for f, b, lab in zip(gt_frames, gt_boxes_px, gt_labels) if lab == c]
     ref = _ref_act_frame_ap(dets, gts)
     if math.isnan(ref):
-      assert math.isnan(out["per_class_ap"][c])
+      assert math.isnan(out['per_class_ap'][c])
     else:
-      assert out["per_class_ap"][c] == pytest.approx(ref, abs=1e-9), c
+      assert out['per_class_ap'][c] == pytest.approx(ref, abs=1e-9), c
 
 
 def test_normalized_to_pixels():
   boxes = np.array([[0.5, 0.25, 1.0, 1.0], [0.0, 0.0, 0.1, 0.5]])
-  np.testing.assert_allclose(metrics.normalized_to_pixels(boxes),
-                             [[160, 60, 320, 240], [0, 0, 32, 120]])
   np.testing.assert_allclose(
-      metrics.normalized_to_pixels(boxes, np.array([[100, 200], [10, 20]])),
-      [[100, 25, 200, 100], [0, 0, 2, 5]])
-  with pytest.raises(ValueError, match="frame_sizes"):
+    metrics.normalized_to_pixels(boxes), [[160, 60, 320, 240], [0, 0, 32, 120]]
+  )
+  np.testing.assert_allclose(
+    metrics.normalized_to_pixels(boxes, np.array([[100, 200], [10, 20]])),
+    [[100, 25, 200, 100], [0, 0, 2, 5]],
+  )
+  with pytest.raises(ValueError, match='frame_sizes'):
     metrics.normalized_to_pixels(boxes, np.ones((3, 2)))
-  with pytest.raises(ValueError, match="positive"):
+  with pytest.raises(ValueError, match='positive'):
     metrics.normalized_to_pixels(boxes, (0, 320))
 
 
@@ -542,18 +569,17 @@ def test_box_iou_is_row_wise_and_matches_reference():
   a = np.concatenate([rng.uniform(0, 1, (50, 2)), rng.uniform(0, 0.5, (50, 2))], 1)
   b = np.concatenate([rng.uniform(0, 1, (50, 2)), rng.uniform(0, 0.5, (50, 2))], 1)
   got = metrics.box_iou(a, b)
-  ref = [_ref_iou(boxes.xywh_to_corners(x), boxes.xywh_to_corners(y))
-         for x, y in zip(a, b)]
+  ref = [_ref_iou(boxes.xywh_to_corners(x), boxes.xywh_to_corners(y)) for x, y in zip(a, b)]
   np.testing.assert_allclose(got, ref, atol=1e-12)
   assert metrics.box_iou(np.zeros((0, 4)), np.zeros((0, 4))).shape == (0,)
-  with pytest.raises(ValueError, match="box_iou"):
+  with pytest.raises(ValueError, match='box_iou'):
     metrics.box_iou(a, b[:3])
 
 
 def test_protocol_names_the_frame_map_rule():
-  voc = reports.protocol(8, 112, 10, 101)["frame_map"]
-  act = reports.protocol(8, 112, 10, 101, frame_map_protocol="act")["frame_map"]
-  assert "VOC devkit rule" in voc and "ACT" not in voc
-  assert "ACT frameAP rule" in act and "+1" in act
-  with pytest.raises(ValueError, match="frame_map_protocol"):
-    reports.protocol(8, 112, 10, 101, frame_map_protocol="x")
+  voc = reports.protocol(8, 112, 10, 101)['frame_map']
+  act = reports.protocol(8, 112, 10, 101, frame_map_protocol='act')['frame_map']
+  assert 'VOC devkit rule' in voc and 'ACT' not in voc
+  assert 'ACT frameAP rule' in act and '+1' in act
+  with pytest.raises(ValueError, match='frame_map_protocol'):
+    reports.protocol(8, 112, 10, 101, frame_map_protocol='x')

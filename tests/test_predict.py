@@ -56,7 +56,7 @@ def _moving_square(num_frames, size, seed=0):
   side = min(h, w) // 3
   for f in range(num_frames):
     x = int((w - side) * f / max(num_frames - 1, 1))
-    frames[f, h // 3:h // 3 + side, x:x + side] = (230, 200, 40)
+    frames[f, h // 3 : h // 3 + side, x : x + side] = (230, 200, 40)
   return frames
 
 
@@ -117,16 +117,17 @@ def directory_run(loaded, videos, tmp_path_factory):
   out = tmp_path_factory.mktemp('out')
   lines = []
   inputs = video_files.list_videos(videos, exclude=out)
-  done, failed = predict.predict_all(loaded, inputs, out, progress=False,
-                                     report=lines.append)
+  done, failed = predict.predict_all(loaded, inputs, out, progress=False, report=lines.append)
   return out, inputs, done, failed, lines
 
 
 # ------------------------------------------------------------------- windows
 
 
-@pytest.mark.parametrize('num_frames,stride,every,video_frames', [
-    (8, 1, 1, 30), (8, 2, 3, 30), (7, 1, 4, 5), (16, 1, 1, 1), (4, 3, 2, 11)])
+@pytest.mark.parametrize(
+  'num_frames,stride,every,video_frames',
+  [(8, 1, 1, 30), (8, 2, 3, 30), (7, 1, 4, 5), (16, 1, 1, 1), (4, 3, 2, 11)],
+)
 def test_windows_follow_the_eval_placement(num_frames, stride, every, video_frames):
   frames = (np.full((2, 3, 1), i, np.int32) for i in range(video_frames))
   got = list(frame_predictor.sliding_windows(frames, num_frames, stride, every))
@@ -135,11 +136,13 @@ def test_windows_follow_the_eval_placement(num_frames, stride, every, video_fram
   assert centres[-1] == video_frames - 1
   for centre, clip in got:
     # Frame f's clip: f + (p - T//2) * stride, p = 0..T-1, clamped to the video.
-    expected = np.clip(centre + (np.arange(num_frames) - num_frames // 2) * stride, 0,
-                       video_frames - 1)
+    expected = np.clip(
+      centre + (np.arange(num_frames) - num_frames // 2) * stride, 0, video_frames - 1
+    )
     np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
     np.testing.assert_array_equal(
-        frame_predictor.clip_indices(centre, num_frames, stride, video_frames), expected)
+      frame_predictor.clip_indices(centre, num_frames, stride, video_frames), expected
+    )
 
 
 def test_windows_stream_with_bounded_memory():
@@ -210,8 +213,10 @@ def test_directory_predicts_good_videos_and_skips_bad_ones(directory_run, videos
     # The annotated video: same frames, resolution and frame rate.
     cap = cv2.VideoCapture(str(out / f'{stem}.mp4'))
     assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(fps, rel=1e-3)
-    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
-            int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (w, h)
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (
+      w,
+      h,
+    )
     cap.release()
     assert _count_frames(out / f'{stem}.mp4') == n
   record_a = next(r for r in done if r.name == 'a').record
@@ -227,10 +232,8 @@ def test_frame_stride_reuses_the_dense_clips(loaded, videos):
   sparse = loaded.predictor.detect(video_files.read_frames(cap), every=5, bgr=True)
   assert dense.num_frames == sparse.num_frames == 23
   np.testing.assert_array_equal(sparse.frames, [0, 5, 10, 15, 20, 22])
-  np.testing.assert_allclose(sparse.logits, dense.logits[sparse.frames], rtol=1e-5,
-                             atol=1e-5)
-  np.testing.assert_allclose(sparse.boxes, dense.boxes[sparse.frames], rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(sparse.logits, dense.logits[sparse.frames], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(sparse.boxes, dense.boxes[sparse.frames], rtol=1e-5, atol=1e-6)
   filled = frame_predictor.densify(sparse)
   assert filled.boxes.shape == (23, 4) and filled.probs.shape == (23, NUM_CLASSES)
   assert filled.predicted.sum() == 6 and filled.predicted[[0, 5, 22]].all()
@@ -245,11 +248,13 @@ def test_detect_frames_takes_any_rgb_frame_iterator(loaded, workdir, videos):
   restored = evaluate.restore(loaded.config, workdir, 'latest')
   cap, _ = video_files.open_video(videos / 'b.mp4')
   rgb = (cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in video_files.read_frames(cap))
-  got = frame_predictor.detect_frames(loaded.config, restored.model, restored.variables, rgb,
-                              every=2, batch_size=8)
+  got = frame_predictor.detect_frames(
+    loaded.config, restored.model, restored.variables, rgb, every=2, batch_size=8
+  )
   cap, _ = video_files.open_video(videos / 'b.mp4')
-  expected = frame_predictor.densify(loaded.predictor.detect(video_files.read_frames(cap), every=2,
-                                                     bgr=True))
+  expected = frame_predictor.densify(
+    loaded.predictor.detect(video_files.read_frames(cap), every=2, bgr=True)
+  )
   assert got.num_frames == 23 and got.predicted.sum() == 12
   np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-6)
   np.testing.assert_allclose(got.probs, expected.probs, atol=1e-6)
@@ -266,8 +271,21 @@ def test_validate_prediction_names_the_problem(directory_run):
   broken = dict(record, fps='25')
   with pytest.raises(ValueError, match=r'\$\.fps'):
     prediction_record.validate_prediction(broken)
-  broken = dict(record, tubes=[{'id': 0, 'label': 1, 'class': 'class_1', 'start': 3,
-                                'end': 99, 'score': 0.5, 'frames': [3], 'boxes': [[0] * 4]}])
+  broken = dict(
+    record,
+    tubes=[
+      {
+        'id': 0,
+        'label': 1,
+        'class': 'class_1',
+        'start': 3,
+        'end': 99,
+        'score': 0.5,
+        'frames': [3],
+        'boxes': [[0] * 4],
+      }
+    ],
+  )
   with pytest.raises(ValueError, match='outside the video'):
     prediction_record.validate_prediction(broken)
   del record['top5']
@@ -279,7 +297,8 @@ def test_linking_settings_come_from_config_eval_tubes():
   config = _tiny_config()
   defaults = tubes.linking_config(config)
   assert prediction_record.linking_dict(defaults) == prediction_record.linking_dict(
-      tubes.LinkingConfig())
+    tubes.LinkingConfig()
+  )
   predict.apply_overrides(config, ['eval.tubes.min_length=3', 'eval.tubes.iou_threshold=0.2'])
   linking = tubes.linking_config(config)
   assert linking.min_length == 3 and linking.iou_threshold == pytest.approx(0.2)
@@ -288,15 +307,28 @@ def test_linking_settings_come_from_config_eval_tubes():
 
 
 def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
-  arch = dict(depth=10, shortcut_type='A', widen_factor=0.125, conv1_t_size=3,
-              conv1_t_stride=1, no_max_pool=True)
+  arch = dict(
+    depth=10,
+    shortcut_type='A',
+    widen_factor=0.125,
+    conv1_t_size=3,
+    conv1_t_stride=1,
+    no_max_pool=True,
+  )
   model = models.VideoClassifier(num_classes=3, backbone_kwargs=arch)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.key(0, impl='rbg'), np.zeros((1, 4, 32, 32, 3), np.uint8))
-  pretrained.save_converted(str(tmp_path / 'weights'), dict(variables), {
-      'architecture': arch, 'normalization': 'kinetics', 'num_classes': 3})
-  loaded = predict.load(init_from=tmp_path / 'weights', batch_size=8, overrides=[
-      'data.num_frames=4', 'data.frame_size=32', 'data.image_size=32'])
+    jax.random.key(0, impl='rbg'), np.zeros((1, 4, 32, 32, 3), np.uint8)
+  )
+  pretrained.save_converted(
+    str(tmp_path / 'weights'),
+    dict(variables),
+    {'architecture': arch, 'normalization': 'kinetics', 'num_classes': 3},
+  )
+  loaded = predict.load(
+    init_from=tmp_path / 'weights',
+    batch_size=8,
+    overrides=['data.num_frames=4', 'data.frame_size=32', 'data.image_size=32'],
+  )
   assert loaded.classification_only
   result = predict.predict_video(loaded, videos / 'b.mp4', tmp_path / 'out', progress=False)
   record = json.loads(result.json_path.read_text())
@@ -312,16 +344,28 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
 
 def _cli(repo_root, *args):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
-  return subprocess.run([sys.executable, '-m', 'stconsist_jax.predict', *args],
-                        cwd=repo_root, env=env, capture_output=True, text=True,
-                        timeout=300)
+  return subprocess.run(
+    [sys.executable, '-m', 'stconsist_jax.predict', *args],
+    cwd=repo_root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_cli_predicts_a_folder_and_reports_bad_files(repo_root, workdir, videos, tmp_path):
   out = tmp_path / 'cli'
-  proc = _cli(repo_root, f'--workdir={workdir}', f'--video={videos}', f'--output={out}',
-              '--frame_stride=2', '--frame_top_k=0', '--progress=false',
-              '--override=eval.tubes.min_length=5')
+  proc = _cli(
+    repo_root,
+    f'--workdir={workdir}',
+    f'--video={videos}',
+    f'--output={out}',
+    '--frame_stride=2',
+    '--frame_top_k=0',
+    '--progress=false',
+    '--override=eval.tubes.min_length=5',
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'frames/s' in proc.stdout and 'predicted 2 of 4 video(s)' in proc.stdout
   skipped = [line for line in proc.stdout.splitlines() if line.startswith('skipped ')]
@@ -335,20 +379,26 @@ def test_cli_predicts_a_folder_and_reports_bad_files(repo_root, workdir, videos,
 
 
 def test_cli_user_errors_are_one_line(repo_root, workdir, tmp_path):
-  proc = _cli(repo_root, f'--workdir={workdir}', f'--video={tmp_path / "nope.avi"}',
-              f'--output={tmp_path / "o"}')
+  proc = _cli(
+    repo_root,
+    f'--workdir={workdir}',
+    f'--video={tmp_path / "nope.avi"}',
+    f'--output={tmp_path / "o"}',
+  )
   assert proc.returncode == 1 and 'no such file' in proc.stderr
   assert 'Traceback' not in proc.stderr
   video = tmp_path / 'v.mp4'
   _write(video, _moving_square(3, (32, 32)), 'mp4v', 10)
-  proc = _cli(repo_root, f'--workdir={tmp_path / "missing"}', f'--video={video}',
-              f'--output={tmp_path / "o"}')
+  proc = _cli(
+    repo_root, f'--workdir={tmp_path / "missing"}', f'--video={video}', f'--output={tmp_path / "o"}'
+  )
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
 
 
 def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path):
   from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+
   out = f'{gcs_bucket}/predictions'
   result = predict.predict_video(loaded, videos / 'b.mp4', out, progress=False)
   assert str(result.json_path) == f'{out}/b.json'
@@ -372,9 +422,20 @@ def test_bucket_video_is_refused_in_one_line(tmp_path, capsys):
 
 def test_benchmark_prints_frames_per_second_without_tensorflow(repo_root):
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.run([sys.executable, str(repo_root / 'benchmarks' / 'predict.py'),
-                         '--settings=demo', '--frames=12', '--nowrite_video'],
-                        cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(repo_root / 'benchmarks' / 'predict.py'),
+      '--settings=demo',
+      '--frames=12',
+      '--nowrite_video',
+    ],
+    cwd=repo_root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   record = json.loads(proc.stdout.strip().splitlines()[-1])
   assert record['frames_per_s'] > 0 and record['num_frames'] == 12

@@ -26,8 +26,11 @@ def test_full_eval_counts_of_split_1(rehearse, ucf24_dir, tmp_path):
   (manual / 'ucfTrainTestlist' / 'testlist01.txt').symlink_to(ucf24_dir / 'testlist01.txt')
   with open(ucf24_dir / 'pyannot.pkl', 'rb') as f:
     raw = pickle.load(f, encoding='latin1')  # the project's own data, trusted here
-  test = [s.split()[0].rsplit('.', 1)[0]
-          for s in (ucf24_dir / 'testlist01.txt').read_text().splitlines() if s.strip()]
+  test = [
+    s.split()[0].rsplit('.', 1)[0]
+    for s in (ucf24_dir / 'testlist01.txt').read_text().splitlines()
+    if s.strip()
+  ]
   frames = video_frames = 0
   for name in test:
     if name not in raw or not raw[name]['annotations']:
@@ -38,15 +41,20 @@ def test_full_eval_counts_of_split_1(rehearse, ucf24_dir, tmp_path):
     frames += len(marked)
     video_frames += int(raw[name]['numf'])
   got = rehearse.full_eval_passes(manual, clips_per_video=10)
-  assert got == {'videos': len(test), 'clips': 10 * len(test), 'frames': frames,
-                 'video_clips': video_frames}
+  assert got == {
+    'videos': len(test),
+    'clips': 10 * len(test),
+    'frames': frames,
+    'video_clips': video_frames,
+  }
   assert (got['videos'], got['frames']) == (910, 138527)
 
 
 def test_projection_scales_each_pass_by_its_clip_count(rehearse):
-  report = {'timing': {'clips_seconds': 4.0, 'frames_seconds': 10.0, 'videos_seconds': 2.0},
-            'counts': {'num_clips': 40, 'num_frames_scored': 100,
-                       'num_video_clips_scored': 50}}
+  report = {
+    'timing': {'clips_seconds': 4.0, 'frames_seconds': 10.0, 'videos_seconds': 2.0},
+    'counts': {'num_clips': 40, 'num_frames_scored': 100, 'num_video_clips_scored': 50},
+  }
   full = {'clips': 400, 'frames': 1000, 'video_clips': 5000}
   assert rehearse.project_full_eval(report, full) == pytest.approx(40 + 100 + 200)
   assert rehearse.project_full_eval({'timing': {}, 'counts': {}}, full) is None

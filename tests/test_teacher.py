@@ -8,10 +8,14 @@ from stconsist_jax import teacher
 
 
 def test_ema_update_matches_hand_computation():
-  old = {'params': {'w': jnp.array([1.0, 2.0]), 'b': jnp.array(4.0)},
-         'batch_stats': {'mean': jnp.array([0.0, 10.0])}}
-  new = {'params': {'w': jnp.array([3.0, -2.0]), 'b': jnp.array(0.0)},
-         'batch_stats': {'mean': jnp.array([1.0, 0.0])}}
+  old = {
+    'params': {'w': jnp.array([1.0, 2.0]), 'b': jnp.array(4.0)},
+    'batch_stats': {'mean': jnp.array([0.0, 10.0])},
+  }
+  new = {
+    'params': {'w': jnp.array([3.0, -2.0]), 'b': jnp.array(0.0)},
+    'batch_stats': {'mean': jnp.array([1.0, 0.0])},
+  }
   out = teacher.ema_update(old, new, 0.75)
   # 0.75 * old + 0.25 * new, worked out by hand.
   np.testing.assert_allclose(out['params']['w'], [1.5, 1.0])

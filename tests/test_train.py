@@ -37,8 +37,10 @@ def tiny_config(num_steps: int = 3) -> ml_collections.ConfigDict:
 
 
 def flat_tree(tree):
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))}
+  return {
+    jax.tree_util.keystr(k): np.asarray(v)
+    for k, v in jax.tree_util.tree_leaves_with_path(jax.device_get(tree))
+  }
 
 
 def test_one_device_and_eight_devices_agree(tmp_path):
@@ -48,15 +50,19 @@ def test_one_device_and_eight_devices_agree(tmp_path):
   for n in (1, 8):
     mesh = distributed.make_mesh(jax.devices()[:n])
     state = train.train_and_evaluate(config, str(tmp_path / f'dev{n}'), mesh=mesh)
-    results[n] = (logging_utils.read_metrics(tmp_path / f'dev{n}'), flat_tree(state.params),
-                  flat_tree(state.batch_stats))
+    results[n] = (
+      logging_utils.read_metrics(tmp_path / f'dev{n}'),
+      flat_tree(state.params),
+      flat_tree(state.batch_stats),
+    )
   m1, p1, b1 = results[1]
   m8, p8, b8 = results[8]
   assert sorted(m1) == sorted(m8) == [1, 2, 3]
   for step in m1:
     for key in ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'grad_norm', 'iou'):
-      np.testing.assert_allclose(m8[step][key], m1[step][key], rtol=2e-5, atol=1e-6,
-                                 err_msg=f'{key} at step {step}')
+      np.testing.assert_allclose(
+        m8[step][key], m1[step][key], rtol=2e-5, atol=1e-6, err_msg=f'{key} at step {step}'
+      )
   # The model did move (otherwise equality would prove nothing).
   assert m1[3]['loss'] != m1[1]['loss']
   assert p1.keys() == p8.keys() and b1.keys() == b8.keys()
@@ -70,11 +76,14 @@ def test_consistency_ramp_restarts_with_each_stage(tmp_path):
   config = tiny_config(num_steps=4)
   config.loss.rampup_steps = 2
   config.train.stages = (
-      {'num_steps': 2, 'freeze_backbone': True,
-       'loss_weights': {'cls': 0.0, 'con_cls': 0.0, 'con_loc': 0.0}},
-      {'num_steps': -1, 'freeze_backbone': False, 'loss_weights': {}})
-  train.train_and_evaluate(config, str(tmp_path),
-                           mesh=distributed.make_mesh(jax.devices()[:1]))
+    {
+      'num_steps': 2,
+      'freeze_backbone': True,
+      'loss_weights': {'cls': 0.0, 'con_cls': 0.0, 'con_loc': 0.0},
+    },
+    {'num_steps': -1, 'freeze_backbone': False, 'loss_weights': {}},
+  )
+  train.train_and_evaluate(config, str(tmp_path), mesh=distributed.make_mesh(jax.devices()[:1]))
   w = {step: m['con_weight'] for step, m in logging_utils.read_metrics(tmp_path).items()}
   # Logged after step s (1-based) with the weight of global step s - 1; stage 2 starts at 2.
   ramp = lambda t: math.exp(-5.0 * (1.0 - t / 2) ** 2)  # noqa: E731

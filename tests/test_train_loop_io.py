@@ -42,8 +42,9 @@ def test_data_running_out_is_a_clear_error_at_the_missing_step(tmp_path):
   config = test_train.tiny_config(num_steps=4)
 
   def two_batches(cfg, start_step):
-    return (random_source.random_batch(cfg, s) for s in itertools.islice(
-        itertools.count(start_step), 2))
+    return (
+      random_source.random_batch(cfg, s) for s in itertools.islice(itertools.count(start_step), 2)
+    )
 
   with pytest.raises(ValueError, match='ran out at step 2'):
     _run(config, tmp_path, batch_iter_fn=two_batches)

@@ -22,8 +22,9 @@ def test_freeze_backbone_trains_only_the_box_head():
   mesh = distributed.make_mesh(jax.devices()[:1])
   model = models.build_model(config.model)
   state = train_step.create_train_state(config, model, mesh)
-  before = tuple(test_train.flat_tree(t)
-                 for t in (state.params, state.batch_stats, state.opt_state))
+  before = tuple(
+    test_train.flat_tree(t) for t in (state.params, state.batch_stats, state.opt_state)
+  )
   stage = train_step.resolve_stages(config)[0]
   stage = train_step.Stage(0, 2, True, stage.loss_weights)
   step_fn = train_step.make_train_step(config, model, mesh, stage)
@@ -31,8 +32,9 @@ def test_freeze_backbone_trains_only_the_box_head():
     batch = distributed.shard_batch(random_source.random_batch(config, step), mesh)
     state, metrics = step_fn(state, batch)
     assert np.isfinite(float(metrics['loss']))
-  params, stats, opt = (test_train.flat_tree(t)
-                        for t in (state.params, state.batch_stats, state.opt_state))
+  params, stats, opt = (
+    test_train.flat_tree(t) for t in (state.params, state.batch_stats, state.opt_state)
+  )
   moved = []
   for k, v in before[0].items():
     if 'box_head' in k:
@@ -107,9 +109,13 @@ def test_lr_schedules_hand_values():
 def test_resolve_stages_protocol_2():
   config = test_train.tiny_config(num_steps=10)
   config.train.stages = (
-      {'num_steps': 4, 'freeze_backbone': True,
-       'loss_weights': {'cls': 0.0, 'con_cls': 0.0, 'con_loc': 0.0}},
-      {'num_steps': -1, 'freeze_backbone': False, 'loss_weights': {}})
+    {
+      'num_steps': 4,
+      'freeze_backbone': True,
+      'loss_weights': {'cls': 0.0, 'con_cls': 0.0, 'con_loc': 0.0},
+    },
+    {'num_steps': -1, 'freeze_backbone': False, 'loss_weights': {}},
+  )
   first, second = train_step.resolve_stages(config)
   assert (first.start, first.end, first.freeze_backbone) == (0, 4, True)
   assert dict(first.loss_weights) == {'cls': 0.0, 'loc': 1.0, 'con_cls': 0.0, 'con_loc': 0.0}

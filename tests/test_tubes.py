@@ -54,13 +54,15 @@ def _ref_pr_to_ap(pr):
   return ap
 
 
-def _ref_link(frames, boxes, scores, iou_thr=0.5, max_gap=1, min_length=15,
-              min_score=0.005, nms=0.3, top_k=10):
+def _ref_link(
+  frames, boxes, scores, iou_thr=0.5, max_gap=1, min_length=15, min_score=0.005, nms=0.3, top_k=10
+):
   """ACT's `BuildTubes` for one class with tubelets of one frame, then `nms3dt`.
 
   frames: list of F ints; boxes: F x N boxes; scores: F x N scores of the class.
   Returns a list of (frames, boxes, scores) in NMS keep order.
   """
+
   def mean(t):
     return sum(scores[s][n] for s, n in t) / len(t)
 
@@ -76,8 +78,7 @@ def _ref_link(frames, boxes, scores, iou_thr=0.5, max_gap=1, min_length=15,
     ended = []
     for it, t in enumerate(current):
       last_s, last_n = t[-1]
-      valid = [d for d in dets
-               if _ref_iou(boxes[last_s][last_n], boxes[d[0]][d[1]]) >= iou_thr]
+      valid = [d for d in dets if _ref_iou(boxes[last_s][last_n], boxes[d[0]][d[1]]) >= iou_thr]
       if valid:
         best = valid[0]
         for d in valid[1:]:
@@ -102,8 +103,7 @@ def _ref_link(frames, boxes, scores, iou_thr=0.5, max_gap=1, min_length=15,
   while order:
     i = order.pop(0)
     keep.append(i)
-    order = [j for j in order
-             if _ref_tube_iou(out[j][0], out[j][1], out[i][0], out[i][1]) <= nms]
+    order = [j for j in order if _ref_tube_iou(out[j][0], out[j][1], out[i][0], out[i][1]) <= nms]
   return [out[i] for i in keep]
 
 
@@ -113,7 +113,7 @@ def _ref_video_ap(dets, gt, thr):
   gt = {v: list(g) for v, g in gt.items() if g}
   fn = sum(len(g) for g in gt.values())
   if fn == 0:
-    return float("nan")
+    return float('nan')
   tp = fp = 0
   pr = [(1.0, 0.0)]
   for v, _, (fr, bx) in sorted(dets, key=lambda d: -d[1]):
@@ -143,8 +143,9 @@ def _track(x0, dx, n, y=50.0, w=40.0, h=50.0):
 
 def _tube(label, frames, box, score=1.0):
   frames = np.asarray(frames)
-  return tubes.Tube(label, frames, np.tile(np.asarray(box, float), (len(frames), 1)),
-                    np.full(len(frames), score))
+  return tubes.Tube(
+    label, frames, np.tile(np.asarray(box, float), (len(frames), 1)), np.full(len(frames), score)
+  )
 
 
 BOX = (100.0, 50.0, 149.0, 119.0)
@@ -164,21 +165,28 @@ def test_tube_properties_and_validation():
     t.boxes[0, 0] = 1.0  # read-only
   g = tubes.ground_truth_tube(1, [0, 1], np.ones((2, 4)))
   np.testing.assert_array_equal(g.scores, [1.0, 1.0])
-  with pytest.raises(ValueError, match="increasing"):
+  with pytest.raises(ValueError, match='increasing'):
     tubes.Tube(0, [1, 1], np.zeros((2, 4)), [0, 0])
-  with pytest.raises(ValueError, match="at least one"):
+  with pytest.raises(ValueError, match='at least one'):
     tubes.Tube(0, [], np.zeros((0, 4)), [])
-  with pytest.raises(ValueError, match="boxes"):
+  with pytest.raises(ValueError, match='boxes'):
     tubes.Tube(0, [0, 1], np.zeros((3, 4)), [0, 0])
 
 
 def test_linking_config_defaults_and_validation():
   c = tubes.LinkingConfig()
-  assert (c.iou_threshold, c.max_gap, c.min_length, c.min_score, c.nms_threshold,
-          c.top_k, c.plus_one) == (0.5, 1, 15, 0.005, 0.3, 10, True)
-  with pytest.raises(ValueError, match="max_gap"):
+  assert (
+    c.iou_threshold,
+    c.max_gap,
+    c.min_length,
+    c.min_score,
+    c.nms_threshold,
+    c.top_k,
+    c.plus_one,
+  ) == (0.5, 1, 15, 0.005, 0.3, 10, True)
+  with pytest.raises(ValueError, match='max_gap'):
     tubes.LinkingConfig(max_gap=0)
-  with pytest.raises(ValueError, match="iou_threshold"):
+  with pytest.raises(ValueError, match='iou_threshold'):
     tubes.LinkingConfig(iou_threshold=1.5)
 
 
@@ -194,8 +202,7 @@ def test_spatiotemporal_iou_hand_values():
   c = _tube(0, range(5, 15), (10, 0, 109, 99))
   assert tubes.spatiotemporal_iou(a, c) == pytest.approx(5 / 15 * 9 / 11)
   # Continuous IoU: 89*99 / (2*99*99 - 89*99) = 89/109.
-  assert tubes.spatiotemporal_iou(a, c, plus_one=False) == pytest.approx(
-      5 / 15 * 89 / 109)
+  assert tubes.spatiotemporal_iou(a, c, plus_one=False) == pytest.approx(5 / 15 * 89 / 109)
   assert tubes.spatiotemporal_iou(a, _tube(0, range(10, 20), BOX)) == 0.0
   assert tubes.spatiotemporal_iou(a, a) == pytest.approx(1.0)
 
@@ -223,14 +230,15 @@ def test_spatiotemporal_iou_matches_act_reference():
       boxes = np.concatenate([xy, xy + rng.integers(5, 60, (n, 2))], 1).astype(float)
       tubes_.append((list(range(start, start + n)), boxes))
     (fa, ba), (fb, bb) = tubes_
-    got = tubes.spatiotemporal_iou(tubes.ground_truth_tube(0, fa, ba),
-                                   tubes.ground_truth_tube(0, fb, bb))
+    got = tubes.spatiotemporal_iou(
+      tubes.ground_truth_tube(0, fa, ba), tubes.ground_truth_tube(0, fb, bb)
+    )
     assert got == pytest.approx(_ref_tube_iou(fa, list(ba), fb, list(bb)), abs=1e-12)
 
 
 def test_nms_tubes_keeps_highest_and_ties_in_order():
   a = _tube(0, range(10), BOX, 0.5)
-  dup = _tube(0, range(1, 10), BOX, 0.9)     # IoU 0.9 with a
+  dup = _tube(0, range(1, 10), BOX, 0.9)  # IoU 0.9 with a
   other = _tube(0, range(10), OTHER, 0.1)
   assert tubes.nms_tubes([a, dup, other], 0.3) == [1, 2]
   assert tubes.nms_tubes([a, dup, other], 0.95) == [1, 0, 2]
@@ -315,17 +323,16 @@ def test_link_min_length_and_min_score_filters():
   n = 20
   boxes = np.stack([_track(0, 1, n), _track(0, 1, n, y=200)], 1)
   scores = np.zeros((n, 2, 2))
-  scores[:15, 0, 0] = 0.5        # class 0: 15 frames, then weak far boxes
+  scores[:15, 0, 0] = 0.5  # class 0: 15 frames, then weak far boxes
   scores[15:, 0, 0] = 0.0
   boxes[15:, 0] = (500, 500, 510, 510)
   scores[:, 1, 0] = 0.0
-  scores[:, 0, 1] = 0.004        # class 1: mean below 0.005 -> dropped
-  scores[:, 1, 1] = 0.006        # kept
+  scores[:, 0, 1] = 0.004  # class 1: mean below 0.005 -> dropped
+  scores[:, 1, 1] = 0.006  # kept
   out = tubes.link_video(np.arange(n), boxes, scores)
   got = sorted((t.label, t.start, t.end, round(t.score, 6)) for t in out)
   assert got == [(0, 0, 14, 0.5), (1, 0, 19, 0.006)]
-  out = tubes.link_video(np.arange(n), boxes, scores,
-                         tubes.LinkingConfig(min_length=16))
+  out = tubes.link_video(np.arange(n), boxes, scores, tubes.LinkingConfig(min_length=16))
   assert [(t.label, len(t)) for t in out] == [(1, 20)]
   short = tubes.link_video(np.arange(14), boxes[:14], scores[:14])
   assert [t.label for t in short] == []  # 14 frames < 15
@@ -334,15 +341,14 @@ def test_link_min_length_and_min_score_filters():
 def test_link_nms_removes_a_duplicate_tube():
   n = 20
   actor = _track(50, 3, n)
-  dup = actor + np.array([4.0, 0.0, 4.0, 0.0])   # +1 IoU with the actor ~0.82
+  dup = actor + np.array([4.0, 0.0, 4.0, 0.0])  # +1 IoU with the actor ~0.82
   boxes = np.stack([actor, dup], 1)
   scores = np.zeros((n, 2, 1))
   scores[:, 0, 0], scores[:, 1, 0] = 0.9, 0.5
   out = tubes.link_video(np.arange(n), boxes, scores)
   assert len(out) == 1
   np.testing.assert_array_equal(out[0].boxes, actor)
-  out = tubes.link_video(np.arange(n), boxes, scores,
-                         tubes.LinkingConfig(nms_threshold=1.0))
+  out = tubes.link_video(np.arange(n), boxes, scores, tubes.LinkingConfig(nms_threshold=1.0))
   assert len(out) == 2
   np.testing.assert_array_equal(out[1].boxes, dup)
 
@@ -354,8 +360,7 @@ def test_link_top_k_and_sorted_output():
   scores[:, :, 0] = (0.9, 0.8, 0.7)
   scores[:, :, 1] = (0.1, 0.2, 0.85)
   out = tubes.link_video(np.arange(n), boxes, scores, tubes.LinkingConfig(top_k=2))
-  assert [(t.label, round(t.score, 6)) for t in out] == [
-      (0, 0.9), (1, 0.85), (0, 0.8), (1, 0.2)]
+  assert [(t.label, round(t.score, 6)) for t in out] == [(0, 0.9), (1, 0.85), (0, 0.8), (1, 0.2)]
   out = tubes.link_video(np.arange(n), boxes, scores)
   assert len(out) == 6
   assert [t.score for t in out] == sorted((t.score for t in out), reverse=True)
@@ -365,17 +370,16 @@ def test_link_refuses_normalized_boxes_under_plus_one():
   n = 16
   boxes = np.tile(np.array([0.1, 0.1, 0.4, 0.5]), (n, 1, 1))
   scores = np.full((n, 1, 1), 0.9)
-  with pytest.raises(ValueError, match="normalized"):
+  with pytest.raises(ValueError, match='normalized'):
     tubes.link_video(np.arange(n), boxes, scores)
-  out = tubes.link_video(np.arange(n), boxes, scores,
-                         tubes.LinkingConfig(plus_one=False))
+  out = tubes.link_video(np.arange(n), boxes, scores, tubes.LinkingConfig(plus_one=False))
   assert len(out) == 1 and len(out[0]) == n
   assert tubes.link_video(np.arange(0), np.zeros((0, 1, 4)), np.zeros((0, 1, 2))) == []
-  with pytest.raises(ValueError, match="increasing"):
+  with pytest.raises(ValueError, match='increasing'):
     tubes.link_video(np.array([0, 0]), np.zeros((2, 1, 4)), np.zeros((2, 1, 1)))
 
 
-@pytest.mark.parametrize("max_gap,top_k", [(1, 3), (2, 2), (3, 3)])
+@pytest.mark.parametrize('max_gap,top_k', [(1, 3), (2, 2), (3, 3)])
 def test_link_matches_act_reference_on_random_videos(max_gap, top_k):
   rng = np.random.default_rng(max_gap * 10 + top_k)
   for trial in range(15):
@@ -397,9 +401,14 @@ def test_link_matches_act_reference_on_random_videos(max_gap, top_k):
     got = tubes.link_video(frames, boxes, scores, config)
     want = []
     for c in range(n_cls):
-      for fr, bx, sc in _ref_link(frames.tolist(), boxes.tolist(),
-                                  scores[:, :, c].tolist(), max_gap=max_gap,
-                                  min_length=5, top_k=top_k):
+      for fr, bx, sc in _ref_link(
+        frames.tolist(),
+        boxes.tolist(),
+        scores[:, :, c].tolist(),
+        max_gap=max_gap,
+        min_length=5,
+        top_k=top_k,
+      ):
         want.append((c, fr, bx, sc))
     want.sort(key=lambda t: -sum(t[3]) / len(t[3]))
     assert len(got) == len(want), trial
@@ -415,8 +424,7 @@ def test_link_matches_act_reference_on_random_videos(max_gap, top_k):
 
 def test_fill_frames_hand_values():
   frames = np.array([1, 4])
-  boxes = np.array([[[0, 0, 3, 3], [10, 10, 20, 20]],
-                    [[3, 6, 6, 9], [10, 10, 20, 20]]], float)
+  boxes = np.array([[[0, 0, 3, 3], [10, 10, 20, 20]], [[3, 6, 6, 9], [10, 10, 20, 20]]], float)
   scores = np.array([[[0.0, 1.0], [0.5, 0.5]], [[0.3, 0.7], [0.5, 0.5]]])
   f, b, s = tubes.fill_frames(frames, boxes, scores, 7)
   np.testing.assert_array_equal(f, np.arange(7))
@@ -428,22 +436,20 @@ def test_fill_frames_hand_values():
   np.testing.assert_allclose(b[:, 1], np.tile([10, 10, 20, 20], (7, 1)))
   # Three computed frames, unequal spacing.
   three = np.array([[[0, 0, 0, 0]], [[2, 2, 2, 2]], [[0, 0, 0, 0]]], float)
-  f, b, s = tubes.fill_frames(np.array([0, 2, 6]), three,
-                              np.array([[[1.0]], [[0.0]], [[1.0]]]), 7)
+  f, b, s = tubes.fill_frames(np.array([0, 2, 6]), three, np.array([[[1.0]], [[0.0]], [[1.0]]]), 7)
   np.testing.assert_allclose(b[:, 0, 0], [0, 1, 2, 1.5, 1, 0.5, 0])
   np.testing.assert_allclose(s[:, 0, 0], [1, 0.5, 0, 0.25, 0.5, 0.75, 1])
 
 
 def test_fill_frames_single_frame_and_errors():
-  _, b, s = tubes.fill_frames(np.array([3]), np.ones((1, 1, 4)),
-                              np.full((1, 1, 2), 0.4), 5)
+  _, b, s = tubes.fill_frames(np.array([3]), np.ones((1, 1, 4)), np.full((1, 1, 2), 0.4), 5)
   np.testing.assert_allclose(b, np.ones((5, 1, 4)))
   np.testing.assert_allclose(s, np.full((5, 1, 2), 0.4))
-  with pytest.raises(ValueError, match=r"\[0, 5\)"):
+  with pytest.raises(ValueError, match=r'\[0, 5\)'):
     tubes.fill_frames(np.array([5]), np.ones((1, 1, 4)), np.ones((1, 1, 1)), 5)
-  with pytest.raises(ValueError, match="increasing"):
+  with pytest.raises(ValueError, match='increasing'):
     tubes.fill_frames(np.array([2, 1]), np.ones((2, 1, 4)), np.ones((2, 1, 1)), 5)
-  with pytest.raises(ValueError, match="at least one"):
+  with pytest.raises(ValueError, match='at least one'):
     tubes.fill_frames(np.zeros(0, int), np.ones((0, 1, 4)), np.ones((0, 1, 1)), 5)
 
 
@@ -452,40 +458,52 @@ def test_fill_frames_single_frame_and_errors():
 
 
 def test_video_ap_duplicates_misses_and_videos_without_ground_truth():
-  gt = {"a": [_tube(0, range(20), BOX), _tube(0, range(20), OTHER)],
-        "b": [_tube(0, range(20), BOX)]}
-  dets = {"a": [_tube(0, range(20), BOX, 0.9),        # TP
-                _tube(0, range(20), BOX, 0.8),        # duplicate: FP
-                _tube(0, range(20), OTHER, 0.7)],     # TP
-          "c": [_tube(0, range(20), BOX, 0.6)]}       # video without GT: FP
+  gt = {
+    'a': [_tube(0, range(20), BOX), _tube(0, range(20), OTHER)],
+    'b': [_tube(0, range(20), BOX)],
+  }
+  dets = {
+    'a': [
+      _tube(0, range(20), BOX, 0.9),  # TP
+      _tube(0, range(20), BOX, 0.8),  # duplicate: FP
+      _tube(0, range(20), OTHER, 0.7),
+    ],  # TP
+    'c': [_tube(0, range(20), BOX, 0.6)],
+  }  # video without GT: FP
   # Points (1,0), (1,1/3), (1/2,1/3), (2/3,2/3), (1/2,2/3); "b" never found.
   expected = 1 / 3 + 1 / 3 * (0.5 + 2 / 3) / 2
   assert video_ap.video_ap(dets, gt, 0, 0.5) == pytest.approx(expected)
-  ref = _ref_video_ap([("a", 0.9, (list(range(20)), [BOX] * 20)),
-                       ("a", 0.8, (list(range(20)), [BOX] * 20)),
-                       ("a", 0.7, (list(range(20)), [OTHER] * 20)),
-                       ("c", 0.6, (list(range(20)), [BOX] * 20))],
-                      {"a": [(list(range(20)), [BOX] * 20),
-                             (list(range(20)), [OTHER] * 20)],
-                       "b": [(list(range(20)), [BOX] * 20)]}, 0.5)
+  ref = _ref_video_ap(
+    [
+      ('a', 0.9, (list(range(20)), [BOX] * 20)),
+      ('a', 0.8, (list(range(20)), [BOX] * 20)),
+      ('a', 0.7, (list(range(20)), [OTHER] * 20)),
+      ('c', 0.6, (list(range(20)), [BOX] * 20)),
+    ],
+    {
+      'a': [(list(range(20)), [BOX] * 20), (list(range(20)), [OTHER] * 20)],
+      'b': [(list(range(20)), [BOX] * 20)],
+    },
+    0.5,
+  )
   assert ref == pytest.approx(expected)
   assert math.isnan(video_ap.video_ap(dets, gt, 1, 0.5))
 
 
 def test_video_ap_ties_by_video_name_then_list_order():
-  gt = {"b": [_tube(0, range(20), BOX)]}
+  gt = {'b': [_tube(0, range(20), BOX)]}
   tp, fp = _tube(0, range(20), BOX, 0.5), _tube(0, range(20), OTHER, 0.5)
-  assert video_ap.video_ap({"a": [fp], "b": [tp]}, gt, 0, 0.5) == pytest.approx(0.25)
-  assert video_ap.video_ap({"b": [tp], "a": [fp]}, gt, 0, 0.5) == pytest.approx(0.25)
-  assert video_ap.video_ap({"b": [tp, fp]}, gt, 0, 0.5) == pytest.approx(1.0)
-  assert video_ap.video_ap({"b": [fp, tp]}, gt, 0, 0.5) == pytest.approx(0.25)
+  assert video_ap.video_ap({'a': [fp], 'b': [tp]}, gt, 0, 0.5) == pytest.approx(0.25)
+  assert video_ap.video_ap({'b': [tp], 'a': [fp]}, gt, 0, 0.5) == pytest.approx(0.25)
+  assert video_ap.video_ap({'b': [tp, fp]}, gt, 0, 0.5) == pytest.approx(1.0)
+  assert video_ap.video_ap({'b': [fp, tp]}, gt, 0, 0.5) == pytest.approx(0.25)
 
 
 def test_video_ap_tubes_with_gaps():
   # GT has no box on frames 5..9; the detection covers 0..19: 15 of 20 frames.
-  gt = {"v": [tubes.ground_truth_tube(0, [*range(5), *range(10, 20)], [BOX] * 15)]}
-  det = {"v": [_tube(0, range(20), BOX, 0.9)]}
-  assert tubes.spatiotemporal_iou(gt["v"][0], det["v"][0]) == pytest.approx(0.75)
+  gt = {'v': [tubes.ground_truth_tube(0, [*range(5), *range(10, 20)], [BOX] * 15)]}
+  det = {'v': [_tube(0, range(20), BOX, 0.9)]}
+  assert tubes.spatiotemporal_iou(gt['v'][0], det['v'][0]) == pytest.approx(0.75)
   assert video_ap.video_ap(det, gt, 0, 0.7) == pytest.approx(1.0)
   assert video_ap.video_ap(det, gt, 0, 0.8) == 0.0
 
@@ -493,34 +511,40 @@ def test_video_ap_tubes_with_gaps():
 def test_video_map_thresholds_and_class_without_ground_truth():
   # Class 0: IoU 0.72 (temporal 72/100): a TP at 0.2..0.7, a FP at 0.75 and above.
   # Class 1: perfect. Class 2: detections but no ground truth: NaN, not in the mean.
-  gt = {"v": [_tube(0, range(100), BOX), _tube(1, range(30), OTHER)]}
-  dets = {"v": [_tube(0, range(72), BOX, 0.9), _tube(1, range(30), OTHER, 0.8),
-                _tube(2, range(30), OTHER, 0.7)]}
+  gt = {'v': [_tube(0, range(100), BOX), _tube(1, range(30), OTHER)]}
+  dets = {
+    'v': [
+      _tube(0, range(72), BOX, 0.9),
+      _tube(1, range(30), OTHER, 0.8),
+      _tube(2, range(30), OTHER, 0.7),
+    ]
+  }
   out = video_ap.video_map(dets, gt, num_classes=3)
-  assert out["classes_with_gt"] == [0, 1]
-  assert out["video_map@0.2"] == pytest.approx(1.0)
-  assert out["video_map@0.5"] == pytest.approx(1.0)
-  assert out["video_map@0.75"] == pytest.approx(0.5)
+  assert out['classes_with_gt'] == [0, 1]
+  assert out['video_map@0.2'] == pytest.approx(1.0)
+  assert out['video_map@0.5'] == pytest.approx(1.0)
+  assert out['video_map@0.75'] == pytest.approx(0.5)
   # 0.5, 0.55, ..., 0.7 (five thresholds): both 1; 0.75 ... 0.95: class 0 is 0.
-  assert out["video_map@0.5:0.95"] == pytest.approx((5 * 1.0 + 5 * 0.5) / 10)
-  np.testing.assert_allclose(out["per_class_ap"][0.75][:2], [0.0, 1.0])
-  assert math.isnan(out["per_class_ap"][0.5][2])
-  assert sorted(out["per_class_ap"]) == sorted(
-      {0.2, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95})
-  np.testing.assert_array_equal(out["num_gt_tubes"], [1, 1, 0])
-  np.testing.assert_array_equal(out["num_detections"], [1, 1, 1])
+  assert out['video_map@0.5:0.95'] == pytest.approx((5 * 1.0 + 5 * 0.5) / 10)
+  np.testing.assert_allclose(out['per_class_ap'][0.75][:2], [0.0, 1.0])
+  assert math.isnan(out['per_class_ap'][0.5][2])
+  assert sorted(out['per_class_ap']) == sorted(
+    {0.2, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95}
+  )
+  np.testing.assert_array_equal(out['num_gt_tubes'], [1, 1, 0])
+  np.testing.assert_array_equal(out['num_detections'], [1, 1, 1])
   empty = video_ap.video_map(dets, {}, num_classes=3)
-  assert math.isnan(empty["video_map@0.5"]) and empty["classes_with_gt"] == []
-  with pytest.raises(ValueError, match="outside"):
+  assert math.isnan(empty['video_map@0.5']) and empty['classes_with_gt'] == []
+  with pytest.raises(ValueError, match='outside'):
     video_ap.video_map(dets, gt, num_classes=2)
 
 
 def test_video_map_refuses_normalized_boxes_under_plus_one():
   t = _tube(0, range(20), (0.1, 0.1, 0.5, 0.5))
-  with pytest.raises(ValueError, match="normalized"):
-    video_ap.video_map({"v": [t]}, {"v": [t]}, num_classes=1)
-  out = video_ap.video_map({"v": [t]}, {"v": [t]}, num_classes=1, plus_one=False)
-  assert out["video_map@0.5"] == pytest.approx(1.0)
+  with pytest.raises(ValueError, match='normalized'):
+    video_ap.video_map({'v': [t]}, {'v': [t]}, num_classes=1)
+  out = video_ap.video_map({'v': [t]}, {'v': [t]}, num_classes=1, plus_one=False)
+  assert out['video_map@0.5'] == pytest.approx(1.0)
 
 
 def test_video_ap_matches_act_reference_on_random_cases():
@@ -528,7 +552,7 @@ def test_video_ap_matches_act_reference_on_random_cases():
   for trial in range(25):
     gt, ref_gt = {}, {}
     dets, ref_dets = {}, []
-    for v in ("v0", "v1", "v2"):
+    for v in ('v0', 'v1', 'v2'):
       gt[v], ref_gt[v] = [], []
       for _ in range(int(rng.integers(0, 3))):
         start, n = int(rng.integers(0, 20)), int(rng.integers(5, 30))
@@ -536,7 +560,7 @@ def test_video_ap_matches_act_reference_on_random_cases():
         box = (*map(float, xy), *map(float, xy + rng.integers(30, 90, 2)))
         gt[v].append(_tube(0, range(start, start + n), box))
         ref_gt[v].append((list(range(start, start + n)), [box] * n))
-    for v in ("v0", "v1", "v2", "v3"):  # sorted names: the ties' order
+    for v in ('v0', 'v1', 'v2', 'v3'):  # sorted names: the ties' order
       dets[v] = []
       for _ in range(int(rng.integers(0, 4))):
         start, n = int(rng.integers(0, 25)), int(rng.integers(5, 30))
@@ -562,14 +586,16 @@ def test_video_ap_matches_act_reference_on_random_cases():
 
 
 def test_video_accuracy_from_tubes():
-  dets = {"a": [_tube(2, range(5), BOX, 0.4), _tube(1, range(5), BOX, 0.9)],
-          "b": [_tube(0, range(5), BOX, 0.5), _tube(1, range(5), BOX, 0.5)],
-          "c": [],
-          "extra": [_tube(0, range(5), BOX, 0.5)]}
+  dets = {
+    'a': [_tube(2, range(5), BOX, 0.4), _tube(1, range(5), BOX, 0.9)],
+    'b': [_tube(0, range(5), BOX, 0.5), _tube(1, range(5), BOX, 0.5)],
+    'c': [],
+    'extra': [_tube(0, range(5), BOX, 0.5)],
+  }
   # a -> 1 (right), b -> 0 (tie: first listed; wrong), c -> none (wrong).
-  labels = {"a": 1, "b": 1, "c": 0}
+  labels = {'a': 1, 'b': 1, 'c': 0}
   assert video_ap.video_accuracy_from_tubes(dets, labels) == pytest.approx(1 / 3)
-  assert video_ap.video_accuracy_from_tubes(dets, {"b": 0}) == 1.0
+  assert video_ap.video_accuracy_from_tubes(dets, {'b': 0}) == 1.0
   assert math.isnan(video_ap.video_accuracy_from_tubes(dets, {}))
 
 
@@ -578,21 +604,31 @@ def test_one_box_cap_hand_values():
   assert video_ap.one_box_cap(np.ones(4, int)) == 1.0
   assert math.isnan(video_ap.one_box_cap([]))
   assert math.isnan(video_ap.one_box_cap([0, 0]))
-  with pytest.raises(ValueError, match=">= 0"):
+  with pytest.raises(ValueError, match='>= 0'):
     video_ap.one_box_cap([1, -1])
 
 
-@pytest.mark.parametrize("protocol", ["voc", "act"])
+@pytest.mark.parametrize('protocol', ['voc', 'act'])
 def test_one_box_cap_is_the_best_frame_ap_of_a_one_box_detector(protocol):
   # Frames with 1, 2 and 3 actors of class 0; a perfect detector, one box per frame.
-  gt_boxes = {0: [(0.1, 0.1, 0.3, 0.5)],
-              1: [(0.1, 0.1, 0.3, 0.5), (0.5, 0.1, 0.7, 0.5)],
-              2: [(0.1, 0.1, 0.3, 0.5), (0.4, 0.1, 0.6, 0.5), (0.7, 0.1, 0.9, 0.5)]}
+  gt_boxes = {
+    0: [(0.1, 0.1, 0.3, 0.5)],
+    1: [(0.1, 0.1, 0.3, 0.5), (0.5, 0.1, 0.7, 0.5)],
+    2: [(0.1, 0.1, 0.3, 0.5), (0.4, 0.1, 0.6, 0.5), (0.7, 0.1, 0.9, 0.5)],
+  }
   gt_frames = np.array([f for f, bs in gt_boxes.items() for _ in bs])
   gt = np.array([b for bs in gt_boxes.values() for b in bs])
   det = np.array([bs[0] for bs in gt_boxes.values()])
-  out = frame_ap.frame_map(np.arange(3), np.ones((3, 1)), det, gt_frames,
-                          np.zeros(len(gt), int), gt, num_classes=1, protocol=protocol)
+  out = frame_ap.frame_map(
+    np.arange(3),
+    np.ones((3, 1)),
+    det,
+    gt_frames,
+    np.zeros(len(gt), int),
+    gt,
+    num_classes=1,
+    protocol=protocol,
+  )
   cap = video_ap.one_box_cap(np.bincount(gt_frames))
   assert cap == pytest.approx(3 / 6)
-  assert out["frame_map"] == pytest.approx(cap)
+  assert out['frame_map'] == pytest.approx(cap)

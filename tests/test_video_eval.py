@@ -23,9 +23,15 @@ def _truth(video_id, label, boxes, present=None):
   """A VideoTruth with one tube of normalized corner boxes `(NUM_FRAMES, 4)`."""
   present = np.ones(NUM_FRAMES, bool) if present is None else present
   return eval_streams.VideoTruth(
-      video_id=video_id, name=f'v{video_id}', label=label, num_frames=NUM_FRAMES,
-      original_size=SIZE, tube_labels=np.array([label]), tube_present=present[None],
-      tube_boxes=np.where(present[:, None], boxes, 0.0)[None].astype(np.float32))
+    video_id=video_id,
+    name=f'v{video_id}',
+    label=label,
+    num_frames=NUM_FRAMES,
+    original_size=SIZE,
+    tube_labels=np.array([label]),
+    tube_present=present[None],
+    tube_boxes=np.where(present[:, None], boxes, 0.0)[None].astype(np.float32),
+  )
 
 
 def _moving_boxes(shift=0.0):
@@ -43,8 +49,13 @@ def _stream_rows(truth, boxes_corner, label, num_classes, stride):
   xywh[:, 2:] -= xywh[:, :2]
   logits = np.full((len(frames), num_classes), -5.0)
   logits[:, label] = 5.0
-  return {'video_id': np.full(len(frames), truth.video_id), 'frame': frames,
-          'boxes': xywh, 'logits': logits, 'valid': np.ones(len(frames), bool)}
+  return {
+    'video_id': np.full(len(frames), truth.video_id),
+    'frame': frames,
+    'boxes': xywh,
+    'logits': logits,
+    'valid': np.ones(len(frames), bool),
+  }
 
 
 def _concat(rows):
@@ -68,10 +79,15 @@ def test_num_video_clips_matches_the_stream_frames():
 def test_detections_on_the_ground_truth_give_video_ap_one(stride):
   names = ['A', 'B', 'C']
   truths = [_truth(0, 0, _moving_boxes()), _truth(1, 2, _moving_boxes(0.2))]
-  out = _concat([_stream_rows(truths[0], _moving_boxes(), 0, 3, stride),
-                 _stream_rows(truths[1], _moving_boxes(0.2), 2, 3, stride)])
-  result = stream_metrics.video_metrics(out, truths, np.arange(3), names,
-                                  _config(frame_ap_frames='all'))
+  out = _concat(
+    [
+      _stream_rows(truths[0], _moving_boxes(), 0, 3, stride),
+      _stream_rows(truths[1], _moving_boxes(0.2), 2, 3, stride),
+    ]
+  )
+  result = stream_metrics.video_metrics(
+    out, truths, np.arange(3), names, _config(frame_ap_frames='all')
+  )
   for key in video_ap.VIDEO_MAP_KEYS:
     assert result[key] == pytest.approx(1.0), key
   assert result['tube_video_accuracy'] == 1.0

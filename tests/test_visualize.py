@@ -19,8 +19,9 @@ def _is(pixels, color):
 
 def test_draw_boxes_outline_on_expected_pixels():
   frame = np.full((16, 16, 3), 128, np.uint8)
-  out = visualize.draw_boxes(frame, [((0.25, 0.25, 0.5, 0.5), visualize.GT_COLOR)],
-                             scale=2, line_width=1)
+  out = visualize.draw_boxes(
+    frame, [((0.25, 0.25, 0.5, 0.5), visualize.GT_COLOR)], scale=2, line_width=1
+  )
   assert out.shape == (32, 32, 3)
   # Box from pixel 8 to 23 (inclusive) on each axis of the 32x32 upscaled frame.
   green = _is(out, GREEN)
@@ -32,7 +33,7 @@ def test_draw_boxes_outline_on_expected_pixels():
 
 
 def test_draw_boxes_rejects_float_frames():
-  with pytest.raises(ValueError, match="uint8"):
+  with pytest.raises(ValueError, match='uint8'):
     visualize.draw_boxes(np.zeros((4, 4, 3), np.float32), [])
 
 
@@ -52,11 +53,19 @@ def test_clip_sheet_layout_and_boxes():
   gt = np.array([[0.125, 0.25, 0.25, 0.5], [0.5, 0.5, 0.25, 0.25]])
   pred = np.array([[0.5, 0.0, 0.25, 0.25], [0.0, 0.0, 0.5, 0.5]])
   pred_flip = np.array([[0.25, 0.5, 0.25, 0.25], [0.5, 0.5, 0.5, 0.5]])
-  sheet = visualize.clip_sheet(clips, clips_flip, pred, pred_flip, gt_boxes=gt,
-                               has_box=np.array([True, False]),
-                               gt_names=["Biking", "Diving"],
-                               pred_names=["Biking", "Fencing"], frames_shown=3,
-                               scale=scale, line_width=1)
+  sheet = visualize.clip_sheet(
+    clips,
+    clips_flip,
+    pred,
+    pred_flip,
+    gt_boxes=gt,
+    has_box=np.array([True, False]),
+    gt_names=['Biking', 'Diving'],
+    pred_names=['Biking', 'Fencing'],
+    frames_shown=3,
+    scale=scale,
+    line_width=1,
+  )
   fw, fh = w * scale, h * scale
   exp_w = 2 * 3 * fw + 5 + visualize.GAP
   exp_h = 2 * (visualize.HEADER_HEIGHT + fh) + visualize.GAP
@@ -64,18 +73,18 @@ def test_clip_sheet_layout_and_boxes():
   # Header text is drawn (bright grey-to-white antialiased pixels in each band).
   for row in range(2):
     top = row * (visualize.HEADER_HEIGHT + fh + visualize.GAP)
-    band = sheet[top:top + visualize.HEADER_HEIGHT].astype(int)
+    band = sheet[top : top + visualize.HEADER_HEIGHT].astype(int)
     assert ((band.min(-1) > 150) & (band.max(-1) - band.min(-1) < 10)).sum() > 20
   for j in range(3):
     # Row 0, clip side: GT x 0.125..0.375 -> pixels 4..11, y 0.25..0.75 -> 8..23.
     y0, x0 = _tile_origin(0, 0, j, 3, fw, fh)
-    tile = sheet[y0:y0 + fh, x0:x0 + fw]
+    tile = sheet[y0 : y0 + fh, x0 : x0 + fw]
     assert _is(tile[8, 4:12], GREEN).all() and _is(tile[8:24, 4], GREEN).all()
     # Prediction x 0.5..0.75 -> 16..23, y 0..0.25 -> 0..7.
     assert _is(tile[0, 16:24], RED).all() and _is(tile[0:8, 23], RED).all()
     # Row 0, flipped side: GT mirrored to x 0.625..0.875 -> 20..27.
     y0, x0 = _tile_origin(0, 1, j, 3, fw, fh)
-    tile = sheet[y0:y0 + fh, x0:x0 + fw]
+    tile = sheet[y0 : y0 + fh, x0 : x0 + fw]
     assert _is(tile[8:24, 20], GREEN).all() and _is(tile[8:24, 27], GREEN).all()
     assert not _is(tile[8:24, 4], GREEN).any()
     # Flipped prediction x 0.25..0.5 -> 8..15, y 0.5..0.75 -> 16..23.
@@ -83,44 +92,55 @@ def test_clip_sheet_layout_and_boxes():
     # Row 1 has no box target: no green anywhere in its tiles.
     for side in range(2):
       y0, x0 = _tile_origin(1, side, j, 3, fw, fh)
-      tile = sheet[y0:y0 + fh, x0:x0 + fw]
+      tile = sheet[y0 : y0 + fh, x0 : x0 + fw]
       assert not _is(tile, GREEN).any()
       assert _is(tile, RED).sum() > 0
   # The clip's own pixels show through inside the tiles (non-blank, not all one value).
   y0, x0 = _tile_origin(1, 0, 1, 3, fw, fh)
-  assert sheet[y0 + 20:y0 + 30, x0 + 2:x0 + 12].std() > 5
+  assert sheet[y0 + 20 : y0 + 30, x0 + 2 : x0 + 12].std() > 5
 
 
 def test_save_png_roundtrip(tmp_path):
   img = np.zeros((5, 7, 3), np.uint8)
   img[2, 3] = (1, 2, 3)
-  path = visualize.save_png(img, tmp_path / "sub" / "a.png")
+  path = visualize.save_png(img, tmp_path / 'sub' / 'a.png')
   back = np.asarray(Image.open(path))
   np.testing.assert_array_equal(back, img)
-  assert [p.name for p in path.parent.iterdir()] == ["a.png"]  # no temp file left
+  assert [p.name for p in path.parent.iterdir()] == ['a.png']  # no temp file left
 
 
-def _write_jsonl(path, records, tail=""):
-  path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+def _write_jsonl(path, records, tail=''):
+  path.write_text(''.join(json.dumps(r) + '\n' for r in records) + tail)
 
 
 def test_training_curves_png(tmp_path):
-  records = [{"step": s, "loss": 3.0 / (s + 1), "cls": 2.0 / (s + 1),
-              "loc": 0.1, "con_cls": 0.001, "con_loc": 0.002,
-              "con_weight": min(1.0, s / 5), "accuracy": s / 10, "iou": s / 20,
-              "lr": 0.01} for s in range(10)]
-  metrics_path = tmp_path / "metrics.jsonl"
+  records = [
+    {
+      'step': s,
+      'loss': 3.0 / (s + 1),
+      'cls': 2.0 / (s + 1),
+      'loc': 0.1,
+      'con_cls': 0.001,
+      'con_loc': 0.002,
+      'con_weight': min(1.0, s / 5),
+      'accuracy': s / 10,
+      'iou': s / 20,
+      'lr': 0.01,
+    }
+    for s in range(10)
+  ]
+  metrics_path = tmp_path / 'metrics.jsonl'
   # A run killed mid-write leaves a truncated last line: it is skipped.
   _write_jsonl(metrics_path, records, tail='{"step": 10, "lo')
   assert len(logging_utils.read_metrics_jsonl(metrics_path)) == 10
   # A resumed run logs steps 5..9 again (the logger appends): the later record wins.
   resumed = [dict(r, loss=-1.0) for r in records[5:]]
   deduped = visualize.last_record_per_step(records + resumed)
-  assert [r["step"] for r in deduped] == list(range(10))
-  assert [r["loss"] for r in deduped[5:]] == [-1.0] * 5
-  assert deduped[4]["loss"] == records[4]["loss"]
-  out = visualize.write_training_curves(metrics_path, tmp_path / "curves.png")
-  img = np.asarray(Image.open(out).convert("RGB"))
+  assert [r['step'] for r in deduped] == list(range(10))
+  assert [r['loss'] for r in deduped[5:]] == [-1.0] * 5
+  assert deduped[4]['loss'] == records[4]['loss']
+  out = visualize.write_training_curves(metrics_path, tmp_path / 'curves.png')
+  img = np.asarray(Image.open(out).convert('RGB'))
   # 5 panels (loss terms, accuracy, IoU, w(t), lr) in 3 columns -> 2 rows of 300 px.
   assert img.shape == (600, 1200, 3)
   assert img.std() > 10  # not blank
@@ -130,13 +150,13 @@ def test_training_curves_png(tmp_path):
 
 
 def test_read_metrics_jsonl_errors(tmp_path):
-  with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
-    logging_utils.read_metrics_jsonl(tmp_path / "metrics.jsonl")
-  bad = tmp_path / "bad.jsonl"
+  with pytest.raises(FileNotFoundError, match='metrics.jsonl'):
+    logging_utils.read_metrics_jsonl(tmp_path / 'metrics.jsonl')
+  bad = tmp_path / 'bad.jsonl'
   bad.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
-  with pytest.raises(ValueError, match="bad.jsonl:2"):
+  with pytest.raises(ValueError, match='bad.jsonl:2'):
     logging_utils.read_metrics_jsonl(bad)
-  nostep = tmp_path / "nostep.jsonl"
+  nostep = tmp_path / 'nostep.jsonl'
   nostep.write_text('{"loss": 1}\n{"step": 2}\n')
   with pytest.raises(ValueError, match="'step'"):
     logging_utils.read_metrics_jsonl(nostep)

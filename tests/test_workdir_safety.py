@@ -30,6 +30,7 @@ def _run(config, workdir, **kwargs):
 
 def _one_device_mesh():
   from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
+
   return distributed.make_mesh(jax.devices()[:1])
 
 
@@ -62,15 +63,25 @@ def test_second_run_on_a_live_workdir_is_refused_naming_the_holder(tmp_path):
 
 
 def _write_lock(path, **fields):
-  holder = dict(host=socket.gethostname(), pid=os.getpid(), started=time.time(),
-                renewed=time.time(), lease_seconds=120.0, token='other')
+  holder = dict(
+    host=socket.gethostname(),
+    pid=os.getpid(),
+    started=time.time(),
+    renewed=time.time(),
+    lease_seconds=120.0,
+    token='other',
+  )
   holder.update(fields)
   (path / workdir_lock.LOCK_FILENAME).write_text(json.dumps(holder))
 
 
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
-  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
-                        capture_output=True, text=True, check=True)
+  dead = subprocess.run(
+    [sys.executable, '-c', 'import os; print(os.getpid())'],
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   _write_lock(tmp_path, pid=int(dead.stdout))
   with workdir_lock.WorkdirLock(tmp_path) as lock:
     held = json.loads(lock.path.read_text())
@@ -101,9 +112,19 @@ def test_lease_is_renewed_while_held(tmp_path):
 def test_two_launches_on_one_workdir_second_exits_with_one_line(repo_root, tmp_path):
   _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid())  # a live run
   proc = subprocess.run(
-      [sys.executable, 'launch.py', '--config=configs/demo.py', f'--workdir={tmp_path}',
-       '--config.data.name=random'], cwd=repo_root, capture_output=True, text=True,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+    [
+      sys.executable,
+      'launch.py',
+      '--config=configs/demo.py',
+      f'--workdir={tmp_path}',
+      '--config.data.name=random',
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    timeout=300,
+  )
   assert proc.returncode == 2
   assert 'in use by another run' in proc.stderr and 'Traceback' not in proc.stderr
   assert not (tmp_path / 'metrics.jsonl').exists()
@@ -126,8 +147,9 @@ def test_truncated_metrics_line_then_resume_stays_readable(trained, tmp_path):
 
 def _damage_latest(workdir: pathlib.Path, step: int) -> None:
   """Truncates every array data file of a committed checkpoint step."""
-  files = [p for p in (workdir / 'checkpoints' / str(step)).rglob('*')
-           if p.is_file() and '/d/' in str(p)]
+  files = [
+    p for p in (workdir / 'checkpoints' / str(step)).rglob('*') if p.is_file() and '/d/' in str(p)
+  ]
   assert files, 'no data files found to damage'
   for p in files:
     p.write_bytes(p.read_bytes()[:7])
@@ -214,20 +236,34 @@ def test_short_run_warmup_message_says_how_to_proceed():
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize('args, message', [
+@pytest.mark.parametrize(
+  'args, message',
+  [
     (['--config=configs/nope.py'], "config file 'configs/nope.py' not found"),
     (['--config.seed=-1'], "'seed' must be >= 0"),
     (['--config.seedx=1'], "'seedx' does not exist"),
     (['--cache_dir=gs://bucket/cache'], '--cache_dir gs://bucket/cache is a bucket URL'),
-])
+  ],
+)
 def test_demo_bad_flags_one_line_and_workdir_kept(repo_root, tmp_path, args, message):
   workdir = tmp_path / 'demo'
   workdir.mkdir()
   (workdir / 'keep.txt').write_text('previous run')
-  cmd = [sys.executable, 'tools/demo.py', f'--workdir={workdir}',
-         f'--cache_dir={tmp_path / "cache"}', *args]
-  proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  cmd = [
+    sys.executable,
+    'tools/demo.py',
+    f'--workdir={workdir}',
+    f'--cache_dir={tmp_path / "cache"}',
+    *args,
+  ]
+  proc = subprocess.run(
+    cmd,
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
   assert (workdir / 'keep.txt').exists(), 'the demo deleted the workdir of a bad run'
@@ -238,10 +274,14 @@ def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
   workdir = tmp_path / 'demo'
   workdir.mkdir()
   _write_lock(workdir)
-  proc = subprocess.run([sys.executable, 'tools/demo.py', f'--workdir={workdir}',
-                         f'--cache_dir={tmp_path / "cache"}'], cwd=repo_root,
-                        capture_output=True, text=True, timeout=300,
-                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = subprocess.run(
+    [sys.executable, 'tools/demo.py', f'--workdir={workdir}', f'--cache_dir={tmp_path / "cache"}'],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
   assert proc.returncode == 2 and 'in use by another run' in proc.stderr
   assert (workdir / workdir_lock.LOCK_FILENAME).exists()
 
@@ -251,10 +291,19 @@ def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
 
 def test_model2_as_shipped_says_how_to_get_its_weights(repo_root, tmp_path):
   proc = subprocess.run(
-      [sys.executable, 'launch.py', '--config=configs/model2.py',
-       f'--workdir={tmp_path / "model2"}', '--config.data.name=random'], cwd=repo_root,
-      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-      timeout=300)
+    [
+      sys.executable,
+      'launch.py',
+      '--config=configs/model2.py',
+      f'--workdir={tmp_path / "model2"}',
+      '--config.data.name=random',
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    timeout=300,
+  )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'convert_torch_weights' in proc.stderr and "init_from=''" in proc.stderr
   assert 'Traceback' not in proc.stderr
@@ -263,20 +312,35 @@ def test_model2_as_shipped_says_how_to_get_its_weights(repo_root, tmp_path):
 
 def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
   proc = subprocess.run(
-      [sys.executable, 'launch.py', '--config=configs/model2.py',
-       f'--workdir={tmp_path / "model2"}', '--config.init_from=',
-       '--config.data.name=random', '--config.data.frame_size=16',
-       '--config.data.image_size=16', '--config.data.num_frames=4',
-       '--config.model.depth=10', '--config.model.widen_factor=0.125',
-       '--config.train.batch_size=8', '--config.train.num_steps=2',
-       '--config.optimizer.warmup_steps=1'], cwd=repo_root, capture_output=True,
-      text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'), timeout=300)
+    [
+      sys.executable,
+      'launch.py',
+      '--config=configs/model2.py',
+      f'--workdir={tmp_path / "model2"}',
+      '--config.init_from=',
+      '--config.data.name=random',
+      '--config.data.frame_size=16',
+      '--config.data.image_size=16',
+      '--config.data.num_frames=4',
+      '--config.model.depth=10',
+      '--config.model.widen_factor=0.125',
+      '--config.train.batch_size=8',
+      '--config.train.num_steps=2',
+      '--config.optimizer.warmup_steps=1',
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert checkpointing.committed_steps(tmp_path / 'model2' / 'checkpoints') == [2]
 
 
 def test_progress_logs_count_and_eta_without_a_terminal(caplog):
   import logging as std_logging  # pylint: disable=g-import-not-at-top
+
   caplog.set_level(std_logging.INFO)
   items = list(logging_utils.progress(range(5), 5, 'eval frames', log_every_s=0.0))
   assert items == list(range(5))

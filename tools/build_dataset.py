@@ -23,22 +23,34 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The CLI's flags, defined only when run as a program so importers keep the names."""
-  flags.DEFINE_string("manual_dir", None, "The downloaded UCF-101 folder.")
-  flags.DEFINE_string("data_dir", None, "TFDS data dir to write to.")
-  flags.DEFINE_enum("split", "1", ["1", "2", "3"], "Official split.")
-  flags.DEFINE_integer("frame_size", 128, "Stored frame size (square).")
-  flags.DEFINE_integer("num_workers", None,
-                       "Decoding processes (default: CPU count, max 16; 0: in-process).")
-  flags.DEFINE_integer("jpeg_quality", 90, "JPEG quality of stored frames.")
-  flags.DEFINE_bool("overwrite", False,
-                    "Rebuild a dataset already in --data_dir even if it was built from "
-                    "another source (the old one stays until the new one is complete).")
-  flags.mark_flags_as_required(["manual_dir", "data_dir"])
+  flags.DEFINE_string('manual_dir', None, 'The downloaded UCF-101 folder.')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir to write to.')
+  flags.DEFINE_enum('split', '1', ['1', '2', '3'], 'Official split.')
+  flags.DEFINE_integer('frame_size', 128, 'Stored frame size (square).')
+  flags.DEFINE_integer(
+    'num_workers', None, 'Decoding processes (default: CPU count, max 16; 0: in-process).'
+  )
+  flags.DEFINE_integer('jpeg_quality', 90, 'JPEG quality of stored frames.')
+  flags.DEFINE_bool(
+    'overwrite',
+    False,
+    'Rebuild a dataset already in --data_dir even if it was built from '
+    'another source (the old one stays until the new one is complete).',
+  )
+  flags.mark_flags_as_required(['manual_dir', 'data_dir'])
 
 
-def run(manual_dir: str, data_dir: str, split: int = 1, frame_size: int = 128,
-        num_workers: int | None = None, jpeg_quality: int = 90, overwrite: bool = False,
-        out: TextIO | None = None, err: TextIO | None = None) -> int:
+def run(
+  manual_dir: str,
+  data_dir: str,
+  split: int = 1,
+  frame_size: int = 128,
+  num_workers: int | None = None,
+  jpeg_quality: int = 90,
+  overwrite: bool = False,
+  out: TextIO | None = None,
+  err: TextIO | None = None,
+) -> int:
   """Builds the dataset and prints a summary; returns the exit status.
 
   Problems with the inputs (`tfds_builder.USER_ERRORS`) are one line on `err` (with
@@ -49,37 +61,44 @@ def run(manual_dir: str, data_dir: str, split: int = 1, frame_size: int = 128,
   # start without TensorFlow.
   from stconsist_jax.data import download  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+
   try:
-    builder = tfds_builder.build(manual_dir, data_dir, split, frame_size, num_workers,
-                                 jpeg_quality, overwrite=overwrite)
+    builder = tfds_builder.build(
+      manual_dir, data_dir, split, frame_size, num_workers, jpeg_quality, overwrite=overwrite
+    )
   except tfds_builder.USER_ERRORS as e:
-    print(f"error: {e}", file=err)
+    print(f'error: {e}', file=err)
     if isinstance(e, download.ManualDirError):
-      print(e.instructions, file=err, end="")
+      print(e.instructions, file=err, end='')
     return cli.EXIT_USER_ERROR
   report = tfds_builder.read_report(builder)
-  print(f"dataset: {builder.data_dir}", file=out)
-  print(f"written: {report['videos_written']}  skipped: {report['videos_skipped']}",
-        file=out)
-  print("videos/s: " + ", ".join(f"{k} {v:.2f}"
-                                  for k, v in report["videos_per_second"].items()),
-        file=out)
-  if report.get("notes"):
-    print("notes: " + ", ".join(f"{k} {v}" for k, v in sorted(report["notes"].items())),
-          file=out)
-  absent = report.get("annotated_classes_without_tubes")
+  print(f'dataset: {builder.data_dir}', file=out)
+  print(f'written: {report["videos_written"]}  skipped: {report["videos_skipped"]}', file=out)
+  print(
+    'videos/s: ' + ', '.join(f'{k} {v:.2f}' for k, v in report['videos_per_second'].items()),
+    file=out,
+  )
+  if report.get('notes'):
+    print('notes: ' + ', '.join(f'{k} {v}' for k, v in sorted(report['notes'].items())), file=out)
+  absent = report.get('annotated_classes_without_tubes')
   if absent:
-    print(f"annotated classes without tubes here: {len(absent)} ({', '.join(absent)})",
-          file=out)
+    print(f'annotated classes without tubes here: {len(absent)} ({", ".join(absent)})', file=out)
   return 0
 
 
 def main(argv: Sequence[str]) -> int:
   del argv
-  return run(FLAGS.manual_dir, FLAGS.data_dir, int(FLAGS.split), FLAGS.frame_size,
-             FLAGS.num_workers, FLAGS.jpeg_quality, FLAGS.overwrite)
+  return run(
+    FLAGS.manual_dir,
+    FLAGS.data_dir,
+    int(FLAGS.split),
+    FLAGS.frame_size,
+    FLAGS.num_workers,
+    FLAGS.jpeg_quality,
+    FLAGS.overwrite,
+  )
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   define_flags()
   app.run(main)

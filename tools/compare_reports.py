@@ -26,35 +26,37 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stconsist_jax import fileio  # noqa: E402  pylint: disable=wrong-import-position
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("format", "text", ["text", "markdown", "csv"], "Output table format.")
+flags.DEFINE_enum('format', 'text', ['text', 'markdown', 'csv'], 'Output table format.')
 
 COLUMNS = (
-    ("run", "run"),
-    ("model", "model"),
-    ("freeze_backbone", "freeze_backbone"),
-    ("accuracy", "video_accuracy"),
-    ("mean IoU", "mean_iou"),
-    ("frame-mAP", "frame_map"),
-    ("clip acc", "clip_accuracy"),
-    ("step", "checkpoint_step"),
+  ('run', 'run'),
+  ('model', 'model'),
+  ('freeze_backbone', 'freeze_backbone'),
+  ('accuracy', 'video_accuracy'),
+  ('mean IoU', 'mean_iou'),
+  ('frame-mAP', 'frame_map'),
+  ('clip acc', 'clip_accuracy'),
+  ('step', 'checkpoint_step'),
 )
 
 
 def _step_order(path: epath.Path):
-  return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+  return (0, int(path.name), '') if path.name.isdigit() else (1, 0, path.name)
 
 
 def _finished_reports(eval_dir: epath.Path) -> list[epath.Path]:
   """The eval/<step> directories holding a report.json and their commit file, in order."""
-  found = [p for p in eval_dir.iterdir()
-           if fileio.is_committed(p) and (p / "report.json").is_file()]
+  found = [
+    p for p in eval_dir.iterdir() if fileio.is_committed(p) and (p / 'report.json').is_file()
+  ]
   return sorted(found, key=_step_order)
 
 
 def _unfinished(directory: epath.Path) -> FileNotFoundError:
   return FileNotFoundError(
-      f"{directory} holds no finished report (no {fileio.COMMIT_FILENAME} file: its "
-      "evaluation was interrupted, or predates commit files); run the evaluation again")
+    f'{directory} holds no finished report (no {fileio.COMMIT_FILENAME} file: its '
+    'evaluation was interrupted, or predates commit files); run the evaluation again'
+  )
 
 
 def find_report(path: fileio.PathLike) -> epath.Path:
@@ -62,19 +64,21 @@ def find_report(path: fileio.PathLike) -> epath.Path:
   path = fileio.as_path(path)
   if path.is_file():
     return path
-  if (path / "report.json").is_file():
+  if (path / 'report.json').is_file():
     if not fileio.is_committed(path):
       raise _unfinished(path)
-    return path / "report.json"
-  eval_dir = path / "eval"
+    return path / 'report.json'
+  eval_dir = path / 'eval'
   if eval_dir.is_dir():
     finished = _finished_reports(eval_dir)
     if finished:
-      return finished[-1] / "report.json"
-    if any((p / "report.json").is_file() for p in eval_dir.iterdir()):
+      return finished[-1] / 'report.json'
+    if any((p / 'report.json').is_file() for p in eval_dir.iterdir()):
       raise _unfinished(eval_dir)
-  raise FileNotFoundError(f"no report.json found at {path} (expected a report.json, an "
-                          "eval/<step>/ directory or a workdir with eval/<step>/report.json)")
+  raise FileNotFoundError(
+    f'no report.json found at {path} (expected a report.json, an '
+    'eval/<step>/ directory or a workdir with eval/<step>/report.json)'
+  )
 
 
 def load_report(path: fileio.PathLike) -> dict[str, Any]:
@@ -82,10 +86,10 @@ def load_report(path: fileio.PathLike) -> dict[str, Any]:
   try:
     report = json.loads(report_path.read_text())
   except json.JSONDecodeError as e:
-    raise ValueError(f"{report_path}: not valid JSON ({e})") from None
+    raise ValueError(f'{report_path}: not valid JSON ({e})') from None
   if not isinstance(report, dict):
-    raise ValueError(f"{report_path}: expected a JSON object")
-  report.setdefault("run", report.get("run_name") or _run_name(report_path))
+    raise ValueError(f'{report_path}: expected a JSON object')
+  report.setdefault('run', report.get('run_name') or _run_name(report_path))
   return report
 
 
@@ -94,20 +98,20 @@ def _run_name(report_path: epath.Path) -> str:
   if not fileio.is_remote(report_path):
     report_path = fileio.as_path(os.path.abspath(report_path))
   parts = report_path.parts
-  if len(parts) >= 4 and parts[-3] == "eval":
+  if len(parts) >= 4 and parts[-3] == 'eval':
     return parts[-4]
   return report_path.parent.name
 
 
 def format_value(key: str, value: Any) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
-    return "-"
-  if key in ("video_accuracy", "clip_accuracy", "frame_map"):
-    return f"{100 * value:.1f}%"
-  if key == "mean_iou":
-    return f"{value:.3f}"
+    return '-'
+  if key in ('video_accuracy', 'clip_accuracy', 'frame_map'):
+    return f'{100 * value:.1f}%'
+  if key == 'mean_iou':
+    return f'{value:.3f}'
   if isinstance(value, bool):
-    return "yes" if value else "no"
+    return 'yes' if value else 'no'
   return str(value)
 
 
@@ -115,31 +119,32 @@ def table_rows(reports: Sequence[dict[str, Any]]) -> list[list[str]]:
   return [[format_value(key, r.get(key)) for _, key in COLUMNS] for r in reports]
 
 
-def render(reports: Sequence[dict[str, Any]], fmt: str = "text") -> str:
+def render(reports: Sequence[dict[str, Any]], fmt: str = 'text') -> str:
   header = [title for title, _ in COLUMNS]
   rows = table_rows(reports)
-  if fmt == "csv":
-    return "\n".join(",".join(r) for r in [header] + rows)
-  if fmt == "markdown":
-    lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join("---" for _ in header) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+  if fmt == 'csv':
+    return '\n'.join(','.join(r) for r in [header] + rows)
+  if fmt == 'markdown':
+    lines = ['| ' + ' | '.join(header) + ' |', '| ' + ' | '.join('---' for _ in header) + ' |']
+    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+    return '\n'.join(lines)
   widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+
   def fmt_row(r):
-    return "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
-  return "\n".join([fmt_row(header), fmt_row(["-" * w for w in widths])] +
-                   [fmt_row(r) for r in rows])
+    return '  '.join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
+
+  return '\n'.join(
+    [fmt_row(header), fmt_row(['-' * w for w in widths])] + [fmt_row(r) for r in rows]
+  )
 
 
 def main(argv: Sequence[str], out: Any | None = None) -> None:
   paths = argv[1:]
   if not paths:
-    raise app.UsageError("give one or more report.json files, eval/<step>/ dirs or "
-                         "workdirs")
+    raise app.UsageError('give one or more report.json files, eval/<step>/ dirs or workdirs')
   reports = [load_report(p) for p in paths]
   print(render(reports, FLAGS.format), file=out or sys.stdout)
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   app.run(main)

@@ -24,33 +24,48 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """The CLI's flags, defined only when run as a program so importers keep the names."""
-  flags.DEFINE_string("output", None, "Folder to write (must not exist or be empty).")
-  flags.DEFINE_integer("seed", 0, "Random seed.")
-  flags.DEFINE_integer("num_classes", 6, "Classes (shape x motion).")
-  flags.DEFINE_integer("annotated_classes", 4, "Classes with boxes.")
-  flags.DEFINE_integer("videos_per_class", 4, "Videos per class.")
-  flags.DEFINE_integer("min_frames", 24, "Shortest video.")
-  flags.DEFINE_integer("max_frames", 60, "Longest video.")
-  flags.DEFINE_integer("clips_per_group", 1, "Clips per group (gGG).")
-  flags.DEFINE_string("from_annotations", None, "Render videos following this real "
-                      "pyannot.pkl (or UCF101v2-GT.pkl) instead.")
-  flags.DEFINE_integer("max_videos", 20, "With --from_annotations (0: all videos).")
-  flags.DEFINE_integer("num_workers", None, "With --from_annotations: rendering "
-                       "processes (default: CPU count; 0: in this process).")
-  flags.DEFINE_bool("overwrite", False, "Replace an existing output folder.")
-  flags.mark_flag_as_required("output")
+  flags.DEFINE_string('output', None, 'Folder to write (must not exist or be empty).')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
+  flags.DEFINE_integer('num_classes', 6, 'Classes (shape x motion).')
+  flags.DEFINE_integer('annotated_classes', 4, 'Classes with boxes.')
+  flags.DEFINE_integer('videos_per_class', 4, 'Videos per class.')
+  flags.DEFINE_integer('min_frames', 24, 'Shortest video.')
+  flags.DEFINE_integer('max_frames', 60, 'Longest video.')
+  flags.DEFINE_integer('clips_per_group', 1, 'Clips per group (gGG).')
+  flags.DEFINE_string(
+    'from_annotations',
+    None,
+    'Render videos following this real pyannot.pkl (or UCF101v2-GT.pkl) instead.',
+  )
+  flags.DEFINE_integer('max_videos', 20, 'With --from_annotations (0: all videos).')
+  flags.DEFINE_integer(
+    'num_workers',
+    None,
+    'With --from_annotations: rendering processes (default: CPU count; 0: in this process).',
+  )
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing output folder.')
+  flags.mark_flag_as_required('output')
 
 
 def _generate() -> synthetic.SyntheticDataset:
   if FLAGS.from_annotations:
-    return synthetic.generate_from_annotations(FLAGS.output, FLAGS.from_annotations,
-                                               FLAGS.max_videos, FLAGS.seed,
-                                               FLAGS.overwrite, FLAGS.num_workers)
-  spec = synthetic.SyntheticSpec(seed=FLAGS.seed, num_classes=FLAGS.num_classes,
-                                 annotated_classes=FLAGS.annotated_classes,
-                                 videos_per_class=FLAGS.videos_per_class,
-                                 min_frames=FLAGS.min_frames, max_frames=FLAGS.max_frames,
-                                 clips_per_group=FLAGS.clips_per_group)
+    return synthetic.generate_from_annotations(
+      FLAGS.output,
+      FLAGS.from_annotations,
+      FLAGS.max_videos,
+      FLAGS.seed,
+      FLAGS.overwrite,
+      FLAGS.num_workers,
+    )
+  spec = synthetic.SyntheticSpec(
+    seed=FLAGS.seed,
+    num_classes=FLAGS.num_classes,
+    annotated_classes=FLAGS.annotated_classes,
+    videos_per_class=FLAGS.videos_per_class,
+    min_frames=FLAGS.min_frames,
+    max_frames=FLAGS.max_frames,
+    clips_per_group=FLAGS.clips_per_group,
+  )
   return synthetic.generate(FLAGS.output, spec, FLAGS.overwrite)
 
 
@@ -60,14 +75,16 @@ def main(argv: Sequence[str]) -> int:
   try:
     ds = _generate()
   except (OSError, ann.DataFileError, synthetic.SpecError) as e:  # Inputs, not bugs.
-    print(f"error: {e}", file=sys.stderr)
+    print(f'error: {e}', file=sys.stderr)
     return cli.EXIT_USER_ERROR
   annotated = sum(bool(r.tubes) for r in ds.records.values())
-  print(f"wrote {len(ds.records)} videos ({annotated} annotated) of "
-        f"{len(ds.class_names)} classes to {ds.root}")
+  print(
+    f'wrote {len(ds.records)} videos ({annotated} annotated) of '
+    f'{len(ds.class_names)} classes to {ds.root}'
+  )
   return 0
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   define_flags()
   app.run(main)

@@ -35,14 +35,18 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from stconsist_jax.data import label_protocols  # pylint: disable=g-import-not-at-top
+
   names = label_protocols.read_video_list(FLAGS.split_list)
   for fraction in sorted(float(f) for f in FLAGS.fractions):
     kept = label_protocols.lowest_share(names, FLAGS.seed, fraction)
     path = f'{FLAGS.out_dir}/{list_name(FLAGS.prefix, fraction)}'
     label_protocols.write_video_list(path, kept)
     classes = {name.split('/')[0] for name in kept}
-    print(f'{path}: {len(kept)} of {len(names)} videos ({len(kept) / len(names):.1%}), '
-          f'{len(classes)} classes', file=sys.stdout)
+    print(
+      f'{path}: {len(kept)} of {len(names)} videos ({len(kept) / len(names):.1%}), '
+      f'{len(classes)} classes',
+      file=sys.stdout,
+    )
 
 
 if __name__ == '__main__':

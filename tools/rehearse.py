@@ -40,18 +40,22 @@ from stconsist_jax import fileio  # noqa: E402  pylint: disable=g-import-not-at-
 def define_flags() -> None:
   """The command line's flags (defined only when run, so importing defines none)."""
   flags.DEFINE_string('annotations', None, 'A real UCF101-24 pyannot.pkl or UCF101v2-GT.pkl.')
-  flags.DEFINE_string('workdir', 'workdirs/rehearsal',
-                      'Holds the twin, its TFDS build, the run and rehearsal.json.')
+  flags.DEFINE_string(
+    'workdir', 'workdirs/rehearsal', 'Holds the twin, its TFDS build, the run and rehearsal.json.'
+  )
   flags.DEFINE_integer('frame_size', 128, 'Stored frame size of the build.')
   flags.DEFINE_string('config', 'configs/model2.py', 'Config file to train.')
   flags.DEFINE_integer('train_steps', 20, 'Training steps.')
   flags.DEFINE_integer('batch_size', 2, 'Global training batch.')
   flags.DEFINE_integer('eval_videos', 4, 'eval.max_videos of the bounded eval.')
-  flags.DEFINE_integer('eval_frame_stride', 8, 'eval.frame_stride and eval.tube_frame_stride '
-                       'of the bounded eval (the projection is for stride 1).')
+  flags.DEFINE_integer(
+    'eval_frame_stride',
+    8,
+    'eval.frame_stride and eval.tube_frame_stride '
+    'of the bounded eval (the projection is for stride 1).',
+  )
   flags.DEFINE_integer('max_videos', 0, 'Videos of the twin (0: every annotated video).')
-  flags.DEFINE_integer('num_workers', None,
-                       'Processes for rendering and building (default: CPUs).')
+  flags.DEFINE_integer('num_workers', None, 'Processes for rendering and building (default: CPUs).')
 
 
 FLAGS = flags.FLAGS
@@ -73,21 +77,29 @@ def disk_mb(path: pathlib.Path) -> float:
   return sum(p.stat().st_size for p in path.rglob('*') if p.is_file()) / 2**20
 
 
-def run_stage(name: str, command: Sequence[str], output: pathlib.Path,
-              log: pathlib.Path) -> StageResult:
+def run_stage(
+  name: str, command: Sequence[str], output: pathlib.Path, log: pathlib.Path
+) -> StageResult:
   """Runs `command` with its output in `log`; its time and its largest process's RSS."""
   print(f'[rehearse] {name}: {" ".join(command)}', flush=True)
   t0 = time.time()
   with open(log, 'w') as out:
-    proc = subprocess.Popen(list(command), cwd=REPO_ROOT, stdout=out,
-                            stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED='1'))
+    proc = subprocess.Popen(
+      list(command),
+      cwd=REPO_ROOT,
+      stdout=out,
+      stderr=subprocess.STDOUT,
+      env=dict(os.environ, PYTHONUNBUFFERED='1'),
+    )
     _, status, usage = os.wait4(proc.pid, 0)
   seconds = time.time() - t0
   code = os.waitstatus_to_exitcode(status)
   if code != 0:
     tail = ''.join(log.read_text().splitlines(keepends=True)[-25:])
-    cli.fail(f'[rehearse] stage {name} failed (exit {code}) after {seconds:.0f} s; the end '
-             f'of {log}:\n{tail}')
+    cli.fail(
+      f'[rehearse] stage {name} failed (exit {code}) after {seconds:.0f} s; the end '
+      f'of {log}:\n{tail}'
+    )
   # ru_maxrss is in KiB on Linux: the largest of the process and its waited-for children.
   return StageResult(name, list(command), seconds, usage.ru_maxrss / 1024, disk_mb(output))
 
@@ -95,11 +107,14 @@ def run_stage(name: str, command: Sequence[str], output: pathlib.Path,
 def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str, int]:
   """Clips, annotated frames and whole-video clips a full evaluation of split 1 runs."""
   from stconsist_jax.data import annotations as ann  # pylint: disable=g-import-not-at-top
-  records = ann.load_annotations(next(p for p in (manual_dir / 'pyannot.pkl',
-                                                  manual_dir / 'UCF101v2-GT.pkl')
-                                      if p.exists()))
-  test = [ann.strip_extension(p) for p in
-          ann.read_split_list(manual_dir / 'ucfTrainTestlist' / 'testlist01.txt')]
+
+  records = ann.load_annotations(
+    next(p for p in (manual_dir / 'pyannot.pkl', manual_dir / 'UCF101v2-GT.pkl') if p.exists())
+  )
+  test = [
+    ann.strip_extension(p)
+    for p in ann.read_split_list(manual_dir / 'ucfTrainTestlist' / 'testlist01.txt')
+  ]
   frames = video_frames = 0
   for path in test:
     record = records.get(path)
@@ -110,8 +125,12 @@ def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str
       annotated.update(range(tube.start, tube.end))
     frames += len(annotated)
     video_frames += record.num_frames
-  return {'videos': len(test), 'clips': clips_per_video * len(test), 'frames': frames,
-          'video_clips': video_frames}
+  return {
+    'videos': len(test),
+    'clips': clips_per_video * len(test),
+    'frames': frames,
+    'video_clips': video_frames,
+  }
 
 
 def project_full_eval(report: dict, full: dict[str, int]) -> float | None:
@@ -137,28 +156,32 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def table(stages: Sequence[StageResult]) -> str:
-  lines = ['| stage | wall time | peak RSS (largest process) | disk |',
-           '| --- | --- | --- | --- |']
+  lines = ['| stage | wall time | peak RSS (largest process) | disk |', '| --- | --- | --- | --- |']
   for s in stages:
     note = ' (reused)' if s.reused else ''
-    lines.append(f'| {s.name}{note} | {_fmt_seconds(s.seconds)} | {s.peak_rss_mb:,.0f} MB | '
-                 f'{s.disk_mb:,.0f} MB |')
+    lines.append(
+      f'| {s.name}{note} | {_fmt_seconds(s.seconds)} | {s.peak_rss_mb:,.0f} MB | '
+      f'{s.disk_mb:,.0f} MB |'
+    )
   return '\n'.join(lines)
 
 
 def local_path(flag: str, value: str) -> pathlib.Path:
   """The absolute local path a flag names; a bucket URL is refused in one line."""
   if fileio.is_remote(value):
-    cli.fail(f'error: --{flag} {value} is a bucket URL; the rehearsal renders videos with '
-             'OpenCV and measures local disk use: give a local path')
+    cli.fail(
+      f'error: --{flag} {value} is a bucket URL; the rehearsal renders videos with '
+      'OpenCV and measures local disk use: give a local path'
+    )
   return pathlib.Path(os.path.abspath(value))
 
 
 def latest_finished_report(eval_dir: pathlib.Path) -> pathlib.Path:
   """report.json of the newest eval/<step>/ whose commit file was written."""
   reports = sorted(
-      (p for p in eval_dir.glob('*/report.json') if fileio.is_committed(p.parent)),
-      key=lambda p: p.stat().st_mtime)
+    (p for p in eval_dir.glob('*/report.json') if fileio.is_committed(p.parent)),
+    key=lambda p: p.stat().st_mtime,
+  )
   if not reports:
     cli.fail(f'[rehearse] no finished evaluation report in {eval_dir}')
   return reports[-1]
@@ -180,30 +203,47 @@ def main(argv: Sequence[str]) -> None:
   workers = [] if FLAGS.num_workers is None else [f'--num_workers={FLAGS.num_workers}']
   stages: list[StageResult] = []
 
-  generate = [py, 'tools/generate_synthetic.py', f'--output={twin}',
-              f'--from_annotations={annotations}', f'--max_videos={FLAGS.max_videos}',
-              *workers]
-  build = [py, 'tools/build_dataset.py', f'--manual_dir={twin}', f'--data_dir={data_dir}',
-           f'--frame_size={size}', *workers]
-  overrides = [f'--config.data.data_dir={data_dir}', f'--config.data.frame_size={size}',
-               f'--config.data.image_size={size}', "--config.init_from=",
-               f'--config.train.batch_size={FLAGS.batch_size}',
-               f'--config.eval.batch_size={FLAGS.batch_size}',
-               f'--config.train.num_steps={FLAGS.train_steps}',
-               f'--config.train.checkpoint_every={FLAGS.train_steps}',
-               f'--config.train.log_every={max(1, FLAGS.train_steps // 4)}',
-               f'--config.optimizer.warmup_steps={max(1, FLAGS.train_steps // 10)}',
-               f'--config.loss.rampup_steps={FLAGS.train_steps}',
-               f'--config.eval.max_videos={FLAGS.eval_videos}',
-               f'--config.eval.frame_stride={FLAGS.eval_frame_stride}',
-               f'--config.eval.tube_frame_stride={FLAGS.eval_frame_stride}']
+  generate = [
+    py,
+    'tools/generate_synthetic.py',
+    f'--output={twin}',
+    f'--from_annotations={annotations}',
+    f'--max_videos={FLAGS.max_videos}',
+    *workers,
+  ]
+  build = [
+    py,
+    'tools/build_dataset.py',
+    f'--manual_dir={twin}',
+    f'--data_dir={data_dir}',
+    f'--frame_size={size}',
+    *workers,
+  ]
+  overrides = [
+    f'--config.data.data_dir={data_dir}',
+    f'--config.data.frame_size={size}',
+    f'--config.data.image_size={size}',
+    '--config.init_from=',
+    f'--config.train.batch_size={FLAGS.batch_size}',
+    f'--config.eval.batch_size={FLAGS.batch_size}',
+    f'--config.train.num_steps={FLAGS.train_steps}',
+    f'--config.train.checkpoint_every={FLAGS.train_steps}',
+    f'--config.train.log_every={max(1, FLAGS.train_steps // 4)}',
+    f'--config.optimizer.warmup_steps={max(1, FLAGS.train_steps // 10)}',
+    f'--config.loss.rampup_steps={FLAGS.train_steps}',
+    f'--config.eval.max_videos={FLAGS.eval_videos}',
+    f'--config.eval.frame_stride={FLAGS.eval_frame_stride}',
+    f'--config.eval.tube_frame_stride={FLAGS.eval_frame_stride}',
+  ]
   train = [py, 'launch.py', f'--config={FLAGS.config}', f'--workdir={run}', *overrides]
   evaluate = [*train, '--mode=eval']
 
-  plan = [('generate twin', generate, twin, (twin / 'pyannot.pkl').exists()),
-          ('TFDS build', build, data_dir, (data_dir / 'ucf101_stconsist').exists()),
-          ('train', train, run, False),
-          ('bounded eval', evaluate, run / 'eval', False)]
+  plan = [
+    ('generate twin', generate, twin, (twin / 'pyannot.pkl').exists()),
+    ('TFDS build', build, data_dir, (data_dir / 'ucf101_stconsist').exists()),
+    ('train', train, run, False),
+    ('bounded eval', evaluate, run / 'eval', False),
+  ]
   for name, command, output, done in plan:
     if done:
       print(f'[rehearse] {name}: reusing {output}', flush=True)
@@ -211,8 +251,11 @@ def main(argv: Sequence[str]) -> None:
       continue
     log = root / f'{name.replace(" ", "_")}.log'
     stages.append(run_stage(name, command, output, log))
-    print(f'[rehearse] {name}: {_fmt_seconds(stages[-1].seconds)}, peak RSS '
-          f'{stages[-1].peak_rss_mb:,.0f} MB, {stages[-1].disk_mb:,.0f} MB on disk', flush=True)
+    print(
+      f'[rehearse] {name}: {_fmt_seconds(stages[-1].seconds)}, peak RSS '
+      f'{stages[-1].peak_rss_mb:,.0f} MB, {stages[-1].disk_mb:,.0f} MB on disk',
+      flush=True,
+    )
 
   report_path = latest_finished_report(run / 'eval')
   report = json.loads(report_path.read_text())
@@ -220,21 +263,35 @@ def main(argv: Sequence[str]) -> None:
   full = full_eval_passes(twin, clips_per_video)
   projected = project_full_eval(report, full)
   print('\n' + table(stages))
-  print(f"\nbounded eval: {report['counts'].get('num_videos')} of {full['videos']} test "
-        f"videos, {report['counts'].get('num_clips')} clips, "
-        f"{report['counts'].get('num_frames_scored')} annotated frames, "
-        f"{report['counts'].get('num_video_clips_scored')} whole-video clips (strides "
-        f'{FLAGS.eval_frame_stride})')
+  print(
+    f'\nbounded eval: {report["counts"].get("num_videos")} of {full["videos"]} test '
+    f'videos, {report["counts"].get("num_clips")} clips, '
+    f'{report["counts"].get("num_frames_scored")} annotated frames, '
+    f'{report["counts"].get("num_video_clips_scored")} whole-video clips (strides '
+    f'{FLAGS.eval_frame_stride})'
+  )
   if projected is not None:
-    print(f"projected full evaluation ({full['clips']:,} clips + {full['frames']:,} "
-          f"annotated frames + {full['video_clips']:,} whole-video clips, strides 1) on "
-          f'this machine: {_fmt_seconds(projected)}')
-  summary = {'stages': [dataclasses.asdict(s) for s in stages], 'full_eval': full,
-             'projected_full_eval_seconds': projected, 'cpu_count': os.cpu_count(),
-             'report': str(report_path)}
+    print(
+      f'projected full evaluation ({full["clips"]:,} clips + {full["frames"]:,} '
+      f'annotated frames + {full["video_clips"]:,} whole-video clips, strides 1) on '
+      f'this machine: {_fmt_seconds(projected)}'
+    )
+  summary = {
+    'stages': [dataclasses.asdict(s) for s in stages],
+    'full_eval': full,
+    'projected_full_eval_seconds': projected,
+    'cpu_count': os.cpu_count(),
+    'report': str(report_path),
+  }
   fileio.atomic_write(root / 'rehearsal.json', json.dumps(summary, indent=1) + '\n')
-  print(json.dumps({'projected_full_eval_seconds': projected,
-                    'stage_seconds': {s.name: round(s.seconds, 1) for s in stages}}))
+  print(
+    json.dumps(
+      {
+        'projected_full_eval_seconds': projected,
+        'stage_seconds': {s.name: round(s.seconds, 1) for s in stages},
+      }
+    )
+  )
 
 
 if __name__ == '__main__':

@@ -25,15 +25,20 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = cli.define_config_file('config', str(REPO_ROOT / 'configs' / 'demo.py'),
-                                 'Training config.')
-_WORKDIR = flags.DEFINE_string('workdir', 'workdirs/semi_supervision',
-                               'Runs and summary (a path or a bucket URL).')
-_CACHE_DIR = flags.DEFINE_string('cache_dir', 'data_cache/demo',
-                                 'Synthetic videos and the TFDS build (shared with the demo; '
-                                 'local).')
-_FRACTION = flags.DEFINE_float('box_label_fraction', 0.25,
-                               'Share of annotated videos whose boxes are kept.')
+_CONFIG = cli.define_config_file(
+  'config', str(REPO_ROOT / 'configs' / 'demo.py'), 'Training config.'
+)
+_WORKDIR = flags.DEFINE_string(
+  'workdir', 'workdirs/semi_supervision', 'Runs and summary (a path or a bucket URL).'
+)
+_CACHE_DIR = flags.DEFINE_string(
+  'cache_dir',
+  'data_cache/demo',
+  'Synthetic videos and the TFDS build (shared with the demo; local).',
+)
+_FRACTION = flags.DEFINE_float(
+  'box_label_fraction', 0.25, 'Share of annotated videos whose boxes are kept.'
+)
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Training seeds.')
 
 METRICS = ('mean_iou', 'frame_map', 'video_accuracy')
@@ -67,6 +72,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
+
   logging_utils.quiet_library_logs()
   with cli.user_errors(*cli.project_user_errors()):
     study(_CONFIG.value, _WORKDIR.value)
@@ -80,14 +86,15 @@ def study(base, root: str) -> None:
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
   from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
+
   root = fileio.as_path(root)
   if fileio.is_remote(_CACHE_DIR.value):
     raise config_lib.ConfigError(
-        f'--cache_dir {_CACHE_DIR.value} is a bucket URL; the synthetic videos are rendered '
-        'and read with OpenCV, which needs a local folder')
+      f'--cache_dir {_CACHE_DIR.value} is a bucket URL; the synthetic videos are rendered '
+      'and read with OpenCV, which needs a local folder'
+    )
   if not 0.0 <= _FRACTION.value <= 1.0:
-    raise config_lib.ConfigError(
-        f'--box_label_fraction must be in [0, 1], got {_FRACTION.value}')
+    raise config_lib.ConfigError(f'--box_label_fraction must be in [0, 1], got {_FRACTION.value}')
   try:
     seeds = [int(s) for s in _SEEDS.value]
   except ValueError:
@@ -106,24 +113,45 @@ def study(base, root: str) -> None:
     t0 = time.time()
     train.train_and_evaluate(config, str(workdir))
     report = evaluate.evaluate(config, str(workdir), 'latest')
-    runs.append({'setting': name, 'seed': seed, 'seconds': round(time.time() - t0, 1),
-                 **{k: report[k] for k in METRICS}})
-    print(f'[semi] {name} seed {seed}: ' +
-          ' '.join(f'{k}={fmt(report[k])}' for k in METRICS), flush=True)
+    runs.append(
+      {
+        'setting': name,
+        'seed': seed,
+        'seconds': round(time.time() - t0, 1),
+        **{k: report[k] for k in METRICS},
+      }
+    )
+    print(
+      f'[semi] {name} seed {seed}: ' + ' '.join(f'{k}={fmt(report[k])}' for k in METRICS),
+      flush=True,
+    )
 
-  summary = {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value),
-             'num_steps': base.train.num_steps, 'runs': runs}
-  print(f'\nbox_label_fraction={_FRACTION.value}, {len(_SEEDS.value)} seeds, '
-        f'{base.train.num_steps} steps: mean +- std')
+  summary = {
+    'box_label_fraction': _FRACTION.value,
+    'seeds': len(_SEEDS.value),
+    'num_steps': base.train.num_steps,
+    'runs': runs,
+  }
+  print(
+    f'\nbox_label_fraction={_FRACTION.value}, {len(_SEEDS.value)} seeds, '
+    f'{base.train.num_steps} steps: mean +- std'
+  )
   for name, _ in SETTINGS:
     stats = {k: mean_std([r[k] for r in runs if r['setting'] == name]) for k in METRICS}
     summary[name] = stats
-    print(f'  {name:>15}: ' + '  '.join(
-        f'{k} n/a' if v is None else f'{k} {v[0]:.3f} +- {v[1]:.3f}'
-        for k, v in stats.items()))
+    print(
+      f'  {name:>15}: '
+      + '  '.join(
+        f'{k} n/a' if v is None else f'{k} {v[0]:.3f} +- {v[1]:.3f}' for k, v in stats.items()
+      )
+    )
   fileio.atomic_write(root / 'summary.json', json.dumps(summary, indent=1))
-  print(json.dumps({name: summary[name] for name, _ in SETTINGS} |
-                   {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value)}))
+  print(
+    json.dumps(
+      {name: summary[name] for name, _ in SETTINGS}
+      | {'box_label_fraction': _FRACTION.value, 'seeds': len(_SEEDS.value)}
+    )
+  )
 
 
 if __name__ == '__main__':

@@ -31,35 +31,135 @@ PathLike = str | os.PathLike
 
 # The 101 classes of UCF-101 in `classInd.txt` order (1-based there, 0-based here).
 UCF101_CLASSES: tuple[str, ...] = (
-    "ApplyEyeMakeup", "ApplyLipstick", "Archery", "BabyCrawling", "BalanceBeam",
-    "BandMarching", "BaseballPitch", "Basketball", "BasketballDunk", "BenchPress",
-    "Biking", "Billiards", "BlowDryHair", "BlowingCandles", "BodyWeightSquats",
-    "Bowling", "BoxingPunchingBag", "BoxingSpeedBag", "BreastStroke", "BrushingTeeth",
-    "CleanAndJerk", "CliffDiving", "CricketBowling", "CricketShot", "CuttingInKitchen",
-    "Diving", "Drumming", "Fencing", "FieldHockeyPenalty", "FloorGymnastics",
-    "FrisbeeCatch", "FrontCrawl", "GolfSwing", "Haircut", "Hammering", "HammerThrow",
-    "HandstandPushups", "HandstandWalking", "HeadMassage", "HighJump", "HorseRace",
-    "HorseRiding", "HulaHoop", "IceDancing", "JavelinThrow", "JugglingBalls",
-    "JumpingJack", "JumpRope", "Kayaking", "Knitting", "LongJump", "Lunges",
-    "MilitaryParade", "Mixing", "MoppingFloor", "Nunchucks", "ParallelBars",
-    "PizzaTossing", "PlayingCello", "PlayingDaf", "PlayingDhol", "PlayingFlute",
-    "PlayingGuitar", "PlayingPiano", "PlayingSitar", "PlayingTabla", "PlayingViolin",
-    "PoleVault", "PommelHorse", "PullUps", "Punch", "PushUps", "Rafting",
-    "RockClimbingIndoor", "RopeClimbing", "Rowing", "SalsaSpin", "ShavingBeard",
-    "Shotput", "SkateBoarding", "Skiing", "Skijet", "SkyDiving", "SoccerJuggling",
-    "SoccerPenalty", "StillRings", "SumoWrestling", "Surfing", "Swing",
-    "TableTennisShot", "TaiChi", "TennisSwing", "ThrowDiscus", "TrampolineJumping",
-    "Typing", "UnevenBars", "VolleyballSpiking", "WalkingWithDog", "WallPushups",
-    "WritingOnBoard", "YoYo",
+  'ApplyEyeMakeup',
+  'ApplyLipstick',
+  'Archery',
+  'BabyCrawling',
+  'BalanceBeam',
+  'BandMarching',
+  'BaseballPitch',
+  'Basketball',
+  'BasketballDunk',
+  'BenchPress',
+  'Biking',
+  'Billiards',
+  'BlowDryHair',
+  'BlowingCandles',
+  'BodyWeightSquats',
+  'Bowling',
+  'BoxingPunchingBag',
+  'BoxingSpeedBag',
+  'BreastStroke',
+  'BrushingTeeth',
+  'CleanAndJerk',
+  'CliffDiving',
+  'CricketBowling',
+  'CricketShot',
+  'CuttingInKitchen',
+  'Diving',
+  'Drumming',
+  'Fencing',
+  'FieldHockeyPenalty',
+  'FloorGymnastics',
+  'FrisbeeCatch',
+  'FrontCrawl',
+  'GolfSwing',
+  'Haircut',
+  'Hammering',
+  'HammerThrow',
+  'HandstandPushups',
+  'HandstandWalking',
+  'HeadMassage',
+  'HighJump',
+  'HorseRace',
+  'HorseRiding',
+  'HulaHoop',
+  'IceDancing',
+  'JavelinThrow',
+  'JugglingBalls',
+  'JumpingJack',
+  'JumpRope',
+  'Kayaking',
+  'Knitting',
+  'LongJump',
+  'Lunges',
+  'MilitaryParade',
+  'Mixing',
+  'MoppingFloor',
+  'Nunchucks',
+  'ParallelBars',
+  'PizzaTossing',
+  'PlayingCello',
+  'PlayingDaf',
+  'PlayingDhol',
+  'PlayingFlute',
+  'PlayingGuitar',
+  'PlayingPiano',
+  'PlayingSitar',
+  'PlayingTabla',
+  'PlayingViolin',
+  'PoleVault',
+  'PommelHorse',
+  'PullUps',
+  'Punch',
+  'PushUps',
+  'Rafting',
+  'RockClimbingIndoor',
+  'RopeClimbing',
+  'Rowing',
+  'SalsaSpin',
+  'ShavingBeard',
+  'Shotput',
+  'SkateBoarding',
+  'Skiing',
+  'Skijet',
+  'SkyDiving',
+  'SoccerJuggling',
+  'SoccerPenalty',
+  'StillRings',
+  'SumoWrestling',
+  'Surfing',
+  'Swing',
+  'TableTennisShot',
+  'TaiChi',
+  'TennisSwing',
+  'ThrowDiscus',
+  'TrampolineJumping',
+  'Typing',
+  'UnevenBars',
+  'VolleyballSpiking',
+  'WalkingWithDog',
+  'WallPushups',
+  'WritingOnBoard',
+  'YoYo',
 )
 
 # The 24 annotated classes of UCF101-24, in their label order (0..23).
 UCF24_CLASSES: tuple[str, ...] = (
-    "Basketball", "BasketballDunk", "Biking", "CliffDiving", "CricketBowling",
-    "Diving", "Fencing", "FloorGymnastics", "GolfSwing", "HorseRiding", "IceDancing",
-    "LongJump", "PoleVault", "RopeClimbing", "SalsaSpin", "SkateBoarding", "Skiing",
-    "Skijet", "SoccerJuggling", "Surfing", "TennisSwing", "TrampolineJumping",
-    "VolleyballSpiking", "WalkingWithDog",
+  'Basketball',
+  'BasketballDunk',
+  'Biking',
+  'CliffDiving',
+  'CricketBowling',
+  'Diving',
+  'Fencing',
+  'FloorGymnastics',
+  'GolfSwing',
+  'HorseRiding',
+  'IceDancing',
+  'LongJump',
+  'PoleVault',
+  'RopeClimbing',
+  'SalsaSpin',
+  'SkateBoarding',
+  'Skiing',
+  'Skijet',
+  'SoccerJuggling',
+  'Surfing',
+  'TennisSwing',
+  'TrampolineJumping',
+  'VolleyballSpiking',
+  'WalkingWithDog',
 )
 
 UCF101_FRAME_SIZE = (240, 320)  # (height, width) of every UCF-101 video.
@@ -68,6 +168,7 @@ UCF101_FRAME_SIZE = (240, 320)  # (height, width) of every UCF-101 video.
 @dataclasses.dataclass(frozen=True)
 class Tube:
   """One actor's track: `boxes[i]` is the corner box on frame `start + i`."""
+
   label: int
   start: int
   end: int
@@ -77,16 +178,20 @@ class Tube:
     boxes = np.asarray(self.boxes, dtype=np.float64)
     if boxes.shape != (self.end - self.start, 4):
       raise ValueError(
-          f"tube [{self.start}, {self.end}) needs boxes of shape "
-          f"({self.end - self.start}, 4), got {boxes.shape}")
+        f'tube [{self.start}, {self.end}) needs boxes of shape '
+        f'({self.end - self.start}, 4), got {boxes.shape}'
+      )
     boxes.setflags(write=False)
-    object.__setattr__(self, "boxes", boxes)
+    object.__setattr__(self, 'boxes', boxes)
 
   def __eq__(self, other: object) -> bool:
     if not isinstance(other, Tube):
       return NotImplemented
-    return ((self.label, self.start, self.end) == (other.label, other.start, other.end)
-            and np.array_equal(self.boxes, other.boxes))
+    return (self.label, self.start, self.end) == (
+      other.label,
+      other.start,
+      other.end,
+    ) and np.array_equal(self.boxes, other.boxes)
 
   __hash__ = None  # type: ignore[assignment]
 
@@ -98,6 +203,7 @@ class Tube:
 @dataclasses.dataclass(frozen=True)
 class VideoRecord:
   """One video: where it is, its class, its length and its actor tubes."""
+
   path: str  # `Class/v_Class_gGG_cCC`, no extension.
   label: int  # 0-based index into the 101 (or classInd.txt) classes.
   class_name: str
@@ -107,21 +213,21 @@ class VideoRecord:
 
 def class_of(path: str) -> str:
   """`Class/v_Class_gGG_cCC[.avi]` -> `Class`."""
-  head, sep, _ = path.partition("/")
+  head, sep, _ = path.partition('/')
   if not sep:
     raise ValueError(f"video path {path!r} is not of the form 'Class/v_Class_gGG_cCC'")
   return head
 
 
 def strip_extension(path: str) -> str:
-  return path[:-4] if path.endswith(".avi") else path
+  return path[:-4] if path.endswith('.avi') else path
 
 
 def group_of(path: str) -> int:
   """`.../v_Class_g07_c03` -> 7 (the UCF-101 group: same actor and scene)."""
-  stem = strip_extension(path).rsplit("/", 1)[-1]
-  parts = stem.split("_")
-  if len(parts) < 4 or not parts[-2].startswith("g"):
+  stem = strip_extension(path).rsplit('/', 1)[-1]
+  parts = stem.split('_')
+  if len(parts) < 4 or not parts[-2].startswith('g'):
     raise ValueError(f"video name {stem!r} is not of the form 'v_Class_gGG_cCC'")
   return int(parts[-2][1:])
 
@@ -135,10 +241,9 @@ class DataFileError(ValueError):
 
 def _read_lines(path: PathLike) -> list[str]:
   try:
-    text = pathlib.Path(path).read_text(encoding="utf-8", errors="strict")
+    text = pathlib.Path(path).read_text(encoding='utf-8', errors='strict')
   except UnicodeDecodeError as e:
-    raise DataFileError(f"{path} is not a UTF-8 text list ({e.reason} at byte "
-                        f"{e.start})") from None
+    raise DataFileError(f'{path} is not a UTF-8 text list ({e.reason} at byte {e.start})') from None
   return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -151,7 +256,7 @@ def read_class_index(path: PathLike) -> tuple[str, ...]:
       raise ValueError(f"{path}: line {n} should be '{n} ClassName', found {line!r}")
     names.append(parts[1])
   if not names:
-    raise ValueError(f"{path}: no classes listed")
+    raise ValueError(f'{path}: no classes listed')
   return tuple(names)
 
 
@@ -165,13 +270,12 @@ def read_split_list(path: PathLike) -> list[str]:
   for n, line in enumerate(_read_lines(path), start=1):
     parts = line.split()
     if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
-      raise DataFileError(
-          f"{path}: line {n} should be 'Class/v_X.avi [label]', found {line!r}")
+      raise DataFileError(f"{path}: line {n} should be 'Class/v_X.avi [label]', found {line!r}")
     try:
       class_of(parts[0])
     except ValueError as e:
-      raise DataFileError(f"{path}: line {n}: {e}") from None
-    paths.append(strip_extension(parts[0].replace("\\", "/")))
+      raise DataFileError(f'{path}: line {n}: {e}') from None
+    paths.append(strip_extension(parts[0].replace('\\', '/')))
   return paths
 
 
@@ -181,8 +285,7 @@ def read_labeled_split_list(path: PathLike) -> list[tuple[str, int]]:
   for n, line in enumerate(_read_lines(path), start=1):
     parts = line.split()
     if len(parts) != 2 or not parts[1].isdigit():
-      raise DataFileError(
-          f"{path}: line {n} should be 'Class/v_X.avi label', found {line!r}")
+      raise DataFileError(f"{path}: line {n} should be 'Class/v_X.avi label', found {line!r}")
     pairs.append((strip_extension(parts[0]), int(parts[1]) - 1))
   return pairs
 
@@ -190,24 +293,33 @@ def read_labeled_split_list(path: PathLike) -> list[tuple[str, int]]:
 def official_split(list_dir: PathLike, split: int) -> tuple[list[str], list[str]]:
   """(train paths, test paths) of split 1, 2 or 3 from `ucfTrainTestlist/`."""
   if split not in (1, 2, 3):
-    raise ValueError(f"split must be 1, 2 or 3, got {split}")
+    raise ValueError(f'split must be 1, 2 or 3, got {split}')
   list_dir = pathlib.Path(list_dir)
-  return (read_split_list(list_dir / f"trainlist0{split}.txt"),
-          read_split_list(list_dir / f"testlist0{split}.txt"))
+  return (
+    read_split_list(list_dir / f'trainlist0{split}.txt'),
+    read_split_list(list_dir / f'testlist0{split}.txt'),
+  )
 
 
 def write_class_index(class_names: Sequence[str], path: PathLike) -> None:
-  fileio.atomic_write(path, "".join(f"{i} {c}\n" for i, c in enumerate(class_names, start=1)))
+  fileio.atomic_write(path, ''.join(f'{i} {c}\n' for i, c in enumerate(class_names, start=1)))
 
 
-def write_split_lists(list_dir: PathLike, split: int, train: Sequence[str],
-                      test: Sequence[str], class_names: Sequence[str]) -> None:
+def write_split_lists(
+  list_dir: PathLike,
+  split: int,
+  train: Sequence[str],
+  test: Sequence[str],
+  class_names: Sequence[str],
+) -> None:
   """Writes `trainlist0N.txt` / `testlist0N.txt` in the official format."""
   index = {c: i for i, c in enumerate(class_names)}
   list_dir = pathlib.Path(list_dir)
-  fileio.atomic_write(list_dir / f"trainlist0{split}.txt",
-                      "".join(f"{p}.avi {index[class_of(p)] + 1}\n" for p in train))
-  fileio.atomic_write(list_dir / f"testlist0{split}.txt", "".join(f"{p}.avi\n" for p in test))
+  fileio.atomic_write(
+    list_dir / f'trainlist0{split}.txt',
+    ''.join(f'{p}.avi {index[class_of(p)] + 1}\n' for p in train),
+  )
+  fileio.atomic_write(list_dir / f'testlist0{split}.txt', ''.join(f'{p}.avi\n' for p in test))
 
 
 # --------------------------------------------------------------------------- pickles
@@ -225,23 +337,24 @@ class UnsafePickleError(AnnotationFileError):
 # pickled by numpy 1.x and 2.x, any protocol; bytes as Python 3 pickles them for
 # protocol 2) plus harmless builtin containers and scalars. Nothing else is imported.
 _SAFE_GLOBALS = frozenset(
-    [(numpy_core, name)
-     for numpy_core in ("numpy.core.multiarray", "numpy._core.multiarray")
-     for name in ("_reconstruct", "scalar")]
-    + [(numpy_core, "_frombuffer")
-       for numpy_core in ("numpy.core.numeric", "numpy._core.numeric")]
-    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
-    + [("builtins", name) for name in ("set", "frozenset", "complex", "bytearray",
-                                       "slice")])
+  [
+    (numpy_core, name)
+    for numpy_core in ('numpy.core.multiarray', 'numpy._core.multiarray')
+    for name in ('_reconstruct', 'scalar')
+  ]
+  + [(numpy_core, '_frombuffer') for numpy_core in ('numpy.core.numeric', 'numpy._core.numeric')]
+  + [('numpy', 'ndarray'), ('numpy', 'dtype'), ('_codecs', 'encode')]
+  + [('builtins', name) for name in ('set', 'frozenset', 'complex', 'bytearray', 'slice')]
+)
 
-_EXPECTED_FILE = "expected pyannot.pkl or UCF101v2-GT.pkl as downloaded"
+_EXPECTED_FILE = 'expected pyannot.pkl or UCF101v2-GT.pkl as downloaded'
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
   """An unpickler that imports only `_SAFE_GLOBALS`: loading never runs foreign code."""
 
   def __init__(self, file, source: PathLike):
-    super().__init__(file, encoding="latin1")  # Python 2 pickles.
+    super().__init__(file, encoding='latin1')  # Python 2 pickles.
     self._source = source
 
   def find_class(self, module: str, name: str) -> Any:
@@ -251,13 +364,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
     module = _compat_pickle.IMPORT_MAPPING.get(module, module)
     if (module, name) not in _SAFE_GLOBALS:
       raise UnsafePickleError(
-          f"refusing to load {self._source}: it references {module}.{name}, which "
-          "annotation files never contain")
+        f'refusing to load {self._source}: it references {module}.{name}, which '
+        'annotation files never contain'
+      )
     return super().find_class(module, name)
 
 
 def _one_line(text: object) -> str:
-  return " ".join(str(text).split())
+  return ' '.join(str(text).split())
 
 
 def load_pickle(path: PathLike) -> Any:
@@ -269,10 +383,9 @@ def load_pickle(path: PathLike) -> Any:
     AnnotationFileError: the file is not a complete pickle.
   """
   try:
-    f = open(path, "rb")
+    f = open(path, 'rb')
   except FileNotFoundError:
-    raise FileNotFoundError(
-        f"annotation file {path} not found: {_EXPECTED_FILE}") from None
+    raise FileNotFoundError(f'annotation file {path} not found: {_EXPECTED_FILE}') from None
   with f:
     try:
       return _RestrictedUnpickler(f, path).load()
@@ -282,81 +395,97 @@ def load_pickle(path: PathLike) -> Any:
       # Junk or truncated files fail in many ways (EOFError, UnpicklingError,
       # ValueError, ...); none of them names the file.
       raise AnnotationFileError(
-          f"{path} is not a readable annotation pickle ({type(e).__name__}: "
-          f"{_one_line(e)}); {_EXPECTED_FILE}") from None
+        f'{path} is not a readable annotation pickle ({type(e).__name__}: '
+        f'{_one_line(e)}); {_EXPECTED_FILE}'
+      ) from None
 
 
 def _class_label(path: str, index: Mapping[str, int], source: PathLike) -> int:
   name = class_of(path)
   if name not in index:
     raise AnnotationFileError(
-        f"{source}: video {path!r} is of class {name!r}, which is not among "
-        f"the {len(index)} known classes")
+      f'{source}: video {path!r} is of class {name!r}, which is not among '
+      f'the {len(index)} known classes'
+    )
   return index[name]
 
 
-def detect_format(data: Any, source: PathLike = "annotation file") -> str:
+def detect_format(data: Any, source: PathLike = 'annotation file') -> str:
   """'pyannot' or 'act' for a loaded annotation pickle."""
-  if isinstance(data, dict) and "gttubes" in data and "nframes" in data:
-    return "act"
+  if isinstance(data, dict) and 'gttubes' in data and 'nframes' in data:
+    return 'act'
   if isinstance(data, dict) and all(
-      isinstance(v, dict) and "annotations" in v for v in data.values()):
-    return "pyannot"
+    isinstance(v, dict) and 'annotations' in v for v in data.values()
+  ):
+    return 'pyannot'
   raise AnnotationFileError(
-      f"{source}: unknown annotation format: expected pyannot.pkl (video -> {{'label', "
-      "'numf', 'annotations'}) or UCF101v2-GT.pkl (keys 'gttubes', 'nframes')")
+    f"{source}: unknown annotation format: expected pyannot.pkl (video -> {{'label', "
+    "'numf', 'annotations'}) or UCF101v2-GT.pkl (keys 'gttubes', 'nframes')"
+  )
 
 
-def records_from_pyannot(data: Mapping[str, Any],
-                         class_names: Sequence[str] = UCF101_CLASSES,
-                         source: PathLike = "pyannot.pkl") -> dict[str, VideoRecord]:
+def records_from_pyannot(
+  data: Mapping[str, Any],
+  class_names: Sequence[str] = UCF101_CLASSES,
+  source: PathLike = 'pyannot.pkl',
+) -> dict[str, VideoRecord]:
   """pyannot dict -> {path: VideoRecord}, sorted by path."""
   index = {c: i for i, c in enumerate(class_names)}
   records = {}
   for path in sorted(data):
     entry = data[path]
     try:
-      num_frames = int(np.int64(entry["numf"]))
+      num_frames = int(np.int64(entry['numf']))
       tubes = []
-      for t in entry["annotations"]:
-        start, end = int(np.int64(t["sf"])), int(np.int64(t["ef"]))
-        xywh = np.asarray(t["boxes"]).astype(np.float64).reshape(-1, 4)
+      for t in entry['annotations']:
+        start, end = int(np.int64(t['sf'])), int(np.int64(t['ef']))
+        xywh = np.asarray(t['boxes']).astype(np.float64).reshape(-1, 4)
         corners = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        tubes.append(Tube(int(t["label"]), start, end, corners))
+        tubes.append(Tube(int(t['label']), start, end, corners))
     except (KeyError, TypeError, ValueError) as e:
       raise AnnotationFileError(
-          f"{source}: malformed entry for video {path!r}: {_one_line(e)}") from None
-    records[path] = VideoRecord(path, _class_label(path, index, source), class_of(path),
-                                num_frames, tuple(tubes))
+        f'{source}: malformed entry for video {path!r}: {_one_line(e)}'
+      ) from None
+    records[path] = VideoRecord(
+      path, _class_label(path, index, source), class_of(path), num_frames, tuple(tubes)
+    )
   return records
 
 
-def records_from_act(data: Mapping[str, Any],
-                     class_names: Sequence[str] = UCF101_CLASSES,
-                     source: PathLike = "UCF101v2-GT.pkl") -> dict[str, VideoRecord]:
+def records_from_act(
+  data: Mapping[str, Any],
+  class_names: Sequence[str] = UCF101_CLASSES,
+  source: PathLike = 'UCF101v2-GT.pkl',
+) -> dict[str, VideoRecord]:
   """ACT/MOC dict (1-based frames, `frame x1 y1 x2 y2` rows) -> {path: VideoRecord}."""
   index = {c: i for i, c in enumerate(class_names)}
   records = {}
-  for path in sorted(data["gttubes"]):
+  for path in sorted(data['gttubes']):
     tubes = []
-    for label in sorted(data["gttubes"][path]):
-      for arr in data["gttubes"][path][label]:
+    for label in sorted(data['gttubes'][path]):
+      for arr in data['gttubes'][path][label]:
         arr = np.asarray(arr).astype(np.float64).reshape(-1, 5)
         frames = arr[:, 0].astype(np.int64) - 1
         if len(frames) == 0 or np.any(np.diff(frames) != 1):
           raise AnnotationFileError(
-              f"{source}: tube of video {path!r} (label {label}) does not cover "
-              "consecutive frames")
+            f'{source}: tube of video {path!r} (label {label}) does not cover consecutive frames'
+          )
         tubes.append(Tube(int(label), int(frames[0]), int(frames[-1]) + 1, arr[:, 1:]))
-    if path not in data["nframes"]:
+    if path not in data['nframes']:
       raise AnnotationFileError(f"{source}: video {path!r} has tubes but no 'nframes' entry")
-    records[path] = VideoRecord(path, _class_label(path, index, source), class_of(path),
-                                int(np.int64(data["nframes"][path])), tuple(tubes))
+    records[path] = VideoRecord(
+      path,
+      _class_label(path, index, source),
+      class_of(path),
+      int(np.int64(data['nframes'][path])),
+      tuple(tubes),
+    )
   return records
 
 
-def load_annotations(path: PathLike,
-                     class_names: Sequence[str] = UCF101_CLASSES) -> dict[str, VideoRecord]:
+def load_annotations(
+  path: PathLike, class_names: Sequence[str] = UCF101_CLASSES
+) -> dict[str, VideoRecord]:
   """Reads `pyannot.pkl` or `UCF101v2-GT.pkl` (detected) into {path: VideoRecord}.
 
   Raises:
@@ -365,14 +494,15 @@ def load_annotations(path: PathLike,
       in either format; the message is one line naming the file.
   """
   data = load_pickle(path)
-  convert = records_from_act if detect_format(data, path) == "act" else records_from_pyannot
+  convert = records_from_act if detect_format(data, path) == 'act' else records_from_pyannot
   try:
     return convert(data, class_names, source=path)
   except AnnotationFileError:
     raise
   except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
-    raise AnnotationFileError(f"{path}: malformed annotations ({type(e).__name__}: "
-                              f"{_one_line(e)}); {_EXPECTED_FILE}") from None
+    raise AnnotationFileError(
+      f'{path}: malformed annotations ({type(e).__name__}: {_one_line(e)}); {_EXPECTED_FILE}'
+    ) from None
 
 
 def _uint_dtype(max_value: float) -> type:
@@ -392,12 +522,17 @@ def to_pyannot(records: Iterable[VideoRecord]) -> dict[str, dict[str, Any]]:
     for t in r.tubes:
       xywh = np.concatenate([t.boxes[:, :2], t.boxes[:, 2:] - t.boxes[:, :2]], axis=1)
       if np.any(xywh != np.round(xywh)) or np.any(xywh < 0):
-        raise ValueError(f"video {r.path!r}: pyannot boxes must be non-negative whole pixels")
-      annotations.append({"label": int(t.label), "sf": int(t.start), "ef": int(t.end),
-                          "boxes": xywh.astype(_uint_dtype(xywh.max(initial=0)))})
+        raise ValueError(f'video {r.path!r}: pyannot boxes must be non-negative whole pixels')
+      annotations.append(
+        {
+          'label': int(t.label),
+          'sf': int(t.start),
+          'ef': int(t.end),
+          'boxes': xywh.astype(_uint_dtype(xywh.max(initial=0))),
+        }
+      )
     numf = _uint_dtype(r.num_frames)(r.num_frames)
-    out[r.path] = {"label": int(r.tubes[0].label), "numf": numf,
-                   "annotations": annotations}
+    out[r.path] = {'label': int(r.tubes[0].label), 'numf': numf, 'annotations': annotations}
   return out
 
 
@@ -406,9 +541,13 @@ def write_pyannot(records: Iterable[VideoRecord], path: PathLike) -> None:
   fileio.atomic_write(path, pickle.dumps(to_pyannot(records), protocol=2))
 
 
-def to_act(records: Iterable[VideoRecord], labels: Sequence[str],
-           train_videos: Sequence[str], test_videos: Sequence[str],
-           frame_size: tuple[int, int] = UCF101_FRAME_SIZE) -> dict[str, Any]:
+def to_act(
+  records: Iterable[VideoRecord],
+  labels: Sequence[str],
+  train_videos: Sequence[str],
+  test_videos: Sequence[str],
+  frame_size: tuple[int, int] = UCF101_FRAME_SIZE,
+) -> dict[str, Any]:
   """Records -> the ACT/MOC `UCF101v2-GT.pkl` dict (split 1 only, like the original)."""
   records = list(records)
   gttubes = {}
@@ -419,17 +558,22 @@ def to_act(records: Iterable[VideoRecord], labels: Sequence[str],
       by_label[int(t.label)].append(np.concatenate([frames, t.boxes], axis=1))
     gttubes[r.path] = dict(by_label)
   return {
-      "labels": list(labels),
-      "train_videos": [list(train_videos)],
-      "test_videos": [list(test_videos)],
-      "nframes": {r.path: int(r.num_frames) for r in records},
-      "resolution": {r.path: tuple(frame_size) for r in records},
-      "gttubes": gttubes,
+    'labels': list(labels),
+    'train_videos': [list(train_videos)],
+    'test_videos': [list(test_videos)],
+    'nframes': {r.path: int(r.num_frames) for r in records},
+    'resolution': {r.path: tuple(frame_size) for r in records},
+    'gttubes': gttubes,
   }
 
 
-def write_act(records: Iterable[VideoRecord], path: PathLike, labels: Sequence[str],
-              train_videos: Sequence[str], test_videos: Sequence[str],
-              frame_size: tuple[int, int] = UCF101_FRAME_SIZE) -> None:
+def write_act(
+  records: Iterable[VideoRecord],
+  path: PathLike,
+  labels: Sequence[str],
+  train_videos: Sequence[str],
+  test_videos: Sequence[str],
+  frame_size: tuple[int, int] = UCF101_FRAME_SIZE,
+) -> None:
   data = to_act(records, labels, train_videos, test_videos, frame_size)
   fileio.atomic_write(path, pickle.dumps(data, protocol=2))

@@ -41,12 +41,14 @@ def kept(names: tf.Tensor, seed: int, fraction: float, purpose: str) -> tf.Tenso
   """Whether each video name keeps the labels of `purpose` (a bool tensor like `names`)."""
   check_fraction(fraction, purpose)
   bucket = tf.strings.to_hash_bucket_strong(
-      names, HASH_BUCKETS, key=[derive_seed(purpose, seed), _KEY_SALT])
+    names, HASH_BUCKETS, key=[derive_seed(purpose, seed), _KEY_SALT]
+  )
   return bucket < int(round(fraction * HASH_BUCKETS))
 
 
-def kept_names(names: Sequence[str], seed: int, fraction: float,
-               purpose: str = VIDEO_LABEL) -> list[str]:
+def kept_names(
+  names: Sequence[str], seed: int, fraction: float, purpose: str = VIDEO_LABEL
+) -> list[str]:
   """The names of `names` that keep their labels, in their given order."""
   if not names:
     return []
@@ -54,8 +56,9 @@ def kept_names(names: Sequence[str], seed: int, fraction: float,
   return [name for name, keep in zip(names, mask) if keep]
 
 
-def lowest_share(names: Sequence[str], seed: int, fraction: float,
-                 purpose: str = VIDEO_LABEL) -> list[str]:
+def lowest_share(
+  names: Sequence[str], seed: int, fraction: float, purpose: str = VIDEO_LABEL
+) -> list[str]:
   """Exactly round(fraction * len(names)) names: those of lowest keyed hash, in order.
 
   For a fixed list (a published split) this gives the exact share while staying nested
@@ -65,10 +68,10 @@ def lowest_share(names: Sequence[str], seed: int, fraction: float,
   if not names:
     return []
   buckets = tf.strings.to_hash_bucket_strong(
-      tf.constant(list(names)), HASH_BUCKETS,
-      key=[derive_seed(purpose, seed), _KEY_SALT]).numpy()
+    tf.constant(list(names)), HASH_BUCKETS, key=[derive_seed(purpose, seed), _KEY_SALT]
+  ).numpy()
   ranked = sorted(range(len(names)), key=lambda i: (int(buckets[i]), names[i]))
-  chosen = set(ranked[:int(round(fraction * len(names)))])
+  chosen = set(ranked[: int(round(fraction * len(names)))])
   return [name for i, name in enumerate(names) if i in chosen]
 
 

@@ -42,8 +42,9 @@ def ensure_videos(cache: pathlib.Path, spec: synthetic.SyntheticSpec) -> pathlib
   return root
 
 
-def ensure_tfds(cache: pathlib.Path, manual_dir: pathlib.Path, frame_size: int,
-                split: int = 1) -> pathlib.Path:
+def ensure_tfds(
+  cache: pathlib.Path, manual_dir: pathlib.Path, frame_size: int, split: int = 1
+) -> pathlib.Path:
   """The TFDS data dir holding a build of `manual_dir`, built unless already there."""
   data_dir = cache / 'tfds'
   stamp = data_dir / f'built_split{split}_{frame_size}.json'
@@ -54,8 +55,9 @@ def ensure_tfds(cache: pathlib.Path, manual_dir: pathlib.Path, frame_size: int,
   if data_dir.exists():
     shutil.rmtree(data_dir)
   t0 = time.time()
-  print(f'building the TFDS dataset (frames {frame_size}x{frame_size}) in {data_dir} ...',
-        flush=True)
+  print(
+    f'building the TFDS dataset (frames {frame_size}x{frame_size}) in {data_dir} ...', flush=True
+  )
   tfds_builder.build(manual_dir, data_dir, split=split, frame_size=frame_size)
   fileio.atomic_write(stamp, wanted or '')
   print(f'TFDS build done in {time.time() - t0:.1f} s', flush=True)
@@ -67,8 +69,9 @@ def spec_from_config(config) -> synthetic.SyntheticSpec:
   return synthetic.SyntheticSpec(clips_per_group=1, **config.synthetic.to_dict())
 
 
-def prepare_synthetic(cache: str | pathlib.Path, spec: synthetic.SyntheticSpec,
-                      frame_size: int, split: int = 1) -> pathlib.Path:
+def prepare_synthetic(
+  cache: str | pathlib.Path, spec: synthetic.SyntheticSpec, frame_size: int, split: int = 1
+) -> pathlib.Path:
   """Videos + TFDS build for `spec` under `cache`; returns the TFDS data_dir."""
   cache = pathlib.Path(cache)
   return ensure_tfds(cache, ensure_videos(cache, spec), frame_size, split)
@@ -76,8 +79,9 @@ def prepare_synthetic(cache: str | pathlib.Path, spec: synthetic.SyntheticSpec,
 
 def use_synthetic(config, cache: str | pathlib.Path) -> None:
   """Prepares the data of `config.synthetic` and points config.data/model at it."""
-  data_dir = prepare_synthetic(cache, spec_from_config(config), config.data.frame_size,
-                               config.data.split)
+  data_dir = prepare_synthetic(
+    cache, spec_from_config(config), config.data.frame_size, config.data.split
+  )
   with config.unlocked():
     config.data.data_dir = str(data_dir.absolute())
     config.model.num_classes = config.synthetic.num_classes

@@ -30,23 +30,23 @@ def random_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.n
   box = np.where(has_box[:, None], np.concatenate([xy, wh], 1), 0.0).astype(np.float32)
   box_flip = np.where(has_box[:, None], boxes.flip_xywh(box), 0.0)
   return {
-      'clip': clip,
-      'label': rng.integers(0, config.model.num_classes, n).astype(np.int32),
-      'box': box, 'box_flip': box_flip.astype(np.float32), 'has_box': has_box,
-      'tube_label': np.where(has_box, rng.integers(0, 24, n), -1).astype(np.int32),
+    'clip': clip,
+    'label': rng.integers(0, config.model.num_classes, n).astype(np.int32),
+    'box': box,
+    'box_flip': box_flip.astype(np.float32),
+    'has_box': has_box,
+    'tube_label': np.where(has_box, rng.integers(0, 24, n), -1).astype(np.int32),
   }
 
 
-def host_rows(batch: Mapping[str, Any], process_index: int, process_count: int
-              ) -> dict[str, Any]:
+def host_rows(batch: Mapping[str, Any], process_index: int, process_count: int) -> dict[str, Any]:
   """This process's contiguous share of a global host batch."""
   n = len(next(iter(batch.values())))
   per = n // process_count
-  return {k: v[process_index * per:(process_index + 1) * per] for k, v in batch.items()}
+  return {k: v[process_index * per : (process_index + 1) * per] for k, v in batch.items()}
 
 
-def batch_iterator(config: ml_collections.ConfigDict, start_step: int
-                   ) -> Iterator[dict[str, Any]]:
+def batch_iterator(config: ml_collections.ConfigDict, start_step: int) -> Iterator[dict[str, Any]]:
   """This process's rows of `random_batch` for start_step, start_step + 1, ..."""
   step = start_step
   while True:

@@ -40,6 +40,7 @@ class SpecError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
   """What to generate; everything follows deterministically from these fields."""
+
   seed: int = 0
   num_classes: int = 6
   annotated_classes: int = 4
@@ -59,18 +60,20 @@ class SyntheticSpec:
     """Raises SpecError naming the first field out of range."""
     max_classes = len(video_lib.SHAPES) * len(video_lib.MOTIONS)
     if not 1 <= self.num_classes <= max_classes:
-      raise SpecError(f"num_classes must be in [1, {max_classes}], got {self.num_classes}")
+      raise SpecError(f'num_classes must be in [1, {max_classes}], got {self.num_classes}')
     if not 0 <= self.annotated_classes <= min(24, self.num_classes):
-      raise SpecError(f"annotated_classes must be in [0, min(24, num_classes)], "
-                      f"got {self.annotated_classes}")
-    for name in ("second_actor_prob", "full_tube_prob"):
+      raise SpecError(
+        f'annotated_classes must be in [0, min(24, num_classes)], got {self.annotated_classes}'
+      )
+    for name in ('second_actor_prob', 'full_tube_prob'):
       if not 0.0 <= getattr(self, name) <= 1.0:
-        raise SpecError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        raise SpecError(f'{name} must be in [0, 1], got {getattr(self, name)}')
     if self.videos_per_class < 1 or self.clips_per_group < 1:
-      raise SpecError("videos_per_class and clips_per_group must be >= 1")
+      raise SpecError('videos_per_class and clips_per_group must be >= 1')
     if not 2 <= self.min_frames <= self.max_frames:
-      raise SpecError(f"need 2 <= min_frames <= max_frames, got "
-                      f"{self.min_frames}, {self.max_frames}")
+      raise SpecError(
+        f'need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}'
+      )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +87,7 @@ class ClassStyle:
 @dataclasses.dataclass
 class SyntheticDataset:
   """Ground truth of a generated folder."""
+
   root: pathlib.Path
   spec: SyntheticSpec | None
   class_names: tuple[str, ...]  # classInd.txt order (101-way labels).
@@ -104,7 +108,7 @@ def class_styles(num_classes: int) -> list[ClassStyle]:
 
 
 def video_path(class_name: str, group: int, clip: int) -> str:
-  return f"{class_name}/v_{class_name}_g{group:02d}_c{clip:02d}"
+  return f'{class_name}/v_{class_name}_g{group:02d}_c{clip:02d}'
 
 
 def test_groups(split: int, num_groups: int) -> set[int]:
@@ -112,8 +116,9 @@ def test_groups(split: int, num_groups: int) -> set[int]:
   return {g for g in range(1, num_groups + 1) if (g - 1) % 3 == split - 1}
 
 
-def plan_video(spec: SyntheticSpec, class_index: int, video_index: int,
-               annotated: bool) -> video_lib.VideoPlan:
+def plan_video(
+  spec: SyntheticSpec, class_index: int, video_index: int, annotated: bool
+) -> video_lib.VideoPlan:
   """Deterministic plan of video `video_index` of generation-order class `class_index`."""
   style = class_styles(spec.num_classes)[class_index]
   rng = np.random.default_rng([spec.seed, class_index, video_index])
@@ -126,13 +131,17 @@ def plan_video(spec: SyntheticSpec, class_index: int, video_index: int,
   def actor(start: int, end: int) -> video_lib.Actor:
     hue = (style.hue + int(rng.integers(-4, 5))) % 180
     return video_lib.Actor(
-        shape=style.shape, motion=style.motion,
-        rgb=video_lib.hsv_to_rgb(hue, int(rng.integers(200, 256)),
-                                 int(rng.integers(220, 256))),
-        r=float(rng.uniform(0.15, 0.2) * h), phase=float(rng.uniform(0, 1)),
-        period=float(rng.uniform(18, 30)),
-        anchor=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
-        angle=float(rng.uniform(-0.25, 0.25)), start=start, end=end)
+      shape=style.shape,
+      motion=style.motion,
+      rgb=video_lib.hsv_to_rgb(hue, int(rng.integers(200, 256)), int(rng.integers(220, 256))),
+      r=float(rng.uniform(0.15, 0.2) * h),
+      phase=float(rng.uniform(0, 1)),
+      period=float(rng.uniform(18, 30)),
+      anchor=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
+      angle=float(rng.uniform(-0.25, 0.25)),
+      start=start,
+      end=end,
+    )
 
   actors = [actor(0, n)]
   if rng.uniform() < spec.second_actor_prob and n >= 8:
@@ -146,14 +155,20 @@ def plan_video(spec: SyntheticSpec, class_index: int, video_index: int,
     else:
       first = (int(rng.integers(0, n // 5 + 1)), n - int(rng.integers(0, n // 5 + 1)))
     ranges = (first,) + tuple((a.start, a.end) for a in actors[1:])
-  scroll = (float(rng.uniform(1, 4) * rng.choice([-1, 1])),
-            float(rng.uniform(0, 2) * rng.choice([-1, 1])))
-  return video_lib.VideoPlan(path, n, tuple(actors), ranges, scroll,
-                             int(rng.integers(2**31)))
+  scroll = (
+    float(rng.uniform(1, 4) * rng.choice([-1, 1])),
+    float(rng.uniform(0, 2) * rng.choice([-1, 1])),
+  )
+  return video_lib.VideoPlan(path, n, tuple(actors), ranges, scroll, int(rng.integers(2**31)))
 
 
-def _record(plan: video_lib.VideoPlan, boxes: list[np.ndarray], label101: int,
-            label24: int | None, class_name: str) -> ann.VideoRecord:
+def _record(
+  plan: video_lib.VideoPlan,
+  boxes: list[np.ndarray],
+  label101: int,
+  label24: int | None,
+  class_name: str,
+) -> ann.VideoRecord:
   tubes = []
   if label24 is not None:
     for (s, e), b in zip(plan.tube_ranges, boxes):
@@ -171,10 +186,11 @@ def _atomic_dir(output_dir: pathlib.Path, overwrite: bool) -> Iterator[pathlib.P
   If the block raises, the temp dir is removed and `output_dir` is left as it was.
   """
   if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-    raise FileExistsError(f"{output_dir} exists and is not empty (pass overwrite=True, "
-                          "--overwrite, to replace it)")
+    raise FileExistsError(
+      f'{output_dir} exists and is not empty (pass overwrite=True, --overwrite, to replace it)'
+    )
   output_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}."))
+  tmp = pathlib.Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f'.{output_dir.name}.'))
   try:
     yield tmp
   except BaseException:
@@ -185,11 +201,12 @@ def _atomic_dir(output_dir: pathlib.Path, overwrite: bool) -> Iterator[pathlib.P
   os.replace(tmp, output_dir)
 
 
-def _write_lists(root: pathlib.Path, class_names: Sequence[str], paths: Sequence[str],
-                 test_groups_of) -> dict[int, tuple[list[str], list[str]]]:
+def _write_lists(
+  root: pathlib.Path, class_names: Sequence[str], paths: Sequence[str], test_groups_of
+) -> dict[int, tuple[list[str], list[str]]]:
   splits = {}
-  list_dir = root / "ucfTrainTestlist"
-  ann.write_class_index(class_names, list_dir / "classInd.txt")
+  list_dir = root / 'ucfTrainTestlist'
+  ann.write_class_index(class_names, list_dir / 'classInd.txt')
   for s in (1, 2, 3):
     test = [p for p in paths if ann.group_of(p) in test_groups_of(s)]
     test_set = set(test)
@@ -199,8 +216,9 @@ def _write_lists(root: pathlib.Path, class_names: Sequence[str], paths: Sequence
   return splits
 
 
-def generate(output_dir: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec(),
-             overwrite: bool = False) -> SyntheticDataset:
+def generate(
+  output_dir: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False
+) -> SyntheticDataset:
   """Writes the synthetic UCF-101-layout folder and returns its ground truth."""
   spec.check()
   output_dir = pathlib.Path(output_dir)
@@ -208,24 +226,24 @@ def generate(output_dir: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec(
   with _atomic_dir(output_dir, overwrite) as tmp:
     styles = class_styles(spec.num_classes)
     class_names = tuple(sorted((s.name for s in styles), key=str.lower))
-    annotated = tuple(sorted((s.name for s in styles[:spec.annotated_classes]),
-                             key=str.lower))
+    annotated = tuple(sorted((s.name for s in styles[: spec.annotated_classes]), key=str.lower))
     records = {}
     for ci, style in enumerate(styles):
       label24 = annotated.index(style.name) if style.name in annotated else None
       for vi in range(spec.videos_per_class):
         plan = plan_video(spec, ci, vi, label24 is not None)
         frames, boxes = video_lib.render(plan, (spec.height, spec.width))
-        video_lib.write_video(frames, tmp / "UCF-101" / f"{plan.path}.avi")
-        records[plan.path] = _record(plan, boxes, class_names.index(style.name), label24,
-                                     style.name)
+        video_lib.write_video(frames, tmp / 'UCF-101' / f'{plan.path}.avi')
+        records[plan.path] = _record(
+          plan, boxes, class_names.index(style.name), label24, style.name
+        )
     records = dict(sorted(records.items()))
     num_groups = math.ceil(spec.videos_per_class / spec.clips_per_group)
-    splits = _write_lists(tmp, class_names, list(records),
-                          lambda s: test_groups(s, num_groups))
-    ann.write_pyannot(records.values(), tmp / "pyannot.pkl")
-  logging.info("wrote %d synthetic videos to %s in %.1f s", len(records), output_dir,
-               time.time() - t0)
+    splits = _write_lists(tmp, class_names, list(records), lambda s: test_groups(s, num_groups))
+    ann.write_pyannot(records.values(), tmp / 'pyannot.pkl')
+  logging.info(
+    'wrote %d synthetic videos to %s in %.1f s', len(records), output_dir, time.time() - t0
+  )
   return SyntheticDataset(output_dir, spec, class_names, annotated, records, splits)
 
 
@@ -235,11 +253,11 @@ def render_video(spec: SyntheticSpec, path: str) -> tuple[np.ndarray, list[np.nd
   names = [s.name for s in styles]
   class_name = ann.class_of(path)
   ci = names.index(class_name)
-  group, clip = ann.group_of(path), int(path.rsplit("_c", 1)[1])
+  group, clip = ann.group_of(path), int(path.rsplit('_c', 1)[1])
   vi = (group - 1) * spec.clips_per_group + clip - 1
   plan = plan_video(spec, ci, vi, ci < spec.annotated_classes)
   if plan.path != path:
-    raise ValueError(f"{path!r} is not a video of this spec")
+    raise ValueError(f'{path!r} is not a video of this spec')
   return video_lib.render(plan, (spec.height, spec.width))
 
 
@@ -270,8 +288,9 @@ def _run_all(fn: Callable[[Any], Any], tasks: Sequence[Any], num_workers: int) -
     nonlocal done
     done += 1
     if done % 100 == 0 or done == len(tasks):
-      logging.info("%d/%d videos (%.1f videos/s)", done, len(tasks),
-                   done / max(time.time() - start, 1e-9))
+      logging.info(
+        '%d/%d videos (%.1f videos/s)', done, len(tasks), done / max(time.time() - start, 1e-9)
+      )
 
   if num_workers <= 0 or len(tasks) <= 1:
     for task in tasks:
@@ -279,9 +298,8 @@ def _run_all(fn: Callable[[Any], Any], tasks: Sequence[Any], num_workers: int) -
       progress()
     return
   # Spawned, not forked: a caller's threads or TensorFlow state never leak in.
-  ctx = multiprocessing.get_context("spawn")
-  pool = concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)),
-                                                mp_context=ctx)
+  ctx = multiprocessing.get_context('spawn')
+  pool = concurrent.futures.ProcessPoolExecutor(min(num_workers, len(tasks)), mp_context=ctx)
   try:
     for future in concurrent.futures.as_completed([pool.submit(fn, t) for t in tasks]):
       future.result()
@@ -294,12 +312,15 @@ def default_workers() -> int:
   return os.cpu_count() or 1
 
 
-def generate_from_annotations(output_dir: str | os.PathLike, annotations_path: str |
-                              os.PathLike, max_videos: int | None = 20, seed: int = 0,
-                              overwrite: bool = False,
-                              num_workers: int | None = None,
-                              frame_size: tuple[int, int] = ann.UCF101_FRAME_SIZE
-                              ) -> SyntheticDataset:
+def generate_from_annotations(
+  output_dir: str | os.PathLike,
+  annotations_path: str | os.PathLike,
+  max_videos: int | None = 20,
+  seed: int = 0,
+  overwrite: bool = False,
+  num_workers: int | None = None,
+  frame_size: tuple[int, int] = ann.UCF101_FRAME_SIZE,
+) -> SyntheticDataset:
   """Renders videos that follow the tubes of a real annotation file (real geometry).
 
   Each tube's actor is a filled rectangle exactly covering its box, with a
@@ -316,28 +337,48 @@ def generate_from_annotations(output_dir: str | os.PathLike, annotations_path: s
       file (one-line messages naming it); FileExistsError: a non-empty output_dir.
   """
   raw = ann.load_pickle(annotations_path)
-  act = ann.detect_format(raw, annotations_path) == "act"
-  records = ann.load_annotations(annotations_path) if act else ann.records_from_pyannot(
-      raw, source=annotations_path)
+  act = ann.detect_format(raw, annotations_path) == 'act'
+  records = (
+    ann.load_annotations(annotations_path)
+    if act
+    else ann.records_from_pyannot(raw, source=annotations_path)
+  )
   keys = sorted(records)
   count = len(keys) if not max_videos or max_videos <= 0 else max_videos
-  chosen = keys[::max(1, len(keys) // count)][:count]
+  chosen = keys[:: max(1, len(keys) // count)][:count]
   num_workers = default_workers() if num_workers is None else num_workers
   output_dir = pathlib.Path(output_dir)
   t0 = time.time()
   with _atomic_dir(output_dir, overwrite) as tmp:
     rng = np.random.default_rng(seed)
-    tasks = [_VideoTask(video_lib.annotation_plan(records[p], int(rng.integers(2**31))),
-                        tmp / "UCF-101" / f"{p}.avi", frame_size) for p in chosen]
+    tasks = [
+      _VideoTask(
+        video_lib.annotation_plan(records[p], int(rng.integers(2**31))),
+        tmp / 'UCF-101' / f'{p}.avi',
+        frame_size,
+      )
+      for p in chosen
+    ]
     _run_all(_write_planned_video, tasks, num_workers)
     splits = _write_lists(tmp, ann.UCF101_CLASSES, chosen, _official_test_groups)
     if act:
-      ann.write_act([records[p] for p in chosen], tmp / "UCF101v2-GT.pkl",
-                    raw.get("labels") or ann.UCF24_CLASSES, *splits[1], frame_size)
+      ann.write_act(
+        [records[p] for p in chosen],
+        tmp / 'UCF101v2-GT.pkl',
+        raw.get('labels') or ann.UCF24_CLASSES,
+        *splits[1],
+        frame_size,
+      )
     else:
       subset = {p: raw[p] for p in chosen}
-      fileio.atomic_write(tmp / "pyannot.pkl", pickle.dumps(subset, protocol=2))
-  logging.info("wrote %d videos following %s to %s in %.1f s", len(chosen),
-               annotations_path, output_dir, time.time() - t0)
-  return SyntheticDataset(output_dir, None, ann.UCF101_CLASSES, ann.UCF24_CLASSES,
-                          {p: records[p] for p in chosen}, splits)
+      fileio.atomic_write(tmp / 'pyannot.pkl', pickle.dumps(subset, protocol=2))
+  logging.info(
+    'wrote %d videos following %s to %s in %.1f s',
+    len(chosen),
+    annotations_path,
+    output_dir,
+    time.time() - t0,
+  )
+  return SyntheticDataset(
+    output_dir, None, ann.UCF101_CLASSES, ann.UCF24_CLASSES, {p: records[p] for p in chosen}, splits
+  )

@@ -17,10 +17,10 @@ from stconsist_jax.data import clips as clips_lib
 from stconsist_jax.data import label_protocols
 from stconsist_jax.data import sources
 
-SKIPPED_KEY = "_skipped"
-INDEX_KEY = "_index"
+SKIPPED_KEY = '_skipped'
+INDEX_KEY = '_index'
 
-TRAIN_KEYS = ("clip", "label", "box", "box_flip", "has_box", "tube_label")
+TRAIN_KEYS = ('clip', 'label', 'box', 'box_flip', 'has_box', 'tube_label')
 
 
 derive_seed = label_protocols.derive_seed
@@ -34,59 +34,87 @@ def box_label_kept(name: tf.Tensor, seed: int, fraction: float) -> tf.Tensor:
 
 def _count_gaps(ds: tf.data.Dataset, first_index: int) -> tf.data.Dataset:
   """Replaces `_index` by `_skipped`: how many indices were dropped right before it."""
+
   def step(last, ex):
     index = ex.pop(INDEX_KEY)
     ex[SKIPPED_KEY] = tf.cast(index - last - 1, tf.int32)
     return index, ex
+
   return ds.scan(tf.constant(first_index - 1, tf.int64), step)
 
 
-def train_example(index: tf.Tensor, ex: dict[str, tf.Tensor], *, spec: clips_lib.WindowSpec,
-                  stream_seed: int, keep_fraction: float, box_seed: int,
-                  prefer_boxes: bool) -> dict[str, tf.Tensor]:
+def train_example(
+  index: tf.Tensor,
+  ex: dict[str, tf.Tensor],
+  *,
+  spec: clips_lib.WindowSpec,
+  stream_seed: int,
+  keep_fraction: float,
+  box_seed: int,
+  prefer_boxes: bool,
+) -> dict[str, tf.Tensor]:
   """One training sample from one raw video; all randomness from (stream_seed, index)."""
   seed = tf.stack([tf.constant(stream_seed, tf.int64), tf.cast(index, tf.int64)])
   window_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  video_frames = tf.shape(ex["frames"])[0]
-  tf.debugging.assert_equal(video_frames, ex["num_frames"],
-                            message="frames length differs from num_frames")
-  kept = tf.logical_and(ex["annotated"], box_label_kept(ex["name"], box_seed,
-                                                        keep_fraction))
+  video_frames = tf.shape(ex['frames'])[0]
+  tf.debugging.assert_equal(
+    video_frames, ex['num_frames'], message='frames length differs from num_frames'
+  )
+  kept = tf.logical_and(ex['annotated'], box_label_kept(ex['name'], box_seed, keep_fraction))
   preferred = None
   if prefer_boxes:
-    preferred = tf.cond(tf.shape(ex["tube_labels"])[0] > 0,
-                        lambda: ex["tube_present"][0],
-                        lambda: tf.zeros([video_frames], tf.bool))
+    preferred = tf.cond(
+      tf.shape(ex['tube_labels'])[0] > 0,
+      lambda: ex['tube_present'][0],
+      lambda: tf.zeros([video_frames], tf.bool),
+    )
   start = clips_lib.sample_start(window_seed, video_frames, spec, preferred)
   indices = clips_lib.window_indices(start, video_frames, spec)
   c0, c1 = clips_lib.central_positions(spec)
   box, has_box, tube_label = clips_lib.primary_box(
-      ex["tube_boxes"], ex["tube_present"], ex["tube_labels"],
-      tf.gather(indices, [c0, c1]))
+    ex['tube_boxes'], ex['tube_present'], ex['tube_labels'], tf.gather(indices, [c0, c1])
+  )
   has_box = tf.logical_and(has_box, kept)
-  clip = clips_lib.decode_frames(ex["frames"], indices, spec.frame_size)
+  clip = clips_lib.decode_frames(ex['frames'], indices, spec.frame_size)
   if spec.augments_scale:
     clip, box, has_box = clips_lib.scale_crop(clip, box, has_box, scale_seed, spec)
   out = clips_lib.clip_targets(clip, box, has_box, tube_label, spec)
-  out["label"] = ex["label"]
+  out['label'] = ex['label']
   out[INDEX_KEY] = tf.cast(index, tf.int64)
   return out
 
 
-def _train_stream(raw: tf.data.Dataset, *, batch: int, start_step: int, shuffle_buffer: int,
-                  shuffle_seed: int, **example_kwargs) -> tf.data.Dataset:
+def _train_stream(
+  raw: tf.data.Dataset,
+  *,
+  batch: int,
+  start_step: int,
+  shuffle_buffer: int,
+  shuffle_seed: int,
+  **example_kwargs,
+) -> tf.data.Dataset:
   first = start_step * batch
   ds = raw.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
   ds = ds.repeat().enumerate().skip(first)  # skip before any decoding
-  ds = ds.map(functools.partial(train_example, **example_kwargs),
-              num_parallel_calls=sources.AUTOTUNE, deterministic=True)
+  ds = ds.map(
+    functools.partial(train_example, **example_kwargs),
+    num_parallel_calls=sources.AUTOTUNE,
+    deterministic=True,
+  )
   ds = ds.ignore_errors(log_warning=True)
   return _count_gaps(ds, first).batch(batch, drop_remainder=True)
 
 
-def make_train_dataset(data_config, *, batch_size: int, seed: int, process_index: int = 0,
-                       process_count: int = 1, start_step: int = 0,
-                       source: sources.Source | None = None) -> tf.data.Dataset:
+def make_train_dataset(
+  data_config,
+  *,
+  batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  start_step: int = 0,
+  source: sources.Source | None = None,
+) -> tf.data.Dataset:
   """The infinite training stream of one host: batches of `batch_size` (per host) clips.
 
   Resuming at `start_step=N` yields exactly the batches an uninterrupted run yields from
@@ -108,32 +136,51 @@ def make_train_dataset(data_config, *, batch_size: int, seed: int, process_index
   """
   spec = clips_lib.window_spec(data_config)
   source = source or sources.source_from_config(data_config)
-  start, end = sources.host_range(source.num_examples(sources.TRAIN_SPLIT), process_index,
-                                  process_count)
+  start, end = sources.host_range(
+    source.num_examples(sources.TRAIN_SPLIT), process_index, process_count
+  )
   raw = source.read(sources.TRAIN_SPLIT, start, end).ignore_errors(log_warning=True)
   raw = sources.select_classes(raw, data_config.classes)
   fraction = data_config.box_label_fraction
   labeled = data_config.labeled_per_batch
-  common = dict(spec=spec, keep_fraction=fraction, box_seed=seed, start_step=start_step,
-                shuffle_buffer=data_config.shuffle_buffer)
+  common = dict(
+    spec=spec,
+    keep_fraction=fraction,
+    box_seed=seed,
+    start_step=start_step,
+    shuffle_buffer=data_config.shuffle_buffer,
+  )
 
   def stream(ds, name, size, prefer_boxes):
     return _train_stream(
-        ds, batch=size, prefer_boxes=prefer_boxes,
-        shuffle_seed=derive_seed("shuffle", seed, process_index, name),
-        stream_seed=derive_seed("clips", seed, process_index, name), **common)
+      ds,
+      batch=size,
+      prefer_boxes=prefer_boxes,
+      shuffle_seed=derive_seed('shuffle', seed, process_index, name),
+      stream_seed=derive_seed('clips', seed, process_index, name),
+      **common,
+    )
 
   if labeled == 0:
-    ds = stream(raw, "all", batch_size, False)
+    ds = stream(raw, 'all', batch_size, False)
   else:
+
     def is_kept(ex):
-      return tf.logical_and(ex["annotated"], box_label_kept(ex["name"], seed, fraction))
-    parts = [stream(raw.filter(is_kept), "labeled", labeled, True)]
+      return tf.logical_and(ex['annotated'], box_label_kept(ex['name'], seed, fraction))
+
+    parts = [stream(raw.filter(is_kept), 'labeled', labeled, True)]
     if labeled < batch_size:
-      parts.append(stream(raw.filter(lambda ex: tf.logical_not(is_kept(ex))),
-                          "unlabeled", batch_size - labeled, False))
+      parts.append(
+        stream(
+          raw.filter(lambda ex: tf.logical_not(is_kept(ex))),
+          'unlabeled',
+          batch_size - labeled,
+          False,
+        )
+      )
     ds = tf.data.Dataset.zip(tuple(parts)).map(
-        lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]})
+      lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
+    )
   return sources.with_stream_options(ds.prefetch(sources.AUTOTUNE))
 
 
@@ -152,17 +199,30 @@ class BatchIterator:
     skipped = int(batch.pop(SKIPPED_KEY, np.zeros(1)).sum())
     if skipped:
       self.num_skipped += skipped
-      logging.warning("Input pipeline dropped %d undecodable clip(s) (%d so far).",
-                      skipped, self.num_skipped)
+      logging.warning(
+        'Input pipeline dropped %d undecodable clip(s) (%d so far).', skipped, self.num_skipped
+      )
     return batch
 
 
-def train_iterator(config, *, process_index: int = 0, process_count: int = 1,
-                   start_step: int = 0, source: sources.Source | None = None
-                   ) -> BatchIterator:
+def train_iterator(
+  config,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+  start_step: int = 0,
+  source: sources.Source | None = None,
+) -> BatchIterator:
   """`make_train_dataset` with the config's global batch and seed, as numpy batches."""
-  batch = sources.per_host_batch(config.train.batch_size, process_count,
-                                 "config.train.batch_size")
-  return BatchIterator(make_train_dataset(
-      config.data, batch_size=batch, seed=config.seed, process_index=process_index,
-      process_count=process_count, start_step=start_step, source=source))
+  batch = sources.per_host_batch(config.train.batch_size, process_count, 'config.train.batch_size')
+  return BatchIterator(
+    make_train_dataset(
+      config.data,
+      batch_size=batch,
+      seed=config.seed,
+      process_index=process_index,
+      process_count=process_count,
+      start_step=start_step,
+      source=source,
+    )
+  )

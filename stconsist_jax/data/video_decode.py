@@ -59,7 +59,7 @@ def decode_video(task: DecodeTask) -> DecodedVideo:
   try:
     cap = cv2.VideoCapture(task.file)
     if not cap.isOpened():
-      return DecodedVideo(task.path, [], error=f"OpenCV cannot open {task.file}")
+      return DecodedVideo(task.path, [], error=f'OpenCV cannot open {task.file}')
     header_frames = _header_frames(cap)
     frames, height, width = [], 0, 0
     params = [cv2.IMWRITE_JPEG_QUALITY, int(task.jpeg_quality)]
@@ -68,17 +68,17 @@ def decode_video(task: DecodeTask) -> DecodedVideo:
       if not ok:
         break
       height, width = bgr.shape[:2]
-      ok, jpeg = cv2.imencode(".jpg", resize_frame(bgr, task.frame_size), params)
+      ok, jpeg = cv2.imencode('.jpg', resize_frame(bgr, task.frame_size), params)
       if not ok:
-        return DecodedVideo(task.path, [], error=f"JPEG encoding failed in {task.file}")
+        return DecodedVideo(task.path, [], error=f'JPEG encoding failed in {task.file}')
       frames.append(jpeg.tobytes())
     cap.release()
     if not frames:
-      return DecodedVideo(task.path, [], error=f"no decodable frames in {task.file}")
+      return DecodedVideo(task.path, [], error=f'no decodable frames in {task.file}')
     return DecodedVideo(task.path, frames, height, width, header_frames=header_frames)
   except Exception as e:  # pylint: disable=broad-except
     # A worker must report, not crash, so the build can skip this video.
-    return DecodedVideo(task.path, [], error=f"{type(e).__name__}: {e} ({task.file})")
+    return DecodedVideo(task.path, [], error=f'{type(e).__name__}: {e} ({task.file})')
 
 
 def decode_all(tasks: Sequence[DecodeTask], num_workers: int) -> Iterator[DecodedVideo]:
@@ -89,7 +89,7 @@ def decode_all(tasks: Sequence[DecodeTask], num_workers: int) -> Iterator[Decode
   if num_workers <= 0:
     yield from map(decode_video, tasks)
     return
-  ctx = multiprocessing.get_context("spawn")  # no inherited TensorFlow state
+  ctx = multiprocessing.get_context('spawn')  # no inherited TensorFlow state
   with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
     pending = collections.deque()
     it = iter(tasks)

@@ -15,7 +15,14 @@ from stconsist_jax.models.pretrained import MergeReport
 from stconsist_jax.models.resnet3d import ResNet3D
 
 __all__ = [
-    "build_model", "Detector", "NORMALIZATION_PRESETS", "normalize", "VideoClassifier",
-    "load_pretrained", "merge_pretrained", "MergeReport", "ParameterTreeMismatchError",
-    "ResNet3D",
+  'build_model',
+  'Detector',
+  'NORMALIZATION_PRESETS',
+  'normalize',
+  'VideoClassifier',
+  'load_pretrained',
+  'merge_pretrained',
+  'MergeReport',
+  'ParameterTreeMismatchError',
+  'ResNet3D',
 ]

@@ -24,27 +24,34 @@ import numpy as np
 from stconsist_jax.models import resnet3d
 
 # The box head's parameter subtree: all that trains while the backbone is frozen.
-BOX_HEAD_SCOPE = "box_head"
+BOX_HEAD_SCOPE = 'box_head'
 
 # name -> (scale applied first, per-channel mean, per-channel std), RGB order.
 NORMALIZATION_PRESETS: dict[str, tuple[float, tuple[float, ...], tuple[float, ...]]] = {
-    # 2020 release (r3d*_K_200ep.pth): 0..1, Kinetics mean and std.
-    "kinetics": (1 / 255, (0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),
-    # 2017 release (resnet-*-kinetics.pth): 0..255 minus the ActivityNet mean, no std.
-    "activitynet_0_255": (1.0, (114.7748, 107.7354, 99.4750), (1.0, 1.0, 1.0)),
-    "imagenet": (1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    # Only scales to 0..1.
-    "scale_0_1": (1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+  # 2020 release (r3d*_K_200ep.pth): 0..1, Kinetics mean and std.
+  'kinetics': (1 / 255, (0.4345, 0.4051, 0.3775), (0.2768, 0.2713, 0.2737)),
+  # 2017 release (resnet-*-kinetics.pth): 0..255 minus the ActivityNet mean, no std.
+  'activitynet_0_255': (1.0, (114.7748, 107.7354, 99.4750), (1.0, 1.0, 1.0)),
+  'imagenet': (1 / 255, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  # Only scales to 0..1.
+  'scale_0_1': (1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-BOX_HEADS = ("mlp", "spatial", "none")
-ACTIVATIONS = {"none": lambda x: x, "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh,
-               "silu": nn.silu}
+BOX_HEADS = ('mlp', 'spatial', 'none')
+ACTIVATIONS = {
+  'none': lambda x: x,
+  'relu': nn.relu,
+  'gelu': nn.gelu,
+  'tanh': jnp.tanh,
+  'silu': nn.silu,
+}
 
 
 def check_normalization(name: str) -> None:
   if name not in NORMALIZATION_PRESETS:
-    raise ValueError(f"Unknown normalization preset {name!r}; valid presets: "
-                     f"{', '.join(sorted(NORMALIZATION_PRESETS))}.")
+    raise ValueError(
+      f'Unknown normalization preset {name!r}; valid presets: '
+      f'{", ".join(sorted(NORMALIZATION_PRESETS))}.'
+    )
 
 
 def normalize(clip: jax.Array, preset: str) -> jax.Array:
@@ -57,7 +64,7 @@ def normalize(clip: jax.Array, preset: str) -> jax.Array:
 
 def _activation(name: str):
   if name not in ACTIVATIONS:
-    raise ValueError(f"Unknown box_activation {name!r}; valid: {', '.join(ACTIVATIONS)}.")
+    raise ValueError(f'Unknown box_activation {name!r}; valid: {", ".join(ACTIVATIONS)}.')
   return ACTIVATIONS[name]
 
 
@@ -69,15 +76,15 @@ class MLPBoxHead(nn.Module):
   """
 
   hidden: Sequence[int] = (16,)
-  activation: str = "none"
+  activation: str = 'none'
 
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     act = _activation(self.activation)
     x = features.astype(jnp.float32)
     for i, width in enumerate(self.hidden):
-      x = act(nn.Dense(width, name=f"hidden_{i}")(x))
-    return nn.sigmoid(nn.Dense(4, name="out")(x))
+      x = act(nn.Dense(width, name=f'hidden_{i}')(x))
+    return nn.sigmoid(nn.Dense(4, name='out')(x))
 
 
 def central_time_slice(feature_map: jax.Array) -> jax.Array:
@@ -86,7 +93,7 @@ def central_time_slice(feature_map: jax.Array) -> jax.Array:
   t = feature_map.shape[1]
   if t % 2:
     return feature_map[:, t // 2]
-  return feature_map[:, t // 2 - 1:t // 2 + 1].mean(axis=1)
+  return feature_map[:, t // 2 - 1 : t // 2 + 1].mean(axis=1)
 
 
 class SpatialBoxHead(nn.Module):
@@ -102,7 +109,7 @@ class SpatialBoxHead(nn.Module):
   """
 
   hidden: Sequence[int] = (16,)
-  activation: str = "none"
+  activation: str = 'none'
 
   @nn.compact
   def __call__(self, feature_map: jax.Array) -> jax.Array:
@@ -110,8 +117,8 @@ class SpatialBoxHead(nn.Module):
     x = central_time_slice(feature_map.astype(jnp.float32))
     _, h, w, _ = x.shape
     for i, width in enumerate(self.hidden):
-      x = act(nn.Conv(width, (1, 1), name=f"hidden_{i}")(x))
-    out = nn.Conv(5, (1, 1), name="out")(x)
+      x = act(nn.Conv(width, (1, 1), name=f'hidden_{i}')(x))
+    out = nn.Conv(5, (1, 1), name='out')(x)
     heat, offsets, sizes = out[..., 0], out[..., 1:3], out[..., 3:5]
     n = heat.shape[0]
     weights = jax.nn.softmax(heat.reshape(n, h * w), axis=-1).reshape(n, h, w, 1)
@@ -132,14 +139,14 @@ class VideoClassifier(nn.Module):
 
   num_classes: int
   backbone_kwargs: dict[str, Any]
-  normalization: str = "kinetics"
+  normalization: str = 'kinetics'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, clip: jax.Array, train: bool) -> jax.Array:
     x = normalize(clip, self.normalization)
-    out = resnet3d.ResNet3D(**self.backbone_kwargs, dtype=self.dtype, name="backbone")(x, train)
-    return nn.Dense(self.num_classes, name="classifier")(out["features"].astype(jnp.float32))
+    out = resnet3d.ResNet3D(**self.backbone_kwargs, dtype=self.dtype, name='backbone')(x, train)
+    return nn.Dense(self.num_classes, name='classifier')(out['features'].astype(jnp.float32))
 
 
 class Detector(nn.Module):
@@ -163,51 +170,56 @@ class Detector(nn.Module):
 
   num_classes: int
   backbone_kwargs: dict[str, Any]
-  box_head: str = "mlp"
+  box_head: str = 'mlp'
   box_hidden: Sequence[int] = (16,)
-  box_activation: str = "none"
-  normalization: str = "kinetics"
+  box_activation: str = 'none'
+  normalization: str = 'kinetics'
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, clip: jax.Array, train: bool,
-               freeze_backbone: bool = False) -> dict[str, jax.Array]:
+  def __call__(
+    self, clip: jax.Array, train: bool, freeze_backbone: bool = False
+  ) -> dict[str, jax.Array]:
     if self.box_head not in BOX_HEADS:
-      raise ValueError(f"Unknown box_head {self.box_head!r}; valid: {', '.join(BOX_HEADS)}.")
+      raise ValueError(f'Unknown box_head {self.box_head!r}; valid: {", ".join(BOX_HEADS)}.')
     x = normalize(clip, self.normalization)
-    out = resnet3d.ResNet3D(**self.backbone_kwargs, dtype=self.dtype, name="backbone")(
-        x, train and not freeze_backbone)
+    out = resnet3d.ResNet3D(**self.backbone_kwargs, dtype=self.dtype, name='backbone')(
+      x, train and not freeze_backbone
+    )
     if freeze_backbone:
       out = jax.tree_util.tree_map(jax.lax.stop_gradient, out)
-    features = out["features"].astype(jnp.float32)
-    logits = nn.Dense(self.num_classes, name="classifier")(features)
+    features = out['features'].astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, name='classifier')(features)
     hidden = tuple(self.box_hidden)
-    if self.box_head == "mlp":
+    if self.box_head == 'mlp':
       boxes = MLPBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(features)
-    elif self.box_head == "spatial":
-      boxes = SpatialBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(out["feature_map"])
+    elif self.box_head == 'spatial':
+      boxes = SpatialBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(out['feature_map'])
     else:
       boxes = jnp.zeros((clip.shape[0], 4), jnp.float32)
-    return {"logits": logits, "boxes": boxes.astype(jnp.float32)}
+    return {'logits': logits, 'boxes': boxes.astype(jnp.float32)}
 
 
 def parse_dtype(name: str) -> Any:
   """'float32' | 'bfloat16' -> the jnp dtype, with a clear error otherwise."""
-  valid = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  valid = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
   if str(name) not in valid:
-    raise ValueError(f"model dtype must be one of {sorted(valid)}, got {name!r}.")
+    raise ValueError(f'model dtype must be one of {sorted(valid)}, got {name!r}.')
   return valid[str(name)]
 
 
 def backbone_kwargs_from_config(config: Any) -> dict[str, Any]:
   """The ResNet3D keyword arguments found in a model config (ConfigDict or dict)."""
   get = config.get
-  return dict(depth=int(get("depth", 34)), shortcut_type=str(get("shortcut_type", "B")),
-              widen_factor=float(get("widen_factor", 1.0)),
-              conv1_t_size=int(get("conv1_t_size", 7)),
-              conv1_t_stride=int(get("conv1_t_stride", 1)),
-              no_max_pool=bool(get("no_max_pool", False)),
-              conv_impl=str(get("conv_impl", "auto")))
+  return dict(
+    depth=int(get('depth', 34)),
+    shortcut_type=str(get('shortcut_type', 'B')),
+    widen_factor=float(get('widen_factor', 1.0)),
+    conv1_t_size=int(get('conv1_t_size', 7)),
+    conv1_t_stride=int(get('conv1_t_stride', 1)),
+    no_max_pool=bool(get('no_max_pool', False)),
+    conv_impl=str(get('conv_impl', 'auto')),
+  )
 
 
 def build_model(model_config: Any) -> Detector:
@@ -215,19 +227,27 @@ def build_model(model_config: Any) -> Detector:
   conv1_t_stride, no_max_pool, num_classes, box_head, box_hidden, box_activation,
   normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d')."""
   kwargs = backbone_kwargs_from_config(model_config)
-  resnet3d.validate_architecture(kwargs["depth"], kwargs["shortcut_type"],
-                                 kwargs["widen_factor"], kwargs["conv1_t_size"],
-                                 kwargs["conv1_t_stride"])
+  resnet3d.validate_architecture(
+    kwargs['depth'],
+    kwargs['shortcut_type'],
+    kwargs['widen_factor'],
+    kwargs['conv1_t_size'],
+    kwargs['conv1_t_stride'],
+  )
   get = model_config.get
-  normalization = str(get("normalization", "kinetics"))
+  normalization = str(get('normalization', 'kinetics'))
   check_normalization(normalization)
-  box_head = str(get("box_head", "mlp"))
+  box_head = str(get('box_head', 'mlp'))
   if box_head not in BOX_HEADS:
-    raise ValueError(f"Unknown box_head {box_head!r}; valid: {', '.join(BOX_HEADS)}.")
-  box_activation = str(get("box_activation", "none"))
+    raise ValueError(f'Unknown box_head {box_head!r}; valid: {", ".join(BOX_HEADS)}.')
+  box_activation = str(get('box_activation', 'none'))
   _activation(box_activation)
-  return Detector(num_classes=int(get("num_classes", 101)), backbone_kwargs=kwargs,
-                  box_head=box_head,
-                  box_hidden=tuple(int(h) for h in np.atleast_1d(get("box_hidden", (16,)))),
-                  box_activation=box_activation, normalization=normalization,
-                  dtype=parse_dtype(get("dtype", "float32")))
+  return Detector(
+    num_classes=int(get('num_classes', 101)),
+    backbone_kwargs=kwargs,
+    box_head=box_head,
+    box_hidden=tuple(int(h) for h in np.atleast_1d(get('box_hidden', (16,)))),
+    box_activation=box_activation,
+    normalization=normalization,
+    dtype=parse_dtype(get('dtype', 'float32')),
+  )

@@ -18,8 +18,7 @@ class ParameterTreeMismatchError(ValueError):
 def flat_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
   """`{'a/b/c': shape}` of every leaf of a nested mapping of arrays."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(np.shape(v))
-          for path, v in flat}
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): tuple(np.shape(v)) for path, v in flat}
 
 
 def _listing(items: Sequence[str], limit: int) -> str:
@@ -29,12 +28,18 @@ def _listing(items: Sequence[str], limit: int) -> str:
 
 def _modules(keys: Sequence[str], sep: str) -> list[str]:
   """'a.b.weight', 'a.b.bias' -> ['a.b.*']: the modules the keys belong to, in order."""
-  return list(dict.fromkeys(k.rpartition(sep)[0] + sep + '*' if sep in k else k
-                            for k in keys))
+  return list(dict.fromkeys(k.rpartition(sep)[0] + sep + '*' if sep in k else k for k in keys))
 
 
-def tree_mismatch(expected: Shapes, found: Shapes, *, found_name: str = 'found',
-                  expected_name: str = 'expected', sep: str = '/', limit: int = 8) -> str:
+def tree_mismatch(
+  expected: Shapes,
+  found: Shapes,
+  *,
+  found_name: str = 'found',
+  expected_name: str = 'expected',
+  sep: str = '/',
+  limit: int = 8,
+) -> str:
   """How `found` differs from `expected` in one line; '' when keys and shapes agree.
 
   Missing and unexpected keys are counted and listed by module (`sep` splits a key's
@@ -53,9 +58,9 @@ def tree_mismatch(expected: Shapes, found: Shapes, *, found_name: str = 'found',
   if missing:
     parts.append(f'{len(missing)} missing ({_listing(_modules(missing, sep), limit)})')
   if unexpected:
-    parts.append(f'{len(unexpected)} unexpected '
-                 f'({_listing(_modules(unexpected, sep), limit)})')
+    parts.append(f'{len(unexpected)} unexpected ({_listing(_modules(unexpected, sep), limit)})')
   if misshaped:
-    parts.append(f'{len(misshaped)} mis-shaped '
-                 f'({_listing([describe(k) for k in misshaped], limit)})')
+    parts.append(
+      f'{len(misshaped)} mis-shaped ({_listing([describe(k) for k in misshaped], limit)})'
+    )
   return '; '.join(parts)

@@ -18,17 +18,17 @@ from stconsist_jax.models import conv as conv_lib
 
 # depth -> (block type, blocks per stage).
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
-    10: ("basic", (1, 1, 1, 1)),
-    18: ("basic", (2, 2, 2, 2)),
-    34: ("basic", (3, 4, 6, 3)),
-    50: ("bottleneck", (3, 4, 6, 3)),
-    101: ("bottleneck", (3, 4, 23, 3)),
-    152: ("bottleneck", (3, 8, 36, 3)),
-    200: ("bottleneck", (3, 24, 36, 3)),
+  10: ('basic', (1, 1, 1, 1)),
+  18: ('basic', (2, 2, 2, 2)),
+  34: ('basic', (3, 4, 6, 3)),
+  50: ('bottleneck', (3, 4, 6, 3)),
+  101: ('bottleneck', (3, 4, 23, 3)),
+  152: ('bottleneck', (3, 8, 36, 3)),
+  200: ('bottleneck', (3, 24, 36, 3)),
 }
 BASE_WIDTHS = (64, 128, 256, 512)
-EXPANSION = {"basic": 1, "bottleneck": 4}
-SHORTCUT_TYPES = ("A", "B")
+EXPANSION = {'basic': 1, 'bottleneck': 4}
+SHORTCUT_TYPES = ('A', 'B')
 BN_MOMENTUM = 0.9  # PyTorch momentum 0.1.
 BN_EPSILON = 1e-5
 
@@ -44,34 +44,56 @@ def feature_dim(depth: int, widen_factor: float = 1.0) -> int:
   return stage_widths(widen_factor)[-1] * EXPANSION[block]
 
 
-def validate_architecture(depth: int, shortcut_type: str, widen_factor: float,
-                          conv1_t_size: int, conv1_t_stride: int) -> None:
+def validate_architecture(
+  depth: int, shortcut_type: str, widen_factor: float, conv1_t_size: int, conv1_t_stride: int
+) -> None:
   """Raises ValueError naming the bad argument of a ResNet3D."""
   if depth not in DEPTHS:
-    raise ValueError(f"ResNet3D depth must be one of {sorted(DEPTHS)}, got {depth!r}.")
+    raise ValueError(f'ResNet3D depth must be one of {sorted(DEPTHS)}, got {depth!r}.')
   if shortcut_type not in SHORTCUT_TYPES:
     raise ValueError(f"shortcut_type must be 'A' or 'B', got {shortcut_type!r}.")
   if min(stage_widths(widen_factor)) < 1:
-    raise ValueError(f"widen_factor {widen_factor!r} leaves a stage with no channels.")
+    raise ValueError(f'widen_factor {widen_factor!r} leaves a stage with no channels.')
   if conv1_t_size < 1 or conv1_t_stride < 1:
-    raise ValueError("conv1_t_size and conv1_t_stride must be >= 1, got "
-                     f"{conv1_t_size!r} and {conv1_t_stride!r}.")
+    raise ValueError(
+      f'conv1_t_size and conv1_t_stride must be >= 1, got {conv1_t_size!r} and {conv1_t_stride!r}.'
+    )
 
 
-def _conv(features: int, kernel: Sequence[int], stride: Sequence[int] | int,
-          padding: Sequence[int], dtype: Any, name: str, conv_impl: str = "auto") -> nn.Conv:
+def _conv(
+  features: int,
+  kernel: Sequence[int],
+  stride: Sequence[int] | int,
+  padding: Sequence[int],
+  dtype: Any,
+  name: str,
+  conv_impl: str = 'auto',
+) -> nn.Conv:
   """A bias-free Conv3d with explicit symmetric padding (never 'SAME')."""
   if isinstance(stride, int):
     stride = (stride,) * 3
-  return nn.Conv(features, kernel_size=tuple(kernel), strides=tuple(stride),
-                 padding=[(p, p) for p in padding], use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, name=name,
-                 conv_general_dilated=conv_lib.resolve_conv_impl(conv_impl))
+  return nn.Conv(
+    features,
+    kernel_size=tuple(kernel),
+    strides=tuple(stride),
+    padding=[(p, p) for p in padding],
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+    conv_general_dilated=conv_lib.resolve_conv_impl(conv_impl),
+  )
 
 
 def _batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                      epsilon=BN_EPSILON, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=BN_MOMENTUM,
+    epsilon=BN_EPSILON,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    name=name,
+  )
 
 
 def shortcut_a(x: jax.Array, out_channels: int, stride: int) -> jax.Array:
@@ -84,7 +106,7 @@ def shortcut_a(x: jax.Array, out_channels: int, stride: int) -> jax.Array:
   x = x[:, ::stride, ::stride, ::stride, :]
   extra = out_channels - x.shape[-1]
   if extra < 0:
-    raise ValueError(f"shortcut A cannot shrink channels {x.shape[-1]} -> {out_channels}.")
+    raise ValueError(f'shortcut A cannot shrink channels {x.shape[-1]} -> {out_channels}.')
   return jnp.pad(x, [(0, 0)] * 4 + [(0, extra)])
 
 
@@ -96,30 +118,41 @@ class Block(nn.Module):
   stride: int
   downsample: str | None  # None, 'A' or 'B'.
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     out_channels = self.planes * EXPANSION[self.block]
-    if self.block == "basic":
-      y = _conv(self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, "conv1", self.conv_impl)(x)
-      y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-      y = _conv(self.planes, (3, 3, 3), 1, (1, 1, 1), self.dtype, "conv2", self.conv_impl)(y)
-      y = _batch_norm(train, self.dtype, "bn2")(y)
+    if self.block == 'basic':
+      y = _conv(
+        self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, 'conv1', self.conv_impl
+      )(x)
+      y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+      y = _conv(self.planes, (3, 3, 3), 1, (1, 1, 1), self.dtype, 'conv2', self.conv_impl)(y)
+      y = _batch_norm(train, self.dtype, 'bn2')(y)
     else:
-      y = _conv(self.planes, (1, 1, 1), 1, (0, 0, 0), self.dtype, "conv1", self.conv_impl)(x)
-      y = nn.relu(_batch_norm(train, self.dtype, "bn1")(y))
-      y = _conv(self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, "conv2", self.conv_impl)(y)
-      y = nn.relu(_batch_norm(train, self.dtype, "bn2")(y))
-      y = _conv(out_channels, (1, 1, 1), 1, (0, 0, 0), self.dtype, "conv3", self.conv_impl)(y)
-      y = _batch_norm(train, self.dtype, "bn3")(y)
+      y = _conv(self.planes, (1, 1, 1), 1, (0, 0, 0), self.dtype, 'conv1', self.conv_impl)(x)
+      y = nn.relu(_batch_norm(train, self.dtype, 'bn1')(y))
+      y = _conv(
+        self.planes, (3, 3, 3), self.stride, (1, 1, 1), self.dtype, 'conv2', self.conv_impl
+      )(y)
+      y = nn.relu(_batch_norm(train, self.dtype, 'bn2')(y))
+      y = _conv(out_channels, (1, 1, 1), 1, (0, 0, 0), self.dtype, 'conv3', self.conv_impl)(y)
+      y = _batch_norm(train, self.dtype, 'bn3')(y)
 
-    if self.downsample == "A":
+    if self.downsample == 'A':
       residual = shortcut_a(x, out_channels, self.stride).astype(y.dtype)
-    elif self.downsample == "B":
-      residual = _conv(out_channels, (1, 1, 1), self.stride, (0, 0, 0), self.dtype,
-                       "downsample_conv", self.conv_impl)(x)
-      residual = _batch_norm(train, self.dtype, "downsample_bn")(residual)
+    elif self.downsample == 'B':
+      residual = _conv(
+        out_channels,
+        (1, 1, 1),
+        self.stride,
+        (0, 0, 0),
+        self.dtype,
+        'downsample_conv',
+        self.conv_impl,
+      )(x)
+      residual = _batch_norm(train, self.dtype, 'downsample_bn')(residual)
     else:
       residual = x
     return nn.relu(y + residual)
@@ -144,24 +177,32 @@ class ResNet3D(nn.Module):
   """
 
   depth: int = 34
-  shortcut_type: str = "B"
+  shortcut_type: str = 'B'
   widen_factor: float = 1.0
   conv1_t_size: int = 7
   conv1_t_stride: int = 1
   no_max_pool: bool = False
   dtype: Any = jnp.float32
-  conv_impl: str = "auto"
+  conv_impl: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-    validate_architecture(self.depth, self.shortcut_type, self.widen_factor,
-                          self.conv1_t_size, self.conv1_t_stride)
+    validate_architecture(
+      self.depth, self.shortcut_type, self.widen_factor, self.conv1_t_size, self.conv1_t_stride
+    )
     block, layers = DEPTHS[self.depth]
     widths = stage_widths(self.widen_factor)
     x = x.astype(self.dtype)
-    x = _conv(widths[0], (self.conv1_t_size, 7, 7), (self.conv1_t_stride, 2, 2),
-              (self.conv1_t_size // 2, 3, 3), self.dtype, "conv1", self.conv_impl)(x)
-    x = nn.relu(_batch_norm(train, self.dtype, "bn1")(x))
+    x = _conv(
+      widths[0],
+      (self.conv1_t_size, 7, 7),
+      (self.conv1_t_stride, 2, 2),
+      (self.conv1_t_size // 2, 3, 3),
+      self.dtype,
+      'conv1',
+      self.conv_impl,
+    )(x)
+    x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
     if not self.no_max_pool:
       x = nn.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding=[(1, 1)] * 3)
 
@@ -171,12 +212,17 @@ class ResNet3D(nn.Module):
       out_planes = planes * EXPANSION[block]
       needs_downsample = stride != 1 or in_planes != out_planes
       for i in range(num_blocks):
-        x = Block(block=block, planes=planes, stride=stride if i == 0 else 1,
-                  downsample=self.shortcut_type if (i == 0 and needs_downsample) else None,
-                  dtype=self.dtype, conv_impl=self.conv_impl,
-                  name=f"layer{stage + 1}_{i}")(x, train)
+        x = Block(
+          block=block,
+          planes=planes,
+          stride=stride if i == 0 else 1,
+          downsample=self.shortcut_type if (i == 0 and needs_downsample) else None,
+          dtype=self.dtype,
+          conv_impl=self.conv_impl,
+          name=f'layer{stage + 1}_{i}',
+        )(x, train)
       in_planes = out_planes
 
     # Mean in float32: a bf16 sum over many voxels loses precision.
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3)).astype(self.dtype)
-    return {"features": features, "feature_map": x}
+    return {'features': features, 'feature_map': x}
