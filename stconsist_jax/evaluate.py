@@ -29,7 +29,6 @@ from stconsist_jax import config_lib
 from stconsist_jax import distributed
 from stconsist_jax import fileio
 from stconsist_jax import logging_utils
-from stconsist_jax import metrics
 from stconsist_jax import reports
 from stconsist_jax import stream_metrics
 from stconsist_jax.data import annotations
@@ -267,7 +266,7 @@ def pipeline_streams(
   if annotated_class_names is None and builder is not None:
     annotated_class_names = (builder.info.metadata or {}).get('annotated_class_names') or None
   if annotated_class_names is None:
-    annotated_class_names = metrics.UCF101_24_CLASSES
+    annotated_class_names = annotations.UCF24_CLASSES
 
   @functools.cache
   def layout():  # one pass over the test annotations sizes both frame-level streams

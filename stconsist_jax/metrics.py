@@ -1,5 +1,5 @@
 """Clip metrics in plain numpy: clip/video accuracy, confusion, per-class accuracy, the
-mean IoU of clip boxes, normalized-to-pixel boxes and the UCF101-24 class list.
+mean IoU of clip boxes and normalized-to-pixel boxes.
 
 No JAX, no TensorFlow, so that reports can be recomputed anywhere from saved
 predictions. Boxes are `(x_left, y_top, w, h)` unless a name says corners; their
@@ -12,37 +12,7 @@ from typing import Any
 import numpy as np
 
 from stconsist_jax import boxes as boxes_lib
-
-# The 24 annotated classes of UCF101-24 in label order (0..23).
-UCF101_24_CLASSES: tuple[str, ...] = (
-  'Basketball',
-  'BasketballDunk',
-  'Biking',
-  'CliffDiving',
-  'CricketBowling',
-  'Diving',
-  'Fencing',
-  'FloorGymnastics',
-  'GolfSwing',
-  'HorseRiding',
-  'IceDancing',
-  'LongJump',
-  'PoleVault',
-  'RopeClimbing',
-  'SalsaSpin',
-  'SkateBoarding',
-  'Skiing',
-  'Skijet',
-  'SoccerJuggling',
-  'Surfing',
-  'TennisSwing',
-  'TrampolineJumping',
-  'VolleyballSpiking',
-  'WalkingWithDog',
-)
-
-# (height, width) of every UCF-101 video: the default pixel grid of the ACT protocol.
-UCF101_FRAME_SIZE: tuple[int, int] = (240, 320)
+from stconsist_jax.data.annotations import UCF101_FRAME_SIZE
 
 
 def _valid_mask(n: int, valid: np.ndarray | None) -> np.ndarray:
