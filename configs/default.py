@@ -29,8 +29,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Fraction of annotated videos whose boxes are kept, chosen by a keyed hash of (video
   # name, seed): the same on every host, and nested (a smaller fraction keeps a subset).
   config.data.box_label_fraction = 1.0
+  # E2E-SSL's video-level protocol: the share of training videos that keep their class
+  # and boxes, chosen by a keyed hash of (video name, seed) like box_label_fraction (same
+  # on every host, nested). The others keep nothing (batch key has_label false): their
+  # class and box losses are masked and they feed only the consistency terms. 1.0 = every
+  # video keeps its labels (the study's protocol).
+  config.data.labeled_video_fraction = 1.0
+  # Instead of the fraction, a file naming the labelled videos, one 'Class/v_Class_gGG_cCC'
+  # per line (data/label_lists/ucf24_split1_labeled_{10,20}.txt, made by
+  # tools/make_label_lists.py); '' = use labeled_video_fraction (then it must be 1.0).
+  config.data.labeled_videos = ''
   # k > 0: every per-host batch holds k clips of box-kept videos (windows drawn where
-  # tube 0 has boxes) and the rest from the other videos; 0 = natural mix.
+  # tube 0 has boxes) and the rest from the other videos; 0 = natural mix. Under the
+  # video-level protocol (labeled_video_fraction < 1 or a labeled_videos list) the k
+  # clips come from videos that keep both class and boxes.
   config.data.labeled_per_batch = 0
   config.data.scale_augment = (1.0, 1.0)  # Crop side / frame side (min, max); (1, 1) = off.
   config.data.shuffle_buffer = 512  # Videos in the shuffle buffer.
@@ -70,6 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.con_cls = 'js'  # 'js' (Jensen-Shannon) or 'csd' (CSD-SSD symmetric KL).
   config.loss.rampup_steps = 2000  # w(t) ramp-up length; 0 = full weight from the start.
   config.loss.rampdown_steps = 0  # Optional ramp-down at the end of training.
+  # Mean teacher (stconsist_jax.teacher): d > 0 takes the consistency targets (the
+  # flipped clip's logits and box) from an exponential moving average of the weights,
+  # updated after each step as teacher <- d * teacher + (1 - d) * student, applied in
+  # inference mode without gradient; e.g. 0.99. 0 = off (the study's symmetric terms).
+  config.loss.teacher_ema = 0.0
 
   # Optimizer (optax); learning rate schedule on the global step.
   config.optimizer = ml_collections.ConfigDict()

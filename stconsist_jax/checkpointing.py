@@ -3,7 +3,8 @@
 Layout of a workdir (a local folder or a gs:// prefix):
   config.json                 the run's config (saved before the first step)
   checkpoints/<step>/         items 'variables' {params, batch_stats} and 'train'
-                              {opt_state, step}; an evaluated step also holds its
+                              {opt_state, step, and with a mean teacher its teacher
+                              {params, batch_stats}}; an evaluated step also holds its
                               'metrics'. One orbax CheckpointManager keeps the latest
                               `keep` steps and the best one by `best_metric`.
 Locally orbax writes each step into a temporary directory and renames it when complete;
@@ -93,6 +94,14 @@ def _local_abstract(metadata: Any) -> Any:
   """Metadata tree -> target on this process's first device, whatever topology saved it."""
   sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
+
+
+def _train_item(state: Any) -> dict[str, Any]:
+  """The 'train' item of a TrainState: what resuming needs besides the variables."""
+  item = {'opt_state': state.opt_state, 'step': state.step}
+  if getattr(state, 'teacher', None) is not None:
+    item['teacher'] = state.teacher
+  return item
 
 
 def committed_steps(directory: str | os.PathLike) -> list[int]:
@@ -196,7 +205,7 @@ class Checkpointer:
       step,
       args=ocp.args.Composite(
         variables=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
-        train=ocp.args.StandardSave({'opt_state': state.opt_state, 'step': state.step}),
+        train=ocp.args.StandardSave(_train_item(state)),
       ),
       metrics=metrics,
       force=True,
@@ -216,7 +225,7 @@ class Checkpointer:
       variables=ocp.args.StandardRestore(
         _abstract({'params': state.params, 'batch_stats': state.batch_stats})
       ),
-      train=ocp.args.StandardRestore(_abstract({'opt_state': state.opt_state, 'step': state.step})),
+      train=ocp.args.StandardRestore(_abstract(_train_item(state))),
     )
     steps = [step] if step is not None else list(self._manager.all_steps())
     _, restored = restore_with_fallback(
@@ -226,9 +235,10 @@ class Checkpointer:
       on_unreadable=self._set_aside if step is None else None,
     )
     v, t = restored['variables'], restored['train']
-    return state.replace(
+    state = state.replace(
       params=v['params'], batch_stats=v['batch_stats'], opt_state=t['opt_state'], step=t['step']
     )
+    return state.replace(teacher=t['teacher']) if 'teacher' in t else state
 
   def _set_aside(self, step: int) -> None:
     """Moves an unreadable step directory out of orbax's sight (process 0 only)."""

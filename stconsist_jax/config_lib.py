@@ -145,6 +145,16 @@ def _check_data(config: Any, num_processes: int) -> None:
     )
   if labeled and config.data.box_label_fraction <= 0:
     raise ConfigError('config key data.labeled_per_batch > 0 needs data.box_label_fraction > 0')
+  video_fraction = _check_range(config, 'data.labeled_video_fraction', 0.0, 1.0)
+  video_list = _check_type(config, 'data.labeled_videos', str)
+  if video_list and video_fraction < 1.0:
+    raise ConfigError(
+      f'config keys data.labeled_videos={video_list!r} and data.labeled_video_fraction='
+      f'{video_fraction} both choose the labelled videos: set one (the fraction to 1.0 '
+      "or the list to '')"
+    )
+  if labeled and not video_list and video_fraction <= 0:
+    raise ConfigError('config key data.labeled_per_batch > 0 needs data.labeled_video_fraction > 0')
   scale = _check_type(config, 'data.scale_augment', (tuple, list))
   if not (
     len(scale) == 2
@@ -200,6 +210,11 @@ def validate(
   for key in ('loss.rampup_steps', 'loss.rampdown_steps'):
     _check_type(config, key, int)
     _check_range(config, key, 0)
+  teacher = _check_range(config, 'loss.teacher_ema', 0.0)
+  if teacher >= 1.0:
+    raise ConfigError(
+      f'config key loss.teacher_ema must be in [0, 1) (0 = no teacher), got {teacher!r}'
+    )
   # Optimizer.
   _check_choice(config, 'optimizer.name', OPTIMIZERS)
   _check_range(config, 'optimizer.lr', 0.0, low_open=True)

@@ -143,6 +143,28 @@ def protocol(
   return desc
 
 
+def training_labels(data_config: Any) -> str:
+  """The label protocol of training: which videos kept their class, which their boxes."""
+  d = data_config
+  listed = d.get('labeled_videos', '')
+  video_fraction = float(d.get('labeled_video_fraction', 1.0))
+  rest = '; the others keep neither and contribute only the consistency terms'
+  if listed:
+    videos = f'only the videos listed in {listed} keep class and boxes{rest}'
+  elif video_fraction < 1.0:
+    videos = (
+      f'a {video_fraction:g} share of the training videos (keyed hash of name and seed) '
+      f'keep class and boxes{rest}'
+    )
+  else:
+    videos = 'every training video keeps its class'
+  return (
+    f'{videos}. Boxes: UCF101-24 videos '
+    f'only, kept for a {float(d.get("box_label_fraction", 1.0)):g} share of them '
+    f'(data.box_label_fraction); classes: data.classes={d.get("classes", "all")!r}'
+  )
+
+
 def protocol_of(
   config: ml_collections.ConfigDict, num_annotated_classes: int = 24
 ) -> dict[str, Any]:
@@ -184,6 +206,7 @@ def protocol_of(
         'per test video, loop-padded if shorter than a clip'
       ),
       'data': f'{d.name} split {d.split}, frames stored at {d.frame_size}px',
+      'training_labels': training_labels(d),
       'videos': (
         'every test video'
         if not int(e.max_videos)

@@ -1,7 +1,10 @@
 """The train step: state, optimizer and schedule, stages, and the sharded jitted step.
 
 One jit code path for 1..N devices and hosts: batch sharded on the mesh's 'data' axis,
-state replicated and donated. The clip and its flipped copy share one forward pass.
+state replicated and donated. The clip and its flipped copy share one forward pass; with
+a mean teacher (`loss.teacher_ema`) the flipped clip goes through the teacher instead,
+which follows the student by an EMA after each step. Clips whose video lost its labels
+(`has_label` false) count in the consistency terms only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import distributed
 from stconsist_jax import losses
+from stconsist_jax import teacher as teacher_lib
 from stconsist_jax.models import detector
 
 # The parameters in two parts, each with its own optimizer state: the box head (all that
@@ -40,13 +44,15 @@ class TrainState:
 
   `opt_state` is {REST: ..., BOX_HEAD: ...}: one optimizer state per part of the
   parameters, so freezing the backbone leaves its state untouched and the structure is
-  the same in every stage.
+  the same in every stage. `teacher` is the mean teacher's {'params', 'batch_stats'}
+  with `loss.teacher_ema` > 0, else None.
   """
 
   step: jax.Array
   params: Any
   batch_stats: Any
   opt_state: Any
+  teacher: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,17 +178,27 @@ def create_train_state(
     logging.info('Initialized from %s: %s', init_from, report)
   tx = make_optimizer(config.optimizer)
   params = variables['params']
+  batch_stats = variables.get('batch_stats', {})
   opt_state = {name: tx.init(part) for name, part in split_params(params).items()}
+  teacher = None
+  if teacher_ema(config.loss) > 0:  # The teacher starts as a copy of the student.
+    teacher = jax.tree.map(np.array, {'params': params, 'batch_stats': batch_stats})
   state = TrainState(
     step=np.zeros((), np.int32),
     params=params,
-    batch_stats=variables.get('batch_stats', {}),
+    batch_stats=batch_stats,
     opt_state=jax.device_get(opt_state),
+    teacher=teacher,
   )
   return distributed.replicate(state, mesh)
 
 
 # -------------------------------------------------------------------------------- step
+
+
+def teacher_ema(loss_config: ml_collections.ConfigDict) -> float:
+  """The mean teacher's EMA decay (0: no teacher; configs saved before it had none)."""
+  return float(loss_config.get('teacher_ema', 0.0))
 
 
 def forward_pair(
@@ -222,11 +238,19 @@ def forward_pair(
 def loss_terms(
   out: Mapping[str, jax.Array], out_flip: Mapping[str, jax.Array], batch: Batch, con_cls: str
 ) -> dict[str, jax.Array]:
-  """The four loss terms, each a scalar mean over the global batch."""
+  """The four loss terms, each a scalar.
+
+  `cls` is the mean over the clips with their labels (`has_label`; all when the batch
+  has no such key), `loc` the mean over the clips with a box (`has_box`); a clip without
+  either adds exactly nothing to them, value or gradient. The consistency terms are
+  means over every clip of the global batch.
+  """
   logits = out['logits'].astype(jnp.float32)
   pred_boxes = out['boxes'].astype(jnp.float32)
+  has_label = batch.get('has_label')
+  labels = batch['label'] if has_label is None else jnp.where(has_label, batch['label'], 0)
   return {
-    'cls': losses.softmax_cross_entropy(logits, batch['label'], None),
+    'cls': losses.softmax_cross_entropy(logits, labels, has_label),
     'loc': losses.box_mse(pred_boxes, batch['box'], batch['has_box']),
     'con_cls': jnp.mean(
       losses.classification_consistency(
@@ -249,7 +273,13 @@ def train_step(
   num_steps: int,
   grad_clip_norm: float,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on a global batch; pure, jit it with `make_train_step`."""
+  """One optimizer step on a global batch; pure, jit it with `make_train_step`.
+
+  With a teacher (`state.teacher` set, decay `loss_config.teacher_ema`) the student sees
+  only the clip, the consistency targets are the teacher's outputs on the flipped clip
+  (inference mode, no gradient), and the teacher then moves to the EMA of the updated
+  student's parameters and BatchNorm statistics.
+  """
   weights = dict(stage.loss_weights)
   # The ramp restarts with each stage: protocol 2's second stage is protocol 1, whose
   # consistency weight ramps up from 0 (with one stage this is the global step).
@@ -271,11 +301,25 @@ def train_step(
   # classifier are constants of the loss, so XLA emits no backward pass through them.
   trained = (BOX_HEAD,) if frozen else (REST, BOX_HEAD)
 
+  teacher = state.teacher
+  target = None
+  if teacher is not None:
+    clip_flip = batch.get('clip_flip')
+    if clip_flip is None:
+      clip_flip = batch['clip'][:, :, :, ::-1]
+    target = jax.lax.stop_gradient(model.apply(teacher, clip_flip, train=False))
+
   def loss_fn(trainable):
     variables = {'params': join_params({**parts, **trainable}), 'batch_stats': state.batch_stats}
-    out, out_flip, new_stats = forward_pair(
-      model, variables, batch['clip'], batch.get('clip_flip'), train=True, freeze_backbone=frozen
-    )
+    if target is None:
+      out, out_flip, new_stats = forward_pair(
+        model, variables, batch['clip'], batch.get('clip_flip'), train=True, freeze_backbone=frozen
+      )
+    else:
+      out, updates = model.apply(
+        variables, batch['clip'], train=True, freeze_backbone=frozen, mutable=['batch_stats']
+      )
+      out_flip, new_stats = target, updates['batch_stats']
     terms = loss_terms(out, out_flip, batch, loss_config.con_cls)
     return losses.total_loss(terms, term_weights), (terms, out, new_stats)
 
@@ -296,6 +340,11 @@ def train_step(
 
   has_box = batch['has_box']
   num_boxes = jnp.sum(has_box.astype(jnp.float32))
+  has_label = batch.get('has_label')
+  if has_label is None:
+    has_label = jnp.ones(batch['label'].shape, bool)
+  num_labeled = jnp.sum(has_label.astype(jnp.float32))
+  correct = (jnp.argmax(out['logits'], -1) == batch['label']) & has_label
   iou = boxes.iou_xywh(out['boxes'].astype(jnp.float32), batch['box'], xp=jnp)
   metrics = {
     'loss': loss,
@@ -303,12 +352,22 @@ def train_step(
     'con_weight': con_weight,
     'lr': jnp.asarray(lr, jnp.float32),
     'grad_norm': grad_norm,
-    'accuracy': jnp.mean((jnp.argmax(out['logits'], -1) == batch['label']).astype(jnp.float32)),
+    # Over the clips with their labels (0 when the batch has none).
+    'accuracy': jnp.sum(correct.astype(jnp.float32)) / jnp.maximum(num_labeled, 1.0),
     'iou': jnp.sum(jnp.where(has_box, iou, 0.0)) / jnp.maximum(num_boxes, 1.0),
     'labeled': num_boxes,
+    'labeled_videos': num_labeled / has_label.shape[0],  # Share of clips with labels.
   }
+  new_params = join_params(new_parts)
+  if teacher is not None:
+    student = {'params': new_params, 'batch_stats': batch_stats}
+    teacher = teacher_lib.ema_update(teacher, student, teacher_ema(loss_config))
   new_state = state.replace(
-    step=state.step + 1, params=join_params(new_parts), batch_stats=batch_stats, opt_state=opt_state
+    step=state.step + 1,
+    params=new_params,
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+    teacher=teacher,
   )
   return new_state, metrics
 

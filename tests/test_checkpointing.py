@@ -171,3 +171,28 @@ def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):
   assert checkpointing.restore_for_eval(tmp_path, 'latest')[2] == 5
   with pytest.raises(FileNotFoundError, match='config.json'):
     checkpointing.restore_for_eval(tmp_path / 'nothing')
+
+
+def test_teacher_is_saved_and_restored_with_the_train_item(tmp_path):
+  from stconsist_jax import train_step  # pylint: disable=g-import-not-at-top
+
+  def state(value, teacher):
+    return train_step.TrainState(
+      step=np.array(int(value), np.int32),
+      params={'w': np.full((3,), value, np.float32)},
+      batch_stats={'m': np.zeros((2,), np.float32)},
+      opt_state={'mu': np.full((3,), -value, np.float32)},
+      teacher=teacher,
+    )
+
+  teacher = {'params': {'w': np.full((3,), 0.5, np.float32)}, 'batch_stats': {'m': np.ones(2)}}
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=2, async_save=False)
+  ckpt.save(1, state(1.0, teacher))
+  blank = {'params': {'w': np.zeros(3, np.float32)}, 'batch_stats': {'m': np.zeros(2)}}
+  restored = ckpt.restore(state(0.0, blank))
+  ckpt.close()
+  assert int(restored.step) == 1
+  np.testing.assert_array_equal(restored.teacher['params']['w'], [0.5, 0.5, 0.5])
+  np.testing.assert_array_equal(restored.teacher['batch_stats']['m'], [1.0, 1.0])
+  # Without a teacher the train item is as before: {opt_state, step}.
+  assert set(checkpointing._train_item(state(1.0, None))) == {'opt_state', 'step'}

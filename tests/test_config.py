@@ -50,6 +50,10 @@ def test_study_settings():
     ('optimizer.lr', '0.1', None, r"optimizer.lr.*must be int or float, got '0.1'"),
     ('loss.con_cls', 'kl', None, 'loss.con_cls'),
     ('data.scale_augment', (0.9, 0.5), None, 'data.scale_augment'),
+    ('data.labeled_video_fraction', 1.2, None, r'data.labeled_video_fraction.*<= 1'),
+    ('data.labeled_videos', 0, None, r'data.labeled_videos.*must be str'),
+    ('loss.teacher_ema', 1.0, None, r'loss.teacher_ema.*\[0, 1\)'),
+    ('loss.teacher_ema', -0.5, None, r'loss.teacher_ema.*>= 0'),
   ],
 )
 def test_bad_values_name_the_key(key, value, devices, pattern):
@@ -59,6 +63,15 @@ def test_bad_values_name_the_key(key, value, devices, pattern):
   raw[group][field] = value
   with pytest.raises(config_lib.ConfigError, match=pattern):
     config_lib.validate(ml_collections.ConfigDict(raw), num_devices=devices)
+
+
+def test_video_label_list_and_fraction_are_exclusive():
+  config = _config()
+  config.data.labeled_videos = 'data/label_lists/ucf24_split1_labeled_10.txt'
+  config_lib.validate(config)
+  config.data.labeled_video_fraction = 0.5
+  with pytest.raises(config_lib.ConfigError, match='labeled_videos.*labeled_video_fraction'):
+    config_lib.validate(config)
 
 
 def test_bad_stages_name_the_stage():

@@ -14,6 +14,7 @@ from PIL import Image
 import pytest
 
 from stconsist_jax.data import eval_streams
+from stconsist_jax.data import label_protocols
 from stconsist_jax.data import sources
 from stconsist_jax.data import train_stream
 
@@ -245,6 +246,47 @@ def test_labeled_per_batch_gives_boxes_in_the_first_slots(unique_source):
     for i, has in zip(labels[:2], batch['has_box'][:2]):
       assert has == some_window_has_box(videos[i])  # windows drawn where boxes exist
   assert sum(b['has_box'].sum() for b in batches) > 6
+
+
+def _check_unlabeled_rows(batch):
+  unlabeled = ~batch['has_label']
+  assert (batch['label'][unlabeled] == -1).all() and (batch['label'][~unlabeled] >= 0).all()
+  assert not batch['has_box'][unlabeled].any() and not batch['box'][unlabeled].any()
+  assert (batch['tube_label'][unlabeled] == -1).all()
+
+
+def test_labeled_video_fraction_marks_the_kept_videos(unique_source):
+  names = [v['name'] for v in unique_source.splits['train']]
+  kept = label_protocols.kept_names(names, 3, 0.5, label_protocols.VIDEO_LABEL)
+  assert 0 < len(kept) < len(names)
+  batches, _ = take(data_config(labeled_video_fraction=0.5), unique_source, 9, seed=3)
+  seen = set()
+  for batch in batches:
+    assert set(batch) == set(train_stream.TRAIN_KEYS)
+    _check_unlabeled_rows(batch)
+    seen |= set(batch['label'][batch['has_label']].tolist())
+  assert {names[i] for i in seen} == set(kept)
+  # 36 clips are four passes over the nine videos.
+  assert sum((~b['has_label']).sum() for b in batches) == 4 * (len(names) - len(kept))
+  everything, _ = take(data_config(), unique_source, 3)
+  assert all(b['has_label'].all() for b in everything)
+
+
+def test_labeled_videos_list_and_labeled_per_batch(unique_source, tmp_path):
+  listed = tmp_path / 'labeled.txt'
+  label_protocols.write_video_list(listed, ['C0/v_0', 'C4/v_4', 'C1/v_1'])
+  cfg = data_config(labeled_videos=str(listed))
+  batches, _ = take(cfg, unique_source, 9)
+  for batch in batches:
+    _check_unlabeled_rows(batch)
+    assert set(batch['label'][batch['has_label']].tolist()) <= {0, 1, 4}
+  assert sum((~b['has_label']).sum() for b in batches) == 4 * 6
+  # The first k rows: videos that keep class and boxes; the rest the other videos.
+  batches, _ = take(data_config(labeled_videos=str(listed), labeled_per_batch=2), unique_source, 6)
+  for batch in batches:
+    _check_unlabeled_rows(batch)
+    assert batch['has_label'][:2].all() and set(batch['label'][:2].tolist()) <= {0, 1, 4}
+    assert not batch['has_label'][2:].any()
 
 
 def test_classes_24_keeps_annotated_videos_relabelled(source):

@@ -19,7 +19,8 @@ from stconsist_jax import boxes
 def random_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.ndarray]:
   """The global random batch of `step`.
 
-  Uniform pixels, random labels, about half the clips with a random box.
+  Uniform pixels, random labels (every clip keeps its label), about half the clips with a
+  random box.
   """
   d, n = config.data, config.train.batch_size
   rng = np.random.default_rng([config.seed, step])
@@ -32,6 +33,7 @@ def random_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.n
   return {
     'clip': clip,
     'label': rng.integers(0, config.model.num_classes, n).astype(np.int32),
+    'has_label': np.ones(n, bool),
     'box': box,
     'box_flip': box_flip.astype(np.float32),
     'has_box': has_box,

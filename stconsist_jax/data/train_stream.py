@@ -1,12 +1,14 @@
 """The training stream of one host: shuffled videos -> random clips with box targets.
 
-Kept boxes (`data.box_label_fraction`), box-labelled rows per batch, resumption at any step.
+Label protocols: kept boxes (`data.box_label_fraction`) and kept videos (class and boxes,
+`data.labeled_video_fraction` or the list `data.labeled_videos`, marked by `has_label`);
+labelled rows per batch; resumption at any step.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from absl import logging
 import numpy as np
@@ -20,7 +22,7 @@ from stconsist_jax.data import sources
 SKIPPED_KEY = '_skipped'
 INDEX_KEY = '_index'
 
-TRAIN_KEYS = ('clip', 'label', 'box', 'box_flip', 'has_box', 'tube_label')
+TRAIN_KEYS = ('clip', 'label', 'has_label', 'box', 'box_flip', 'has_box', 'tube_label')
 
 
 derive_seed = label_protocols.derive_seed
@@ -30,6 +32,36 @@ def box_label_kept(name: tf.Tensor, seed: int, fraction: float) -> tf.Tensor:
   """Whether a video's boxes are kept (`data.box_label_fraction`): a pure function of
   (name, seed), nested in the fraction (label_protocols.kept)."""
   return label_protocols.kept(name, seed, fraction, label_protocols.BOX_LABEL)
+
+
+def video_protocol_active(data_config) -> bool:
+  """Whether some training videos lose their class and boxes (E2E-SSL's protocol)."""
+  return bool(data_config.get('labeled_videos', '')) or (
+    data_config.get('labeled_video_fraction', 1.0) < 1.0
+  )
+
+
+def video_label_fn(data_config, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
+  """name -> whether the video keeps its class and boxes (a bool tensor like `name`).
+
+  Membership in the list `data.labeled_videos` when one is given, else
+  `label_protocols.kept(name, seed, data.labeled_video_fraction, VIDEO_LABEL)`: either
+  way the same on every host and restart, and nested in the fraction.
+  """
+  path = data_config.get('labeled_videos', '')
+  if path:
+    names = label_protocols.read_video_list(path)
+    if not names:
+      raise ValueError(f'config key data.labeled_videos: {path} lists no video')
+    table = tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+        tf.constant(names), tf.ones([len(names)], tf.int32), tf.string, tf.int32
+      ),
+      default_value=0,
+    )
+    return lambda name: table.lookup(name) > 0
+  fraction = float(data_config.get('labeled_video_fraction', 1.0))
+  return lambda name: label_protocols.kept(name, seed, fraction, label_protocols.VIDEO_LABEL)
 
 
 def _count_gaps(ds: tf.data.Dataset, first_index: int) -> tf.data.Dataset:
@@ -52,15 +84,22 @@ def train_example(
   keep_fraction: float,
   box_seed: int,
   prefer_boxes: bool,
+  has_label_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
 ) -> dict[str, tf.Tensor]:
-  """One training sample from one raw video; all randomness from (stream_seed, index)."""
+  """One training sample from one raw video; all randomness from (stream_seed, index).
+
+  `has_label_fn(name)`: whether the video keeps its class and boxes (default: all do);
+  a video without its labels has label -1 and no box.
+  """
   seed = tf.stack([tf.constant(stream_seed, tf.int64), tf.cast(index, tf.int64)])
   window_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   video_frames = tf.shape(ex['frames'])[0]
   tf.debugging.assert_equal(
     video_frames, ex['num_frames'], message='frames length differs from num_frames'
   )
+  has_label = tf.constant(True) if has_label_fn is None else has_label_fn(ex['name'])
   kept = tf.logical_and(ex['annotated'], box_label_kept(ex['name'], box_seed, keep_fraction))
+  kept = tf.logical_and(kept, has_label)
   preferred = None
   if prefer_boxes:
     preferred = tf.cond(
@@ -79,7 +118,9 @@ def train_example(
   if spec.augments_scale:
     clip, box, has_box = clips_lib.scale_crop(clip, box, has_box, scale_seed, spec)
   out = clips_lib.clip_targets(clip, box, has_box, tube_label, spec)
-  out['label'] = ex['label']
+  # A video without its labels carries no class either (-1, like a missing tube label).
+  out['label'] = tf.where(has_label, tf.cast(ex['label'], tf.int32), -1)
+  out['has_label'] = has_label
   out[INDEX_KEY] = tf.cast(index, tf.int64)
   return out
 
@@ -143,10 +184,12 @@ def make_train_dataset(
   raw = sources.select_classes(raw, data_config.classes)
   fraction = data_config.box_label_fraction
   labeled = data_config.labeled_per_batch
+  has_label = video_label_fn(data_config, seed)
   common = dict(
     spec=spec,
     keep_fraction=fraction,
     box_seed=seed,
+    has_label_fn=has_label,
     start_step=start_step,
     shuffle_buffer=data_config.shuffle_buffer,
   )
@@ -164,9 +207,11 @@ def make_train_dataset(
   if labeled == 0:
     ds = stream(raw, 'all', batch_size, False)
   else:
-
+    # The first `labeled` rows: videos with kept boxes (and, under the video protocol,
+    # kept class labels).
     def is_kept(ex):
-      return tf.logical_and(ex['annotated'], box_label_kept(ex['name'], seed, fraction))
+      kept = tf.logical_and(ex['annotated'], box_label_kept(ex['name'], seed, fraction))
+      return tf.logical_and(kept, has_label(ex['name']))
 
     parts = [stream(raw.filter(is_kept), 'labeled', labeled, True)]
     if labeled < batch_size:
