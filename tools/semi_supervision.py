@@ -395,7 +395,8 @@ def study(base) -> dict[str, Any]:
   )
   workdir = fileio.as_path(FLAGS.workdir)
   out = fileio.as_path(FLAGS.out or FLAGS.workdir)
-  plan = [(arm, f, seed) for f in fractions for seed in seeds for arm in arms]
+  # Seed by seed: an interrupted study leaves whole pairings behind (resumable anyway).
+  plan = [(arm, f, seed) for seed in seeds for f in fractions for arm in arms]
 
   def configs(arm, fraction, seed):
     return run_config(base, arm, fraction, seed, FLAGS.teacher_ema)
