@@ -134,6 +134,7 @@ def _manager(
   create: bool = True,
 ) -> ocp.CheckpointManager:
   """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
+  directory = fileio.absolute(directory)
   policies = ocp.checkpoint_managers
   best_fn = _best_fn(best_metric)
   latest = policies.LatestN(n=keep if keep and keep > 0 else None)

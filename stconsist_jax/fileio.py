@@ -32,6 +32,13 @@ def as_path(path: PathLike) -> epath.Path:
   return epath.Path(path)
 
 
+def absolute(path: PathLike) -> epath.Path:
+  """`path` as an epath.Path, a local one made absolute (orbax and tensorstore need it)."""
+  if is_remote(path):
+    return as_path(path)
+  return as_path(os.path.abspath(os.fspath(path)))
+
+
 def base_name(path: PathLike) -> str:
   """The last component of `path`, for a relative local path too ('.' -> its folder)."""
   if is_remote(path):

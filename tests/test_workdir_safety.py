@@ -211,6 +211,17 @@ def test_longer_run_resumes_without_consent(trained, tmp_path):
   assert int(jax.device_get(state.step)) == 5
 
 
+def test_relative_workdir_trains_resumes_and_restores(trained, tmp_path, monkeypatch):
+  """A workdir given relative to the current folder (as `make demo` does): orbax needs
+  absolute paths, so the project makes local ones absolute itself."""
+  _copy(trained, tmp_path)
+  monkeypatch.chdir(tmp_path)
+  state = _run(tiny_config(5), 'run')
+  assert int(jax.device_get(state.step)) == 5
+  _, _, step = checkpointing.restore_for_eval('run', 'latest')
+  assert step == 5
+
+
 # --------------------------------------------------------------------- bad settings
 
 

@@ -42,13 +42,6 @@ class ConversionError(ValueError):
 # --------------------------------------------------------------------- save/load
 
 
-def _directory(path: str | os.PathLike) -> epath.Path:
-  """`path` as an epath.Path; a local one made absolute (orbax needs that)."""
-  if fileio.is_remote(path):
-    return fileio.as_path(path)
-  return fileio.as_path(os.path.abspath(os.fspath(path)))
-
-
 def is_finished(directory: str | os.PathLike) -> bool:
   """Whether `directory` holds a finished conversion (metadata.json is written last)."""
   return (fileio.as_path(directory) / METADATA_FILE).exists()
@@ -85,7 +78,7 @@ def save_converted(
   error while writing removes what was written.
   """
   check_output_dir(output_dir)
-  directory = _directory(output_dir)
+  directory = fileio.absolute(output_dir)
   if directory.exists() and any(directory.iterdir()):
     logging.warning(
       'Replacing the unfinished conversion in %s (no %s: an earlier '
@@ -167,7 +160,7 @@ def load_pretrained(
     normalization=metadata['normalization'],
     dtype=dtype,
   )
-  restored = ocp.StandardCheckpointer().restore(_directory(directory) / VARIABLES_DIR)
+  restored = ocp.StandardCheckpointer().restore(fileio.absolute(directory) / VARIABLES_DIR)
   variables = jax.tree_util.tree_map(jnp.asarray, restored)
   return model, {'params': variables['params'], 'batch_stats': variables['batch_stats']}
 
