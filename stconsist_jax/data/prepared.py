@@ -83,5 +83,5 @@ def use_synthetic(config, cache: str | pathlib.Path) -> None:
     cache, spec_from_config(config), config.data.frame_size, config.data.split
   )
   with config.unlocked():
-    config.data.data_dir = str(data_dir.absolute())
+    config.data.data_dir = str(fileio.absolute(data_dir))
     config.model.num_classes = config.synthetic.num_classes
