@@ -31,7 +31,7 @@ from stconsist_jax import fileio
 from stconsist_jax import logging_utils
 from stconsist_jax import reports
 from stconsist_jax import stream_metrics
-from stconsist_jax.data import annotations
+from stconsist_jax.data import annotations as ann
 from stconsist_jax.models import param_trees
 
 INIT_FROM = 'init_from'  # `step` value: evaluate config.init_from (classification only).
@@ -238,7 +238,7 @@ def run_stream(
       first.update({f'pred_{k}': v[lo:hi] for k, v in gathered.items() if k in out})
       first.update({f'pred_flip_{k}': v[lo:hi] for k, v in out_flip.items()})
   if not chunks:
-    raise annotations.DataFileError('evaluation stream yielded no batches: the test split is empty')
+    raise ann.DataFileError('evaluation stream yielded no batches: the test split is empty')
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}, first
 
 
@@ -266,7 +266,7 @@ def pipeline_streams(
   if annotated_class_names is None and builder is not None:
     annotated_class_names = (builder.info.metadata or {}).get('annotated_class_names') or None
   if annotated_class_names is None:
-    annotated_class_names = annotations.UCF24_CLASSES
+    annotated_class_names = ann.UCF24_CLASSES
 
   @functools.cache
   def layout():  # one pass over the test annotations sizes both frame-level streams
@@ -324,7 +324,7 @@ def evaluate_restored(
     # Fails before any compute when the class names do not map.
     index_map = stream_metrics.frame_index_map(streams.class_names, streams.annotated_class_names)
   if len(streams.class_names) != int(config.model.num_classes):
-    raise annotations.DataFileError(
+    raise ann.DataFileError(
       f'the dataset has {len(streams.class_names)} class names but '
       f'config.model.num_classes is {config.model.num_classes}'
     )
