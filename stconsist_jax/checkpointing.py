@@ -120,6 +120,20 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   return registry
 
 
+def _save_replicas_without_slicing() -> None:
+  """In one process, saves each replicated array from one replica, unsliced.
+
+  Orbax's CPU default splits a replicated array across its replicas so that several
+  hosts share the writing; with one host every slice is written by this process anyway,
+  and each distinct slice shape costs a compilation at the first save (dozens with the
+  8-device CPU mesh of the tests). Multi-process runs keep orbax's default.
+  """
+  if jax.process_count() == 1:
+    ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
+
+
 def _best_fn(best_metric: str) -> Callable[[Mapping[str, float]], float]:
   return lambda metrics: float(metrics[best_metric])
 
@@ -135,6 +149,7 @@ def _manager(
 ) -> ocp.CheckpointManager:
   """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
   directory = fileio.absolute(directory)
+  _save_replicas_without_slicing()
   policies = ocp.checkpoint_managers
   best_fn = _best_fn(best_metric)
   latest = policies.LatestN(n=keep if keep and keep > 0 else None)
