@@ -1,4 +1,5 @@
-"""Shared pytest set-up: eight simulated CPU devices, quiet TensorFlow, real-data paths.
+"""Shared pytest set-up: eight simulated CPU devices compiling quickly, quiet TensorFlow,
+real-data paths.
 
 The environment is set before JAX or TensorFlow is imported by any test module.
 """
@@ -8,7 +9,9 @@ import pathlib
 import shutil
 import tempfile
 
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+from tests import xla_env
+
+os.environ.setdefault('XLA_FLAGS', xla_env.xla_flags(8))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 # Many tests compile the same tiny train and eval steps: one persistent compilation
@@ -54,11 +57,12 @@ def pytest_sessionfinish(session):
 # instead of one running a long test alone at the end.
 LONG_TESTS = (
   'test_reduced_demo_learns',
-  'test_two_process_run_matches_single_process',
   'test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket',
-  'test_kill_and_resume_continues_the_same_loss_curve',
-  'test_device_flip_equals_host_flip',
-  'test_one_device_and_eight_devices_agree',
+  'test_sigterm_then_sigkill_and_resumes_continue_the_same_loss_curve',
+  'test_evaluate_writes_reports_and_is_deterministic',
+  'test_two_process_run_matches_single_process',
+  'test_make_evaluate_fn_for_train_and_eval',
+  'test_r34_full_width_parity',
 )
 
 

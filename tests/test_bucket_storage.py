@@ -18,9 +18,10 @@ from stconsist_jax import checkpointing
 from stconsist_jax import fileio
 from stconsist_jax import logging_utils
 from stconsist_jax.data import tfds_builder
+from tests import xla_env
 from tests.data_fixtures import SYNTHETIC_FRAME_SIZE
 
-NUM_STEPS = 12
+NUM_STEPS = 6
 
 
 def _overrides(builder, data_dir, num_classes):
@@ -56,7 +57,7 @@ def _files_under(directory):
 
 
 def _launch(repo_root, workdir, args):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  env = xla_env.subprocess_env(1, JAX_PLATFORMS='cpu')
   return subprocess.Popen(
     [sys.executable, 'launch.py', '--config=configs/demo.py', f'--workdir={workdir}', *args],
     cwd=repo_root,
@@ -87,7 +88,7 @@ def _kill_during_a_save(proc, ckpt_dir, timeout=300):
     present = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
     if committed and {name for name in present - committed if name.isdigit()}:
       break
-    time.sleep(0.02)
+    time.sleep(0.05)  # Each look is several requests to the server; a save takes longer.
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   committed = checkpointing.committed_steps(ckpt_dir)

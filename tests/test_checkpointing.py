@@ -3,7 +3,6 @@
 Training runs go through launch.py in subprocesses on random data (no TensorFlow).
 """
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from stconsist_jax import checkpointing
 from stconsist_jax import config_lib
 from stconsist_jax import logging_utils
+from tests import xla_env
 
 NUM_STEPS = 30
 EVERY = 4
@@ -38,9 +38,8 @@ OVERRIDES = [
 
 
 def _launch(repo_root, workdir, cache_dir, **kwargs):
-  env = dict(
-    os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  env = xla_env.subprocess_env(
+    1,
     JAX_PLATFORMS='cpu',
     JAX_COMPILATION_CACHE_DIR=str(cache_dir),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
@@ -91,29 +90,45 @@ def reference(repo_root, tmp_path_factory):
   return cache, metrics
 
 
-@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
-def test_kill_and_resume_continues_the_same_loss_curve(repo_root, tmp_path, reference, sig):
-  cache, ref = reference
-  proc = _launch(repo_root, tmp_path, cache)
-  # SIGKILL: wait until the async save of step 8 has committed (a save still in flight
-  # when the process dies is lost, and the resume falls back to the one before).
-  _wait_for_steps(proc, tmp_path, 9, committed=8 if sig == signal.SIGKILL else None)
+def _stop(proc, workdir, sig):
+  """Sends `sig`; returns (output, last logged step, latest checkpoint step)."""
   proc.send_signal(sig)
   out, _ = proc.communicate(timeout=120)
-  done = max(logging_utils.read_metrics(tmp_path))
-  latest = checkpointing.Checkpointer(tmp_path).latest_step()
+  done = max(logging_utils.read_metrics(workdir))
   assert done < NUM_STEPS, 'the run finished before the signal; nothing was tested'
-  if sig == signal.SIGTERM:
-    assert proc.returncode == 143, out[-3000:]
-    assert 'SIGTERM' in out
-    assert latest == done, 'SIGTERM must checkpoint the step it stopped at'
-  else:
-    assert proc.returncode == -signal.SIGKILL
-    assert latest is not None and latest >= 8 and done - latest <= EVERY, (done, latest)
+  return out, done, checkpointing.Checkpointer(workdir).latest_step()
+
+
+def test_sigterm_then_sigkill_and_resumes_continue_the_same_loss_curve(
+  repo_root, tmp_path, reference
+):
+  """One run stopped twice: SIGTERM (a scheduler's preemption), then SIGKILL of its
+  resumed run (a crash); both resumes continue the uninterrupted run's losses exactly."""
+  cache, ref = reference
+  proc = _launch(repo_root, tmp_path, cache)
+  _wait_for_steps(proc, tmp_path, 9)
+  out, done, latest = _stop(proc, tmp_path, signal.SIGTERM)
+  assert proc.returncode == 143, out[-3000:]
+  assert 'SIGTERM' in out
+  assert latest == done, 'SIGTERM must checkpoint the step it stopped at'
+
+  proc = _launch(repo_root, tmp_path, cache)
+  # Killed once the async save of a periodic step past the resume has committed (a save
+  # still in flight when the process dies is lost, and the resume falls back further).
+  periodic = (latest // EVERY + 2) * EVERY
+  _wait_for_steps(proc, tmp_path, periodic + 1, committed=periodic)
+  out, done, latest_after_kill = _stop(proc, tmp_path, signal.SIGKILL)
+  assert f'Resumed from checkpoint step {latest}' in out
+  assert proc.returncode == -signal.SIGKILL
+  assert latest_after_kill >= periodic and done - latest_after_kill <= EVERY, (
+    done,
+    latest_after_kill,
+  )
+
   resumed = _launch(repo_root, tmp_path, cache)
   out, _ = resumed.communicate(timeout=600)
   assert resumed.returncode == 0, out[-3000:]
-  assert f'Resumed from checkpoint step {latest}' in out
+  assert f'Resumed from checkpoint step {latest_after_kill}' in out
   metrics = logging_utils.read_metrics(tmp_path)  # Re-run steps keep their last record.
   assert sorted(metrics) == list(range(1, NUM_STEPS + 1))
   for step in range(1, NUM_STEPS + 1):

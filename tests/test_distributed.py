@@ -3,7 +3,6 @@
 The 2-process run uses jax.distributed over loopback with gloo CPU collectives.
 """
 
-import os
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from stconsist_jax import train
 from stconsist_jax.data import random_source
 
 import test_train  # pylint: disable=g-bad-import-order
+from tests import xla_env
 
 
 def test_shard_batch_global_array_equals_host_batch():
@@ -138,8 +138,10 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
     '--config.loss.loc_weight=1.0',
   ]
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=1', JAX_PLATFORMS='cpu')
+  env = xla_env.subprocess_env(1, JAX_PLATFORMS='cpu')
   workdir = tmp_path / 'two'
+  logs = [tmp_path / f'process{i}.log' for i in range(2)]
+  files = [log.open('w') for log in logs]  # Files, not pipes: nobody reads until the end.
   procs = [
     subprocess.Popen(
       [
@@ -154,20 +156,27 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
       ],
       cwd=repo_root,
       env=env,
-      stdout=subprocess.PIPE,
+      stdout=f,
       stderr=subprocess.STDOUT,
-      text=True,
     )
-    for i in range(2)
+    for i, f in enumerate(files)
   ]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for f in files:
+    f.close()
+  try:
+    # The same run in this process on a 2-device mesh, while the two processes run.
+    mesh = distributed.make_mesh(jax.devices()[:2])
+    state = train.train_and_evaluate(config, str(tmp_path / 'one'), mesh=mesh)
+    for p in procs:
+      p.wait(timeout=600)
+  finally:
+    for p in procs:
+      p.kill()
+  outs = [log.read_text() for log in logs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert '2 processes, 2 devices' in outs[0]
 
-  # The same run in this process on a 2-device mesh.
-  mesh = distributed.make_mesh(jax.devices()[:2])
-  state = train.train_and_evaluate(config, str(tmp_path / 'one'), mesh=mesh)
   ref = logging_utils.read_metrics(tmp_path / 'one')
   got = logging_utils.read_metrics(workdir)
   assert sorted(got) == sorted(ref) == [1, 2, 3]

@@ -2,9 +2,7 @@
 files of two containers, sizes and frame rates, the output schema, and the command line.
 """
 
-import functools
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,7 +10,6 @@ import tracemalloc
 import types
 
 import cv2
-import jax
 import numpy as np
 import pytest
 
@@ -30,6 +27,8 @@ from stconsist_jax import tubes
 from stconsist_jax import video_files
 from stconsist_jax.data import synthetic_video
 from stconsist_jax.models import pretrained
+from tests import torch_resnet3d
+from tests import xla_env
 
 NUM_CLASSES = 5
 VIDEOS = {'a.avi': ('XVID', 25, (240, 320), 37), 'b.mp4': ('mp4v', 12, (144, 176), 23)}
@@ -316,8 +315,9 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
     no_max_pool=True,
   )
   model = models.VideoClassifier(num_classes=3, backbone_kwargs=arch)
-  variables = jax.jit(functools.partial(model.init, train=False))(
-    jax.random.key(0, impl='rbg'), np.zeros((1, 4, 32, 32, 3), np.uint8)
+  # Values from numpy, as a conversion brings them: no initializer is compiled.
+  variables = torch_resnet3d.random_flax_variables(
+    model, np.zeros((1, 4, 32, 32, 3), np.uint8), train=False
   )
   pretrained.save_converted(
     str(tmp_path / 'weights'),
@@ -343,7 +343,7 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
 
 
 def _cli(repo_root, *args):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}  # One CPU device.
+  env = xla_env.subprocess_env(1)
   return subprocess.run(
     [sys.executable, '-m', 'stconsist_jax.predict', *args],
     cwd=repo_root,
@@ -421,7 +421,7 @@ def test_bucket_video_is_refused_in_one_line(tmp_path, capsys):
 
 
 def test_benchmark_prints_frames_per_second_without_tensorflow(repo_root):
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env = xla_env.subprocess_env(1)
   proc = subprocess.run(
     [
       sys.executable,

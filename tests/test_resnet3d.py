@@ -3,6 +3,7 @@
 References: the PyTorch replica in tests/torch_resnet3d.py and hand-computed numpy values.
 """
 
+import functools
 import pathlib
 import sys
 
@@ -30,6 +31,15 @@ import torch_resnet3d  # noqa: E402  pylint: disable=g-import-not-at-top
 # bf16 compute vs float32 on the same weights: max |logit diff| / max |logit|.
 # Measured about 1e-2 for a depth-18 network; documented in docs/converting.md.
 BF16_RTOL = 5e-2
+
+
+def _apply(model, variables, *args, **kwargs):
+  """`model.apply(variables, *args, **kwargs)` compiled as one program.
+
+  Run eagerly, every primitive of the network compiles on its own on CPU (seconds for a
+  ResNet); under one jit the whole pass compiles once and computes the same function.
+  """
+  return jax.jit(functools.partial(model.apply, **kwargs))(variables, *args)
 
 
 def _init(model, shape, train=False, seed=0):
@@ -132,7 +142,7 @@ def test_features_and_train_mode_match_torch(kwargs, clip):
   x = np.random.RandomState(1).randn(*clip, 3).astype(np.float32)
   tx = torch.from_numpy(x).permute(0, 4, 1, 2, 3).contiguous()
 
-  out = model.apply(variables, jnp.asarray(x), train=False)
+  out = _apply(model, variables, jnp.asarray(x), train=False)
   with torch.no_grad():
     ref = torch_model.features(tx).numpy()
   np.testing.assert_allclose(out['features'], ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -142,7 +152,7 @@ def test_features_and_train_mode_match_torch(kwargs, clip):
   )
 
   # Training mode: BatchNorm on batch statistics, as torch's train().
-  out_train, _ = model.apply(variables, jnp.asarray(x), train=True, mutable=['batch_stats'])
+  out_train, _ = _apply(model, variables, jnp.asarray(x), train=True, mutable=['batch_stats'])
   torch_model.train()
   with torch.no_grad():
     ref_train = torch_model.features(tx).numpy()
@@ -157,8 +167,8 @@ def test_bf16_forward_close_to_float32():
   f32 = detector.VideoClassifier(num_classes=10, backbone_kwargs=kwargs)
   bf16 = detector.VideoClassifier(num_classes=10, backbone_kwargs=kwargs, dtype=jnp.bfloat16)
   variables = torch_resnet3d.random_flax_variables(f32, clip, train=False)
-  ref = np.asarray(f32.apply(variables, clip, train=False))
-  low = bf16.apply(variables, clip, train=False)
+  ref = np.asarray(_apply(f32, variables, clip, train=False))
+  low = _apply(bf16, variables, clip, train=False)
   assert low.dtype == jnp.float32
   assert jax.tree_util.tree_leaves(variables)[0].dtype == jnp.float32
   rel = np.abs(np.asarray(low) - ref).max() / np.abs(ref).max()
@@ -198,7 +208,7 @@ def test_detector_outputs(box_head, hidden):
   variables = torch_resnet3d.random_flax_variables(model, clip, train=False)
   expected = {'backbone', 'classifier'} | ({'box_head'} if box_head != 'none' else set())
   assert set(variables['params']) == expected
-  out = model.apply(variables, clip, train=False)
+  out = _apply(model, variables, clip, train=False)
   assert out['logits'].shape == (3, 5) and out['logits'].dtype == jnp.float32
   assert out['boxes'].shape == (3, 4) and out['boxes'].dtype == jnp.float32
   boxes = np.asarray(out['boxes'])
@@ -271,7 +281,7 @@ def test_spatial_head_learns_positions():
     for _ in range(600):
       params, state, _ = step(params, state)
     test_fmap, test_boxes = batch(128, size)
-    pred = np.asarray(head.apply(params, test_fmap))
+    pred = np.asarray(_apply(head, params, test_fmap))
     assert iou(pred, np.asarray(test_boxes)).mean() > 0.7, size
 
 
@@ -290,7 +300,9 @@ def test_freeze_backbone():
     )
     return jnp.sum(out['boxes']) + jnp.sum(out['logits']), updates
 
-  grads, updates = jax.grad(loss, has_aux=True)(variables['params'], True)
+  grads, updates = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(
+    variables['params'], True
+  )
   assert all(not np.any(g) for g in jax.tree_util.tree_leaves(grads['backbone']))
   assert any(np.any(g) for g in jax.tree_util.tree_leaves(grads['box_head']))
   for a, b in zip(
@@ -301,7 +313,7 @@ def test_freeze_backbone():
 
   # Not frozen: BatchNorm statistics move (gradients reaching the backbone are the
   # ordinary case, not checked here to keep the test fast).
-  _, updates = model.apply(variables, clip, train=True, mutable=['batch_stats'])
+  _, updates = _apply(model, variables, clip, train=True, mutable=['batch_stats'])
   assert any(
     np.any(a != b)
     for a, b in zip(
