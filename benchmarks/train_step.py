@@ -1,23 +1,28 @@
 """Train-step benchmark: clips/s and achieved FLOP/s of the jitted step, optionally against PyTorch.
 
 Times `stconsist_jax.train_step.make_train_step` (the clip and its flipped copy in one forward
-pass, all four losses, SGD with momentum) on batches generated on the device, for each
-compute dtype and batch size; the FLOPs of a step come from XLA's cost analysis of the
-compiled step. With `--prefetch=N` (N >= 0) the batches come from a host iterator
-instead (numpy `random_source.random_batch`, as from a data pipeline), through
-`distributed.prefetch_to_mesh` N steps ahead (0: sharded at each step). With `--torch`,
-the same detector, losses and step in PyTorch run in the same process after each JAX
-setting, and `ratio` = JAX clips/s / PyTorch clips/s. A clip counts once although it is
-computed twice (itself and its flip). Each setting prints one JSON line on stdout; on a
-GPU of known peak it includes `mfu`. No TensorFlow is imported.
+pass, all four losses, SGD with momentum) for each compute dtype and batch size; the FLOPs
+of a step come from XLA's cost analysis of the compiled step. The batches are
+`random_source.random_batch` (the keys and dtypes of a training batch), fed in one or
+more ways (`--prefetch`, a list): -1 = two batches put on the devices before timing and
+repeated (no input cost); N >= 0 = a new host batch every step, as from a data pipeline,
+through `distributed.prefetch_to_mesh` N steps ahead (0: sharded at each step). The step
+is compiled once per dtype and batch size and timed with each input. With `--torch`, the
+same detector, losses and step in PyTorch run in the same process after each JAX setting
+(once, whatever the inputs), and `ratio` = JAX clips/s / PyTorch clips/s. A clip counts
+once although it is computed twice (itself and its flip). Each (dtype, batch size,
+input) prints one JSON line on stdout; on a GPU of known peak it includes `mfu`. No
+TensorFlow is imported.
 
   python benchmarks/train_step.py --batch_sizes=2 --dtypes=float32,bfloat16 --torch
+  python benchmarks/train_step.py --prefetch=-1,0,2  # the cost of feeding host batches
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import pathlib
 import platform
@@ -33,7 +38,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -62,11 +66,12 @@ _CONV_IMPL = flags.DEFINE_enum(
   'conv_impl', 'auto', ['auto', 'xla', 'conv2d'], '3D conv lowering (config.model.conv_impl).'
 )
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Devices in the mesh (0 = all).')
-_PREFETCH = flags.DEFINE_integer(
+_PREFETCH = flags.DEFINE_list(
   'prefetch',
-  -1,
-  'Input: -1 = batches made on the devices (no input cost); N >= 0 = '
-  'host batches through distributed.prefetch_to_mesh, N ahead (0 = shard per step).',
+  ['-1'],
+  'Inputs, each timed with the same compiled step: -1 = batches resident on the '
+  'devices (no input cost); N >= 0 = host batches through distributed.prefetch_to_mesh, '
+  'N ahead (0 = shard per step).',
 )
 _TORCH = flags.DEFINE_bool('torch', False, 'Also time the same step in PyTorch.')
 _TORCH_CPU_BF16 = flags.DEFINE_bool(
@@ -113,34 +118,6 @@ def bench_config(
   return config
 
 
-def make_batch_fn(config: ml_collections.ConfigDict, mesh: Any):
-  """Jitted `key -> training batch` made on the devices, sharded like real batches."""
-  d, n = config.data, config.train.batch_size
-  shape = (n, d.num_frames, d.image_size, d.image_size, 3)
-
-  def generate(key: jax.Array) -> dict[str, jax.Array]:
-    k_clip, k_box, k_has, k_label, k_tube = jax.random.split(key, 5)
-    clip = jax.random.bits(k_clip, shape, jnp.uint8)
-    xy, wh = jnp.split(jax.random.uniform(k_box, (n, 4)), 2, axis=1)
-    has_box = jax.random.bernoulli(k_has, 0.5, (n,))
-    box = jnp.where(has_box[:, None], jnp.concatenate([0.5 * xy, 0.1 + 0.4 * wh], 1), 0.0)
-    box_flip = jnp.where(
-      has_box[:, None],
-      jnp.stack([1.0 - box[:, 0] - box[:, 2], box[:, 1], box[:, 2], box[:, 3]], 1),
-      0.0,
-    )
-    return {
-      'clip': clip,  # the train step makes the flipped copy on the device
-      'label': jax.random.randint(k_label, (n,), 0, config.model.num_classes, jnp.int32),
-      'box': box,
-      'box_flip': box_flip,
-      'has_box': has_box,
-      'tube_label': jnp.where(has_box, jax.random.randint(k_tube, (n,), 0, 24), -1),
-    }
-
-  return jax.jit(generate, out_shardings=distributed.batch_sharding(mesh))
-
-
 def cost_flops(compiled: Any) -> float | None:
   """FLOPs of a compiled computation from XLA's cost analysis (dict or list of dicts)."""
   analysis = compiled.cost_analysis()
@@ -163,28 +140,27 @@ def peak_flops_per_s(device_kind: str, dtype: str) -> float | None:
 def batch_stream(
   config: ml_collections.ConfigDict, mesh: Any, prefetch: int
 ) -> Iterator[dict[str, jax.Array]]:
-  """Endless sharded training batches, made on the devices or on the host.
+  """Endless sharded training batches (`random_source.random_batch`), as `prefetch` says.
 
-  prefetch < 0: two batches made on the devices, repeated (no input cost); else numpy
-  batches of every step through `distributed.prefetch_to_mesh`, `prefetch` ahead.
+  prefetch < 0: two batches put on the devices now, repeated (no input cost); else the
+  numpy batch of every step through `distributed.prefetch_to_mesh`, `prefetch` ahead.
+  Both have the same keys, dtypes and sharding, so one compiled step takes either.
   """
   if prefetch < 0:
-    batch_fn = make_batch_fn(config, mesh)
-    keys = jax.random.split(jax.random.PRNGKey(config.seed), 2)
-    return itertools.cycle([batch_fn(k) for k in keys])
+    resident = [
+      distributed.shard_batch(random_source.random_batch(config, step), mesh) for step in (0, 1)
+    ]
+    return itertools.cycle(resident)
   host = (random_source.random_batch(config, step) for step in itertools.count())
   return distributed.prefetch_to_mesh(host, mesh, prefetch)
 
 
-def measure_jax(
-  config: ml_collections.ConfigDict, mesh: Any, steps: int, warmup: int, prefetch: int = -1
-) -> dict[str, Any]:
-  """Compiles and times the real train step; FLOPs from the compiled executable."""
+def compile_jax(config: ml_collections.ConfigDict, mesh: Any) -> tuple[Any, Any, dict[str, Any]]:
+  """(compiled real train step, fresh replicated state, compile seconds and FLOPs)."""
   model = models.build_model(config.model)
   stage = train_step.resolve_stages(config)[0]
   state = train_step.create_train_state(config, model, mesh)
-  batches = batch_stream(config, mesh, prefetch)
-  example = next(batches)
+  example = distributed.shard_batch(random_source.random_batch(config, 0), mesh)
   start = time.perf_counter()
   compiled = train_step.make_train_step(config, model, mesh, stage).lower(state, example).compile()
   compile_s = time.perf_counter() - start
@@ -192,6 +168,18 @@ def measure_jax(
   flops_per_step = cost_flops(compiled)
   if flops_per_step is not None:
     flops_per_step *= mesh.devices.size
+  return compiled, state, {'flops_per_step': flops_per_step, 'compile_s': compile_s}
+
+
+def time_jax(
+  compiled: Any,
+  state: Any,
+  batches: Iterator[dict[str, jax.Array]],
+  batch_size: int,
+  steps: int,
+  warmup: int,
+) -> tuple[Any, dict[str, float]]:
+  """Times `steps` steps of `compiled` after `warmup` untimed ones: (new state, times)."""
   for _ in range(warmup):
     state, metrics = compiled(state, next(batches))
   jax.block_until_ready(state)
@@ -201,20 +189,45 @@ def measure_jax(
   jax.block_until_ready((state, metrics))
   elapsed = time.perf_counter() - start
   loss = float(metrics['loss'])
-  if not jnp.isfinite(loss):
+  if not math.isfinite(loss):
     raise FloatingPointError(f'JAX step produced a non-finite loss {loss}')
   step_time = elapsed / steps
-  return {
-    'clips_per_s': config.train.batch_size / step_time,
-    'step_time_s': step_time,
-    'flops_per_step': flops_per_step,
-    'flops_per_s': None if flops_per_step is None else flops_per_step / step_time,
-    'compile_s': compile_s,
-  }
+  return state, {'clips_per_s': batch_size / step_time, 'step_time_s': step_time}
 
 
-def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool) -> dict[str, Any]:
-  """One (dtype, batch size): the JAX step, then PyTorch's; the JSON record."""
+def measure_jax(
+  config: ml_collections.ConfigDict,
+  mesh: Any,
+  steps: int,
+  warmup: int,
+  prefetches: Sequence[int] = (-1,),
+) -> list[dict[str, Any]]:
+  """Compiles the real train step once and times it with each input of `prefetches`.
+
+  Returns one dict per input: clips/s, step time, FLOPs (from the compiled executable)
+  and FLOP/s, compile seconds (of the one compilation).
+  """
+  compiled, state, compiled_info = compile_jax(config, mesh)
+  results = []
+  for prefetch in prefetches:
+    batches = batch_stream(config, mesh, prefetch)
+    state, times = time_jax(compiled, state, batches, config.train.batch_size, steps, warmup)
+    flops = compiled_info['flops_per_step']
+    results.append(
+      {
+        **times,
+        'flops_per_step': flops,
+        'flops_per_s': None if flops is None else flops / times['step_time_s'],
+        'compile_s': compiled_info['compile_s'],
+      }
+    )
+  return results
+
+
+def run_setting(
+  *, dtype: str, batch_size: int, prefetches: Sequence[int], mesh: Any, with_torch: bool
+) -> list[dict[str, Any]]:
+  """One (dtype, batch size): the JAX step with each input, then PyTorch's; the records."""
   config = bench_config(
     depth=_DEPTH.value,
     widen_factor=_WIDEN.value,
@@ -227,7 +240,7 @@ def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool) -> 
   )
   config_lib.validate(config, num_devices=mesh.devices.size, num_processes=1)
   device = mesh.devices.flat[0]
-  record: dict[str, Any] = {
+  setting: dict[str, Any] = {
     'depth': _DEPTH.value,
     'widen_factor': _WIDEN.value,
     'batch_size': batch_size,
@@ -241,30 +254,38 @@ def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool) -> 
     'device': f'{device.device_kind} / {device.platform}',
     'platform': device.platform,
     'num_devices': mesh.devices.size,
-    'input': 'device' if _PREFETCH.value < 0 else 'host',
-    'prefetch': max(_PREFETCH.value, 0),
-    'load_avg_1m_before': round(os.getloadavg()[0], 2),
   }
-  logging.info('JAX: %s', record)
-  record.update(measure_jax(config, mesh, _STEPS.value, _WARMUP.value, _PREFETCH.value))
+  load_before = round(os.getloadavg()[0], 2)
+  logging.info('JAX: %s, prefetch %s', setting, list(prefetches))
+  results = measure_jax(config, mesh, _STEPS.value, _WARMUP.value, prefetches)
   peak = peak_flops_per_s(device.device_kind, dtype) if device.platform == 'gpu' else None
-  if peak is not None and record['flops_per_s'] is not None:
-    record['peak_flops_per_s'] = peak * mesh.devices.size
-    record['mfu'] = record['flops_per_s'] / record['peak_flops_per_s']
-    if dtype == 'float32':
-      record['mfu_vs_tf32'] = record['flops_per_s'] / (
-        peak_flops_per_s(device.device_kind, 'tf32') * mesh.devices.size
-      )
-  else:
-    record['peak_flops_per_s'] = record['mfu'] = None
-  record.update(
-    torch_clips_per_s=None, torch_step_time_s=None, ratio=None, torch_threads=None, torch_note=None
+  records = []
+  for prefetch, result in zip(prefetches, results):
+    record = {
+      **setting,
+      'input': 'device' if prefetch < 0 else 'host',
+      'prefetch': max(prefetch, 0),
+      'load_avg_1m_before': load_before,
+      **result,
+    }
+    if peak is not None and record['flops_per_s'] is not None:
+      record['peak_flops_per_s'] = peak * mesh.devices.size
+      record['mfu'] = record['flops_per_s'] / record['peak_flops_per_s']
+      if dtype == 'float32':
+        record['mfu_vs_tf32'] = record['flops_per_s'] / (
+          peak_flops_per_s(device.device_kind, 'tf32') * mesh.devices.size
+        )
+    else:
+      record['peak_flops_per_s'] = record['mfu'] = None
+    records.append(record)
+  torch_result: dict[str, Any] = dict(
+    torch_clips_per_s=None, torch_step_time_s=None, torch_threads=None, torch_note=None
   )
   if with_torch:
     from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
 
     logging.info('PyTorch: depth %d, batch %d, %s', _DEPTH.value, batch_size, dtype)
-    result = torch_step.measure(
+    torch_result = torch_step.measure(
       depth=_DEPTH.value,
       widen_factor=_WIDEN.value,
       num_classes=config.model.num_classes,
@@ -278,12 +299,24 @@ def run_setting(*, dtype: str, batch_size: int, mesh: Any, with_torch: bool) -> 
       seed=config.seed,
       allow_cpu_bf16=_TORCH_CPU_BF16.value,
     )
-    record.update(result)
-    if result['torch_clips_per_s']:
-      record['ratio'] = record['clips_per_s'] / result['torch_clips_per_s']
-  record['load_avg_1m_after'] = round(os.getloadavg()[0], 2)
-  record['tensorflow_imported'] = 'tensorflow' in sys.modules
-  return record
+  load_after = round(os.getloadavg()[0], 2)
+  torch_rate = torch_result['torch_clips_per_s']
+  for record in records:
+    record.update(torch_result)
+    record['ratio'] = record['clips_per_s'] / torch_rate if torch_rate else None
+    record['load_avg_1m_after'] = load_after
+    record['tensorflow_imported'] = 'tensorflow' in sys.modules
+  return records
+
+
+def parse_prefetch(values: Sequence[str]) -> list[int]:
+  try:
+    prefetches = [int(v) for v in values]
+  except ValueError as e:
+    raise app.UsageError(f'--prefetch: expected integers, found {values}') from e
+  if not prefetches:
+    raise app.UsageError('--prefetch: expected at least one input (-1 or N >= 0)')
+  return prefetches
 
 
 def parse_batch_sizes(values: Sequence[str]) -> list[int]:
@@ -300,6 +333,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   batch_sizes = parse_batch_sizes(_BATCH_SIZES.value)
+  prefetches = parse_prefetch(_PREFETCH.value)
   for dtype in _DTYPES.value:
     if dtype not in ('float32', 'bfloat16'):
       raise app.UsageError(f'--dtypes: expected float32 or bfloat16, found {dtype!r}')
@@ -337,8 +371,15 @@ def main(argv: Sequence[str]) -> None:
   )
   for dtype in _DTYPES.value:
     for batch_size in batch_sizes:
-      record = run_setting(dtype=dtype, batch_size=batch_size, mesh=mesh, with_torch=_TORCH.value)
-      print(json.dumps(record), flush=True)
+      records = run_setting(
+        dtype=dtype,
+        batch_size=batch_size,
+        prefetches=prefetches,
+        mesh=mesh,
+        with_torch=_TORCH.value,
+      )
+      for record in records:
+        print(json.dumps(record), flush=True)
 
 
 if __name__ == '__main__':
