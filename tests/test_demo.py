@@ -2,22 +2,26 @@
 
 Runs tools/demo.py end to end in a subprocess: synthetic videos -> TFDS build -> training
 with flip consistency and withheld boxes -> restore -> evaluation report -> prediction on
-a test video. The thresholds sit well below the worst of training seeds 0-2 measured
-while tuning (2-core AMD EPYC: video accuracy 0.958, mean IoU 0.576, frame-mAP 0.377,
-video-mAP@0.2 0.688), so another CPU's floating-point results still pass.
+a test video. Training seeds 0-4 at these settings, measured while tuning on a 2-core AMD
+EPYC: video accuracy 0.833-1.000, mean IoU 0.463-0.574, frame-mAP 0.197-0.400,
+video-mAP@0.2 0.673-0.796; an untrained model (1 step) scores 0.125, 0.157, 0.000 and
+0.010. The thresholds sit well below the worst seed and far above the untrained model, so
+another CPU's floating-point results still pass.
 """
 
 import json
+import os
 import subprocess
 import sys
 
+NUM_STEPS = 200
 REDUCED = (
   '--config.synthetic.videos_per_class=8',
   '--config.data.frame_size=32',
   '--config.data.image_size=32',
-  '--config.train.num_steps=300',
-  '--config.train.checkpoint_every=150',
-  '--config.loss.rampup_steps=50',
+  f'--config.train.num_steps={NUM_STEPS}',
+  '--config.train.checkpoint_every=100',
+  '--config.loss.rampup_steps=33',
 )
 
 
@@ -31,19 +35,20 @@ def test_reduced_demo_learns(repo_root, tmp_path):
       *REDUCED,
     ],
     cwd=repo_root,
+    env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},  # One CPU device, as run.
     capture_output=True,
     text=True,
     timeout=900,
   )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
-  assert summary['video_accuracy'] >= 0.85, summary
-  assert summary['mean_iou'] >= 0.45, summary
-  assert summary['frame_map'] >= 0.2, summary
-  assert summary['video_map@0.2'] >= 0.5, summary
-  report_dir = tmp_path / 'run' / 'eval' / '300'
+  assert summary['video_accuracy'] >= 0.65, summary
+  assert summary['mean_iou'] >= 0.35, summary
+  assert summary['frame_map'] >= 0.1, summary
+  assert summary['video_map@0.2'] >= 0.45, summary
+  report_dir = tmp_path / 'run' / 'eval' / str(NUM_STEPS)
   report = json.loads((report_dir / 'report.json').read_text())
-  assert report['checkpoint_step'] == 300
+  assert report['checkpoint_step'] == NUM_STEPS
   assert report['video_accuracy'] == summary['video_accuracy']
   assert report['frame_map_protocol'] == 'act'
   assert set(report['frame_map_by_protocol']) == {'act', 'voc'}
