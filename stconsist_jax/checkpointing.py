@@ -18,10 +18,14 @@ alone restores the pipeline position.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging as std_logging
 import os
+import sys
 import time
 from typing import Any, TypeVar
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from absl import logging
 from etils import epath
@@ -47,6 +51,52 @@ def _short(error: BaseException, limit: int = 300) -> str:
   return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
 
 
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+    unraisable.exc_value
+  )
+
+
+@contextlib.contextmanager
+def _log_records_dropped(logger_name: str, text: str) -> Iterator[None]:
+  """Drops the records of Python logger `logger_name` that contain `text`, meanwhile."""
+  logger = std_logging.getLogger(logger_name)
+  dropped = std_logging.Filter()
+  dropped.filter = lambda record: text not in record.getMessage()
+  logger.addFilter(dropped)
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropped)
+
+
+@contextlib.contextmanager
+def _failed_read_leftovers_silenced() -> Iterator[None]:
+  """Hides what a failed orbax read leaves behind, once its error has been reported.
+
+  When one array of a damaged step fails, orbax closes its event loop with the reads of
+  the other arrays still pending: asyncio logs each of their errors as "never retrieved"
+  and tensorstore's callbacks into the closed loop print "Event loop is closed", screens
+  of tracebacks after the one warning that says what happened. Only those two kinds of
+  message are hidden, and only while a read and its clean-up run.
+  """
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not _is_closed_loop_callback(unraisable):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    with _log_records_dropped('asyncio', 'never retrieved'):
+      try:
+        yield
+      finally:
+        gc.collect()  # The abandoned tasks report when collected: here, while filtered.
+  finally:
+    sys.unraisablehook = previous_hook
+
+
 def restore_with_fallback(
   steps: list[int],
   read: Callable[[int], T],
@@ -62,7 +112,8 @@ def restore_with_fallback(
   errors, failed = [], []
   for step in sorted(steps, reverse=True):
     try:
-      result = read(step)
+      with _failed_read_leftovers_silenced():
+        result = read(step)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
       errors.append(f'step {step}: {_short(e)}')
@@ -120,18 +171,26 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   return registry
 
 
+_replicas_saved_unsliced = False
+
+
 def _save_replicas_without_slicing() -> None:
-  """In one process, saves each replicated array from one replica, unsliced.
+  """In one process, saves each replicated array from one replica, unsliced (once).
 
   Orbax's CPU default splits a replicated array across its replicas so that several
   hosts share the writing; with one host every slice is written by this process anyway,
   and each distinct slice shape costs a compilation at the first save (dozens with the
-  8-device CPU mesh of the tests). Multi-process runs keep orbax's default.
+  8-device CPU mesh of the tests). Multi-process runs keep orbax's default. Orbax warns
+  of any override; this one is deliberate, so its notice is not shown.
   """
-  if jax.process_count() == 1:
+  global _replicas_saved_unsliced
+  if _replicas_saved_unsliced or jax.process_count() != 1:
+    return
+  with _log_records_dropped('absl', 'overriding'):
     ocp.type_handlers.register_type_handler(
       jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
     )
+  _replicas_saved_unsliced = True
 
 
 def _best_fn(best_metric: str) -> Callable[[Mapping[str, float]], float]:
