@@ -29,7 +29,7 @@ import platform
 import sys
 import time
 from typing import Any
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 # Without this, JAX would take 75% of the GPU's memory and leave PyTorch too little.
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
@@ -309,31 +309,26 @@ def run_setting(
   return records
 
 
-def parse_prefetch(values: Sequence[str]) -> list[int]:
+def parse_ints(
+  flag: str, values: Sequence[str], valid: Callable[[int], bool], expected: str
+) -> list[int]:
+  """The integers of list flag `--flag`; a usage error says what it expects."""
   try:
-    prefetches = [int(v) for v in values]
+    numbers = [int(v) for v in values]
   except ValueError as e:
-    raise app.UsageError(f'--prefetch: expected integers, found {values}') from e
-  if not prefetches:
-    raise app.UsageError('--prefetch: expected at least one input (-1 or N >= 0)')
-  return prefetches
-
-
-def parse_batch_sizes(values: Sequence[str]) -> list[int]:
-  try:
-    sizes = [int(v) for v in values]
-  except ValueError as e:
-    raise app.UsageError(f'--batch_sizes: expected integers, found {values}') from e
-  if any(s <= 0 for s in sizes):
-    raise app.UsageError(f'--batch_sizes: expected positive integers, found {sizes}')
-  return sizes
+    raise app.UsageError(f'--{flag}: expected integers, found {values}') from e
+  if not numbers or not all(valid(n) for n in numbers):
+    raise app.UsageError(f'--{flag}: expected {expected}, found {numbers}')
+  return numbers
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  batch_sizes = parse_batch_sizes(_BATCH_SIZES.value)
-  prefetches = parse_prefetch(_PREFETCH.value)
+  batch_sizes = parse_ints('batch_sizes', _BATCH_SIZES.value, lambda n: n > 0, 'positive sizes')
+  prefetches = parse_ints(
+    'prefetch', _PREFETCH.value, lambda n: n >= -1, 'inputs -1 (on the devices) or N >= 0'
+  )
   for dtype in _DTYPES.value:
     if dtype not in ('float32', 'bfloat16'):
       raise app.UsageError(f'--dtypes: expected float32 or bfloat16, found {dtype!r}')
