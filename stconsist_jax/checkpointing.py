@@ -70,6 +70,28 @@ def _log_records_dropped(logger_name: str, text: str) -> Iterator[None]:
     logger.removeFilter(dropped)
 
 
+_closed_loop_callbacks_dropped = False
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """From now on in this process, drops callbacks into an event loop orbax has closed.
+
+  They come from the reads of a damaged step that orbax abandoned when one of them
+  failed, and can arrive after the restore has returned, in the middle of training.
+  """
+  global _closed_loop_callbacks_dropped
+  if _closed_loop_callbacks_dropped:
+    return
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not _is_closed_loop_callback(unraisable):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+  _closed_loop_callbacks_dropped = True
+
+
 @contextlib.contextmanager
 def _failed_read_leftovers_silenced() -> Iterator[None]:
   """Hides what a failed orbax read leaves behind, once its error has been reported.
@@ -78,23 +100,14 @@ def _failed_read_leftovers_silenced() -> Iterator[None]:
   the other arrays still pending: asyncio logs each of their errors as "never retrieved"
   and tensorstore's callbacks into the closed loop print "Event loop is closed", screens
   of tracebacks after the one warning that says what happened. Only those two kinds of
-  message are hidden, and only while a read and its clean-up run.
+  message are hidden: the first while a read and its clean-up run, the second for good.
   """
-  previous_hook = sys.unraisablehook
-
-  def hook(unraisable: Any) -> None:
-    if not _is_closed_loop_callback(unraisable):
-      previous_hook(unraisable)
-
-  sys.unraisablehook = hook
-  try:
-    with _log_records_dropped('asyncio', 'never retrieved'):
-      try:
-        yield
-      finally:
-        gc.collect()  # The abandoned tasks report when collected: here, while filtered.
-  finally:
-    sys.unraisablehook = previous_hook
+  _drop_closed_loop_callbacks()
+  with _log_records_dropped('asyncio', 'never retrieved'):
+    try:
+      yield
+    finally:
+      gc.collect()  # The abandoned tasks report when collected: here, while filtered.
 
 
 def restore_with_fallback(
