@@ -62,6 +62,18 @@ def test_second_run_on_a_live_workdir_is_refused_naming_the_holder(tmp_path):
   assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists(), 'lock not released'
 
 
+def _run_command(repo_root, script, *args):
+  """Runs a project command (launch.py, tools/demo.py) as a user would, on the CPU."""
+  return subprocess.run(
+    [sys.executable, script, *args],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  )
+
+
 def _write_lock(path, **fields):
   holder = dict(
     host=socket.gethostname(),
@@ -111,19 +123,12 @@ def test_lease_is_renewed_while_held(tmp_path):
 
 def test_two_launches_on_one_workdir_second_exits_with_one_line(repo_root, tmp_path):
   _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid())  # a live run
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'launch.py',
-      '--config=configs/demo.py',
-      f'--workdir={tmp_path}',
-      '--config.data.name=random',
-    ],
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-    timeout=300,
+  proc = _run_command(
+    repo_root,
+    'launch.py',
+    '--config=configs/demo.py',
+    f'--workdir={tmp_path}',
+    '--config.data.name=random',
   )
   assert proc.returncode == 2
   assert 'in use by another run' in proc.stderr and 'Traceback' not in proc.stderr
@@ -275,20 +280,8 @@ def test_demo_bad_flags_one_line_and_workdir_kept(repo_root, tmp_path, args, mes
   workdir = tmp_path / 'demo'
   workdir.mkdir()
   (workdir / 'keep.txt').write_text('previous run')
-  cmd = [
-    sys.executable,
-    'tools/demo.py',
-    f'--workdir={workdir}',
-    f'--cache_dir={tmp_path / "cache"}',
-    *args,
-  ]
-  proc = subprocess.run(
-    cmd,
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  proc = _run_command(
+    repo_root, 'tools/demo.py', f'--workdir={workdir}', f'--cache_dir={tmp_path / "cache"}', *args
   )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert message in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
@@ -300,13 +293,8 @@ def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
   workdir = tmp_path / 'demo'
   workdir.mkdir()
   _write_lock(workdir)
-  proc = subprocess.run(
-    [sys.executable, 'tools/demo.py', f'--workdir={workdir}', f'--cache_dir={tmp_path / "cache"}'],
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+  proc = _run_command(
+    repo_root, 'tools/demo.py', f'--workdir={workdir}', f'--cache_dir={tmp_path / "cache"}'
   )
   assert proc.returncode == 2 and 'in use by another run' in proc.stderr
   assert (workdir / workdir_lock.LOCK_FILENAME).exists()
@@ -316,19 +304,12 @@ def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
 
 
 def test_model2_as_shipped_says_how_to_get_its_weights(repo_root, tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'launch.py',
-      '--config=configs/model2.py',
-      f'--workdir={tmp_path / "model2"}',
-      '--config.data.name=random',
-    ],
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-    timeout=300,
+  proc = _run_command(
+    repo_root,
+    'launch.py',
+    '--config=configs/model2.py',
+    f'--workdir={tmp_path / "model2"}',
+    '--config.data.name=random',
   )
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'convert_torch_weights' in proc.stderr and "init_from=''" in proc.stderr
@@ -337,28 +318,21 @@ def test_model2_as_shipped_says_how_to_get_its_weights(repo_root, tmp_path):
 
 
 def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
-  proc = subprocess.run(
-    [
-      sys.executable,
-      'launch.py',
-      '--config=configs/model2.py',
-      f'--workdir={tmp_path / "model2"}',
-      '--config.init_from=',
-      '--config.data.name=random',
-      '--config.data.frame_size=16',
-      '--config.data.image_size=16',
-      '--config.data.num_frames=4',
-      '--config.model.depth=10',
-      '--config.model.widen_factor=0.125',
-      '--config.train.batch_size=8',
-      '--config.train.num_steps=2',
-      '--config.optimizer.warmup_steps=1',
-    ],
-    cwd=repo_root,
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
-    timeout=300,
+  proc = _run_command(
+    repo_root,
+    'launch.py',
+    '--config=configs/model2.py',
+    f'--workdir={tmp_path / "model2"}',
+    '--config.init_from=',
+    '--config.data.name=random',
+    '--config.data.frame_size=16',
+    '--config.data.image_size=16',
+    '--config.data.num_frames=4',
+    '--config.model.depth=10',
+    '--config.model.widen_factor=0.125',
+    '--config.train.batch_size=8',
+    '--config.train.num_steps=2',
+    '--config.optimizer.warmup_steps=1',
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert checkpointing.committed_steps(tmp_path / 'model2' / 'checkpoints') == [2]
