@@ -14,7 +14,9 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from stconsist_jax import cli
+from stconsist_jax.core import errors
+
+from stconsist_jax.apps import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
   'config',
@@ -57,9 +59,9 @@ EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resu
 
 
 def _evaluate_module():
-  from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
 
-  return evaluate
+  return runner
 
 
 def main(argv):
@@ -67,21 +69,21 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here so that --help and flag errors come back without loading JAX.
   import jax  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema
+  from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
-  logging_utils.quiet_library_logs(_VERBOSE.value)
+  console.quiet_library_logs(_VERBOSE.value)
   distributed.initialize(
     _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value
   )
   try:
-    config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
-  except config_lib.ConfigError as e:
+    schema.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
+  except schema.ConfigError as e:
     logging.error('invalid config: %s', e)
-    cli.fail(f'invalid config: {e}')
+    errors.fail(f'invalid config: {e}')
   logging.info(
     'JAX %s: %d processes, %d devices (%s)',
     jax.__version__,
@@ -107,12 +109,12 @@ def main(argv):
       evaluate_fn=evaluate_fn,
       allow_config_change=_ALLOW_CONFIG_CHANGE.value,
     )
-  except cli.project_user_errors() as e:
+  except errors.user_error_types() as e:
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.
     # Any other exception is a bug and keeps its traceback.
     logging.error('%s', e)
-    cli.fail(f'error: {e}')
+    errors.fail(f'error: {e}')
   except train.Preempted as e:
     logging.warning('%s', e)
     print(str(e), file=sys.stderr)

@@ -18,7 +18,6 @@ import multiprocessing
 import os
 import pathlib
 import resource
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,11 +32,10 @@ import cv2  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from stconsist_jax.data import train_stream  # noqa: E402
-from stconsist_jax.data import synthetic  # noqa: E402
-from stconsist_jax.data import tfds_builder  # noqa: E402
+from stconsist_jax.data.pipeline import train_stream
+from stconsist_jax.data.synthetic import generator as synthetic
+from stconsist_jax.data.ucf101 import tfds_builder
 
 _WORK_DIR = flags.DEFINE_string(
   'work_dir',

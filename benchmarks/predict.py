@@ -1,4 +1,4 @@
-"""Prediction benchmark: frames/s of `stconsist_jax.predict` (decode + model + linking).
+"""Prediction benchmark: frames/s of `stconsist_jax.prediction.predict` (decode + model + linking).
 
 Each setting prints one JSON line; the last line is the last setting's. No TensorFlow.
 
@@ -22,18 +22,17 @@ import jax
 import ml_collections
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from configs import default as default_config  # noqa: E402
-from configs import demo as demo_config  # noqa: E402
-from stconsist_jax import distributed  # noqa: E402
-from stconsist_jax import frame_predictor  # noqa: E402
-from stconsist_jax import logging_utils  # noqa: E402
-from stconsist_jax import models  # noqa: E402
-from stconsist_jax import predict  # noqa: E402
-from stconsist_jax import reports  # noqa: E402
-from stconsist_jax import tubes  # noqa: E402
-from stconsist_jax import video_files  # noqa: E402
+from stconsist_jax.configs import default as default_config
+from stconsist_jax.configs import demo as demo_config
+from stconsist_jax.training import distributed
+from stconsist_jax.prediction import frame_predictor
+from stconsist_jax.core import console
+from stconsist_jax import models
+from stconsist_jax.prediction import predict
+from stconsist_jax.evaluation import description
+from stconsist_jax.metrics import tubes
+from stconsist_jax.prediction import video_files
 
 SETTINGS = ('demo', 'r3d34')
 
@@ -120,7 +119,7 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
       'source': 'workdir',
       'path': '',
       'step': 0,
-      'architecture': reports.describe_model(config.model),
+      'architecture': description.describe_model(config.model),
       'classification_only': False,
       'num_classes': num_classes,
       'config_hash': None,
@@ -152,7 +151,7 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
     'device': jax.devices()[0].device_kind,
     'platform': jax.devices()[0].platform,
     'num_devices': predictor.num_devices,
-    'cpu': logging_utils.cpu_model(),
+    'cpu': console.cpu_model(),
     'architecture': loaded.model_info['architecture'],
     'clip_frames': predictor.num_frames,
     'image_size': predictor.image_size,

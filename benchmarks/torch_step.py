@@ -2,7 +2,7 @@
 
 The backbone is the 3D-ResNets-PyTorch replica of the parity tests, with the study's
 Model-2 box head (Linear 512 -> 256 -> 64 -> 8 -> 4, sigmoid) and the four loss terms of
-`stconsist_jax.losses` (cross-entropy, masked box MSE, Jensen-Shannon and box
+`stconsist_jax.training.losses` (cross-entropy, masked box MSE, Jensen-Shannon and box
 consistency between a clip and its flipped copy); the clip and its flip go through one
 forward pass, then SGD with momentum 0.9 steps. Batches are generated on the device.
 """
@@ -12,8 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import pathlib
-import sys
 import time
 from typing import Any
 from collections.abc import Sequence
@@ -22,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from tests.torch_resnet3d import make_torch_resnet  # noqa: E402
+from torch_resnet3d import make_torch_resnet
 
 # Kinetics preset of stconsist_jax.models.NORMALIZATION_PRESETS (RGB, applied to 0..1).
 KINETICS_MEAN = (0.4345, 0.4051, 0.3775)
@@ -81,7 +78,7 @@ def loss_terms(
   box: torch.Tensor,
   has_box: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-  """The four terms of `stconsist_jax.train_step.loss_terms` (JS consistency), in PyTorch."""
+  """The four terms of `stconsist_jax.training.train_step.loss_terms` (JS consistency), in PyTorch."""
   cls = F.cross_entropy(logits, label)
   mask = has_box.float()
   diff = torch.where(has_box[:, None], boxes - box, torch.zeros_like(boxes))

@@ -1,6 +1,6 @@
 """Train-step benchmark: clips/s and achieved FLOP/s of the jitted step, optionally against PyTorch.
 
-Times `stconsist_jax.train_step.make_train_step` (the clip and its flipped copy in one forward
+Times `stconsist_jax.training.train_step.make_train_step` (the clip and its flipped copy in one forward
 pass, all four losses, SGD with momentum) for each compute dtype and batch size; the FLOPs
 of a step come from XLA's cost analysis of the compiled step. The batches are
 `random_source.random_batch` (the keys and dtypes of a training batch), fed in one or
@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import os
-import pathlib
 import platform
 import sys
 import time
@@ -40,14 +39,13 @@ from absl import logging  # noqa: E402
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from configs import default as default_config  # noqa: E402
-from stconsist_jax import config_lib  # noqa: E402
-from stconsist_jax import distributed  # noqa: E402
-from stconsist_jax import models  # noqa: E402
-from stconsist_jax import train_step  # noqa: E402
-from stconsist_jax.data import random_source  # noqa: E402
+from stconsist_jax.configs import default as default_config
+from stconsist_jax.config import schema
+from stconsist_jax.training import distributed
+from stconsist_jax import models
+from stconsist_jax.training import train_step
+from stconsist_jax.data.pipeline import random_source
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['2'], 'Global batch sizes (clips per step).')
 _DTYPES = flags.DEFINE_list(
@@ -238,7 +236,7 @@ def run_setting(
     box_head=_BOX_HEAD.value,
     conv_impl=_CONV_IMPL.value,
   )
-  config_lib.validate(config, num_devices=mesh.devices.size, num_processes=1)
+  schema.validate(config, num_devices=mesh.devices.size, num_processes=1)
   device = mesh.devices.flat[0]
   setting: dict[str, Any] = {
     'depth': _DEPTH.value,

@@ -27,7 +27,7 @@ def synthetic_root(tmp_path_factory):
 
   `.root` is the folder: UCF-101/<Class>/*.avi, ucfTrainTestlist/, pyannot.pkl.
   """
-  from stconsist_jax.data import synthetic
+  from stconsist_jax.data.synthetic import generator as synthetic
 
   spec = synthetic.SyntheticSpec(**SYNTHETIC_SPEC_KWARGS)
   return synthetic.generate(tmp_path_factory.mktemp('synthetic') / 'ucf101', spec)
@@ -42,7 +42,7 @@ def synthetic_tfds(synthetic_root, tmp_path_factory):
   (the generator's ground truth: records with exact pixel boxes, splits, classes),
   manual_dir, num_classes.
   """
-  from stconsist_jax.data import tfds_builder
+  from stconsist_jax.data.ucf101 import tfds_builder
 
   data_dir = tmp_path_factory.mktemp('tfds')
   # In-process decoding: a worker pool's start-up would dominate such a tiny build.
@@ -70,9 +70,9 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
   videos of the UCF101-24 classes have that box as their one tube. Returns
   {path: VideoRecord} of every video (boxes in pixels of the 32x24 frame).
   """
-  from stconsist_jax.data import annotations as ann
-  from stconsist_jax.data import synthetic
-  from stconsist_jax.data import synthetic_video
+  from stconsist_jax.data.ucf101 import annotations as ann
+  from stconsist_jax.data.synthetic import generator as synthetic
+  from stconsist_jax.data.synthetic import synthetic_video
 
   h, w = TINY_UCF101_SIZE
   records = {}

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-from stconsist_jax import cli
+from stconsist_jax.core import errors
+
 
 FLAGS = flags.FLAGS
 
@@ -53,24 +54,24 @@ def run(
 ) -> int:
   """Builds the dataset and prints a summary; returns the exit status.
 
-  Problems with the inputs (`tfds_builder.USER_ERRORS`) are one line on `err` (with
-  the download instructions for a wrong manual dir) and `cli.EXIT_USER_ERROR`.
+  Problems with the inputs (`errors.UserError`) are one line on `err` (with
+  the download instructions for a wrong manual dir) and `errors.EXIT_USER_ERROR`.
   """
   out, err = out or sys.stdout, err or sys.stderr
   # Imported here so the decoding worker processes, which re-import this script,
   # start without TensorFlow.
-  from stconsist_jax.data import download  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import download  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import tfds_builder  # pylint: disable=g-import-not-at-top
 
   try:
     builder = tfds_builder.build(
       manual_dir, data_dir, split, frame_size, num_workers, jpeg_quality, overwrite=overwrite
     )
-  except tfds_builder.USER_ERRORS as e:
+  except errors.UserError as e:
     print(f'error: {e}', file=err)
     if isinstance(e, download.ManualDirError):
       print(e.instructions, file=err, end='')
-    return cli.EXIT_USER_ERROR
+    return errors.EXIT_USER_ERROR
   report = tfds_builder.read_report(builder)
   print(f'dataset: {builder.data_dir}', file=out)
   print(f'written: {report["videos_written"]}  skipped: {report["videos_skipped"]}', file=out)

@@ -21,9 +21,8 @@ from absl import app
 from absl import flags
 from etils import epath
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stconsist_jax import fileio  # noqa: E402  pylint: disable=wrong-import-position
+from stconsist_jax.core import fileio
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum('format', 'text', ['text', 'markdown', 'csv'], 'Output table format.')

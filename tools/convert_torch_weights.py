@@ -28,14 +28,13 @@ import zipfile
 from absl import logging
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stconsist_jax import fileio  # noqa: E402
-from stconsist_jax.models import detector  # noqa: E402
-from stconsist_jax.models import param_trees  # noqa: E402
-from stconsist_jax.models import pretrained  # noqa: E402
-from stconsist_jax.models import resnet3d  # noqa: E402
-from stconsist_jax.models import torch_mapping  # noqa: E402
+from stconsist_jax.core import fileio
+from stconsist_jax.models import detector
+from stconsist_jax.models import param_trees
+from stconsist_jax.models import pretrained
+from stconsist_jax.models import resnet3d
+from stconsist_jax.models import torch_mapping
 
 ConversionError = pretrained.ConversionError
 

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import pathlib
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,10 +22,11 @@ from absl import app
 from absl import flags
 from etils import epath
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from stconsist_jax.core import errors
 
-from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax.apps import cli
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 _CONFIG = cli.define_config_file(
   'config', str(REPO_ROOT / 'configs' / 'demo.py'), 'Training config.'
@@ -62,7 +62,7 @@ PREDICT_DIR = 'predict'
 
 def first_annotated_test_video(manual_dir: pathlib.Path) -> pathlib.Path:
   """A test video of the synthetic set that has boxes (its first in list order)."""
-  from stconsist_jax.data import annotations as ann  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import annotations as ann  # pylint: disable=g-import-not-at-top
 
   lists = manual_dir / 'ucfTrainTestlist'
   records = ann.load_annotations(
@@ -77,11 +77,11 @@ def first_annotated_test_video(manual_dir: pathlib.Path) -> pathlib.Path:
 
 def check_local_cache(cache: str) -> pathlib.Path:
   """The cache folder; a bucket URL is refused (OpenCV renders and reads the videos)."""
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   if fileio.is_remote(cache):
-    raise config_lib.ConfigError(
+    raise schema.ConfigError(
       f'--cache_dir {cache} is a bucket URL; the synthetic videos are rendered and read '
       'with OpenCV, which needs a local folder'
     )
@@ -90,23 +90,23 @@ def check_local_cache(cache: str) -> pathlib.Path:
 
 def predict_one(workdir: epath.Path, video: pathlib.Path) -> dict:
   """Runs the prediction command's code on one video; its JSON and a frame strip."""
-  from stconsist_jax import predict  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.prediction import predict  # pylint: disable=g-import-not-at-top
 
   out_dir = workdir / PREDICT_DIR
   loaded = predict.load(str(workdir), 'latest')
   result = predict.predict_video(loaded, video, out_dir, progress=False)
   strip = frame_strip(result.video_path, 4)
   if strip is not None:
-    from stconsist_jax import visualize  # pylint: disable=g-import-not-at-top
+    from stconsist_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
 
-    visualize.save_png(strip, out_dir / f'{result.name}_strip.png')
+    pictures.save_png(strip, out_dir / f'{result.name}_strip.png')
   return result.record
 
 
 @contextlib.contextmanager
 def local_file(path: epath.Path) -> Iterator[str]:
   """`path` itself, or for a bucket URL a local temporary copy (removed afterwards)."""
-  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   if not fileio.is_remote(path):
     yield os.fspath(path)
@@ -145,32 +145,31 @@ def _frame_strip(mp4: str, count: int):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
 
-  logging_utils.quiet_library_logs(_VERBOSE.value)
-  with cli.user_errors(*cli.project_user_errors()):
+  console.quiet_library_logs(_VERBOSE.value)
+  with errors.user_errors():
     run(_CONFIG.value, _WORKDIR.value, _CACHE_DIR.value, resume=_RESUME.value)
 
 
 def run(config, workdir: str | os.PathLike, cache: str | os.PathLike, resume: bool) -> None:
   """Checks everything a user can get wrong first, then data, training, evaluation."""
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
 
   t_start = time.time()
   workdir = fileio.as_path(workdir)
   cache = check_local_cache(os.fspath(cache))
-  config_lib.validate(config)
+  schema.validate(config)
   workdir_lock.check_not_locked(workdir)
 
-  from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.synthetic import prepared  # pylint: disable=g-import-not-at-top
 
   prepared.use_synthetic(config, cache)
-
-  from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
 
   if workdir.exists() and not resume:
     workdir.rmtree()
@@ -184,7 +183,7 @@ def run(config, workdir: str | os.PathLike, cache: str | os.PathLike, resume: bo
     f'compilation); evaluating the restored checkpoint ...',
     flush=True,
   )
-  report = evaluate.evaluate(config, str(workdir), 'latest')
+  report = runner.evaluate(config, str(workdir), 'latest')
   video = first_annotated_test_video(prepared.videos_dir(cache))
   print(f"[demo] predicting {video.name} with the prediction command's code ...", flush=True)
   prediction = predict_one(workdir, video)
@@ -205,7 +204,7 @@ def run(config, workdir: str | os.PathLike, cache: str | os.PathLike, resume: bo
   )
   print(
     f'[demo] total {total_s:.0f} s (training {train_s:.0f} s, {clips_per_s:.1f} '
-    f'clips/s) on {os.cpu_count()} CPU cores: {logging_utils.cpu_model()}',
+    f'clips/s) on {os.cpu_count()} CPU cores: {console.cpu_model()}',
     flush=True,
   )
   print(
@@ -215,7 +214,7 @@ def run(config, workdir: str | os.PathLike, cache: str | os.PathLike, resume: bo
         'train_seconds': round(train_s, 1),
         'total_seconds': round(total_s, 1),
         'clips_per_s': round(clips_per_s, 1),
-        'cpu': logging_utils.cpu_model(),
+        'cpu': console.cpu_model(),
         'cpu_count': os.cpu_count(),
         'seed': config.seed,
       }

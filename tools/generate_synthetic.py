@@ -5,7 +5,7 @@
   python tools/generate_synthetic.py --output DIR \
       --from_annotations pyannot.pkl --max_videos 20 [--num_workers N]
 
-The folder is what tools/build_dataset.py reads (stconsist_jax.data.synthetic). A
+The folder is what tools/build_dataset.py reads (stconsist_jax.data.synthetic.generator). A
 problem with the inputs is one line on stderr and exit status 2.
 """
 
@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-from stconsist_jax import cli
-from stconsist_jax.data import annotations as ann
-from stconsist_jax.data import synthetic
+from stconsist_jax.core import errors
+
+from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data.synthetic import generator as synthetic
 
 FLAGS = flags.FLAGS
 
@@ -76,7 +77,7 @@ def main(argv: Sequence[str]) -> int:
     ds = _generate()
   except (OSError, ann.DataFileError, synthetic.SpecError) as e:  # Inputs, not bugs.
     print(f'error: {e}', file=sys.stderr)
-    return cli.EXIT_USER_ERROR
+    return errors.EXIT_USER_ERROR
   annotated = sum(bool(r.tubes) for r in ds.records.values())
   print(
     f'wrote {len(ds.records)} videos ({annotated} annotated) of '

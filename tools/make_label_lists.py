@@ -34,7 +34,7 @@ def list_name(prefix: str, fraction: float) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from stconsist_jax.data import label_protocols  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.pipeline import label_protocols  # pylint: disable=g-import-not-at-top
 
   names = label_protocols.read_video_list(FLAGS.split_list)
   for fraction in sorted(float(f) for f in FLAGS.fractions):

@@ -30,11 +30,12 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from stconsist_jax.core import errors
 
-from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from stconsist_jax import fileio  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax.apps import cli
+from stconsist_jax.core import fileio
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def define_flags() -> None:
@@ -96,7 +97,7 @@ def run_stage(
   code = os.waitstatus_to_exitcode(status)
   if code != 0:
     tail = ''.join(log.read_text().splitlines(keepends=True)[-25:])
-    cli.fail(
+    errors.fail(
       f'[rehearse] stage {name} failed (exit {code}) after {seconds:.0f} s; the end '
       f'of {log}:\n{tail}'
     )
@@ -106,7 +107,7 @@ def run_stage(
 
 def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str, int]:
   """Clips, annotated frames and whole-video clips a full evaluation of split 1 runs."""
-  from stconsist_jax.data import annotations as ann  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import annotations as ann  # pylint: disable=g-import-not-at-top
 
   records = ann.load_annotations(
     next(p for p in (manual_dir / 'pyannot.pkl', manual_dir / 'UCF101v2-GT.pkl') if p.exists())
@@ -169,7 +170,7 @@ def table(stages: Sequence[StageResult]) -> str:
 def local_path(flag: str, value: str) -> pathlib.Path:
   """The absolute local path a flag names; a bucket URL is refused in one line."""
   if fileio.is_remote(value):
-    cli.fail(
+    errors.fail(
       f'error: --{flag} {value} is a bucket URL; the rehearsal renders videos with '
       'OpenCV and measures local disk use: give a local path'
     )
@@ -183,7 +184,7 @@ def latest_finished_report(eval_dir: pathlib.Path) -> pathlib.Path:
     key=lambda p: p.stat().st_mtime,
   )
   if not reports:
-    cli.fail(f'[rehearse] no finished evaluation report in {eval_dir}')
+    errors.fail(f'[rehearse] no finished evaluation report in {eval_dir}')
   return reports[-1]
 
 
@@ -191,10 +192,10 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not FLAGS.annotations:
-    cli.fail('error: --annotations is required (a real pyannot.pkl or UCF101v2-GT.pkl)')
+    errors.fail('error: --annotations is required (a real pyannot.pkl or UCF101v2-GT.pkl)')
   annotations = local_path('annotations', FLAGS.annotations)
   if not annotations.is_file():
-    cli.fail(f'error: --annotations {annotations} is not a file')
+    errors.fail(f'error: --annotations {annotations} is not a file')
   root = local_path('workdir', FLAGS.workdir)
   root.mkdir(parents=True, exist_ok=True)
   twin, data_dir, run = root / 'ucf101_twin', root / 'tfds', root / 'run'

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -34,10 +33,11 @@ from typing import Any
 from absl import app
 from absl import flags
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from stconsist_jax.core import errors
 
-from stconsist_jax import cli  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from stconsist_jax.apps import cli
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 FLAGS = flags.FLAGS
 
@@ -198,11 +198,11 @@ def run_config(base, arm: str, fraction: float, seed: int, teacher_ema: float = 
 
 def run_one(config, workdir: str) -> dict[str, float | None]:
   """Trains `config` in `workdir` (resuming its checkpoints) and evaluates the last step."""
-  from stconsist_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import train  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
 
   train.train_and_evaluate(config, workdir)
-  report = evaluate.evaluate(config, workdir, 'latest')
+  report = runner.evaluate(config, workdir, 'latest')
   return {k: (None if report.get(k) is None else float(report[k])) for k in METRICS}
 
 
@@ -223,8 +223,8 @@ def run_study(
   A finished run is OUT/runs/<name>.json; it is reused only when its `settings` equal
   these (else a ConfigError: another study's results are in OUT).
   """
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   out, workdir = fileio.as_path(out), fileio.as_path(workdir)
   runs = []
@@ -234,7 +234,7 @@ def run_study(
     if path.exists():
       run = json.loads(path.read_text())
       if run.get('settings') != dict(settings):
-        raise config_lib.ConfigError(
+        raise schema.ConfigError(
           f'{path} was made with other settings ({run.get("settings")}, now '
           f'{dict(settings)}): pass another --out and --workdir, or delete it'
         )
@@ -294,7 +294,7 @@ def plot(summary: Mapping[str, Any], path: Any, title: str = '') -> None:
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
   for ax, metric in zip(axes[0], METRICS):
@@ -336,21 +336,21 @@ def plot(summary: Mapping[str, Any], path: Any, title: str = '') -> None:
 
 
 def parse_plan(fractions, arms, seeds) -> tuple[list[float], list[str], list[int]]:
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema
 
   try:
     fractions = [float(f) for f in fractions]
     seeds = [int(s) for s in seeds]
   except ValueError:
-    raise config_lib.ConfigError(
+    raise schema.ConfigError(
       f'--fractions must be numbers and --seeds integers, got {fractions} and {seeds}'
     ) from None
   bad = [f for f in fractions if not 0.0 < f <= 1.0]
   if bad:
-    raise config_lib.ConfigError(f'--fractions must be in (0, 1], got {bad}')
+    raise schema.ConfigError(f'--fractions must be in (0, 1], got {bad}')
   unknown = [a for a in arms if a not in ARMS]
   if unknown:
-    raise config_lib.ConfigError(f'--arms: unknown {unknown}; expected some of {list(ARMS)}')
+    raise schema.ConfigError(f'--arms: unknown {unknown}; expected some of {list(ARMS)}')
   return fractions, list(arms), seeds
 
 
@@ -370,22 +370,22 @@ def sized_config(base, num_steps: int, image_size: int, videos_per_class: int, p
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
 
-  logging_utils.quiet_library_logs()
-  with cli.user_errors(*cli.project_user_errors()):
+  console.quiet_library_logs()
+  with errors.user_errors():
     study(FLAGS.config)
 
 
 def study(base) -> dict[str, Any]:
   """Checks the plan and every run's config first, then runs, summarizes and plots."""
-  from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
-  from stconsist_jax import workdir_lock  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.data import prepared  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.synthetic import prepared  # pylint: disable=g-import-not-at-top
 
   if fileio.is_remote(FLAGS.cache_dir):
-    raise config_lib.ConfigError(
+    raise schema.ConfigError(
       f'--cache_dir {FLAGS.cache_dir} is a bucket URL; the synthetic videos are rendered '
       'and read with OpenCV, which needs a local folder'
     )
@@ -402,7 +402,7 @@ def study(base) -> dict[str, Any]:
     return run_config(base, arm, fraction, seed, FLAGS.teacher_ema)
 
   for arm, fraction, seed in plan:
-    config_lib.validate(configs(arm, fraction, seed))
+    schema.validate(configs(arm, fraction, seed))
     workdir_lock.check_not_locked(workdir / run_name(arm, fraction, seed))
   prepared.use_synthetic(base, FLAGS.cache_dir)
   settings = {

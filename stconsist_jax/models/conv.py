@@ -11,7 +11,9 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-CONV_IMPLS = ('auto', 'xla', 'conv2d')
+from stconsist_jax.config import schema
+
+CONV_IMPLS = schema.CONV_IMPLS
 
 
 def _is_default_3d(

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stconsist_jax.config import schema
 from stconsist_jax.models import resnet3d
 
 # The box head's parameter subtree: all that trains while the backbone is frozen.
@@ -36,7 +37,7 @@ NORMALIZATION_PRESETS: dict[str, tuple[float, tuple[float, ...], tuple[float, ..
   # Only scales to 0..1.
   'scale_0_1': (1 / 255, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
 }
-BOX_HEADS = ('mlp', 'spatial', 'none')
+BOX_HEADS = schema.BOX_HEADS
 ACTIVATIONS = {
   'none': lambda x: x,
   'relu': nn.relu,

@@ -6,12 +6,14 @@ from typing import Any
 from collections.abc import Mapping, Sequence
 
 import jax
+
+from stconsist_jax.core import errors
 import numpy as np
 
 Shapes = Mapping[str, Sequence[int]]
 
 
-class ParameterTreeMismatchError(ValueError):
+class ParameterTreeMismatchError(errors.UserError, ValueError):
   """Parameters that do not fit the model they are meant for (keys or shapes differ)."""
 
 

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from stconsist_jax import fileio
+from stconsist_jax.core import errors
+from stconsist_jax.core import fileio
 from stconsist_jax.models import detector
 from stconsist_jax.models import param_trees
 
@@ -35,7 +36,7 @@ METADATA_FILE = 'metadata.json'
 VARIABLES_DIR = 'variables'
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.UserError, ValueError):
   """A checkpoint that cannot be converted; the message is one readable paragraph."""
 
 

@@ -1,0 +1,108 @@
+"""config.json beside a run: save and load it, and the differences a resumed run may have.
+
+A resumed run must match its saved config outside run length, logging, evaluation and data location.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from etils import epath
+import ml_collections
+
+from stconsist_jax.config.schema import ConfigError
+from stconsist_jax.core import fileio
+
+CONFIG_FILENAME = 'config.json'
+
+
+# Keys a resumed run may change: how long it runs, how it logs and evaluates, where the
+# data lives. Any other difference would silently mix two experiments in one workdir.
+RESUMABLE_PREFIXES = (
+  'train.num_steps',
+  'train.log_every',
+  'train.checkpoint_every',
+  'train.keep_checkpoints',
+  'train.eval_every',
+  'train.profile_steps',
+  'eval.',
+  'data.data_dir',
+  'data.device_prefetch',
+  'init_from',
+)
+
+
+def flatten(config: Any, prefix: str = '') -> dict[str, Any]:
+  """{'a.b': value} of a nested ConfigDict/dict, values normalized to JSON text."""
+  items = config.items() if hasattr(config, 'items') else ()
+  out = {}
+  for key, value in items:
+    name = f'{prefix}{key}'
+    if hasattr(value, 'items'):
+      out.update(flatten(value, f'{name}.'))
+    else:
+      out[name] = json.dumps(value, sort_keys=True, default=str)
+  return out
+
+
+def config_differences(saved: Any, new: Any) -> list[tuple[str, str | None, str | None]]:
+  """(key, saved value, new value) for every leaf that differs (None: absent)."""
+  a, b = flatten(saved), flatten(new)
+  return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def is_resumable_change(key: str) -> bool:
+  return any(key == p or (p.endswith('.') and key.startswith(p)) for p in RESUMABLE_PREFIXES)
+
+
+def describe_differences(diffs: list[tuple[str, str | None, str | None]], limit: int = 6) -> str:
+  shown = [
+    f'{k}: {old if old is not None else "(absent)"} -> {new if new is not None else "(absent)"}'
+    for k, old, new in diffs[:limit]
+  ]
+  more = f' and {len(diffs) - limit} more' if len(diffs) > limit else ''
+  return '; '.join(shown) + more
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  return config.to_json(indent=2, sort_keys=True)
+
+
+def save(config: ml_collections.ConfigDict, directory: str | os.PathLike) -> epath.Path:
+  """Writes `config.json` into `directory` (local or a bucket) whole."""
+  return fileio.atomic_write(fileio.as_path(directory) / CONFIG_FILENAME, to_json(config))
+
+
+def _lists_to_tuples(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {k: _lists_to_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_lists_to_tuples(v) for v in value)
+  return value
+
+
+def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
+  """Reads the `config.json` saved by `save` (lists come back as tuples)."""
+  path = fileio.as_path(directory) / CONFIG_FILENAME
+  if not path.exists():
+    raise FileNotFoundError(f'no {CONFIG_FILENAME} in {directory}: not a training workdir')
+  try:
+    data = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ConfigError(
+      f'{path} is not a readable config ({e}); it was not written by this project or was damaged'
+    ) from None
+  if not isinstance(data, dict):
+    raise ConfigError(f'{path} does not hold a config object')
+  return ml_collections.ConfigDict(_lists_to_tuples(upgrade(data)))
+
+
+def upgrade(data: dict[str, Any]) -> dict[str, Any]:
+  """A config of an earlier version in today's schema (`eval.video_map` -> `eval.evaluators`)."""
+  evaluation = data.get('eval')
+  if isinstance(evaluation, dict) and 'video_map' in evaluation and 'evaluators' not in evaluation:
+    with_tubes = evaluation.pop('video_map')
+    evaluation['evaluators'] = ['clips', 'frames'] + (['tubes'] if with_tubes else [])
+  return data

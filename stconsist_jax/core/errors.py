@@ -1,0 +1,36 @@
+"""Errors a user can fix: the project's one base type for them, and the one-line exit that
+the command lines give them. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+  """A mistake a user can fix, or a damaged input file; the message says what, in one line."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+  """The project's own user errors, and the OS errors of a path the user gave."""
+  return (UserError, FileNotFoundError, PermissionError)
+
+
+def fail(message: str) -> None:
+  """Prints `message` as one line on stderr and exits with EXIT_USER_ERROR."""
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(EXIT_USER_ERROR)
+
+
+@contextlib.contextmanager
+def user_errors(*error_types: type[BaseException]) -> Iterator[None]:
+  """Turns user errors (by default `user_error_types()`) into one line and exit 2."""
+  caught = error_types or user_error_types()
+  try:
+    yield
+  except caught as e:
+    fail(f'error: {e}')

@@ -1,0 +1,183 @@
+"""What a report says about its run: the model in one line, config hashes, and the protocol
+text that tells how every number was measured (for honest comparisons).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from collections.abc import Mapping
+
+import ml_collections
+import numpy as np
+
+from stconsist_jax.config import config_file
+from stconsist_jax.metrics import frame_ap
+
+
+def describe_model(model_config: Any) -> str:
+  """A one-line architecture description, e.g. 'R3D-34 (shortcut B), 101 classes, box head
+  Model-2'."""
+  widen = float(model_config.widen_factor)
+  text = f'R3D-{model_config.depth} (shortcut {model_config.shortcut_type}'
+  text += f', widen {widen:g})' if widen != 1.0 else ')'
+  text += f', {model_config.num_classes} classes'
+  return f'{text}, box head {model_name(model_config)}'
+
+
+def model_name(model_config: Any) -> str:
+  """'Model-1' / 'Model-2' for the study's box heads, else a short description."""
+  head = model_config.box_head
+  if head == 'none':
+    return 'classifier only'
+  hidden = tuple(int(h) for h in np.atleast_1d(model_config.box_hidden))
+  if head == 'mlp' and hidden == (16,):
+    return 'Model-1'
+  if head == 'mlp' and hidden == (256, 64, 8):
+    return 'Model-2'
+  return f'{head} {list(hidden)}'
+
+
+def freezes_backbone(config: Any) -> bool:
+  """Whether training froze backbone and classifier at any point (protocol 2)."""
+  return any(bool(stage.get('freeze_backbone', False)) for stage in config.train.stages)
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  """First 12 hex digits of the SHA-256 of the config's sorted JSON."""
+  return hashlib.sha256(config_file.to_json(config).encode()).hexdigest()[:12]
+
+
+_FRAME_MATCHING_TEXT = {
+  'voc': (
+    'a ground-truth box is matched at most once (VOC devkit rule: compare with '
+    'the highest-IoU box of the frame), duplicates count as false positives; '
+    'VOC all-point interpolated AP.'
+  ),
+  'act': (
+    'ACT frameAP rule: boxes converted to pixels with the +1 area convention; '
+    'each detection in score order (stable: ties keep stream order) is '
+    'compared with the still-unmatched ground-truth boxes of its frame and a '
+    'match removes that box; AP = trapezoidal area under the raw '
+    'precision/recall curve from (recall 0, precision 1), no envelope.'
+  ),
+}
+
+
+def protocol(
+  clip_length: int,
+  image_size: int,
+  clips_per_video: int,
+  num_classes: int,
+  num_annotated_classes: int = 24,
+  extra: Mapping[str, Any] | None = None,
+  frame_map_protocol: str = 'voc',
+  split: int = 1,
+) -> dict[str, Any]:
+  """Describes how the reported numbers were measured, for honest comparisons.
+
+  `frame_map_protocol` ('voc' or 'act') must name the rule `frame_map` was called with.
+  """
+  if frame_map_protocol not in _FRAME_MATCHING_TEXT:
+    raise ValueError(
+      f'protocol: frame_map_protocol must be one of '
+      f'{frame_ap.FRAME_AP_PROTOCOLS}, found {frame_map_protocol!r}'
+    )
+  desc = {
+    'split': f'UCF-101 split {split} test list (UCF101-24 split {split} for boxes)',
+    'clip': f'{clip_length} consecutive frames resized (squashed) to {image_size}x{image_size}',
+    'clip_accuracy': f'top-1 / top-5 over the {num_classes}-way softmax of every '
+    'test clip of the clip stream',
+    'video_accuracy': f'top-1 of the softmax averaged over {clips_per_video} '
+    'uniformly spaced clips per test video',
+    'mean_iou': "IoU of the predicted (x, y, w, h) box with the clip's box target "
+    "(primary actor's box averaged over the two central frames), over "
+    'clip-stream clips that have a target',
+    'frame_map': 'frame-AP at IoU 0.5 per annotated (UCF101-24) class, averaged '
+    'over the classes with ground truth. Every annotated frame of the '
+    f'test videos is scored: one {clip_length}-frame clip centred on it '
+    '(the frame at clip position T//2) gives ONE box, emitted for each '
+    f'of the {num_annotated_classes} annotated classes with score = '
+    f'softmax over all {num_classes} classes at that class. Detections '
+    'ranked across all frames; '
+    + _FRAME_MATCHING_TEXT[frame_map_protocol]
+    + ' Ground truth: every tube box of the frame (all actors).',
+  }
+  if extra:
+    desc.update(extra)
+  return desc
+
+
+def training_labels(data_config: Any) -> str:
+  """The label protocol of training: which videos kept their class, which their boxes."""
+  d = data_config
+  listed = d.get('labeled_videos', '')
+  video_fraction = float(d.get('labeled_video_fraction', 1.0))
+  rest = '; the others keep neither and contribute only the consistency terms'
+  if listed:
+    videos = f'only the videos listed in {listed} keep class and boxes{rest}'
+  elif video_fraction < 1.0:
+    videos = (
+      f'a {video_fraction:g} share of the training videos (keyed hash of name and seed) '
+      f'keep class and boxes{rest}'
+    )
+  else:
+    videos = 'every training video keeps its class'
+  return (
+    f'{videos}. Boxes: UCF101-24 videos '
+    f'only, kept for a {float(d.get("box_label_fraction", 1.0)):g} share of them '
+    f'(data.box_label_fraction); classes: data.classes={d.get("classes", "all")!r}'
+  )
+
+
+def protocol_of(
+  config: ml_collections.ConfigDict, num_annotated_classes: int = 24
+) -> dict[str, Any]:
+  """`protocol` of an evaluation config: placements, frames scored, data, linking."""
+  d, e = config.data, config.eval
+  every_frame = e.frame_ap_frames == 'all'
+  tubes_text = {}
+  if 'tubes' in e.evaluators:
+    tubes_text['video_map'] = (
+      f'tubes linked per annotated class on whole test videos: a clip centred on every '
+      f'{int(e.tube_frame_stride)}-th frame (and the last) gives one box and '
+      f"the class scores, linearly interpolated in between; ACT's linking "
+      f'(eval.tubes: {dict(e.tubes)}); spatio-temporal IoU = '
+      f'temporal IoU x mean per-frame IoU (+1 pixel convention); per class, tubes '
+      f"ranked across videos, each ground-truth tube matched once; AP as ACT's videoAP. "
+      f'video_map@0.5:0.95 averages 0.5, 0.55, ..., 0.95'
+    )
+  return protocol(
+    clip_length=int(d.num_frames),
+    image_size=int(d.image_size),
+    clips_per_video=int(e.clips_per_video),
+    num_classes=int(config.model.num_classes),
+    num_annotated_classes=num_annotated_classes,
+    frame_map_protocol=e.frame_ap_protocol,
+    split=int(d.split),
+    extra={
+      **tubes_text,
+      'frame_clip_placement': (
+        f'annotated frame f at clip position T//2 = {int(d.num_frames) // 2}; clip '
+        f'frames f + (p - T//2) * {int(d.frame_stride)}, clamped to the video'
+      ),
+      'frames_scored': (
+        "every frame of the test videos (eval.frame_ap_frames='all', from the "
+        'whole-video pass; frames without ground truth hold only false positives)'
+        if every_frame
+        else f'every annotated frame f (any tube has a box) with f % {int(e.frame_stride)} == 0'
+      ),
+      'clip_stream_placement': (
+        f'{int(e.clips_per_video)} uniformly spaced windows '
+        'per test video, loop-padded if shorter than a clip'
+      ),
+      'data': f'{d.name} split {d.split}, frames stored at {d.frame_size}px',
+      'training_labels': training_labels(d),
+      'videos': (
+        'every test video'
+        if not int(e.max_videos)
+        else f'a subset: at most {int(e.max_videos)} test videos evenly spaced over '
+        'the split (eval.max_videos), not comparable with full-split numbers'
+      ),
+    },
+  )

@@ -1,0 +1,356 @@
+"""A model on a stream of frames: a clip centred on every (k-th) frame, run in jitted
+batches on the mesh, densified to one box and class distribution per frame, linked.
+
+The library half of prediction (`predict` adds loading, output files and the CLI):
+frames of any size are squashed as the dataset build did, clips are clamped to the
+video like the frame eval stream, and memory stays bounded whatever the video's length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+import cv2
+import jax
+import ml_collections
+import numpy as np
+
+from stconsist_jax.core import boxes as boxes_lib
+from stconsist_jax.training import distributed
+from stconsist_jax.evaluation import runner
+from stconsist_jax.metrics import classification
+from stconsist_jax.metrics import tubes as tubes_lib
+from stconsist_jax.data.ucf101 import video_decode
+
+DEFAULT_BATCH_SIZE = 8
+PLACEMENT = 'the clip of frame f holds frames f + (p - T//2) * s, p = 0..T-1, clamped to the video'
+
+
+def prepare_frame(
+  frame: np.ndarray, frame_size: int, image_size: int, bgr: bool = False
+) -> np.ndarray:
+  """A frame as the model saw it in training: squashed to frame_size, then image_size.
+
+  The dataset build squashes each frame to `frame_size x frame_size` (area averaging
+  when shrinking); the pipeline then resizes bilinearly to `image_size` when it differs.
+  Returns uint8 RGB `(image_size, image_size, 3)`.
+  """
+  frame = np.asarray(frame)
+  if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+    raise ValueError(f'expected a uint8 (H, W, 3) frame, got {frame.dtype} {frame.shape}')
+  small = video_decode.resize_frame(frame, frame_size)
+  if image_size != frame_size:
+    small = cv2.resize(small, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
+  return cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if bgr else small
+
+
+def clip_offsets(num_frames: int, frame_stride: int = 1) -> np.ndarray:
+  """Offsets `(T,)` of a clip's frames from its centre frame (position T // 2)."""
+  if num_frames < 1 or frame_stride < 1:
+    raise ValueError(
+      f'clip length and frame stride must be >= 1, got {num_frames} and {frame_stride}'
+    )
+  return (np.arange(num_frames, dtype=np.int64) - num_frames // 2) * frame_stride
+
+
+def clip_indices(centre: int, num_frames: int, frame_stride: int, video_frames: int) -> np.ndarray:
+  """Frames `(T,)` of the clip centred on `centre`, clamped to the video (as evaluation)."""
+  return np.clip(centre + clip_offsets(num_frames, frame_stride), 0, video_frames - 1)
+
+
+def centre_frames(video_frames: int, every: int = 1) -> np.ndarray:
+  """The frames that get their own clip: 0, every, 2 * every, ... and the last frame."""
+  if video_frames < 1:
+    return np.zeros(0, np.int64)
+  return np.unique(np.r_[np.arange(0, video_frames, every), video_frames - 1]).astype(np.int64)
+
+
+def sliding_windows(
+  frames: Iterable[np.ndarray], num_frames: int, frame_stride: int = 1, every: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+  """`(centre, clip)` for the centres of `centre_frames`, streaming over `frames`.
+
+  Frames are copied into a ring buffer of `(T - 1) * frame_stride + 1` frames, all
+  the frames one clip spans; a clip is yielded as soon as its last frame has been read,
+  so memory stays bounded whatever the video's length. Clip frames are clamped to the
+  video at both ends (the frame eval stream's placement). Each clip is a new array
+  `(T, H, W, C)`.
+  """
+  if every < 1:
+    raise ValueError(f'the frame stride between predicted frames must be >= 1, got {every}')
+  offsets = clip_offsets(num_frames, frame_stride)
+  lookahead = int(offsets[-1])
+  span = int(offsets[-1] - offsets[0]) + 1
+  ring = None
+  count = 0
+  centre = 0
+
+  def clip_of(c: int, last: int) -> np.ndarray:
+    return ring[np.clip(c + offsets, 0, last) % span]
+
+  for frame in frames:
+    frame = np.asarray(frame)
+    if ring is None:
+      ring = np.empty((span,) + frame.shape, frame.dtype)
+    elif frame.shape != ring.shape[1:]:
+      raise ValueError(f'frame {count} has shape {frame.shape}, the first had {ring.shape[1:]}')
+    ring[count % span] = frame
+    count += 1
+    while centre + lookahead <= count - 1:
+      yield centre, clip_of(centre, count - 1)
+      centre += every
+  if count == 0:
+    return
+  last = count - 1
+  while centre <= last:
+    yield centre, clip_of(centre, last)
+    centre += every
+  if last % every:
+    yield last, clip_of(last, last)
+
+
+def _batches(
+  windows: Iterator[tuple[int, np.ndarray]], size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """`(centres (b,), clips (b, T, H, W, C))` with b <= size (only the last is short)."""
+  centres, clips = [], []
+  for centre, clip in windows:
+    centres.append(centre)
+    clips.append(clip)
+    if len(clips) == size:
+      yield np.asarray(centres, np.int64), np.stack(clips)
+      centres, clips = [], []
+  if clips:
+    yield np.asarray(centres, np.int64), np.stack(clips)
+
+
+@dataclasses.dataclass
+class Detections:
+  """The model's outputs on the clips of one video."""
+
+  frames: np.ndarray  # int64 (M,): centre frame of each clip, increasing
+  logits: np.ndarray  # float32 (M, K)
+  boxes: np.ndarray | None  # float32 (M, 4) (x_left, y_top, w, h) normalized; None:
+  #   a classifier without a box head
+  num_frames: int  # frames read from the video
+
+  @property
+  def probs(self) -> np.ndarray:
+    return classification.softmax(self.logits.astype(np.float64))
+
+
+class FramePredictor:
+  """Per-frame detections of a model on a frame stream: sliding clips, jitted batches.
+
+  Batches of `batch_size` clips (rounded up to a multiple of the mesh's devices; the
+  last batch padded) are sharded over the mesh's 'data' axis with the variables
+  replicated (the evaluation's `make_predict_fn`). The next batch is decoded while the
+  devices run the previous one. `with_boxes` defaults to whether the model has a box
+  head; the mesh to all local devices.
+  """
+
+  def __init__(
+    self,
+    model: Any,
+    variables: Mapping[str, Any],
+    *,
+    num_frames: int,
+    frame_size: int,
+    image_size: int,
+    frame_stride: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    with_boxes: bool | None = None,
+    mesh: Any = None,
+  ):
+    for name, value in (
+      ('num_frames', num_frames),
+      ('frame_size', frame_size),
+      ('image_size', image_size),
+      ('frame_stride', frame_stride),
+      ('batch_size', batch_size),
+    ):
+      if int(value) < 1:
+        raise ValueError(f'{name} must be >= 1, got {value}')
+    self.mesh = distributed.make_mesh(jax.local_devices()) if mesh is None else mesh
+    devices = int(self.mesh.devices.size)
+    self.num_frames = int(num_frames)
+    self.frame_stride = int(frame_stride)
+    self.frame_size = int(frame_size)
+    self.image_size = int(image_size)
+    self.batch_size = -(-int(batch_size) // devices) * devices
+    if with_boxes is None:  # A Detector with a box head; not a VideoClassifier.
+      with_boxes = str(getattr(model, 'box_head', 'none')) != 'none'
+    self.with_boxes = bool(with_boxes)
+    self.variables = distributed.replicate(
+      {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh
+    )
+    self._predict = runner.make_predict_fn(model, self.mesh)
+
+  @classmethod
+  def from_config(
+    cls, config: ml_collections.ConfigDict, model: Any, variables: Mapping[str, Any], **kwargs: Any
+  ) -> FramePredictor:
+    """Clip settings from `config.data` (num_frames, frame_stride, frame_size, image_size)."""
+    d = config.data
+    return cls(
+      model,
+      variables,
+      num_frames=int(d.num_frames),
+      frame_stride=int(d.get('frame_stride', 1)),
+      frame_size=int(d.frame_size),
+      image_size=int(d.image_size),
+      **kwargs,
+    )
+
+  @property
+  def num_devices(self) -> int:
+    return int(self.mesh.devices.size)
+
+  def prepare(self, frame: np.ndarray, bgr: bool = False) -> np.ndarray:
+    return prepare_frame(frame, self.frame_size, self.image_size, bgr)
+
+  def warm_up(self) -> float:
+    """Compiles the batch function on a zero batch; returns the seconds it took."""
+    start = time.perf_counter()
+    clip = np.zeros((1, self.num_frames, self.image_size, self.image_size, 3), np.uint8)
+    jax.block_until_ready(self._run(clip))
+    return time.perf_counter() - start
+
+  def _run(self, clips: np.ndarray) -> Any:
+    padded = np.zeros((self.batch_size,) + clips.shape[1:], np.uint8)
+    padded[: len(clips)] = clips
+    sharded = distributed.shard_batch({'clip': padded}, self.mesh)['clip']
+    return self._predict(self.variables, sharded)
+
+  def _fetch(self, centres: np.ndarray, out: Any) -> dict[str, np.ndarray]:
+    host = jax.tree.map(np.asarray, jax.device_get(out))
+    got = {'frames': centres, 'logits': host['logits'][: len(centres)].astype(np.float32)}
+    if self.with_boxes and 'boxes' in host:
+      got['boxes'] = host['boxes'][: len(centres)].astype(np.float32)
+    return got
+
+  def detect(
+    self,
+    frames: Iterable[np.ndarray],
+    *,
+    every: int = 1,
+    bgr: bool = False,
+    on_frame: Callable[[np.ndarray], None] | None = None,
+  ) -> Detections:
+    """Runs the model on a clip centred on every `every`-th frame (and the last one).
+
+    Args:
+      frames: the video's frames in order, uint8 `(H, W, 3)` of any size (RGB, or BGR
+        with `bgr`, as OpenCV decodes them); consumed once, never held in full.
+      every: predict every `every`-th frame (1: all frames).
+      bgr: the frames are BGR.
+      on_frame: called with each original frame as it is read (progress, size).
+
+    Returns:
+      Detections at the centre frames; `num_frames` counts the frames read.
+    """
+    count = [0]
+
+    def prepared():
+      for frame in frames:
+        if on_frame is not None:
+          on_frame(frame)
+        count[0] += 1
+        yield self.prepare(frame, bgr)
+
+    windows = sliding_windows(prepared(), self.num_frames, self.frame_stride, every)
+    chunks, pending = [], None
+    for centres, clips in _batches(windows, self.batch_size):
+      out = self._run(clips)  # dispatched asynchronously
+      if pending is not None:
+        chunks.append(self._fetch(*pending))
+      pending = (centres, out)
+    if pending is not None:
+      chunks.append(self._fetch(*pending))
+    if not chunks:
+      return Detections(np.zeros(0, np.int64), np.zeros((0, 0), np.float32), None, count[0])
+    boxes = (
+      np.concatenate([c['boxes'] for c in chunks]) if all('boxes' in c for c in chunks) else None
+    )
+    return Detections(
+      np.concatenate([c['frames'] for c in chunks]),
+      np.concatenate([c['logits'] for c in chunks]),
+      boxes,
+      count[0],
+    )
+
+
+def detect_frames(
+  config: ml_collections.ConfigDict,
+  model: Any,
+  variables: Mapping[str, Any],
+  frames: Iterable[np.ndarray],
+  *,
+  every: int = 1,
+  bgr: bool = False,
+  batch_size: int = DEFAULT_BATCH_SIZE,
+  mesh: Any = None,
+) -> FrameResults:
+  """Dense per-frame boxes and class probabilities of `model` on a frame iterator.
+
+  The one-call form of `FramePredictor(...).detect` + `densify`: clip settings from
+  `config.data`; frames uint8 `(H, W, 3)` RGB (BGR with `bgr`) of any size. Builds a new
+  jitted function per call: for many videos keep one FramePredictor.
+  """
+  predictor = FramePredictor.from_config(config, model, variables, batch_size=batch_size, mesh=mesh)
+  return densify(predictor.detect(frames, every=every, bgr=bgr))
+
+
+@dataclasses.dataclass
+class FrameResults:
+  """One box and one class distribution per frame of a video."""
+
+  boxes: np.ndarray | None  # float64 (F, 4) corners x1, y1, x2, y2 normalized; None:
+  #   classification only
+  probs: np.ndarray  # float64 (F, K) softmax probabilities
+  predicted: np.ndarray  # bool (F,): the frame had its own clip (else interpolated)
+
+  @property
+  def num_frames(self) -> int:
+    return len(self.probs)
+
+
+def densify(detections: Detections) -> FrameResults:
+  """Every frame's box and probabilities, linear between the predicted frames."""
+  n = detections.num_frames
+  predicted = np.zeros(n, bool)
+  predicted[detections.frames] = True
+  if not len(detections.frames):
+    k = detections.logits.shape[1]
+    return FrameResults(
+      None if detections.boxes is None else np.zeros((n, 4)), np.zeros((n, k)), predicted
+    )
+  if detections.boxes is None:
+    full = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (len(detections.frames), 1))
+    _, probs = tubes_lib.fill_one_box(detections.frames, full, detections.probs, n)
+    return FrameResults(None, probs, predicted)
+  corners = boxes_lib.xywh_to_corners(detections.boxes.astype(np.float64))
+  boxes, probs = tubes_lib.fill_one_box(detections.frames, corners, detections.probs, n)
+  return FrameResults(boxes, probs, predicted)
+
+
+def link_tubes(results: FrameResults, linking: Any, size: tuple[int, int] = (1, 1)) -> list[Any]:
+  """Action tubes of one video (`tubes.link_video`), boxes in pixels of `size` (h, w).
+
+  Sorted by score, best first; empty for a classifier without boxes. Only classes whose
+  probability reaches `linking.min_score` on some frame are linked: a tube's score is
+  a mean of its frames' probabilities, so the others cannot give a tube.
+  """
+  if results.boxes is None or not results.num_frames:
+    return []
+  h, w = size
+  boxes = results.boxes * np.array([w, h, w, h], np.float64)
+  frames = np.arange(results.num_frames, dtype=np.int64)
+  classes = np.nonzero(results.probs.max(0) >= float(linking.min_score))[0]
+  if not len(classes):
+    return []
+  found = tubes_lib.link_video(frames, boxes[:, None], results.probs[:, None, classes], linking)
+  return [tubes_lib.Tube(int(classes[t.label]), t.frames, t.boxes, t.scores) for t in found]

@@ -1,0 +1,459 @@
+"""Orbax checkpoints in one place: periodic async saves, latest N + best, resume, eval restore.
+
+Layout of a workdir (a local folder or a gs:// prefix):
+  config.json                 the run's config (saved before the first step)
+  checkpoints/<step>/         items 'variables' {params, batch_stats} and 'train'
+                              {opt_state, step, and with a mean teacher its teacher
+                              {params, batch_stats}}; an evaluated step also holds its
+                              'metrics'. One orbax CheckpointManager keeps the latest
+                              `keep` steps and the best one by `best_metric`.
+Locally orbax writes each step into a temporary directory and renames it when complete;
+on a bucket it writes the step in place and marks it with a commit file last. Either
+way only finished steps are listed, so a crash never leaves a half-written checkpoint
+that a resume would pick up. A finished step that cannot be read (a damaged file) is
+set aside as `<step>.unreadable-<time>` and the previous step is used, with a warning;
+never silently step 0. The data stream is a pure function of (seed, step): the step
+alone restores the pipeline position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging as std_logging
+import os
+import sys
+import time
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+
+from absl import logging
+from etils import epath
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from stconsist_jax.core import errors
+from stconsist_jax.config import config_file
+from stconsist_jax.core import fileio
+
+CHECKPOINT_DIR = 'checkpoints'
+ITEMS = ('variables', 'train')
+T = TypeVar('T')
+
+
+class CheckpointReadError(errors.UserError, RuntimeError):
+  """No committed checkpoint of a workdir could be read."""
+
+
+def _short(error: BaseException, limit: int = 300) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def _is_closed_loop_callback(unraisable: Any) -> bool:
+  return isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
+    unraisable.exc_value
+  )
+
+
+@contextlib.contextmanager
+def _log_records_dropped(logger_name: str, text: str) -> Iterator[None]:
+  """Drops the records of Python logger `logger_name` that contain `text`, meanwhile."""
+  logger = std_logging.getLogger(logger_name)
+  dropped = std_logging.Filter()
+  dropped.filter = lambda record: text not in record.getMessage()
+  logger.addFilter(dropped)
+  try:
+    yield
+  finally:
+    logger.removeFilter(dropped)
+
+
+_closed_loop_callbacks_dropped = False
+
+
+def _drop_closed_loop_callbacks() -> None:
+  """From now on in this process, drops callbacks into an event loop orbax has closed.
+
+  They come from the reads of a damaged step that orbax abandoned when one of them
+  failed, and can arrive after the restore has returned, in the middle of training.
+  """
+  global _closed_loop_callbacks_dropped
+  if _closed_loop_callbacks_dropped:
+    return
+  previous_hook = sys.unraisablehook
+
+  def hook(unraisable: Any) -> None:
+    if not _is_closed_loop_callback(unraisable):
+      previous_hook(unraisable)
+
+  sys.unraisablehook = hook
+  _closed_loop_callbacks_dropped = True
+
+
+@contextlib.contextmanager
+def _failed_read_leftovers_silenced() -> Iterator[None]:
+  """Hides what a failed orbax read leaves behind, once its error has been reported.
+
+  When one array of a damaged step fails, orbax closes its event loop with the reads of
+  the other arrays still pending: asyncio logs each of their errors as "never retrieved"
+  and tensorstore's callbacks into the closed loop print "Event loop is closed", screens
+  of tracebacks after the one warning that says what happened. Only those two kinds of
+  message are hidden: the first while a read and its clean-up run, the second for good.
+  """
+  _drop_closed_loop_callbacks()
+  with _log_records_dropped('asyncio', 'never retrieved'):
+    try:
+      yield
+    finally:
+      gc.collect()  # The abandoned tasks report when collected: here, while filtered.
+
+
+def restore_with_fallback(
+  steps: list[int],
+  read: Callable[[int], T],
+  where: str,
+  on_unreadable: Callable[[int], None] | None = None,
+) -> tuple[int, T]:
+  """`read(step)` for the newest readable step, newest first, warning on each failure.
+
+  `on_unreadable(step)` is called for the steps that failed, only once an older one was
+  read: when every step fails alike (say, a target of another structure) nothing is
+  touched. Raises CheckpointReadError when none can be read (never a fresh start).
+  """
+  errors, failed = [], []
+  for step in sorted(steps, reverse=True):
+    try:
+      with _failed_read_leftovers_silenced():
+        result = read(step)
+    except Exception as e:  # pylint: disable=broad-except
+      # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
+      errors.append(f'step {step}: {_short(e)}')
+      failed.append(step)
+      older = [s for s in steps if s < step]
+      logging.warning(
+        'Checkpoint step %d in %s is unreadable (%s); %s',
+        step,
+        where,
+        _short(e),
+        f'falling back to step {max(older)}' if older else 'no older checkpoint to fall back to',
+      )
+      continue
+    for bad in failed if on_unreadable is not None else ():
+      on_unreadable(bad)
+    return step, result
+  raise CheckpointReadError(
+    f'no checkpoint in {where} could be read ({"; ".join(errors[:3])}); the files are '
+    f'damaged: restore them from a backup or start a new workdir'
+  )
+
+
+def _abstract(tree: Any) -> Any:
+  """Target for restoring into the shapes, dtypes and shardings of `tree`'s arrays."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _local_abstract(metadata: Any) -> Any:
+  """Metadata tree -> target on this process's first device, whatever topology saved it."""
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata)
+
+
+def _train_item(state: Any) -> dict[str, Any]:
+  """The 'train' item of a TrainState: what resuming needs besides the variables."""
+  item = {'opt_state': state.opt_state, 'step': state.step}
+  if getattr(state, 'teacher', None) is not None:
+    item['teacher'] = state.teacher
+  return item
+
+
+def committed_steps(directory: str | os.PathLike) -> list[int]:
+  """Sorted steps orbax finished writing under `directory` (local or bucket)."""
+  return sorted(
+    int(p.name) for p in ocp.utils.checkpoint_steps_paths(directory) if p.name.isdigit()
+  )
+
+
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+  """Handlers for every item a step may hold, so none is reported as left unread."""
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for item in ITEMS:
+    registry.add(item, ocp.args.StandardSave)
+    registry.add(item, ocp.args.StandardRestore)
+  return registry
+
+
+_replicas_saved_unsliced = False
+
+
+def _save_replicas_without_slicing() -> None:
+  """In one process, saves each replicated array from one replica, unsliced (once).
+
+  Orbax's CPU default splits a replicated array across its replicas so that several
+  hosts share the writing; with one host every slice is written by this process anyway,
+  and each distinct slice shape costs a compilation at the first save (dozens with the
+  8-device CPU mesh of the tests). Multi-process runs keep orbax's default. Orbax warns
+  of any override; this one is deliberate, so its notice is not shown.
+  """
+  global _replicas_saved_unsliced
+  if _replicas_saved_unsliced or jax.process_count() != 1:
+    return
+  with _log_records_dropped('absl', 'overriding'):
+    ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
+    )
+  _replicas_saved_unsliced = True
+
+
+def _best_fn(best_metric: str) -> Callable[[Mapping[str, float]], float]:
+  return lambda metrics: float(metrics[best_metric])
+
+
+def _manager(
+  directory: epath.Path,
+  *,
+  keep: int | None,
+  best_metric: str,
+  best_mode: str,
+  async_save: bool = True,
+  create: bool = True,
+) -> ocp.CheckpointManager:
+  """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
+  directory = fileio.absolute(directory)
+  _save_replicas_without_slicing()
+  policies = ocp.checkpoint_managers
+  best_fn = _best_fn(best_metric)
+  latest = policies.LatestN(n=keep if keep and keep > 0 else None)
+  best = policies.BestN(
+    get_metric_fn=best_fn, reverse=best_mode == 'min', n=1, keep_checkpoints_without_metrics=False
+  )
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(
+      create=create,
+      enable_async_checkpointing=async_save,
+      best_fn=best_fn,
+      best_mode=best_mode,
+      preservation_policy=policies.AnyPreservationPolicy([latest, best]),
+    ),
+    handler_registry=_handler_registry(),
+  )
+
+
+class Checkpointer:
+  """Periodic checkpoints (latest `keep`) and the best evaluated one, in one manager."""
+
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    keep: int = 3,
+    best_metric: str = 'video_accuracy',
+    best_mode: str = 'max',
+    async_save: bool = True,
+  ):
+    self.workdir = fileio.as_path(workdir)
+    self.best_metric = best_metric
+    self._manager = _manager(
+      self.workdir / CHECKPOINT_DIR,
+      keep=keep,
+      best_metric=best_metric,
+      best_mode=best_mode,
+      async_save=async_save,
+    )
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def best_step(self) -> int | None:
+    """The evaluated step with the best `best_metric` (None before any evaluation)."""
+    return self._manager.best_step()  # best_fn is set: only evaluated steps count.
+
+  def save(self, step: int, state: Any, metrics: Mapping[str, Any] | None = None) -> None:
+    """Starts an async save of a TrainState at `step` (no-op if that step exists).
+
+    `metrics` (an evaluation of this state) make the step a candidate for 'best'; they
+    must hold `best_metric`, else the step is saved as a plain periodic one.
+    """
+    if step in self._manager.all_steps():
+      return
+    if metrics is not None:
+      metrics = {k: float(v) for k, v in metrics.items()}
+      if self.best_metric not in metrics:
+        logging.warning(
+          'eval.best_metric %r not among the evaluation metrics %s '
+          '(undefined at this step?): step %d not offered as best',
+          self.best_metric,
+          sorted(metrics),
+          step,
+        )
+        metrics = None
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        variables=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
+        train=ocp.args.StandardSave(_train_item(state)),
+      ),
+      metrics=metrics,
+      force=True,
+    )
+
+  def reached_preemption(self, step: int) -> bool:
+    """Whether JAX's preemption service saw a SIGTERM on any host (multi-process runs)."""
+    return self._manager.reached_preemption(step)
+
+  def restore(self, state: Any, step: int | None = None) -> Any:
+    """`state` restored from `step`, or from the newest readable step when None.
+
+    An unreadable step is set aside (moved, not deleted) so that later saves of that
+    step number are not skipped, and the previous step is tried.
+    """
+    args = ocp.args.Composite(
+      variables=ocp.args.StandardRestore(
+        _abstract({'params': state.params, 'batch_stats': state.batch_stats})
+      ),
+      train=ocp.args.StandardRestore(_abstract(_train_item(state))),
+    )
+    steps = [step] if step is not None else list(self._manager.all_steps())
+    _, restored = restore_with_fallback(
+      steps,
+      lambda s: self._manager.restore(s, args=args),
+      os.fspath(self.workdir / CHECKPOINT_DIR),
+      on_unreadable=self._set_aside if step is None else None,
+    )
+    v, t = restored['variables'], restored['train']
+    state = state.replace(
+      params=v['params'], batch_stats=v['batch_stats'], opt_state=t['opt_state'], step=t['step']
+    )
+    return state.replace(teacher=t['teacher']) if 'teacher' in t else state
+
+  def _set_aside(self, step: int) -> None:
+    """Moves an unreadable step directory out of orbax's sight (process 0 only)."""
+    if jax.process_index() == 0:
+      src = self.workdir / CHECKPOINT_DIR / str(step)
+      dst = src.parent / f'{step}.unreadable-{time.strftime("%Y%m%d-%H%M%S")}'
+      if src.exists():
+        fileio.move_tree(src, dst)
+        logging.warning('Moved unreadable checkpoint %s to %s', src, dst)
+    self._manager.reload()
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> list[int]:
+  """The committed steps of a training workdir; clear errors when it cannot be restored.
+
+  Raises FileNotFoundError for a missing workdir, one without checkpoints or without
+  its config, and an int `step` that is not among its steps.
+  """
+  workdir = fileio.as_path(workdir)
+  if not workdir.is_dir():
+    raise FileNotFoundError(
+      f'workdir {workdir} does not exist (expected a directory '
+      f'written by launch.py --mode=train: '
+      f'{config_file.CONFIG_FILENAME} and {CHECKPOINT_DIR}/)'
+    )
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  steps = committed_steps(ckpt_dir)
+  if not steps:
+    raise FileNotFoundError(
+      f'workdir {workdir} has no checkpoints: expected step '
+      f'directories under {ckpt_dir}, found '
+      f'{"none" if ckpt_dir.is_dir() else "no such directory"}'
+    )
+  if isinstance(step, int) and step not in steps:
+    raise FileNotFoundError(
+      f'workdir {workdir} has no checkpoint for step {step}; found steps {steps}'
+    )
+  if not (workdir / config_file.CONFIG_FILENAME).exists():
+    raise FileNotFoundError(
+      f'workdir {workdir} has checkpoints but no '
+      f'{config_file.CONFIG_FILENAME} (the config saved by training)'
+    )
+  return steps
+
+
+def restore_for_eval(
+  workdir: str | os.PathLike, step: int | str = 'latest'
+) -> tuple[ml_collections.ConfigDict, dict[str, Any], int]:
+  """(config, {'params', 'batch_stats'} as numpy, step) of a training workdir.
+
+  `step` is an int, 'latest' (newest checkpoint) or 'best' (best evaluated checkpoint by
+  the run's eval.best_metric). Errors as `check_workdir`.
+  """
+  steps = check_workdir(workdir, step)
+  workdir = fileio.as_path(workdir)
+  config = config_file.load(workdir)
+  directory = workdir / CHECKPOINT_DIR
+  evaluation = config.get('eval', None) or {}
+  # Never saves: create=False and no read_only (whose notices only alarm users); every
+  # item present has a handler, so orbax does not warn about the ones left unread.
+  manager = _manager(
+    directory,
+    keep=None,
+    create=False,
+    best_metric=evaluation.get('best_metric', 'video_accuracy'),
+    best_mode=evaluation.get('best_mode', 'max'),
+  )
+  try:
+    if step == 'best':
+      best = manager.best_step()
+      if best is None:
+        raise FileNotFoundError(
+          f'no evaluated checkpoint under {directory}: the run saved '
+          f'no evaluation yet, so there is no best step'
+        )
+      candidates = [best]
+    elif step == 'latest':
+      candidates = steps
+    else:
+      candidates = [step]
+
+    def read(s: int) -> Any:
+      metadata = manager.item_metadata(s)['variables']
+      return manager.restore(
+        s, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_local_abstract(metadata)))
+      )['variables']
+
+    step, restored = restore_with_fallback(candidates, read, os.fspath(directory))
+  finally:
+    manager.close()
+  variables = jax.tree.map(np.asarray, jax.device_get(restored))
+  logging.info('Restored step %d from %s', step, directory)
+  return config, variables, int(step)
+
+
+def is_training_workdir(path: str | os.PathLike) -> bool:
+  path = fileio.as_path(path)
+  return (path / config_file.CONFIG_FILENAME).exists() and (path / CHECKPOINT_DIR).is_dir()
+
+
+def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
+  """Variables to start from: a converted checkpoint dir or another run's workdir."""
+  path = check_init_from(path)
+  if is_training_workdir(path):
+    _, variables, _ = restore_for_eval(path, 'latest')
+    return variables
+  from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+
+  _, variables = models.load_pretrained(os.fspath(path))
+  return variables
+
+
+def check_init_from(path: str | os.PathLike) -> epath.Path:
+  """`path` if it exists; else a FileNotFoundError saying how to get the weights."""
+  path = fileio.as_path(path)
+  if not path.exists():
+    raise FileNotFoundError(
+      f'init_from: {path} does not exist. It should be a directory written by '
+      f'tools/convert_torch_weights.py (see docs/converting.md for the Kinetics weights) '
+      f'or the workdir of a finished run (configs/finetune_cls.py); pass '
+      f"--config.init_from='' to train from scratch instead"
+    )
+  return path

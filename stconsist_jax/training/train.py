@@ -1,0 +1,368 @@
+"""The training loop: resume, stages, checkpoints, evaluation, logging and stopping.
+
+`train_and_evaluate` drives `train_step.make_train_step` over a batch stream; the step
+itself (state, optimizer, loss) lives in `train_step`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+import threading
+import time
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from stconsist_jax.core import errors
+from stconsist_jax.training import checkpointing
+from stconsist_jax.config import schema
+from stconsist_jax.config import config_file
+from stconsist_jax.training import distributed
+from stconsist_jax.core import fileio
+from stconsist_jax.training import metric_logger
+from stconsist_jax.training import train_step
+from stconsist_jax.training import workdir_lock
+from stconsist_jax.data.pipeline import random_source
+
+Batch = train_step.Batch
+BatchIterFn = Callable[[ml_collections.ConfigDict, int], Iterator[Batch]]
+EvaluateFn = Callable[..., Mapping[str, float]]
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term became NaN/Inf; the run stopped without saving that state."""
+
+
+class TrainingDataExhaustedError(errors.UserError, ValueError):
+  """The training stream ended before the last step (no usable video, unreadable files)."""
+
+
+class Preempted(Exception):
+  """SIGTERM arrived; a checkpoint of the current step was saved."""
+
+  def __init__(self, step: int):
+    super().__init__(
+      f'stopped by SIGTERM at step {step} after saving a checkpoint; '
+      f'rerun the same command to resume'
+    )
+    self.step = step
+
+
+# -------------------------------------------------------------------------------- loop
+
+
+def default_batch_iter_fn(config: ml_collections.ConfigDict, start_step: int) -> Iterator[Batch]:
+  """This host's training batches starting at `start_step`.
+
+  data.name == 'random' uses `random_source`; anything else the tf.data pipeline
+  (imported here so that training on random data never imports TensorFlow).
+  """
+  if config.data.name == 'random':
+    return random_source.batch_iterator(config, start_step)
+  from stconsist_jax.data.pipeline import train_stream  # pylint: disable=g-import-not-at-top
+
+  return train_stream.train_iterator(
+    config,
+    start_step=start_step,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
+
+
+def _next_batch(batches: Iterator[Batch], config: ml_collections.ConfigDict, step: int) -> Batch:
+  """The next host batch; an exhausted stream is a clear error, not a StopIteration."""
+  try:
+    return next(batches)
+  except StopIteration:
+    raise TrainingDataExhaustedError(
+      f'the training data of process {jax.process_index()} ran out at step {step}: its '
+      f'share of {config.data.name!r} holds no usable video for data.classes='
+      f'{config.data.classes!r}, data.labeled_per_batch={config.data.labeled_per_batch}'
+      f', or none of its files could be read (--verbose shows the reading errors)'
+    ) from None
+
+
+def check_num_classes(config: ml_collections.ConfigDict) -> None:
+  """Fails before any compute when model.num_classes differs from the data's labels."""
+  if config.data.name == 'random':
+    return
+  from stconsist_jax.data.pipeline import sources  # pylint: disable=g-import-not-at-top
+
+  names = sources.label_names(config.data)
+  if len(names) != config.model.num_classes:
+    raise schema.ConfigError(
+      f'config key model.num_classes={config.model.num_classes} differs from the '
+      f'{len(names)} labels that data {config.data.name!r} yields with '
+      f'data.classes={config.data.classes!r} (first: {names[:3]})'
+    )
+
+
+class _SigtermFlag:
+  """Records SIGTERM so a single-process loop can save and stop between steps.
+
+  With several processes JAX's own preemption notifier watches SIGTERM instead.
+  """
+
+  def __init__(self):
+    self.received = False
+    self._previous = None
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint after the current step')
+    self.received = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_finite(
+  records: Sequence[tuple[int, Mapping[str, Any]]],
+  checkpointer: Any,
+) -> None:
+  checked = ('loss',) + schema.LOSS_TERMS
+  for step, metrics in records:
+    bad = [k for k in checked if not np.isfinite(metrics[k])]
+    if bad:
+      checkpointer.wait()
+      last = checkpointer.latest_step()
+      values = ', '.join(f'{k}={float(metrics[k]):.6g}' for k in checked)
+      raise NonFiniteLossError(
+        f'non-finite loss at step {step} (terms: {", ".join(bad)}; {values}); '
+        f'stopping. Last good checkpoint: '
+        f'{"none" if last is None else f"step {last}"} in {checkpointer.workdir}'
+      )
+
+
+def check_resume_config(
+  config: ml_collections.ConfigDict, workdir: str, allow_config_change: bool
+) -> None:
+  """Refuses to resume a workdir whose saved config differs in what defines the run.
+
+  Run length, logging, evaluation and data location may change on resume (logged). Any
+  other difference (architecture, optimizer, losses, data, seed) is refused before
+  anything is written, unless `allow_config_change`; then the old config is kept as
+  `config.before-<time>.json` beside the new one.
+  """
+  path = fileio.as_path(workdir) / config_file.CONFIG_FILENAME
+  if not path.exists():
+    return
+  saved = config_file.load(workdir)
+  diffs = config_file.config_differences(saved, config)
+  if not diffs:
+    return
+  blocking = [d for d in diffs if not config_file.is_resumable_change(d[0])]
+  harmless = [d for d in diffs if config_file.is_resumable_change(d[0])]
+  if harmless:
+    logging.info('Resuming %s with changed %s', workdir, config_file.describe_differences(harmless))
+  if not blocking:
+    return
+  model_keys = [d for d in blocking if d[0].startswith('model.')]
+  if model_keys or not allow_config_change:
+    raise schema.ConfigError(
+      f'workdir {workdir} holds a run with another config '
+      f'({config_file.describe_differences(blocking)}); resuming would mix two '
+      f'experiments. Use a new --workdir'
+      + (
+        ''
+        if model_keys
+        else ', or pass --allow_config_change to continue this run with the new settings'
+      )
+    )
+  logging.warning(
+    'Continuing %s with changed %s (--allow_config_change)',
+    workdir,
+    config_file.describe_differences(blocking),
+  )
+  if jax.process_index() == 0:
+    backup = path.parent / f'config.before-{time.strftime("%Y%m%d-%H%M%S")}.json'
+    fileio.atomic_write(backup, path.read_bytes())
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  batch_iter_fn: BatchIterFn | None = None,
+  evaluate_fn: EvaluateFn | None = None,
+  mesh: Any = None,
+  allow_config_change: bool = False,
+) -> train_step.TrainState:
+  """Trains (resuming from `workdir` if it holds checkpoints); returns the final state.
+
+  Args:
+    config: a validated-here ConfigDict (configs/default.py documents the fields).
+    workdir: checkpoints, config.json, metrics.jsonl and TensorBoard files; a local
+      folder or a bucket URL (gs://...).
+    batch_iter_fn: `(config, start_step) -> iterator` of this host's numpy batches
+      (docs/DESIGN.md section 3); a pure function of (seed, step). Default: the tf.data
+      pipeline.
+    evaluate_fn: `(config, variables, step, mesh) -> {metric: float}`, called every
+      `train.eval_every` steps and at the end; the evaluated step is saved with its
+      metrics, which makes it a candidate for the 'best' checkpoint.
+    mesh: device mesh (default: all devices).
+    allow_config_change: resume even if the saved config differs beyond run length,
+      logging and evaluation (never for another architecture).
+
+  Raises:
+    NonFiniteLossError: a loss became NaN/Inf (no checkpoint of it is written).
+    Preempted: SIGTERM arrived; the current step was checkpointed.
+    WorkdirLockedError: another live run holds the workdir.
+    TrainingDataExhaustedError: the batch stream ended before the last step.
+  """
+  mesh = distributed.make_mesh() if mesh is None else mesh
+  schema.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
+  if batch_iter_fn is None:
+    check_num_classes(config)
+  ckpt_dir = fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR
+  if config.init_from and not checkpointing.committed_steps(ckpt_dir):
+    checkpointing.check_init_from(config.init_from)
+  # Process 0 holds the workdir for the whole run: a second run on it is refused. All
+  # processes learn the outcome, or the others would wait for process 0 forever.
+  lock, refused = None, None
+  if jax.process_index() == 0:
+    lock = workdir_lock.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except workdir_lock.WorkdirLockedError as e:
+      lock, refused = None, e
+  if distributed.any_process(refused is not None):
+    raise refused or workdir_lock.WorkdirLockedError(
+      f'workdir {workdir} is in use by another run (reported by process 0)'
+    )
+  try:
+    return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  batch_iter_fn: BatchIterFn | None,
+  evaluate_fn: EvaluateFn | None,
+  mesh: Any,
+  allow_config_change: bool,
+) -> train_step.TrainState:
+  """The body of `train_and_evaluate`, run while the workdir lock is held."""
+  from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+
+  model = models.build_model(config.model)
+  stages = train_step.resolve_stages(config)
+  num_steps = config.train.num_steps
+  is_main = jax.process_index() == 0
+  if checkpointing.committed_steps(fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR):
+    check_resume_config(config, workdir, allow_config_change)
+  checkpointer = checkpointing.Checkpointer(
+    workdir,
+    keep=config.train.keep_checkpoints,
+    best_metric=config.eval.best_metric,
+    best_mode=config.eval.best_mode,
+  )
+  latest = checkpointer.latest_step()
+  if is_main:
+    config_file.save(config, workdir)
+  state = train_step.create_train_state(
+    config, model, mesh, init_from=None if latest is not None else config.init_from
+  )
+  if latest is not None:
+    state = checkpointer.restore(state)
+    logging.info('Resumed from checkpoint step %d in %s', int(jax.device_get(state.step)), workdir)
+  start = int(jax.device_get(state.step))
+  batch_iter_fn = batch_iter_fn or default_batch_iter_fn
+  batches = batch_iter_fn(config, start)
+  # Bounded: the prefetcher must not read batches past the last step.
+  device_batches = distributed.prefetch_to_mesh(
+    itertools.islice(batches, num_steps - start), mesh, config.data.device_prefetch
+  )
+  logger = metric_logger.MetricLogger(
+    workdir,
+    total_steps=num_steps,
+    start_step=start,
+    batch_size=config.train.batch_size,
+    enabled=is_main,
+  )
+  profiler = metric_logger.StepProfiler(workdir, *config.train.profile_steps, enabled=is_main)
+  step_fns: dict[int, Callable] = {}
+  pending: list[tuple[int, Any]] = []
+  every = config.train.checkpoint_every
+
+  def flush():
+    records = [(s, jax.device_get(m)) for s, m in pending]
+    pending.clear()
+    _check_finite(records, checkpointer)
+    logger.write_steps(records)
+
+  try:
+    with _SigtermFlag() as sigterm:
+      for step in range(start, num_steps):
+        index = train_step.stage_at(stages, step)
+        if index not in step_fns:
+          logging.info(
+            'Stage %d: steps [%d, %d), freeze_backbone=%s, loss weights %s',
+            index,
+            stages[index].start,
+            stages[index].end,
+            stages[index].freeze_backbone,
+            dict(stages[index].loss_weights),
+          )
+          step_fns[index] = train_step.make_train_step(config, model, mesh, stages[index])
+        profiler.before_step(step)
+        with logger.timed('input'):
+          batch = _next_batch(device_batches, config, step)
+        state, metrics = step_fns[index](state, batch)
+        profiler.after_step(step, metrics)
+        done = step + 1
+        pending.append((done, metrics))
+        # Read once: a signal arriving later is seen next step. All hosts must agree, or
+        # those that stop would wait forever in the save's barriers for the others: on
+        # several processes JAX's preemption service decides for all of them.
+        stop = (
+          checkpointer.reached_preemption(done) if jax.process_count() > 1 else sigterm.received
+        )
+        save_now = (every and done % every == 0) or done == num_steps or stop
+        eval_now = evaluate_fn is not None and (
+          (config.train.eval_every and done % config.train.eval_every == 0) or done == num_steps
+        )
+        if save_now or eval_now or done % config.train.log_every == 0:
+          flush()
+        if done % config.train.log_every == 0 or done == num_steps:
+          logger.write_interval(done)
+        eval_metrics = None
+        if eval_now:
+          variables = {'params': state.params, 'batch_stats': state.batch_stats}
+          eval_metrics = evaluate_fn(config, variables, done, mesh)
+          logger.write_eval(done, eval_metrics)
+        if save_now or eval_now:  # An evaluated step is kept while it is the best.
+          logger.flush()
+          checkpointer.save(done, state, metrics=eval_metrics)
+          if eval_now and checkpointer.best_step() == done:
+            logging.info(
+              'New best %s=%.4f at step %d',
+              config.eval.best_metric,
+              float(eval_metrics[config.eval.best_metric]),
+              done,
+            )
+        if stop and done < num_steps:
+          checkpointer.wait()
+          raise Preempted(done)
+      if pending:
+        flush()
+  finally:
+    profiler.stop()
+    checkpointer.wait()
+    checkpointer.close()
+    logger.close()
+  return state

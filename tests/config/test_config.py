@@ -1,0 +1,152 @@
+"""Tests of config validation: every shipped config passes; bad values fail naming the key.
+
+One check runs launch.py as a subprocess to see the command-line error.
+"""
+
+import importlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from stconsist_jax.config import schema
+
+from stconsist_jax.config import config_file
+
+CONFIGS = ('default', 'model1', 'model2', 'model1_fixed', 'model2_fixed', 'finetune_cls', 'demo')
+
+
+def _config(name='default'):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+@pytest.mark.parametrize('name', CONFIGS)
+def test_shipped_configs_are_valid(name):
+  config = _config(name)
+  schema.validate(config, num_devices=8)
+  assert config.data.classes in ('all', 'ucf24')
+
+
+def test_study_settings():
+  assert _config('model1').model.box_hidden == (16,)
+  assert _config('model2').model.box_hidden == (256, 64, 8)
+  fixed = _config('model2_fixed').train.stages
+  assert fixed[0]['freeze_backbone'] and fixed[0]['loss_weights']['loc'] == 1.0
+  assert fixed[0]['loss_weights']['cls'] == 0.0 and fixed[1]['num_steps'] == -1
+  assert _config('finetune_cls').loss.loc_weight == 0.0
+
+
+@pytest.mark.parametrize(
+  'key, value, devices, pattern',
+  [
+    ('train.batch_size', 12, 8, 'train.batch_size.*divisible by the device count 8'),
+    ('optimizer.name', 'lamb', None, "optimizer.name.*'sgd', 'adamw'"),
+    ('optimizer.schedule', 'linear', None, 'optimizer.schedule'),
+    ('model.box_head', 'conv', None, 'model.box_head'),
+    ('model.normalization', 'kinetics2017', None, 'model.normalization'),
+    ('data.box_label_fraction', 1.5, None, r'data.box_label_fraction.*<= 1'),
+    ('data.box_label_fraction', -0.1, None, r'data.box_label_fraction.*>= 0'),
+    ('model.num_classes', 0, None, r'model.num_classes.*>= 1'),
+    ('data.classes', 'ucf101', None, r"data.classes.*'all', 'ucf24'"),
+    ('optimizer.lr', '0.1', None, r"optimizer.lr.*must be int or float, got '0.1'"),
+    ('loss.con_cls', 'kl', None, 'loss.con_cls'),
+    ('data.scale_augment', (0.9, 0.5), None, 'data.scale_augment'),
+    ('data.labeled_video_fraction', 1.2, None, r'data.labeled_video_fraction.*<= 1'),
+    ('data.labeled_videos', 0, None, r'data.labeled_videos.*must be str'),
+    ('loss.teacher_ema', 1.0, None, r'loss.teacher_ema.*\[0, 1\)'),
+    ('loss.teacher_ema', -0.5, None, r'loss.teacher_ema.*>= 0'),
+  ],
+)
+def test_bad_values_name_the_key(key, value, devices, pattern):
+  # Built from a plain dict, as a config read back from JSON would be (no type locks).
+  raw = _config().to_dict()
+  group, field = key.split('.')
+  raw[group][field] = value
+  with pytest.raises(schema.ConfigError, match=pattern):
+    schema.validate(ml_collections.ConfigDict(raw), num_devices=devices)
+
+
+def test_video_label_list_and_fraction_are_exclusive():
+  config = _config()
+  config.data.labeled_videos = 'data/label_lists/ucf24_split1_labeled_10.txt'
+  schema.validate(config)
+  config.data.labeled_video_fraction = 0.5
+  with pytest.raises(schema.ConfigError, match='labeled_videos.*labeled_video_fraction'):
+    schema.validate(config)
+
+
+def test_bad_stages_name_the_stage():
+  config = _config()
+  config.train.stages = ({'num_steps': 10, 'freeze_backbone': True, 'loss_weight': {}},)
+  with pytest.raises(schema.ConfigError, match=r'train.stages\[0\].*loss_weight'):
+    schema.validate(config)
+  config.train.stages = ({'num_steps': -1}, {'num_steps': 5})
+  with pytest.raises(schema.ConfigError, match=r'only the last stage'):
+    schema.validate(config)
+  config.train.stages = ({'num_steps': -1, 'freeze_backbone': 1},)
+  with pytest.raises(schema.ConfigError, match=r'train.stages\[0\].freeze_backbone must be bool'):
+    schema.validate(config)
+
+
+def test_config_json_round_trip(tmp_path):
+  config = _config('model2_fixed')
+  config_file.save(config, tmp_path)
+  loaded = config_file.load(tmp_path)
+  assert loaded.train.stages[0]['num_steps'] == config.train.stages[0]['num_steps']
+  assert loaded.model.box_hidden == (256, 64, 8)
+  schema.validate(loaded)
+
+
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    ('--config.optimizer.lrr=0.1', "config key 'optimizer.lrr' does not exist"),
+    ('--config.optimizer.lr=fast', 'config.optimizer.lr'),
+    ('--config.optimizer.name=lamb', "config key 'optimizer.name'"),
+  ],
+)
+def test_launch_rejects_bad_overrides_before_compute(repo_root, tmp_path, override, message):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(repo_root / 'launch.py'),
+      '--config=configs/demo.py',
+      f'--workdir={tmp_path}',
+      override,
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert proc.returncode == 2
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize(
+  'args, message',
+  [
+    (('--mode=eval',), 'does not exist'),
+    (('--mode=train', '--config.data.data_dir=/nonexistent/tfds'), 'not found'),
+  ],
+)
+def test_launch_reports_missing_workdir_or_dataset_in_one_line(repo_root, tmp_path, args, message):
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(repo_root / 'launch.py'),
+      '--config=configs/demo.py',
+      f'--workdir={tmp_path / "missing"}',
+      *args,
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=180,
+  )
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'error:' in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr

@@ -1,0 +1,443 @@
+"""Tests of stconsist_jax.prediction.predict: streaming clip windows, a restored tiny detector on video
+files of two containers, sizes and frame rates, the output schema, and the command line.
+"""
+
+import json
+import pathlib
+import subprocess
+import sys
+import tracemalloc
+import types
+
+import cv2
+import numpy as np
+import pytest
+
+from stconsist_jax.configs import demo
+from stconsist_jax.training import checkpointing
+from stconsist_jax.config import config_file
+from stconsist_jax.training import distributed
+from stconsist_jax.evaluation import restore as restore_lib
+from stconsist_jax.prediction import frame_predictor
+from stconsist_jax import models
+from stconsist_jax.prediction import predict
+from stconsist_jax.prediction import prediction_record
+from stconsist_jax.training import train_step
+from stconsist_jax.metrics import tubes
+from stconsist_jax.prediction import video_files
+from stconsist_jax.data.synthetic import synthetic_video
+from stconsist_jax.models import pretrained
+from benchmarks import torch_resnet3d
+from tests import xla_env
+
+NUM_CLASSES = 5
+VIDEOS = {'a.avi': ('XVID', 25, (240, 320), 37), 'b.mp4': ('mp4v', 12, (144, 176), 23)}
+
+
+def _tiny_config():
+  config = demo.get_config()
+  config.data.name = 'random'
+  config.data.frame_size = 40  # Squashed to 40, then resized to 32: both steps run.
+  config.data.image_size = 32
+  config.data.num_frames = 8
+  config.model.widen_factor = 0.125
+  config.model.num_classes = NUM_CLASSES
+  config.eval.batch_size = 8
+  config.eval.tubes.iou_threshold = 0.5  # ACT's default (the demo links at 0.3)
+  return config
+
+
+def _moving_square(num_frames, size, seed=0):
+  """RGB frames: a bright square drifting over noise."""
+  h, w = size
+  rng = np.random.default_rng(seed)
+  frames = rng.integers(0, 80, (num_frames, h, w, 3), dtype=np.uint8)
+  side = min(h, w) // 3
+  for f in range(num_frames):
+    x = int((w - side) * f / max(num_frames - 1, 1))
+    frames[f, h // 3 : h // 3 + side, x : x + side] = (230, 200, 40)
+  return frames
+
+
+def _write(path, frames, fourcc, fps):
+  h, w = frames.shape[1:3]
+  writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+  assert writer.isOpened(), fourcc
+  for frame in frames:
+    writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+  writer.release()
+
+
+def _count_frames(path):
+  cap = cv2.VideoCapture(str(path))
+  n = 0
+  while cap.read()[0]:
+    n += 1
+  cap.release()
+  return n
+
+
+@pytest.fixture(scope='module')
+def videos(tmp_path_factory):
+  folder = tmp_path_factory.mktemp('videos')
+  for name, (fourcc, fps, size, n) in VIDEOS.items():
+    frames = _moving_square(n, size)
+    if fourcc == 'XVID':
+      synthetic_video.write_video(frames, folder / name, fps=fps)  # as the dataset's videos
+    else:
+      _write(folder / name, frames, fourcc, fps)
+  (folder / 'broken.avi').write_bytes(np.random.default_rng(1).bytes(4000))
+  (folder / 'empty.mp4').write_bytes(b'')
+  (folder / 'notes.txt').write_text('not a video\n')
+  return folder
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  config = _tiny_config()
+  path = tmp_path_factory.mktemp('run') / 'tiny'
+  model = models.build_model(config.model)
+  state = train_step.create_train_state(config, model, distributed.make_mesh())
+  config_file.save(config, path)
+  ckpt = checkpointing.Checkpointer(path, keep=2, async_save=False)
+  ckpt.save(3, state)
+  ckpt.wait()
+  ckpt.close()
+  return path
+
+
+@pytest.fixture(scope='module')
+def loaded(workdir):
+  return predict.load(workdir, 'latest', batch_size=8)
+
+
+@pytest.fixture(scope='module')
+def directory_run(loaded, videos, tmp_path_factory):
+  out = tmp_path_factory.mktemp('out')
+  lines = []
+  inputs = video_files.list_videos(videos, exclude=out)
+  done, failed = predict.predict_all(loaded, inputs, out, progress=False, report=lines.append)
+  return out, inputs, done, failed, lines
+
+
+# ------------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize(
+  'num_frames,stride,every,video_frames',
+  [(8, 1, 1, 30), (8, 2, 3, 30), (7, 1, 4, 5), (16, 1, 1, 1), (4, 3, 2, 11)],
+)
+def test_windows_follow_the_eval_placement(num_frames, stride, every, video_frames):
+  frames = (np.full((2, 3, 1), i, np.int32) for i in range(video_frames))
+  got = list(frame_predictor.sliding_windows(frames, num_frames, stride, every))
+  centres = [c for c, _ in got]
+  assert centres == list(frame_predictor.centre_frames(video_frames, every))
+  assert centres[-1] == video_frames - 1
+  for centre, clip in got:
+    # Frame f's clip: f + (p - T//2) * stride, p = 0..T-1, clamped to the video.
+    expected = np.clip(
+      centre + (np.arange(num_frames) - num_frames // 2) * stride, 0, video_frames - 1
+    )
+    np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
+    np.testing.assert_array_equal(
+      frame_predictor.clip_indices(centre, num_frames, stride, video_frames), expected
+    )
+
+
+def test_windows_stream_with_bounded_memory():
+  """A long video is read lazily and only a few frames are ever held."""
+  num_frames, stride, total = 16, 2, 3000
+  frame_bytes = 48 * 48 * 3
+  consumed = [0]
+
+  def frames():
+    for i in range(total):
+      consumed[0] += 1
+      yield np.full((48, 48, 3), i % 251, np.uint8)
+
+  lookahead = (num_frames - 1 - num_frames // 2) * stride
+  tracemalloc.start()
+  try:
+    count = 0
+    for centre, clip in frame_predictor.sliding_windows(frames(), num_frames, stride):
+      # Never reads further than the clip's last frame.
+      assert consumed[0] <= min(centre + lookahead + 1, total)
+      assert clip.shape == (num_frames, 48, 48, 3)
+      count += 1
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert count == total
+  span = (num_frames - 1) * stride + 1
+  # The ring buffer, one clip and a frame: a bounded number of frames, not the video.
+  assert peak < (span + 2 * num_frames + 8) * frame_bytes < total * frame_bytes / 20
+
+
+def test_prepare_frame_resizes_like_training():
+  frame = np.zeros((90, 160, 3), np.uint8)
+  frame[..., 0] = 200  # blue in BGR
+  out = frame_predictor.prepare_frame(frame, 40, 32, bgr=True)
+  assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+  assert (out[..., 2] == 200).all() and (out[..., :2] == 0).all()  # now RGB
+  with pytest.raises(ValueError, match='uint8'):
+    frame_predictor.prepare_frame(np.zeros((4, 4), np.float32), 8, 8)
+
+
+# ----------------------------------------------------------- restored model
+
+
+def test_directory_predicts_good_videos_and_skips_bad_ones(directory_run, videos):
+  out, inputs, done, failed, lines = directory_run
+  assert sorted(p.name for p in inputs) == ['a.avi', 'b.mp4', 'broken.avi', 'empty.mp4']
+  assert sorted(r.name for r in done) == ['a', 'b']
+  assert sorted(pathlib.Path(p).name for p in failed) == ['broken.avi', 'empty.mp4']
+  assert 'empty file' in failed[str(videos / 'empty.mp4')]
+  skipped = [line for line in lines if line.startswith('skipped')]
+  assert len(skipped) == 2 and all('\n' not in line for line in skipped)
+  assert sorted(p.name for p in out.iterdir()) == ['a.json', 'a.mp4', 'b.json', 'b.mp4']
+  for name, (_, fps, (h, w), n) in VIDEOS.items():
+    stem = name.split('.')[0]
+    record = json.loads((out / f'{stem}.json').read_text())
+    prediction_record.validate_prediction(record)
+    assert record['num_frames'] == _count_frames(videos / name) == n
+    assert len(record['frames']) == n
+    assert record['size'] == [h, w] and record['fps'] == pytest.approx(fps)
+    assert record['classes'] == [f'class_{i}' for i in range(NUM_CLASSES)]
+    assert record['model']['step'] == 3 and record['model']['source'] == 'workdir'
+    boxes = np.array([f['box'] for f in record['frames']])
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= w).all()
+    assert (boxes[:, 1] >= 0).all() and (boxes[:, 3] <= h).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all()
+    assert all(len(f['scores']) == 5 for f in record['frames'])  # top-5 by default
+    # The annotated video: same frames, resolution and frame rate.
+    cap = cv2.VideoCapture(str(out / f'{stem}.mp4'))
+    assert cap.get(cv2.CAP_PROP_FPS) == pytest.approx(fps, rel=1e-3)
+    assert (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (
+      w,
+      h,
+    )
+    cap.release()
+    assert _count_frames(out / f'{stem}.mp4') == n
+  record_a = next(r for r in done if r.name == 'a').record
+  assert record_a['tubes'], 'a 37-frame video with one box per frame links into tubes'
+  tube = record_a['tubes'][0]
+  assert tube['end'] - tube['start'] + 1 >= 15  # LinkingConfig.min_length
+
+
+def test_frame_stride_reuses_the_dense_clips(loaded, videos):
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  dense = loaded.predictor.detect(video_files.read_frames(cap), bgr=True)
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  sparse = loaded.predictor.detect(video_files.read_frames(cap), every=5, bgr=True)
+  assert dense.num_frames == sparse.num_frames == 23
+  np.testing.assert_array_equal(sparse.frames, [0, 5, 10, 15, 20, 22])
+  np.testing.assert_allclose(sparse.logits, dense.logits[sparse.frames], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(sparse.boxes, dense.boxes[sparse.frames], rtol=1e-5, atol=1e-6)
+  filled = frame_predictor.densify(sparse)
+  assert filled.boxes.shape == (23, 4) and filled.probs.shape == (23, NUM_CLASSES)
+  assert filled.predicted.sum() == 6 and filled.predicted[[0, 5, 22]].all()
+  np.testing.assert_allclose(filled.probs.sum(1), 1.0, rtol=1e-6)
+  lo = np.minimum(filled.boxes[5], filled.boxes[10])
+  hi = np.maximum(filled.boxes[5], filled.boxes[10])
+  assert (filled.boxes[7] >= lo - 1e-9).all() and (filled.boxes[7] <= hi + 1e-9).all()
+
+
+def test_detect_frames_takes_any_rgb_frame_iterator(loaded, workdir, videos):
+  """The reusable entry point: (config, model, variables, RGB frames) -> every frame."""
+  restored = restore_lib.restore(loaded.config, workdir, 'latest')
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  rgb = (cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in video_files.read_frames(cap))
+  got = frame_predictor.detect_frames(
+    loaded.config, restored.model, restored.variables, rgb, every=2, batch_size=8
+  )
+  cap, _ = video_files.open_video(videos / 'b.mp4')
+  expected = frame_predictor.densify(
+    loaded.predictor.detect(video_files.read_frames(cap), every=2, bgr=True)
+  )
+  assert got.num_frames == 23 and got.predicted.sum() == 12
+  np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-6)
+  np.testing.assert_allclose(got.probs, expected.probs, atol=1e-6)
+  empty = frame_predictor.detect_frames(loaded.config, restored.model, restored.variables, [])
+  assert empty.num_frames == 0
+
+
+def test_validate_prediction_names_the_problem(directory_run):
+  record = json.loads((directory_run[0] / 'b.json').read_text())
+  prediction_record.validate_prediction(record)
+  broken = dict(record, frames=record['frames'][:-1])
+  with pytest.raises(ValueError, match='num_frames'):
+    prediction_record.validate_prediction(broken)
+  broken = dict(record, fps='25')
+  with pytest.raises(ValueError, match=r'\$\.fps'):
+    prediction_record.validate_prediction(broken)
+  broken = dict(
+    record,
+    tubes=[
+      {
+        'id': 0,
+        'label': 1,
+        'class': 'class_1',
+        'start': 3,
+        'end': 99,
+        'score': 0.5,
+        'frames': [3],
+        'boxes': [[0] * 4],
+      }
+    ],
+  )
+  with pytest.raises(ValueError, match='outside the video'):
+    prediction_record.validate_prediction(broken)
+  del record['top5']
+  with pytest.raises(ValueError, match="missing 'top5'"):
+    prediction_record.validate_prediction(record)
+
+
+def test_linking_settings_come_from_config_eval_tubes():
+  config = _tiny_config()
+  defaults = tubes.linking_config(config)
+  assert prediction_record.linking_dict(defaults) == prediction_record.linking_dict(
+    tubes.LinkingConfig()
+  )
+  predict.apply_overrides(config, ['eval.tubes.min_length=3', 'eval.tubes.iou_threshold=0.2'])
+  linking = tubes.linking_config(config)
+  assert linking.min_length == 3 and linking.iou_threshold == pytest.approx(0.2)
+  with pytest.raises(ValueError, match='key.path=value'):
+    predict.apply_overrides(config, ['eval.tubes'])
+
+
+def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
+  arch = dict(
+    depth=10,
+    shortcut_type='A',
+    widen_factor=0.125,
+    conv1_t_size=3,
+    conv1_t_stride=1,
+    no_max_pool=True,
+  )
+  model = models.VideoClassifier(num_classes=3, backbone_kwargs=arch)
+  # Values from numpy, as a conversion brings them: no initializer is compiled.
+  variables = torch_resnet3d.random_flax_variables(
+    model, np.zeros((1, 4, 32, 32, 3), np.uint8), train=False
+  )
+  pretrained.save_converted(
+    str(tmp_path / 'weights'),
+    dict(variables),
+    {'architecture': arch, 'normalization': 'kinetics', 'num_classes': 3},
+  )
+  loaded = predict.load(
+    init_from=tmp_path / 'weights',
+    batch_size=8,
+    overrides=['data.num_frames=4', 'data.frame_size=32', 'data.image_size=32'],
+  )
+  assert loaded.classification_only
+  result = predict.predict_video(loaded, videos / 'b.mp4', tmp_path / 'out', progress=False)
+  record = json.loads(result.json_path.read_text())
+  prediction_record.validate_prediction(record)
+  assert record['model']['source'] == 'init_from' and record['tubes'] == []
+  assert all(f['box'] is None for f in record['frames'])
+  assert record['num_frames'] == 23 and len(record['top5']) == 3
+  assert _count_frames(tmp_path / 'out' / 'b.mp4') == 23
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _cli(repo_root, *args):
+  env = xla_env.subprocess_env(1)
+  return subprocess.run(
+    [sys.executable, '-m', 'stconsist_jax.prediction.predict', *args],
+    cwd=repo_root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def test_cli_predicts_a_folder_and_reports_bad_files(repo_root, workdir, videos, tmp_path):
+  out = tmp_path / 'cli'
+  proc = _cli(
+    repo_root,
+    f'--workdir={workdir}',
+    f'--video={videos}',
+    f'--output={out}',
+    '--frame_stride=2',
+    '--frame_top_k=0',
+    '--progress=false',
+    '--override=eval.tubes.min_length=5',
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'frames/s' in proc.stdout and 'predicted 2 of 4 video(s)' in proc.stdout
+  skipped = [line for line in proc.stdout.splitlines() if line.startswith('skipped ')]
+  assert len(skipped) == 2 and 'Traceback' not in proc.stderr
+  record = json.loads((out / 'a.json').read_text())
+  prediction_record.validate_prediction(record)
+  assert record['settings']['frame_stride'] == 2 and record['settings']['devices'] == 1
+  assert record['settings']['linking']['min_length'] == 5
+  assert all(len(f['scores']) == NUM_CLASSES for f in record['frames'])
+  assert [f['predicted'] for f in record['frames']].count(True) == 19  # 0, 2, .., 36
+
+
+def test_cli_user_errors_are_one_line(repo_root, workdir, tmp_path):
+  proc = _cli(
+    repo_root,
+    f'--workdir={workdir}',
+    f'--video={tmp_path / "nope.avi"}',
+    f'--output={tmp_path / "o"}',
+  )
+  assert proc.returncode == 1 and 'no such file' in proc.stderr
+  assert 'Traceback' not in proc.stderr
+  video = tmp_path / 'v.mp4'
+  _write(video, _moving_square(3, (32, 32)), 'mp4v', 10)
+  proc = _cli(
+    repo_root, f'--workdir={tmp_path / "missing"}', f'--video={video}', f'--output={tmp_path / "o"}'
+  )
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
+
+
+def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path):
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+
+  out = f'{gcs_bucket}/predictions'
+  result = predict.predict_video(loaded, videos / 'b.mp4', out, progress=False)
+  assert str(result.json_path) == f'{out}/b.json'
+  assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ['b.json', 'b.mp4']
+  record = json.loads(fileio.as_path(f'{out}/b.json').read_text())
+  prediction_record.validate_prediction(record)
+  local = tmp_path / 'b.mp4'
+  local.write_bytes(fileio.as_path(f'{out}/b.mp4').read_bytes())
+  assert _count_frames(local) == record['num_frames'] == 23
+
+
+def test_bucket_video_is_refused_in_one_line(tmp_path, capsys):
+  with pytest.raises(video_files.VideoError, match='bucket URL'):
+    video_files.open_video('gs://bucket/v.mp4')
+  args = types.SimpleNamespace(video='gs://bucket/v.mp4', output=str(tmp_path / 'o'))
+  assert predict.run(args) == 2
+  err = capsys.readouterr().err
+  assert err.startswith('error: --video gs://bucket/v.mp4 is a bucket URL')
+  assert err.count('\n') == 1 and not (tmp_path / 'o').exists()
+
+
+def test_benchmark_prints_frames_per_second_without_tensorflow(repo_root):
+  env = xla_env.subprocess_env(1)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      str(repo_root / 'benchmarks' / 'predict.py'),
+      '--settings=demo',
+      '--frames=12',
+      '--nowrite_video',
+    ],
+    cwd=repo_root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  record = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert record['frames_per_s'] > 0 and record['num_frames'] == 12
+  assert record['clip_frames'] == 8 and record['image_size'] == 48
+  assert record['device'] and record['tensorflow_imported'] is False
