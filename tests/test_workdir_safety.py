@@ -233,6 +233,26 @@ def test_committed_step_without_its_array_data_falls_back_with_one_warning(
   assert 'falling back to step 2' in warnings[0]
 
 
+def test_run_whose_lease_is_lost_stops_keeping_its_checkpoints(trained, tmp_path, monkeypatch):
+  tmp_path = _copy(trained, tmp_path)
+  acquire = workdir_lock.WorkdirLock.acquire
+
+  def acquire_then_lose(lock):
+    holder = acquire(lock)
+    lock._lose('the lease could not be renewed (OSError: 503)')  # as the renewal thread does
+    return holder
+
+  monkeypatch.setattr(workdir_lock.WorkdirLock, 'acquire', acquire_then_lose)
+  with pytest.raises(workdir_lock.LeaseLostError) as e:
+    _run(tiny_config(6), tmp_path)
+  assert str(e.value) == (
+    'the lease could not be renewed (OSError: 503); stopped at step 4, saving nothing more '
+    '(last checkpoint: step 4); rerun the same command to resume'
+  )
+  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4]
+  assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists()
+
+
 def test_resume_with_another_architecture_is_refused_before_writing(trained, tmp_path):
   tmp_path = _copy(trained, tmp_path)
   saved = (tmp_path / config_lib.CONFIG_FILENAME).read_text()
