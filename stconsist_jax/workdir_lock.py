@@ -369,7 +369,8 @@ class WorkdirLock:
 
   def acquire(self) -> Holder:
     """Takes the lock; raises WorkdirLockedError naming a live holder."""
-    self.workdir.mkdir(parents=True, exist_ok=True)
+    if not fileio.is_remote(self.path):  # A bucket has no folders to make.
+      self.workdir.mkdir(parents=True, exist_ok=True)
     holder = self._new_holder()
     for _ in range(5):
       version = self._store.create(_encode(holder))

@@ -31,7 +31,6 @@ def _contend(workdir, contenders, before=None):
 
   `before(workdir)` prepares the workdir (a stale lock, say) before they start.
   """
-  workdir.mkdir()
   if before is not None:
     before(workdir)
   barrier = threading.Barrier(contenders)
@@ -90,6 +89,7 @@ def _dead_pid():
 
 
 def _stale_lock(workdir):
+  workdir.mkdir()
   _write_lock(workdir, renewed=time.time() - 1000)
 
 
@@ -195,3 +195,20 @@ def test_lock_taken_by_another_run_is_lost(tmp_path):
     assert lock.lost
     assert lock.lost_reason == f'the lock of workdir {tmp_path} was taken by another run'
   assert json.loads(lock.path.read_text())['token'] == 'other', 'release removed their lock'
+
+
+# ---------------------------------------------------------------------------- gs://
+
+
+def test_bucket_lock_is_exclusive_renewed_and_released(gcs_bucket):
+  workdir = f'{gcs_bucket}/run'
+  outcomes = [_contend(f'{workdir}{i}', 2) for i in range(10)]
+  _assert_one_winner_each(outcomes, 2)
+  lock = workdir_lock.WorkdirLock(workdir, renew_every=1000.0)
+  with lock:
+    with pytest.raises(workdir_lock.WorkdirLockedError, match='in use by another run'):
+      workdir_lock.check_not_locked(workdir)
+    first = lock.read()
+    assert lock.renew_or_retry() == 1000.0
+    assert lock.read().version != first.version and lock.read().holder.token == lock._holder.token
+  assert lock.read() is None
