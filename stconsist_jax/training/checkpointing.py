@@ -10,8 +10,10 @@ Layout of a workdir (a local folder or a gs:// prefix):
 Locally orbax writes each step into a temporary directory and renames it when complete;
 on a bucket it writes the step in place and marks it with a commit file last. Either
 way only finished steps are listed, so a crash never leaves a half-written checkpoint
-that a resume would pick up. A finished step that cannot be read (a damaged file) is
-set aside as `<step>.unreadable-<time>` and the previous step is used, with a warning;
+that a resume would pick up. Before a step is restored, each of its items must hold its
+metadata and array data: a step listed as finished without them (another run writing the
+same workdir) counts as unreadable. A step that cannot be read (a damaged or missing file)
+is set aside as `<step>.unreadable-<time>` and the previous step is used, with a warning;
 never silently step 0. The data stream is a pure function of (seed, step): the step
 alone restores the pipeline position.
 """
@@ -45,6 +47,10 @@ T = TypeVar('T')
 
 class CheckpointReadError(errors.UserError, RuntimeError):
   """No committed checkpoint of a workdir could be read."""
+
+
+class IncompleteCheckpointError(RuntimeError):
+  """A step orbax lists as finished lacks the metadata or array data of an item."""
 
 
 def _short(error: BaseException, limit: int = 300) -> str:
@@ -174,6 +180,39 @@ def committed_steps(directory: str | os.PathLike) -> list[int]:
   return sorted(
     int(p.name) for p in ocp.utils.checkpoint_steps_paths(directory) if p.name.isdigit()
   )
+
+
+def _has_array_data(item_dir: epath.Path) -> bool:
+  """Whether an OCDBT item holds its arrays: in each `ocdbt.process_*/d/` its saving
+  processes wrote, or in `d/` for a layout without them."""
+  process_dirs = list(item_dir.glob('ocdbt.process_*'))
+  if not process_dirs:
+    return any(item_dir.glob('d/*'))
+  return all(any(p.glob('d/*')) for p in process_dirs)
+
+
+def missing_parts(step_dir: str | os.PathLike) -> list[str]:
+  """What a finished step directory lacks of a whole checkpoint ([] when complete).
+
+  Each item ('variables', 'train') needs its `_METADATA` and at least one array data
+  file (orbax's OCDBT format keeps them in `d/` folders; no recursive listing, which a
+  bucket makes expensive).
+  """
+  step_dir = fileio.as_path(step_dir)
+  missing = []
+  for item in ITEMS:
+    if not (step_dir / item / '_METADATA').exists():
+      missing.append(f'{item}/_METADATA')
+    elif not _has_array_data(step_dir / item):
+      missing.append(f'{item}/ array data')
+  return missing
+
+
+def check_complete(step_dir: str | os.PathLike) -> None:
+  """Raises IncompleteCheckpointError naming what `step_dir` lacks."""
+  missing = missing_parts(step_dir)
+  if missing:
+    raise IncompleteCheckpointError(f'{step_dir} lacks {", ".join(missing)}')
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -319,7 +358,7 @@ class Checkpointer:
     steps = [step] if step is not None else list(self._manager.all_steps())
     _, restored = restore_with_fallback(
       steps,
-      lambda s: self._manager.restore(s, args=args),
+      lambda s: self._restore_whole(s, args),
       os.fspath(self.workdir / CHECKPOINT_DIR),
       on_unreadable=self._set_aside if step is None else None,
     )
@@ -328,6 +367,10 @@ class Checkpointer:
       params=v['params'], batch_stats=v['batch_stats'], opt_state=t['opt_state'], step=t['step']
     )
     return state.replace(teacher=t['teacher']) if 'teacher' in t else state
+
+  def _restore_whole(self, step: int, args: ocp.args.Composite) -> Any:
+    check_complete(self.workdir / CHECKPOINT_DIR / str(step))
+    return self._manager.restore(step, args=args)
 
   def _set_aside(self, step: int) -> None:
     """Moves an unreadable step directory out of orbax's sight (process 0 only)."""
@@ -416,6 +459,7 @@ def restore_for_eval(
       candidates = [step]
 
     def read(s: int) -> Any:
+      check_complete(directory / str(s))
       metadata = manager.item_metadata(s)['variables']
       return manager.restore(
         s, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_local_abstract(metadata)))

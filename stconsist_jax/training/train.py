@@ -127,6 +127,26 @@ class _SigtermFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _lease_lost(lock: workdir_lock.WorkdirLock | None, step: int, every: int) -> bool:
+  """Whether process 0 lost the workdir lock: looked at before every step with one
+  process; with several, every `every` steps, all processes agreeing."""
+  lost = lock is not None and lock.lost
+  if jax.process_count() == 1:
+    return lost
+  return step % every == 0 and distributed.any_process(lost)
+
+
+def _lease_lost_error(
+  lock: workdir_lock.WorkdirLock | None, step: int, checkpointer: Any
+) -> workdir_lock.LeaseLostError:
+  last = checkpointer.latest_step()
+  reason = lock.lost_reason if lock is not None else 'process 0 lost the workdir lock'
+  return workdir_lock.LeaseLostError(
+    f'{reason}; stopped at step {step}, saving nothing more (last checkpoint: '
+    f'{"none" if last is None else f"step {last}"}); rerun the same command to resume'
+  )
+
+
 def _check_finite(
   records: Sequence[tuple[int, Mapping[str, Any]]],
   checkpointer: Any,
@@ -219,6 +239,8 @@ def train_and_evaluate(
     NonFiniteLossError: a loss became NaN/Inf (no checkpoint of it is written).
     Preempted: SIGTERM arrived; the current step was checkpointed.
     WorkdirLockedError: another live run holds the workdir.
+    LeaseLostError: the lock's lease could not be renewed in time, or another run took
+      the lock; the run stopped before its next step, saving nothing more.
     TrainingDataExhaustedError: the batch stream ended before the last step.
   """
   mesh = distributed.make_mesh() if mesh is None else mesh
@@ -242,7 +264,7 @@ def train_and_evaluate(
       f'workdir {workdir} is in use by another run (reported by process 0)'
     )
   try:
-    return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change)
+    return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change, lock)
   finally:
     if lock is not None:
       lock.release()
@@ -255,8 +277,10 @@ def _train(
   evaluate_fn: EvaluateFn | None,
   mesh: Any,
   allow_config_change: bool,
+  lock: workdir_lock.WorkdirLock | None,
 ) -> train_step.TrainState:
-  """The body of `train_and_evaluate`, run while the workdir lock is held."""
+  """The body of `train_and_evaluate`, run while the workdir lock is held (`lock`, on
+  process 0)."""
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
 
   model = models.build_model(config.model)
@@ -308,6 +332,9 @@ def _train(
   try:
     with _SigtermFlag() as sigterm:
       for step in range(start, num_steps):
+        if _lease_lost(lock, step, config.train.log_every):
+          checkpointer.wait()  # Saves begun while the lock was held; no new one.
+          raise _lease_lost_error(lock, step, checkpointer)
         index = train_step.stage_at(stages, step)
         if index not in step_fns:
           logging.info(

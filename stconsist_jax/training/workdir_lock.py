@@ -2,19 +2,30 @@
 
 A second run on a live workdir is refused with the holder named; a lock whose holder is
 gone (a dead pid on this host, or a lease not renewed in time on any host) is taken over.
-Locally the lock is created exclusively (O_EXCL); a bucket has no exclusive create, so
-there the lock is written, left to settle and read back: the last writer holds it.
+A lock file appears whole or not at all: locally it is written under a temporary name and
+hard-linked to `.run.lock` (which fails when a lock exists); on gs:// it is uploaded only
+if no object of that name exists (a generation-match precondition). Renewing, taking over
+and removing a lock change it only if it is still the version that was read (locally
+under an flock of `.run.lock.guard`). A lock file that cannot be read (being written by
+another tool, or damaged) is taken over only once it is older than the lease. A holder
+whose lease cannot be renewed in time marks its lock lost, and its run stops before the
+lease runs out and another run could take the workdir over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import secrets
 import socket
+import tempfile
 import threading
 import time
 from typing import Any
+from collections.abc import Iterator
 
 from absl import logging
 from etils import epath
@@ -23,14 +34,22 @@ from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
 
 LOCK_FILENAME = '.run.lock'
+GUARD_SUFFIX = '.guard'
 DEFAULT_LEASE_SECONDS = 120.0
-# A bucket write is visible to every reader once it returns; two contenders that both saw
-# no lock wait this long, then read back whose lock stayed.
+# A holder that could not renew its lease gives up (and its run stops) with this part
+# of the lease left, so that the run has stopped before anyone may take the lock over.
+STOP_MARGIN_FRACTION = 0.25
+# Other object stores than gs:// have no conditional write: the lock is written, left to
+# settle and read back (best effort: the last writer holds it).
 REMOTE_SETTLE_SECONDS = 2.0
 
 
 class WorkdirLockedError(errors.UserError, RuntimeError):
   """Another live run holds the workdir."""
+
+
+class LeaseLostError(WorkdirLockedError):
+  """This run's lock was taken by another run, or its lease could not be renewed."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +61,7 @@ class Holder:
   started: float  # time.time() of acquisition
   renewed: float  # time.time() of the last lease renewal
   lease_seconds: float
-  token: str  # unique per acquisition, so only the holder removes its own lock
+  token: str  # unique per acquisition
 
   def describe(self) -> str:
     started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.started))
@@ -50,6 +69,33 @@ class Holder:
 
   def expired(self, now: float) -> bool:
     return now > self.renewed + self.lease_seconds
+
+
+@dataclasses.dataclass(frozen=True)
+class LockFile:
+  """A lock file as read: its holder (None when unreadable), age and version."""
+
+  holder: Holder | None
+  age: float  # seconds since it was last written
+  version: Any  # what a conditional replace or remove compares with
+
+
+def _encode(holder: Holder) -> bytes:
+  return json.dumps(dataclasses.asdict(holder)).encode('utf-8')
+
+
+def _decode(data: bytes) -> Holder | None:
+  """The holder in a lock file's bytes; None when they are not a whole holder record."""
+  try:
+    record = json.loads(data.decode('utf-8'))
+    return Holder(**{f.name: record[f.name] for f in dataclasses.fields(Holder)})
+  except (ValueError, KeyError, TypeError):
+    return None
+
+
+def _short(error: BaseException, limit: int = 200) -> str:
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}'
 
 
 def _pid_alive(pid: int) -> bool:
@@ -62,139 +108,363 @@ def _pid_alive(pid: int) -> bool:
   return True
 
 
-def is_stale(holder: Holder, now: float | None = None, host: str | None = None) -> bool:
-  """A lock is stale when its pid is dead on this host or its lease ran out."""
+def stale_reason(lock: LockFile, lease_seconds: float, now: float | None = None) -> str | None:
+  """Why `lock` may be taken over ('process gone', 'lease expired', ...); None while live.
+
+  An unreadable lock file has no lease of its own: `lease_seconds` (the reader's) is used.
+  """
   now = time.time() if now is None else now
-  host = socket.gethostname() if host is None else host
-  if holder.host == host and not _pid_alive(holder.pid):
-    return True
-  return holder.expired(now)
+  holder = lock.holder
+  if holder is None:
+    if lock.age > lease_seconds:
+      return f'unreadable lock file, older than the lease ({lease_seconds:.0f} s)'
+    return None
+  if holder.host == socket.gethostname() and not _pid_alive(holder.pid):
+    return f'{holder.describe()}: process gone'
+  if holder.expired(now):
+    return f'{holder.describe()}: lease expired'
+  return None
 
 
-def _in_use(workdir: str | os.PathLike, holder: Holder) -> WorkdirLockedError:
+def _in_use(workdir: Any, lock: LockFile, lease_seconds: float) -> WorkdirLockedError:
+  if lock.holder is None:
+    return WorkdirLockedError(
+      f'workdir {workdir} is in use by another run (its lock file {LOCK_FILENAME} cannot be '
+      f'read yet, written {lock.age:.0f} s ago); wait, or if no run uses the workdir, delete '
+      f'the file or let it be taken over {lease_seconds - lock.age:.0f} s from now'
+    )
   return WorkdirLockedError(
-    f'workdir {workdir} is in use by another run ({holder.describe()}); wait for it '
+    f'workdir {workdir} is in use by another run ({lock.holder.describe()}); wait for it '
     f'to finish, stop it, or choose another --workdir'
   )
 
 
-def read_holder(path: epath.Path) -> Holder | None:
-  """The holder in a lock file; None when absent; an unreadable file counts as stale."""
-  try:
-    data = json.loads(path.read_text())
-    return Holder(**{f.name: data[f.name] for f in dataclasses.fields(Holder)})
-  except FileNotFoundError:
-    return None
-  except (ValueError, KeyError, TypeError):
-    return Holder(host='?', pid=-1, started=0.0, renewed=0.0, lease_seconds=0.0, token='')
+# ----------------------------------------------------------------------------- stores
+# Each store holds one lock file: read() -> (bytes, mtime, version) | None; create(data)
+# -> version | None when a lock exists; replace(data, version) -> new version | None and
+# remove(version) -> bool act only while the file is still at `version`.
 
 
-class WorkdirLock:
-  """Context manager holding `WORKDIR/.run.lock` for a run, renewing its lease."""
+class _LocalStore:
+  """The lock file on a local or mounted file system: hard-link publish, flock guard."""
 
-  def __init__(self, workdir: str | os.PathLike, *, lease_seconds: float = DEFAULT_LEASE_SECONDS):
-    self.path = fileio.as_path(workdir) / LOCK_FILENAME
-    self.lease_seconds = float(lease_seconds)
-    self._holder: Holder | None = None
-    self._stop = threading.Event()
-    self._thread: threading.Thread | None = None
+  def __init__(self, path: epath.Path):
+    self.path = os.fspath(path)
 
-  def _new_holder(self) -> Holder:
-    now = time.time()
-    return Holder(
-      host=socket.gethostname(),
-      pid=os.getpid(),
-      started=now,
-      renewed=now,
-      lease_seconds=self.lease_seconds,
-      token=f'{socket.gethostname()}-{os.getpid()}-{time.time_ns()}',
-    )
+  def read(self) -> tuple[bytes, float, Any] | None:
+    try:
+      with open(self.path, 'rb') as f:
+        st = os.fstat(f.fileno())
+        return f.read(), st.st_mtime, (st.st_ino, st.st_mtime_ns)
+    except FileNotFoundError:
+      return None
 
-  def _create_exclusive(self, holder: Holder) -> bool:
-    """Writes the lock if none exists; whether this run now holds it."""
-    if fileio.is_remote(self.path):
-      return self._create_remote(holder)
+  def _current_version(self) -> Any:
+    try:
+      st = os.stat(self.path)
+    except FileNotFoundError:
+      return None
+    return (st.st_ino, st.st_mtime_ns)
+
+  def _write_temp(self, data: bytes) -> str:
+    folder, name = os.path.split(self.path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{name}.', suffix='.tmp')
+    with os.fdopen(fd, 'wb') as f:
+      os.fchmod(f.fileno(), 0o644)
+      f.write(data)
+    return tmp
+
+  def create(self, data: bytes) -> Any:
+    tmp = self._write_temp(data)
+    try:
+      os.link(tmp, self.path)  # Atomic, and fails if a lock exists: the content is in.
+      return self._version_of(tmp)
+    except FileExistsError:
+      return None
+    except OSError:  # No hard links on this file system: exclusive create, then write.
+      return self._create_exclusive(data)
+    finally:
+      os.unlink(tmp)
+
+  def _version_of(self, path: str) -> Any:
+    st = os.stat(path)
+    return (st.st_ino, st.st_mtime_ns)
+
+  def _create_exclusive(self, data: bytes) -> Any:
     try:
       fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
+      return None
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)  # Until written, readers see an unreadable, young lock: in use.
+    return self._current_version()
+
+  @contextlib.contextmanager
+  def _guarded(self) -> Iterator[None]:
+    """Excludes the other runs' replaces and removes of this lock meanwhile."""
+    fd = os.open(self.path + GUARD_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # Released when closed, or when the process dies.
+      except OSError as e:  # A file system without flock: unguarded, as before.
+        logging.log_first_n(logging.WARNING, 'No flock on %s (%s)', 1, self.path, e)
+      yield
+    finally:
+      os.close(fd)
+
+  def replace(self, data: bytes, version: Any) -> Any:
+    with self._guarded():
+      if self._current_version() != version:
+        return None
+      tmp = self._write_temp(data)
+      os.replace(tmp, self.path)
+      return self._current_version()
+
+  def remove(self, version: Any) -> bool:
+    with self._guarded():
+      if self._current_version() != version:
+        return False
+      os.unlink(self.path)
+      return True
+
+
+class _GcsStore:
+  """The lock object in a gs:// bucket: every write is conditional on its generation."""
+
+  def __init__(self, url: str):
+    # pylint: disable=g-import-not-at-top
+    from google.api_core import exceptions
+    from google.cloud import storage
+
+    # pylint: enable=g-import-not-at-top
+    bucket, _, self._name = url[len('gs://') :].partition('/')
+    self._bucket = storage.Client().bucket(bucket)
+    self._lost = (exceptions.PreconditionFailed, exceptions.NotFound)
+
+  def read(self) -> tuple[bytes, float, Any] | None:
+    blob = self._bucket.get_blob(self._name)
+    if blob is None:
+      return None
+    try:
+      data = blob.download_as_bytes(if_generation_match=blob.generation)
+    except self._lost:
+      return None  # Replaced or removed since listed: the caller looks again.
+    return data, blob.updated.timestamp(), blob.generation
+
+  def _upload(self, data: bytes, generation: int) -> Any:
+    blob = self._bucket.blob(self._name)
+    try:
+      blob.upload_from_string(data, if_generation_match=generation)
+    except self._lost:
+      return None
+    return blob.generation
+
+  def create(self, data: bytes) -> Any:
+    return self._upload(data, 0)  # Generation 0: only if no such object exists.
+
+  def replace(self, data: bytes, version: Any) -> Any:
+    return self._upload(data, version)
+
+  def remove(self, version: Any) -> bool:
+    try:
+      self._bucket.blob(self._name).delete(if_generation_match=version)
+    except self._lost:
       return False
-    with os.fdopen(fd, 'w') as f:
-      json.dump(dataclasses.asdict(holder), f)
     return True
 
-  def _create_remote(self, holder: Holder) -> bool:
+
+class _SettleStore:
+  """Other object stores (no conditional writes): write, settle, read back; best effort."""
+
+  def __init__(self, path: epath.Path):
+    self.path = path
+
+  def read(self) -> tuple[bytes, float, Any] | None:
+    try:
+      data = self.path.read_bytes()
+      return data, self.path.stat().mtime, data
+    except FileNotFoundError:
+      return None
+
+  def create(self, data: bytes) -> Any:
     if self.path.exists():
-      return False
-    fileio.atomic_write(self.path, json.dumps(dataclasses.asdict(holder)))
+      return None
+    self.path.write_bytes(data)
     time.sleep(REMOTE_SETTLE_SECONDS)
-    current = read_holder(self.path)
-    return current is not None and current.token == holder.token
+    current = self.read()
+    return data if current is not None and current[0] == data else None
+
+  def replace(self, data: bytes, version: Any) -> Any:
+    current = self.read()
+    if current is None or current[2] != version:
+      return None
+    self.path.write_bytes(data)
+    return data
+
+  def remove(self, version: Any) -> bool:
+    current = self.read()
+    if current is None or current[2] != version:
+      return False
+    self.path.unlink(missing_ok=True)
+    return True
+
+
+def _store_for(path: epath.Path) -> Any:
+  url = os.fspath(path)
+  if url.startswith('gs://'):
+    return _GcsStore(url)
+  return _SettleStore(path) if fileio.is_remote(url) else _LocalStore(path)
+
+
+# ------------------------------------------------------------------------------- lock
+
+
+class WorkdirLock:
+  """Context manager holding `WORKDIR/.run.lock` for a run, renewing its lease.
+
+  The lease is renewed every `renew_every` seconds (a third of the lease by default); a
+  failed renewal is retried four times as often. When the lease cannot be renewed before
+  a quarter of it is left, or another run took the lock, `lost` becomes true: the run
+  must stop.
+  """
+
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    renew_every: float | None = None,
+  ):
+    self.path = fileio.as_path(workdir) / LOCK_FILENAME
+    self.lease_seconds = float(lease_seconds)
+    self.renew_every = self.lease_seconds / 3 if renew_every is None else float(renew_every)
+    self._store = _store_for(self.path)
+    self._holder: Holder | None = None
+    self._version: Any = None
+    self._stop = threading.Event()
+    self._lost = threading.Event()
+    self.lost_reason = ''
+    self._thread: threading.Thread | None = None
+
+  @property
+  def workdir(self) -> epath.Path:
+    return self.path.parent
+
+  @property
+  def lost(self) -> bool:
+    """Whether this run no longer holds the lock (taken, or its lease not renewed)."""
+    return self._lost.is_set()
+
+  def read(self) -> LockFile | None:
+    """The lock file as it is now; None when there is none."""
+    raw = self._store.read()
+    if raw is None:
+      return None
+    data, mtime, version = raw
+    return LockFile(_decode(data), max(0.0, time.time() - mtime), version)
+
+  def _new_holder(self) -> Holder:
+    now = time.time()
+    host, pid = socket.gethostname(), os.getpid()
+    return Holder(host, pid, now, now, self.lease_seconds, f'{host}-{pid}-{secrets.token_hex(8)}')
 
   def acquire(self) -> Holder:
     """Takes the lock; raises WorkdirLockedError naming a live holder."""
-    self.path.parent.mkdir(parents=True, exist_ok=True)
+    if not fileio.is_remote(self.path):  # A bucket has no folders to make.
+      self.workdir.mkdir(parents=True, exist_ok=True)
     holder = self._new_holder()
-    for _ in range(3):
-      if self._create_exclusive(holder):
-        break
-      current = read_holder(self.path)
-      if current is None:
-        continue  # Released between our two looks: try again.
-      if not is_stale(current):
-        raise _in_use(self.path.parent, current)
-      logging.warning(
-        'Taking over the stale lock of workdir %s (%s: %s)',
-        self.path.parent,
-        current.describe(),
-        'process gone' if current.host == holder.host else 'lease expired',
-      )
-      self._remove_stale()
-    else:
-      raise WorkdirLockedError(f'could not take the lock of workdir {self.path.parent}')
-    self._holder = holder
+    for _ in range(5):
+      version = self._store.create(_encode(holder))
+      if version is not None:
+        self._hold(holder, version)
+        return holder
+      self._take_over_if_stale()
+    raise WorkdirLockedError(
+      f'could not take the lock of workdir {self.workdir}: other runs kept taking it; try again'
+    )
+
+  def _take_over_if_stale(self) -> None:
+    """Removes the current lock if its holder is gone; raises naming a live holder."""
+    current = self.read()
+    if current is None:
+      return  # Released between our two looks: try again.
+    reason = stale_reason(current, self.lease_seconds)
+    if reason is None:
+      raise _in_use(self.workdir, current, self.lease_seconds)
+    if self._store.remove(current.version):  # Not if another run took it over first.
+      logging.warning('Lock of workdir %s: %s: taken over', self.workdir, reason)
+
+  def _hold(self, holder: Holder, version: Any) -> None:
+    self._holder, self._version = holder, version
     self._stop.clear()
+    self._lost.clear()
     self._thread = threading.Thread(target=self._renew_loop, daemon=True, name='workdir-lock-lease')
     self._thread.start()
-    return holder
-
-  def _remove_stale(self) -> None:
-    if fileio.is_remote(self.path):
-      self.path.unlink(missing_ok=True)
-      return
-    stale = self.path.with_name(f'{LOCK_FILENAME}.stale.{os.getpid()}.{time.time_ns()}')
-    try:
-      os.replace(self.path, stale)  # Atomic: only one contender wins the rename.
-      stale.unlink()
-    except FileNotFoundError:
-      pass
-
-  def _renew_loop(self) -> None:
-    while not self._stop.wait(self.lease_seconds / 3):
-      self.renew()
 
   def renew(self) -> None:
-    """Extends the lease (rewrites the lock file whole) if the lock is still ours."""
+    """Extends the lease; raises LeaseLostError when another run has taken the lock."""
     if self._holder is None:
       return
-    current = read_holder(self.path)
-    if current is None or current.token != self._holder.token:
-      logging.warning('The lock of workdir %s was taken by another run', self.path.parent)
-      return
-    self._holder = dataclasses.replace(self._holder, renewed=time.time())
-    fileio.atomic_write(self.path, json.dumps(dataclasses.asdict(self._holder)))
+    holder = dataclasses.replace(self._holder, renewed=time.time())
+    version = self._store.replace(_encode(holder), self._version)
+    if version is None:
+      raise LeaseLostError(f'the lock of workdir {self.workdir} was taken by another run')
+    self._holder, self._version = holder, version
+
+  def _renew_loop(self) -> None:
+    wait = self.renew_every
+    while wait is not None and not self._stop.wait(wait):
+      wait = self.renew_or_retry()
+
+  def _give_up_at(self) -> float:
+    return self._holder.renewed + self.lease_seconds * (1 - STOP_MARGIN_FRACTION)
+
+  def renew_or_retry(self) -> float | None:
+    """Renews the lease once: seconds until the next try; None once the lock is lost."""
+    try:
+      self.renew()
+      return self.renew_every
+    except LeaseLostError as e:
+      self._lose(str(e))
+      return None
+    except Exception as e:  # pylint: disable=broad-except
+      # A bucket or file system outage raises many types; all are retried in time.
+      left = self._give_up_at() - time.time()
+      if left <= 0:
+        self._lose(
+          f'the lease of the lock of workdir {self.workdir} could not be renewed '
+          f'({_short(e)}) and runs out in {self.lease_seconds * STOP_MARGIN_FRACTION:.0f} s'
+        )
+        return None
+      retry = min(self.renew_every / 4, left)
+      logging.warning(
+        'Could not renew the lease of workdir %s (%s); retrying in %.1f s, stopping the '
+        'run in %.0f s unless it succeeds',
+        self.workdir,
+        _short(e),
+        retry,
+        left,
+      )
+      return retry
+
+  def _lose(self, reason: str) -> None:
+    self.lost_reason = reason
+    logging.error('%s: stopping the run', reason)
+    self._lost.set()
 
   def release(self) -> None:
-    """Removes the lock file if it is still ours."""
+    """Removes the lock file if it is still this run's."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join()
       self._thread = None
-    if self._holder is None:
+    if self._version is None:
       return
-    current = read_holder(self.path)
-    if current is not None and current.token == self._holder.token:
-      self.path.unlink(missing_ok=True)
-    self._holder = None
+    try:
+      self._store.remove(self._version)
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Could not remove the lock of workdir %s (%s)', self.workdir, _short(e))
+    self._holder, self._version = None, None
 
   def __enter__(self) -> WorkdirLock:
     self.acquire()
@@ -206,6 +476,7 @@ class WorkdirLock:
 
 def check_not_locked(workdir: str | os.PathLike) -> None:
   """Raises WorkdirLockedError when a live run holds `workdir` (before deleting it, say)."""
-  holder = read_holder(fileio.as_path(workdir) / LOCK_FILENAME)
-  if holder is not None and not is_stale(holder):
-    raise _in_use(workdir, holder)
+  lock = WorkdirLock(workdir)
+  current = lock.read()
+  if current is not None and stale_reason(current, lock.lease_seconds) is None:
+    raise _in_use(workdir, current, lock.lease_seconds)

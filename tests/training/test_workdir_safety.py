@@ -203,6 +203,58 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_path,
   assert not _asyncio_errors(caplog)
 
 
+def _fake_step(step_dir, *, variables_data=True):
+  """A step directory laid out as orbax writes one (files hold no real checkpoint)."""
+  for item in checkpointing.ITEMS:
+    (step_dir / item / 'ocdbt.process_0' / 'd').mkdir(parents=True)
+    (step_dir / item / '_METADATA').write_text('{}')
+    if item != 'variables' or variables_data:
+      (step_dir / item / 'ocdbt.process_0' / 'd' / 'abc123').write_bytes(b'data')
+
+
+def test_a_step_is_complete_with_each_items_metadata_and_data(tmp_path):
+  _fake_step(tmp_path / '4')
+  assert checkpointing.missing_parts(tmp_path / '4') == []
+  _fake_step(tmp_path / '6', variables_data=False)
+  assert checkpointing.missing_parts(tmp_path / '6') == ['variables/ array data']
+  (tmp_path / '6' / 'train' / '_METADATA').unlink()
+  assert checkpointing.missing_parts(tmp_path / '6') == ['variables/ array data', 'train/_METADATA']
+
+
+def test_committed_step_without_its_array_data_falls_back_with_one_warning(
+  trained, tmp_path, caplog
+):
+  tmp_path = _copy(trained, tmp_path)
+  shutil.rmtree(tmp_path / 'checkpoints' / '4' / 'variables' / 'ocdbt.process_0' / 'd')
+  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4]  # orbax's view
+  _, _, step = checkpointing.restore_for_eval(tmp_path, 'latest')
+  assert step == 2
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert len(warnings) == 1, warnings
+  assert 'step 4' in warnings[0] and 'lacks variables/ array data' in warnings[0]
+  assert 'falling back to step 2' in warnings[0]
+
+
+def test_run_whose_lease_is_lost_stops_keeping_its_checkpoints(trained, tmp_path, monkeypatch):
+  tmp_path = _copy(trained, tmp_path)
+  acquire = workdir_lock.WorkdirLock.acquire
+
+  def acquire_then_lose(lock):
+    holder = acquire(lock)
+    lock._lose('the lease could not be renewed (OSError: 503)')  # as the renewal thread does
+    return holder
+
+  monkeypatch.setattr(workdir_lock.WorkdirLock, 'acquire', acquire_then_lose)
+  with pytest.raises(workdir_lock.LeaseLostError) as e:
+    _run(tiny_config(6), tmp_path)
+  assert str(e.value) == (
+    'the lease could not be renewed (OSError: 503); stopped at step 4, saving nothing more '
+    '(last checkpoint: step 4); rerun the same command to resume'
+  )
+  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4]
+  assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists()
+
+
 def test_resume_with_another_architecture_is_refused_before_writing(trained, tmp_path):
   tmp_path = _copy(trained, tmp_path)
   saved = (tmp_path / config_file.CONFIG_FILENAME).read_text()
