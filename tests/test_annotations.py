@@ -199,6 +199,23 @@ def test_stats_command_line_json(ucf24_dir):
   assert (total['videos'], total['boxes'], total['annotated_frames']) == (3194, 573_862, 478_863)
 
 
+@pytest.mark.parametrize('content', [b'cbuiltins\nbytearray\n(I3\ntR.', b'\x80\x02}q\x00(X'])
+def test_stats_command_line_bad_file_is_one_line(tmp_path, content):
+  import subprocess
+  import sys
+
+  path = tmp_path / 'pyannot.pkl'
+  path.write_bytes(content)  # refused, truncated
+  result = subprocess.run(
+    [sys.executable, '-m', 'stconsist_jax.data.stats', f'--annotations={path}'],
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 2 and result.stdout == ''
+  assert result.stderr.startswith('error: ') and str(path) in result.stderr
+  assert result.stderr.count('\n') == 1, result.stderr
+
+
 # --------------------------------------------------------------------------- safe loading
 
 
