@@ -5,7 +5,10 @@ clip accuracy and checkpoint step. Each argument is a report.json, an eval/<step
 directory, or a training workdir (its newest eval/<step>/report.json is used), local or
 a bucket URL (gs://...). Only finished report directories count: those with the commit
 file that evaluation writes last; an interrupted evaluation's directory is skipped
-(named directly, it is refused).
+(named directly, it is refused). A JSON file that is not an evaluation report (e.g. a
+prediction file) or a path without one is refused in one line. Reports measured on
+another dataset or split, under another frame-AP rule or on other frames are still
+listed, after one warning line per difference on stderr.
 
   python tools/compare_reports.py workdirs/model1 gs://bucket/model2 [--format=markdown]
 """
@@ -13,6 +16,7 @@ file that evaluation writes last; an interrupted evaluation's directory is skipp
 import json
 import math
 import os
+import re
 import sys
 from typing import Any
 from collections.abc import Sequence
@@ -22,6 +26,7 @@ from absl import flags
 from etils import epath
 
 
+from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
 
 FLAGS = flags.FLAGS
@@ -80,14 +85,32 @@ def find_report(path: fileio.PathLike) -> epath.Path:
   )
 
 
+class NotAReportError(ValueError):
+  """A file that is not an evaluation's report.json (one line)."""
+
+
+# Fields every report.json that evaluation writes has (a prediction file has neither).
+REPORT_KEYS = ('checkpoint_step', 'video_accuracy')
+
+
 def load_report(path: fileio.PathLike) -> dict[str, Any]:
+  """The report at `path` (see `find_report`), with its `run` name.
+
+  Raises:
+    FileNotFoundError: no (finished) report there.
+    NotAReportError: the file is not JSON, or not an evaluation report.
+  """
   report_path = find_report(path)
   try:
     report = json.loads(report_path.read_text())
-  except json.JSONDecodeError as e:
-    raise ValueError(f'{report_path}: not valid JSON ({e})') from None
-  if not isinstance(report, dict):
-    raise ValueError(f'{report_path}: expected a JSON object')
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise NotAReportError(f'{report_path}: not valid JSON ({e})') from None
+  missing = [k for k in REPORT_KEYS if not isinstance(report, dict) or k not in report]
+  if missing:
+    raise NotAReportError(
+      f'{report_path} is not an evaluation report (it has no {" or ".join(missing)}); '
+      'expected the report.json that evaluation writes'
+    )
   report.setdefault('run', report.get('run_name') or _run_name(report_path))
   return report
 
@@ -100,6 +123,37 @@ def _run_name(report_path: epath.Path) -> str:
   if len(parts) >= 4 and parts[-3] == 'eval':
     return parts[-4]
   return report_path.parent.name
+
+
+# `protocol.data` of a report: '<dataset> split <n>, frames stored at <size>px'.
+_DATA = re.compile(r'(?P<dataset>\S+) split (?P<split>\S+),')
+
+
+def measured_how(report: dict[str, Any]) -> dict[str, Any]:
+  """What makes two reports' numbers comparable; None where a report does not say."""
+  protocol = report.get('protocol') or {}
+  data = _DATA.match(str(protocol.get('data', '')))
+  return {
+    'dataset': data and data['dataset'],
+    'split': data and data['split'],
+    'frame-AP rule': report.get('frame_map_protocol'),
+    'frames scored': protocol.get('frames_scored', report.get('frame_map_frames')),
+  }
+
+
+def differences(reports: Sequence[dict[str, Any]]) -> list[str]:
+  """One warning line per `measured_how` field on which the reports disagree."""
+  how = [measured_how(r) for r in reports]
+  lines = []
+  for field in how[0] if how else ():
+    said = [(r['run'], h[field]) for r, h in zip(reports, how) if h[field] is not None]
+    if len({value for _, value in said}) > 1:
+      lines.append(
+        f'warning: these reports differ in {field} '
+        f'({"; ".join(f"{run}: {value}" for run, value in said)}): '
+        'their numbers are not comparable'
+      )
+  return lines
 
 
 def format_value(key: str, value: Any) -> str:
@@ -141,7 +195,10 @@ def main(argv: Sequence[str], out: Any | None = None) -> None:
   paths = argv[1:]
   if not paths:
     raise app.UsageError('give one or more report.json files, eval/<step>/ dirs or workdirs')
-  reports = [load_report(p) for p in paths]
+  with errors.user_errors(FileNotFoundError, NotAReportError):
+    reports = [load_report(p) for p in paths]
+  for line in differences(reports):
+    print(line, file=sys.stderr)
   print(render(reports, FLAGS.format), file=out or sys.stdout)
 
 

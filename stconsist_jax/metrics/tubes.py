@@ -193,7 +193,9 @@ def spatiotemporal_iou(a: Tube, b: Tube, *, plus_one: bool = True) -> float:
   )
   num_frames = len(ia) + len(ib) - len(common)
   ious = boxes_lib.iou_corners(a.boxes[ia[ca]], b.boxes[ib[cb]], plus_one=plus_one)
-  return float(temporal * np.sum(ious) / num_frames)
+  spatial = np.sum(ious) / num_frames  # np.mean(ious) for tubes without gaps
+  # ACT's order, `mean * (inter / union)`: IoUs at exact thresholds round the same way.
+  return float(spatial * temporal)
 
 
 def nms_tubes(tubes: Sequence[Tube], threshold: float, *, plus_one: bool = True) -> list[int]:

@@ -13,10 +13,9 @@ import numpy as np
 from stconsist_jax.metrics import frame_ap
 from stconsist_jax.metrics import tubes as tubes_lib
 
-# IoU thresholds averaged into 'video_map@0.5:0.95' (ACT: 0.5 + 0.05 * i, i < 10).
-COCO_THRESHOLDS: tuple[float, ...] = tuple(
-  float(t) for t in np.round(0.5 + 0.05 * np.arange(10), 2)
-)
+# IoU thresholds averaged into 'video_map@0.5:0.95', as ACT computes them, unrounded
+# (0.5 + 0.05 * 7 is 0.8500000000000001: an IoU of exactly 0.85 does not pass it).
+COCO_THRESHOLDS: tuple[float, ...] = tuple(0.5 + 0.05 * i for i in range(10))
 # The video-mAP fields of reports: `video_map`'s default thresholds and 0.5:0.95.
 VIDEO_MAP_KEYS = ('video_map@0.2', 'video_map@0.5', 'video_map@0.75', 'video_map@0.5:0.95')
 

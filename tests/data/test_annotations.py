@@ -199,6 +199,23 @@ def test_stats_command_line_json(ucf24_dir):
   assert (total['videos'], total['boxes'], total['annotated_frames']) == (3194, 573_862, 478_863)
 
 
+@pytest.mark.parametrize('content', [b'cbuiltins\nbytearray\n(I3\ntR.', b'\x80\x02}q\x00(X'])
+def test_stats_command_line_bad_file_is_one_line(tmp_path, content):
+  import subprocess
+  import sys
+
+  path = tmp_path / 'pyannot.pkl'
+  path.write_bytes(content)  # refused, truncated
+  result = subprocess.run(
+    [sys.executable, '-m', 'stconsist_jax.data.ucf101.stats', f'--annotations={path}'],
+    capture_output=True,
+    text=True,
+  )
+  assert result.returncode == 2 and result.stdout == ''
+  assert result.stderr.startswith('error: ') and str(path) in result.stderr
+  assert result.stderr.count('\n') == 1, result.stderr
+
+
 # --------------------------------------------------------------------------- safe loading
 
 
@@ -295,3 +312,77 @@ def test_wrong_structure_and_missing_file_are_clear_errors(tmp_path):
     ann.load_annotations(path)
   with pytest.raises(FileNotFoundError, match=r'nope\.pkl.*pyannot\.pkl or UCF101v2-GT'):
     ann.load_annotations(tmp_path / 'nope.pkl')
+
+
+# A child process (numpy crashes on some of these files) loads one crafted file and
+# prints the peak of the memory Python and numpy allocated meanwhile (MiB).
+_PEAK_MEMORY_CHILD = """
+import sys, tracemalloc
+from stconsist_jax.data.ucf101 import annotations as ann
+tracemalloc.start()
+try:
+  ann.load_pickle(sys.argv[1])
+  print('loaded')
+except ann.AnnotationFileError as e:
+  print(e)
+print(tracemalloc.get_traced_memory()[1] / 2**20)
+"""
+
+
+def _nested_lists(depth):
+  """A protocol-2 pickle of `depth` lists, each inside the next (3 bytes a level)."""
+  return b'\x80\x02' + b']' * depth + b'a' * (depth - 1) + b'.'
+
+
+@pytest.mark.parametrize(
+  'content, why',
+  [
+    # 36 bytes that ask for a 3 GB bytearray.
+    (b'cbuiltins\nbytearray\n(I3000000000\ntR.', 'references builtins.bytearray'),
+    # An object array of 10**9 slots with no data (numpy itself would crash on it).
+    (
+      pickle.dumps(np.zeros(2, object), protocol=2).replace(b'K\x02\x85', b'J\x00\xca\x9a;\x85'),
+      'array of Python objects',
+    ),
+    (_nested_lists(100_000), 'nested over 16 deep'),
+  ],
+  ids=['bytearray', 'object_array', 'nested'],
+)
+def test_memory_bombs_are_refused_in_one_line_with_little_memory(tmp_path, content, why):
+  import subprocess
+  import sys
+
+  path = tmp_path / 'pyannot.pkl'
+  path.write_bytes(content)
+  out = subprocess.run(
+    [sys.executable, '-c', _PEAK_MEMORY_CHILD, str(path)],
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.splitlines()
+  assert len(out) == 2, out
+  assert why in out[0] and str(path) in out[0]
+  # The bytearray alone would be 2861 MiB.
+  assert float(out[1]) < 20, out
+
+
+def test_real_structures_are_within_the_caps(raw):
+  def depth(value):
+    if isinstance(value, dict):
+      return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, (list, tuple)):
+      return 1 + max(map(depth, value), default=0)
+    return 1
+
+  # dict -> video dict -> tube list -> tube dict -> boxes array; ACT's is as deep.
+  assert depth(raw) == 5 <= ann.MAX_NESTING
+  assert depth(_act_by_hand({k: raw[k] for k in sorted(raw)[:3]})) == 5
+
+
+def test_oversized_annotation_file_is_refused(tmp_path, monkeypatch):
+  path = tmp_path / 'pyannot.pkl'
+  path.write_bytes(pickle.dumps({'a': b'x' * 2000}, protocol=2))
+  monkeypatch.setattr(ann, 'MAX_PICKLE_BYTES', 1000)
+  with pytest.raises(ann.AnnotationFileError, match=r'pyannot\.pkl is over') as info:
+    ann.load_pickle(path)
+  assert '\n' not in str(info.value)

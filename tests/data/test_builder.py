@@ -3,10 +3,13 @@ splits, atomicity, registered configs, subsets, sources, box clipping, one-line 
 """
 
 import importlib.util
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
@@ -513,3 +516,73 @@ def test_truncated_unannotated_video_and_bad_boxes_are_reported(tmp_path):
     ex['tube_boxes'][0, s + 1] * [320, 240, 320, 240], [300, 200, 320, 240], atol=1e-3
   )
   assert np.all(ex['tube_boxes'][0, s + 2] == 0)
+
+
+# A build's decoding stage in a child process: two workers decode a tiny video, then
+# the child prints its workers' and multiprocessing's resource tracker's pids and waits.
+_DECODING_CHILD = """
+import json, multiprocessing, sys, time
+from multiprocessing import resource_tracker
+from stconsist_jax.data.ucf101 import video_decode
+tasks = [video_decode.DecodeTask(f'v{i}', sys.argv[1], 8) for i in range(4)]
+videos = video_decode.decode_all(tasks, num_workers=2)
+assert next(videos).error is None
+pids = [p.pid for p in multiprocessing.active_children()]
+print(json.dumps(pids + [resource_tracker._resource_tracker._pid]), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid):
+  """Whether `pid` runs (a zombie, dead but not yet reaped by init, does not)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
+  except OSError:  # no /proc: ask the OS
+    try:
+      os.kill(pid, 0)
+    except ProcessLookupError:
+      return False
+    return True
+
+
+def test_killed_build_leaves_no_decoding_process_alive(tmp_path):
+  video = tmp_path / 'v.avi'
+  synthetic_video.write_video(np.zeros((3, 16, 16, 3), np.uint8), video)
+  child = subprocess.Popen(
+    [sys.executable, '-c', _DECODING_CHILD, str(video)], stdout=subprocess.PIPE, text=True
+  )
+  try:
+    pids = json.loads(child.stdout.readline())
+  finally:
+    child.kill()
+    child.wait()
+  assert len(pids) == 3 and all(pids)
+  deadline = time.monotonic() + 10  # they go within a second; a slow machine gets more
+  while any(map(_alive, pids)) and time.monotonic() < deadline:
+    time.sleep(0.1)
+  assert [p for p in pids if _alive(p)] == []
+
+
+def test_build_removes_what_killed_builds_left(tmp_path, monkeypatch, caplog):
+  _small_folder(tmp_path / 'src')
+  cfg = tfds_builder.make_config(1, 8, manual_dir=tmp_path / 'src')
+  data_path = tfds_builder.builder(cfg, tmp_path / 'out').data_path
+  # What TFDS leaves of two killed builds, and a folder of another version that stays.
+  stale = [data_path.parent / f'incomplete.{x * 8}_{data_path.name}' for x in 'ab']
+  other = data_path.parent / 'incomplete.cccccccc_2.0.0'
+  for folder in stale + [other]:
+    (folder / 'train').mkdir(parents=True)
+  # The build itself (TFDS's part) is not needed: what it finds when it starts is.
+  found = []
+  monkeypatch.setattr(
+    tfds_builder.Ucf101Stconsist,
+    'download_and_prepare',
+    lambda self, **kwargs: found.extend(sorted(p.name for p in data_path.parent.iterdir())),
+  )
+  tfds_builder.build(tmp_path / 'src', tmp_path / 'out', frame_size=8, num_workers=0)
+  assert found == [other.name]
+  lines = [r.getMessage() for r in caplog.records if 'incomplete folder' in r.getMessage()]
+  assert len(lines) == 1 and all(p.name in lines[0] for p in stale), lines

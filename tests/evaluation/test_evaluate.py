@@ -20,6 +20,7 @@ from stconsist_jax.config import config_file
 from stconsist_jax.training import distributed
 from stconsist_jax.data.pipeline import eval_inputs
 from stconsist_jax.evaluation import restore as restore_lib
+from stconsist_jax.evaluation import description
 from stconsist_jax.evaluation import evaluator
 from stconsist_jax.evaluation import report as report_lib
 from stconsist_jax.evaluation import runner
@@ -377,3 +378,55 @@ def test_max_videos_evaluates_an_evenly_spaced_subset(run, synthetic_tfds):
   # Eight hosts' shares of the subset cover it exactly once.
   shares = [eval_streams.host_videos(20, 3, i, 8) for i in range(8)]
   np.testing.assert_array_equal(np.concatenate(shares), eval_streams.eval_subset(20, 3))
+
+
+def test_compare_reports_refuses_what_is_not_a_report_in_one_line(repo_root, tmp_path, capsys):
+  compare = _compare_module(repo_root)
+  prediction = tmp_path / 'v_X.json'  # what tools/demo.py and predict write per video
+  prediction.write_text(json.dumps({'format': 'stconsist_jax.prediction/1', 'video': 'v_X'}))
+  for path, said in (
+    (prediction, 'is not an evaluation report'),
+    (tmp_path / 'nope', 'no report.json found at'),
+  ):
+    with pytest.raises(SystemExit) as info:
+      compare.main(['compare_reports.py', str(path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and said in err and str(path) in err
+    assert err.count('\n') == 1, err
+
+
+def _measured_report(run, **config_changes):
+  """A report of `run` whose protocol is the one evaluation writes for the changed config."""
+  config = demo.get_config()
+  for key, value in config_changes.items():
+    group, field = key.split('.')
+    config[group][field] = value
+  return {
+    'run': run,
+    'checkpoint_step': 1,
+    'video_accuracy': 0.5,
+    'frame_map_protocol': config.eval.frame_ap_protocol,
+    'protocol': description.protocol_of(config),
+  }
+
+
+@pytest.mark.parametrize(
+  'change, field, values',
+  [
+    ({'data.split': 2}, 'split', ('1', '2')),
+    ({'data.name': 'ucf101_stconsist/split1_64'}, 'dataset', ('synthetic',)),
+    ({'eval.frame_ap_protocol': 'voc'}, 'frame-AP rule', ('a: act', 'b: voc')),
+    ({'eval.frame_ap_frames': 'all'}, 'frames scored', ('every frame of the test videos',)),
+  ],
+)
+def test_compare_reports_warns_when_reports_were_measured_differently(
+  repo_root, change, field, values
+):
+  compare = _compare_module(repo_root)
+  same = [_measured_report('a'), _measured_report('b')]
+  assert compare.differences(same) == []
+  (warning,) = compare.differences([_measured_report('a'), _measured_report('b', **change)])
+  assert warning.startswith(f'warning: these reports differ in {field} (a: ')
+  assert '; b: ' in warning and all(v in warning for v in values), warning
+  # Reports that do not say (older or hand-written ones) are not guessed about.
+  assert compare.differences([_measured_report('a', **change), {'run': 'c'}]) == []

@@ -44,7 +44,7 @@ def _ref_tube_iou(fa, ba, fb, bb):
       n += 1
     elif f in da or f in db:
       n += 1
-  return temporal * total / n
+  return (total / n) * temporal  # ACT: np.mean(ious) * (inter / union), in that order
 
 
 def _ref_pr_to_ap(pr):
@@ -528,15 +528,33 @@ def test_video_map_thresholds_and_class_without_ground_truth():
   assert out['video_map@0.5:0.95'] == pytest.approx((5 * 1.0 + 5 * 0.5) / 10)
   np.testing.assert_allclose(out['per_class_ap'][0.75][:2], [0.0, 1.0])
   assert math.isnan(out['per_class_ap'][0.5][2])
-  assert sorted(out['per_class_ap']) == sorted(
-    {0.2, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95}
-  )
+  assert sorted(out['per_class_ap']) == sorted({0.2} | {0.5 + 0.05 * i for i in range(10)})
   np.testing.assert_array_equal(out['num_gt_tubes'], [1, 1, 0])
   np.testing.assert_array_equal(out['num_detections'], [1, 1, 1])
   empty = video_ap.video_map(dets, {}, num_classes=3)
   assert math.isnan(empty['video_map@0.5']) and empty['classes_with_gt'] == []
   with pytest.raises(ValueError, match='outside'):
     video_ap.video_map(dets, gt, num_classes=2)
+
+
+def test_exact_threshold_ious_round_as_in_act():
+  # Identical boxes, 9 of 10 frames: ACT's 1.0 * (9 / 10) is 0.9 exactly, which passes
+  # the threshold 0.9 (0.5 + 0.05 * 8 == 0.9); 0.9 * 9 / 9 would be 0.8999999999999999.
+  gt = {'v': [_tube(0, range(10), BOX)]}
+  det = {'v': [_tube(0, range(1, 10), BOX, 0.9)]}
+  assert tubes.spatiotemporal_iou(gt['v'][0], det['v'][0]) == 0.9
+  assert video_ap.video_ap(det, gt, 0, 0.9) == 1.0
+  # Thresholds 0.5 .. 0.9 of the ten pass, 0.95 does not.
+  assert video_ap.video_map(det, gt, 1)['video_map@0.5:0.95'] == pytest.approx(0.9)
+
+
+def test_iou_of_exactly_085_fails_acts_unrounded_threshold():
+  # 17 of 20 frames: IoU 0.85, under ACT's 0.5 + 0.05 * 7 = 0.8500000000000001, so only
+  # the seven thresholds 0.5 .. 0.8 of 0.5:0.95 count it as found.
+  gt = {'v': [_tube(0, range(20), BOX)]}
+  det = {'v': [_tube(0, range(17), BOX, 0.9)]}
+  assert tubes.spatiotemporal_iou(gt['v'][0], det['v'][0]) == 0.85
+  assert video_ap.video_map(det, gt, 1)['video_map@0.5:0.95'] == pytest.approx(0.7)
 
 
 def test_video_map_refuses_normalized_boxes_under_plus_one():

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 from absl import app
 from absl import flags
 
+from stconsist_jax.core import errors
 from stconsist_jax.data.ucf101 import annotations as ann
 
 COLUMNS = ('videos', 'tubes', 'boxes', 'first_tube_boxes', 'annotated_frames')
@@ -56,7 +57,10 @@ _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  stats = class_stats(ann.load_annotations(_ANNOTATIONS.value).values())
+  # A missing, refused or broken file is one line and exit status 2, as in the tools.
+  with errors.user_errors(FileNotFoundError, ann.DataFileError):
+    records = ann.load_annotations(_ANNOTATIONS.value)
+  stats = class_stats(records.values())
   print(json.dumps(stats, indent=1) if _JSON.value else format_table(stats))
 
 

@@ -465,6 +465,28 @@ def _recover_replaced(data_path: epath.Path) -> bool:
   return True
 
 
+def remove_incomplete(data_path: epath.Path) -> list[epath.Path]:
+  """Removes what killed builds of `data_path` left: TFDS's `incomplete.*` folders.
+
+  TFDS builds into `incomplete.<random>_<version>` beside the version folder and renames
+  it when done; a killed build leaves it for good. One log line names those removed.
+  Two builds of the same target at once are not supported (each would remove the
+  other's folder).
+  """
+  parent = data_path.parent
+  stale = sorted(parent.glob(f'incomplete.*_{data_path.name}')) if parent.exists() else []
+  for path in stale:
+    path.rmtree()
+  if stale:
+    logging.warning(
+      'removed %d incomplete folder(s) of earlier interrupted builds of %s: %s',
+      len(stale),
+      data_path,
+      ', '.join(p.name for p in stale),
+    )
+  return stale
+
+
 def build(
   manual_dir: str | os.PathLike,
   data_dir: str | os.PathLike,
@@ -478,7 +500,8 @@ def build(
 
   An existing build of the same source is reused. One of another source is refused
   (SourceMismatchError) unless `overwrite`, which rebuilds it; the old build stays in
-  place until the new one is complete.
+  place until the new one is complete. What killed builds of this target left behind
+  is removed first (`remove_incomplete`).
 
   Raises:
     download.ManualDirError, SourceMismatchError, annotations.DataFileError:
@@ -492,6 +515,7 @@ def build(
   b = builder(cfg, data_dir, num_workers)
   if _recover_replaced(b.data_path):
     b = builder(cfg, data_dir, num_workers)
+  remove_incomplete(b.data_path)
   download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
   # TFDS's own bars (splits, shuffling) repeat what the builder's bar and log lines say.
   tfds.display_progress_bar(False)

@@ -1,16 +1,22 @@
 """Video decoding for dataset builds: one .avi -> resized JPEG-encoded RGB frames.
 
 Decoded in fresh worker processes that import only OpenCV and numpy, so they start fast
-and carry no TensorFlow state.
+and carry no TensorFlow state; they end with the build, even when it is killed.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import ctypes
 import dataclasses
 import math
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import cv2
@@ -81,16 +87,49 @@ def decode_video(task: DecodeTask) -> DecodedVideo:
     return DecodedVideo(task.path, [], error=f'{type(e).__name__}: {e} ({task.file})')
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_SECONDS = 0.5
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+  while os.getppid() == parent_pid:
+    time.sleep(PARENT_POLL_SECONDS)
+  os._exit(1)  # pylint: disable=protected-access
+
+
+def die_with_parent(parent_pid: int) -> None:
+  """Makes this (worker) process end when `parent_pid`, its parent, does.
+
+  A killed parent runs no cleanup, and its orphaned workers would decode on for good.
+  On Linux the kernel sends SIGKILL at once (PR_SET_PDEATHSIG); everywhere, a daemon
+  thread also exits the process within PARENT_POLL_SECONDS of being orphaned.
+  """
+  if sys.platform.startswith('linux'):
+    try:
+      libc = ctypes.CDLL(None, use_errno=True)
+      libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+      pass  # The thread below still ends it.
+  threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+  if os.getppid() != parent_pid:  # The parent died before the kernel was told.
+    os._exit(1)  # pylint: disable=protected-access
+
+
 def decode_all(tasks: Sequence[DecodeTask], num_workers: int) -> Iterator[DecodedVideo]:
   """`decode_video` of every task, in order: in a fresh spawn pool (0: in this process).
 
-  At most 4 tasks per worker are in flight, so memory stays bounded on long lists.
+  At most 4 tasks per worker are in flight, so memory stays bounded on long lists. The
+  workers end with this process (`die_with_parent`); the pool is shut down however the
+  iteration ends (finished, an error, or the generator closed), queued tasks cancelled.
   """
   if num_workers <= 0:
     yield from map(decode_video, tasks)
     return
   ctx = multiprocessing.get_context('spawn')  # no inherited TensorFlow state
-  with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+  pool = concurrent.futures.ProcessPoolExecutor(
+    num_workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),)
+  )
+  try:
     pending = collections.deque()
     it = iter(tasks)
     for task in it:
@@ -103,3 +142,5 @@ def decode_all(tasks: Sequence[DecodeTask], num_workers: int) -> Iterator[Decode
       if task is not None:
         pending.append(pool.submit(decode_video, task))
       yield result
+  finally:
+    pool.shutdown(wait=True, cancel_futures=True)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from stconsist_jax import workdir_lock
+from stconsist_jax.training import workdir_lock
 
 
 @pytest.fixture
