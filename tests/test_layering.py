@@ -11,17 +11,18 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'stconsist_jax'
 
-# Lowest first; a module may import from its own layer or any layer before it.
+# Lowest first; a module may import from its own layer or any layer before it. The configs
+# are experiments built from the library (as big_vision's), so they sit near the top.
 LAYERS = (
   'core',
   'config',
-  'configs',
   'data',
   'models',
   'metrics',
   'training',
   'evaluation',
   'prediction',
+  'configs',
   'apps',
 )
 # Third-party roots that bring TensorFlow (clu's writers import it) or OpenCV.

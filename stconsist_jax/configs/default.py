@@ -3,7 +3,11 @@
 Variants import this module and change a few fields; every field is documented here.
 """
 
+import dataclasses
+
 import ml_collections
+
+from stconsist_jax.metrics import tubes
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -137,10 +141,10 @@ def get_config() -> ml_collections.ConfigDict:
   # tubes, video-mAP; after 'frames'). The report and its summary hold what they yield.
   config.eval.evaluators = ('clips', 'frames', 'tubes')
   config.eval.tube_frame_stride = 1  # Run a clip every k-th frame; interpolate between.
+  # ACT's linking (stconsist_jax.metrics.tubes.LinkingConfig, whose defaults these are):
+  # iou_threshold, max_gap, min_length, min_score, nms_threshold, top_k.
   config.eval.tubes = ml_collections.ConfigDict(
-    dict(  # ACT's linking (stconsist_jax.metrics.tubes)
-      iou_threshold=0.5, max_gap=1, min_length=15, min_score=0.005, nms_threshold=0.3, top_k=10
-    )
+    {k: v for k, v in dataclasses.asdict(tubes.LinkingConfig()).items() if k != 'plus_one'}
   )
   config.eval.batch_size = 64
   # The summary metric that selects the 'best' checkpoint (one the evaluators yield).

@@ -1,4 +1,4 @@
 """Evaluation: restoring a step, running the evaluation streams, evaluators per output type, reports and pictures.
 
-Imports every layer below prediction; TensorFlow only through the data pipeline.
+Imports core through training; TensorFlow only through the data pipeline (data.pipeline.eval_inputs).
 """

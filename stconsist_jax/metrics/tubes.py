@@ -101,6 +101,9 @@ def ground_truth_tube(label: int, frames: Any, boxes: Any) -> Tube:
 class LinkingConfig:
   """Parameters of `link_video` (defaults: ACT / MMAction2 `link_tubes` with K = 1).
 
+  These defaults are the config's too (`configs/default.py` reads them); the config
+  schema checks the values a run sets.
+
   Attributes:
     iou_threshold: a live tube extends with a detection of the next frame at IoU >=
       this (IoU with the tube's last box).
@@ -124,16 +127,6 @@ class LinkingConfig:
   nms_threshold: float = 0.3
   top_k: int = 10
   plus_one: bool = True
-
-  def __post_init__(self):
-    for name in ('iou_threshold', 'nms_threshold'):
-      value = getattr(self, name)
-      if not 0.0 <= value <= 1.0:
-        raise ValueError(f'LinkingConfig: {name} must lie in [0, 1], found {value}')
-    for name in ('max_gap', 'min_length', 'top_k'):
-      value = getattr(self, name)
-      if int(value) != value or value < 1:
-        raise ValueError(f'LinkingConfig: {name} must be an integer >= 1, found {value}')
 
 
 def linking_config(config: Any) -> LinkingConfig:

@@ -1,6 +1,6 @@
 """Models: the 3D-ResNets-PyTorch backbone family, classifier/detector heads, pretrained weights.
 
-Import from here; the submodules hold the details.
+Imports core and config (the choices it dispatches on); JAX/Flax only. Import from here.
 """
 
 from stconsist_jax.models.detector import build_model

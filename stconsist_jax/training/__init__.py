@@ -1,4 +1,4 @@
 """Training: losses, mean teacher, optimizer and the sharded jitted step, the loop, checkpoints, mesh, workdir lock, logs.
 
-Imports core, config, configs, data, models and metrics; no TensorFlow or OpenCV at import time (TensorBoard and tf.data are reached lazily).
+Imports core, config, data, models and metrics; TensorFlow only in `summaries` (clu, loaded when used).
 """

@@ -67,6 +67,26 @@ def test_bad_values_name_the_key(key, value, devices, pattern):
     schema.validate(ml_collections.ConfigDict(raw), num_devices=devices)
 
 
+@pytest.mark.parametrize(
+  'field, value, pattern',
+  [
+    ('max_gap', 0, r'eval.tubes.max_gap.*>= 1'),
+    ('iou_threshold', 1.5, r'eval.tubes.iou_threshold.*<= 1'),
+  ],
+)
+def test_bad_linking_values_name_the_key(field, value, pattern):
+  raw = _config().to_dict()
+  raw['eval']['tubes'][field] = value
+  with pytest.raises(schema.ConfigError, match=pattern):
+    schema.validate(ml_collections.ConfigDict(raw))
+
+
+def test_linking_defaults_are_acts():
+  assert _config().eval.tubes.to_dict() == dict(
+    iou_threshold=0.5, max_gap=1, min_length=15, min_score=0.005, nms_threshold=0.3, top_k=10
+  )
+
+
 def test_video_label_list_and_fraction_are_exclusive():
   config = _config()
   config.data.labeled_videos = 'data/label_lists/ucf24_split1_labeled_10.txt'
