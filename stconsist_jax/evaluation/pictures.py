@@ -232,11 +232,6 @@ def training_curves(records: Sequence[dict[str, Any]], width_px: int = 1200) -> 
   return image
 
 
-def write_training_curves(metrics_path: PathLike, out_path: PathLike) -> epath.Path:
-  """Reads `metrics.jsonl` and writes the curves PNG."""
-  return save_png(training_curves(summaries.read_metrics_jsonl(metrics_path)), out_path)
-
-
 # The report's picture files.
 SHEET_PNG = 'clips.png'
 CURVES_PNG = 'curves.png'

@@ -38,12 +38,6 @@ def stage_widths(widen_factor: float) -> tuple[int, ...]:
   return tuple(int(w * widen_factor) for w in BASE_WIDTHS)
 
 
-def feature_dim(depth: int, widen_factor: float = 1.0) -> int:
-  """Size of the pooled feature vector (the classifier's input)."""
-  block, _ = DEPTHS[depth]
-  return stage_widths(widen_factor)[-1] * EXPANSION[block]
-
-
 def validate_architecture(
   depth: int, shortcut_type: str, widen_factor: float, conv1_t_size: int, conv1_t_stride: int
 ) -> None:

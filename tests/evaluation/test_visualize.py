@@ -1,5 +1,6 @@
 """Tests of the clip sheets and training curves: shapes, content, box pixels in place."""
 
+import io
 import json
 
 import numpy as np
@@ -139,8 +140,10 @@ def test_training_curves_png(tmp_path):
   assert [r['step'] for r in deduped] == list(range(10))
   assert [r['loss'] for r in deduped[5:]] == [-1.0] * 5
   assert deduped[4]['loss'] == records[4]['loss']
-  out = pictures.write_training_curves(metrics_path, tmp_path / 'curves.png')
-  img = np.asarray(Image.open(out).convert('RGB'))
+  # The report's pictures read WORKDIR/metrics.jsonl and draw the curves.
+  images = pictures.report_pictures(None, tmp_path)
+  assert set(images) == {pictures.CURVES_PNG}
+  img = np.asarray(Image.open(io.BytesIO(pictures.png_bytes(images[pictures.CURVES_PNG]))))
   # 5 panels (loss terms, accuracy, IoU, w(t), lr) in 3 columns -> 2 rows of 300 px.
   assert img.shape == (600, 1200, 3)
   assert img.std() > 10  # not blank
