@@ -64,6 +64,12 @@ def _evaluate_module():
   return runner
 
 
+def _evaluator_module():
+  from stconsist_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
+
+  return evaluator
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -98,11 +104,10 @@ def main(argv):
         config, _WORKDIR.value, step=_EVAL_STEP.value, eval_dir=_EVAL_DIR.value
       )
       return
-    evaluate_fn = (
-      _evaluate_module().make_evaluate_fn(_WORKDIR.value)
-      if _MODE.value == 'train_and_eval'
-      else None
-    )
+    evaluate_fn = None
+    if _MODE.value == 'train_and_eval':
+      _evaluator_module().check_best_metric(config)
+      evaluate_fn = _evaluate_module().make_evaluate_fn(_WORKDIR.value)
     train.train_and_evaluate(
       config,
       _WORKDIR.value,

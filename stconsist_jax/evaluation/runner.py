@@ -185,6 +185,7 @@ def evaluate(
   Returns:
     The report dict (also on processes that do not write).
   """
+  keys = evaluator.summary_keys(evaluator.from_config(config))  # Unknown names fail here.
   restored = restore_lib.restore(config, workdir, step)
   workdir = fileio.as_path(workdir)
   out_root = fileio.as_path(eval_dir) if eval_dir else workdir / report_lib.EVAL_DIR
@@ -194,7 +195,6 @@ def evaluate(
     streams = eval_inputs.pipeline_streams(config, with_frames=not restored.classification_only)
   fields, sheet = run_evaluators(config, restored, streams, mesh)
   report = report_lib.build_report(config, restored, fields, run_name=fileio.base_name(workdir))
-  keys = evaluator.summary_keys(evaluator.from_config(config))
   logging.info('Eval %s step %s: %s', workdir, restored.step, summary_line(report, keys))
   if write and jax.process_index() == 0:
     out_dir = report_lib.write_eval_dir(
