@@ -80,7 +80,6 @@ def main(argv):
   try:
     config_lib.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   except config_lib.ConfigError as e:
-    logging.error('invalid config: %s', e)
     cli.fail(f'invalid config: {e}')
   logging.info(
     'JAX %s: %d processes, %d devices (%s)',
@@ -111,14 +110,11 @@ def main(argv):
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.
     # Any other exception is a bug and keeps its traceback.
-    logging.error('%s', e)
     cli.fail(f'error: {e}')
   except train.Preempted as e:
-    logging.warning('%s', e)
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteLossError as e:
-    logging.error('%s', e)
     print(str(e), file=sys.stderr)
     sys.exit(1)
 
