@@ -148,10 +148,11 @@ def check_resume_config(
 ) -> None:
   """Refuses to resume a workdir whose saved config differs in what defines the run.
 
-  Run length, logging, evaluation and data location may change on resume (logged). Any
-  other difference (architecture, optimizer, losses, data, seed) is refused before
-  anything is written, unless `allow_config_change`; then the old config is kept as
-  `config.before-<time>.json` beside the new one.
+  Run length, logging, evaluation, data location and lowering (model.conv_impl) may
+  change on resume (logged). Any other difference (optimizer, losses, data, seed, compute
+  dtype) is refused before anything is written, unless `allow_config_change`; then the
+  old config is kept as `config.before-<time>.json` beside the new one. Another
+  architecture is always refused.
   """
   path = fileio.as_path(workdir) / config_lib.CONFIG_FILENAME
   if not path.exists():
@@ -166,7 +167,7 @@ def check_resume_config(
     logging.info('Resuming %s with changed %s', workdir, config_lib.describe_differences(harmless))
   if not blocking:
     return
-  model_keys = [d for d in blocking if d[0].startswith('model.')]
+  model_keys = [d for d in blocking if config_lib.is_architecture_change(d[0])]
   if model_keys or not allow_config_change:
     raise config_lib.ConfigError(
       f'workdir {workdir} holds a run with another config '
