@@ -54,6 +54,7 @@ _EVAL_DIR = flags.DEFINE_string(
 )
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
+EXIT_STORAGE_UNAVAILABLE = 75  # EX_TEMPFAIL: the bucket did not answer; rerunning resumes.
 
 
 def _evaluate_module():
@@ -69,6 +70,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from stconsist_jax import config_lib  # pylint: disable=g-import-not-at-top
   from stconsist_jax import distributed  # pylint: disable=g-import-not-at-top
+  from stconsist_jax import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax import logging_utils  # pylint: disable=g-import-not-at-top
   from stconsist_jax import train  # pylint: disable=g-import-not-at-top
 
@@ -111,6 +113,10 @@ def main(argv):
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.
     # Any other exception is a bug and keeps its traceback.
     cli.fail(f'error: {e}')
+  except fileio.StorageUnavailableError as e:
+    # Threads of the storage clients may still be stuck in the outage: a normal exit
+    # would wait for them. Every committed checkpoint stays as it is.
+    cli.fail_now(f'error: {e}', EXIT_STORAGE_UNAVAILABLE)
   except train.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)

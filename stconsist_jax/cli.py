@@ -7,6 +7,7 @@ line on stderr and exit code 2, never a traceback; real bugs still raise.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,17 @@ def fail(message: str) -> None:
   """Prints `message` as one line on stderr and exits with EXIT_USER_ERROR."""
   print(message, file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
+
+
+def fail_now(message: str, code: int) -> None:
+  """Prints `message` as one line on stderr and ends the process at once with `code`.
+
+  For a run whose background threads are stuck (a bucket outage): sys.exit would wait
+  for them.
+  """
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def _config_path(argv: Sequence[str], name: str) -> str | None:

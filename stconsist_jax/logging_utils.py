@@ -13,7 +13,7 @@ import pathlib
 import sys
 import time
 from typing import Any, TypeVar
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -152,10 +152,13 @@ class JsonlWriter:
 
   def __init__(self, path: str | os.PathLike):
     self.path = epath.Path(path)
-    old = self.path.read_text() if self.path.exists() else ''
+    old = fileio.bounded(self._read, self.path, 'reading')
     self._text = drop_partial_last_line(old, self.path)
     self._new: list[str] = []
     self._dirty = self._text != old
+
+  def _read(self) -> str:
+    return self.path.read_text() if self.path.exists() else ''
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     values = {k: float(np.asarray(v)) for k, v in scalars.items()}
@@ -264,13 +267,23 @@ class MetricLogger:
     if not enabled:
       return
     self._jsonl = JsonlWriter(self.workdir / METRICS_FILENAME)
-    self._tensorboard = tensorboard_writer(self.workdir / TENSORBOARD_DIR)
+    self._tensorboard = self._bounded(
+      lambda: tensorboard_writer(self.workdir / TENSORBOARD_DIR), 'opening'
+    )
     if progress_bar is None:
       progress_bar = sys.stdout.isatty()
     if progress_bar:
       import tqdm  # pylint: disable=g-import-not-at-top
 
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
+
+  def _bounded(self, fn: Callable[[], T], what: str) -> T:
+    """A TensorBoard call, bounded in time on a bucket (it may block on a full queue)."""
+    return fileio.bounded(fn, self.workdir / TENSORBOARD_DIR, what, retry=False)
+
+  def _write_tensorboard(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._tensorboard is not None:
+      self._bounded(lambda: self._tensorboard.write_scalars(step, scalars), 'writing')
 
   def timed(self, name: str) -> contextlib.AbstractContextManager[None]:
     """Context whose wall time counts as `name` (e.g. 'input') in the interval's split."""
@@ -310,8 +323,7 @@ class MetricLogger:
       self._bar.write(line)
     else:
       logging.info('%s', line)
-    if self._tensorboard is not None:
-      self._tensorboard.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+    self._write_tensorboard(step, {f'train/{k}': v for k, v in means.items()})
     return means
 
   def write_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -321,22 +333,21 @@ class MetricLogger:
     logging.info(
       'eval step %d: %s', step, ' '.join(f'{k}={v:.4g}' for k, v in sorted(values.items()))
     )
-    if self._tensorboard is not None:
-      self._tensorboard.write_scalars(step, {f'eval/{k}': v for k, v in values.items()})
+    self._write_tensorboard(step, {f'eval/{k}': v for k, v in values.items()})
 
   def flush(self) -> None:
     """Writes the buffered JSON lines and TensorBoard events to the workdir."""
     if self._jsonl is not None:
       self._jsonl.flush()
     if self._tensorboard is not None:
-      self._tensorboard.flush()
+      self._bounded(self._tensorboard.flush, 'flushing')
 
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
     self.flush()
     if self._tensorboard is not None:
-      self._tensorboard.close()
+      self._bounded(self._tensorboard.close, 'closing')
 
 
 class StepProfiler:
