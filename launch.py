@@ -56,6 +56,7 @@ _EVAL_DIR = flags.DEFINE_string(
 )
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
+EXIT_STORAGE_UNAVAILABLE = 75  # EX_TEMPFAIL: the bucket did not answer; rerunning resumes.
 
 
 def _evaluate_module():
@@ -75,9 +76,10 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   # Imported here so that --help and flag errors come back without loading JAX.
   import jax  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.config import schema
-  from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.config import schema  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -88,7 +90,6 @@ def main(argv):
   try:
     schema.validate(config, num_devices=jax.device_count(), num_processes=jax.process_count())
   except schema.ConfigError as e:
-    logging.error('invalid config: %s', e)
     errors.fail(f'invalid config: {e}')
   logging.info(
     'JAX %s: %d processes, %d devices (%s)',
@@ -118,14 +119,15 @@ def main(argv):
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.
     # Any other exception is a bug and keeps its traceback.
-    logging.error('%s', e)
     errors.fail(f'error: {e}')
+  except fileio.StorageUnavailableError as e:
+    # Threads of the storage clients may still be stuck in the outage: a normal exit
+    # would wait for them. Every committed checkpoint stays as it is.
+    errors.fail_now(f'error: {e}', EXIT_STORAGE_UNAVAILABLE)
   except train.Preempted as e:
-    logging.warning('%s', e)
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteLossError as e:
-    logging.error('%s', e)
     print(str(e), file=sys.stderr)
     sys.exit(1)
 

@@ -17,6 +17,9 @@ Usage:
   with GcsEmulator() as emulator:
     os.environ.update(emulator.env())
     emulator.create_bucket("my-bucket")
+
+`pause()` freezes both (an outage: connections are accepted by the kernel and never
+answered) and `resume()` lets them go on with every object kept.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class GcsEmulator:
     self._start_timeout_s = start_timeout_s
     self._tmpdir: pathlib.Path | None = None
     self._process: subprocess.Popen | None = None
+    self._server_pid: int | None = None
     self.http_url = ''
     self.proxy_url = ''
     self.ca_path: pathlib.Path | None = None
@@ -127,16 +131,31 @@ class GcsEmulator:
           stdout=subprocess.PIPE,
           stderr=log,
         )
-      emulator_port, proxy_port = self._read_ports(log_path)
+      emulator_port, proxy_port, self._server_pid = self._read_ports(log_path)
       self.http_url = f'http://127.0.0.1:{emulator_port}'
       self.proxy_url = f'http://127.0.0.1:{proxy_port}'
     except BaseException:
       self.stop()
       raise
 
+  def pause(self) -> None:
+    """Freezes fake-gcs-server and the proxy (SIGSTOP): every request goes unanswered."""
+    for pid in (self._process.pid, self._server_pid):
+      os.kill(pid, signal.SIGSTOP)
+
+  def resume(self) -> None:
+    """Lets a paused emulator go on (SIGCONT), with the objects it held."""
+    for pid in (self._server_pid, self._process.pid):
+      os.kill(pid, signal.SIGCONT)
+
   def stop(self) -> None:
     """Stops the emulator and removes its files; safe to call twice."""
     if self._process is not None:
+      for pid in (self._process.pid, self._server_pid or self._process.pid):
+        try:
+          os.kill(pid, signal.SIGCONT)  # A paused process would not see SIGTERM.
+        except ProcessLookupError:
+          pass
       if self._process.poll() is None:
         self._process.terminate()
         try:
@@ -183,21 +202,21 @@ class GcsEmulator:
       if response.status != 200:
         raise GcsEmulatorError(f'creating bucket {name}: HTTP {response.status}')
 
-  def _read_ports(self, log_path: pathlib.Path) -> tuple[int, int]:
-    """Reads the "<emulator port> <proxy port>" line the process prints once ready."""
+  def _read_ports(self, log_path: pathlib.Path) -> tuple[int, int, int]:
+    """Reads the "<emulator port> <proxy port> <server pid>" line printed once ready."""
     deadline = time.monotonic() + self._start_timeout_s + 10
     ready = []
     while not ready and self._process.poll() is None and time.monotonic() < deadline:
       ready, _, _ = select.select([self._process.stdout], [], [], 0.1)
     words = self._process.stdout.readline().split() if ready else []
-    if len(words) != 2:
+    if len(words) != 3:
       state = (
         f'exited with code {self._process.returncode}'
         if self._process.poll() is not None
         else 'did not report its ports'
       )
       raise GcsEmulatorError(f'the GCS emulator {state}; its log ends with:\n{_tail(log_path)}')
-    return int(words[0]), int(words[1])
+    return int(words[0]), int(words[1]), int(words[2])
 
 
 def fake_gcs_server_binary() -> pathlib.Path:
@@ -556,7 +575,7 @@ def serve(
 ) -> None:
   """Runs fake-gcs-server and the proxy until SIGTERM or until the parent is gone.
 
-  Prints "<emulator port> <proxy port>" once both answer.
+  Prints "<emulator port> <proxy port> <fake-gcs-server pid>" once both answer.
 
   Args:
     binary: the fake-gcs-server executable.
@@ -579,7 +598,7 @@ def serve(
     with _ProxyServer(emulator_port, cert_path, key_path) as proxy:
       threading.Thread(target=proxy.serve_forever, daemon=True).start()
       threading.Thread(target=_watch_parent, args=(on_orphaned,), daemon=True).start()
-      print(emulator_port, proxy.server_address[1], flush=True)
+      print(emulator_port, proxy.server_address[1], server.pid, flush=True)
       while not stopped.wait(1.0) and server.poll() is None:
         pass
       if server.poll() is not None:
@@ -598,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
   commands = parser.add_subparsers(dest='command', required=True)
   serve_parser = commands.add_parser(
-    'serve', help='run fake-gcs-server and the proxy; print "<emulator port> <proxy port>"'
+    'serve', help='run fake-gcs-server and the proxy; print "<emulator port> <proxy port> <pid>"'
   )
   serve_parser.add_argument('--binary', required=True, help='the fake-gcs-server executable')
   serve_parser.add_argument('--cert', required=True, help='PEM certificate for *.googleapis.com')

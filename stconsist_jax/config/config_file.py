@@ -19,14 +19,17 @@ CONFIG_FILENAME = 'config.json'
 
 
 # Keys a resumed run may change: how long it runs, how it logs and evaluates, where the
-# data lives. Any other difference would silently mix two experiments in one workdir.
+# data lives, how a computation is lowered (model.conv_impl: the same numbers by another
+# XLA program). Any other difference would silently mix two experiments in one workdir.
 RESUMABLE_PREFIXES = (
+  'model.conv_impl',
   'train.num_steps',
   'train.log_every',
   'train.checkpoint_every',
   'train.keep_checkpoints',
   'train.eval_every',
   'train.profile_steps',
+  'train.storage_timeout_seconds',
   'eval.',
   'data.data_dir',
   'data.device_prefetch',
@@ -53,8 +56,22 @@ def config_differences(saved: Any, new: Any) -> list[tuple[str, str | None, str 
   return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
+# Model keys that leave the stored parameters as they are (float32 whatever the compute
+# dtype) but change the numbers: a resume may change them with --allow_config_change.
+MODEL_KEYS_CHANGEABLE_WITH_CONSENT = ('model.dtype',)
+
+
 def is_resumable_change(key: str) -> bool:
   return any(key == p or (p.endswith('.') and key.startswith(p)) for p in RESUMABLE_PREFIXES)
+
+
+def is_architecture_change(key: str) -> bool:
+  """Whether a changed `key` makes other parameters: never resumable, even with consent."""
+  return (
+    key.startswith('model.')
+    and not is_resumable_change(key)
+    and key not in MODEL_KEYS_CHANGEABLE_WITH_CONSENT
+  )
 
 
 def describe_differences(diffs: list[tuple[str, str | None, str | None]], limit: int = 6) -> str:

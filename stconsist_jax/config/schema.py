@@ -260,6 +260,7 @@ def validate(
   for key in ('train.checkpoint_every', 'train.keep_checkpoints', 'train.eval_every'):
     _check_type(config, key, int)
     _check_range(config, key, 0)
+  _check_range(config, 'train.storage_timeout_seconds', 0.0, low_open=True)
   if config.optimizer.warmup_steps > config.train.num_steps:
     raise ConfigError(
       f'config key optimizer.warmup_steps={config.optimizer.warmup_steps} '

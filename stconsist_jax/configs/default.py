@@ -124,6 +124,10 @@ def get_config() -> ml_collections.ConfigDict:
   # from 0 across resumes) into <workdir>/profile, process 0 only, for TensorBoard's
   # profile plugin or Perfetto (*.trace.json.gz); num = 0 = off.
   config.train.profile_steps = (0, 0)
+  # How long a call on a bucket workdir (checkpoint, metrics, TensorBoard, lock) may keep
+  # failing or go unanswered before the run stops with one line; it is retried with
+  # backoff meanwhile. Committed checkpoints are kept. Local workdirs are not affected.
+  config.train.storage_timeout_seconds = 300.0
 
   config.eval = ml_collections.ConfigDict()
   config.eval.clips_per_video = 10

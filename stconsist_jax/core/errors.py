@@ -5,6 +5,7 @@ the command lines give them. Any other exception is a bug and keeps its tracebac
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -24,6 +25,17 @@ def fail(message: str) -> None:
   """Prints `message` as one line on stderr and exits with EXIT_USER_ERROR."""
   print(message, file=sys.stderr, flush=True)
   sys.exit(EXIT_USER_ERROR)
+
+
+def fail_now(message: str, code: int) -> None:
+  """Prints `message` as one line on stderr and ends the process at once with `code`.
+
+  For a run whose background threads are stuck (a bucket outage): sys.exit would wait
+  for them.
+  """
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 @contextlib.contextmanager

@@ -6,20 +6,42 @@ object store has no rename, but uploads one object whole, so a remote file is wr
 in one call. A directory is finished when its commit file (written last) exists;
 readers ignore directories without it. A new local file gets the mode open() would
 give it: an existing file's own, else 0666 minus the umask.
+
+A call on a bucket goes through `bounded`: it is retried with backoff while it fails, and
+gives up with a one-line StorageUnavailableError once `storage_timeout()` has passed
+without an answer (an outage, no network, no credentials), instead of hanging.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
 import os
 import stat
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
 
 from etils import epath
 
 COMMIT_FILENAME = 'COMMITTED'
 PathLike = str | os.PathLike
+T = TypeVar('T')
+DEFAULT_STORAGE_TIMEOUT_SECONDS = 300.0
+_FIRST_RETRY_DELAY_S = 0.5
+_MAX_RETRY_DELAY_S = 8.0
+# Errors that retrying cannot fix: a wrong path, a refused credential.
+_FINAL_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+_FINAL_ERROR_NAMES = ('NotFoundError', 'AlreadyExistsError', 'InvalidArgumentError')
+_ACCESS_ERROR_NAMES = ('PermissionError', 'PermissionDeniedError', 'UnauthenticatedError')
+_storage_timeout_s = DEFAULT_STORAGE_TIMEOUT_SECONDS
+
+
+class StorageUnavailableError(RuntimeError):
+  """A bucket kept failing or did not answer for the whole storage timeout, or refused access."""
 
 
 def is_remote(path: PathLike) -> bool:
@@ -85,14 +107,20 @@ def _write_local(path: str, data: bytes) -> None:
 def atomic_write(path: PathLike, data: bytes | str) -> epath.Path:
   """Writes `data` (text as UTF-8) to `path` whole, creating its folder; returns the path."""
   path = as_path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
   if isinstance(data, str):
     data = data.encode('utf-8')
   if is_remote(path):
-    path.write_bytes(data)  # One upload: the object appears whole or not at all.
+    # One upload: the object appears whole or not at all, so a retry is harmless.
+    bounded(lambda: _write_remote(path, data), path, 'writing')
   else:
+    path.parent.mkdir(parents=True, exist_ok=True)
     _write_local(os.fspath(path), data)
   return path
+
+
+def _write_remote(path: epath.Path, data: bytes) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(data)
 
 
 def is_committed(directory: PathLike) -> bool:
@@ -141,3 +169,125 @@ def move_tree(src: PathLike, dst: PathLike) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     file.copy(target, overwrite=True)
   src.rmtree()
+
+
+# ------------------------------------------------------------------ bounded bucket calls
+
+
+def set_storage_timeout(seconds: float) -> None:
+  """How long `bounded` keeps retrying or waiting for a bucket before it gives up."""
+  global _storage_timeout_s
+  _storage_timeout_s = float(seconds)
+
+
+def storage_timeout() -> float:
+  return _storage_timeout_s
+
+
+_main_thread_waits: dict[int, float] = {}
+_waits_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def waiting_on_storage() -> Iterator[None]:
+  """Marks the main thread as waiting for a bucket meanwhile (see `main_thread_waiting_since`)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  key = object()
+  with _waits_lock:
+    _main_thread_waits[id(key)] = time.monotonic()
+  try:
+    yield
+  finally:
+    with _waits_lock:
+      _main_thread_waits.pop(id(key), None)
+
+
+def main_thread_waiting_since() -> float | None:
+  """time.monotonic() at which the main thread began its current wait for a bucket, if any."""
+  with _waits_lock:
+    return min(_main_thread_waits.values(), default=None)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+  """`Type: message` of an error on one line (libcurl and orbax errors span many)."""
+  text = ' '.join(str(error).split())
+  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def _call_in_thread(fn: Callable[[], T], deadline: float) -> tuple[bool, Any, BaseException | None]:
+  """Runs `fn` in a daemon thread: (finished before `deadline`, value, error).
+
+  A call still running at the deadline is left behind: client libraries retry inside one
+  call for minutes, and the main thread must stay free to stop the run.
+  """
+  outcome: dict[str, Any] = {}
+  finished = threading.Event()
+
+  def run() -> None:
+    try:
+      outcome['value'] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      outcome['error'] = e
+    finally:
+      finished.set()
+
+  threading.Thread(target=run, daemon=True, name='bounded-storage-call').start()
+  finished.wait(max(deadline - time.monotonic(), 0.0))
+  return finished.is_set(), outcome.get('value'), outcome.get('error')
+
+
+@functools.cache
+def _load_bucket_client() -> None:
+  """Imports TensorFlow, epath's client for gs://, if installed: before a call is timed.
+
+  Imported on the first bucket call otherwise, its start-up (seconds, more on a busy
+  machine) would count as the bucket's time to answer.
+  """
+  try:
+    importlib.import_module('tensorflow')
+  except ImportError:
+    pass
+
+
+def _is_final(error: BaseException) -> bool:
+  return isinstance(error, _FINAL_ERRORS) or type(error).__name__ in _FINAL_ERROR_NAMES
+
+
+def _unavailable(url: PathLike, what: str, cause: str) -> StorageUnavailableError:
+  return StorageUnavailableError(f'storage unavailable: {what} {os.fspath(url)} failed: {cause}')
+
+
+def bounded(
+  fn: Callable[[], T], url: PathLike, what: str = 'access to', *, retry: bool = True
+) -> T:
+  """`fn()`, a call on `url`; for a bucket bounded in time by `storage_timeout()`.
+
+  A local `url` calls `fn` directly. For a bucket a failing call is retried with
+  backoff (`retry`: only for calls that may run twice) until the timeout, a call that
+  does not answer is abandoned at the timeout; both raise StorageUnavailableError naming
+  `url` and the last error. A missing path raises its own error at once, a refused
+  credential a StorageUnavailableError at once.
+  """
+  if not is_remote(url):
+    return fn()
+  _load_bucket_client()
+  timeout = _storage_timeout_s
+  deadline = time.monotonic() + timeout
+  delay = _FIRST_RETRY_DELAY_S
+  with waiting_on_storage():
+    while True:
+      finished, value, error = _call_in_thread(fn, deadline)
+      if not finished:
+        raise _unavailable(url, what, f'no answer within {timeout:g} s')
+      if error is None:
+        return value
+      if _is_final(error):
+        raise error
+      if type(error).__name__ in _ACCESS_ERROR_NAMES:
+        raise _unavailable(url, what, f'access refused ({one_line(error)})') from None
+      if not retry or time.monotonic() + delay >= deadline:
+        raise _unavailable(url, what, f'{one_line(error)} (for {timeout:g} s)') from None
+      time.sleep(delay)
+      delay = min(2 * delay, _MAX_RETRY_DELAY_S)

@@ -177,9 +177,10 @@ def _train_item(state: Any) -> dict[str, Any]:
 
 def committed_steps(directory: str | os.PathLike) -> list[int]:
   """Sorted steps orbax finished writing under `directory` (local or bucket)."""
-  return sorted(
-    int(p.name) for p in ocp.utils.checkpoint_steps_paths(directory) if p.name.isdigit()
+  paths = fileio.bounded(
+    lambda: list(ocp.utils.checkpoint_steps_paths(directory)), directory, 'listing'
   )
+  return sorted(int(p.name) for p in paths if p.name.isdigit())
 
 
 def _has_array_data(item_dir: epath.Path) -> bool:
@@ -295,16 +296,23 @@ class Checkpointer:
   ):
     self.workdir = fileio.as_path(workdir)
     self.best_metric = best_metric
-    self._manager = _manager(
-      self.workdir / CHECKPOINT_DIR,
-      keep=keep,
-      best_metric=best_metric,
-      best_mode=best_mode,
-      async_save=async_save,
+    self._manager = self._bounded(
+      lambda: _manager(
+        self.workdir / CHECKPOINT_DIR,
+        keep=keep,
+        best_metric=best_metric,
+        best_mode=best_mode,
+        async_save=async_save,
+      ),
+      'opening the checkpoints in',
     )
 
+  def _bounded(self, fn: Callable[[], T], what: str, retry: bool = False) -> T:
+    """`fn()` bounded in time on a bucket (fileio.bounded); once only unless `retry`."""
+    return fileio.bounded(fn, self.workdir / CHECKPOINT_DIR, what, retry=retry)
+
   def latest_step(self) -> int | None:
-    return self._manager.latest_step()
+    return self._bounded(self._manager.latest_step, 'listing', retry=True)
 
   def best_step(self) -> int | None:
     """The evaluated step with the best `best_metric` (None before any evaluation)."""
@@ -316,7 +324,7 @@ class Checkpointer:
     `metrics` (an evaluation of this state) make the step a candidate for 'best'; they
     must hold `best_metric`, else the step is saved as a plain periodic one.
     """
-    if step in self._manager.all_steps():
+    if step in self._bounded(self._manager.all_steps, 'listing', retry=True):
       return
     if metrics is not None:
       metrics = {k: float(v) for k, v in metrics.items()}
@@ -329,14 +337,13 @@ class Checkpointer:
           step,
         )
         metrics = None
-    self._manager.save(
-      step,
-      args=ocp.args.Composite(
-        variables=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
-        train=ocp.args.StandardSave(_train_item(state)),
-      ),
-      metrics=metrics,
-      force=True,
+    args = ocp.args.Composite(
+      variables=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
+      train=ocp.args.StandardSave(_train_item(state)),
+    )
+    self._bounded(
+      lambda: self._manager.save(step, args=args, metrics=metrics, force=True),
+      f'saving step {step} to',
     )
 
   def reached_preemption(self, step: int) -> bool:
@@ -383,10 +390,10 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    self._bounded(self._manager.wait_until_finished, 'finishing the checkpoint in')
 
   def close(self) -> None:
-    self._manager.close()
+    self._bounded(self._manager.close, 'closing the checkpoints in')
 
 
 def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> list[int]:
@@ -396,7 +403,7 @@ def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> lis
   its config, and an int `step` that is not among its steps.
   """
   workdir = fileio.as_path(workdir)
-  if not workdir.is_dir():
+  if not fileio.bounded(workdir.is_dir, workdir, 'reading'):
     raise FileNotFoundError(
       f'workdir {workdir} does not exist (expected a directory '
       f'written by launch.py --mode=train: '

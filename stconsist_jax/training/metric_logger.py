@@ -8,8 +8,8 @@ import contextlib
 import os
 import sys
 import time
-from typing import Any
-from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 from etils import epath
@@ -17,9 +17,11 @@ import jax
 import numpy as np
 
 from stconsist_jax.core import console
+from stconsist_jax.core import fileio
 from stconsist_jax.training import summaries
 
 
+T = TypeVar('T')
 PROFILE_DIR = 'profile'
 CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'con_weight', 'accuracy', 'iou', 'lr')
 
@@ -95,13 +97,23 @@ class MetricLogger:
     if not enabled:
       return
     self._jsonl = summaries.JsonlWriter(self.workdir / summaries.METRICS_FILENAME)
-    self._tensorboard = summaries.tensorboard_writer(self.workdir / summaries.TENSORBOARD_DIR)
+    self._tensorboard = self._bounded(
+      lambda: summaries.tensorboard_writer(self.workdir / summaries.TENSORBOARD_DIR), 'opening'
+    )
     if progress_bar is None:
       progress_bar = sys.stdout.isatty()
     if progress_bar:
       import tqdm  # pylint: disable=g-import-not-at-top
 
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True)
+
+  def _bounded(self, fn: Callable[[], T], what: str) -> T:
+    """A TensorBoard call, bounded in time on a bucket (it may block on a full queue)."""
+    return fileio.bounded(fn, self.workdir / summaries.TENSORBOARD_DIR, what, retry=False)
+
+  def _write_tensorboard(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._tensorboard is not None:
+      self._bounded(lambda: self._tensorboard.write_scalars(step, scalars), 'writing')
 
   def timed(self, name: str) -> contextlib.AbstractContextManager[None]:
     """Context whose wall time counts as `name` (e.g. 'input') in the interval's split."""
@@ -141,8 +153,7 @@ class MetricLogger:
       self._bar.write(line)
     else:
       logging.info('%s', line)
-    if self._tensorboard is not None:
-      self._tensorboard.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+    self._write_tensorboard(step, {f'train/{k}': v for k, v in means.items()})
     return means
 
   def write_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -152,22 +163,21 @@ class MetricLogger:
     logging.info(
       'eval step %d: %s', step, ' '.join(f'{k}={v:.4g}' for k, v in sorted(values.items()))
     )
-    if self._tensorboard is not None:
-      self._tensorboard.write_scalars(step, {f'eval/{k}': v for k, v in values.items()})
+    self._write_tensorboard(step, {f'eval/{k}': v for k, v in values.items()})
 
   def flush(self) -> None:
     """Writes the buffered JSON lines and TensorBoard events to the workdir."""
     if self._jsonl is not None:
       self._jsonl.flush()
     if self._tensorboard is not None:
-      self._tensorboard.flush()
+      self._bounded(self._tensorboard.flush, 'flushing')
 
   def close(self) -> None:
     if self._bar is not None:
       self._bar.close()
     self.flush()
     if self._tensorboard is not None:
-      self._tensorboard.close()
+      self._bounded(self._tensorboard.close, 'closing')
 
 
 class StepProfiler:

@@ -31,10 +31,13 @@ class JsonlWriter:
 
   def __init__(self, path: str | os.PathLike):
     self.path = epath.Path(path)
-    old = self.path.read_text() if self.path.exists() else ''
+    old = fileio.bounded(self._read, self.path, 'reading')
     self._text = drop_partial_last_line(old, self.path)
     self._new: list[str] = []
     self._dirty = self._text != old
+
+  def _read(self) -> str:
+    return self.path.read_text() if self.path.exists() else ''
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     values = {k: float(np.asarray(v)) for k, v in scalars.items()}

@@ -6,8 +6,11 @@ itself (state, optimizer, loss) lives in `train_step`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -102,14 +105,25 @@ def check_num_classes(config: ml_collections.ConfigDict) -> None:
     )
 
 
+# After SIGTERM the run may wait this long for its storage (at most the storage timeout).
+SIGTERM_STORAGE_GRACE_SECONDS = 10.0
+EXIT_SIGTERM = 128 + signal.SIGTERM
+
+
 class _SigtermFlag:
   """Records SIGTERM so a single-process loop can save and stop between steps.
 
-  With several processes JAX's own preemption notifier watches SIGTERM instead.
+  If the main thread then waits for the workdir's storage longer than the grace (a
+  bucket outage), the process ends at once as SIGTERM's default would, with one line:
+  the committed checkpoints are untouched. With several processes JAX's own preemption
+  notifier watches SIGTERM instead.
   """
 
-  def __init__(self):
+  def __init__(self, workdir: str, grace_s: float):
     self.received = False
+    self.step = 0  # The last step run, for the message.
+    self._workdir = workdir
+    self._grace_s = grace_s
     self._previous = None
 
   def __enter__(self):
@@ -120,7 +134,31 @@ class _SigtermFlag:
   def _handle(self, signum, frame):
     del signum, frame
     logging.warning('SIGTERM received: saving a checkpoint after the current step')
-    self.received = True
+    if not self.received:
+      self.received = True
+      watch = threading.Thread(
+        target=self._end_if_storage_stalls, args=(time.monotonic(),), daemon=True
+      )
+      watch.start()
+
+  def _end_if_storage_stalls(self, received_at: float) -> None:
+    """Ends the process once the main thread has waited for storage past the grace."""
+    while True:
+      time.sleep(0.2)
+      since = fileio.main_thread_waiting_since()
+      if since is not None and time.monotonic() - max(since, received_at) > self._grace_s:
+        self.end_process()
+
+  def end_process(self) -> None:
+    """After SIGTERM, when the storage does not answer: one line, exit code 143, now."""
+    print(
+      f'stopped by SIGTERM at step {self.step} without saving it: the storage of '
+      f'{self._workdir} did not answer for {self._grace_s:g} s; rerun the same command '
+      f'to resume from the last committed checkpoint',
+      file=sys.stderr,
+      flush=True,
+    )
+    os._exit(EXIT_SIGTERM)  # Threads stuck in the storage client would block a normal exit.
 
   def __exit__(self, *exc):
     if self._previous is not None:
@@ -170,10 +208,11 @@ def check_resume_config(
 ) -> None:
   """Refuses to resume a workdir whose saved config differs in what defines the run.
 
-  Run length, logging, evaluation and data location may change on resume (logged). Any
-  other difference (architecture, optimizer, losses, data, seed) is refused before
-  anything is written, unless `allow_config_change`; then the old config is kept as
-  `config.before-<time>.json` beside the new one.
+  Run length, logging, evaluation, data location and lowering (model.conv_impl) may
+  change on resume (logged). Any other difference (optimizer, losses, data, seed, compute
+  dtype) is refused before anything is written, unless `allow_config_change`; then the
+  old config is kept as `config.before-<time>.json` beside the new one. Another
+  architecture is always refused.
   """
   path = fileio.as_path(workdir) / config_file.CONFIG_FILENAME
   if not path.exists():
@@ -188,7 +227,7 @@ def check_resume_config(
     logging.info('Resuming %s with changed %s', workdir, config_file.describe_differences(harmless))
   if not blocking:
     return
-  model_keys = [d for d in blocking if d[0].startswith('model.')]
+  model_keys = [d for d in blocking if config_file.is_architecture_change(d[0])]
   if model_keys or not allow_config_change:
     raise schema.ConfigError(
       f'workdir {workdir} holds a run with another config '
@@ -245,6 +284,7 @@ def train_and_evaluate(
   """
   mesh = distributed.make_mesh() if mesh is None else mesh
   schema.validate(config, num_devices=mesh.devices.size, num_processes=jax.process_count())
+  fileio.set_storage_timeout(config.train.storage_timeout_seconds)
   if batch_iter_fn is None:
     check_num_classes(config)
   ckpt_dir = fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR
@@ -256,7 +296,7 @@ def train_and_evaluate(
   if jax.process_index() == 0:
     lock = workdir_lock.WorkdirLock(workdir)
     try:
-      lock.acquire()
+      fileio.bounded(lock.acquire, workdir, 'taking the lock of', retry=False)
     except workdir_lock.WorkdirLockedError as e:
       lock, refused = None, e
   if distributed.any_process(refused is not None):
@@ -265,9 +305,12 @@ def train_and_evaluate(
     )
   try:
     return _train(config, workdir, batch_iter_fn, evaluate_fn, mesh, allow_config_change, lock)
+  except fileio.StorageUnavailableError:
+    lock = None  # Unreachable; its lease lapses, and this host sees the process gone.
+    raise
   finally:
     if lock is not None:
-      lock.release()
+      fileio.bounded(lock.release, workdir, 'releasing the lock of', retry=False)
 
 
 def _train(
@@ -329,8 +372,12 @@ def _train(
     _check_finite(records, checkpointer)
     logger.write_steps(records)
 
+  grace = min(SIGTERM_STORAGE_GRACE_SECONDS, config.train.storage_timeout_seconds)
+  data_wait = _data_wait_marker(config)
+  storage_failed = False
+  sigterm = _SigtermFlag(workdir, grace)
   try:
-    with _SigtermFlag() as sigterm:
+    with sigterm:
       for step in range(start, num_steps):
         if _lease_lost(lock, step, config.train.log_every):
           checkpointer.wait()  # Saves begun while the lock was held; no new one.
@@ -347,11 +394,12 @@ def _train(
           )
           step_fns[index] = train_step.make_train_step(config, model, mesh, stages[index])
         profiler.before_step(step)
-        with logger.timed('input'):
+        with logger.timed('input'), data_wait():
           batch = _next_batch(device_batches, config, step)
         state, metrics = step_fns[index](state, batch)
         profiler.after_step(step, metrics)
         done = step + 1
+        sigterm.step = done
         pending.append((done, metrics))
         # Read once: a signal arriving later is seen next step. All hosts must agree, or
         # those that stop would wait forever in the save's barriers for the others: on
@@ -387,9 +435,22 @@ def _train(
           raise Preempted(done)
       if pending:
         flush()
+  except fileio.StorageUnavailableError:
+    if sigterm.received:
+      sigterm.end_process()  # A storage call gave up before the watch saw it stall.
+    storage_failed = True  # Waiting for the pending writes would time out again.
+    raise
   finally:
     profiler.stop()
-    checkpointer.wait()
-    checkpointer.close()
-    logger.close()
+    if not storage_failed:
+      checkpointer.wait()
+      checkpointer.close()
+      logger.close()
   return state
+
+
+def _data_wait_marker(config: ml_collections.ConfigDict) -> Callable[[], Any]:
+  """Context for reading a batch: a wait for storage when the data is in a bucket."""
+  if fileio.is_remote(config.data.data_dir):
+    return fileio.waiting_on_storage
+  return contextlib.nullcontext

@@ -143,7 +143,12 @@ def test_launch_rejects_bad_overrides_before_compute(repo_root, tmp_path, overri
   assert proc.returncode == 2
   assert message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+  assert _lines_with(message, proc.stderr) == 1, 'the error must be printed once'
   assert not (tmp_path / 'checkpoints').exists()
+
+
+def _lines_with(text, output):
+  return sum(text in line for line in output.splitlines())
 
 
 @pytest.mark.parametrize(
@@ -170,3 +175,4 @@ def test_launch_reports_missing_workdir_or_dataset_in_one_line(repo_root, tmp_pa
   assert proc.returncode == 2, proc.stderr[-2000:]
   assert 'error:' in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
+  assert _lines_with(message, proc.stderr) == 1, proc.stderr[-2000:]

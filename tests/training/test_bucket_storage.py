@@ -1,4 +1,4 @@
-"""A whole run on gs:// against a local GCS-API server: build, train, kill, resume, evaluate.
+"""A whole run on gs:// against a local GCS-API server: build, train, outage, resume, evaluate.
 
 Every path (TFDS data_dir, workdir, eval reports) is a bucket URL; the server is reached
 only through the environment the `gcs_bucket` fixture sets, as on a real pod.
@@ -7,6 +7,7 @@ only through the environment the `gcs_bucket` fixture sets, as on a real pod.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,11 +75,11 @@ def _finish(proc, timeout=600):
   return out
 
 
-def _kill_during_a_save(proc, ckpt_dir, timeout=300):
-  """SIGKILLs `proc` while a step is being written next to a committed one.
+def _wait_for_a_save(proc, ckpt_dir, timeout=300):
+  """Returns once a step is being written next to a committed one.
 
   On a bucket orbax writes a step in place and commits it last, so the step in progress
-  is a directory that `committed_steps` does not list. Returns (committed, partial).
+  is a directory that `committed_steps` does not list.
   """
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
@@ -87,21 +88,36 @@ def _kill_during_a_save(proc, ckpt_dir, timeout=300):
     committed = {str(s) for s in checkpointing.committed_steps(ckpt_dir)}
     present = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
     if committed and {name for name in present - committed if name.isdigit()}:
-      break
+      return
     time.sleep(0.05)  # Each look is several requests to the server; a save takes longer.
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  committed = checkpointing.committed_steps(ckpt_dir)
-  partial = {p.name for p in ckpt_dir.iterdir() if p.name.isdigit()} - {str(s) for s in committed}
-  return committed, partial
+  pytest.fail('no save in progress seen')
 
 
-def test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket(
-  gcs_bucket, synthetic_root, repo_root
+def _sigterm_during_an_outage(proc, server, timeout=120):
+  """Freezes the server, SIGTERMs `proc` and waits for it; (exit code, output)."""
+  server.pause()
+  try:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=timeout)  # A guard: the run stops within seconds.
+  finally:
+    server.resume()
+  return proc.returncode, out
+
+
+def _steps_run_twice(workdir):
+  """{step: [metrics of each run that logged it]} for the steps a resume repeated."""
+  runs = {}
+  for record in summaries.read_metrics_jsonl(epath.Path(workdir) / 'metrics.jsonl'):
+    runs.setdefault(record.pop('step'), []).append(record)
+  return {step: records for step, records in runs.items() if len(records) > 1}
+
+
+def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
+  gcs_server, gcs_bucket, synthetic_root, repo_root
 ):
-  """The TFDS build, training (SIGKILLed while a checkpoint is being written, then
-  resumed from the last committed one), evaluation and a separate --mode=eval, all on
-  gs://."""
+  """The TFDS build, training (the server frozen while a checkpoint is being written and
+  the run SIGTERMed, then resumed exactly from the last committed step), evaluation and a
+  separate --mode=eval, all on gs://."""
   data_dir = f'{gcs_bucket}/tfds'
   workdir = f'{gcs_bucket}/runs/tiny'
   builder = tfds_builder.build(
@@ -111,17 +127,28 @@ def test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket(
   assert sum(tfds_builder.read_report(builder)['videos_written'].values()) > 0
   args = ['--mode=train_and_eval', *_overrides(builder, data_dir, len(synthetic_root.class_names))]
 
-  first = _launch(repo_root, workdir, args)
+  first = _launch(repo_root, workdir, [*args, '--config.train.storage_timeout_seconds=8'])
   ckpt_dir = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
-  killed_at, partial = _kill_during_a_save(first, ckpt_dir)
-  assert partial, 'the save in progress finished before the kill landed'
+  _wait_for_a_save(first, ckpt_dir)
+  code, out = _sigterm_during_an_outage(first, gcs_server)
+  assert code == 143, out[-4000:]
+  stopped = [line for line in out.splitlines() if 'stopped by SIGTERM' in line]
+  assert len(stopped) == 1 and f'storage of {workdir} did not answer for 8 s' in stopped[0]
+  killed_at = checkpointing.committed_steps(ckpt_dir)
   assert killed_at and max(killed_at) < NUM_STEPS
+  partial = {p.name for p in ckpt_dir.iterdir() if p.name.isdigit()} - {str(s) for s in killed_at}
+  assert partial, 'the save in progress finished before the outage'
 
   out = _finish(_launch(repo_root, workdir, args))
   assert f'Resumed from checkpoint step {max(killed_at)}' in out
   assert NUM_STEPS in checkpointing.committed_steps(ckpt_dir)
   logged = summaries.read_metrics(workdir)
   assert sorted(logged) == list(range(1, NUM_STEPS + 1))
+  # The steps after the last committed one were logged before the outage and again by
+  # the resumed run: the same numbers, as without the interruption.
+  repeated = _steps_run_twice(workdir)
+  assert repeated and min(repeated) == max(killed_at) + 1
+  assert all(first == again for first, again in repeated.values())
   root = epath.Path(workdir)
   assert any('events.out.tfevents.' in name for name in _files_under(root / 'tensorboard'))
   report_dir = root / 'eval' / str(NUM_STEPS)
@@ -141,3 +168,42 @@ def test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket(
   assert again['video_accuracy'] == report['video_accuracy']
   _, variables, step = checkpointing.restore_for_eval(workdir, 'latest')
   assert step == NUM_STEPS and 'params' in variables
+
+
+def test_bucket_without_network_is_one_line(repo_root, tmp_path):
+  """A gs:// workdir when the storage cannot be reached (the proxy every request of
+  TensorFlow goes through is closed): one line naming the URL and the cause, no
+  traceback. TensorFlow's own retries are turned off to keep the test short."""
+  with socket.socket() as closed:
+    closed.bind(('127.0.0.1', 0))
+    proxy = f'http://127.0.0.1:{closed.getsockname()[1]}'
+  env = xla_env.subprocess_env(
+    1,
+    JAX_PLATFORMS='cpu',
+    HTTPS_PROXY=proxy,
+    https_proxy=proxy,
+    GOOGLE_AUTH_TOKEN_FOR_TESTING='token',
+    NO_GCE_CHECK='true',
+    GCS_RETRY_CONFIG_MAX_RETRIES='0',
+  )
+  workdir = 'gs://no-network-bucket/run'
+  proc = subprocess.run(
+    [
+      sys.executable,
+      'launch.py',
+      '--config=configs/demo.py',
+      f'--workdir={workdir}',
+      '--config.data.name=random',
+      '--config.train.storage_timeout_seconds=2',
+    ],
+    cwd=repo_root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert proc.returncode == 75, proc.stderr[-4000:]
+  errors = [line for line in proc.stderr.splitlines() if 'storage unavailable' in line]
+  assert len(errors) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-4000:]
+  assert errors[0].startswith(f'error: storage unavailable: taking the lock of {workdir} failed:')
+  assert 'Could not connect to server' in errors[0], errors[0]

@@ -279,6 +279,28 @@ def test_resume_with_another_learning_rate_needs_explicit_consent(trained, tmp_p
   assert len(backups) == 1 and backups[0].read_text() == saved
 
 
+def test_resume_may_change_the_lowering_and_with_consent_the_dtype(trained, tmp_path):
+  """model.conv_impl gives the same numbers by another XLA program: a resume may change
+  it. model.dtype keeps the stored float32 parameters but changes the numbers: only with
+  --allow_config_change. Any other model key is another architecture."""
+  tmp_path = _copy(trained, tmp_path)
+  saved = (tmp_path / config_file.CONFIG_FILENAME).read_text()
+  lowering = tiny_config(4)
+  lowering.model.conv_impl = 'xla' if lowering.model.conv_impl != 'xla' else 'conv2d'
+  train.check_resume_config(lowering, str(tmp_path), allow_config_change=False)
+  compute = tiny_config(4)
+  compute.model.dtype = 'bfloat16'
+  with pytest.raises(schema.ConfigError, match='model.dtype.*allow_config_change'):
+    train.check_resume_config(compute, str(tmp_path), allow_config_change=False)
+  train.check_resume_config(compute, str(tmp_path), allow_config_change=True)
+  assert [p.read_text() for p in tmp_path.glob('config.before-*.json')] == [saved]
+  width = tiny_config(4)
+  width.model.widen_factor = 0.25
+  with pytest.raises(schema.ConfigError, match='model.widen_factor') as e:
+    train.check_resume_config(width, str(tmp_path), allow_config_change=True)
+  assert 'allow_config_change' not in str(e.value)
+
+
 def test_longer_run_resumes_without_consent(trained, tmp_path):
   tmp_path = _copy(trained, tmp_path)
   state = _run(tiny_config(5), tmp_path)
