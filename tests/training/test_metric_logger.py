@@ -27,7 +27,7 @@ def test_library_info_dropped_warnings_and_own_logs_kept():
   assert not f.filter(_record(std_logging.INFO, '/site-packages/tensorflow_datasets/x.py'))
   assert f.filter(_record(std_logging.WARNING, orbax))
   assert f.filter(_record(std_logging.ERROR, orbax))
-  assert f.filter(_record(std_logging.INFO, '/repo/stconsist_jax/train.py'))
+  assert f.filter(_record(std_logging.INFO, '/repo/stconsist_jax/training/train.py'))
 
 
 def test_quiet_library_logs_installs_one_filter():
@@ -42,7 +42,7 @@ def test_quiet_library_logs_installs_one_filter():
 
 
 def _fake_clock(monkeypatch, start: float = 100.0) -> list[float]:
-  """logging_utils' monotonic clock, advanced by assigning now[0]."""
+  """metric_logger's monotonic clock, advanced by assigning now[0]."""
   now = [start]
   monkeypatch.setattr(metric_logger.time, 'monotonic', lambda: now[0])
   return now
