@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import os
 import stat
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 from collections.abc import Callable, Iterator, Mapping
 
 from etils import epath
+from etils.epath import backend as epath_backend
 
 COMMIT_FILENAME = 'COMMITTED'
 PathLike = str | os.PathLike
@@ -240,13 +240,12 @@ def _call_in_thread(fn: Callable[[], T], deadline: float) -> tuple[bool, Any, Ba
 
 @functools.cache
 def _load_bucket_client() -> None:
-  """Imports TensorFlow, epath's client for gs://, if installed: before a call is timed.
-
-  Imported on the first bucket call otherwise, its start-up (seconds, more on a busy
-  machine) would count as the bucket's time to answer.
+  """Loads epath's client for gs:// (its TensorFlow backend), if installed, before a call
+  is timed: loaded on the first bucket call otherwise, its start-up (seconds, more on a
+  busy machine) would count as the bucket's time to answer.
   """
   try:
-    importlib.import_module('tensorflow')
+    epath_backend.tf_backend.gfile  # noqa: B018 (the property loads the client)
   except ImportError:
     pass
 
