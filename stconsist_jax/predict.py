@@ -289,6 +289,7 @@ def predict_video(
     raise video_files.VideoError(video_files.REMOTE_VIDEO)
   video = pathlib.Path(video)
   out_dir = fileio.as_path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)  # Fails before any decoding.
   video_files.remove_stale_partials(out_dir)
   name = name or video.stem
   json_path = out_dir / f'{name}.json'
@@ -502,6 +503,10 @@ def run(argv_flags: Any = None) -> int:
   if len(videos) == 1 and not videos[0].exists():
     print(f'skipped {videos[0]}: no such file', file=sys.stderr)
     return 1
+  problem = output_problem(out_dir)
+  if problem:
+    print(f'error: --output {f.output}: {problem}', file=sys.stderr)
+    return 2
   try:
     step = evaluate.resolve_step(ml_collections.ConfigDict({'eval': {}}), f.step)
     loaded = load(
@@ -555,6 +560,22 @@ def run(argv_flags: Any = None) -> int:
     f'{time.perf_counter() - start:.1f} s in all; skipped {failed}'
   )
   return 0 if done else 1
+
+
+def output_problem(out_dir: epath.Path) -> str | None:
+  """Why the output folder cannot be used (one line), else None; creates it.
+
+  Checked before the model is loaded or any video decoded.
+  """
+  if out_dir.exists() and not out_dir.is_dir():
+    return 'a file is there, not a folder'
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    return e.strerror or ' '.join(str(e).split())
+  if not fileio.is_remote(out_dir) and not os.access(out_dir, os.W_OK | os.X_OK):
+    return 'permission denied'
+  return None
 
 
 def _exit_on_sigterm(signum: int, frame: Any) -> None:

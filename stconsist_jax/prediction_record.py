@@ -12,6 +12,7 @@ import dataclasses
 import io
 import json
 import math
+import os
 from typing import Any, TextIO
 from collections.abc import Callable, Mapping, Sequence
 
@@ -331,7 +332,8 @@ def linking_dict(linking: Any) -> dict[str, Any]:
 def write(record: Mapping[str, Any], out: TextIO) -> None:
   """Writes compact JSON: the header keys, then one line per tube and per frame.
 
-  Entry by entry, so a record of `Entries` is never held whole.
+  Entry by entry, so a record of `Entries` is never held whole. The first lines are
+  `{`, `"format"` and `"video"` (`recorded_video` reads them).
   """
   out.write('{\n')
   for key, value in record.items():
@@ -358,6 +360,25 @@ def dumps(record: Mapping[str, Any]) -> str:
   text = io.StringIO()
   write(record, text)
   return text.getvalue()
+
+
+def recorded_video(path: str | os.PathLike) -> str | None:
+  """The `video` of a prediction record file, from its first lines; None if it is none."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = [f.readline(1 << 16) for _ in range(3)]
+  except (OSError, UnicodeDecodeError):
+    return None
+  if lines[0].strip() != '{':
+    return None
+  fields = {}
+  for line in lines[1:]:
+    try:
+      fields.update(json.loads('{' + line.strip().rstrip(',') + '}'))
+    except ValueError:
+      return None
+  video = fields.get('video')
+  return video if fields.get('format') == FORMAT and isinstance(video, str) else None
 
 
 def settings(

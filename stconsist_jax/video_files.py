@@ -27,6 +27,7 @@ import numpy as np
 
 from stconsist_jax import fileio
 from stconsist_jax import frame_predictor
+from stconsist_jax import prediction_record
 
 VIDEO_EXTENSIONS = (
   '.avi',
@@ -134,10 +135,33 @@ def list_videos(
   for f in sorted(p.iterdir()):
     if f.name.startswith('.') or not f.is_file() or f.suffix.lower() not in VIDEO_EXTENSIONS:
       continue
-    if skip is not None and f.resolve().parent == skip:
+    if skip is not None and f.resolve().parent == skip and is_annotated_copy(f):
       continue
     found.append(f)
   return found
+
+
+def is_annotated_copy(path: pathlib.Path) -> bool:
+  """Whether `path` is the annotated copy a prediction wrote beside its record.
+
+  That is `<name>.mp4` (or `<name>_pred.mp4`) next to a `<name>.json` prediction record
+  of another video.
+  """
+  if path.suffix.lower() != '.mp4':
+    return False
+  names = [path.stem] + ([path.stem[: -len('_pred')]] if path.stem.endswith('_pred') else [])
+  for name in names:
+    source = prediction_record.recorded_video(path.with_name(f'{name}.json'))
+    if source is not None and not _same_video(pathlib.Path(source), path):
+      return True
+  return False
+
+
+def _same_video(recorded: pathlib.Path, path: pathlib.Path) -> bool:
+  """Whether a record's `video` (as given, maybe relative to another folder) is `path`."""
+  if recorded.exists():
+    return recorded.resolve() == path.resolve()
+  return recorded.name == path.name
 
 
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:

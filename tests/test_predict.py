@@ -5,6 +5,7 @@ files of two containers, sizes and frame rates, the output schema, and the comma
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -478,6 +479,51 @@ def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
     f'.v.json.{live}.partial.json',
     'v.mp4',
   ]
+
+
+def test_output_that_is_a_file_is_refused_before_decoding(loaded, videos, tmp_path, monkeypatch):
+  taken = tmp_path / 'taken'
+  taken.write_text('a file\n')
+  opened = []
+  monkeypatch.setattr(video_files, 'open_video', lambda *a: opened.append(a) or 1 / 0)
+  with pytest.raises(FileExistsError):
+    predict.predict_video(loaded, videos / 'b.mp4', taken, progress=False)
+  assert opened == []
+  # The command line: no model loaded (the arguments name none), nothing decoded.
+  args = types.SimpleNamespace(video=str(videos / 'b.mp4'), output=str(taken))
+  assert predict.run(args) == 2 and opened == []
+
+
+def test_output_that_is_a_file_is_one_error_line(videos, tmp_path, capsys):
+  taken = tmp_path / 'taken'
+  taken.write_text('a file\n')
+  args = types.SimpleNamespace(video=str(videos / 'b.mp4'), output=str(taken))
+  assert predict.run(args) == 2
+  err = capsys.readouterr().err
+  assert err == f'error: --output {taken}: a file is there, not a folder\n'
+  assert taken.read_text() == 'a file\n'
+
+
+def test_output_folder_may_be_the_video_folder(loaded, videos, tmp_path):
+  folder = tmp_path / 'clips'
+  folder.mkdir()
+  for name in ('a.avi', 'b.mp4'):
+    shutil.copy(videos / name, folder / name)
+  inputs = video_files.list_videos(folder, exclude=folder)
+  assert [p.name for p in inputs] == ['a.avi', 'b.mp4']
+  done, failed = predict.predict_all(loaded, inputs, folder, every=8, progress=False, report=print)
+  assert len(done) == 2 and not failed
+  # b.mp4's annotated copy cannot overwrite it; a.avi's is a.mp4.
+  assert sorted(p.name for p in folder.iterdir()) == [
+    'a.avi',
+    'a.json',
+    'a.mp4',
+    'b.json',
+    'b.mp4',
+    'b_pred.mp4',
+  ]
+  # A second run reads the same two videos, not the annotated copies.
+  assert video_files.list_videos(folder, exclude=folder) == inputs
 
 
 # ------------------------------------------------------------------ command line
