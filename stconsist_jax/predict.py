@@ -483,6 +483,7 @@ def define_flags() -> None:
   flags.DEFINE_string('class_names', None, 'Text file of class names, one per line.')
   flags.DEFINE_bool('write_video', True, 'Write the annotated <name>.mp4.')
   flags.DEFINE_bool('progress', True, 'Progress bars.')
+  flags.DEFINE_bool('verbose', False, "OpenCV's and FFmpeg's own warnings (silenced by default).")
   flags.mark_flags_as_required(['video', 'output'])
 
 
@@ -578,6 +579,14 @@ def output_problem(out_dir: epath.Path) -> str | None:
   return None
 
 
+def quiet_opencv(verbose: bool) -> None:
+  """Silences OpenCV's and FFmpeg's own warnings (errors stay) unless `verbose`."""
+  if verbose:
+    return
+  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')  # Read when FFmpeg first opens.
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
   del frame
   sys.exit(128 + signum)  # Unwinds, so that partial outputs are removed.
@@ -598,12 +607,12 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     logging_utils.quiet_library_logs()  # before anything imports TensorFlow
   logging.get_absl_handler().addFilter(_RoutineCheckpointLogs())
+  quiet_opencv(FLAGS.verbose)
   signal.signal(signal.SIGTERM, _exit_on_sigterm)
   sys.exit(run())
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')  # No FFmpeg chatter on bad files.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Class names may load TFDS.
   define_flags()
   app.run(main)

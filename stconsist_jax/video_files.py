@@ -81,6 +81,8 @@ def open_video(path: str | os.PathLike) -> tuple[Any, VideoInfo]:
     raise VideoError('no such file')
   if not p.is_file():
     raise VideoError('not a file')
+  if not os.access(p, os.R_OK):
+    raise VideoError('permission denied')
   if p.stat().st_size == 0:
     raise VideoError('empty file (0 bytes)')
   cap = cv2.VideoCapture(str(p))

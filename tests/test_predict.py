@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tracemalloc
@@ -524,6 +525,45 @@ def test_output_folder_may_be_the_video_folder(loaded, videos, tmp_path):
   ]
   # A second run reads the same two videos, not the annotated copies.
   assert video_files.list_videos(folder, exclude=folder) == inputs
+
+
+def test_unreadable_video_is_permission_denied(loaded, videos, tmp_path, monkeypatch):
+  video = tmp_path / 'locked.mp4'
+  shutil.copy(videos / 'b.mp4', video)
+  video.chmod(0)
+  if os.geteuid() == 0:
+    # Root may read a mode 000 file; answer as the kernel does for its non-root owner.
+    real_access = os.access
+
+    def owner_access(path, mode, **kwargs):
+      if pathlib.Path(path) == video:
+        bits = stat.S_IMODE(os.stat(path).st_mode)
+        return not (mode & os.R_OK and not bits & stat.S_IRUSR)
+      return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(video_files.os, 'access', owner_access)
+  lines = []
+  done, failed = predict.predict_all(
+    loaded, [video], tmp_path / 'out', progress=False, report=lines.append
+  )
+  assert done == [] and failed == {str(video): 'permission denied'}
+  assert lines == [f'skipped {video}: permission denied']
+
+
+def test_opencv_warnings_are_silenced_unless_verbose(monkeypatch):
+  logs = cv2.utils.logging
+  before = logs.getLogLevel()
+  monkeypatch.delenv('OPENCV_FFMPEG_LOGLEVEL', raising=False)
+  try:
+    logs.setLogLevel(logs.LOG_LEVEL_WARNING)
+    predict.quiet_opencv(verbose=True)
+    assert logs.getLogLevel() == logs.LOG_LEVEL_WARNING
+    assert 'OPENCV_FFMPEG_LOGLEVEL' not in os.environ
+    predict.quiet_opencv(verbose=False)
+    assert logs.getLogLevel() == logs.LOG_LEVEL_ERROR
+    assert os.environ['OPENCV_FFMPEG_LOGLEVEL'] == '-8'
+  finally:
+    logs.setLogLevel(before)
 
 
 # ------------------------------------------------------------------ command line
