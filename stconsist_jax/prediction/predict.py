@@ -4,10 +4,12 @@ videos into their JSON record and annotated copy, and the command line that does
 The model on frames is `frame_predictor`, video files and drawing are `video_files`,
 the JSON record is `prediction_record`. Videos are read from local files (OpenCV
 decodes local files only); the workdir, the converted weights, the class names file and
-the output folder may also be bucket URLs (gs://...). Every output file is written
-whole. Usage, settings and the JSON schema of the output: docs/predict.md. It runs a
-little over 400 lines because loading, the per-video driver and the CLI share one set of
-flags and errors; splitting them would pass those around without making either clearer.
+the output folder may also be bucket URLs (gs://...). Output files are streamed to a
+partial file that becomes the output whole when finished, so memory does not grow with
+a video's length. Usage, settings and the JSON schema of the output: docs/predict.md. It
+runs a little over 400 lines because loading, the per-video driver and the CLI share one
+set of flags and errors; splitting them would pass those around without making either
+clearer.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import ast
 import dataclasses
 import os
 import pathlib
+import signal
 import sys
 import time
 from typing import Any
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from absl import app
 from absl import flags
@@ -287,6 +290,8 @@ def predict_video(
     raise video_files.VideoError(video_files.REMOTE_VIDEO)
   video = pathlib.Path(video)
   out_dir = fileio.as_path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)  # Fails before any decoding.
+  video_files.remove_stale_partials(out_dir)
   name = name or video.stem
   json_path = out_dir / f'{name}.json'
   mp4_path = out_dir / f'{name}.mp4'
@@ -349,7 +354,7 @@ def predict_video(
       'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2),
     }
     prediction_record.validate_prediction(record)
-    fileio.atomic_write(json_path, prediction_record.dumps(record))
+    write_record(json_path, record)
   finally:
     bar.close()
   if info.reported_frames and info.reported_frames != results.num_frames:
@@ -360,6 +365,44 @@ def predict_video(
       results.num_frames,
     )
   return VideoResult(name, record, json_path, written, results, tube_list)
+
+
+def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+  """Writes the JSON record entry by entry to a partial file that becomes `path`."""
+  with video_files.staged_output(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+    prediction_record.write(record, f)
+
+
+def predict_each(
+  loaded: Loaded,
+  inputs: Sequence[pathlib.Path],
+  out_dir: str | os.PathLike,
+  *,
+  report: Callable[[str], None] = print,
+  **options: Any,
+) -> Iterator[tuple[pathlib.Path, VideoResult | None, str | None]]:
+  """`(video, result, None)` or `(video, None, reason)` for each video in turn.
+
+  A video that fails is reported in one line and skipped; `options` go to
+  `predict_video`. Nothing is kept from one video to the next.
+  """
+  for path, name in zip(inputs, video_files.output_names(list(inputs))):
+    try:
+      result = predict_video(loaded, path, out_dir, name=name, **options)
+    except (video_files.VideoError, cv2.error, OSError) as e:
+      reason = ' '.join(str(e).split()) or type(e).__name__
+      report(f'skipped {path}: {reason}')
+      yield path, None, reason
+      continue
+    timing = result.record['timing']
+    top = result.record['top5'][0]
+    report(
+      f'{path}: {result.record["num_frames"]} frames in {timing["predict_s"]:.2f} s '
+      f'({timing["frames_per_s"]:.1f} frames/s; writing {timing["write_s"]:.2f} s), '
+      f'{len(result.tubes)} tubes, top class {top["class"]} {top["score"]:.3f} '
+      f'-> {result.json_path}'
+    )
+    yield path, result, None
 
 
 def predict_all(
@@ -374,38 +417,26 @@ def predict_all(
   progress: bool = True,
   report: Callable[[str], None] = print,
 ) -> tuple[list[VideoResult], dict[str, str]]:
-  """Predicts each video; one that fails is reported in one line and skipped.
+  """Predicts each video (`predict_each`) and keeps every result.
 
   Returns the results and {video: reason} of the videos skipped.
   """
   done, failed = [], {}
-  for path, name in zip(inputs, video_files.output_names(list(inputs))):
-    try:
-      result = predict_video(
-        loaded,
-        path,
-        out_dir,
-        name=name,
-        every=every,
-        top_k=top_k,
-        max_tubes=max_tubes,
-        write_annotated=write_annotated,
-        progress=progress,
-      )
-    except (video_files.VideoError, cv2.error, OSError) as e:
-      reason = ' '.join(str(e).split()) or type(e).__name__
+  for path, result, reason in predict_each(
+    loaded,
+    inputs,
+    out_dir,
+    report=report,
+    every=every,
+    top_k=top_k,
+    max_tubes=max_tubes,
+    write_annotated=write_annotated,
+    progress=progress,
+  ):
+    if result is None:
       failed[str(path)] = reason
-      report(f'skipped {path}: {reason}')
-      continue
-    timing = result.record['timing']
-    top = result.record['top5'][0]
-    report(
-      f'{path}: {result.record["num_frames"]} frames in {timing["predict_s"]:.2f} s '
-      f'({timing["frames_per_s"]:.1f} frames/s; writing {timing["write_s"]:.2f} s), '
-      f'{len(result.tubes)} tubes, top class {top["class"]} {top["score"]:.3f} '
-      f'-> {result.json_path}'
-    )
-    done.append(result)
+    else:
+      done.append(result)
   return done, failed
 
 
@@ -453,6 +484,7 @@ def define_flags() -> None:
   flags.DEFINE_string('class_names', None, 'Text file of class names, one per line.')
   flags.DEFINE_bool('write_video', True, 'Write the annotated <name>.mp4.')
   flags.DEFINE_bool('progress', True, 'Progress bars.')
+  flags.DEFINE_bool('verbose', False, "OpenCV's and FFmpeg's own warnings (silenced by default).")
   flags.mark_flags_as_required(['video', 'output'])
 
 
@@ -473,6 +505,10 @@ def run(argv_flags: Any = None) -> int:
   if len(videos) == 1 and not videos[0].exists():
     print(f'skipped {videos[0]}: no such file', file=sys.stderr)
     return 1
+  problem = output_problem(out_dir)
+  if problem:
+    print(f'error: --output {f.output}: {problem}', file=sys.stderr)
+    return 2
   try:
     step = restore_lib.resolve_step(ml_collections.ConfigDict({'eval': {}}), f.step)
     loaded = load(
@@ -497,8 +533,10 @@ def run(argv_flags: Any = None) -> int:
     flush=True,
   )
   start = time.perf_counter()
+  done = failed = frames = 0
+  predict_s = 0.0
   try:
-    done, failed = predict_all(
+    for _, result, _ in predict_each(
       loaded,
       videos,
       out_dir,
@@ -508,18 +546,51 @@ def run(argv_flags: Any = None) -> int:
       write_annotated=f.write_video,
       progress=f.progress,
       report=lambda line: print(line, flush=True),
-    )
+    ):
+      if result is None:
+        failed += 1
+        continue
+      done += 1
+      frames += result.record['num_frames']
+      predict_s += result.record['timing']['predict_s']
   except ValueError as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     return 2
-  frames = sum(r.record['num_frames'] for r in done)
-  predict_s = sum(r.record['timing']['predict_s'] for r in done)
   print(
-    f'predicted {len(done)} of {len(videos)} video(s), {frames} frames, '
+    f'predicted {done} of {len(videos)} video(s), {frames} frames, '
     f'{frames / max(predict_s, 1e-9):.1f} frames/s (decode + model + linking), '
-    f'{time.perf_counter() - start:.1f} s in all; skipped {len(failed)}'
+    f'{time.perf_counter() - start:.1f} s in all; skipped {failed}'
   )
   return 0 if done else 1
+
+
+def output_problem(out_dir: epath.Path) -> str | None:
+  """Why the output folder cannot be used (one line), else None; creates it.
+
+  Checked before the model is loaded or any video decoded.
+  """
+  if out_dir.exists() and not out_dir.is_dir():
+    return 'a file is there, not a folder'
+  try:
+    out_dir.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    return e.strerror or ' '.join(str(e).split())
+  if not fileio.is_remote(out_dir) and not os.access(out_dir, os.W_OK | os.X_OK):
+    return 'permission denied'
+  return None
+
+
+def quiet_opencv(verbose: bool) -> None:
+  """Silences OpenCV's and FFmpeg's own warnings (errors stay) unless `verbose`."""
+  if verbose:
+    return
+  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')  # Read when FFmpeg first opens.
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+  del frame
+  sys.exit(128 + signum)  # Unwinds, so that partial outputs are removed.
 
 
 class _RoutineCheckpointLogs:
@@ -537,11 +608,12 @@ def main(argv: Sequence[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     console.quiet_library_logs()  # before anything imports TensorFlow
   logging.get_absl_handler().addFilter(_RoutineCheckpointLogs())
+  quiet_opencv(FLAGS.verbose)
+  signal.signal(signal.SIGTERM, _exit_on_sigterm)
   sys.exit(run())
 
 
 if __name__ == '__main__':
-  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')  # No FFmpeg chatter on bad files.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Class names may load TFDS.
   define_flags()
   app.run(main)

@@ -1,16 +1,20 @@
 """The JSON record of one predicted video: building it from the dense frame results and
 tubes, its JSON schema and consistency checks, and its compact one-line-per-entry text.
 
-Schema and field meanings: docs/predict.md.
+A record's `frames` and `tubes` are `Entries`, built one at a time when read, so that a
+long video's record is written to its file entry by entry (`write`) and never held
+whole. Schema and field meanings: docs/predict.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
-from typing import Any
-from collections.abc import Mapping, Sequence
+import os
+from typing import Any, TextIO
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -144,7 +148,29 @@ PREDICTION_SCHEMA: dict[str, Any] = {
     },
   },
 }
-_TYPES = {'object': dict, 'array': list, 'string': str, 'boolean': bool, 'null': type(None)}
+
+
+class Entries(Sequence):
+  """A read-only list of `count` JSON entries, each built by `make(i)` when it is read."""
+
+  def __init__(self, count: int, make: Callable[[int], dict[str, Any]]):
+    self._count = int(count)
+    self._make = make
+
+  def __len__(self) -> int:
+    return self._count
+
+  def __getitem__(self, index: Any) -> Any:
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(self._count))]
+    i = index + self._count if index < 0 else index
+    if not 0 <= i < self._count:
+      raise IndexError(f'entry {index} of {self._count}')
+    return self._make(i)
+
+
+_ARRAY = (list, Entries)
+_TYPES = {'object': dict, 'array': _ARRAY, 'string': str, 'boolean': bool, 'null': type(None)}
 
 
 def _type_ok(value: Any, name: str) -> bool:
@@ -180,7 +206,7 @@ def schema_errors(value: Any, schema: Mapping[str, Any], where: str = '$') -> li
         errors += schema_errors(item, props[key], f'{where}.{key}')
       elif schema.get('additionalProperties', True) is False:
         errors.append(f'{where}: unexpected key {key!r}')
-  if isinstance(value, list):
+  if isinstance(value, _ARRAY):
     if len(value) < schema.get('minItems', 0):
       errors.append(f'{where}: {len(value)} items, fewer than {schema["minItems"]}')
     if len(value) > schema.get('maxItems', math.inf):
@@ -258,12 +284,12 @@ def frame_entries(
   size: tuple[int, int],
   class_names: Sequence[str],
   top_k: int = 0,
-) -> list[dict[str, Any]]:
+) -> Entries:
   """The JSON `frames` list: pixel corner box, all scores or the top-k classes."""
   h, w = size
   scale = np.array([w, h, w, h], np.float64)
-  entries = []
-  for f in range(results.num_frames):
+
+  def entry(f: int) -> dict[str, Any]:
     box = None
     if results.boxes is not None:
       box = _round(results.boxes[f] * scale, 2)
@@ -272,16 +298,17 @@ def frame_entries(
       if top_k > 0
       else _round(results.probs[f], NUM_DIGITS)
     )
-    entries.append(
-      {'frame': f, 'box': box, 'scores': scores, 'predicted': bool(results.predicted[f])}
-    )
-  return entries
+    return {'frame': f, 'box': box, 'scores': scores, 'predicted': bool(results.predicted[f])}
+
+  return Entries(results.num_frames, entry)
 
 
-def tube_entries(tubes: Sequence[Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
+def tube_entries(tubes: Sequence[Any], class_names: Sequence[str]) -> Entries:
   """The JSON `tubes` list (ids in the order given: by score, best first)."""
-  return [
-    {
+
+  def entry(i: int) -> dict[str, Any]:
+    t = tubes[i]
+    return {
       'id': i,
       'label': int(t.label),
       'class': class_names[int(t.label)],
@@ -291,8 +318,8 @@ def tube_entries(tubes: Sequence[Any], class_names: Sequence[str]) -> list[dict[
       'frames': [int(f) for f in t.frames],
       'boxes': [_round(b, 2) for b in np.asarray(t.boxes)],
     }
-    for i, t in enumerate(tubes)
-  ]
+
+  return Entries(len(tubes), entry)
 
 
 def linking_dict(linking: Any) -> dict[str, Any]:
@@ -302,23 +329,56 @@ def linking_dict(linking: Any) -> dict[str, Any]:
   return dict(vars(linking))
 
 
+def write(record: Mapping[str, Any], out: TextIO) -> None:
+  """Writes compact JSON: the header keys, then one line per tube and per frame.
+
+  Entry by entry, so a record of `Entries` is never held whole. The first lines are
+  `{`, `"format"` and `"video"` (`recorded_video` reads them).
+  """
+  out.write('{\n')
+  for key, value in record.items():
+    if key not in ('frames', 'tubes'):
+      out.write(f'  {json.dumps(key)}: {json.dumps(value)},\n')
+  _write_list(out, 'tubes', record['tubes'], ',')
+  _write_list(out, 'frames', record['frames'], '')
+  out.write('}\n')
+
+
+def _write_list(out: TextIO, key: str, entries: Sequence[Any], end: str) -> None:
+  if not len(entries):
+    out.write(f'  {json.dumps(key)}: []{end}\n')
+    return
+  out.write(f'  {json.dumps(key)}: [\n')
+  last = len(entries) - 1
+  for i, entry in enumerate(entries):
+    out.write(f'    {json.dumps(entry)}' + (',\n' if i < last else '\n'))
+  out.write(f'  ]{end}\n')
+
+
 def dumps(record: Mapping[str, Any]) -> str:
-  """Compact JSON: the header keys, then one line per tube and per frame."""
-  head = {k: v for k, v in record.items() if k not in ('frames', 'tubes')}
-  lines = ['{']
-  items = list(head.items())
-  for key, value in items:
-    lines.append(f'  {json.dumps(key)}: {json.dumps(value)},')
-  for key in ('tubes', 'frames'):
-    entries = record[key]
-    lines.append(f'  {json.dumps(key)}: [' + ('' if entries else '],'))
-    for i, entry in enumerate(entries):
-      lines.append(f'    {json.dumps(entry)}' + (',' if i + 1 < len(entries) else ''))
-    if entries:
-      lines.append('  ],')
-  lines[-1] = lines[-1].rstrip(',')
-  lines.append('}')
-  return '\n'.join(lines) + '\n'
+  """`write`'s text as one string (for small records)."""
+  text = io.StringIO()
+  write(record, text)
+  return text.getvalue()
+
+
+def recorded_video(path: str | os.PathLike) -> str | None:
+  """The `video` of a prediction record file, from its first lines; None if it is none."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = [f.readline(1 << 16) for _ in range(3)]
+  except (OSError, UnicodeDecodeError):
+    return None
+  if lines[0].strip() != '{':
+    return None
+  fields = {}
+  for line in lines[1:]:
+    try:
+      fields.update(json.loads('{' + line.strip().rstrip(',') + '}'))
+    except ValueError:
+      return None
+  video = fields.get('video')
+  return video if fields.get('format') == FORMAT and isinstance(video, str) else None
 
 
 def settings(

@@ -1,17 +1,21 @@
 """Video files for prediction: opening and reading them with OpenCV, listing a folder of
 videos and naming their outputs, and writing the annotated copy with tubes drawn.
 
-Videos are read from local files (OpenCV decodes local files only); the annotated video
-is encoded into a local temporary file and then written whole to its place, which may
-be a bucket URL (gs://...).
+Videos are read from local files (OpenCV decodes local files only). Outputs are written
+through `staged_output`: a local one is written in place under a partial name and
+renamed, one for a bucket URL (gs://...) is copied up in chunks from a local scratch
+file; a killed process's partial files are removed by the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import pathlib
+import re
+import shutil
 import tempfile
 from typing import Any
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +28,7 @@ import numpy as np
 from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
 from stconsist_jax.prediction import frame_predictor
+from stconsist_jax.prediction import prediction_record
 
 VIDEO_EXTENSIONS = (
   '.avi',
@@ -46,6 +51,10 @@ DEFAULT_FPS = 25.0  # Written when a file does not state a usable frame rate.
 FOURCC = 'mp4v'
 DRAWN_TUBES = 3  # Tubes drawn on one frame at most (the best ones through it).
 REMOTE_VIDEO = 'a bucket URL: OpenCV reads local files only; copy the video to a local disk first'
+SCRATCH_PREFIX = 'stconsist_predict_'  # Local scratch folders: <prefix><pid>_<random>.
+COPY_CHUNK = 8 << 20  # Bytes per read when a finished output is copied to a bucket.
+_SCRATCH_NAME = re.compile(re.escape(SCRATCH_PREFIX) + r'(\d+)_')
+_PARTIAL_NAME = re.compile(r'\..+\.(\d+)\.partial(\.[^./]+)?$')
 
 
 class VideoError(errors.UserError):
@@ -73,6 +82,8 @@ def open_video(path: str | os.PathLike) -> tuple[Any, VideoInfo]:
     raise VideoError('no such file')
   if not p.is_file():
     raise VideoError('not a file')
+  if not os.access(p, os.R_OK):
+    raise VideoError('permission denied')
   if p.stat().st_size == 0:
     raise VideoError('empty file (0 bytes)')
   cap = cv2.VideoCapture(str(p))
@@ -127,10 +138,33 @@ def list_videos(
   for f in sorted(p.iterdir()):
     if f.name.startswith('.') or not f.is_file() or f.suffix.lower() not in VIDEO_EXTENSIONS:
       continue
-    if skip is not None and f.resolve().parent == skip:
+    if skip is not None and f.resolve().parent == skip and is_annotated_copy(f):
       continue
     found.append(f)
   return found
+
+
+def is_annotated_copy(path: pathlib.Path) -> bool:
+  """Whether `path` is the annotated copy a prediction wrote beside its record.
+
+  That is `<name>.mp4` (or `<name>_pred.mp4`) next to a `<name>.json` prediction record
+  of another video.
+  """
+  if path.suffix.lower() != '.mp4':
+    return False
+  names = [path.stem] + ([path.stem[: -len('_pred')]] if path.stem.endswith('_pred') else [])
+  for name in names:
+    source = prediction_record.recorded_video(path.with_name(f'{name}.json'))
+    if source is not None and not _same_video(pathlib.Path(source), path):
+      return True
+  return False
+
+
+def _same_video(recorded: pathlib.Path, path: pathlib.Path) -> bool:
+  """Whether a record's `video` (as given, maybe relative to another folder) is `path`."""
+  if recorded.exists():
+    return recorded.resolve() == path.resolve()
+  return recorded.name == path.name
 
 
 def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
@@ -151,6 +185,87 @@ def output_names(paths: Sequence[pathlib.Path]) -> list[str]:
 def same_local_file(path: epath.Path, video: pathlib.Path) -> bool:
   """Whether an output `path` would overwrite the input `video`."""
   return not fileio.is_remote(path) and pathlib.Path(path).resolve() == video.resolve()
+
+
+@contextlib.contextmanager
+def staged_output(path: str | os.PathLike) -> Iterator[str]:
+  """A local file name to write; on success its content becomes `path` whole.
+
+  For a local `path`: a hidden partial file beside it, named with this process's id,
+  renamed over it (keeping an existing file's mode). For a bucket URL: a file in a
+  local scratch folder named with this process's id, copied up in chunks. The partial
+  file is removed whatever the body raises; one a killed process left behind is
+  removed by the next `remove_stale_partials`. The name keeps `path`'s extension
+  (OpenCV picks the container from it).
+  """
+  path = fileio.as_path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  if fileio.is_remote(path):
+    scratch = tempfile.mkdtemp(prefix=f'{SCRATCH_PREFIX}{os.getpid()}_')
+    try:
+      local = os.path.join(scratch, f'output{path.suffix}')
+      yield local
+      _copy_up(local, path)
+    finally:
+      shutil.rmtree(scratch, ignore_errors=True)
+    return
+  target = os.fspath(path)
+  folder, name = os.path.split(target)
+  local = os.path.join(folder, f'.{name}.{os.getpid()}.partial{path.suffix}')
+  try:
+    yield local
+    if os.path.exists(target):
+      shutil.copymode(target, local)
+    os.replace(local, target)
+  finally:
+    if os.path.lexists(local):
+      os.unlink(local)
+
+
+def _copy_up(local: str, path: epath.Path) -> None:
+  """Copies a local file to a bucket URL a chunk at a time (the object appears at close)."""
+  with open(local, 'rb') as src, path.open('wb') as dst:
+    shutil.copyfileobj(src, dst, COPY_CHUNK)
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Another user's process.
+    return True
+  return True
+
+
+def remove_stale_partials(out_dir: str | os.PathLike) -> list[str]:
+  """Removes what killed predictions left: partial outputs in a local `out_dir` and
+  scratch folders in the temp folder whose process is gone. Returns the paths removed."""
+  places = [(tempfile.gettempdir(), _SCRATCH_NAME)]
+  if not fileio.is_remote(out_dir) and os.path.isdir(out_dir):
+    places.append((os.fspath(out_dir), _PARTIAL_NAME))
+  removed = []
+  for folder, pattern in places:
+    for entry in os.scandir(folder):
+      match = pattern.match(entry.name)
+      if match is not None and not _process_alive(int(match.group(1))) and _remove(entry):
+        removed.append(entry.path)
+  return removed
+
+
+def _remove(entry: os.DirEntry) -> bool:
+  """Removes a file or a folder tree; False when it cannot be (another user's)."""
+  try:
+    if entry.is_dir(follow_symlinks=False):
+      shutil.rmtree(entry.path)
+    else:
+      os.unlink(entry.path)
+  except FileNotFoundError:
+    return False
+  except OSError as e:
+    logging.warning('cannot remove the stale partial output %s: %s', entry.path, e)
+    return False
+  return True
 
 
 _PALETTE = (
@@ -242,23 +357,40 @@ def write_video(
   fps: float,
   on_frame: Callable[[], None] | None = None,
 ) -> int:
-  """Decodes `video` again and writes it with the predictions drawn, whole.
+  """Decodes `video` again and writes it with the predictions drawn, a frame at a time.
 
-  OpenCV encodes into a local temporary file, which is then written to `out_path`
-  (local or a bucket URL) in one piece. Returns the frames written; the original
-  resolution and frame rate are kept.
+  OpenCV encodes into `staged_output(out_path)`'s file (beside a local `out_path`,
+  copied up in chunks to a bucket URL): only one frame is held. Returns the frames
+  written; the original resolution and frame rate are kept.
   """
-  out_path = fileio.as_path(out_path)
-  by_frame: dict[int, list[tuple[int, str, float, np.ndarray]]] = {}
-  for tube_id, tube in enumerate(tube_list):
-    for f, b in zip(np.asarray(tube.frames), np.asarray(tube.boxes)):
-      by_frame.setdefault(int(f), []).append(
-        (tube_id, class_names[int(tube.label)], float(tube.score), b)
-      )
   cap, _ = open_video(video)
   frames = read_frames(cap)
-  scratch = tempfile.TemporaryDirectory(prefix='stconsist_predict_')
-  tmp = os.path.join(scratch.name, f'video{out_path.suffix}')
+  try:
+    with staged_output(out_path) as tmp:
+      written = _draw_into(tmp, frames, results, tube_list, class_names, fps, on_frame)
+  finally:
+    frames.close()
+  if written != results.num_frames:
+    logging.warning(
+      '%s: %d frames decoded on the second pass, %d on the first; the annotated video has %d',
+      video,
+      written,
+      results.num_frames,
+      written,
+    )
+  return written
+
+
+def _draw_into(
+  tmp: str,
+  frames: Iterator[np.ndarray],
+  results: frame_predictor.FrameResults,
+  tube_list: Sequence[Any],
+  class_names: Sequence[str],
+  fps: float,
+  on_frame: Callable[[], None] | None,
+) -> int:
+  """Encodes the frames with their predictions drawn into the local file `tmp`."""
   writer = None
   written = 0
   try:
@@ -269,30 +401,32 @@ def write_video(
         h, w = frame.shape[:2]
         writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC), float(fps), (w, h))
         if not writer.isOpened():
-          raise VideoError(f'OpenCV cannot write {FOURCC} video {out_path}')
+          raise VideoError(f'OpenCV cannot write {FOURCC} video')
       box = None
       if results.boxes is not None:
         box = results.boxes[f] * np.array([w, h, w, h], np.float64)
-      writer.write(draw_frame(frame, box, results.probs[f], by_frame.get(f, ()), class_names))
+      through = tubes_at(tube_list, f, class_names)
+      writer.write(draw_frame(frame, box, results.probs[f], through, class_names))
       written += 1
       if on_frame is not None:
         on_frame()
     if writer is None:
       raise VideoError('no frames decoded on the second pass')
-    writer.release()
-    writer = None
-    fileio.atomic_write(out_path, pathlib.Path(tmp).read_bytes())
   finally:
-    frames.close()
     if writer is not None:
       writer.release()
-    scratch.cleanup()
-  if written != results.num_frames:
-    logging.warning(
-      '%s: %d frames decoded on the second pass, %d on the first; the annotated video has %d',
-      video,
-      written,
-      results.num_frames,
-      written,
-    )
   return written
+
+
+def tubes_at(
+  tube_list: Sequence[Any], frame: int, class_names: Sequence[str]
+) -> list[tuple[int, str, float, np.ndarray]]:
+  """`(tube id, class name, score, box)` of the tubes through `frame`, in the given order."""
+  found = []
+  for tube_id, tube in enumerate(tube_list):
+    frames = np.asarray(tube.frames)
+    i = int(np.searchsorted(frames, frame))
+    if i < len(frames) and frames[i] == frame:
+      box = np.asarray(tube.boxes)[i]
+      found.append((tube_id, class_names[int(tube.label)], float(tube.score), box))
+  return found

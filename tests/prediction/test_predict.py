@@ -3,7 +3,10 @@ files of two containers, sizes and frame rates, the output schema, and the comma
 """
 
 import json
+import os
 import pathlib
+import shutil
+import stat
 import subprocess
 import sys
 import tracemalloc
@@ -339,6 +342,230 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
   assert _count_frames(tmp_path / 'out' / 'b.mp4') == 23
 
 
+# ------------------------------------------------------------ output files
+
+
+def test_record_is_written_entry_by_entry_in_the_compact_layout():
+  built = []
+
+  def frame(i):
+    built.append(i)
+    return {'frame': i, 'box': None}
+
+  record = {
+    'format': prediction_record.FORMAT,
+    'video': 'clips/v.mp4',
+    'num_frames': 3,
+    'top5': [],
+    'tubes': prediction_record.Entries(1, lambda i: {'id': i, 'frames': [0, 1]}),
+    'frames': prediction_record.Entries(3, frame),
+  }
+  expected = (
+    '{\n'
+    '  "format": "stconsist_jax.prediction/1",\n'
+    '  "video": "clips/v.mp4",\n'
+    '  "num_frames": 3,\n'
+    '  "top5": [],\n'
+    '  "tubes": [\n'
+    '    {"id": 0, "frames": [0, 1]}\n'
+    '  ],\n'
+    '  "frames": [\n'
+    '    {"frame": 0, "box": null},\n'
+    '    {"frame": 1, "box": null},\n'
+    '    {"frame": 2, "box": null}\n'
+    '  ]\n'
+    '}\n'
+  )
+  writes = []
+
+  class Out:
+    def write(self, text):
+      writes.append((len(built), text))
+
+  prediction_record.write(record, Out())
+  assert ''.join(text for _, text in writes) == expected
+  # Each frame is built just before its own line is written, never all of them first.
+  frame_lines = [(n, text) for n, text in writes if text.startswith('    {"frame"')]
+  assert [n for n, _ in frame_lines] == [1, 2, 3]
+  assert prediction_record.dumps(dict(record, tubes=[])) == expected.replace(
+    '[\n    {"id": 0, "frames": [0, 1]}\n  ],', '[],'
+  )
+  assert record['frames'][-1] == {'frame': 2, 'box': None} and len(record['frames'][1:]) == 2
+
+
+def _uniform_results(num_frames):
+  return frame_predictor.FrameResults(
+    None, np.full((num_frames, NUM_CLASSES), 1 / NUM_CLASSES), np.ones(num_frames, bool)
+  )
+
+
+def test_annotated_video_is_streamed_beside_its_destination(videos, tmp_path):
+  out = tmp_path / 'out'
+  out.mkdir()
+  seen = []
+
+  def on_frame():
+    if not seen:
+      seen.extend(sorted(p.name for p in out.iterdir()))
+
+  written = video_files.write_video(
+    videos / 'b.mp4', out / 'b.mp4', _uniform_results(23), [], ['c'] * NUM_CLASSES, 12, on_frame
+  )
+  assert written == 23 and _count_frames(out / 'b.mp4') == 23
+  assert seen == [f'.b.mp4.{os.getpid()}.partial.mp4']  # encoded in place, then renamed
+  assert sorted(p.name for p in out.iterdir()) == ['b.mp4']
+
+  count = [0]
+
+  def fail_at_frame_5():
+    count[0] += 1
+    if count[0] == 5:
+      raise KeyboardInterrupt
+
+  with pytest.raises(KeyboardInterrupt):
+    video_files.write_video(
+      videos / 'a.avi',
+      out / 'a.mp4',
+      _uniform_results(37),
+      [],
+      ['c'] * NUM_CLASSES,
+      25,
+      fail_at_frame_5,
+    )
+  assert sorted(p.name for p in out.iterdir()) == ['b.mp4']  # no partial file left
+
+
+def test_tubes_through_a_frame_are_found_without_a_table():
+  first = tubes.Tube(1, [0, 1, 2], np.arange(12.0).reshape(3, 4), [0.9, 0.8, 0.7])
+  second = tubes.Tube(0, [2, 4], [[1, 1, 5, 5], [2, 2, 6, 6]], [0.5, 0.5])
+  names = ['run', 'jump']
+  found = video_files.tubes_at([first, second], 2, names)
+  assert [(i, name) for i, name, _, _ in found] == [(0, 'jump'), (1, 'run')]
+  np.testing.assert_array_equal(found[0][3], [8, 9, 10, 11])
+  np.testing.assert_array_equal(found[1][3], [1, 1, 5, 5])
+  assert found[0][2] == pytest.approx(0.8) and found[1][2] == pytest.approx(0.5)
+  assert video_files.tubes_at([first, second], 3, names) == []  # the second's gap
+  assert [t[0] for t in video_files.tubes_at([first, second], 4, names)] == [1]
+
+
+def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
+  dead = subprocess.Popen(['true'])
+  dead.wait()
+  live = os.getpid()
+  scratch = tmp_path / 'tmp'
+  out = tmp_path / 'out'
+  for folder in (scratch, out):
+    folder.mkdir()
+  monkeypatch.setattr(video_files.tempfile, 'tempdir', str(scratch))
+  for name in (f'stconsist_predict_{dead.pid}_x1', f'stconsist_predict_{live}_x2', 'other_1_x'):
+    (scratch / name).mkdir()
+    (scratch / name / 'output.mp4').write_bytes(b'partial')
+  for name in (
+    f'.v.mp4.{dead.pid}.partial.mp4',
+    f'.v.json.{dead.pid}.partial.json',
+    f'.v.json.{live}.partial.json',
+    'v.mp4',
+    '.hidden',
+  ):
+    (out / name).write_bytes(b'x')
+  removed = video_files.remove_stale_partials(out)
+  assert sorted(pathlib.Path(p).name for p in removed) == [
+    f'.v.json.{dead.pid}.partial.json',
+    f'.v.mp4.{dead.pid}.partial.mp4',
+    f'stconsist_predict_{dead.pid}_x1',
+  ]
+  assert sorted(p.name for p in scratch.iterdir()) == ['other_1_x', f'stconsist_predict_{live}_x2']
+  assert sorted(p.name for p in out.iterdir()) == [
+    '.hidden',
+    f'.v.json.{live}.partial.json',
+    'v.mp4',
+  ]
+
+
+def test_output_that_is_a_file_is_refused_before_decoding(loaded, videos, tmp_path, monkeypatch):
+  taken = tmp_path / 'taken'
+  taken.write_text('a file\n')
+  opened = []
+  monkeypatch.setattr(video_files, 'open_video', lambda *a: opened.append(a) or 1 / 0)
+  with pytest.raises(FileExistsError):
+    predict.predict_video(loaded, videos / 'b.mp4', taken, progress=False)
+  assert opened == []
+  # The command line: no model loaded (the arguments name none), nothing decoded.
+  args = types.SimpleNamespace(video=str(videos / 'b.mp4'), output=str(taken))
+  assert predict.run(args) == 2 and opened == []
+
+
+def test_output_that_is_a_file_is_one_error_line(videos, tmp_path, capsys):
+  taken = tmp_path / 'taken'
+  taken.write_text('a file\n')
+  args = types.SimpleNamespace(video=str(videos / 'b.mp4'), output=str(taken))
+  assert predict.run(args) == 2
+  err = capsys.readouterr().err
+  assert err == f'error: --output {taken}: a file is there, not a folder\n'
+  assert taken.read_text() == 'a file\n'
+
+
+def test_output_folder_may_be_the_video_folder(loaded, videos, tmp_path):
+  folder = tmp_path / 'clips'
+  folder.mkdir()
+  for name in ('a.avi', 'b.mp4'):
+    shutil.copy(videos / name, folder / name)
+  inputs = video_files.list_videos(folder, exclude=folder)
+  assert [p.name for p in inputs] == ['a.avi', 'b.mp4']
+  done, failed = predict.predict_all(loaded, inputs, folder, every=8, progress=False, report=print)
+  assert len(done) == 2 and not failed
+  # b.mp4's annotated copy cannot overwrite it; a.avi's is a.mp4.
+  assert sorted(p.name for p in folder.iterdir()) == [
+    'a.avi',
+    'a.json',
+    'a.mp4',
+    'b.json',
+    'b.mp4',
+    'b_pred.mp4',
+  ]
+  # A second run reads the same two videos, not the annotated copies.
+  assert video_files.list_videos(folder, exclude=folder) == inputs
+
+
+def test_unreadable_video_is_permission_denied(loaded, videos, tmp_path, monkeypatch):
+  video = tmp_path / 'locked.mp4'
+  shutil.copy(videos / 'b.mp4', video)
+  video.chmod(0)
+  if os.geteuid() == 0:
+    # Root may read a mode 000 file; answer as the kernel does for its non-root owner.
+    real_access = os.access
+
+    def owner_access(path, mode, **kwargs):
+      if pathlib.Path(path) == video:
+        bits = stat.S_IMODE(os.stat(path).st_mode)
+        return not (mode & os.R_OK and not bits & stat.S_IRUSR)
+      return real_access(path, mode, **kwargs)
+
+    monkeypatch.setattr(video_files.os, 'access', owner_access)
+  lines = []
+  done, failed = predict.predict_all(
+    loaded, [video], tmp_path / 'out', progress=False, report=lines.append
+  )
+  assert done == [] and failed == {str(video): 'permission denied'}
+  assert lines == [f'skipped {video}: permission denied']
+
+
+def test_opencv_warnings_are_silenced_unless_verbose(monkeypatch):
+  logs = cv2.utils.logging
+  before = logs.getLogLevel()
+  monkeypatch.delenv('OPENCV_FFMPEG_LOGLEVEL', raising=False)
+  try:
+    logs.setLogLevel(logs.LOG_LEVEL_WARNING)
+    predict.quiet_opencv(verbose=True)
+    assert logs.getLogLevel() == logs.LOG_LEVEL_WARNING
+    assert 'OPENCV_FFMPEG_LOGLEVEL' not in os.environ
+    predict.quiet_opencv(verbose=False)
+    assert logs.getLogLevel() == logs.LOG_LEVEL_ERROR
+    assert os.environ['OPENCV_FFMPEG_LOGLEVEL'] == '-8'
+  finally:
+    logs.setLogLevel(before)
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -396,11 +623,16 @@ def test_cli_user_errors_are_one_line(repo_root, workdir, tmp_path):
   assert proc.stderr.strip().splitlines()[-1].startswith('error: ')
 
 
-def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path):
+def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path, monkeypatch):
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   out = f'{gcs_bucket}/predictions'
+  scratch = tmp_path / 'scratch'
+  scratch.mkdir()
+  monkeypatch.setattr(video_files.tempfile, 'tempdir', str(scratch))
+  monkeypatch.setattr(video_files, 'COPY_CHUNK', 4096)  # Many chunks per file.
   result = predict.predict_video(loaded, videos / 'b.mp4', out, progress=False)
+  assert list(scratch.iterdir()) == []  # The local scratch files are gone.
   assert str(result.json_path) == f'{out}/b.json'
   assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ['b.json', 'b.mp4']
   record = json.loads(fileio.as_path(f'{out}/b.json').read_text())
