@@ -29,6 +29,7 @@ from stconsist_jax.training import distributed
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.core import console
 from stconsist_jax import models
+from stconsist_jax.prediction import class_names  # pylint: disable=g-import-not-at-top
 from stconsist_jax.prediction import predict
 from stconsist_jax.evaluation import description
 from stconsist_jax.metrics import tubes
@@ -113,7 +114,7 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
   loaded = predict.Loaded(
     predictor,
     config,
-    predict.generic_class_names(num_classes),
+    class_names.generic_class_names(num_classes),
     tubes.linking_config(config),
     {
       'source': 'workdir',

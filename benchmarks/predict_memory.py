@@ -72,6 +72,7 @@ def predict_one(video: pathlib.Path) -> dict[str, Any]:
   from stconsist_jax.evaluation import description  # pylint: disable=g-import-not-at-top
   from stconsist_jax.metrics import tubes  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import frame_predictor  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.prediction import class_names  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import predict  # pylint: disable=g-import-not-at-top
 
   config = demo.get_config()
@@ -93,7 +94,11 @@ def predict_one(video: pathlib.Path) -> dict[str, Any]:
     'config_hash': None,
   }
   loaded = predict.Loaded(
-    predictor, config, predict.generic_class_names(num_classes), tubes.linking_config(config), info
+    predictor,
+    config,
+    class_names.generic_class_names(num_classes),
+    tubes.linking_config(config),
+    info,
   )
   before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   start = time.perf_counter()

@@ -115,20 +115,24 @@ def _check_stages(config: Any) -> None:
     )
 
 
+CLIP_KEYS = ('data.frame_size', 'data.image_size', 'data.num_frames', 'data.frame_stride')
+
+
+def check_clip_settings(config: Any) -> None:
+  """The clip settings a model is applied with: positive ints (prediction checks only these)."""
+  for key in CLIP_KEYS:
+    _check_type(config, key, int)
+    _check_range(config, key, 1)
+
+
 def _check_data(config: Any, num_processes: int) -> None:
   """The `data` group: the one place its values are checked (the data layer trusts it)."""
   _check_type(config, 'data.name', str)
   _check_type(config, 'data.data_dir', str)
   _check_choice(config, 'data.split', (1, 2, 3))
-  for key in (
-    'data.frame_size',
-    'data.image_size',
-    'data.num_frames',
-    'data.frame_stride',
-    'data.shuffle_buffer',
-  ):
-    _check_type(config, key, int)
-    _check_range(config, key, 1)
+  check_clip_settings(config)
+  _check_type(config, 'data.shuffle_buffer', int)
+  _check_range(config, 'data.shuffle_buffer', 1)
   # The box target averages the window's two central frames.
   _check_range(config, 'data.num_frames', 2)
   _check_choice(config, 'data.classes', ('all', 'ucf24'))

@@ -34,17 +34,22 @@ LIBRARY_SELF_WARNINGS = (
 )
 
 
-class _DropLibraryInfo:
-  """absl handler filter: keeps WARNING and above from `QUIET_LIBRARIES`, all else."""
+class LibraryFilter:
+  """absl handler filter: drops the records of `libraries` below `level` (an absl level),
+  and the warnings libraries raise about their own code; keeps everything else."""
+
+  def __init__(self, libraries: tuple[str, ...] = QUIET_LIBRARIES, level: int = logging.WARNING):
+    self.libraries = libraries
+    self.level = level
 
   def filter(self, record: Any) -> bool:
     if any(
       lib in record.pathname and text in str(record.msg) for lib, text in LIBRARY_SELF_WARNINGS
     ):
       return False
-    if record.levelno >= logging.converter.ABSL_TO_STANDARD[logging.WARNING]:
+    if record.levelno >= logging.converter.ABSL_TO_STANDARD[self.level]:
       return True
-    return not any(lib in record.pathname for lib in QUIET_LIBRARIES)
+    return not any(lib in record.pathname for lib in self.libraries)
 
 
 def quiet_library_logs(verbose: bool = False) -> None:
@@ -60,8 +65,8 @@ def quiet_library_logs(verbose: bool = False) -> None:
     return
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
-    handler.addFilter(_DropLibraryInfo())
+  if not any(getattr(f, 'libraries', None) == QUIET_LIBRARIES for f in handler.filters):
+    handler.addFilter(LibraryFilter())
 
 
 def cpu_model() -> str:

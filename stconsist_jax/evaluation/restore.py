@@ -76,6 +76,20 @@ def _sample_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   return (1, int(d.num_frames), int(d.image_size), int(d.image_size), 3)
 
 
+def load_converted(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+  """A converted classifier (`tools/convert_torch_weights.py`): its model and host variables.
+
+  Raises ParameterTreeMismatchError when it was converted without its classifier.
+  """
+  model, variables = models.load_pretrained(str(path))
+  if 'classifier' not in variables['params']:
+    raise param_trees.ParameterTreeMismatchError(
+      f'converted checkpoint {path} has no classifier (converted with --drop-classifier): '
+      'it cannot score classes'
+    )
+  return model, jax.tree.map(np.asarray, jax.device_get(variables))
+
+
 def restore(
   config: ml_collections.ConfigDict, workdir: str | os.PathLike, step: int | str | None = None
 ) -> Restored:
@@ -88,15 +102,12 @@ def restore(
         f'eval.checkpoint_step={INIT_FROM!r} needs config.init_from (a '
         'directory written by tools/convert_torch_weights.py)'
       )
-    model, variables = models.load_pretrained(path)
-    variables = jax.tree.map(np.asarray, jax.device_get(variables))
+    model, variables = load_converted(path)
     expected = int(config.model.num_classes)
-    found = model.num_classes
-    if 'classifier' not in variables['params'] or found != expected:
+    if model.num_classes != expected:
       raise param_trees.ParameterTreeMismatchError(
         f'converted checkpoint {path} holds another classifier: expected '
-        f'{expected} classes (config.model.num_classes), found '
-        f'{found if "classifier" in variables["params"] else "none (dropped)"}'
+        f'{expected} classes (config.model.num_classes), found {model.num_classes}'
       )
     return Restored(model, variables, INIT_FROM, None, classification_only=True)
   source_config, variables, restored_step = checkpointing.restore_for_eval(workdir, step)

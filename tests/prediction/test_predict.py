@@ -23,6 +23,9 @@ from stconsist_jax.training import distributed
 from stconsist_jax.evaluation import restore as restore_lib
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax import models
+from stconsist_jax.apps import predict as predict_app
+from stconsist_jax.config import overrides
+from stconsist_jax.configs import default
 from stconsist_jax.prediction import predict
 from stconsist_jax.prediction import prediction_record
 from stconsist_jax.training import train_step
@@ -301,11 +304,11 @@ def test_linking_settings_come_from_config_eval_tubes():
   assert prediction_record.linking_dict(defaults) == prediction_record.linking_dict(
     tubes.LinkingConfig()
   )
-  predict.apply_overrides(config, ['eval.tubes.min_length=3', 'eval.tubes.iou_threshold=0.2'])
+  overrides.apply_overrides(config, ['eval.tubes.min_length=3', 'eval.tubes.iou_threshold=0.2'])
   linking = tubes.linking_config(config)
   assert linking.min_length == 3 and linking.iou_threshold == pytest.approx(0.2)
   with pytest.raises(ValueError, match='key.path=value'):
-    predict.apply_overrides(config, ['eval.tubes'])
+    overrides.apply_overrides(config, ['eval.tubes'])
 
 
 def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
@@ -329,6 +332,7 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
   )
   loaded = predict.load(
     init_from=tmp_path / 'weights',
+    settings=default.get_config(),
     batch_size=8,
     overrides=['data.num_frames=4', 'data.frame_size=32', 'data.image_size=32'],
   )
@@ -492,14 +496,14 @@ def test_output_that_is_a_file_is_refused_before_decoding(loaded, videos, tmp_pa
   assert opened == []
   # The command line: no model loaded (the arguments name none), nothing decoded.
   args = types.SimpleNamespace(video=str(videos / 'b.mp4'), output=str(taken))
-  assert predict.run(args) == 2 and opened == []
+  assert predict_app.run(args) == 2 and opened == []
 
 
 def test_output_that_is_a_file_is_one_error_line(videos, tmp_path, capsys):
   taken = tmp_path / 'taken'
   taken.write_text('a file\n')
   args = types.SimpleNamespace(video=str(videos / 'b.mp4'), output=str(taken))
-  assert predict.run(args) == 2
+  assert predict_app.run(args) == 2
   err = capsys.readouterr().err
   assert err == f'error: --output {taken}: a file is there, not a folder\n'
   assert taken.read_text() == 'a file\n'
@@ -556,10 +560,10 @@ def test_opencv_warnings_are_silenced_unless_verbose(monkeypatch):
   monkeypatch.delenv('OPENCV_FFMPEG_LOGLEVEL', raising=False)
   try:
     logs.setLogLevel(logs.LOG_LEVEL_WARNING)
-    predict.quiet_opencv(verbose=True)
+    predict_app.quiet_opencv(verbose=True)
     assert logs.getLogLevel() == logs.LOG_LEVEL_WARNING
     assert 'OPENCV_FFMPEG_LOGLEVEL' not in os.environ
-    predict.quiet_opencv(verbose=False)
+    predict_app.quiet_opencv(verbose=False)
     assert logs.getLogLevel() == logs.LOG_LEVEL_ERROR
     assert os.environ['OPENCV_FFMPEG_LOGLEVEL'] == '-8'
   finally:
@@ -572,7 +576,7 @@ def test_opencv_warnings_are_silenced_unless_verbose(monkeypatch):
 def _cli(repo_root, *args):
   env = xla_env.subprocess_env(1)
   return subprocess.run(
-    [sys.executable, '-m', 'stconsist_jax.prediction.predict', *args],
+    [sys.executable, '-m', 'stconsist_jax.apps.predict', *args],
     cwd=repo_root,
     env=env,
     capture_output=True,
@@ -646,7 +650,7 @@ def test_bucket_video_is_refused_in_one_line(tmp_path, capsys):
   with pytest.raises(video_files.VideoError, match='bucket URL'):
     video_files.open_video('gs://bucket/v.mp4')
   args = types.SimpleNamespace(video='gs://bucket/v.mp4', output=str(tmp_path / 'o'))
-  assert predict.run(args) == 2
+  assert predict_app.run(args) == 2
   err = capsys.readouterr().err
   assert err.startswith('error: --video gs://bucket/v.mp4 is a bucket URL')
   assert err.count('\n') == 1 and not (tmp_path / 'o').exists()

@@ -21,20 +21,25 @@ def _record(level: int, pathname: str) -> std_logging.LogRecord:
 
 
 def test_library_info_dropped_warnings_and_own_logs_kept():
-  f = console._DropLibraryInfo()  # pylint: disable=protected-access
+  f = console.LibraryFilter()
   orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
   assert not f.filter(_record(std_logging.INFO, orbax))
   assert not f.filter(_record(std_logging.INFO, '/site-packages/tensorflow_datasets/x.py'))
   assert f.filter(_record(std_logging.WARNING, orbax))
   assert f.filter(_record(std_logging.ERROR, orbax))
   assert f.filter(_record(std_logging.INFO, '/repo/stconsist_jax/training/train.py'))
+  # Prediction drops orbax's routine warnings too, and keeps its errors.
+  g = console.LibraryFilter(('/orbax/',), logging.ERROR)
+  assert not g.filter(_record(std_logging.WARNING, orbax))
+  assert g.filter(_record(std_logging.ERROR, orbax))
+  assert g.filter(_record(std_logging.WARNING, '/site-packages/tensorflow_datasets/x.py'))
 
 
 def test_quiet_library_logs_installs_one_filter():
   console.quiet_library_logs()
   console.quiet_library_logs()
   handler = logging.get_absl_handler()
-  installed = [f for f in handler.filters if isinstance(f, console._DropLibraryInfo)]  # pylint: disable=protected-access
+  installed = [f for f in handler.filters if isinstance(f, console.LibraryFilter)]
   assert len(installed) == 1
 
 
