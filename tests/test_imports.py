@@ -14,6 +14,7 @@ TF_FREE_LAYERS = ('core', 'config', 'configs', 'models', 'metrics', 'training')
 TF_FREE_MODULES = (
   'stconsist_jax.data.pipeline.random_source',
   'stconsist_jax.evaluation.restore',
+  'stconsist_jax.evaluation.forward',
   'stconsist_jax.evaluation.report',
   'stconsist_jax.evaluation.evaluator',
   'stconsist_jax.evaluation.evaluators.clips',
@@ -29,6 +30,17 @@ def tf_free_modules() -> list[str]:
       parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
       names.append('.'.join(p for p in parts if p != '__init__'))
   return names + list(TF_FREE_MODULES)
+
+
+def test_the_prediction_path_imports_no_tensorflow(repo_root):
+  code = (
+    "import sys\nfrom stconsist_jax.prediction import predict\nprint('tensorflow' in sys.modules)"
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code], cwd=repo_root, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == 'False'
 
 
 def test_lower_layers_import_without_tensorflow_opencv_or_torch(repo_root):

@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from absl import app
 from absl import flags
 from absl import logging
-import cv2
 from etils import epath
 import jax
 import ml_collections
@@ -169,14 +168,6 @@ def output_problem(out_dir: epath.Path) -> str | None:
   return None
 
 
-def quiet_opencv(verbose: bool) -> None:
-  """Silences OpenCV's and FFmpeg's own warnings (errors stay) unless `verbose`."""
-  if verbose:
-    return
-  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')  # Read when FFmpeg first opens.
-  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-
-
 def _exit_on_sigterm(signum: int, frame: Any) -> None:
   del frame
   sys.exit(128 + signum)  # Unwinds, so that partial outputs are removed.
@@ -190,7 +181,7 @@ def main(argv: Sequence[str]) -> None:
     console.quiet_library_logs()  # before anything imports TensorFlow
   # Orbax's warnings are routine on every restore.
   logging.get_absl_handler().addFilter(console.LibraryFilter(('/orbax/',), logging.ERROR))
-  quiet_opencv(FLAGS.verbose)
+  video_files.quiet_opencv(FLAGS.verbose)
   signal.signal(signal.SIGTERM, _exit_on_sigterm)
   sys.exit(run())
 

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from absl import logging
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -23,6 +22,7 @@ from stconsist_jax.core import fileio
 from stconsist_jax.data.pipeline import eval_inputs
 from stconsist_jax.data.ucf101 import annotations as ann
 from stconsist_jax.evaluation import evaluator
+from stconsist_jax.evaluation import forward
 from stconsist_jax.evaluation import pictures
 from stconsist_jax.evaluation import report as report_lib
 from stconsist_jax.evaluation import restore as restore_lib
@@ -30,32 +30,10 @@ from stconsist_jax.training import distributed
 from stconsist_jax.core import console
 
 Batch = Mapping[str, np.ndarray]
-PredictFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
-
-
-def make_predict_fn(model: Any, mesh: Any) -> PredictFn:
-  """Jitted `(variables, clip) -> {'logits', 'boxes'?}`: batch on 'data', variables replicated."""
-
-  def predict(variables, clip):
-    out = model.apply(variables, clip, train=False)
-    return out if isinstance(out, dict) else {'logits': out}
-
-  return jax.jit(
-    predict,
-    in_shardings=(distributed.replicated(mesh), distributed.batch_sharding(mesh)),
-    out_shardings=distributed.batch_sharding(mesh),
-  )
-
-
-def _gather(tree: Any) -> dict[str, np.ndarray]:
-  """Global batch-sharded arrays -> full numpy arrays on every host."""
-  if jax.process_count() == 1:
-    return jax.tree.map(np.asarray, jax.device_get(tree))
-  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def run_stream(
-  predict: PredictFn,
+  predict: forward.PredictFn,
   variables: Any,
   batches: Iterable[Batch],
   keys: Sequence[str],
@@ -74,11 +52,11 @@ def run_stream(
   for batch in console.progress(batches, total, desc, enabled=jax.process_index() == 0):
     sharded = distributed.shard_batch({k: batch[k] for k in ('clip',) + tuple(keys)}, mesh)
     out = predict(variables, sharded['clip'])
-    gathered = _gather({**{k: sharded[k] for k in keys}, **out})
+    gathered = forward.gather({**{k: sharded[k] for k in keys}, **out})
     chunks.append(gathered)
     if keep_first and first is None:
       flipped = distributed.shard_batch({'clip': np.asarray(batch['clip'])[:, :, :, ::-1]}, mesh)
-      out_flip = _gather(predict(variables, flipped['clip']))
+      out_flip = forward.gather(predict(variables, flipped['clip']))
       lo = distributed.local_batch_size(len(gathered['valid']), mesh) * jax.process_index()
       hi = lo + len(batch['clip'])
       first = {k: np.asarray(v) for k, v in batch.items()}
@@ -125,7 +103,7 @@ def run_evaluators(
       f'config.model.num_classes is {config.model.num_classes}'
     )
   variables = _on_mesh(restored.variables, mesh)
-  predict = make_predict_fn(restored.model, mesh)
+  predict = forward.make_predict_fn(restored.model, mesh)
   context = evaluator.Context(
     config,
     streams,
@@ -149,7 +127,7 @@ def run_evaluators(
 
 
 def _run_on(
-  predict: PredictFn, variables: Any, mesh: Any, batches: Iterable[Batch], keys, **kwargs
+  predict: forward.PredictFn, variables: Any, mesh: Any, batches: Iterable[Batch], keys, **kwargs
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
   return run_stream(predict, variables, batches, keys, mesh, **kwargs)
 

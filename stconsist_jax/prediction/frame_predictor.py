@@ -20,7 +20,7 @@ import numpy as np
 
 from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.training import distributed
-from stconsist_jax.evaluation import runner
+from stconsist_jax.evaluation import forward
 from stconsist_jax.metrics import classification
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.data.ucf101 import video_decode
@@ -187,7 +187,7 @@ class FramePredictor:
     self.variables = distributed.replicate(
       {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh
     )
-    self._predict = runner.make_predict_fn(model, self.mesh)
+    self._predict = forward.make_predict_fn(model, self.mesh)
 
   @classmethod
   def from_config(

@@ -430,3 +430,11 @@ def tubes_at(
       box = np.asarray(tube.boxes)[i]
       found.append((tube_id, class_names[int(tube.label)], float(tube.score), box))
   return found
+
+
+def quiet_opencv(verbose: bool) -> None:
+  """Silences OpenCV's and FFmpeg's own warnings (errors stay) unless `verbose`."""
+  if verbose:
+    return
+  os.environ.setdefault('OPENCV_FFMPEG_LOGLEVEL', '-8')  # Read when FFmpeg first opens.
+  cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

@@ -560,10 +560,10 @@ def test_opencv_warnings_are_silenced_unless_verbose(monkeypatch):
   monkeypatch.delenv('OPENCV_FFMPEG_LOGLEVEL', raising=False)
   try:
     logs.setLogLevel(logs.LOG_LEVEL_WARNING)
-    predict_app.quiet_opencv(verbose=True)
+    video_files.quiet_opencv(verbose=True)
     assert logs.getLogLevel() == logs.LOG_LEVEL_WARNING
     assert 'OPENCV_FFMPEG_LOGLEVEL' not in os.environ
-    predict_app.quiet_opencv(verbose=False)
+    video_files.quiet_opencv(verbose=False)
     assert logs.getLogLevel() == logs.LOG_LEVEL_ERROR
     assert os.environ['OPENCV_FFMPEG_LOGLEVEL'] == '-8'
   finally:
