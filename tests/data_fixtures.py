@@ -33,6 +33,27 @@ def synthetic_root(tmp_path_factory):
   return synthetic.generate(tmp_path_factory.mktemp('synthetic') / 'ucf101', spec)
 
 
+def rendered_video(spec, path: str) -> tuple[np.ndarray, list[np.ndarray]]:
+  """The RGB frames and per-actor boxes `generator.generate(..., spec)` drew for `path`.
+
+  Plans the videos of the path's class as `generate` does (`plan_video`) and renders the
+  one of that path with the same `synthetic_video.render`.
+  """
+  from stconsist_jax.data.synthetic import generator as synthetic
+  from stconsist_jax.data.synthetic import synthetic_video
+
+  names = [s.name for s in synthetic.class_styles(spec.num_classes)]
+  ci = names.index(path.split('/')[0])
+  plans = (
+    synthetic.plan_video(spec, ci, vi, ci < spec.annotated_classes)
+    for vi in range(spec.videos_per_class)
+  )
+  plan = next((p for p in plans if p.path == path), None)
+  if plan is None:
+    raise ValueError(f'{path!r} is not a video of this spec')
+  return synthetic_video.render(plan, (spec.height, spec.width))
+
+
 @pytest.fixture(scope='session')
 def synthetic_tfds(synthetic_root, tmp_path_factory):
   """`synthetic_root` built with the TFDS builder, split 1, 32x32 frames.

@@ -24,6 +24,7 @@ from stconsist_jax.data.synthetic import generator as synthetic
 from stconsist_jax.data.synthetic import synthetic_video
 from stconsist_jax.data.ucf101 import tfds_builder
 from stconsist_jax.data.ucf101 import video_decode
+from tests.data_fixtures import rendered_video
 
 
 def _read_all(builder, split):
@@ -72,7 +73,7 @@ def test_read_back_equals_generator(synthetic_tfds):
       drawn = t.boxes * [size / 320, size / 240, size / 320, size / 240]
       assert np.abs(in_pixels - drawn).max() < 1e-3
     if checked_frames < 3:
-      rendered, _ = synthetic.render_video(truth.spec, name)
+      rendered, _ = rendered_video(truth.spec, name)
       small = np.stack(
         [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in rendered]
       )
@@ -92,7 +93,7 @@ def test_actor_inside_its_stored_box(synthetic_tfds):
       continue
     t = rec.tubes[0]
     f = (t.start + t.end) // 2
-    rendered, _ = synthetic.render_video(truth.spec, name)
+    rendered, _ = rendered_video(truth.spec, name)
     small = cv2.resize(rendered[f], (size, size), interpolation=cv2.INTER_AREA)
     diff = np.abs(ex['frames'][f].astype(int) - small.astype(int)).mean()
     assert diff < 15
@@ -133,7 +134,7 @@ def test_corrupt_truncated_and_missing_videos_are_skipped(tmp_path):
   )
   (videos / f'{corrupt}.avi').write_bytes(b'RIFF\x00\x00\x00\x00AVI garbage' * 10)
   (videos / f'{missing}.avi').unlink()
-  frames, _ = synthetic.render_video(spec, truncated)
+  frames, _ = rendered_video(spec, truncated)
   synthetic_video.write_video(frames[:5], videos / f'{truncated}.avi')
 
   b = tfds_builder.build(tmp_path / 'src', tmp_path / 'out', split=1, frame_size=16, num_workers=2)

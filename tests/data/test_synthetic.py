@@ -15,6 +15,7 @@ from stconsist_jax.core import errors
 from stconsist_jax.data.ucf101 import annotations as ann
 from stconsist_jax.data.synthetic import generator as synthetic
 from stconsist_jax.data.synthetic import synthetic_video
+from tests.data_fixtures import rendered_video
 
 
 def _decode(path):
@@ -94,7 +95,7 @@ def test_videos_are_xvid_and_close_to_rendered(synthetic_root):
   assert head[strh + 8 : strh + 12] == b'vids' and head[strh + 12 : strh + 16] == b'XVID'
   assert fourcc != 0
   assert fps == pytest.approx(25)
-  rendered, _ = synthetic.render_video(synthetic_root.spec, path)
+  rendered, _ = rendered_video(synthetic_root.spec, path)
   assert frames.shape == rendered.shape == (synthetic_root.records[path].num_frames, 240, 320, 3)
   err = np.abs(frames.astype(np.float64) - rendered.astype(np.float64)).mean()
   assert err < 8.0
@@ -142,9 +143,9 @@ def test_deterministic_from_seed(synthetic_root, tmp_path):
     synthetic_root.root / 'pyannot.pkl'
   ).read_bytes()
   path = sorted(synthetic_root.records)[0]
-  first, _ = synthetic.render_video(spec, path)
+  first, _ = rendered_video(spec, path)
   other_seed = synthetic.SyntheticSpec(**{**spec.__dict__, 'seed': spec.seed + 1})
-  assert not np.array_equal(first[:5], synthetic.render_video(other_seed, path)[0][:5])
+  assert not np.array_equal(first[:5], rendered_video(other_seed, path)[0][:5])
   with pytest.raises(FileExistsError):
     synthetic.generate(tmp_path / 'a', spec)
 

@@ -248,20 +248,6 @@ def generate(
   return SyntheticDataset(output_dir, spec, class_names, annotated, records, splits)
 
 
-def render_video(spec: SyntheticSpec, path: str) -> tuple[np.ndarray, list[np.ndarray]]:
-  """Re-renders one video of `generate(..., spec)` (RGB frames, per-actor boxes)."""
-  styles = class_styles(spec.num_classes)
-  names = [s.name for s in styles]
-  class_name = ann.class_of(path)
-  ci = names.index(class_name)
-  group, clip = ann.group_of(path), int(path.rsplit('_c', 1)[1])
-  vi = (group - 1) * spec.clips_per_group + clip - 1
-  plan = plan_video(spec, ci, vi, ci < spec.annotated_classes)
-  if plan.path != path:
-    raise ValueError(f'{path!r} is not a video of this spec')
-  return video_lib.render(plan, (spec.height, spec.width))
-
-
 def _official_test_groups(split: int) -> set[int]:
   """UCF-101's rule: split s tests on groups 7(s-1)+1 .. 7s."""
   return set(range(7 * (split - 1) + 1, 7 * split + 1))
