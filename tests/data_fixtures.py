@@ -91,13 +91,17 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
   videos of the UCF101-24 classes have that box as their one tube. Returns
   {path: VideoRecord} of every video (boxes in pixels of the 32x24 frame).
   """
+  from stconsist_jax.data import records as records_lib
+  from stconsist_jax.data.ucf101 import classes
+  from stconsist_jax.data.ucf101 import split_lists
+  from stconsist_jax.data.ucf101 import videos
   from stconsist_jax.data.ucf101 import annotations as ann
   from stconsist_jax.data.synthetic import generator as synthetic
   from stconsist_jax.data.synthetic import synthetic_video
 
   h, w = TINY_UCF101_SIZE
   records = {}
-  for label, name in enumerate(ann.UCF101_CLASSES):
+  for label, name in enumerate(classes.UCF101_CLASSES):
     for group in TINY_UCF101_GROUPS:
       path = synthetic.video_path(name, group, 1)
       frames = np.full((TINY_UCF101_FRAMES, h, w, 3), (label * 37 % 200, 90, 140), np.uint8)
@@ -106,15 +110,19 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
         frames[f, y1:y2, x1:x2] = 255
       synthetic_video.write_video(frames, root / 'UCF-101' / f'{path}.avi')
       tubes = ()
-      if name in ann.UCF24_CLASSES:
-        tubes = (ann.Tube(ann.UCF24_CLASSES.index(name), 0, TINY_UCF101_FRAMES, boxes),)
-      records[path] = ann.VideoRecord(path, label, name, TINY_UCF101_FRAMES, tubes)
+      if name in classes.UCF24_CLASSES:
+        tubes = (
+          records_lib.AnnotatedTube(
+            classes.UCF24_CLASSES.index(name), 0, TINY_UCF101_FRAMES, boxes
+          ),
+        )
+      records[path] = records_lib.VideoRecord(path, label, name, TINY_UCF101_FRAMES, tubes)
   list_dir = root / 'ucfTrainTestlist'
-  ann.write_class_index(ann.UCF101_CLASSES, list_dir / 'classInd.txt')
+  split_lists.write_class_index(classes.UCF101_CLASSES, list_dir / 'classInd.txt')
   for split in (1, 2, 3):
-    test = [p for p in records if ann.group_of(p) in range(7 * split - 6, 7 * split + 1)]
+    test = [p for p in records if videos.group_of(p) in range(7 * split - 6, 7 * split + 1)]
     train = [p for p in records if p not in set(test)]
-    ann.write_split_lists(list_dir, split, train, test, ann.UCF101_CLASSES)
+    split_lists.write_split_lists(list_dir, split, train, test, classes.UCF101_CLASSES)
   ann.write_pyannot(records.values(), root / 'pyannot.pkl')
   return records
 

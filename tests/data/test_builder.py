@@ -18,6 +18,9 @@ import tensorflow_datasets as tfds
 
 from stconsist_jax.core import errors
 
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
 from stconsist_jax.data.ucf101 import annotations as ann
 from stconsist_jax.data.ucf101 import download
 from stconsist_jax.data.synthetic import generator as synthetic
@@ -179,7 +182,7 @@ def test_split_lists_honoured(synthetic_root, tmp_path):
   src = tmp_path / 'src'
   shutil.copytree(synthetic_root.root, src)
   lists = src / 'ucfTrainTestlist'
-  train, test = ann.official_split(lists, 2)
+  train, test = split_lists.official_split(lists, 2)
   keep_test = test[:3]
   (lists / 'testlist02.txt').write_text(''.join(f'{p}.avi\n' for p in keep_test))
   b = tfds_builder.build(src, tmp_path / 'out', split=2, frame_size=16, num_workers=0)
@@ -213,8 +216,12 @@ def test_annotated_class_names_of_real_annotations_follow_ucf24_order(ucf24_dir)
 def test_tube_label_shared_by_two_classes_is_a_clear_error():
   boxes = np.zeros((2, 4))
   records = {
-    'A/v_A_g01_c01': ann.VideoRecord('A/v_A_g01_c01', 0, 'A', 2, (ann.Tube(0, 0, 2, boxes),)),
-    'B/v_B_g01_c01': ann.VideoRecord('B/v_B_g01_c01', 1, 'B', 2, (ann.Tube(0, 0, 2, boxes),)),
+    'A/v_A_g01_c01': records_lib.VideoRecord(
+      'A/v_A_g01_c01', 0, 'A', 2, (records_lib.AnnotatedTube(0, 0, 2, boxes),)
+    ),
+    'B/v_B_g01_c01': records_lib.VideoRecord(
+      'B/v_B_g01_c01', 1, 'B', 2, (records_lib.AnnotatedTube(0, 0, 2, boxes),)
+    ),
   }
   with pytest.raises(ValueError, match="tube label 0 is used by classes 'A' and 'B'"):
     download.annotated_class_names(records)
@@ -244,7 +251,7 @@ def _run_tool(tool, capsys, manual_dir, data_dir, **kwargs):
 def test_registered_config_is_used_for_the_101_classes():
   registered = tfds_builder.registered_config(1, 32)
   assert tfds_builder.make_config(1, 32) is registered
-  assert tfds_builder.make_config(1, 32, class_names=ann.UCF101_CLASSES) is registered
+  assert tfds_builder.make_config(1, 32, class_names=classes.UCF101_CLASSES) is registered
   assert tfds_builder.make_config(3, 128) is tfds_builder.registered_config(3, 128)
   # Anything else is a custom config under a name of its own.
   assert tfds_builder.make_config(1, 32, jpeg_quality=80).name == 'split1_32_q80'
@@ -259,8 +266,8 @@ def test_101_class_folder_builds_at_a_registered_size(tiny_ucf101, tmp_path, too
   b = tfds_builder.builder('split1_32', tmp_path / 'out')
   assert b.builder_config is tfds_builder.registered_config(1, 32)
   assert str(b.data_dir) in out
-  assert b.info.features['label'].names == list(ann.UCF101_CLASSES)
-  assert list(b.info.metadata['annotated_class_names']) == list(ann.UCF24_CLASSES)
+  assert b.info.features['label'].names == list(classes.UCF101_CLASSES)
+  assert list(b.info.metadata['annotated_class_names']) == list(classes.UCF24_CLASSES)
   test = _read_all(b, 'test')
   assert len(test) == 101 and len(_read_all(b, 'train')) == 101
   for name, ex in test.items():
@@ -281,26 +288,30 @@ def test_from_annotations_subset_builds(ucf24_dir, tmp_path, tool, capsys):
   rc, out, err = _run_tool(tool, capsys, tmp_path / 'src', tmp_path / 'out', frame_size=32)
   assert rc == 0, err
   b = tfds_builder.builder('split1_32', tmp_path / 'out')
-  assert list(b.info.metadata['annotated_class_names']) == list(ann.UCF24_CLASSES)
+  assert list(b.info.metadata['annotated_class_names']) == list(classes.UCF24_CLASSES)
   used = {r.class_name for r in ds.records.values()}
-  absent = [c for c in ann.UCF24_CLASSES if c not in used]
+  absent = [c for c in classes.UCF24_CLASSES if c not in used]
   assert tfds_builder.read_report(b)['annotated_classes_without_tubes'] == absent
   assert f'annotated classes without tubes here: {len(absent)}' in out
   got = {**_read_all(b, 'train'), **_read_all(b, 'test')}
   assert set(got) == set(ds.records)
   for name, ex in got.items():
-    assert [ann.UCF24_CLASSES[i] for i in ex['tube_labels']] == [ds.records[name].class_name] * len(
-      ds.records[name].tubes
-    )
+    assert [classes.UCF24_CLASSES[i] for i in ex['tube_labels']] == [
+      ds.records[name].class_name
+    ] * len(ds.records[name].tubes)
 
 
 def test_annotated_class_names_of_a_subset_keep_the_ucf24_label_space(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / 'pyannot.pkl')
   subset = {p: r for p, r in records.items() if r.class_name in ('Skijet', 'Biking')}
-  assert download.annotated_class_names(subset) == list(ann.UCF24_CLASSES)
+  assert download.annotated_class_names(subset) == list(classes.UCF24_CLASSES)
   # Labels of other names must still leave no hole.
   boxes = np.zeros((1, 4))
-  odd = {'A/v_A_g01_c01': ann.VideoRecord('A/v_A_g01_c01', 0, 'A', 1, (ann.Tube(1, 0, 1, boxes),))}
+  odd = {
+    'A/v_A_g01_c01': records_lib.VideoRecord(
+      'A/v_A_g01_c01', 0, 'A', 1, (records_lib.AnnotatedTube(1, 0, 1, boxes),)
+    )
+  }
   with pytest.raises(ValueError, match=r'tube labels \[0\] are used by no video'):
     download.annotated_class_names(odd)
   assert download.annotated_class_names({}) == []
@@ -440,7 +451,9 @@ def test_tube_arrays_clip_boxes_and_drop_empty_ones():
     ],
     np.float64,
   )
-  record = ann.VideoRecord('A/v_A_g01_c01', 0, 'A', 8, (ann.Tube(3, 1, 7, boxes),))
+  record = records_lib.VideoRecord(
+    'A/v_A_g01_c01', 0, 'A', 8, (records_lib.AnnotatedTube(3, 1, 7, boxes),)
+  )
   t = tfds_builder.tube_arrays(record, 8, 240, 320)
   assert (t.beyond_video, t.clipped, t.empty) == (0, 2, 2)
   np.testing.assert_array_equal(t.present[0], [0, 1, 1, 1, 0, 0, 1, 0])
@@ -482,12 +495,12 @@ def test_truncated_unannotated_video_and_bad_boxes_are_reported(tmp_path):
   boxes[0] = [-8, 10, 40, 60]
   boxes[1] = [300, 200, 400, 260]
   boxes[2] = [50, 50, 50, 90]
-  records[bad.path] = ann.VideoRecord(
+  records[bad.path] = records_lib.VideoRecord(
     bad.path,
     bad.label,
     bad.class_name,
     bad.num_frames,
-    (ann.Tube(tube.label, tube.start, tube.end, boxes),),
+    (records_lib.AnnotatedTube(tube.label, tube.start, tube.end, boxes),),
   )
   (tmp_path / 'src' / 'pyannot.pkl').unlink()
   train, test = truth.splits[1]

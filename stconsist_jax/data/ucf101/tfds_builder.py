@@ -29,7 +29,10 @@ import tqdm
 
 from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
+from stconsist_jax.data.ucf101 import videos
 from stconsist_jax.data.ucf101 import download
 from stconsist_jax.data.ucf101 import video_decode
 
@@ -54,7 +57,7 @@ class Ucf101StconsistConfig(tfds.core.BuilderConfig):
     *,
     split: int = 1,
     frame_size: int = 128,
-    class_names: Sequence[str] = ann.UCF101_CLASSES,
+    class_names: Sequence[str] = classes.UCF101_CLASSES,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     name: str | None = None,
     **kwargs,
@@ -65,7 +68,7 @@ class Ucf101StconsistConfig(tfds.core.BuilderConfig):
       raise ValueError(f'frame_size must be in [8, 1024], got {frame_size}')
     if name is None:
       name = f'split{split}_{frame_size}'
-      if tuple(class_names) != ann.UCF101_CLASSES:
+      if tuple(class_names) != classes.UCF101_CLASSES:
         name += f'_c{len(class_names)}'
       if jpeg_quality != DEFAULT_JPEG_QUALITY:
         name += f'_q{jpeg_quality}'
@@ -103,10 +106,10 @@ def make_config(
   size, default JPEG quality): TFDS refuses a custom config under a registered name.
   """
   if class_names is None and manual_dir is not None:
-    class_names = ann.read_class_index(
+    class_names = split_lists.read_class_index(
       pathlib.Path(manual_dir) / 'ucfTrainTestlist' / 'classInd.txt'
     )
-  class_names = tuple(class_names or ann.UCF101_CLASSES)
+  class_names = tuple(class_names or classes.UCF101_CLASSES)
   registered = registered_config(split, frame_size)
   if (
     registered is not None
@@ -184,7 +187,7 @@ def clip_boxes(
 
 
 def tube_arrays(
-  record: ann.VideoRecord | None, num_frames: int, height: int, width: int
+  record: records_lib.VideoRecord | None, num_frames: int, height: int, width: int
 ) -> TubeArrays:
   """Tubes -> stored arrays: boxes clipped to the frame, empty ones not present."""
   tubes = record.tubes if record is not None else ()
@@ -273,9 +276,9 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
       annotation_file = download.check_manual_dir(manual_dir, split)
     except download.ManualDirError as e:
       raise download.ManualDirError(f'{e}\n{download.INSTRUCTIONS}') from None
-    class_names = ann.read_class_index(list_dir / 'classInd.txt')
+    class_names = split_lists.read_class_index(list_dir / 'classInd.txt')
     if class_names != self.builder_config.class_names:
-      raise ann.DataFileError(
+      raise records_lib.DataFileError(
         f'{list_dir / "classInd.txt"} lists {len(class_names)} classes that differ from '
         f'the {len(self.builder_config.class_names)} of config '
         f'{self.builder_config.name!r}; build with make_config(manual_dir=...)'
@@ -292,7 +295,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     self._report.source = download.source_of(manual_dir, split)
     self.info.metadata['annotated_class_names'] = label_names
     self.info.metadata['source'] = self._report.source
-    train, test = ann.official_split(list_dir, split)
+    train, test = split_lists.official_split(list_dir, split)
     problems = download.validate(records, listed=train + test, video_dir=manual_dir / 'UCF-101')
     self._report.problems = problems.to_dict()
     if not problems.ok:
@@ -303,7 +306,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     }
 
   def _check_decoded(
-    self, video: video_decode.DecodedVideo, record: ann.VideoRecord | None
+    self, video: video_decode.DecodedVideo, record: records_lib.VideoRecord | None
   ) -> str | None:
     """Why a decoded video is skipped (None: it is kept), counting short ones.
 
@@ -327,7 +330,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     self,
     manual_dir: pathlib.Path,
     paths: Sequence[str],
-    records: Mapping[str, ann.VideoRecord],
+    records: Mapping[str, records_lib.VideoRecord],
     split: str,
   ):
     cfg = self.builder_config
@@ -336,8 +339,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     tasks = []
     for p in paths:
       file = manual_dir / 'UCF-101' / f'{p}.avi'
-      if ann.class_of(p) not in index:
-        self._report.skip(split, p, f'class {ann.class_of(p)!r} not in classInd.txt')
+      if videos.class_of(p) not in index:
+        self._report.skip(split, p, f'class {videos.class_of(p)!r} not in classInd.txt')
       elif not file.is_file():
         self._report.skip(split, p, f'video file missing: {p}.avi')
       else:
@@ -366,12 +369,12 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         video.path,
         {
           'frames': video.frames,
-          'label': index[ann.class_of(video.path)],
+          'label': index[videos.class_of(video.path)],
           'name': video.path,
           'num_frames': video.num_frames,
           'original_size': np.array([video.height, video.width], np.int32),
           'annotated': bool(
-            ann.class_of(video.path) in annotated_classes and len(tubes.labels) > 0
+            videos.class_of(video.path) in annotated_classes and len(tubes.labels) > 0
           ),
           'tube_labels': tubes.labels,
           'tube_boxes': tubes.boxes,
@@ -504,14 +507,14 @@ def build(
   is removed first (`remove_incomplete`).
 
   Raises:
-    download.ManualDirError, SourceMismatchError, annotations.DataFileError:
+    download.ManualDirError, SourceMismatchError, records.DataFileError:
       `errors.UserError`, each with a one-line message.
   """
   annotation_file = download.check_manual_dir(manual_dir, split)
   cfg = make_config(split, frame_size, manual_dir=manual_dir, jpeg_quality=jpeg_quality)
   # Unusable inputs fail here, before anything is written.
   download.load_records(annotation_file, cfg.class_names)
-  ann.official_split(pathlib.Path(manual_dir) / 'ucfTrainTestlist', split)
+  split_lists.official_split(pathlib.Path(manual_dir) / 'ucfTrainTestlist', split)
   b = builder(cfg, data_dir, num_workers)
   if _recover_replaced(b.data_path):
     b = builder(cfg, data_dir, num_workers)
