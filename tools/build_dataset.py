@@ -60,7 +60,7 @@ def run(
   out, err = out or sys.stdout, err or sys.stderr
   # Imported here so the decoding worker processes, which re-import this script,
   # start without TensorFlow.
-  from stconsist_jax.data.ucf101 import download  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.ucf101 import tfds_builder  # pylint: disable=g-import-not-at-top
 
   try:
@@ -69,7 +69,7 @@ def run(
     )
   except errors.UserError as e:
     print(f'error: {e}', file=err)
-    if isinstance(e, download.ManualDirError):
+    if isinstance(e, manual_dir_lib.ManualDirError):
       print(e.instructions, file=err, end='')
     return errors.EXIT_USER_ERROR
   report = tfds_builder.read_report(builder)

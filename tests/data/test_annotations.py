@@ -12,7 +12,7 @@ from stconsist_jax.data.ucf101 import classes
 from stconsist_jax.data.ucf101 import split_lists
 from stconsist_jax.data.ucf101 import videos
 from stconsist_jax.data.ucf101 import annotations as ann
-from stconsist_jax.data.ucf101 import download
+from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.ucf101 import stats
 
 
@@ -118,7 +118,7 @@ def test_validation_report_on_real_lists(records, ucf24_dir):
   train = split_lists.read_split_list(ucf24_dir / 'trainlist01.txt')
   test = split_lists.read_split_list(ucf24_dir / 'testlist01.txt')
   assert (len(train), len(test)) == (2290, 910)
-  report = download.validate(records, listed=train + test)
+  report = manual_dir_lib.validate(records, listed=train + test)
   assert report.counts == {'listed_without_annotations': 6}
   missing = sorted(set(train + test) - set(records))
   assert len(missing) == 6 and set(missing) <= set(train)
@@ -137,7 +137,7 @@ def test_validation_counts_injected_problems(records):
     100,
     (records_lib.AnnotatedTube(r.tubes[0].label, 0, 164, boxes),),
   )
-  report = download.validate(
+  report = manual_dir_lib.validate(
     {r.path: bad}, listed=[r.path, 'Skijet/v_Skijet_g99_c01'], video_dir='/nonexistent'
   )
   assert report.counts == {

@@ -22,7 +22,7 @@ from stconsist_jax.data import records as records_lib
 from stconsist_jax.data.ucf101 import classes
 from stconsist_jax.data.ucf101 import split_lists
 from stconsist_jax.data.ucf101 import annotations as ann
-from stconsist_jax.data.ucf101 import download
+from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.synthetic import generator as synthetic
 from stconsist_jax.data.synthetic import synthetic_video
 from stconsist_jax.data.ucf101 import tfds_builder
@@ -210,7 +210,7 @@ def test_annotated_class_names_recorded_in_metadata(synthetic_tfds):
 def test_annotated_class_names_of_real_annotations_follow_ucf24_order(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / 'pyannot.pkl')
   expected = (ucf24_dir / 'classes.txt').read_text().split()
-  assert download.annotated_class_names(records) == expected
+  assert manual_dir_lib.annotated_class_names(records) == expected
 
 
 def test_tube_label_shared_by_two_classes_is_a_clear_error():
@@ -224,7 +224,7 @@ def test_tube_label_shared_by_two_classes_is_a_clear_error():
     ),
   }
   with pytest.raises(ValueError, match="tube label 0 is used by classes 'A' and 'B'"):
-    download.annotated_class_names(records)
+    manual_dir_lib.annotated_class_names(records)
 
 
 # --------------------------------------------------------------------------- regressions
@@ -304,7 +304,7 @@ def test_from_annotations_subset_builds(ucf24_dir, tmp_path, tool, capsys):
 def test_annotated_class_names_of_a_subset_keep_the_ucf24_label_space(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / 'pyannot.pkl')
   subset = {p: r for p, r in records.items() if r.class_name in ('Skijet', 'Biking')}
-  assert download.annotated_class_names(subset) == list(classes.UCF24_CLASSES)
+  assert manual_dir_lib.annotated_class_names(subset) == list(classes.UCF24_CLASSES)
   # Labels of other names must still leave no hole.
   boxes = np.zeros((1, 4))
   odd = {
@@ -313,8 +313,8 @@ def test_annotated_class_names_of_a_subset_keep_the_ucf24_label_space(ucf24_dir)
     )
   }
   with pytest.raises(ValueError, match=r'tube labels \[0\] are used by no video'):
-    download.annotated_class_names(odd)
-  assert download.annotated_class_names({}) == []
+    manual_dir_lib.annotated_class_names(odd)
+  assert manual_dir_lib.annotated_class_names({}) == []
 
 
 def test_tool_reports_a_wrong_manual_dir_in_one_line(tmp_path, tool, capsys):

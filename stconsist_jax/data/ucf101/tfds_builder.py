@@ -3,7 +3,7 @@
 Frames are decoded with OpenCV in fresh worker processes, squashed to size x size and
 stored as JPEG; boxes of every tube, clipped to the frame, come with a presence mask
 (docs/DESIGN.md, 2). A build records its source and refuses to pass off another's.
-The manual dir's layout and checks are `download`'s; the command line is
+The manual dir's layout and checks are `manual_dir`'s; the command line is
 `python tools/build_dataset.py --manual_dir DIR --split 1 --frame_size 128`.
 
 Over 400 lines as one job: the builder class, its configs, the report it writes and the
@@ -33,7 +33,7 @@ from stconsist_jax.data import records as records_lib
 from stconsist_jax.data.ucf101 import classes
 from stconsist_jax.data.ucf101 import split_lists
 from stconsist_jax.data.ucf101 import videos
-from stconsist_jax.data.ucf101 import download
+from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.ucf101 import video_decode
 
 NAME = 'ucf101_stconsist'
@@ -223,7 +223,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = download.INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual_dir_lib.INSTRUCTIONS
   BUILDER_CONFIGS = [
     Ucf101StconsistConfig(split=s, frame_size=f) for f in FRAME_SIZES for s in (1, 2, 3)
   ]
@@ -273,9 +273,9 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     list_dir = manual_dir / 'ucfTrainTestlist'
     split = self.builder_config.split
     try:
-      annotation_file = download.check_manual_dir(manual_dir, split)
-    except download.ManualDirError as e:
-      raise download.ManualDirError(f'{e}\n{download.INSTRUCTIONS}') from None
+      annotation_file = manual_dir_lib.check_manual_dir(manual_dir, split)
+    except manual_dir_lib.ManualDirError as e:
+      raise manual_dir_lib.ManualDirError(f'{e}\n{manual_dir_lib.INSTRUCTIONS}') from None
     class_names = split_lists.read_class_index(list_dir / 'classInd.txt')
     if class_names != self.builder_config.class_names:
       raise records_lib.DataFileError(
@@ -283,7 +283,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         f'the {len(self.builder_config.class_names)} of config '
         f'{self.builder_config.name!r}; build with make_config(manual_dir=...)'
       )
-    records, label_names = download.load_records(annotation_file, class_names)
+    records, label_names = manual_dir_lib.load_records(annotation_file, class_names)
     used = {r.class_name for r in records.values() if r.tubes}
     self._report.absent_annotated_classes = [c for c in label_names if c not in used]
     if self._report.absent_annotated_classes:
@@ -292,11 +292,13 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         annotation_file,
         ', '.join(self._report.absent_annotated_classes),
       )
-    self._report.source = download.source_of(manual_dir, split)
+    self._report.source = manual_dir_lib.source_of(manual_dir, split)
     self.info.metadata['annotated_class_names'] = label_names
     self.info.metadata['source'] = self._report.source
     train, test = split_lists.official_split(list_dir, split)
-    problems = download.validate(records, listed=train + test, video_dir=manual_dir / 'UCF-101')
+    problems = manual_dir_lib.validate(
+      records, listed=train + test, video_dir=manual_dir / 'UCF-101'
+    )
     self._report.problems = problems.to_dict()
     if not problems.ok:
       logging.warning('annotation problems:\n%s', problems.summary())
@@ -428,8 +430,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
   def _check_source(self, manual_dir: str | os.PathLike) -> None:
     """Raises SourceMismatchError unless the existing build was made from `manual_dir`."""
     recorded = (self.info.metadata or {}).get('source')
-    why = download.source_mismatch(
-      recorded, download.source_of(manual_dir, self.builder_config.split)
+    why = manual_dir_lib.source_mismatch(
+      recorded, manual_dir_lib.source_of(manual_dir, self.builder_config.split)
     )
     if why is not None:
       raise SourceMismatchError(
@@ -507,13 +509,13 @@ def build(
   is removed first (`remove_incomplete`).
 
   Raises:
-    download.ManualDirError, SourceMismatchError, records.DataFileError:
+    manual_dir_lib.ManualDirError, SourceMismatchError, records.DataFileError:
       `errors.UserError`, each with a one-line message.
   """
-  annotation_file = download.check_manual_dir(manual_dir, split)
+  annotation_file = manual_dir_lib.check_manual_dir(manual_dir, split)
   cfg = make_config(split, frame_size, manual_dir=manual_dir, jpeg_quality=jpeg_quality)
   # Unusable inputs fail here, before anything is written.
-  download.load_records(annotation_file, cfg.class_names)
+  manual_dir_lib.load_records(annotation_file, cfg.class_names)
   split_lists.official_split(pathlib.Path(manual_dir) / 'ucfTrainTestlist', split)
   b = builder(cfg, data_dir, num_workers)
   if _recover_replaced(b.data_path):

@@ -1,6 +1,5 @@
-"""The user's UCF-101 download (the manual dir) as a build reads it: layout, records, problems.
-
-Also the fingerprint of its annotation and list files that a build records as its source.
+"""The user's UCF-101 download (the manual dir) as a build reads it: layout, records, problems,
+and the fingerprint of its annotation and list files that a build records as its source.
 """
 
 from __future__ import annotations
