@@ -63,11 +63,11 @@ def synthetic_tfds(synthetic_root, tmp_path_factory):
   (the generator's ground truth: records with exact pixel boxes, splits, classes),
   manual_dir, num_classes.
   """
-  from stconsist_jax.data.ucf101 import tfds_builder
+  from stconsist_jax.data.ucf101 import dataset_build
 
   data_dir = tmp_path_factory.mktemp('tfds')
   # In-process decoding: a worker pool's start-up would dominate such a tiny build.
-  builder = tfds_builder.build(
+  builder = dataset_build.build(
     synthetic_root.root, data_dir, split=1, frame_size=SYNTHETIC_FRAME_SIZE, num_workers=0
   )
   return types.SimpleNamespace(

@@ -25,6 +25,8 @@ from stconsist_jax.data.ucf101 import annotations as ann
 from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.synthetic import generator as synthetic
 from stconsist_jax.data.synthetic import synthetic_video
+from stconsist_jax.data.ucf101 import dataset_build
+from stconsist_jax.data.ucf101 import stored_tubes
 from stconsist_jax.data.ucf101 import tfds_builder
 from stconsist_jax.data.ucf101 import video_decode
 from tests.data_fixtures import rendered_video
@@ -140,7 +142,7 @@ def test_corrupt_truncated_and_missing_videos_are_skipped(tmp_path):
   frames, _ = rendered_video(spec, truncated)
   synthetic_video.write_video(frames[:5], videos / f'{truncated}.avi')
 
-  b = tfds_builder.build(tmp_path / 'src', tmp_path / 'out', split=1, frame_size=16, num_workers=2)
+  b = dataset_build.build(tmp_path / 'src', tmp_path / 'out', split=1, frame_size=16, num_workers=2)
   report = tfds_builder.read_report(b)
   skipped = {s['video']: s['reason'] for v in report['skipped'].values() for s in v}
   assert set(skipped) == {corrupt, missing, truncated}
@@ -170,7 +172,7 @@ def test_failed_build_leaves_no_dataset(synthetic_root, tmp_path, monkeypatch):
 
   monkeypatch.setattr(video_decode, 'decode_video', failing)
   with pytest.raises(RuntimeError, match='disk full'):
-    tfds_builder.build(synthetic_root.root, tmp_path / 'out', frame_size=16, num_workers=0)
+    dataset_build.build(synthetic_root.root, tmp_path / 'out', frame_size=16, num_workers=0)
   b = tfds_builder.builder(
     tfds_builder.make_config(1, 16, manual_dir=synthetic_root.root), tmp_path / 'out'
   )
@@ -185,7 +187,7 @@ def test_split_lists_honoured(synthetic_root, tmp_path):
   train, test = split_lists.official_split(lists, 2)
   keep_test = test[:3]
   (lists / 'testlist02.txt').write_text(''.join(f'{p}.avi\n' for p in keep_test))
-  b = tfds_builder.build(src, tmp_path / 'out', split=2, frame_size=16, num_workers=0)
+  b = dataset_build.build(src, tmp_path / 'out', split=2, frame_size=16, num_workers=0)
   assert sorted(_read_all(b, 'test')) == sorted(keep_test)
   assert sorted(_read_all(b, 'train')) == sorted(train)
 
@@ -384,7 +386,7 @@ def _small_folder(path, seed=5):
 def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool, capsys):
   first = _small_folder(tmp_path / 'a')
   out_dir = tmp_path / 'out'
-  b = tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0)
+  b = dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0)
   source = b.info.metadata['source']
   assert source['manual_dir'] == str(first.root.absolute())
   assert tfds_builder.read_report(b)['source'] == source
@@ -392,7 +394,7 @@ def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool,
   # The same source again: reused, no error.
   assert (
     sorted(
-      _read_all(tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0), 'train')
+      _read_all(dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0), 'train')
     )
     == before
   )
@@ -402,14 +404,14 @@ def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool,
     tfds_builder.SourceMismatchError,
     match=r'built from .*/a and its pyannot.pkl.* differ.*--overwrite',
   ):
-    tfds_builder.build(other.root, out_dir, frame_size=16, num_workers=0)
+    dataset_build.build(other.root, out_dir, frame_size=16, num_workers=0)
   rc, _, err = _run_tool(tool, capsys, other.root, out_dir)
   assert rc == errors.EXIT_USER_ERROR
   assert err.count('\n') == 1 and '--overwrite' in err
   # The same files under another path are another source too (the videos may differ).
   copy = _copy_folder(first.root, tmp_path / 'copy')
   with pytest.raises(tfds_builder.SourceMismatchError, match=r'built from .*/a, so'):
-    tfds_builder.build(copy, out_dir, frame_size=16, num_workers=0)
+    dataset_build.build(copy, out_dir, frame_size=16, num_workers=0)
   b = tfds_builder.builder(tfds_builder.make_config(1, 16, manual_dir=first.root), out_dir)
   assert sorted(_read_all(b, 'train')) == before
   # --overwrite rebuilds from the new source.
@@ -424,7 +426,7 @@ def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool,
 def test_failed_overwrite_keeps_the_old_build(tmp_path, monkeypatch):
   first = _small_folder(tmp_path / 'a')
   out_dir = tmp_path / 'out'
-  b = tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0)
+  b = dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0)
   before = sorted(_read_all(b, 'test'))
 
   def failing(task):
@@ -432,7 +434,7 @@ def test_failed_overwrite_keeps_the_old_build(tmp_path, monkeypatch):
 
   monkeypatch.setattr(video_decode, 'decode_video', failing)
   with pytest.raises(RuntimeError, match='disk full'):
-    tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0, overwrite=True)
+    dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0, overwrite=True)
   monkeypatch.undo()
   b = tfds_builder.builder(b.builder_config, out_dir)
   assert sorted(_read_all(b, 'test')) == before
@@ -454,7 +456,7 @@ def test_tube_arrays_clip_boxes_and_drop_empty_ones():
   record = records_lib.VideoRecord(
     'A/v_A_g01_c01', 0, 'A', 8, (records_lib.AnnotatedTube(3, 1, 7, boxes),)
   )
-  t = tfds_builder.tube_arrays(record, 8, 240, 320)
+  t = stored_tubes.tube_arrays(record, 8, 240, 320)
   assert (t.beyond_video, t.clipped, t.empty) == (0, 2, 2)
   np.testing.assert_array_equal(t.present[0], [0, 1, 1, 1, 0, 0, 1, 0])
   scale = [320, 240, 320, 240]
@@ -463,7 +465,7 @@ def test_tube_arrays_clip_boxes_and_drop_empty_ones():
   assert np.all(t.boxes[0, [0, 4, 5, 7]] == 0)
   assert np.all((t.boxes >= 0) & (t.boxes <= 1))
   # A tube past the decoded frames still counts its dropped boxes.
-  assert tfds_builder.tube_arrays(record, 4, 240, 320).beyond_video == 3
+  assert stored_tubes.tube_arrays(record, 4, 240, 320).beyond_video == 3
 
 
 def _truncate(path, fraction):
@@ -512,7 +514,7 @@ def test_truncated_unannotated_video_and_bad_boxes_are_reported(tmp_path):
     test,
   )
 
-  b = tfds_builder.build(tmp_path / 'src', tmp_path / 'out', frame_size=16, num_workers=0)
+  b = dataset_build.build(tmp_path / 'src', tmp_path / 'out', frame_size=16, num_workers=0)
   report = tfds_builder.read_report(b)
   skipped = {s['video']: s['reason'] for v in report['skipped'].values() for s in v}
   assert list(skipped) == [truncated]
@@ -596,7 +598,7 @@ def test_build_removes_what_killed_builds_left(tmp_path, monkeypatch, caplog):
     'download_and_prepare',
     lambda self, **kwargs: found.extend(sorted(p.name for p in data_path.parent.iterdir())),
   )
-  tfds_builder.build(tmp_path / 'src', tmp_path / 'out', frame_size=8, num_workers=0)
+  dataset_build.build(tmp_path / 'src', tmp_path / 'out', frame_size=8, num_workers=0)
   assert found == [other.name]
   lines = [r.getMessage() for r in caplog.records if 'incomplete folder' in r.getMessage()]
   assert len(lines) == 1 and all(p.name in lines[0] for p in stale), lines
