@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from stconsist_jax.data.pipeline import train_stream
 from stconsist_jax.data.synthetic import generator as synthetic
-from stconsist_jax.data.ucf101 import tfds_builder
+from stconsist_jax.data.ucf101 import dataset_build
 
 _WORK_DIR = flags.DEFINE_string(
   'work_dir',
@@ -79,7 +79,7 @@ def build_dataset(work_dir: pathlib.Path, frame_size: int, videos_per_class: int
     logging.info('Generated %s in %.1f s', root, time.time() - t0)
   data_dir = work_dir / 'tfds'
   t0 = time.time()
-  builder = tfds_builder.build(root, data_dir, split=1, frame_size=frame_size)
+  builder = dataset_build.build(root, data_dir, split=1, frame_size=frame_size)
   logging.info('TFDS records ready in %.1f s', time.time() - t0)
   return root, data_dir, builder
 

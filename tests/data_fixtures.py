@@ -33,6 +33,27 @@ def synthetic_root(tmp_path_factory):
   return synthetic.generate(tmp_path_factory.mktemp('synthetic') / 'ucf101', spec)
 
 
+def rendered_video(spec, path: str) -> tuple[np.ndarray, list[np.ndarray]]:
+  """The RGB frames and per-actor boxes `generator.generate(..., spec)` drew for `path`.
+
+  Plans the videos of the path's class as `generate` does (`plan_video`) and renders the
+  one of that path with the same `synthetic_video.render`.
+  """
+  from stconsist_jax.data.synthetic import generator as synthetic
+  from stconsist_jax.data.synthetic import synthetic_video
+
+  names = [s.name for s in synthetic.class_styles(spec.num_classes)]
+  ci = names.index(path.split('/')[0])
+  plans = (
+    synthetic.plan_video(spec, ci, vi, ci < spec.annotated_classes)
+    for vi in range(spec.videos_per_class)
+  )
+  plan = next((p for p in plans if p.path == path), None)
+  if plan is None:
+    raise ValueError(f'{path!r} is not a video of this spec')
+  return synthetic_video.render(plan, (spec.height, spec.width))
+
+
 @pytest.fixture(scope='session')
 def synthetic_tfds(synthetic_root, tmp_path_factory):
   """`synthetic_root` built with the TFDS builder, split 1, 32x32 frames.
@@ -42,11 +63,11 @@ def synthetic_tfds(synthetic_root, tmp_path_factory):
   (the generator's ground truth: records with exact pixel boxes, splits, classes),
   manual_dir, num_classes.
   """
-  from stconsist_jax.data.ucf101 import tfds_builder
+  from stconsist_jax.data.ucf101 import dataset_build
 
   data_dir = tmp_path_factory.mktemp('tfds')
   # In-process decoding: a worker pool's start-up would dominate such a tiny build.
-  builder = tfds_builder.build(
+  builder = dataset_build.build(
     synthetic_root.root, data_dir, split=1, frame_size=SYNTHETIC_FRAME_SIZE, num_workers=0
   )
   return types.SimpleNamespace(
@@ -70,13 +91,17 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
   videos of the UCF101-24 classes have that box as their one tube. Returns
   {path: VideoRecord} of every video (boxes in pixels of the 32x24 frame).
   """
+  from stconsist_jax.data import records as records_lib
+  from stconsist_jax.data.ucf101 import classes
+  from stconsist_jax.data.ucf101 import split_lists
+  from stconsist_jax.data.ucf101 import videos
   from stconsist_jax.data.ucf101 import annotations as ann
   from stconsist_jax.data.synthetic import generator as synthetic
   from stconsist_jax.data.synthetic import synthetic_video
 
   h, w = TINY_UCF101_SIZE
   records = {}
-  for label, name in enumerate(ann.UCF101_CLASSES):
+  for label, name in enumerate(classes.UCF101_CLASSES):
     for group in TINY_UCF101_GROUPS:
       path = synthetic.video_path(name, group, 1)
       frames = np.full((TINY_UCF101_FRAMES, h, w, 3), (label * 37 % 200, 90, 140), np.uint8)
@@ -85,15 +110,19 @@ def write_tiny_ucf101(root: pathlib.Path) -> dict:
         frames[f, y1:y2, x1:x2] = 255
       synthetic_video.write_video(frames, root / 'UCF-101' / f'{path}.avi')
       tubes = ()
-      if name in ann.UCF24_CLASSES:
-        tubes = (ann.Tube(ann.UCF24_CLASSES.index(name), 0, TINY_UCF101_FRAMES, boxes),)
-      records[path] = ann.VideoRecord(path, label, name, TINY_UCF101_FRAMES, tubes)
+      if name in classes.UCF24_CLASSES:
+        tubes = (
+          records_lib.AnnotatedTube(
+            classes.UCF24_CLASSES.index(name), 0, TINY_UCF101_FRAMES, boxes
+          ),
+        )
+      records[path] = records_lib.VideoRecord(path, label, name, TINY_UCF101_FRAMES, tubes)
   list_dir = root / 'ucfTrainTestlist'
-  ann.write_class_index(ann.UCF101_CLASSES, list_dir / 'classInd.txt')
+  split_lists.write_class_index(classes.UCF101_CLASSES, list_dir / 'classInd.txt')
   for split in (1, 2, 3):
-    test = [p for p in records if ann.group_of(p) in range(7 * split - 6, 7 * split + 1)]
+    test = [p for p in records if videos.group_of(p) in range(7 * split - 6, 7 * split + 1)]
     train = [p for p in records if p not in set(test)]
-    ann.write_split_lists(list_dir, split, train, test, ann.UCF101_CLASSES)
+    split_lists.write_split_lists(list_dir, split, train, test, classes.UCF101_CLASSES)
   ann.write_pyannot(records.values(), root / 'pyannot.pkl')
   return records
 

@@ -60,16 +60,17 @@ def run(
   out, err = out or sys.stdout, err or sys.stderr
   # Imported here so the decoding worker processes, which re-import this script,
   # start without TensorFlow.
-  from stconsist_jax.data.ucf101 import download  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import dataset_build  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.ucf101 import tfds_builder  # pylint: disable=g-import-not-at-top
 
   try:
-    builder = tfds_builder.build(
+    builder = dataset_build.build(
       manual_dir, data_dir, split, frame_size, num_workers, jpeg_quality, overwrite=overwrite
     )
   except errors.UserError as e:
     print(f'error: {e}', file=err)
-    if isinstance(e, download.ManualDirError):
+    if isinstance(e, manual_dir_lib.ManualDirError):
       print(e.instructions, file=err, end='')
     return errors.EXIT_USER_ERROR
   report = tfds_builder.read_report(builder)

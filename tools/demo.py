@@ -62,13 +62,14 @@ PREDICT_DIR = 'predict'
 
 def first_annotated_test_video(manual_dir: pathlib.Path) -> pathlib.Path:
   """A test video of the synthetic set that has boxes (its first in list order)."""
+  from stconsist_jax.data.ucf101 import split_lists  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.ucf101 import annotations as ann  # pylint: disable=g-import-not-at-top
 
   lists = manual_dir / 'ucfTrainTestlist'
   records = ann.load_annotations(
-    manual_dir / 'pyannot.pkl', ann.read_class_index(lists / 'classInd.txt')
+    manual_dir / 'pyannot.pkl', split_lists.read_class_index(lists / 'classInd.txt')
   )
-  for path in ann.read_split_list(lists / 'testlist01.txt'):
+  for path in split_lists.read_split_list(lists / 'testlist01.txt'):
     record = records.get(path)
     if record is not None and record.tubes:
       return manual_dir / 'UCF-101' / f'{path}.avi'

@@ -17,7 +17,7 @@ from absl import flags
 
 from stconsist_jax.core import errors
 
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data import records as records_lib
 from stconsist_jax.data.synthetic import generator as synthetic
 
 FLAGS = flags.FLAGS
@@ -75,7 +75,7 @@ def main(argv: Sequence[str]) -> int:
   del argv
   try:
     ds = _generate()
-  except (OSError, ann.DataFileError, synthetic.SpecError) as e:  # Inputs, not bugs.
+  except (OSError, records_lib.DataFileError, synthetic.SpecError) as e:  # Inputs, not bugs.
     print(f'error: {e}', file=sys.stderr)
     return errors.EXIT_USER_ERROR
   annotated = sum(bool(r.tubes) for r in ds.records.values())

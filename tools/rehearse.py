@@ -107,14 +107,16 @@ def run_stage(
 
 def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str, int]:
   """Clips, annotated frames and whole-video clips a full evaluation of split 1 runs."""
+  from stconsist_jax.data.ucf101 import split_lists  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.ucf101 import videos  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.ucf101 import annotations as ann  # pylint: disable=g-import-not-at-top
 
   records = ann.load_annotations(
     next(p for p in (manual_dir / 'pyannot.pkl', manual_dir / 'UCF101v2-GT.pkl') if p.exists())
   )
   test = [
-    ann.strip_extension(p)
-    for p in ann.read_split_list(manual_dir / 'ucfTrainTestlist' / 'testlist01.txt')
+    videos.strip_extension(p)
+    for p in split_lists.read_split_list(manual_dir / 'ucfTrainTestlist' / 'testlist01.txt')
   ]
   frames = video_frames = 0
   for path in test:

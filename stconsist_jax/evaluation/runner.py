@@ -20,7 +20,7 @@ import numpy as np
 
 from stconsist_jax.core import fileio
 from stconsist_jax.data.pipeline import eval_inputs
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data import records as records_lib
 from stconsist_jax.evaluation import evaluator
 from stconsist_jax.evaluation import forward
 from stconsist_jax.evaluation import pictures
@@ -63,7 +63,7 @@ def run_stream(
       first.update({f'pred_{k}': v[lo:hi] for k, v in gathered.items() if k in out})
       first.update({f'pred_flip_{k}': v[lo:hi] for k, v in out_flip.items()})
   if not chunks:
-    raise ann.DataFileError('evaluation stream yielded no batches: the test split is empty')
+    raise records_lib.DataFileError('evaluation stream yielded no batches: the test split is empty')
   return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}, first
 
 
@@ -98,7 +98,7 @@ def run_evaluators(
   """
   mesh = distributed.make_mesh() if mesh is None else mesh
   if len(streams.class_names) != int(config.model.num_classes):
-    raise ann.DataFileError(
+    raise records_lib.DataFileError(
       f'the dataset has {len(streams.class_names)} class names but '
       f'config.model.num_classes is {config.model.num_classes}'
     )

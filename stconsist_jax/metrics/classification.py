@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from stconsist_jax.core import boxes as boxes_lib
-from stconsist_jax.data.ucf101.annotations import UCF101_FRAME_SIZE
+from stconsist_jax.data.ucf101.videos import UCF101_FRAME_SIZE
 
 
 def _valid_mask(n: int, valid: np.ndarray | None) -> np.ndarray:

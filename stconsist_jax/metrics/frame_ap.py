@@ -12,7 +12,8 @@ import numpy as np
 
 from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.metrics import classification
-from stconsist_jax.data.ucf101 import annotations
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import videos
 
 # Frame-AP matching rules understood by `frame_map` (see `FRAME_AP_FUNCTIONS`).
 FRAME_AP_PROTOCOLS: tuple[str, ...] = ('voc', 'act')
@@ -241,7 +242,7 @@ def frame_map(
     protocol: `'voc'` (`average_precision`, the default) or `'act'`
       (`act_average_precision`: boxes are first converted to pixels, see below).
     frame_sizes: `'act'` only: `(height, width)` of every frame, or `(D, 2)` per
-      detection. None: `annotations.UCF101_FRAME_SIZE` (240, 320). Boxes already in pixels: pass
+      detection. None: `videos.UCF101_FRAME_SIZE` (240, 320). Boxes already in pixels: pass
       `(1, 1)`. Ignored by `'voc'`, whose IoU does not depend on the frame size.
     gt_frame_sizes: `'act'` only: `(height, width)` or `(G, 2)` per ground-truth box.
       None: `frame_sizes` when that is a single `(height, width)`.
@@ -264,7 +265,7 @@ def frame_map(
       f'frame_map: {gt_labels.shape[0]} ground-truth labels but {gt_frames.shape[0]} frames'
     )
   if protocol == 'act':
-    sizes = annotations.UCF101_FRAME_SIZE if frame_sizes is None else frame_sizes
+    sizes = videos.UCF101_FRAME_SIZE if frame_sizes is None else frame_sizes
     if gt_frame_sizes is None:
       if np.shape(sizes) != (2,):
         raise ValueError(
@@ -289,7 +290,7 @@ def frame_map(
 
 def class_index_map(
   dataset_class_names: Sequence[str],
-  annotated_class_names: Sequence[str] = annotations.UCF24_CLASSES,
+  annotated_class_names: Sequence[str] = classes.UCF24_CLASSES,
 ) -> np.ndarray:
   """`(24,)` index into the dataset's (101) classes of each annotated class, by name.
 

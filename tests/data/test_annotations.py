@@ -6,8 +6,13 @@ import pickle
 import numpy as np
 import pytest
 
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data import safe_pickle
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
+from stconsist_jax.data.ucf101 import videos
 from stconsist_jax.data.ucf101 import annotations as ann
-from stconsist_jax.data.ucf101 import download
+from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.ucf101 import stats
 
 
@@ -37,14 +42,14 @@ def test_real_counts_match_readme_facts(records, raw):
 
 def test_records_fields(records, raw):
   r = records['Skijet/v_Skijet_g10_c04']
-  assert r.class_name == 'Skijet' and r.label == ann.UCF101_CLASSES.index('Skijet') == 81
+  assert r.class_name == 'Skijet' and r.label == classes.UCF101_CLASSES.index('Skijet') == 81
   assert r.num_frames == int(raw[r.path]['numf']) == 164
   t = r.tubes[0]
   assert (t.label, t.start, t.end) == (17, 0, 164)
   assert t.boxes.dtype == np.float64
   np.testing.assert_array_equal(t.boxes[0], [177, 53, 177 + 48, 53 + 61])
   for rec in records.values():
-    assert all(t.label == ann.UCF24_CLASSES.index(rec.class_name) for t in rec.tubes)
+    assert all(t.label == classes.UCF24_CLASSES.index(rec.class_name) for t in rec.tubes)
 
 
 def test_no_wrapped_coordinates(records, raw):
@@ -75,7 +80,7 @@ def _act_by_hand(raw):
     gttubes[path] = by_label
     nframes[path] = int(v['numf'])
   return {
-    'labels': list(ann.UCF24_CLASSES),
+    'labels': list(classes.UCF24_CLASSES),
     'train_videos': [[]],
     'test_videos': [[]],
     'nframes': nframes,
@@ -91,7 +96,7 @@ def test_act_format_gives_identical_records(records, raw, tmp_path):
   assert list(act) == list(records)
   assert act == records
   # The writer round-trips as well.
-  ann.write_act(records.values(), tmp_path / 'w.pkl', ann.UCF24_CLASSES, [], [])
+  ann.write_act(records.values(), tmp_path / 'w.pkl', classes.UCF24_CLASSES, [], [])
   assert ann.load_annotations(tmp_path / 'w.pkl') == records
 
 
@@ -110,10 +115,10 @@ def test_pyannot_writer_keeps_real_dtypes(records, raw, tmp_path):
 
 
 def test_validation_report_on_real_lists(records, ucf24_dir):
-  train = ann.read_split_list(ucf24_dir / 'trainlist01.txt')
-  test = ann.read_split_list(ucf24_dir / 'testlist01.txt')
+  train = split_lists.read_split_list(ucf24_dir / 'trainlist01.txt')
+  test = split_lists.read_split_list(ucf24_dir / 'testlist01.txt')
   assert (len(train), len(test)) == (2290, 910)
-  report = download.validate(records, listed=train + test)
+  report = manual_dir_lib.validate(records, listed=train + test)
   assert report.counts == {'listed_without_annotations': 6}
   missing = sorted(set(train + test) - set(records))
   assert len(missing) == 6 and set(missing) <= set(train)
@@ -125,10 +130,14 @@ def test_validation_counts_injected_problems(records):
   boxes = r.tubes[0].boxes.copy()
   boxes[3] = [300, 10, 330, 50]  # right edge past 320
   boxes[4] = [10, 10, 10, 50]  # zero width
-  bad = ann.VideoRecord(
-    r.path, r.label, r.class_name, 100, (ann.Tube(r.tubes[0].label, 0, 164, boxes),)
+  bad = records_lib.VideoRecord(
+    r.path,
+    r.label,
+    r.class_name,
+    100,
+    (records_lib.AnnotatedTube(r.tubes[0].label, 0, 164, boxes),),
   )
-  report = download.validate(
+  report = manual_dir_lib.validate(
     {r.path: bad}, listed=[r.path, 'Skijet/v_Skijet_g99_c01'], video_dir='/nonexistent'
   )
   assert report.counts == {
@@ -146,13 +155,18 @@ def test_split_list_formats(tmp_path):
   (tmp_path / 'classInd.txt').write_text('1 Alpha\n2 Beta\n')
   (tmp_path / 'trainlist01.txt').write_text('Beta/v_Beta_g08_c01.avi 2\r\n')
   (tmp_path / 'testlist01.txt').write_text('Alpha/v_Alpha_g01_c01.avi')
-  assert ann.read_class_index(tmp_path / 'classInd.txt') == ('Alpha', 'Beta')
-  assert ann.official_split(tmp_path, 1) == (['Beta/v_Beta_g08_c01'], ['Alpha/v_Alpha_g01_c01'])
-  assert ann.read_labeled_split_list(tmp_path / 'trainlist01.txt') == [('Beta/v_Beta_g08_c01', 1)]
-  assert ann.group_of('Beta/v_Beta_g08_c01') == 8
+  assert split_lists.read_class_index(tmp_path / 'classInd.txt') == ('Alpha', 'Beta')
+  assert split_lists.official_split(tmp_path, 1) == (
+    ['Beta/v_Beta_g08_c01'],
+    ['Alpha/v_Alpha_g01_c01'],
+  )
+  assert split_lists.read_labeled_split_list(tmp_path / 'trainlist01.txt') == [
+    ('Beta/v_Beta_g08_c01', 1)
+  ]
+  assert videos.group_of('Beta/v_Beta_g08_c01') == 8
   (tmp_path / 'bad.txt').write_text('1 Alpha\n3 Beta\n')
   with pytest.raises(ValueError, match=r"bad.txt: line 2 should be '2 ClassName'"):
-    ann.read_class_index(tmp_path / 'bad.txt')
+    split_lists.read_class_index(tmp_path / 'bad.txt')
 
 
 def test_unknown_class_is_a_clear_error(tmp_path):
@@ -265,16 +279,16 @@ def test_crafted_pickle_is_refused_without_running_it(tmp_path, name, protocol):
     rf'^refusing to load .*pyannot\.pkl: it references {shown}\.{func}, '
     r'which annotation files never contain$'
   )
-  with pytest.raises(ann.UnsafePickleError, match=pattern) as info:
+  with pytest.raises(safe_pickle.UnsafePickleError, match=pattern) as info:
     ann.load_annotations(path)
   assert '\n' not in str(info.value)
-  with pytest.raises(ann.UnsafePickleError):
-    ann.load_pickle(path)
+  with pytest.raises(safe_pickle.UnsafePickleError):
+    safe_pickle.load_pickle(path)
   assert not marker.exists()
 
 
 def test_restricted_loader_reads_the_real_pyannot(ucf24_dir, raw):
-  safe = ann.load_pickle(ucf24_dir / 'pyannot.pkl')
+  safe = safe_pickle.load_pickle(ucf24_dir / 'pyannot.pkl')
   assert list(safe) == list(raw)
   key = 'Skijet/v_Skijet_g10_c04'
   assert type(safe[key]['numf']) is type(raw[key]['numf'])
@@ -295,7 +309,7 @@ def test_act_pickle_of_any_protocol_loads(records, raw, tmp_path):
 def test_junk_annotation_file_is_a_one_line_error_naming_it(tmp_path, content):
   path = tmp_path / 'pyannot.pkl'
   path.write_bytes(content)
-  with pytest.raises(ann.AnnotationFileError, match='pyannot.pkl') as info:
+  with pytest.raises(safe_pickle.AnnotationFileError, match='pyannot.pkl') as info:
     ann.load_annotations(path)
   message = str(info.value)
   assert str(path) in message and '\n' not in message
@@ -305,10 +319,12 @@ def test_junk_annotation_file_is_a_one_line_error_naming_it(tmp_path, content):
 def test_wrong_structure_and_missing_file_are_clear_errors(tmp_path):
   path = tmp_path / 'UCF101v2-GT.pkl'
   path.write_bytes(pickle.dumps([1, 2, 3], protocol=2))
-  with pytest.raises(ann.AnnotationFileError, match=r'UCF101v2-GT\.pkl.*unknown annotation'):
+  with pytest.raises(
+    safe_pickle.AnnotationFileError, match=r'UCF101v2-GT\.pkl.*unknown annotation'
+  ):
     ann.load_annotations(path)
   path.write_bytes(pickle.dumps({'gttubes': {'A/v_A_g01_c01': 5}, 'nframes': {}}))
-  with pytest.raises(ann.AnnotationFileError, match=r'UCF101v2-GT\.pkl.*malformed'):
+  with pytest.raises(safe_pickle.AnnotationFileError, match=r'UCF101v2-GT\.pkl.*malformed'):
     ann.load_annotations(path)
   with pytest.raises(FileNotFoundError, match=r'nope\.pkl.*pyannot\.pkl or UCF101v2-GT'):
     ann.load_annotations(tmp_path / 'nope.pkl')
@@ -318,12 +334,12 @@ def test_wrong_structure_and_missing_file_are_clear_errors(tmp_path):
 # prints the peak of the memory Python and numpy allocated meanwhile (MiB).
 _PEAK_MEMORY_CHILD = """
 import sys, tracemalloc
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data import safe_pickle
 tracemalloc.start()
 try:
-  ann.load_pickle(sys.argv[1])
+  safe_pickle.load_pickle(sys.argv[1])
   print('loaded')
-except ann.AnnotationFileError as e:
+except safe_pickle.AnnotationFileError as e:
   print(e)
 print(tracemalloc.get_traced_memory()[1] / 2**20)
 """
@@ -375,14 +391,14 @@ def test_real_structures_are_within_the_caps(raw):
     return 1
 
   # dict -> video dict -> tube list -> tube dict -> boxes array; ACT's is as deep.
-  assert depth(raw) == 5 <= ann.MAX_NESTING
+  assert depth(raw) == 5 <= safe_pickle.MAX_NESTING
   assert depth(_act_by_hand({k: raw[k] for k in sorted(raw)[:3]})) == 5
 
 
 def test_oversized_annotation_file_is_refused(tmp_path, monkeypatch):
   path = tmp_path / 'pyannot.pkl'
   path.write_bytes(pickle.dumps({'a': b'x' * 2000}, protocol=2))
-  monkeypatch.setattr(ann, 'MAX_PICKLE_BYTES', 1000)
-  with pytest.raises(ann.AnnotationFileError, match=r'pyannot\.pkl is over') as info:
-    ann.load_pickle(path)
+  monkeypatch.setattr(safe_pickle, 'MAX_PICKLE_BYTES', 1000)
+  with pytest.raises(safe_pickle.AnnotationFileError, match=r'pyannot\.pkl is over') as info:
+    safe_pickle.load_pickle(path)
   assert '\n' not in str(info.value)

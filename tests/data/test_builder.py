@@ -18,12 +18,18 @@ import tensorflow_datasets as tfds
 
 from stconsist_jax.core import errors
 
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
 from stconsist_jax.data.ucf101 import annotations as ann
-from stconsist_jax.data.ucf101 import download
+from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.synthetic import generator as synthetic
 from stconsist_jax.data.synthetic import synthetic_video
+from stconsist_jax.data.ucf101 import dataset_build
+from stconsist_jax.data.ucf101 import stored_tubes
 from stconsist_jax.data.ucf101 import tfds_builder
 from stconsist_jax.data.ucf101 import video_decode
+from tests.data_fixtures import rendered_video
 
 
 def _read_all(builder, split):
@@ -72,7 +78,7 @@ def test_read_back_equals_generator(synthetic_tfds):
       drawn = t.boxes * [size / 320, size / 240, size / 320, size / 240]
       assert np.abs(in_pixels - drawn).max() < 1e-3
     if checked_frames < 3:
-      rendered, _ = synthetic.render_video(truth.spec, name)
+      rendered, _ = rendered_video(truth.spec, name)
       small = np.stack(
         [cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in rendered]
       )
@@ -92,7 +98,7 @@ def test_actor_inside_its_stored_box(synthetic_tfds):
       continue
     t = rec.tubes[0]
     f = (t.start + t.end) // 2
-    rendered, _ = synthetic.render_video(truth.spec, name)
+    rendered, _ = rendered_video(truth.spec, name)
     small = cv2.resize(rendered[f], (size, size), interpolation=cv2.INTER_AREA)
     diff = np.abs(ex['frames'][f].astype(int) - small.astype(int)).mean()
     assert diff < 15
@@ -133,10 +139,10 @@ def test_corrupt_truncated_and_missing_videos_are_skipped(tmp_path):
   )
   (videos / f'{corrupt}.avi').write_bytes(b'RIFF\x00\x00\x00\x00AVI garbage' * 10)
   (videos / f'{missing}.avi').unlink()
-  frames, _ = synthetic.render_video(spec, truncated)
+  frames, _ = rendered_video(spec, truncated)
   synthetic_video.write_video(frames[:5], videos / f'{truncated}.avi')
 
-  b = tfds_builder.build(tmp_path / 'src', tmp_path / 'out', split=1, frame_size=16, num_workers=2)
+  b = dataset_build.build(tmp_path / 'src', tmp_path / 'out', split=1, frame_size=16, num_workers=2)
   report = tfds_builder.read_report(b)
   skipped = {s['video']: s['reason'] for v in report['skipped'].values() for s in v}
   assert set(skipped) == {corrupt, missing, truncated}
@@ -166,7 +172,7 @@ def test_failed_build_leaves_no_dataset(synthetic_root, tmp_path, monkeypatch):
 
   monkeypatch.setattr(video_decode, 'decode_video', failing)
   with pytest.raises(RuntimeError, match='disk full'):
-    tfds_builder.build(synthetic_root.root, tmp_path / 'out', frame_size=16, num_workers=0)
+    dataset_build.build(synthetic_root.root, tmp_path / 'out', frame_size=16, num_workers=0)
   b = tfds_builder.builder(
     tfds_builder.make_config(1, 16, manual_dir=synthetic_root.root), tmp_path / 'out'
   )
@@ -178,10 +184,10 @@ def test_split_lists_honoured(synthetic_root, tmp_path):
   src = tmp_path / 'src'
   shutil.copytree(synthetic_root.root, src)
   lists = src / 'ucfTrainTestlist'
-  train, test = ann.official_split(lists, 2)
+  train, test = split_lists.official_split(lists, 2)
   keep_test = test[:3]
   (lists / 'testlist02.txt').write_text(''.join(f'{p}.avi\n' for p in keep_test))
-  b = tfds_builder.build(src, tmp_path / 'out', split=2, frame_size=16, num_workers=0)
+  b = dataset_build.build(src, tmp_path / 'out', split=2, frame_size=16, num_workers=0)
   assert sorted(_read_all(b, 'test')) == sorted(keep_test)
   assert sorted(_read_all(b, 'train')) == sorted(train)
 
@@ -206,17 +212,21 @@ def test_annotated_class_names_recorded_in_metadata(synthetic_tfds):
 def test_annotated_class_names_of_real_annotations_follow_ucf24_order(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / 'pyannot.pkl')
   expected = (ucf24_dir / 'classes.txt').read_text().split()
-  assert download.annotated_class_names(records) == expected
+  assert manual_dir_lib.annotated_class_names(records) == expected
 
 
 def test_tube_label_shared_by_two_classes_is_a_clear_error():
   boxes = np.zeros((2, 4))
   records = {
-    'A/v_A_g01_c01': ann.VideoRecord('A/v_A_g01_c01', 0, 'A', 2, (ann.Tube(0, 0, 2, boxes),)),
-    'B/v_B_g01_c01': ann.VideoRecord('B/v_B_g01_c01', 1, 'B', 2, (ann.Tube(0, 0, 2, boxes),)),
+    'A/v_A_g01_c01': records_lib.VideoRecord(
+      'A/v_A_g01_c01', 0, 'A', 2, (records_lib.AnnotatedTube(0, 0, 2, boxes),)
+    ),
+    'B/v_B_g01_c01': records_lib.VideoRecord(
+      'B/v_B_g01_c01', 1, 'B', 2, (records_lib.AnnotatedTube(0, 0, 2, boxes),)
+    ),
   }
   with pytest.raises(ValueError, match="tube label 0 is used by classes 'A' and 'B'"):
-    download.annotated_class_names(records)
+    manual_dir_lib.annotated_class_names(records)
 
 
 # --------------------------------------------------------------------------- regressions
@@ -243,7 +253,7 @@ def _run_tool(tool, capsys, manual_dir, data_dir, **kwargs):
 def test_registered_config_is_used_for_the_101_classes():
   registered = tfds_builder.registered_config(1, 32)
   assert tfds_builder.make_config(1, 32) is registered
-  assert tfds_builder.make_config(1, 32, class_names=ann.UCF101_CLASSES) is registered
+  assert tfds_builder.make_config(1, 32, class_names=classes.UCF101_CLASSES) is registered
   assert tfds_builder.make_config(3, 128) is tfds_builder.registered_config(3, 128)
   # Anything else is a custom config under a name of its own.
   assert tfds_builder.make_config(1, 32, jpeg_quality=80).name == 'split1_32_q80'
@@ -258,8 +268,8 @@ def test_101_class_folder_builds_at_a_registered_size(tiny_ucf101, tmp_path, too
   b = tfds_builder.builder('split1_32', tmp_path / 'out')
   assert b.builder_config is tfds_builder.registered_config(1, 32)
   assert str(b.data_dir) in out
-  assert b.info.features['label'].names == list(ann.UCF101_CLASSES)
-  assert list(b.info.metadata['annotated_class_names']) == list(ann.UCF24_CLASSES)
+  assert b.info.features['label'].names == list(classes.UCF101_CLASSES)
+  assert list(b.info.metadata['annotated_class_names']) == list(classes.UCF24_CLASSES)
   test = _read_all(b, 'test')
   assert len(test) == 101 and len(_read_all(b, 'train')) == 101
   for name, ex in test.items():
@@ -280,29 +290,33 @@ def test_from_annotations_subset_builds(ucf24_dir, tmp_path, tool, capsys):
   rc, out, err = _run_tool(tool, capsys, tmp_path / 'src', tmp_path / 'out', frame_size=32)
   assert rc == 0, err
   b = tfds_builder.builder('split1_32', tmp_path / 'out')
-  assert list(b.info.metadata['annotated_class_names']) == list(ann.UCF24_CLASSES)
+  assert list(b.info.metadata['annotated_class_names']) == list(classes.UCF24_CLASSES)
   used = {r.class_name for r in ds.records.values()}
-  absent = [c for c in ann.UCF24_CLASSES if c not in used]
+  absent = [c for c in classes.UCF24_CLASSES if c not in used]
   assert tfds_builder.read_report(b)['annotated_classes_without_tubes'] == absent
   assert f'annotated classes without tubes here: {len(absent)}' in out
   got = {**_read_all(b, 'train'), **_read_all(b, 'test')}
   assert set(got) == set(ds.records)
   for name, ex in got.items():
-    assert [ann.UCF24_CLASSES[i] for i in ex['tube_labels']] == [ds.records[name].class_name] * len(
-      ds.records[name].tubes
-    )
+    assert [classes.UCF24_CLASSES[i] for i in ex['tube_labels']] == [
+      ds.records[name].class_name
+    ] * len(ds.records[name].tubes)
 
 
 def test_annotated_class_names_of_a_subset_keep_the_ucf24_label_space(ucf24_dir):
   records = ann.load_annotations(ucf24_dir / 'pyannot.pkl')
   subset = {p: r for p, r in records.items() if r.class_name in ('Skijet', 'Biking')}
-  assert download.annotated_class_names(subset) == list(ann.UCF24_CLASSES)
+  assert manual_dir_lib.annotated_class_names(subset) == list(classes.UCF24_CLASSES)
   # Labels of other names must still leave no hole.
   boxes = np.zeros((1, 4))
-  odd = {'A/v_A_g01_c01': ann.VideoRecord('A/v_A_g01_c01', 0, 'A', 1, (ann.Tube(1, 0, 1, boxes),))}
+  odd = {
+    'A/v_A_g01_c01': records_lib.VideoRecord(
+      'A/v_A_g01_c01', 0, 'A', 1, (records_lib.AnnotatedTube(1, 0, 1, boxes),)
+    )
+  }
   with pytest.raises(ValueError, match=r'tube labels \[0\] are used by no video'):
-    download.annotated_class_names(odd)
-  assert download.annotated_class_names({}) == []
+    manual_dir_lib.annotated_class_names(odd)
+  assert manual_dir_lib.annotated_class_names({}) == []
 
 
 def test_tool_reports_a_wrong_manual_dir_in_one_line(tmp_path, tool, capsys):
@@ -372,7 +386,7 @@ def _small_folder(path, seed=5):
 def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool, capsys):
   first = _small_folder(tmp_path / 'a')
   out_dir = tmp_path / 'out'
-  b = tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0)
+  b = dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0)
   source = b.info.metadata['source']
   assert source['manual_dir'] == str(first.root.absolute())
   assert tfds_builder.read_report(b)['source'] == source
@@ -380,7 +394,7 @@ def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool,
   # The same source again: reused, no error.
   assert (
     sorted(
-      _read_all(tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0), 'train')
+      _read_all(dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0), 'train')
     )
     == before
   )
@@ -390,14 +404,14 @@ def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool,
     tfds_builder.SourceMismatchError,
     match=r'built from .*/a and its pyannot.pkl.* differ.*--overwrite',
   ):
-    tfds_builder.build(other.root, out_dir, frame_size=16, num_workers=0)
+    dataset_build.build(other.root, out_dir, frame_size=16, num_workers=0)
   rc, _, err = _run_tool(tool, capsys, other.root, out_dir)
   assert rc == errors.EXIT_USER_ERROR
   assert err.count('\n') == 1 and '--overwrite' in err
   # The same files under another path are another source too (the videos may differ).
   copy = _copy_folder(first.root, tmp_path / 'copy')
   with pytest.raises(tfds_builder.SourceMismatchError, match=r'built from .*/a, so'):
-    tfds_builder.build(copy, out_dir, frame_size=16, num_workers=0)
+    dataset_build.build(copy, out_dir, frame_size=16, num_workers=0)
   b = tfds_builder.builder(tfds_builder.make_config(1, 16, manual_dir=first.root), out_dir)
   assert sorted(_read_all(b, 'train')) == before
   # --overwrite rebuilds from the new source.
@@ -412,7 +426,7 @@ def test_rebuild_from_another_source_is_refused_unless_overwrite(tmp_path, tool,
 def test_failed_overwrite_keeps_the_old_build(tmp_path, monkeypatch):
   first = _small_folder(tmp_path / 'a')
   out_dir = tmp_path / 'out'
-  b = tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0)
+  b = dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0)
   before = sorted(_read_all(b, 'test'))
 
   def failing(task):
@@ -420,7 +434,7 @@ def test_failed_overwrite_keeps_the_old_build(tmp_path, monkeypatch):
 
   monkeypatch.setattr(video_decode, 'decode_video', failing)
   with pytest.raises(RuntimeError, match='disk full'):
-    tfds_builder.build(first.root, out_dir, frame_size=16, num_workers=0, overwrite=True)
+    dataset_build.build(first.root, out_dir, frame_size=16, num_workers=0, overwrite=True)
   monkeypatch.undo()
   b = tfds_builder.builder(b.builder_config, out_dir)
   assert sorted(_read_all(b, 'test')) == before
@@ -439,8 +453,10 @@ def test_tube_arrays_clip_boxes_and_drop_empty_ones():
     ],
     np.float64,
   )
-  record = ann.VideoRecord('A/v_A_g01_c01', 0, 'A', 8, (ann.Tube(3, 1, 7, boxes),))
-  t = tfds_builder.tube_arrays(record, 8, 240, 320)
+  record = records_lib.VideoRecord(
+    'A/v_A_g01_c01', 0, 'A', 8, (records_lib.AnnotatedTube(3, 1, 7, boxes),)
+  )
+  t = stored_tubes.tube_arrays(record, 8, 240, 320)
   assert (t.beyond_video, t.clipped, t.empty) == (0, 2, 2)
   np.testing.assert_array_equal(t.present[0], [0, 1, 1, 1, 0, 0, 1, 0])
   scale = [320, 240, 320, 240]
@@ -449,7 +465,7 @@ def test_tube_arrays_clip_boxes_and_drop_empty_ones():
   assert np.all(t.boxes[0, [0, 4, 5, 7]] == 0)
   assert np.all((t.boxes >= 0) & (t.boxes <= 1))
   # A tube past the decoded frames still counts its dropped boxes.
-  assert tfds_builder.tube_arrays(record, 4, 240, 320).beyond_video == 3
+  assert stored_tubes.tube_arrays(record, 4, 240, 320).beyond_video == 3
 
 
 def _truncate(path, fraction):
@@ -481,12 +497,12 @@ def test_truncated_unannotated_video_and_bad_boxes_are_reported(tmp_path):
   boxes[0] = [-8, 10, 40, 60]
   boxes[1] = [300, 200, 400, 260]
   boxes[2] = [50, 50, 50, 90]
-  records[bad.path] = ann.VideoRecord(
+  records[bad.path] = records_lib.VideoRecord(
     bad.path,
     bad.label,
     bad.class_name,
     bad.num_frames,
-    (ann.Tube(tube.label, tube.start, tube.end, boxes),),
+    (records_lib.AnnotatedTube(tube.label, tube.start, tube.end, boxes),),
   )
   (tmp_path / 'src' / 'pyannot.pkl').unlink()
   train, test = truth.splits[1]
@@ -498,7 +514,7 @@ def test_truncated_unannotated_video_and_bad_boxes_are_reported(tmp_path):
     test,
   )
 
-  b = tfds_builder.build(tmp_path / 'src', tmp_path / 'out', frame_size=16, num_workers=0)
+  b = dataset_build.build(tmp_path / 'src', tmp_path / 'out', frame_size=16, num_workers=0)
   report = tfds_builder.read_report(b)
   skipped = {s['video']: s['reason'] for v in report['skipped'].values() for s in v}
   assert list(skipped) == [truncated]
@@ -582,7 +598,7 @@ def test_build_removes_what_killed_builds_left(tmp_path, monkeypatch, caplog):
     'download_and_prepare',
     lambda self, **kwargs: found.extend(sorted(p.name for p in data_path.parent.iterdir())),
   )
-  tfds_builder.build(tmp_path / 'src', tmp_path / 'out', frame_size=8, num_workers=0)
+  dataset_build.build(tmp_path / 'src', tmp_path / 'out', frame_size=8, num_workers=0)
   assert found == [other.name]
   lines = [r.getMessage() for r in caplog.records if 'incomplete folder' in r.getMessage()]
   assert len(lines) == 1 and all(p.name in lines[0] for p in stale), lines

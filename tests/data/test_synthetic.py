@@ -12,9 +12,13 @@ import pytest
 
 from stconsist_jax.core import errors
 
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
+from stconsist_jax.data.ucf101 import videos
 from stconsist_jax.data.ucf101 import annotations as ann
 from stconsist_jax.data.synthetic import generator as synthetic
 from stconsist_jax.data.synthetic import synthetic_video
+from tests.data_fixtures import rendered_video
 
 
 def _decode(path):
@@ -33,7 +37,7 @@ def _decode(path):
 def test_layout_and_lists(synthetic_root):
   root = synthetic_root.root
   spec = synthetic_root.spec
-  names = ann.read_class_index(root / 'ucfTrainTestlist' / 'classInd.txt')
+  names = split_lists.read_class_index(root / 'ucfTrainTestlist' / 'classInd.txt')
   assert names == synthetic_root.class_names == tuple(sorted(names, key=str.lower))
   assert len(names) == spec.num_classes
   assert len(synthetic_root.records) == spec.num_classes * spec.videos_per_class
@@ -42,17 +46,17 @@ def test_layout_and_lists(synthetic_root):
     cls, stem = path.split('/')
     assert stem.startswith(f'v_{cls}_g') and '_c' in stem
   for split in (1, 2, 3):
-    train, test = ann.official_split(root / 'ucfTrainTestlist', split)
+    train, test = split_lists.official_split(root / 'ucfTrainTestlist', split)
     assert (train, test) == synthetic_root.splits[split]
     assert not set(train) & set(test)
     assert set(train) | set(test) == set(synthetic_root.records)
     # Group-based like the real lists: no group is in both train and test.
-    test_groups = {ann.group_of(p) for p in test}
-    assert test_groups and not test_groups & {ann.group_of(p) for p in train}
-    for path, label in ann.read_labeled_split_list(
+    test_groups = {videos.group_of(p) for p in test}
+    assert test_groups and not test_groups & {videos.group_of(p) for p in train}
+    for path, label in split_lists.read_labeled_split_list(
       root / 'ucfTrainTestlist' / f'trainlist0{split}.txt'
     ):
-      assert names[label] == ann.class_of(path)
+      assert names[label] == videos.class_of(path)
   raw_test = (root / 'ucfTrainTestlist' / 'testlist01.txt').read_text().splitlines()
   assert all(line.endswith('.avi') and ' ' not in line for line in raw_test)
 
@@ -62,12 +66,12 @@ def test_pickle_has_real_format_and_dtypes(synthetic_root):
     raw = pickle.load(f, encoding='latin1')
   annotated = set(synthetic_root.annotated_class_names)
   assert len(annotated) == synthetic_root.spec.annotated_classes
-  assert {ann.class_of(k) for k in raw} == annotated  # unannotated classes: no entries
+  assert {videos.class_of(k) for k in raw} == annotated  # unannotated classes: no entries
   for key, v in raw.items():
     assert set(v) == {'label', 'numf', 'annotations'}
     assert type(v['numf']) in (np.uint8, np.uint16)
     assert isinstance(v['label'], int)
-    assert v['label'] == sorted(annotated, key=str.lower).index(ann.class_of(key))
+    assert v['label'] == sorted(annotated, key=str.lower).index(videos.class_of(key))
     for t in v['annotations']:
       assert set(t) == {'label', 'sf', 'ef', 'boxes'}
       assert t['boxes'].dtype in (np.uint8, np.uint16) and t['boxes'].shape == (
@@ -94,7 +98,7 @@ def test_videos_are_xvid_and_close_to_rendered(synthetic_root):
   assert head[strh + 8 : strh + 12] == b'vids' and head[strh + 12 : strh + 16] == b'XVID'
   assert fourcc != 0
   assert fps == pytest.approx(25)
-  rendered, _ = synthetic.render_video(synthetic_root.spec, path)
+  rendered, _ = rendered_video(synthetic_root.spec, path)
   assert frames.shape == rendered.shape == (synthetic_root.records[path].num_frames, 240, 320, 3)
   err = np.abs(frames.astype(np.float64) - rendered.astype(np.float64)).mean()
   assert err < 8.0
@@ -117,7 +121,7 @@ def test_boxes_follow_the_drawn_actor(synthetic_root):
       continue
     styles = synthetic.class_styles(spec.num_classes)
     ci = [s.name for s in styles].index(record.class_name)
-    vi = ann.group_of(path) - 1
+    vi = videos.group_of(path) - 1
     plan = synthetic.plan_video(spec, ci, vi, True)
     if len(plan.actors) != 1:
       continue
@@ -142,9 +146,9 @@ def test_deterministic_from_seed(synthetic_root, tmp_path):
     synthetic_root.root / 'pyannot.pkl'
   ).read_bytes()
   path = sorted(synthetic_root.records)[0]
-  first, _ = synthetic.render_video(spec, path)
+  first, _ = rendered_video(spec, path)
   other_seed = synthetic.SyntheticSpec(**{**spec.__dict__, 'seed': spec.seed + 1})
-  assert not np.array_equal(first[:5], synthetic.render_video(other_seed, path)[0][:5])
+  assert not np.array_equal(first[:5], rendered_video(other_seed, path)[0][:5])
   with pytest.raises(FileExistsError):
     synthetic.generate(tmp_path / 'a', spec)
 
@@ -180,11 +184,13 @@ def test_from_real_annotations(ucf24_dir, from_annotations):
     )
     frames, _, _ = _decode(root / 'UCF-101' / f'{key}.avi')
     assert len(frames) == int(real[key]['numf'])
-  assert ann.read_class_index(root / 'ucfTrainTestlist' / 'classInd.txt') == (ann.UCF101_CLASSES)
+  assert split_lists.read_class_index(root / 'ucfTrainTestlist' / 'classInd.txt') == (
+    classes.UCF101_CLASSES
+  )
   # UCF-101's own rule: split 1 tests on groups 1-7.
   train, test = ds.splits[1]
-  assert all(ann.group_of(p) <= 7 for p in test)
-  assert all(ann.group_of(p) > 7 for p in train)
+  assert all(videos.group_of(p) <= 7 for p in test)
+  assert all(videos.group_of(p) > 7 for p in train)
 
 
 def _tree(root):
@@ -271,7 +277,7 @@ def test_cli_reports_a_bad_annotation_file_in_one_line(tmp_path, repo_root, prob
 def test_from_act_annotations_keeps_the_act_format(from_annotations, tmp_path):
   records = from_annotations.records
   act = tmp_path / 'UCF101v2-GT.pkl'
-  ann.write_act(records.values(), act, ann.UCF24_CLASSES, [], [])
+  ann.write_act(records.values(), act, classes.UCF24_CLASSES, [], [])
   ds = synthetic.generate_from_annotations(tmp_path / 'o', act, num_workers=0)
   assert ds.records == records
   assert not (tmp_path / 'o' / 'pyannot.pkl').exists()

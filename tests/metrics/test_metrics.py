@@ -13,7 +13,8 @@ from stconsist_jax.core import boxes
 from stconsist_jax.metrics import frame_ap
 from stconsist_jax.metrics import classification
 from stconsist_jax.evaluation import description
-from stconsist_jax.data.ucf101 import annotations
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import videos
 
 
 # ----------------------------------------------------------------------------------
@@ -284,16 +285,16 @@ def test_confusion_matrix_and_per_class_accuracy():
 
 
 def test_class_index_map_by_name():
-  names = ['ApplyEyeMakeup'] + list(reversed(annotations.UCF24_CLASSES))
+  names = ['ApplyEyeMakeup'] + list(reversed(classes.UCF24_CLASSES))
   idx = frame_ap.class_index_map(names)
-  assert [names[i] for i in idx] == list(annotations.UCF24_CLASSES)
+  assert [names[i] for i in idx] == list(classes.UCF24_CLASSES)
   with pytest.raises(ValueError, match='Basketball'):
     frame_ap.class_index_map(['ApplyEyeMakeup'])
 
 
 def test_class_index_map_matches_real_class_list(ucf24_dir):
   names = (ucf24_dir / 'classes.txt').read_text().split()
-  assert tuple(names) == annotations.UCF24_CLASSES
+  assert tuple(names) == classes.UCF24_CLASSES
 
 
 def test_frame_detection_scores_softmax_over_all_classes():
@@ -467,7 +468,7 @@ def test_act_ap_matches_reference_on_random_cases():
 
 
 def test_frame_map_act_converts_normalized_boxes_to_pixels():
-  w, h = annotations.UCF101_FRAME_SIZE[1], annotations.UCF101_FRAME_SIZE[0]
+  w, h = videos.UCF101_FRAME_SIZE[1], videos.UCF101_FRAME_SIZE[0]
   gt_px, det_px = np.array([[0, 0, 2, 2]], float), np.array([[1, 0, 3, 2]], float)
   scale = np.array([w, h, w, h], float)
   gt, det = gt_px / scale, det_px / scale

@@ -18,6 +18,7 @@ import pytest
 from stconsist_jax.training import checkpointing
 from stconsist_jax.core import fileio
 from stconsist_jax.training import summaries
+from stconsist_jax.data.ucf101 import dataset_build
 from stconsist_jax.data.ucf101 import tfds_builder
 from tests import xla_env
 from tests.data_fixtures import SYNTHETIC_FRAME_SIZE
@@ -120,7 +121,7 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
   separate --mode=eval, all on gs://."""
   data_dir = f'{gcs_bucket}/tfds'
   workdir = f'{gcs_bucket}/runs/tiny'
-  builder = tfds_builder.build(
+  builder = dataset_build.build(
     synthetic_root.root, data_dir, split=1, frame_size=SYNTHETIC_FRAME_SIZE, num_workers=0
   )
   assert os.fspath(builder.data_path).startswith('gs://')

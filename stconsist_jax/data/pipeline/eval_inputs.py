@@ -16,7 +16,7 @@ import tensorflow_datasets as tfds
 
 from stconsist_jax.data.pipeline import eval_streams
 from stconsist_jax.data.pipeline import sources
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data.ucf101 import classes
 
 Batch = Mapping[str, np.ndarray]
 
@@ -65,7 +65,7 @@ def pipeline_streams(
   if annotated_class_names is None and builder is not None:
     annotated_class_names = (builder.info.metadata or {}).get('annotated_class_names') or None
   if annotated_class_names is None:
-    annotated_class_names = ann.UCF24_CLASSES
+    annotated_class_names = classes.UCF24_CLASSES
 
   @functools.cache
   def layout():  # one pass over the test annotations sizes both frame-level streams

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_parser
 
 from stconsist_jax.core import fileio
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data import records as records_lib
 
 AUTOTUNE = tf.data.AUTOTUNE
 TFRECORD_BUFFER_BYTES = 256 * 1024  # TensorFlow's default, named so it is not logged
@@ -74,7 +74,7 @@ class TfdsSource:
     self._features = self.builder.info.features
     missing = set(RAW_SIGNATURE) - set(self._features.keys())
     if missing:
-      raise ann.DataFileError(
+      raise records_lib.DataFileError(
         f'TFDS dataset {self.builder.info.full_name} lacks the features '
         f'{sorted(missing)} that the pipeline reads (docs/DESIGN.md 2)'
       )
@@ -124,7 +124,7 @@ def _find_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         d for d in sorted(config_dir.parent.glob(config_dir.name + '_c*')) if _prepared_dir(d)
       ]
       if len(variants) > 1:
-        raise ann.DataFileError(
+        raise records_lib.DataFileError(
           f'several builds match {name!r} in {data_dir}: '
           f'{[d.name for d in variants]}; name one in config.data.name'
         )
@@ -251,7 +251,7 @@ def label_names(data_config, source: Source | None = None) -> list[str]:
   if data_config.classes == 'ucf24':
     names = (builder.info.metadata or {}).get('annotated_class_names')
     if not names:
-      raise ann.DataFileError(
+      raise records_lib.DataFileError(
         f'{builder.info.full_name} records no annotated class names '
         '(built before they were recorded?); rebuild it'
       )

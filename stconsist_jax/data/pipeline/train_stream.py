@@ -34,13 +34,6 @@ def box_label_kept(name: tf.Tensor, seed: int, fraction: float) -> tf.Tensor:
   return label_protocols.kept(name, seed, fraction, label_protocols.BOX_LABEL)
 
 
-def video_protocol_active(data_config) -> bool:
-  """Whether some training videos lose their class and boxes (E2E-SSL's protocol)."""
-  return bool(data_config.get('labeled_videos', '')) or (
-    data_config.get('labeled_video_fraction', 1.0) < 1.0
-  )
-
-
 def video_label_fn(data_config, seed: int) -> Callable[[tf.Tensor], tf.Tensor]:
   """name -> whether the video keeps its class and boxes (a bool tensor like `name`).
 

@@ -30,6 +30,10 @@ import numpy as np
 
 from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
+from stconsist_jax.data.ucf101 import videos
 from stconsist_jax.data.ucf101 import annotations as ann
 from stconsist_jax.data.synthetic import synthetic_video as video_lib
 
@@ -93,7 +97,7 @@ class SyntheticDataset:
   spec: SyntheticSpec | None
   class_names: tuple[str, ...]  # classInd.txt order (101-way labels).
   annotated_class_names: tuple[str, ...]  # 24-way label order.
-  records: dict[str, ann.VideoRecord]  # every video; exact drawn boxes (corners).
+  records: dict[str, records_lib.VideoRecord]  # every video; exact drawn boxes (corners).
   splits: dict[int, tuple[list[str], list[str]]]  # split -> (train, test) paths.
 
 
@@ -169,12 +173,12 @@ def _record(
   label101: int,
   label24: int | None,
   class_name: str,
-) -> ann.VideoRecord:
+) -> records_lib.VideoRecord:
   tubes = []
   if label24 is not None:
     for (s, e), b in zip(plan.tube_ranges, boxes):
-      tubes.append(ann.Tube(label24, s, e, b[s:e]))
-  return ann.VideoRecord(plan.path, label101, class_name, plan.num_frames, tuple(tubes))
+      tubes.append(records_lib.AnnotatedTube(label24, s, e, b[s:e]))
+  return records_lib.VideoRecord(plan.path, label101, class_name, plan.num_frames, tuple(tubes))
 
 
 # --------------------------------------------------------------------------- folders
@@ -207,12 +211,12 @@ def _write_lists(
 ) -> dict[int, tuple[list[str], list[str]]]:
   splits = {}
   list_dir = root / 'ucfTrainTestlist'
-  ann.write_class_index(class_names, list_dir / 'classInd.txt')
+  split_lists.write_class_index(class_names, list_dir / 'classInd.txt')
   for s in (1, 2, 3):
-    test = [p for p in paths if ann.group_of(p) in test_groups_of(s)]
+    test = [p for p in paths if videos.group_of(p) in test_groups_of(s)]
     test_set = set(test)
     train = [p for p in paths if p not in test_set]
-    ann.write_split_lists(list_dir, s, train, test, class_names)
+    split_lists.write_split_lists(list_dir, s, train, test, class_names)
     splits[s] = (train, test)
   return splits
 
@@ -246,20 +250,6 @@ def generate(
     'wrote %d synthetic videos to %s in %.1f s', len(records), output_dir, time.time() - t0
   )
   return SyntheticDataset(output_dir, spec, class_names, annotated, records, splits)
-
-
-def render_video(spec: SyntheticSpec, path: str) -> tuple[np.ndarray, list[np.ndarray]]:
-  """Re-renders one video of `generate(..., spec)` (RGB frames, per-actor boxes)."""
-  styles = class_styles(spec.num_classes)
-  names = [s.name for s in styles]
-  class_name = ann.class_of(path)
-  ci = names.index(class_name)
-  group, clip = ann.group_of(path), int(path.rsplit('_c', 1)[1])
-  vi = (group - 1) * spec.clips_per_group + clip - 1
-  plan = plan_video(spec, ci, vi, ci < spec.annotated_classes)
-  if plan.path != path:
-    raise ValueError(f'{path!r} is not a video of this spec')
-  return video_lib.render(plan, (spec.height, spec.width))
 
 
 def _official_test_groups(split: int) -> set[int]:
@@ -320,7 +310,7 @@ def generate_from_annotations(
   seed: int = 0,
   overwrite: bool = False,
   num_workers: int | None = None,
-  frame_size: tuple[int, int] = ann.UCF101_FRAME_SIZE,
+  frame_size: tuple[int, int] = videos.UCF101_FRAME_SIZE,
 ) -> SyntheticDataset:
   """Renders videos that follow the tubes of a real annotation file (real geometry).
 
@@ -334,10 +324,10 @@ def generate_from_annotations(
   The output is the same for any worker count, and appears only when complete.
 
   Raises:
-    FileNotFoundError, annotations.DataFileError: a missing or unusable annotation
+    FileNotFoundError, records.DataFileError: a missing or unusable annotation
       file (one-line messages naming it); FileExistsError: a non-empty output_dir.
   """
-  raw = ann.load_pickle(annotations_path)
+  raw = ann.load_raw(annotations_path)
   act = ann.detect_format(raw, annotations_path) == 'act'
   records = (
     ann.load_annotations(annotations_path)
@@ -361,12 +351,12 @@ def generate_from_annotations(
       for p in chosen
     ]
     _run_all(_write_planned_video, tasks, num_workers)
-    splits = _write_lists(tmp, ann.UCF101_CLASSES, chosen, _official_test_groups)
+    splits = _write_lists(tmp, classes.UCF101_CLASSES, chosen, _official_test_groups)
     if act:
       ann.write_act(
         [records[p] for p in chosen],
         tmp / 'UCF101v2-GT.pkl',
-        raw.get('labels') or ann.UCF24_CLASSES,
+        raw.get('labels') or classes.UCF24_CLASSES,
         *splits[1],
         frame_size,
       )
@@ -381,5 +371,10 @@ def generate_from_annotations(
     time.time() - t0,
   )
   return SyntheticDataset(
-    output_dir, None, ann.UCF101_CLASSES, ann.UCF24_CLASSES, {p: records[p] for p in chosen}, splits
+    output_dir,
+    None,
+    classes.UCF101_CLASSES,
+    classes.UCF24_CLASSES,
+    {p: records[p] for p in chosen},
+    splits,
   )

@@ -14,7 +14,7 @@ from absl import logging
 
 from stconsist_jax.core import fileio
 from stconsist_jax.data.synthetic import generator as synthetic
-from stconsist_jax.data.ucf101 import tfds_builder
+from stconsist_jax.data.ucf101 import dataset_build
 
 
 def _stamp(path: pathlib.Path) -> str | None:
@@ -58,7 +58,7 @@ def ensure_tfds(
   print(
     f'building the TFDS dataset (frames {frame_size}x{frame_size}) in {data_dir} ...', flush=True
   )
-  tfds_builder.build(manual_dir, data_dir, split=split, frame_size=frame_size)
+  dataset_build.build(manual_dir, data_dir, split=split, frame_size=frame_size)
   fileio.atomic_write(stamp, wanted or '')
   print(f'TFDS build done in {time.time() - t0:.1f} s', flush=True)
   return data_dir

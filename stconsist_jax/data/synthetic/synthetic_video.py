@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator
 import cv2
 import numpy as np
 
-from stconsist_jax.data.ucf101 import annotations as ann
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data.ucf101 import videos
 
 SHAPES = ('Disc', 'Square', 'Triangle', 'Cross', 'Diamond', 'Ring')
 MOTIONS = ('Sweep', 'Bounce', 'Circle', 'Zigzag', 'Pulse', 'Diagonal')
@@ -174,7 +175,7 @@ class VideoPlan:
 
 
 def render_frames(
-  plan: VideoPlan, size: tuple[int, int] = ann.UCF101_FRAME_SIZE
+  plan: VideoPlan, size: tuple[int, int] = videos.UCF101_FRAME_SIZE
 ) -> Iterator[tuple[np.ndarray, list[np.ndarray | None]]]:
   """Frame by frame: RGB uint8 (H, W, 3) and each actor's box (None where absent)."""
   tex = _background(np.random.default_rng(plan.bg_seed), size)
@@ -185,7 +186,7 @@ def render_frames(
 
 
 def render(
-  plan: VideoPlan, size: tuple[int, int] = ann.UCF101_FRAME_SIZE
+  plan: VideoPlan, size: tuple[int, int] = videos.UCF101_FRAME_SIZE
 ) -> tuple[np.ndarray, list[np.ndarray]]:
   """RGB frames uint8 (n, H, W, 3) and, per actor, its exact boxes (n, 4) (NaN if absent)."""
   h, w = size
@@ -228,7 +229,7 @@ def _tag_as_xvid(path: pathlib.Path) -> None:
     f.write(head.replace(b'FMP4', b'XVID'))
 
 
-def annotation_plan(record: ann.VideoRecord, bg_seed: int) -> VideoPlan:
+def annotation_plan(record: records_lib.VideoRecord, bg_seed: int) -> VideoPlan:
   """The plan of a video that follows a real record: one box actor per tube."""
   actors = tuple(BoxActor(t.label, t.start, t.end, t.boxes) for t in record.tubes)
   return VideoPlan(

@@ -15,12 +15,13 @@ from absl import app
 from absl import flags
 
 from stconsist_jax.core import errors
+from stconsist_jax.data import records as records_lib
 from stconsist_jax.data.ucf101 import annotations as ann
 
 COLUMNS = ('videos', 'tubes', 'boxes', 'first_tube_boxes', 'annotated_frames')
 
 
-def class_stats(records: Iterable[ann.VideoRecord]) -> dict[str, dict[str, int]]:
+def class_stats(records: Iterable[records_lib.VideoRecord]) -> dict[str, dict[str, int]]:
   """{class name: {column: count}}, sorted by class name, plus a 'TOTAL' row."""
   table: dict[str, dict[str, int]] = {}
   for r in records:
@@ -58,7 +59,7 @@ _JSON = flags.DEFINE_bool('json', False, 'Print JSON instead of a table.')
 def main(argv: Sequence[str]) -> None:
   del argv
   # A missing, refused or broken file is one line and exit status 2, as in the tools.
-  with errors.user_errors(FileNotFoundError, ann.DataFileError):
+  with errors.user_errors(FileNotFoundError, records_lib.DataFileError):
     records = ann.load_annotations(_ANNOTATIONS.value)
   stats = class_stats(records.values())
   print(json.dumps(stats, indent=1) if _JSON.value else format_table(stats))

@@ -1,24 +1,14 @@
-"""TFDS builder `ucf101_stconsist`: a user's UCF-101 folder -> sharded per-video records.
-
-Frames are decoded with OpenCV in fresh worker processes, squashed to size x size and
-stored as JPEG; boxes of every tube, clipped to the frame, come with a presence mask
-(docs/DESIGN.md, 2). A build records its source and refuses to pass off another's.
-The manual dir's layout and checks are `download`'s; the command line is
-`python tools/build_dataset.py --manual_dir DIR --split 1 --frame_size 128`.
-
-Over 400 lines as one job: the builder class, its configs, the report it writes and the
-safe rebuild around it change together.
+"""TFDS builder `ucf101_stconsist` and its configs: a user's UCF-101 folder -> sharded per-video
+records of JPEG frames and clipped tubes with presence masks (docs/DESIGN.md, 2).
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import json
 import os
 import pathlib
 import time
-from typing import Any, NamedTuple
+from typing import Any
 from collections.abc import Mapping, Sequence
 
 from absl import logging
@@ -29,13 +19,17 @@ import tqdm
 
 from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
-from stconsist_jax.data.ucf101 import annotations as ann
-from stconsist_jax.data.ucf101 import download
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import split_lists
+from stconsist_jax.data.ucf101 import videos
+from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
+from stconsist_jax.data.ucf101 import build_report
+from stconsist_jax.data.ucf101 import stored_tubes
 from stconsist_jax.data.ucf101 import video_decode
 
 NAME = 'ucf101_stconsist'
 FRAME_SIZES = (128, 64, 32)
-REPORT_FILE = 'build_report.json'
 DEFAULT_JPEG_QUALITY = 90
 # A video decoding to fewer than this fraction of its expected frame count (annotated,
 # else announced by its header) is truncated and skipped.
@@ -54,7 +48,7 @@ class Ucf101StconsistConfig(tfds.core.BuilderConfig):
     *,
     split: int = 1,
     frame_size: int = 128,
-    class_names: Sequence[str] = ann.UCF101_CLASSES,
+    class_names: Sequence[str] = classes.UCF101_CLASSES,
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     name: str | None = None,
     **kwargs,
@@ -65,7 +59,7 @@ class Ucf101StconsistConfig(tfds.core.BuilderConfig):
       raise ValueError(f'frame_size must be in [8, 1024], got {frame_size}')
     if name is None:
       name = f'split{split}_{frame_size}'
-      if tuple(class_names) != ann.UCF101_CLASSES:
+      if tuple(class_names) != classes.UCF101_CLASSES:
         name += f'_c{len(class_names)}'
       if jpeg_quality != DEFAULT_JPEG_QUALITY:
         name += f'_q{jpeg_quality}'
@@ -103,10 +97,10 @@ def make_config(
   size, default JPEG quality): TFDS refuses a custom config under a registered name.
   """
   if class_names is None and manual_dir is not None:
-    class_names = ann.read_class_index(
+    class_names = split_lists.read_class_index(
       pathlib.Path(manual_dir) / 'ucfTrainTestlist' / 'classInd.txt'
     )
-  class_names = tuple(class_names or ann.UCF101_CLASSES)
+  class_names = tuple(class_names or classes.UCF101_CLASSES)
   registered = registered_config(split, frame_size)
   if (
     registered is not None
@@ -120,91 +114,8 @@ def make_config(
   )
 
 
-@dataclasses.dataclass
-class BuildReport:
-  """What a build skipped and why, and how fast it went."""
-
-  skipped: dict[str, list[dict[str, str]]] = dataclasses.field(
-    default_factory=lambda: collections.defaultdict(list)
-  )
-  videos: dict[str, int] = dataclasses.field(default_factory=dict)
-  seconds: dict[str, float] = dataclasses.field(default_factory=dict)
-  problems: dict[str, Any] = dataclasses.field(default_factory=dict)
-  notes: dict[str, int] = dataclasses.field(default_factory=lambda: collections.defaultdict(int))
-  absent_annotated_classes: list[str] = dataclasses.field(default_factory=list)
-  source: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-  def skip(self, split: str, path: str, reason: str) -> None:
-    logging.warning('skipping %s (%s): %s', path, split, reason)
-    self.skipped[split].append({'video': path, 'reason': reason})
-
-  def to_dict(self) -> dict[str, Any]:
-    return {
-      'videos_written': dict(self.videos),
-      'videos_skipped': {k: len(v) for k, v in self.skipped.items()},
-      'skipped': dict(self.skipped),
-      'seconds': dict(self.seconds),
-      'videos_per_second': {
-        k: self.videos[k] / max(self.seconds[k], 1e-9) for k in self.videos if k in self.seconds
-      },
-      'annotation_problems': self.problems,
-      # Counts of what the build changed or dropped: `truncated_videos_skipped`,
-      # `videos_short_of_expected_frames` (kept), `boxes_clipped_to_frame`,
-      # `empty_boxes_dropped`, `boxes_beyond_decoded_frames`.
-      'notes': dict(self.notes),
-      # Annotated classes of the label space without any tube in this folder.
-      'annotated_classes_without_tubes': list(self.absent_annotated_classes),
-      'source': dict(self.source),
-    }
-
-
 def _default_workers() -> int:
   return max(1, min(os.cpu_count() or 1, 16))
-
-
-class TubeArrays(NamedTuple):
-  """A video's tubes as stored, and how many boxes storing them changed or dropped."""
-
-  labels: np.ndarray  # int32 (k,)
-  boxes: np.ndarray  # float32 (k, n, 4): normalized corners, zeros where absent
-  present: np.ndarray  # bool (k, n)
-  beyond_video: int  # boxes on frames the video does not have
-  clipped: int  # boxes partly outside the frame, clipped to it
-  empty: int  # boxes empty once clipped (zero width or height, or off the frame)
-
-
-def clip_boxes(
-  boxes: np.ndarray, height: int, width: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(corner boxes clipped to the frame, which changed, which are empty after it)."""
-  clipped = np.clip(boxes, 0, np.array([width, height, width, height], np.float64))
-  changed = np.any(clipped != boxes, axis=-1)
-  empty = (clipped[..., 2] <= clipped[..., 0]) | (clipped[..., 3] <= clipped[..., 1])
-  return clipped, changed, empty
-
-
-def tube_arrays(
-  record: ann.VideoRecord | None, num_frames: int, height: int, width: int
-) -> TubeArrays:
-  """Tubes -> stored arrays: boxes clipped to the frame, empty ones not present."""
-  tubes = record.tubes if record is not None else ()
-  labels = np.array([t.label for t in tubes], np.int32)
-  boxes = np.zeros((len(tubes), num_frames, 4), np.float32)
-  present = np.zeros((len(tubes), num_frames), bool)
-  scale = np.array([width, height, width, height], np.float64)
-  beyond = clipped_count = empty_count = 0
-  for k, t in enumerate(tubes):
-    lo, hi = max(t.start, 0), min(t.end, num_frames)
-    beyond += t.num_boxes - max(hi - lo, 0)
-    if hi <= lo:
-      continue
-    clipped, changed, empty = clip_boxes(t.boxes[lo - t.start : hi - t.start], height, width)
-    clipped_count += int(np.sum(changed & ~empty))
-    empty_count += int(np.sum(empty))
-    keep = ~empty
-    boxes[k, lo:hi][keep] = clipped[keep] / scale
-    present[k, lo:hi] = keep
-  return TubeArrays(labels, boxes, present, beyond, clipped_count, empty_count)
 
 
 class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
@@ -220,7 +131,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-  MANUAL_DOWNLOAD_INSTRUCTIONS = download.INSTRUCTIONS
+  MANUAL_DOWNLOAD_INSTRUCTIONS = manual_dir_lib.INSTRUCTIONS
   BUILDER_CONFIGS = [
     Ucf101StconsistConfig(split=s, frame_size=f) for f in FRAME_SIZES for s in (1, 2, 3)
   ]
@@ -235,7 +146,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
 
   def __init__(self, *, num_workers: int | None = None, **kwargs):
     self._num_workers = _default_workers() if num_workers is None else num_workers
-    self._report = BuildReport()
+    self._report = build_report.BuildReport()
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -270,17 +181,17 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     list_dir = manual_dir / 'ucfTrainTestlist'
     split = self.builder_config.split
     try:
-      annotation_file = download.check_manual_dir(manual_dir, split)
-    except download.ManualDirError as e:
-      raise download.ManualDirError(f'{e}\n{download.INSTRUCTIONS}') from None
-    class_names = ann.read_class_index(list_dir / 'classInd.txt')
+      annotation_file = manual_dir_lib.check_manual_dir(manual_dir, split)
+    except manual_dir_lib.ManualDirError as e:
+      raise manual_dir_lib.ManualDirError(f'{e}\n{manual_dir_lib.INSTRUCTIONS}') from None
+    class_names = split_lists.read_class_index(list_dir / 'classInd.txt')
     if class_names != self.builder_config.class_names:
-      raise ann.DataFileError(
+      raise records_lib.DataFileError(
         f'{list_dir / "classInd.txt"} lists {len(class_names)} classes that differ from '
         f'the {len(self.builder_config.class_names)} of config '
         f'{self.builder_config.name!r}; build with make_config(manual_dir=...)'
       )
-    records, label_names = download.load_records(annotation_file, class_names)
+    records, label_names = manual_dir_lib.load_records(annotation_file, class_names)
     used = {r.class_name for r in records.values() if r.tubes}
     self._report.absent_annotated_classes = [c for c in label_names if c not in used]
     if self._report.absent_annotated_classes:
@@ -289,11 +200,13 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         annotation_file,
         ', '.join(self._report.absent_annotated_classes),
       )
-    self._report.source = download.source_of(manual_dir, split)
+    self._report.source = manual_dir_lib.source_of(manual_dir, split)
     self.info.metadata['annotated_class_names'] = label_names
     self.info.metadata['source'] = self._report.source
-    train, test = ann.official_split(list_dir, split)
-    problems = download.validate(records, listed=train + test, video_dir=manual_dir / 'UCF-101')
+    train, test = split_lists.official_split(list_dir, split)
+    problems = manual_dir_lib.validate(
+      records, listed=train + test, video_dir=manual_dir / 'UCF-101'
+    )
     self._report.problems = problems.to_dict()
     if not problems.ok:
       logging.warning('annotation problems:\n%s', problems.summary())
@@ -303,7 +216,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     }
 
   def _check_decoded(
-    self, video: video_decode.DecodedVideo, record: ann.VideoRecord | None
+    self, video: video_decode.DecodedVideo, record: records_lib.VideoRecord | None
   ) -> str | None:
     """Why a decoded video is skipped (None: it is kept), counting short ones.
 
@@ -327,7 +240,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     self,
     manual_dir: pathlib.Path,
     paths: Sequence[str],
-    records: Mapping[str, ann.VideoRecord],
+    records: Mapping[str, records_lib.VideoRecord],
     split: str,
   ):
     cfg = self.builder_config
@@ -336,8 +249,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     tasks = []
     for p in paths:
       file = manual_dir / 'UCF-101' / f'{p}.avi'
-      if ann.class_of(p) not in index:
-        self._report.skip(split, p, f'class {ann.class_of(p)!r} not in classInd.txt')
+      if videos.class_of(p) not in index:
+        self._report.skip(split, p, f'class {videos.class_of(p)!r} not in classInd.txt')
       elif not file.is_file():
         self._report.skip(split, p, f'video file missing: {p}.avi')
       else:
@@ -353,7 +266,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
       if reason is not None:
         self._report.skip(split, video.path, reason)
         continue
-      tubes = tube_arrays(record, video.num_frames, video.height, video.width)
+      tubes = stored_tubes.tube_arrays(record, video.num_frames, video.height, video.width)
       for note, count in (
         ('boxes_beyond_decoded_frames', tubes.beyond_video),
         ('boxes_clipped_to_frame', tubes.clipped),
@@ -366,12 +279,12 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         video.path,
         {
           'frames': video.frames,
-          'label': index[ann.class_of(video.path)],
+          'label': index[videos.class_of(video.path)],
           'name': video.path,
           'num_frames': video.num_frames,
           'original_size': np.array([video.height, video.width], np.int32),
           'annotated': bool(
-            ann.class_of(video.path) in annotated_classes and len(tubes.labels) > 0
+            videos.class_of(video.path) in annotated_classes and len(tubes.labels) > 0
           ),
           'tube_labels': tubes.labels,
           'tube_boxes': tubes.boxes,
@@ -405,14 +318,14 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
       existed and download_config.manual_dir and not download_config.download_mode.overwrite_dataset
     ):
       self._check_source(download_config.manual_dir)
-    self._report = BuildReport()
+    self._report = build_report.BuildReport()
     super().download_and_prepare(
       download_dir=download_dir, download_config=download_config, **kwargs
     )
     if existed and not self._report.videos:
       return
     report = self._report.to_dict()
-    path = fileio.as_path(self.data_dir) / REPORT_FILE
+    path = fileio.as_path(self.data_dir) / build_report.REPORT_FILE
     fileio.atomic_write(path, json.dumps(report, indent=1))
     logging.info(
       'build report %s: written %s, skipped %s, videos/s %s',
@@ -425,8 +338,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
   def _check_source(self, manual_dir: str | os.PathLike) -> None:
     """Raises SourceMismatchError unless the existing build was made from `manual_dir`."""
     recorded = (self.info.metadata or {}).get('source')
-    why = download.source_mismatch(
-      recorded, download.source_of(manual_dir, self.builder_config.split)
+    why = manual_dir_lib.source_mismatch(
+      recorded, manual_dir_lib.source_of(manual_dir, self.builder_config.split)
     )
     if why is not None:
       raise SourceMismatchError(
@@ -448,94 +361,6 @@ def builder(
   return Ucf101Stconsist(config=config, data_dir=data_dir, num_workers=num_workers)
 
 
-def _replaced_path(data_path: epath.Path) -> epath.Path:
-  return data_path.parent / f'.{data_path.name}.replaced'
-
-
-def _recover_replaced(data_path: epath.Path) -> bool:
-  """Finishes a rebuild that was interrupted; True if it restored the old build."""
-  aside = _replaced_path(data_path)
-  if not aside.exists():
-    return False
-  if data_path.exists():  # The new build was complete: drop the old one.
-    aside.rmtree()
-    return False
-  logging.warning('restoring %s, set aside by an interrupted rebuild', data_path)
-  fileio.move_tree(aside, data_path)
-  return True
-
-
-def remove_incomplete(data_path: epath.Path) -> list[epath.Path]:
-  """Removes what killed builds of `data_path` left: TFDS's `incomplete.*` folders.
-
-  TFDS builds into `incomplete.<random>_<version>` beside the version folder and renames
-  it when done; a killed build leaves it for good. One log line names those removed.
-  Two builds of the same target at once are not supported (each would remove the
-  other's folder).
-  """
-  parent = data_path.parent
-  stale = sorted(parent.glob(f'incomplete.*_{data_path.name}')) if parent.exists() else []
-  for path in stale:
-    path.rmtree()
-  if stale:
-    logging.warning(
-      'removed %d incomplete folder(s) of earlier interrupted builds of %s: %s',
-      len(stale),
-      data_path,
-      ', '.join(p.name for p in stale),
-    )
-  return stale
-
-
-def build(
-  manual_dir: str | os.PathLike,
-  data_dir: str | os.PathLike,
-  split: int = 1,
-  frame_size: int = 128,
-  num_workers: int | None = None,
-  jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-  overwrite: bool = False,
-) -> Ucf101Stconsist:
-  """Builds (split, frame_size) from `manual_dir` into `data_dir`; returns the builder.
-
-  An existing build of the same source is reused. One of another source is refused
-  (SourceMismatchError) unless `overwrite`, which rebuilds it; the old build stays in
-  place until the new one is complete. What killed builds of this target left behind
-  is removed first (`remove_incomplete`).
-
-  Raises:
-    download.ManualDirError, SourceMismatchError, annotations.DataFileError:
-      `errors.UserError`, each with a one-line message.
-  """
-  annotation_file = download.check_manual_dir(manual_dir, split)
-  cfg = make_config(split, frame_size, manual_dir=manual_dir, jpeg_quality=jpeg_quality)
-  # Unusable inputs fail here, before anything is written.
-  download.load_records(annotation_file, cfg.class_names)
-  ann.official_split(pathlib.Path(manual_dir) / 'ucfTrainTestlist', split)
-  b = builder(cfg, data_dir, num_workers)
-  if _recover_replaced(b.data_path):
-    b = builder(cfg, data_dir, num_workers)
-  remove_incomplete(b.data_path)
-  download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
-  # TFDS's own bars (splits, shuffling) repeat what the builder's bar and log lines say.
-  tfds.display_progress_bar(False)
-  if not (overwrite and b.data_path.exists()):
-    b.download_and_prepare(download_config=download_config)
-    return b
-  aside = _replaced_path(b.data_path)
-  fileio.move_tree(b.data_path, aside)
-  try:
-    b = builder(cfg, data_dir, num_workers)
-    b.download_and_prepare(download_config=download_config)
-  except BaseException:
-    if b.data_path.exists():  # Complete but its report failed: keep the old build.
-      b.data_path.rmtree()
-    fileio.move_tree(aside, b.data_path)
-    raise
-  aside.rmtree()
-  return b
-
-
 def read_report(builder_or_dir: Ucf101Stconsist | str | os.PathLike) -> dict[str, Any]:
   d = builder_or_dir.data_dir if isinstance(builder_or_dir, Ucf101Stconsist) else builder_or_dir
-  return json.loads((fileio.as_path(d) / REPORT_FILE).read_text())
+  return json.loads((fileio.as_path(d) / build_report.REPORT_FILE).read_text())

@@ -1,6 +1,5 @@
-"""The user's UCF-101 download (the manual dir) as a build reads it: layout, records, problems.
-
-Also the fingerprint of its annotation and list files that a build records as its source.
+"""The user's UCF-101 download (the manual dir) as a build reads it: layout, records, problems,
+and the fingerprint of its annotation and list files that a build records as its source.
 """
 
 from __future__ import annotations
@@ -17,6 +16,10 @@ import numpy as np
 
 from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
+from stconsist_jax.data import records as records_lib
+from stconsist_jax.data import safe_pickle
+from stconsist_jax.data.ucf101 import classes
+from stconsist_jax.data.ucf101 import videos
 from stconsist_jax.data.ucf101 import annotations as ann
 
 ANNOTATION_FILES = ('pyannot.pkl', 'UCF101v2-GT.pkl')
@@ -85,13 +88,13 @@ def check_manual_dir(manual_dir: str | os.PathLike, split: int = 1) -> pathlib.P
 
 def load_records(
   annotation_file: pathlib.Path, class_names: Sequence[str]
-) -> tuple[dict[str, ann.VideoRecord], list[str]]:
+) -> tuple[dict[str, records_lib.VideoRecord], list[str]]:
   """(records, annotated class names) of an annotation file; DataFileError if unusable."""
   records = ann.load_annotations(annotation_file, class_names)
   try:
     return records, annotated_class_names(records)
   except ValueError as e:
-    raise ann.AnnotationFileError(f'{annotation_file}: {e}') from None
+    raise safe_pickle.AnnotationFileError(f'{annotation_file}: {e}') from None
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -138,7 +141,7 @@ def source_mismatch(recorded: Mapping[str, Any] | None, current: Mapping[str, An
 
 
 def annotated_class_names(
-  records: Mapping[str, ann.VideoRecord], known: Sequence[str] = ann.UCF24_CLASSES
+  records: Mapping[str, records_lib.VideoRecord], known: Sequence[str] = classes.UCF24_CLASSES
 ) -> list[str]:
   """The class name of each tube label 0..L-1.
 
@@ -210,11 +213,11 @@ class ValidationReport:
 
 
 def validate(
-  records: Mapping[str, ann.VideoRecord],
+  records: Mapping[str, records_lib.VideoRecord],
   *,
   listed: Iterable[str] = (),
-  video_dir: ann.PathLike | None = None,
-  frame_size: (tuple[int, int] | Mapping[str, tuple[int, int]]) = ann.UCF101_FRAME_SIZE,
+  video_dir: str | os.PathLike | None = None,
+  frame_size: (tuple[int, int] | Mapping[str, tuple[int, int]]) = videos.UCF101_FRAME_SIZE,
 ) -> ValidationReport:
   """Checks records (and optionally split lists and video files); never raises per item.
 
@@ -224,7 +227,7 @@ def validate(
   `video_file_missing` (when `video_dir` is given; records and listed videos).
   """
   report = ValidationReport()
-  listed = [ann.strip_extension(p) for p in listed]
+  listed = [videos.strip_extension(p) for p in listed]
   for path, r in records.items():
     h, w = frame_size[path] if isinstance(frame_size, Mapping) else frame_size
     for k, t in enumerate(r.tubes):
@@ -247,7 +250,7 @@ def validate(
     annotated_classes = {r.class_name for r in records.values() if r.tubes}
     listed_set = set(listed)
     for p in listed:
-      if p not in records and ann.class_of(p) in annotated_classes:
+      if p not in records and videos.class_of(p) in annotated_classes:
         report.add('listed_without_annotations', p)
     for p in records:
       if p not in listed_set:
