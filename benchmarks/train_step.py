@@ -280,7 +280,7 @@ def run_setting(
     torch_clips_per_s=None, torch_step_time_s=None, torch_threads=None, torch_note=None
   )
   if with_torch:
-    from benchmarks import torch_step  # pylint: disable=g-import-not-at-top
+    import torch_step  # pylint: disable=g-import-not-at-top  (a sibling script)
 
     logging.info('PyTorch: depth %d, batch %d, %s', _DEPTH.value, batch_size, dtype)
     torch_result = torch_step.measure(

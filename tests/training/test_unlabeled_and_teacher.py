@@ -104,7 +104,10 @@ def test_unlabeled_clips_add_nothing_to_class_and_box_gradients():
   assert a.keys() == b.keys()
   assert any(np.abs(v).max() > 0 for v in a.values())
   for k in a:
-    np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-9, err_msg=k)
+    # The same sums over 8 and over 6 rows round differently in float32 (jax 0.10's XLA
+    # CPU gave 7e-8 on kernel entries up to 0.2): float32 tolerance at the tensor's scale.
+    scale = float(np.abs(b[k]).max())
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-6 * scale, err_msg=k)
   # The consistency terms do see the unlabelled clips: their gradient now differs.
   con = test_train.flat_tree(_supervised_grads(model, variables, batch, 1.0))
   con_without = test_train.flat_tree(
