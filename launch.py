@@ -80,6 +80,7 @@ def main(argv):
   from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import preemption  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -124,7 +125,7 @@ def main(argv):
     # Threads of the storage clients may still be stuck in the outage: a normal exit
     # would wait for them. Every committed checkpoint stays as it is.
     errors.fail_now(f'error: {e}', EXIT_STORAGE_UNAVAILABLE)
-  except train.Preempted as e:
+  except preemption.Preempted as e:
     print(str(e), file=sys.stderr)
     sys.exit(EXIT_PREEMPTED)
   except train.NonFiniteLossError as e:

@@ -22,6 +22,7 @@ from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.training import distributed
 from stconsist_jax.evaluation import forward
 from stconsist_jax.metrics import classification
+from stconsist_jax.metrics import interpolation
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.data.ucf101 import video_decode
 
@@ -330,10 +331,10 @@ def densify(detections: Detections) -> FrameResults:
     )
   if detections.boxes is None:
     full = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (len(detections.frames), 1))
-    _, probs = tubes_lib.fill_one_box(detections.frames, full, detections.probs, n)
+    _, probs = interpolation.fill_one_box(detections.frames, full, detections.probs, n)
     return FrameResults(None, probs, predicted)
   corners = boxes_lib.xywh_to_corners(detections.boxes.astype(np.float64))
-  boxes, probs = tubes_lib.fill_one_box(detections.frames, corners, detections.probs, n)
+  boxes, probs = interpolation.fill_one_box(detections.frames, corners, detections.probs, n)
   return FrameResults(boxes, probs, predicted)
 
 

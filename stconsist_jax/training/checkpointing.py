@@ -20,14 +20,10 @@ alone restores the pipeline position.
 
 from __future__ import annotations
 
-import contextlib
-import gc
-import logging as std_logging
 import os
-import sys
 import time
 from typing import Any, TypeVar
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 from absl import logging
 from etils import epath
@@ -39,9 +35,10 @@ import orbax.checkpoint as ocp
 from stconsist_jax.core import errors
 from stconsist_jax.config import config_file
 from stconsist_jax.core import fileio
+from stconsist_jax.training import checkpoint_steps
+from stconsist_jax.training import orbax_quirks
 
 CHECKPOINT_DIR = 'checkpoints'
-ITEMS = ('variables', 'train')
 T = TypeVar('T')
 
 
@@ -49,72 +46,9 @@ class CheckpointReadError(errors.UserError, RuntimeError):
   """No committed checkpoint of a workdir could be read."""
 
 
-class IncompleteCheckpointError(RuntimeError):
-  """A step orbax lists as finished lacks the metadata or array data of an item."""
-
-
 def _short(error: BaseException, limit: int = 300) -> str:
   text = ' '.join(str(error).split())
   return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
-
-
-def _is_closed_loop_callback(unraisable: Any) -> bool:
-  return isinstance(unraisable.exc_value, RuntimeError) and 'Event loop is closed' in str(
-    unraisable.exc_value
-  )
-
-
-@contextlib.contextmanager
-def _log_records_dropped(logger_name: str, text: str) -> Iterator[None]:
-  """Drops the records of Python logger `logger_name` that contain `text`, meanwhile."""
-  logger = std_logging.getLogger(logger_name)
-  dropped = std_logging.Filter()
-  dropped.filter = lambda record: text not in record.getMessage()
-  logger.addFilter(dropped)
-  try:
-    yield
-  finally:
-    logger.removeFilter(dropped)
-
-
-_closed_loop_callbacks_dropped = False
-
-
-def _drop_closed_loop_callbacks() -> None:
-  """From now on in this process, drops callbacks into an event loop orbax has closed.
-
-  They come from the reads of a damaged step that orbax abandoned when one of them
-  failed, and can arrive after the restore has returned, in the middle of training.
-  """
-  global _closed_loop_callbacks_dropped
-  if _closed_loop_callbacks_dropped:
-    return
-  previous_hook = sys.unraisablehook
-
-  def hook(unraisable: Any) -> None:
-    if not _is_closed_loop_callback(unraisable):
-      previous_hook(unraisable)
-
-  sys.unraisablehook = hook
-  _closed_loop_callbacks_dropped = True
-
-
-@contextlib.contextmanager
-def _failed_read_leftovers_silenced() -> Iterator[None]:
-  """Hides what a failed orbax read leaves behind, once its error has been reported.
-
-  When one array of a damaged step fails, orbax closes its event loop with the reads of
-  the other arrays still pending: asyncio logs each of their errors as "never retrieved"
-  and tensorstore's callbacks into the closed loop print "Event loop is closed", screens
-  of tracebacks after the one warning that says what happened. Only those two kinds of
-  message are hidden: the first while a read and its clean-up run, the second for good.
-  """
-  _drop_closed_loop_callbacks()
-  with _log_records_dropped('asyncio', 'never retrieved'):
-    try:
-      yield
-    finally:
-      gc.collect()  # The abandoned tasks report when collected: here, while filtered.
 
 
 def restore_with_fallback(
@@ -132,7 +66,7 @@ def restore_with_fallback(
   errors, failed = [], []
   for step in sorted(steps, reverse=True):
     try:
-      with _failed_read_leftovers_silenced():
+      with orbax_quirks.failed_read_leftovers_silenced():
         result = read(step)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
@@ -175,76 +109,13 @@ def _train_item(state: Any) -> dict[str, Any]:
   return item
 
 
-def committed_steps(directory: str | os.PathLike) -> list[int]:
-  """Sorted steps orbax finished writing under `directory` (local or bucket)."""
-  paths = fileio.bounded(
-    lambda: list(ocp.utils.checkpoint_steps_paths(directory)), directory, 'listing'
-  )
-  return sorted(int(p.name) for p in paths if p.name.isdigit())
-
-
-def _has_array_data(item_dir: epath.Path) -> bool:
-  """Whether an OCDBT item holds its arrays: in each `ocdbt.process_*/d/` its saving
-  processes wrote, or in `d/` for a layout without them."""
-  process_dirs = list(item_dir.glob('ocdbt.process_*'))
-  if not process_dirs:
-    return any(item_dir.glob('d/*'))
-  return all(any(p.glob('d/*')) for p in process_dirs)
-
-
-def missing_parts(step_dir: str | os.PathLike) -> list[str]:
-  """What a finished step directory lacks of a whole checkpoint ([] when complete).
-
-  Each item ('variables', 'train') needs its `_METADATA` and at least one array data
-  file (orbax's OCDBT format keeps them in `d/` folders; no recursive listing, which a
-  bucket makes expensive).
-  """
-  step_dir = fileio.as_path(step_dir)
-  missing = []
-  for item in ITEMS:
-    if not (step_dir / item / '_METADATA').exists():
-      missing.append(f'{item}/_METADATA')
-    elif not _has_array_data(step_dir / item):
-      missing.append(f'{item}/ array data')
-  return missing
-
-
-def check_complete(step_dir: str | os.PathLike) -> None:
-  """Raises IncompleteCheckpointError naming what `step_dir` lacks."""
-  missing = missing_parts(step_dir)
-  if missing:
-    raise IncompleteCheckpointError(f'{step_dir} lacks {", ".join(missing)}')
-
-
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   """Handlers for every item a step may hold, so none is reported as left unread."""
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-  for item in ITEMS:
+  for item in checkpoint_steps.ITEMS:
     registry.add(item, ocp.args.StandardSave)
     registry.add(item, ocp.args.StandardRestore)
   return registry
-
-
-_replicas_saved_unsliced = False
-
-
-def _save_replicas_without_slicing() -> None:
-  """In one process, saves each replicated array from one replica, unsliced (once).
-
-  Orbax's CPU default splits a replicated array across its replicas so that several
-  hosts share the writing; with one host every slice is written by this process anyway,
-  and each distinct slice shape costs a compilation at the first save (dozens with the
-  8-device CPU mesh of the tests). Multi-process runs keep orbax's default. Orbax warns
-  of any override; this one is deliberate, so its notice is not shown.
-  """
-  global _replicas_saved_unsliced
-  if _replicas_saved_unsliced or jax.process_count() != 1:
-    return
-  with _log_records_dropped('absl', 'overriding'):
-    ocp.type_handlers.register_type_handler(
-      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True
-    )
-  _replicas_saved_unsliced = True
 
 
 def _best_fn(best_metric: str) -> Callable[[Mapping[str, float]], float]:
@@ -262,7 +133,7 @@ def _manager(
 ) -> ocp.CheckpointManager:
   """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
   directory = fileio.absolute(directory)
-  _save_replicas_without_slicing()
+  orbax_quirks.save_replicas_without_slicing()
   policies = ocp.checkpoint_managers
   best_fn = _best_fn(best_metric)
   latest = policies.LatestN(n=keep if keep and keep > 0 else None)
@@ -376,7 +247,7 @@ class Checkpointer:
     return state.replace(teacher=t['teacher']) if 'teacher' in t else state
 
   def _restore_whole(self, step: int, args: ocp.args.Composite) -> Any:
-    check_complete(self.workdir / CHECKPOINT_DIR / str(step))
+    checkpoint_steps.check_complete(self.workdir / CHECKPOINT_DIR / str(step))
     return self._manager.restore(step, args=args)
 
   def _set_aside(self, step: int) -> None:
@@ -410,7 +281,7 @@ def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> lis
       f'{config_file.CONFIG_FILENAME} and {CHECKPOINT_DIR}/)'
     )
   ckpt_dir = workdir / CHECKPOINT_DIR
-  steps = committed_steps(ckpt_dir)
+  steps = checkpoint_steps.committed_steps(ckpt_dir)
   if not steps:
     raise FileNotFoundError(
       f'workdir {workdir} has no checkpoints: expected step '
@@ -466,7 +337,7 @@ def restore_for_eval(
       candidates = [step]
 
     def read(s: int) -> Any:
-      check_complete(directory / str(s))
+      checkpoint_steps.check_complete(directory / str(s))
       metadata = manager.item_metadata(s)['variables']
       return manager.restore(
         s, args=ocp.args.Composite(variables=ocp.args.StandardRestore(_local_abstract(metadata)))
@@ -483,28 +354,3 @@ def restore_for_eval(
 def is_training_workdir(path: str | os.PathLike) -> bool:
   path = fileio.as_path(path)
   return (path / config_file.CONFIG_FILENAME).exists() and (path / CHECKPOINT_DIR).is_dir()
-
-
-def load_init_variables(path: str | os.PathLike) -> dict[str, Any]:
-  """Variables to start from: a converted checkpoint dir or another run's workdir."""
-  path = check_init_from(path)
-  if is_training_workdir(path):
-    _, variables, _ = restore_for_eval(path, 'latest')
-    return variables
-  from stconsist_jax import models  # pylint: disable=g-import-not-at-top
-
-  _, variables = models.load_pretrained(os.fspath(path))
-  return variables
-
-
-def check_init_from(path: str | os.PathLike) -> epath.Path:
-  """`path` if it exists; else a FileNotFoundError saying how to get the weights."""
-  path = fileio.as_path(path)
-  if not path.exists():
-    raise FileNotFoundError(
-      f'init_from: {path} does not exist. It should be a directory written by '
-      f'tools/convert_torch_weights.py (see docs/converting.md for the Kinetics weights) '
-      f'or the workdir of a finished run (configs/finetune_cls.py); pass '
-      f"--config.init_from='' to train from scratch instead"
-    )
-  return path

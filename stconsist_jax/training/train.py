@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-import signal
-import sys
-import threading
 import time
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -21,13 +17,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from stconsist_jax import models
 from stconsist_jax.core import errors
 from stconsist_jax.training import checkpointing
+from stconsist_jax.training import initial_weights
+from stconsist_jax.training import checkpoint_steps
 from stconsist_jax.config import schema
 from stconsist_jax.config import config_file
 from stconsist_jax.training import distributed
 from stconsist_jax.core import fileio
 from stconsist_jax.training import metric_logger
+from stconsist_jax.training import preemption
 from stconsist_jax.training import train_step
 from stconsist_jax.training import workdir_lock
 from stconsist_jax.data.pipeline import random_source
@@ -43,17 +43,6 @@ class NonFiniteLossError(FloatingPointError):
 
 class TrainingDataExhaustedError(errors.UserError, ValueError):
   """The training stream ended before the last step (no usable video, unreadable files)."""
-
-
-class Preempted(Exception):
-  """SIGTERM arrived; a checkpoint of the current step was saved."""
-
-  def __init__(self, step: int):
-    super().__init__(
-      f'stopped by SIGTERM at step {step} after saving a checkpoint; '
-      f'rerun the same command to resume'
-    )
-    self.step = step
 
 
 # -------------------------------------------------------------------------------- loop
@@ -103,66 +92,6 @@ def check_num_classes(config: ml_collections.ConfigDict) -> None:
       f'{len(names)} labels that data {config.data.name!r} yields with '
       f'data.classes={config.data.classes!r} (first: {names[:3]})'
     )
-
-
-# After SIGTERM the run may wait this long for its storage (at most the storage timeout).
-SIGTERM_STORAGE_GRACE_SECONDS = 10.0
-EXIT_SIGTERM = 128 + signal.SIGTERM
-
-
-class _SigtermFlag:
-  """Records SIGTERM so a single-process loop can save and stop between steps.
-
-  If the main thread then waits for the workdir's storage longer than the grace (a
-  bucket outage), the process ends at once as SIGTERM's default would, with one line:
-  the committed checkpoints are untouched. With several processes JAX's own preemption
-  notifier watches SIGTERM instead.
-  """
-
-  def __init__(self, workdir: str, grace_s: float):
-    self.received = False
-    self.step = 0  # The last step run, for the message.
-    self._workdir = workdir
-    self._grace_s = grace_s
-    self._previous = None
-
-  def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint after the current step')
-    if not self.received:
-      self.received = True
-      watch = threading.Thread(
-        target=self._end_if_storage_stalls, args=(time.monotonic(),), daemon=True
-      )
-      watch.start()
-
-  def _end_if_storage_stalls(self, received_at: float) -> None:
-    """Ends the process once the main thread has waited for storage past the grace."""
-    while True:
-      time.sleep(0.2)
-      since = fileio.main_thread_waiting_since()
-      if since is not None and time.monotonic() - max(since, received_at) > self._grace_s:
-        self.end_process()
-
-  def end_process(self) -> None:
-    """After SIGTERM, when the storage does not answer: one line, exit code 143, now."""
-    print(
-      f'stopped by SIGTERM at step {self.step} without saving it: the storage of '
-      f'{self._workdir} did not answer for {self._grace_s:g} s; rerun the same command '
-      f'to resume from the last committed checkpoint',
-      file=sys.stderr,
-      flush=True,
-    )
-    os._exit(EXIT_SIGTERM)  # Threads stuck in the storage client would block a normal exit.
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _lease_lost(lock: workdir_lock.WorkdirLock | None, step: int, every: int) -> bool:
@@ -288,8 +217,8 @@ def train_and_evaluate(
   if batch_iter_fn is None:
     check_num_classes(config)
   ckpt_dir = fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR
-  if config.init_from and not checkpointing.committed_steps(ckpt_dir):
-    checkpointing.check_init_from(config.init_from)
+  if config.init_from and not checkpoint_steps.committed_steps(ckpt_dir):
+    initial_weights.check_init_from(config.init_from)
   # Process 0 holds the workdir for the whole run: a second run on it is refused. All
   # processes learn the outcome, or the others would wait for process 0 forever.
   lock, refused = None, None
@@ -324,13 +253,12 @@ def _train(
 ) -> train_step.TrainState:
   """The body of `train_and_evaluate`, run while the workdir lock is held (`lock`, on
   process 0)."""
-  from stconsist_jax import models  # pylint: disable=g-import-not-at-top
 
   model = models.build_model(config.model)
   stages = train_step.resolve_stages(config)
   num_steps = config.train.num_steps
   is_main = jax.process_index() == 0
-  if checkpointing.committed_steps(fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR):
+  if checkpoint_steps.committed_steps(fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR):
     check_resume_config(config, workdir, allow_config_change)
   checkpointer = checkpointing.Checkpointer(
     workdir,
@@ -372,10 +300,10 @@ def _train(
     _check_finite(records, checkpointer)
     logger.write_steps(records)
 
-  grace = min(SIGTERM_STORAGE_GRACE_SECONDS, config.train.storage_timeout_seconds)
+  grace = min(preemption.SIGTERM_STORAGE_GRACE_SECONDS, config.train.storage_timeout_seconds)
   data_wait = _data_wait_marker(config)
   storage_failed = False
-  sigterm = _SigtermFlag(workdir, grace)
+  sigterm = preemption.SigtermFlag(workdir, grace)
   try:
     with sigterm:
       for step in range(start, num_steps):
@@ -432,7 +360,7 @@ def _train(
             )
         if stop and done < num_steps:
           checkpointer.wait()
-          raise Preempted(done)
+          raise preemption.Preempted(done)
       if pending:
         flush()
   except fileio.StorageUnavailableError:

@@ -22,11 +22,12 @@ import ml_collections
 import numpy as np
 import optax
 
+from stconsist_jax import models
 from stconsist_jax.core import boxes
-from stconsist_jax.training import checkpointing
 from stconsist_jax.config import schema
 from stconsist_jax.training import distributed
 from stconsist_jax.training import losses
+from stconsist_jax.training import initial_weights
 from stconsist_jax.training import teacher as teacher_lib
 from stconsist_jax.models import detector
 
@@ -168,11 +169,9 @@ def create_train_state(
   # Initializers draw from an 'rbg' key: XLA compiles RngBitGenerator far faster than
   # threefry on CPU, and init runs on one local device, so every process gets the same.
   # A missing init_from is reported before the (slow, for big models) initialization.
-  pretrained = checkpointing.load_init_variables(init_from) if init_from else None
+  pretrained = initial_weights.load_init_variables(init_from) if init_from else None
   variables = init_variables(model, config, jax.random.key(config.seed, impl='rbg'))
   if init_from:
-    from stconsist_jax import models  # pylint: disable=g-import-not-at-top
-
     variables, report = models.merge_pretrained(variables, pretrained)
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
     logging.info('Initialized from %s: %s', init_from, report)

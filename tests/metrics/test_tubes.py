@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from stconsist_jax.metrics import frame_ap
+from stconsist_jax.metrics import interpolation
 from stconsist_jax.metrics import tubes
 from stconsist_jax.metrics import video_ap
 
@@ -422,7 +423,7 @@ def test_fill_frames_hand_values():
   frames = np.array([1, 4])
   boxes = np.array([[[0, 0, 3, 3], [10, 10, 20, 20]], [[3, 6, 6, 9], [10, 10, 20, 20]]], float)
   scores = np.array([[[0.0, 1.0], [0.5, 0.5]], [[0.3, 0.7], [0.5, 0.5]]])
-  f, b, s = tubes.fill_frames(frames, boxes, scores, 7)
+  f, b, s = interpolation.fill_frames(frames, boxes, scores, 7)
   np.testing.assert_array_equal(f, np.arange(7))
   assert b.shape == (7, 2, 4) and s.shape == (7, 2, 2)
   np.testing.assert_allclose(b[:, 0, 0], [0, 0, 1, 2, 3, 3, 3])
@@ -432,21 +433,23 @@ def test_fill_frames_hand_values():
   np.testing.assert_allclose(b[:, 1], np.tile([10, 10, 20, 20], (7, 1)))
   # Three computed frames, unequal spacing.
   three = np.array([[[0, 0, 0, 0]], [[2, 2, 2, 2]], [[0, 0, 0, 0]]], float)
-  f, b, s = tubes.fill_frames(np.array([0, 2, 6]), three, np.array([[[1.0]], [[0.0]], [[1.0]]]), 7)
+  f, b, s = interpolation.fill_frames(
+    np.array([0, 2, 6]), three, np.array([[[1.0]], [[0.0]], [[1.0]]]), 7
+  )
   np.testing.assert_allclose(b[:, 0, 0], [0, 1, 2, 1.5, 1, 0.5, 0])
   np.testing.assert_allclose(s[:, 0, 0], [1, 0.5, 0, 0.25, 0.5, 0.75, 1])
 
 
 def test_fill_frames_single_frame_and_errors():
-  _, b, s = tubes.fill_frames(np.array([3]), np.ones((1, 1, 4)), np.full((1, 1, 2), 0.4), 5)
+  _, b, s = interpolation.fill_frames(np.array([3]), np.ones((1, 1, 4)), np.full((1, 1, 2), 0.4), 5)
   np.testing.assert_allclose(b, np.ones((5, 1, 4)))
   np.testing.assert_allclose(s, np.full((5, 1, 2), 0.4))
   with pytest.raises(ValueError, match=r'\[0, 5\)'):
-    tubes.fill_frames(np.array([5]), np.ones((1, 1, 4)), np.ones((1, 1, 1)), 5)
+    interpolation.fill_frames(np.array([5]), np.ones((1, 1, 4)), np.ones((1, 1, 1)), 5)
   with pytest.raises(ValueError, match='increasing'):
-    tubes.fill_frames(np.array([2, 1]), np.ones((2, 1, 4)), np.ones((2, 1, 1)), 5)
+    interpolation.fill_frames(np.array([2, 1]), np.ones((2, 1, 4)), np.ones((2, 1, 1)), 5)
   with pytest.raises(ValueError, match='at least one'):
-    tubes.fill_frames(np.zeros(0, int), np.ones((0, 1, 4)), np.ones((0, 1, 1)), 5)
+    interpolation.fill_frames(np.zeros(0, int), np.ones((0, 1, 4)), np.ones((0, 1, 1)), 5)
 
 
 # ----------------------------------------------------------------------------------

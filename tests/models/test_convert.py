@@ -21,6 +21,7 @@ from stconsist_jax.models import load_pretrained
 from stconsist_jax.models import merge_pretrained
 from stconsist_jax.models import pretrained
 from stconsist_jax.models import torch_mapping
+from stconsist_jax.training import initial_weights
 
 from benchmarks import torch_resnet3d
 
@@ -290,8 +291,6 @@ def _fail_metadata_write(exception):
 
 
 def test_interrupted_conversion_is_refused_then_replaced(tmp_path, capsys, caplog, monkeypatch):
-  from stconsist_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-
   _, path = make_checkpoint(tmp_path, 10, 'B', 0.125, 5, '2020')
   out = tmp_path / 'o'
   # An error while writing removes what was written.
@@ -307,20 +306,19 @@ def test_interrupted_conversion_is_refused_then_replaced(tmp_path, capsys, caplo
   with pytest.raises(ValueError, match='unfinished conversion.*convert_torch_weights'):
     pretrained.read_metadata(str(out))
   with pytest.raises(ValueError, match='unfinished conversion'):
-    checkpointing.load_init_variables(str(out))
+    initial_weights.load_init_variables(str(out))
   monkeypatch.undo()
 
   assert TOOL_MODULE.run(['--input', str(path), '--output', str(out)]) == 0
   assert 'Replacing the unfinished conversion' in caplog.text
   assert sorted(os.listdir(out)) == ['metadata.json', 'variables']
-  assert set(checkpointing.load_init_variables(str(out))) == {'params', 'batch_stats'}
+  assert set(initial_weights.load_init_variables(str(out))) == {'params', 'batch_stats'}
   capsys.readouterr()
   rc, err = run_cli_inprocess(capsys, '--input', str(path), '--output', str(out))
   assert rc == 1 and 'already holds a converted checkpoint' in err
 
 
 def test_convert_from_and_to_a_bucket_then_load(gcs_bucket, tmp_path, capsys, monkeypatch):
-  from stconsist_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   model, path = make_checkpoint(tmp_path, 10, 'B', 0.125, 5, '2020')
@@ -334,7 +332,7 @@ def test_convert_from_and_to_a_bucket_then_load(gcs_bucket, tmp_path, capsys, mo
   assert metadata['source_sha256'] == hashlib.sha256(path.read_bytes()).hexdigest()
   assert_parity(model, out, '2020', random_clips(1, 16, 32))
   _, loaded = load_pretrained(out)
-  init = checkpointing.load_init_variables(out)
+  init = initial_weights.load_init_variables(out)
   np.testing.assert_array_equal(
     init['params']['backbone']['conv1']['kernel'], loaded['params']['backbone']['conv1']['kernel']
   )
@@ -350,7 +348,7 @@ def test_convert_from_and_to_a_bucket_then_load(gcs_bucket, tmp_path, capsys, mo
     TOOL_MODULE.convert(str(path), unfinished)
   monkeypatch.undo()
   with pytest.raises(ValueError, match='unfinished conversion'):
-    checkpointing.load_init_variables(unfinished)
+    initial_weights.load_init_variables(unfinished)
   assert TOOL_MODULE.run(['--input', str(path), '--output', unfinished]) == 0
   assert pretrained.is_finished(unfinished)
 

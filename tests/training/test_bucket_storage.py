@@ -16,6 +16,8 @@ from etils import epath
 import pytest
 
 from stconsist_jax.training import checkpointing
+
+from stconsist_jax.training import checkpoint_steps
 from stconsist_jax.core import fileio
 from stconsist_jax.training import summaries
 from stconsist_jax.data.ucf101 import dataset_build
@@ -86,7 +88,7 @@ def _wait_for_a_save(proc, ckpt_dir, timeout=300):
   while time.monotonic() < deadline:
     if proc.poll() is not None:
       pytest.fail(f'run ended early (rc {proc.returncode}):\n{proc.stdout.read()[-4000:]}')
-    committed = {str(s) for s in checkpointing.committed_steps(ckpt_dir)}
+    committed = {str(s) for s in checkpoint_steps.committed_steps(ckpt_dir)}
     present = {p.name for p in ckpt_dir.iterdir()} if ckpt_dir.exists() else set()
     if committed and {name for name in present - committed if name.isdigit()}:
       return
@@ -135,14 +137,14 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
   assert code == 143, out[-4000:]
   stopped = [line for line in out.splitlines() if 'stopped by SIGTERM' in line]
   assert len(stopped) == 1 and f'storage of {workdir} did not answer for 8 s' in stopped[0]
-  killed_at = checkpointing.committed_steps(ckpt_dir)
+  killed_at = checkpoint_steps.committed_steps(ckpt_dir)
   assert killed_at and max(killed_at) < NUM_STEPS
   partial = {p.name for p in ckpt_dir.iterdir() if p.name.isdigit()} - {str(s) for s in killed_at}
   assert partial, 'the save in progress finished before the outage'
 
   out = _finish(_launch(repo_root, workdir, args))
   assert f'Resumed from checkpoint step {max(killed_at)}' in out
-  assert NUM_STEPS in checkpointing.committed_steps(ckpt_dir)
+  assert NUM_STEPS in checkpoint_steps.committed_steps(ckpt_dir)
   logged = summaries.read_metrics(workdir)
   assert sorted(logged) == list(range(1, NUM_STEPS + 1))
   # The steps after the last committed one were logged before the outage and again by

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 from stconsist_jax.training import checkpointing
+
+from stconsist_jax.training import checkpoint_steps
 from stconsist_jax.config import config_file
 from stconsist_jax.training import summaries
 from tests import xla_env
@@ -169,7 +171,7 @@ def test_keep_last_k_best_by_metric_and_eval_restore(tmp_path):
   assert ckpt.best_step() == 2
   ckpt.wait()
   # The latest two (4, 5) and the best evaluated one (2); 1 and 3 are gone.
-  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4, 5]
+  assert checkpoint_steps.committed_steps(tmp_path / 'checkpoints') == [2, 4, 5]
   assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['2', '4', '5']
   restored = ckpt.restore(_state(0.0))
   np.testing.assert_array_equal(restored.params['w'], [5.0, 5.0, 5.0])

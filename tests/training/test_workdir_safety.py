@@ -17,6 +17,8 @@ import jax
 import pytest
 
 from stconsist_jax.training import checkpointing
+
+from stconsist_jax.training import checkpoint_steps
 from stconsist_jax.config import schema
 from stconsist_jax.config import config_file
 from stconsist_jax.core import console
@@ -184,7 +186,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_step(trained, tmp_
   config.train.num_steps = 5
   state = _run(config, tmp_path)
   assert int(jax.device_get(state.step)) == 5
-  steps = checkpointing.committed_steps(tmp_path / 'checkpoints')
+  steps = checkpoint_steps.committed_steps(tmp_path / 'checkpoints')
   assert steps[-1] == 5 and 4 in steps, 'step 4 must be saved again, not skipped'
   assert any(p.name.startswith('4.unreadable-') for p in (tmp_path / 'checkpoints').iterdir())
   # The resumed run repeated steps 3..4 from step 2: same losses as the first time.
@@ -205,7 +207,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(trained, tmp_path,
 
 def _fake_step(step_dir, *, variables_data=True):
   """A step directory laid out as orbax writes one (files hold no real checkpoint)."""
-  for item in checkpointing.ITEMS:
+  for item in checkpoint_steps.ITEMS:
     (step_dir / item / 'ocdbt.process_0' / 'd').mkdir(parents=True)
     (step_dir / item / '_METADATA').write_text('{}')
     if item != 'variables' or variables_data:
@@ -214,11 +216,14 @@ def _fake_step(step_dir, *, variables_data=True):
 
 def test_a_step_is_complete_with_each_items_metadata_and_data(tmp_path):
   _fake_step(tmp_path / '4')
-  assert checkpointing.missing_parts(tmp_path / '4') == []
+  assert checkpoint_steps.missing_parts(tmp_path / '4') == []
   _fake_step(tmp_path / '6', variables_data=False)
-  assert checkpointing.missing_parts(tmp_path / '6') == ['variables/ array data']
+  assert checkpoint_steps.missing_parts(tmp_path / '6') == ['variables/ array data']
   (tmp_path / '6' / 'train' / '_METADATA').unlink()
-  assert checkpointing.missing_parts(tmp_path / '6') == ['variables/ array data', 'train/_METADATA']
+  assert checkpoint_steps.missing_parts(tmp_path / '6') == [
+    'variables/ array data',
+    'train/_METADATA',
+  ]
 
 
 def test_committed_step_without_its_array_data_falls_back_with_one_warning(
@@ -226,7 +231,7 @@ def test_committed_step_without_its_array_data_falls_back_with_one_warning(
 ):
   tmp_path = _copy(trained, tmp_path)
   shutil.rmtree(tmp_path / 'checkpoints' / '4' / 'variables' / 'ocdbt.process_0' / 'd')
-  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4]  # orbax's view
+  assert checkpoint_steps.committed_steps(tmp_path / 'checkpoints') == [2, 4]  # orbax's view
   _, _, step = checkpointing.restore_for_eval(tmp_path, 'latest')
   assert step == 2
   warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
@@ -251,7 +256,7 @@ def test_run_whose_lease_is_lost_stops_keeping_its_checkpoints(trained, tmp_path
     'the lease could not be renewed (OSError: 503); stopped at step 4, saving nothing more '
     '(last checkpoint: step 4); rerun the same command to resume'
   )
-  assert checkpointing.committed_steps(tmp_path / 'checkpoints') == [2, 4]
+  assert checkpoint_steps.committed_steps(tmp_path / 'checkpoints') == [2, 4]
   assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists()
 
 
@@ -411,7 +416,7 @@ def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
     '--config.optimizer.warmup_steps=1',
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  assert checkpointing.committed_steps(tmp_path / 'model2' / 'checkpoints') == [2]
+  assert checkpoint_steps.committed_steps(tmp_path / 'model2' / 'checkpoints') == [2]
 
 
 def test_progress_logs_count_and_eta_without_a_terminal(caplog):

@@ -17,6 +17,7 @@ from stconsist_jax.evaluation import evaluator
 from stconsist_jax.evaluation.evaluators import frames as frames_lib
 from stconsist_jax.metrics import classification
 from stconsist_jax.metrics import frame_ap
+from stconsist_jax.metrics import interpolation
 from stconsist_jax.metrics import tubes
 from stconsist_jax.metrics import video_ap
 
@@ -37,7 +38,7 @@ def video_detections(
   frames = out['frame'][rows]
   boxes = boxes_lib.xywh_to_corners(out['boxes'][rows].astype(np.float64))
   scores = frame_ap.frame_detection_scores(out['logits'][rows], index_map)
-  return tubes.fill_one_box(frames, boxes, scores, truth.num_frames)
+  return interpolation.fill_one_box(frames, boxes, scores, truth.num_frames)
 
 
 def ground_truth_tubes(truth: Any) -> list[Any]:
