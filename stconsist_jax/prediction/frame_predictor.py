@@ -56,11 +56,6 @@ def clip_offsets(num_frames: int, frame_stride: int = 1) -> np.ndarray:
   return (np.arange(num_frames, dtype=np.int64) - num_frames // 2) * frame_stride
 
 
-def clip_indices(centre: int, num_frames: int, frame_stride: int, video_frames: int) -> np.ndarray:
-  """Frames `(T,)` of the clip centred on `centre`, clamped to the video (as evaluation)."""
-  return np.clip(centre + clip_offsets(num_frames, frame_stride), 0, video_frames - 1)
-
-
 def centre_frames(video_frames: int, every: int = 1) -> np.ndarray:
   """The frames that get their own clip: 0, every, 2 * every, ... and the last frame."""
   if video_frames < 1:

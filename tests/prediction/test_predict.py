@@ -145,9 +145,27 @@ def test_windows_follow_the_eval_placement(num_frames, stride, every, video_fram
       centre + (np.arange(num_frames) - num_frames // 2) * stride, 0, video_frames - 1
     )
     np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
-    np.testing.assert_array_equal(
-      frame_predictor.clip_indices(centre, num_frames, stride, video_frames), expected
-    )
+
+
+@pytest.mark.parametrize(
+  'num_frames,stride,centre,video_frames,expected',
+  [
+    (8, 1, 0, 30, [0, 0, 0, 0, 0, 1, 2, 3]),
+    (8, 2, 3, 30, [0, 0, 0, 1, 3, 5, 7, 9]),
+    (7, 1, 4, 5, [1, 2, 3, 4, 4, 4, 4]),
+    (16, 1, 0, 1, [0] * 16),
+    (4, 3, 5, 11, [0, 2, 5, 8]),
+    (4, 3, 10, 11, [4, 7, 10, 10]),
+  ],
+)
+def test_clip_frames_are_the_offsets_clamped_to_the_video(
+  num_frames, stride, centre, video_frames, expected
+):
+  offsets = frame_predictor.clip_offsets(num_frames, stride)
+  np.testing.assert_array_equal(np.clip(centre + offsets, 0, video_frames - 1), expected)
+  frames = (np.full((1, 1, 1), i, np.int32) for i in range(video_frames))
+  clips = dict(frame_predictor.sliding_windows(frames, num_frames, stride))
+  np.testing.assert_array_equal(clips[centre][:, 0, 0, 0], expected)
 
 
 def test_windows_stream_with_bounded_memory():
