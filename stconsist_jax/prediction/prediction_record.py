@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from stconsist_jax.core import clip_geometry
 from stconsist_jax.prediction import frame_predictor
 
 FORMAT = 'stconsist_jax.prediction/1'
@@ -397,7 +398,7 @@ def settings(
     'frame_top_k': top_k,
     'max_tubes': max_tubes,
     'linking': linking_dict(linking),
-    'placement': frame_predictor.PLACEMENT,
+    'placement': clip_geometry.PLACEMENT,
     'interpolation': 'linear between predicted frames' if every > 1 else 'none',
   }
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from stconsist_jax.configs import demo
+from stconsist_jax.core import clip_geometry
 from stconsist_jax.training import checkpointing
 from stconsist_jax.config import config_file
 from stconsist_jax.training import distributed
@@ -161,7 +162,7 @@ def test_windows_follow_the_eval_placement(num_frames, stride, every, video_fram
 def test_clip_frames_are_the_offsets_clamped_to_the_video(
   num_frames, stride, centre, video_frames, expected
 ):
-  offsets = frame_predictor.clip_offsets(num_frames, stride)
+  offsets = clip_geometry.centred_offsets(num_frames, stride)
   np.testing.assert_array_equal(np.clip(centre + offsets, 0, video_frames - 1), expected)
   frames = (np.full((1, 1, 1), i, np.int32) for i in range(video_frames))
   clips = dict(frame_predictor.sliding_windows(frames, num_frames, stride))
