@@ -2,11 +2,11 @@
 videos into their JSON record and annotated copy (the command line is apps/predict.py).
 
 The model on frames is `frame_predictor`, video files and drawing are `video_files`,
-the JSON record is `prediction_record`. Videos are read from local files (OpenCV
-decodes local files only); the workdir, the converted weights, the class names file and
-the output folder may also be bucket URLs (gs://...). Output files are streamed to a
-partial file that becomes the output whole when finished, so memory does not grow with
-a video's length. Usage, settings and the JSON schema of the output: docs/predict.md.
+the JSON record is `prediction_record` (checked by `record_schema`). Videos are read
+from local files (OpenCV decodes local files only); the workdir, the converted weights,
+the class names file and the output folder may also be bucket URLs (gs://...). Output
+files are streamed to a partial file that becomes the output whole when finished, so
+memory does not grow with a video's length. Usage, settings and the JSON schema of the output: docs/predict.md.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from stconsist_jax.core import fileio
 from stconsist_jax.prediction import class_names
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.prediction import prediction_record
+from stconsist_jax.prediction import record_schema
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.prediction import video_files
 
@@ -251,7 +252,7 @@ def predict_video(
       'write_s': round(write_s, 3),
       'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2),
     }
-    prediction_record.validate_prediction(record)
+    record_schema.validate_prediction(record)
     write_record(json_path, record)
   finally:
     bar.close()

@@ -29,6 +29,7 @@ from stconsist_jax.config import overrides
 from stconsist_jax.configs import default
 from stconsist_jax.prediction import predict
 from stconsist_jax.prediction import prediction_record
+from stconsist_jax.prediction import record_schema
 from stconsist_jax.training import train_step
 from stconsist_jax.metrics import tubes
 from stconsist_jax.prediction import video_files
@@ -223,7 +224,7 @@ def test_directory_predicts_good_videos_and_skips_bad_ones(directory_run, videos
   for name, (_, fps, (h, w), n) in VIDEOS.items():
     stem = name.split('.')[0]
     record = json.loads((out / f'{stem}.json').read_text())
-    prediction_record.validate_prediction(record)
+    record_schema.validate_prediction(record)
     assert record['num_frames'] == _count_frames(videos / name) == n
     assert len(record['frames']) == n
     assert record['size'] == [h, w] and record['fps'] == pytest.approx(fps)
@@ -288,13 +289,13 @@ def test_detect_frames_takes_any_rgb_frame_iterator(loaded, workdir, videos):
 
 def test_validate_prediction_names_the_problem(directory_run):
   record = json.loads((directory_run[0] / 'b.json').read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   broken = dict(record, frames=record['frames'][:-1])
   with pytest.raises(ValueError, match='num_frames'):
-    prediction_record.validate_prediction(broken)
+    record_schema.validate_prediction(broken)
   broken = dict(record, fps='25')
   with pytest.raises(ValueError, match=r'\$\.fps'):
-    prediction_record.validate_prediction(broken)
+    record_schema.validate_prediction(broken)
   broken = dict(
     record,
     tubes=[
@@ -311,10 +312,10 @@ def test_validate_prediction_names_the_problem(directory_run):
     ],
   )
   with pytest.raises(ValueError, match='outside the video'):
-    prediction_record.validate_prediction(broken)
+    record_schema.validate_prediction(broken)
   del record['top5']
   with pytest.raises(ValueError, match="missing 'top5'"):
-    prediction_record.validate_prediction(record)
+    record_schema.validate_prediction(record)
 
 
 def test_linking_settings_come_from_config_eval_tubes():
@@ -358,7 +359,7 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
   assert loaded.classification_only
   result = predict.predict_video(loaded, videos / 'b.mp4', tmp_path / 'out', progress=False)
   record = json.loads(result.json_path.read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   assert record['model']['source'] == 'init_from' and record['tubes'] == []
   assert all(f['box'] is None for f in record['frames'])
   assert record['num_frames'] == 23 and len(record['top5']) == 3
@@ -621,7 +622,7 @@ def test_cli_predicts_a_folder_and_reports_bad_files(repo_root, workdir, videos,
   skipped = [line for line in proc.stdout.splitlines() if line.startswith('skipped ')]
   assert len(skipped) == 2 and 'Traceback' not in proc.stderr
   record = json.loads((out / 'a.json').read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   assert record['settings']['frame_stride'] == 2 and record['settings']['devices'] == 1
   assert record['settings']['linking']['min_length'] == 5
   assert all(len(f['scores']) == NUM_CLASSES for f in record['frames'])
@@ -659,7 +660,7 @@ def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path, monkeypatc
   assert str(result.json_path) == f'{out}/b.json'
   assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ['b.json', 'b.mp4']
   record = json.loads(fileio.as_path(f'{out}/b.json').read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   local = tmp_path / 'b.mp4'
   local.write_bytes(fileio.as_path(f'{out}/b.mp4').read_bytes())
   assert _count_frames(local) == record['num_frames'] == 23
