@@ -22,7 +22,10 @@ from stconsist_jax.training import checkpointing
 from stconsist_jax.config import config_file
 from stconsist_jax.training import distributed
 from stconsist_jax.evaluation import restore as restore_lib
+from stconsist_jax.prediction import annotated_video
+from stconsist_jax.prediction import drawing
 from stconsist_jax.prediction import frame_predictor
+from stconsist_jax.prediction import output_files
 from stconsist_jax import models
 from stconsist_jax.apps import predict as predict_app
 from stconsist_jax.config import overrides
@@ -432,7 +435,7 @@ def test_annotated_video_is_streamed_beside_its_destination(videos, tmp_path):
     if not seen:
       seen.extend(sorted(p.name for p in out.iterdir()))
 
-  written = video_files.write_video(
+  written = annotated_video.write_video(
     videos / 'b.mp4', out / 'b.mp4', _uniform_results(23), [], ['c'] * NUM_CLASSES, 12, on_frame
   )
   assert written == 23 and _count_frames(out / 'b.mp4') == 23
@@ -447,7 +450,7 @@ def test_annotated_video_is_streamed_beside_its_destination(videos, tmp_path):
       raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    video_files.write_video(
+    annotated_video.write_video(
       videos / 'a.avi',
       out / 'a.mp4',
       _uniform_results(37),
@@ -463,13 +466,13 @@ def test_tubes_through_a_frame_are_found_without_a_table():
   first = tubes.Tube(1, [0, 1, 2], np.arange(12.0).reshape(3, 4), [0.9, 0.8, 0.7])
   second = tubes.Tube(0, [2, 4], [[1, 1, 5, 5], [2, 2, 6, 6]], [0.5, 0.5])
   names = ['run', 'jump']
-  found = video_files.tubes_at([first, second], 2, names)
+  found = drawing.tubes_at([first, second], 2, names)
   assert [(i, name) for i, name, _, _ in found] == [(0, 'jump'), (1, 'run')]
   np.testing.assert_array_equal(found[0][3], [8, 9, 10, 11])
   np.testing.assert_array_equal(found[1][3], [1, 1, 5, 5])
   assert found[0][2] == pytest.approx(0.8) and found[1][2] == pytest.approx(0.5)
-  assert video_files.tubes_at([first, second], 3, names) == []  # the second's gap
-  assert [t[0] for t in video_files.tubes_at([first, second], 4, names)] == [1]
+  assert drawing.tubes_at([first, second], 3, names) == []  # the second's gap
+  assert [t[0] for t in drawing.tubes_at([first, second], 4, names)] == [1]
 
 
 def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
@@ -480,7 +483,7 @@ def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
   out = tmp_path / 'out'
   for folder in (scratch, out):
     folder.mkdir()
-  monkeypatch.setattr(video_files.tempfile, 'tempdir', str(scratch))
+  monkeypatch.setattr(output_files.tempfile, 'tempdir', str(scratch))
   for name in (f'stconsist_predict_{dead.pid}_x1', f'stconsist_predict_{live}_x2', 'other_1_x'):
     (scratch / name).mkdir()
     (scratch / name / 'output.mp4').write_bytes(b'partial')
@@ -492,7 +495,7 @@ def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
     '.hidden',
   ):
     (out / name).write_bytes(b'x')
-  removed = video_files.remove_stale_partials(out)
+  removed = output_files.remove_stale_partials(out)
   assert sorted(pathlib.Path(p).name for p in removed) == [
     f'.v.json.{dead.pid}.partial.json',
     f'.v.mp4.{dead.pid}.partial.mp4',
@@ -653,8 +656,8 @@ def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path, monkeypatc
   out = f'{gcs_bucket}/predictions'
   scratch = tmp_path / 'scratch'
   scratch.mkdir()
-  monkeypatch.setattr(video_files.tempfile, 'tempdir', str(scratch))
-  monkeypatch.setattr(video_files, 'COPY_CHUNK', 4096)  # Many chunks per file.
+  monkeypatch.setattr(output_files.tempfile, 'tempdir', str(scratch))
+  monkeypatch.setattr(output_files, 'COPY_CHUNK', 4096)  # Many chunks per file.
   result = predict.predict_video(loaded, videos / 'b.mp4', out, progress=False)
   assert list(scratch.iterdir()) == []  # The local scratch files are gone.
   assert str(result.json_path) == f'{out}/b.json'
