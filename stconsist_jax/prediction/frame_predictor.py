@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from stconsist_jax.core import boxes as boxes_lib
+from stconsist_jax.core import clip_geometry
 from stconsist_jax.training import distributed
 from stconsist_jax.evaluation import forward
 from stconsist_jax.metrics import classification
@@ -27,7 +28,6 @@ from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.data.ucf101 import video_decode
 
 DEFAULT_BATCH_SIZE = 8
-PLACEMENT = 'the clip of frame f holds frames f + (p - T//2) * s, p = 0..T-1, clamped to the video'
 
 
 def prepare_frame(
@@ -46,20 +46,6 @@ def prepare_frame(
   if image_size != frame_size:
     small = cv2.resize(small, (image_size, image_size), interpolation=cv2.INTER_LINEAR)
   return cv2.cvtColor(small, cv2.COLOR_BGR2RGB) if bgr else small
-
-
-def clip_offsets(num_frames: int, frame_stride: int = 1) -> np.ndarray:
-  """Offsets `(T,)` of a clip's frames from its centre frame (position T // 2)."""
-  if num_frames < 1 or frame_stride < 1:
-    raise ValueError(
-      f'clip length and frame stride must be >= 1, got {num_frames} and {frame_stride}'
-    )
-  return (np.arange(num_frames, dtype=np.int64) - num_frames // 2) * frame_stride
-
-
-def clip_indices(centre: int, num_frames: int, frame_stride: int, video_frames: int) -> np.ndarray:
-  """Frames `(T,)` of the clip centred on `centre`, clamped to the video (as evaluation)."""
-  return np.clip(centre + clip_offsets(num_frames, frame_stride), 0, video_frames - 1)
 
 
 def centre_frames(video_frames: int, every: int = 1) -> np.ndarray:
@@ -82,7 +68,7 @@ def sliding_windows(
   """
   if every < 1:
     raise ValueError(f'the frame stride between predicted frames must be >= 1, got {every}')
-  offsets = clip_offsets(num_frames, frame_stride)
+  offsets = clip_geometry.centred_offsets(num_frames, frame_stride)
   lookahead = int(offsets[-1])
   span = int(offsets[-1] - offsets[0]) + 1
   ring = None

@@ -1,12 +1,14 @@
 """Action tubes on any video: load a trained detector (or a converted classifier) and predict
 videos into their JSON record and annotated copy (the command line is apps/predict.py).
 
-The model on frames is `frame_predictor`, video files and drawing are `video_files`,
-the JSON record is `prediction_record`. Videos are read from local files (OpenCV
-decodes local files only); the workdir, the converted weights, the class names file and
-the output folder may also be bucket URLs (gs://...). Output files are streamed to a
-partial file that becomes the output whole when finished, so memory does not grow with
-a video's length. Usage, settings and the JSON schema of the output: docs/predict.md.
+The model on frames is `frame_predictor`; reading and listing videos is `video_files`,
+the drawn copy `annotated_video` (drawing on frames: `drawing`), partial outputs
+`output_files`; the JSON record is `prediction_record` (checked by `record_schema`).
+Videos are read from local files (OpenCV decodes local files only); the workdir, the
+converted weights, the class names file and the output folder may also be bucket URLs
+(gs://...). Output files are streamed to a partial file that becomes the output whole
+when finished, so memory does not grow with a video's length. Usage, settings and the
+JSON schema of the output: docs/predict.md.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ from stconsist_jax.config import schema
 from stconsist_jax.evaluation import description
 from stconsist_jax.evaluation import restore as restore_lib
 from stconsist_jax.core import fileio
+from stconsist_jax.prediction import annotated_video
 from stconsist_jax.prediction import class_names
 from stconsist_jax.prediction import frame_predictor
+from stconsist_jax.prediction import output_files
 from stconsist_jax.prediction import prediction_record
+from stconsist_jax.prediction import record_schema
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.prediction import video_files
 
@@ -189,7 +194,7 @@ def predict_video(
   video = pathlib.Path(video)
   out_dir = fileio.as_path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)  # Fails before any decoding.
-  video_files.remove_stale_partials(out_dir)
+  output_files.remove_stale_partials(out_dir)
   name = name or video.stem
   json_path = out_dir / f'{name}.json'
   mp4_path = out_dir / f'{name}.mp4'
@@ -241,7 +246,7 @@ def predict_video(
       bar.reset(total=results.num_frames)
       bar.set_description(f'{name} (writing)')
       t0 = time.perf_counter()
-      video_files.write_video(
+      annotated_video.write_video(
         video, mp4_path, results, tube_list, loaded.class_names, info.fps, on_frame=bar.update
       )
       written = mp4_path
@@ -251,7 +256,7 @@ def predict_video(
       'write_s': round(write_s, 3),
       'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2),
     }
-    prediction_record.validate_prediction(record)
+    record_schema.validate_prediction(record)
     write_record(json_path, record)
   finally:
     bar.close()
@@ -267,7 +272,7 @@ def predict_video(
 
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
   """Writes the JSON record entry by entry to a partial file that becomes `path`."""
-  with video_files.staged_output(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+  with output_files.staged_output(path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
     prediction_record.write(record, f)
 
 

@@ -12,7 +12,10 @@ import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow as tf
 
+from stconsist_jax.core import clip_geometry
+from stconsist_jax.data.pipeline import clips
 from stconsist_jax.data.pipeline import eval_streams
 from stconsist_jax.data.pipeline import label_protocols
 from stconsist_jax.data.pipeline import sources
@@ -445,6 +448,27 @@ def test_eval_frame_stream_covers_each_annotated_frame_once(source, hosts):
         )
   assert len(counts) == 1
   assert sorted(seen) == expected
+
+
+@pytest.mark.parametrize(
+  'num_frames,stride,frame,video_frames,expected',
+  [
+    (8, 1, 0, 30, [0, 0, 0, 0, 0, 1, 2, 3]),
+    (8, 2, 3, 30, [0, 0, 0, 1, 3, 5, 7, 9]),
+    (7, 1, 4, 5, [1, 2, 3, 4, 4, 4, 4]),
+    (16, 1, 0, 1, [0] * 16),
+    (4, 3, 10, 11, [4, 7, 10, 10]),
+    (5, 2, 6, 20, [2, 4, 6, 8, 10]),
+  ],
+)
+def test_eval_and_prediction_place_clips_alike(num_frames, stride, frame, video_frames, expected):
+  """The tf eval streams and numpy prediction cut the same frames around a centre frame."""
+  spec = clips.WindowSpec(num_frames, stride, SIZE, SIZE)
+  got_tf = clips.centred_indices(tf.constant(frame), tf.constant(video_frames), spec)
+  assert got_tf.dtype == tf.int32
+  np.testing.assert_array_equal(got_tf.numpy(), expected)
+  offsets = clip_geometry.centred_offsets(num_frames, stride)
+  np.testing.assert_array_equal(np.clip(frame + offsets, 0, video_frames - 1), expected)
 
 
 # ---------------------------------------------------------------------- the TFDS dataset

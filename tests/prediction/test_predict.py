@@ -17,17 +17,22 @@ import numpy as np
 import pytest
 
 from stconsist_jax.configs import demo
+from stconsist_jax.core import clip_geometry
 from stconsist_jax.training import checkpointing
 from stconsist_jax.config import config_file
 from stconsist_jax.training import distributed
 from stconsist_jax.evaluation import restore as restore_lib
+from stconsist_jax.prediction import annotated_video
+from stconsist_jax.prediction import drawing
 from stconsist_jax.prediction import frame_predictor
+from stconsist_jax.prediction import output_files
 from stconsist_jax import models
 from stconsist_jax.apps import predict as predict_app
 from stconsist_jax.config import overrides
 from stconsist_jax.configs import default
 from stconsist_jax.prediction import predict
 from stconsist_jax.prediction import prediction_record
+from stconsist_jax.prediction import record_schema
 from stconsist_jax.training import train_step
 from stconsist_jax.metrics import tubes
 from stconsist_jax.prediction import video_files
@@ -145,9 +150,27 @@ def test_windows_follow_the_eval_placement(num_frames, stride, every, video_fram
       centre + (np.arange(num_frames) - num_frames // 2) * stride, 0, video_frames - 1
     )
     np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
-    np.testing.assert_array_equal(
-      frame_predictor.clip_indices(centre, num_frames, stride, video_frames), expected
-    )
+
+
+@pytest.mark.parametrize(
+  'num_frames,stride,centre,video_frames,expected',
+  [
+    (8, 1, 0, 30, [0, 0, 0, 0, 0, 1, 2, 3]),
+    (8, 2, 3, 30, [0, 0, 0, 1, 3, 5, 7, 9]),
+    (7, 1, 4, 5, [1, 2, 3, 4, 4, 4, 4]),
+    (16, 1, 0, 1, [0] * 16),
+    (4, 3, 5, 11, [0, 2, 5, 8]),
+    (4, 3, 10, 11, [4, 7, 10, 10]),
+  ],
+)
+def test_clip_frames_are_the_offsets_clamped_to_the_video(
+  num_frames, stride, centre, video_frames, expected
+):
+  offsets = clip_geometry.centred_offsets(num_frames, stride)
+  np.testing.assert_array_equal(np.clip(centre + offsets, 0, video_frames - 1), expected)
+  frames = (np.full((1, 1, 1), i, np.int32) for i in range(video_frames))
+  clips = dict(frame_predictor.sliding_windows(frames, num_frames, stride))
+  np.testing.assert_array_equal(clips[centre][:, 0, 0, 0], expected)
 
 
 def test_windows_stream_with_bounded_memory():
@@ -204,7 +227,7 @@ def test_directory_predicts_good_videos_and_skips_bad_ones(directory_run, videos
   for name, (_, fps, (h, w), n) in VIDEOS.items():
     stem = name.split('.')[0]
     record = json.loads((out / f'{stem}.json').read_text())
-    prediction_record.validate_prediction(record)
+    record_schema.validate_prediction(record)
     assert record['num_frames'] == _count_frames(videos / name) == n
     assert len(record['frames']) == n
     assert record['size'] == [h, w] and record['fps'] == pytest.approx(fps)
@@ -269,13 +292,13 @@ def test_detect_frames_takes_any_rgb_frame_iterator(loaded, workdir, videos):
 
 def test_validate_prediction_names_the_problem(directory_run):
   record = json.loads((directory_run[0] / 'b.json').read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   broken = dict(record, frames=record['frames'][:-1])
   with pytest.raises(ValueError, match='num_frames'):
-    prediction_record.validate_prediction(broken)
+    record_schema.validate_prediction(broken)
   broken = dict(record, fps='25')
   with pytest.raises(ValueError, match=r'\$\.fps'):
-    prediction_record.validate_prediction(broken)
+    record_schema.validate_prediction(broken)
   broken = dict(
     record,
     tubes=[
@@ -292,10 +315,10 @@ def test_validate_prediction_names_the_problem(directory_run):
     ],
   )
   with pytest.raises(ValueError, match='outside the video'):
-    prediction_record.validate_prediction(broken)
+    record_schema.validate_prediction(broken)
   del record['top5']
   with pytest.raises(ValueError, match="missing 'top5'"):
-    prediction_record.validate_prediction(record)
+    record_schema.validate_prediction(record)
 
 
 def test_linking_settings_come_from_config_eval_tubes():
@@ -339,7 +362,7 @@ def test_converted_classifier_gives_scores_without_boxes(videos, tmp_path):
   assert loaded.classification_only
   result = predict.predict_video(loaded, videos / 'b.mp4', tmp_path / 'out', progress=False)
   record = json.loads(result.json_path.read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   assert record['model']['source'] == 'init_from' and record['tubes'] == []
   assert all(f['box'] is None for f in record['frames'])
   assert record['num_frames'] == 23 and len(record['top5']) == 3
@@ -412,7 +435,7 @@ def test_annotated_video_is_streamed_beside_its_destination(videos, tmp_path):
     if not seen:
       seen.extend(sorted(p.name for p in out.iterdir()))
 
-  written = video_files.write_video(
+  written = annotated_video.write_video(
     videos / 'b.mp4', out / 'b.mp4', _uniform_results(23), [], ['c'] * NUM_CLASSES, 12, on_frame
   )
   assert written == 23 and _count_frames(out / 'b.mp4') == 23
@@ -427,7 +450,7 @@ def test_annotated_video_is_streamed_beside_its_destination(videos, tmp_path):
       raise KeyboardInterrupt
 
   with pytest.raises(KeyboardInterrupt):
-    video_files.write_video(
+    annotated_video.write_video(
       videos / 'a.avi',
       out / 'a.mp4',
       _uniform_results(37),
@@ -443,13 +466,13 @@ def test_tubes_through_a_frame_are_found_without_a_table():
   first = tubes.Tube(1, [0, 1, 2], np.arange(12.0).reshape(3, 4), [0.9, 0.8, 0.7])
   second = tubes.Tube(0, [2, 4], [[1, 1, 5, 5], [2, 2, 6, 6]], [0.5, 0.5])
   names = ['run', 'jump']
-  found = video_files.tubes_at([first, second], 2, names)
+  found = drawing.tubes_at([first, second], 2, names)
   assert [(i, name) for i, name, _, _ in found] == [(0, 'jump'), (1, 'run')]
   np.testing.assert_array_equal(found[0][3], [8, 9, 10, 11])
   np.testing.assert_array_equal(found[1][3], [1, 1, 5, 5])
   assert found[0][2] == pytest.approx(0.8) and found[1][2] == pytest.approx(0.5)
-  assert video_files.tubes_at([first, second], 3, names) == []  # the second's gap
-  assert [t[0] for t in video_files.tubes_at([first, second], 4, names)] == [1]
+  assert drawing.tubes_at([first, second], 3, names) == []  # the second's gap
+  assert [t[0] for t in drawing.tubes_at([first, second], 4, names)] == [1]
 
 
 def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
@@ -460,7 +483,7 @@ def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
   out = tmp_path / 'out'
   for folder in (scratch, out):
     folder.mkdir()
-  monkeypatch.setattr(video_files.tempfile, 'tempdir', str(scratch))
+  monkeypatch.setattr(output_files.tempfile, 'tempdir', str(scratch))
   for name in (f'stconsist_predict_{dead.pid}_x1', f'stconsist_predict_{live}_x2', 'other_1_x'):
     (scratch / name).mkdir()
     (scratch / name / 'output.mp4').write_bytes(b'partial')
@@ -472,7 +495,7 @@ def test_partial_outputs_of_dead_processes_are_removed(tmp_path, monkeypatch):
     '.hidden',
   ):
     (out / name).write_bytes(b'x')
-  removed = video_files.remove_stale_partials(out)
+  removed = output_files.remove_stale_partials(out)
   assert sorted(pathlib.Path(p).name for p in removed) == [
     f'.v.json.{dead.pid}.partial.json',
     f'.v.mp4.{dead.pid}.partial.mp4',
@@ -602,7 +625,7 @@ def test_cli_predicts_a_folder_and_reports_bad_files(repo_root, workdir, videos,
   skipped = [line for line in proc.stdout.splitlines() if line.startswith('skipped ')]
   assert len(skipped) == 2 and 'Traceback' not in proc.stderr
   record = json.loads((out / 'a.json').read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   assert record['settings']['frame_stride'] == 2 and record['settings']['devices'] == 1
   assert record['settings']['linking']['min_length'] == 5
   assert all(len(f['scores']) == NUM_CLASSES for f in record['frames'])
@@ -633,14 +656,14 @@ def test_outputs_go_to_a_bucket(loaded, videos, gcs_bucket, tmp_path, monkeypatc
   out = f'{gcs_bucket}/predictions'
   scratch = tmp_path / 'scratch'
   scratch.mkdir()
-  monkeypatch.setattr(video_files.tempfile, 'tempdir', str(scratch))
-  monkeypatch.setattr(video_files, 'COPY_CHUNK', 4096)  # Many chunks per file.
+  monkeypatch.setattr(output_files.tempfile, 'tempdir', str(scratch))
+  monkeypatch.setattr(output_files, 'COPY_CHUNK', 4096)  # Many chunks per file.
   result = predict.predict_video(loaded, videos / 'b.mp4', out, progress=False)
   assert list(scratch.iterdir()) == []  # The local scratch files are gone.
   assert str(result.json_path) == f'{out}/b.json'
   assert sorted(p.name for p in fileio.as_path(out).iterdir()) == ['b.json', 'b.mp4']
   record = json.loads(fileio.as_path(f'{out}/b.json').read_text())
-  prediction_record.validate_prediction(record)
+  record_schema.validate_prediction(record)
   local = tmp_path / 'b.mp4'
   local.write_bytes(fileio.as_path(f'{out}/b.mp4').read_bytes())
   assert _count_frames(local) == record['num_frames'] == 23

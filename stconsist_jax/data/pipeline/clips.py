@@ -12,6 +12,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from stconsist_jax.core import boxes
+from stconsist_jax.core import clip_geometry
 
 # A box whose visible part after a crop is below this share of its area loses its mask.
 MIN_BOX_VISIBLE = 0.5
@@ -48,8 +49,11 @@ def window_indices(start: tf.Tensor, video_frames: tf.Tensor, spec: WindowSpec) 
 
 
 def centred_indices(frame: tf.Tensor, video_frames: tf.Tensor, spec: WindowSpec) -> tf.Tensor:
-  """Indices `(T,)` of the window whose position `T // 2` is `frame`, clamped to the video."""
-  positions = (tf.range(spec.num_frames, dtype=tf.int32) - spec.num_frames // 2) * spec.frame_stride
+  """Indices `(T,)` of the window whose position `T // 2` is `frame`, clamped to the video
+  (`core.clip_geometry`'s placement, as prediction's)."""
+  positions = tf.constant(
+    clip_geometry.centred_offsets(spec.num_frames, spec.frame_stride), tf.int32
+  )
   return tf.clip_by_value(
     tf.cast(frame, tf.int32) + positions, 0, tf.cast(video_frames, tf.int32) - 1
   )

@@ -1,0 +1,90 @@
+"""The annotated copy of a video: decoded again, each frame drawn with its predictions and
+encoded to an MP4, one frame held at a time, through a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+
+from absl import logging
+import cv2
+import numpy as np
+
+from stconsist_jax.prediction import drawing
+from stconsist_jax.prediction import frame_predictor
+from stconsist_jax.prediction import output_files
+from stconsist_jax.prediction import video_files
+
+FOURCC = 'mp4v'
+
+
+def write_video(
+  video: str | os.PathLike,
+  out_path: str | os.PathLike,
+  results: frame_predictor.FrameResults,
+  tube_list: Sequence[Any],
+  class_names: Sequence[str],
+  fps: float,
+  on_frame: Callable[[], None] | None = None,
+) -> int:
+  """Decodes `video` again and writes it with the predictions drawn, a frame at a time.
+
+  OpenCV encodes into `output_files.staged_output(out_path)`'s file (beside a local `out_path`,
+  copied up in chunks to a bucket URL): only one frame is held. Returns the frames
+  written; the original resolution and frame rate are kept.
+  """
+  cap, _ = video_files.open_video(video)
+  frames = video_files.read_frames(cap)
+  try:
+    with output_files.staged_output(out_path) as tmp:
+      written = _draw_into(tmp, frames, results, tube_list, class_names, fps, on_frame)
+  finally:
+    frames.close()
+  if written != results.num_frames:
+    logging.warning(
+      '%s: %d frames decoded on the second pass, %d on the first; the annotated video has %d',
+      video,
+      written,
+      results.num_frames,
+      written,
+    )
+  return written
+
+
+def _draw_into(
+  tmp: str,
+  frames: Iterator[np.ndarray],
+  results: frame_predictor.FrameResults,
+  tube_list: Sequence[Any],
+  class_names: Sequence[str],
+  fps: float,
+  on_frame: Callable[[], None] | None,
+) -> int:
+  """Encodes the frames with their predictions drawn into the local file `tmp`."""
+  writer = None
+  written = 0
+  try:
+    for f, frame in enumerate(frames):
+      if f >= results.num_frames:
+        break
+      if writer is None:
+        h, w = frame.shape[:2]
+        writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC), float(fps), (w, h))
+        if not writer.isOpened():
+          raise video_files.VideoError(f'OpenCV cannot write {FOURCC} video')
+      box = None
+      if results.boxes is not None:
+        box = results.boxes[f] * np.array([w, h, w, h], np.float64)
+      through = drawing.tubes_at(tube_list, f, class_names)
+      writer.write(drawing.draw_frame(frame, box, results.probs[f], through, class_names))
+      written += 1
+      if on_frame is not None:
+        on_frame()
+    if writer is None:
+      raise video_files.VideoError('no frames decoded on the second pass')
+  finally:
+    if writer is not None:
+      writer.release()
+  return written
