@@ -16,6 +16,18 @@ class UserError(Exception):
   """A mistake a user can fix, or a damaged input file; the message says what, in one line."""
 
 
+def one_line(text: object) -> str:
+  """`text` with its whitespace folded: one line."""
+  return ' '.join(str(text).split())
+
+
+def describe(error: BaseException, limit: int = 300) -> str:
+  """`Type: message` of an error on one line, cut at `limit` characters of message
+  (libcurl, orbax and pickle errors span many lines)."""
+  text = one_line(error)
+  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
   """The project's own user errors, and the OS errors of a path the user gave."""
   return (UserError, FileNotFoundError, PermissionError)

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Mapping
 from etils import epath
 from etils.epath import backend as epath_backend
 
+from stconsist_jax.core import errors
+
 COMMIT_FILENAME = 'COMMITTED'
 PathLike = str | os.PathLike
 T = TypeVar('T')
@@ -210,12 +212,6 @@ def main_thread_waiting_since() -> float | None:
     return min(_main_thread_waits.values(), default=None)
 
 
-def one_line(error: BaseException, limit: int = 300) -> str:
-  """`Type: message` of an error on one line (libcurl and orbax errors span many)."""
-  text = ' '.join(str(error).split())
-  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
-
-
 def _call_in_thread(fn: Callable[[], T], deadline: float) -> tuple[bool, Any, BaseException | None]:
   """Runs `fn` in a daemon thread: (finished before `deadline`, value, error).
 
@@ -285,8 +281,8 @@ def bounded(
       if _is_final(error):
         raise error
       if type(error).__name__ in _ACCESS_ERROR_NAMES:
-        raise _unavailable(url, what, f'access refused ({one_line(error)})') from None
+        raise _unavailable(url, what, f'access refused ({errors.describe(error)})') from None
       if not retry or time.monotonic() + delay >= deadline:
-        raise _unavailable(url, what, f'{one_line(error)} (for {timeout:g} s)') from None
+        raise _unavailable(url, what, f'{errors.describe(error)} (for {timeout:g} s)') from None
       time.sleep(delay)
       delay = min(2 * delay, _MAX_RETRY_DELAY_S)

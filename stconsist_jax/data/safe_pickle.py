@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from stconsist_jax.core import errors
 from stconsist_jax.data import records as records_lib
 
 PathLike = str | os.PathLike
@@ -158,10 +159,6 @@ def _plain_values(value: Any, depth: int, done: dict[int, Any]) -> Any:
   return done[id(value)]
 
 
-def _one_line(text: object) -> str:
-  return ' '.join(str(text).split())
-
-
 def _read_capped(path: PathLike, expected: str) -> bytes:
   try:
     f = open(path, 'rb')
@@ -202,5 +199,5 @@ def load_pickle(path: PathLike, expected: str = _DEFAULT_EXPECTED) -> Any:
     # Junk or truncated files fail in many ways (EOFError, UnpicklingError,
     # ValueError, ...); none of them names the file.
     raise AnnotationFileError(
-      f'{path} is not a readable annotation pickle ({type(e).__name__}: {_one_line(e)}); {expected}'
+      f'{path} is not a readable annotation pickle ({type(e).__name__}: {errors.one_line(e)}); {expected}'
     ) from None

@@ -46,11 +46,6 @@ class CheckpointReadError(errors.UserError, RuntimeError):
   """No committed checkpoint of a workdir could be read."""
 
 
-def _short(error: BaseException, limit: int = 300) -> str:
-  text = ' '.join(str(error).split())
-  return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
-
-
 def restore_with_fallback(
   steps: list[int],
   read: Callable[[int], T],
@@ -70,14 +65,14 @@ def restore_with_fallback(
         result = read(step)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
-      errors.append(f'step {step}: {_short(e)}')
+      errors.append(f'step {step}: {errors.describe(e)}')
       failed.append(step)
       older = [s for s in steps if s < step]
       logging.warning(
         'Checkpoint step %d in %s is unreadable (%s); %s',
         step,
         where,
-        _short(e),
+        errors.describe(e),
         f'falling back to step {max(older)}' if older else 'no older checkpoint to fall back to',
       )
       continue

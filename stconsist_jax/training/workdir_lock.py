@@ -86,11 +86,6 @@ def _decode(data: bytes) -> Holder | None:
     return None
 
 
-def _short(error: BaseException, limit: int = 200) -> str:
-  text = ' '.join(str(error).split())
-  return f'{type(error).__name__}: {text[:limit]}'
-
-
 def _pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
@@ -252,7 +247,7 @@ class WorkdirLock:
       if left <= 0:
         self._lose(
           f'the lease of the lock of workdir {self.workdir} could not be renewed '
-          f'({_short(e)}) and runs out in {self.lease_seconds * STOP_MARGIN_FRACTION:.0f} s'
+          f'({errors.describe(e, 200)}) and runs out in {self.lease_seconds * STOP_MARGIN_FRACTION:.0f} s'
         )
         return None
       retry = min(self.renew_every / 4, left)
@@ -260,7 +255,7 @@ class WorkdirLock:
         'Could not renew the lease of workdir %s (%s); retrying in %.1f s, stopping the '
         'run in %.0f s unless it succeeds',
         self.workdir,
-        _short(e),
+        errors.describe(e, 200),
         retry,
         left,
       )
@@ -282,7 +277,9 @@ class WorkdirLock:
     try:
       self._store.remove(self._version)
     except Exception as e:  # pylint: disable=broad-except
-      logging.warning('Could not remove the lock of workdir %s (%s)', self.workdir, _short(e))
+      logging.warning(
+        'Could not remove the lock of workdir %s (%s)', self.workdir, errors.describe(e, 200)
+      )
     self._holder, self._version = None, None
 
   def __enter__(self) -> WorkdirLock:

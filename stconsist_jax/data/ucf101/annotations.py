@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
 from stconsist_jax.data import records as records_lib
 from stconsist_jax.data import safe_pickle
@@ -21,10 +22,6 @@ from stconsist_jax.data.ucf101 import videos
 PathLike = str | os.PathLike
 
 _EXPECTED_FILE = 'expected pyannot.pkl or UCF101v2-GT.pkl as downloaded'
-
-
-def _one_line(text: object) -> str:
-  return ' '.join(str(text).split())
 
 
 def _class_label(path: str, index: Mapping[str, int], source: PathLike) -> int:
@@ -73,7 +70,7 @@ def records_from_pyannot(
         tubes.append(records_lib.AnnotatedTube(int(t['label']), start, end, corners))
     except (KeyError, TypeError, ValueError) as e:
       raise safe_pickle.AnnotationFileError(
-        f'{source}: malformed entry for video {path!r}: {_one_line(e)}'
+        f'{source}: malformed entry for video {path!r}: {errors.one_line(e)}'
       ) from None
     records[path] = records_lib.VideoRecord(
       path, _class_label(path, index, source), videos.class_of(path), num_frames, tuple(tubes)
@@ -143,7 +140,7 @@ def load_annotations(
     raise
   except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
     raise safe_pickle.AnnotationFileError(
-      f'{path}: malformed annotations ({type(e).__name__}: {_one_line(e)}); {_EXPECTED_FILE}'
+      f'{path}: malformed annotations ({type(e).__name__}: {errors.one_line(e)}); {_EXPECTED_FILE}'
     ) from None
 
 
