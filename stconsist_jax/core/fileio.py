@@ -38,7 +38,12 @@ _MAX_RETRY_DELAY_S = 8.0
 # Errors that retrying cannot fix: a wrong path, a refused credential.
 _FINAL_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 _FINAL_ERROR_NAMES = ('NotFoundError', 'AlreadyExistsError', 'InvalidArgumentError')
-_ACCESS_ERROR_NAMES = ('PermissionError', 'PermissionDeniedError', 'UnauthenticatedError')
+_ACCESS_ERROR_NAMES = (
+  'PermissionError',
+  'PermissionDeniedError',
+  'UnauthenticatedError',
+  'DefaultCredentialsError',  # google-auth: no credentials on this machine
+)
 _storage_timeout_s = DEFAULT_STORAGE_TIMEOUT_SECONDS
 
 

@@ -118,9 +118,20 @@ class _GcsStore:
     from google.cloud import storage
 
     # pylint: enable=g-import-not-at-top
-    bucket, _, self._name = url[len('gs://') :].partition('/')
-    self._bucket = storage.Client().bucket(bucket)
+    bucket_name, _, self._name = url[len('gs://') :].partition('/')
+    self._url = url
+    # The client (and its credentials) is made at the first call, which the caller bounds.
+    self._bucket_of = lambda: storage.Client().bucket(bucket_name)
+    self._client_bucket = None
+    self._precondition_failed = exceptions.PreconditionFailed
+    self._not_found = exceptions.NotFound
     self._lost = (exceptions.PreconditionFailed, exceptions.NotFound)
+
+  @property
+  def _bucket(self) -> Any:
+    if self._client_bucket is None:
+      self._client_bucket = self._bucket_of()
+    return self._client_bucket
 
   def read(self) -> tuple[bytes, float, Any] | None:
     blob = self._bucket.get_blob(self._name)
@@ -136,12 +147,19 @@ class _GcsStore:
     blob = self._bucket.blob(self._name)
     try:
       blob.upload_from_string(data, if_generation_match=generation)
-    except self._lost:
+    except self._precondition_failed:
+      return None
+    except self._not_found:
+      if generation == 0:
+        raise  # Nothing to replace yet: the bucket is missing (see `create`).
       return None
     return blob.generation
 
   def create(self, data: bytes) -> Any:
-    return self._upload(data, 0)  # Generation 0: only if no such object exists.
+    try:
+      return self._upload(data, 0)  # Generation 0: only if no such object exists.
+    except self._not_found:  # Caught here: the bucket itself is missing (one line).
+      raise FileNotFoundError(f'{self._url}: no such bucket') from None
 
   def replace(self, data: bytes, version: Any) -> Any:
     return self._upload(data, version)
