@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from stconsist_jax.core import boxes
+from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.core import clip_geometry
 
 # A box whose visible part after a crop is below this share of its area loses its mask.
@@ -126,11 +126,6 @@ def decode_frames(encoded: tf.Tensor, indices: tf.Tensor, frame_size: int) -> tf
   return frames
 
 
-def corners_to_xywh(box: tf.Tensor) -> tf.Tensor:
-  """`(..., 4)` corners `x1, y1, x2, y2` -> `x, y, w, h`."""
-  return tf.concat([box[..., :2], box[..., 2:] - box[..., :2]], axis=-1)
-
-
 def primary_box(
   tube_boxes: tf.Tensor, tube_present: tf.Tensor, tube_labels: tf.Tensor, frames: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -153,7 +148,7 @@ def primary_box(
     mean = tf.reduce_sum(boxes * present[:, None], axis=0) / tf.maximum(count, 1.0)
     has = count > 0
     return (
-      tf.where(has, corners_to_xywh(mean), tf.zeros([4])),
+      tf.where(has, boxes_lib.corners_to_xywh(mean, xp=tf.experimental.numpy), tf.zeros([4])),
       has,
       tf.where(has, tf.cast(tube_labels[0], tf.int32), -1),
     )
@@ -268,7 +263,9 @@ def clip_targets(
   out = {
     'clip': clip,
     'box': box,
-    'box_flip': tf.where(has_box, boxes.flip_xywh(box, xp=tf.experimental.numpy), tf.zeros([4])),
+    'box_flip': tf.where(
+      has_box, boxes_lib.flip_xywh(box, xp=tf.experimental.numpy), tf.zeros([4])
+    ),
     'has_box': has_box,
     'tube_label': tf.where(has_box, tube_label, -1),
   }
