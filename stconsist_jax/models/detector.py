@@ -228,21 +228,12 @@ def build_model(model_config: Any) -> Detector:
   conv1_t_stride, no_max_pool, num_classes, box_head, box_hidden, box_activation,
   normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d')."""
   kwargs = backbone_kwargs_from_config(model_config)
-  resnet3d.validate_architecture(
-    kwargs['depth'],
-    kwargs['shortcut_type'],
-    kwargs['widen_factor'],
-    kwargs['conv1_t_size'],
-    kwargs['conv1_t_stride'],
-  )
   get = model_config.get
+  # The values are checked where they are used, when the model is initialized or applied
+  # (ResNet3D's architecture, the presets, the heads); a run's config before any of it.
   normalization = str(get('normalization', 'kinetics'))
-  check_normalization(normalization)
   box_head = str(get('box_head', 'mlp'))
-  if box_head not in BOX_HEADS:
-    raise ValueError(f'Unknown box_head {box_head!r}; valid: {", ".join(BOX_HEADS)}.')
   box_activation = str(get('box_activation', 'none'))
-  _activation(box_activation)
   return Detector(
     num_classes=int(get('num_classes', 101)),
     backbone_kwargs=kwargs,

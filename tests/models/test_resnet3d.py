@@ -357,5 +357,5 @@ def test_build_model_from_config():
   ]:
     broken = ml_collections.ConfigDict(config.to_dict())
     broken[key] = bad
-    with pytest.raises(ValueError, match=phrase):
-      build_model(broken)
+    with pytest.raises(ValueError, match=phrase):  # At the latest when it is initialized.
+      jax.eval_shape(lambda b=broken: build_model(b).init(jax.random.key(0), clip, train=False))
