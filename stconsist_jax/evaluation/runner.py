@@ -107,7 +107,7 @@ def run_evaluators(
   context = evaluator.Context(
     config,
     streams,
-    functools.partial(_run_on, predict, variables, mesh),
+    functools.partial(run_stream, predict, variables, mesh=mesh),
     shared={'with_boxes': not restored.classification_only},
   )
   active = []
@@ -124,12 +124,6 @@ def run_evaluators(
       context.fields[name] = value
     timing[f'{item.name}_seconds'] = time.monotonic() - t0
   return {**context.fields, 'timing': timing}, context.shared.get('sheet')
-
-
-def _run_on(
-  predict: forward.PredictFn, variables: Any, mesh: Any, batches: Iterable[Batch], keys, **kwargs
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
-  return run_stream(predict, variables, batches, keys, mesh, **kwargs)
 
 
 def summary_line(fields: Mapping[str, Any], keys: Sequence[str]) -> str:
