@@ -14,6 +14,7 @@ and a keyword of the IoU / AP functions) gives the continuous IoU for any units.
 in [0, 1] (normalized boxes by mistake).
 """
 
+import array
 import dataclasses
 import math
 from typing import Any
@@ -246,60 +247,103 @@ def check_video_arrays(frames, boxes, scores, fn_name):
 def _link_all_classes(
   frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, config: LinkingConfig
 ) -> list[list[Tube]]:
-  """ACT's greedy linking of every class (before filtering and NMS).
+  """ACT's greedy linking of every class, and the length and score filters (not NMS).
 
   Classes are linked independently; they share, per frame, the IoUs of that frame's
   boxes with the boxes of the `max_gap` frames before (the only ones a live tube can
-  end on), computed once. A tube is `[score sum, [(step, detection), ...]]`.
+  end on), computed once. A live tube is `[score sum, length, last step, last detection,
+  id]` (ids count a class's tubes in creation order).
+
+  Memory per frame is fixed and small, whatever the video's length: which tube each
+  detection joined is one int32 array `(F, N, C)` (4 bytes per detection and class);
+  besides it only the live tubes (at most `max_gap * top_k` per class) and the ids of
+  the ended ones (4 bytes each) are kept, and a `Tube` is built only for the tubes that
+  pass `min_length` and `min_score`. (Python lists of `(step, detection)` per tube and
+  of candidates and scores per frame held about 250 bytes per frame and class.)
 
   Returns:
-    Per class, its tubes: those that ended, in ending order, then the live ones.
+    Per class, its kept tubes: those that ended, in ending order, then the live ones.
   """
-  num_steps, _, num_classes = scores.shape
-  # Per step and class, the top_k detections by score (stable: lower index first).
-  cands = np.argsort(-scores, axis=1, kind='stable')[:, : config.top_k, :]
-  cands = cands.transpose(0, 2, 1).tolist()  # [step][class] -> detection indices
-  score_l = scores.tolist()
+  num_steps, num_dets, num_classes = scores.shape
+  owner = np.full((num_steps, num_dets, num_classes), -1, np.int32)
   live: list[list[list[Any]]] = [[] for _ in range(num_classes)]
-  done: list[list[list[Any]]] = [[] for _ in range(num_classes)]
+  ended = [array.array('i') for _ in range(num_classes)]
+  next_id = [0] * num_classes
   for t in range(num_steps):
+    # Per class, the top_k detections of this step by score (stable: lower index first).
+    cands = np.argsort(-scores[t], axis=0, kind='stable')[: config.top_k].T.tolist()
+    score_t = scores[t].tolist()  # [detection][class]
     # linkable[g][i][j]: box i of step t - 1 - g and box j of step t are linkable.
     prev = boxes[max(t - config.max_gap, 0) : t][::-1]
     linkable = (
       boxes_lib.pairwise_iou_corners(prev.reshape(-1, 4), boxes[t], plus_one=config.plus_one)
       >= config.iou_threshold
     )
-    linkable = linkable.reshape(len(prev), boxes.shape[1], boxes.shape[1]).tolist()
+    linkable = linkable.reshape(len(prev), num_dets, num_dets).tolist()
+    owner_t = owner[t]
     for c in range(num_classes):
-      cand = cands[t][c]
+      cand = cands[c]
       taken = [False] * len(cand)
       # Live tubes by mean score, descending; the sort is stable.
-      tubes_c = sorted(live[c], key=lambda tube: -tube[0] / len(tube[1]))
+      tubes_c = sorted(live[c], key=lambda tube: -tube[0] / tube[1])
       still_live = []
       for tube in tubes_c:
-        last_t, last_d = tube[1][-1]
+        last_t, last_d = tube[2], tube[3]
         row = linkable[t - 1 - last_t][last_d]
         # `cand` is in score order, so the first free linkable one scores highest.
         k = next((k for k, d in enumerate(cand) if row[d] and not taken[k]), None)
         if k is not None:
           taken[k] = True
-          tube[0] += score_l[t][cand[k]][c]
-          tube[1].append((t, cand[k]))
+          d = cand[k]
+          tube[0] += score_t[d][c]
+          tube[1] += 1
+          tube[2], tube[3] = t, d
+          owner_t[d, c] = tube[4]
           still_live.append(tube)
         elif t - last_t >= config.max_gap:
-          done[c].append(tube)
+          ended[c].append(tube[4])
         else:
           still_live.append(tube)
-      live[c] = still_live + [
-        [score_l[t][d][c], [(t, d)]] for k, d in enumerate(cand) if not taken[k]
-      ]
+      for k, d in enumerate(cand):
+        if not taken[k]:
+          owner_t[d, c] = next_id[c]
+          still_live.append([score_t[d][c], 1, t, d, next_id[c]])
+          next_id[c] += 1
+      live[c] = still_live
+  return [
+    _kept_tubes(c, ended[c], live[c], owner[:, :, c], frames, boxes, scores, config)
+    for c in range(num_classes)
+  ]
+
+
+def _kept_tubes(
+  label: int,
+  ended: array.array,
+  live: list[list[Any]],
+  owner: np.ndarray,
+  frames: np.ndarray,
+  boxes: np.ndarray,
+  scores: np.ndarray,
+  config: LinkingConfig,
+) -> list[Tube]:
+  """The tubes of one class from its `(F, N)` tube ids, ended ones first, that pass the
+  length (`end - start + 1`, in frames) and mean score filters."""
+  num_dets = owner.shape[1]
+  flat = owner.reshape(-1)
+  where = np.flatnonzero(flat >= 0)  # step-major: each tube's detections in step order
+  ids = flat[where]
+  where = where[np.argsort(ids, kind='stable')]
+  bounds = np.concatenate([[0], np.cumsum(np.bincount(ids, minlength=len(ended) + len(live)))])
+  order = np.concatenate([np.frombuffer(ended, np.int32), [tube[4] for tube in live]])
   out = []
-  for c in range(num_classes):
-    class_tubes = []
-    for _, pairs in done[c] + live[c]:
-      steps, dets = np.array(pairs, np.int64).T
-      class_tubes.append(Tube(c, frames[steps], boxes[steps, dets], scores[steps, dets, c]))
-    out.append(class_tubes)
+  for i in order.astype(np.int64):
+    members = where[bounds[i] : bounds[i + 1]]
+    steps, dets = members // num_dets, members % num_dets
+    if frames[steps[-1]] - frames[steps[0]] + 1 < config.min_length:
+      continue
+    tube = Tube(label, frames[steps], boxes[steps, dets], scores[steps, dets, label])
+    if tube.score >= config.min_score:
+      out.append(tube)
   return out
 
 
@@ -339,12 +383,7 @@ def link_video(
   if frames.shape[0] == 0 or boxes.shape[1] == 0:
     return []
   out: list[Tube] = []
-  for class_tubes in _link_all_classes(frames, boxes, scores, config):
-    kept = [
-      t
-      for t in class_tubes
-      if t.end - t.start + 1 >= config.min_length and t.score >= config.min_score
-    ]
+  for kept in _link_all_classes(frames, boxes, scores, config):
     keep = nms_tubes(kept, config.nms_threshold, plus_one=config.plus_one)
     out.extend(kept[i] for i in keep)
   return sorted(out, key=lambda t: -t.score)

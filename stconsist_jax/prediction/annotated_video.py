@@ -36,7 +36,7 @@ def write_video(
   written; the original resolution and frame rate are kept.
   """
   cap, _ = video_files.open_video(video)
-  frames = video_files.read_frames(cap)
+  frames = video_files.read_frames(cap, reuse=True)  # draw_frame copies
   try:
     with output_files.staged_output(out_path) as tmp:
       written = _draw_into(tmp, frames, results, tube_list, class_names, fps, on_frame)

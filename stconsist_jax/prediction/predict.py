@@ -219,7 +219,7 @@ def predict_video(
   start = time.perf_counter()
   try:
     detections = loaded.predictor.detect(
-      video_files.read_frames(cap), every=every, bgr=True, on_frame=on_frame
+      video_files.read_frames(cap, reuse=True), every=every, bgr=True, on_frame=on_frame
     )
     if detections.num_frames == 0:
       raise video_files.VideoError('no decodable frames')

@@ -91,13 +91,22 @@ def open_video(path: str | os.PathLike) -> tuple[Any, VideoInfo]:
   return cap, info
 
 
-def read_frames(cap: Any) -> Iterator[np.ndarray]:
-  """The BGR frames of an open capture, one at a time; releases it at the end."""
+def read_frames(cap: Any, reuse: bool = False) -> Iterator[np.ndarray]:
+  """The BGR frames of an open capture, one at a time; releases it at the end.
+
+  With `reuse`, each frame is decoded into the previous frame's array (same size):
+  a frame is valid only until the next one is read. Prediction reads this way, so that
+  a long large-frame video does not allocate (and leave the allocator to keep) one
+  frame-sized buffer per frame.
+  """
+  buffer = None
   try:
     while True:
-      ok, frame = cap.read()
+      ok, frame = cap.read(buffer) if reuse else cap.read()
       if not ok or frame is None:
         return
+      if reuse:
+        buffer = frame
       if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
       elif frame.shape[-1] == 4:
