@@ -58,14 +58,14 @@ def restore_with_fallback(
   read: when every step fails alike (say, a target of another structure) nothing is
   touched. Raises CheckpointReadError when none can be read (never a fresh start).
   """
-  errors, failed = [], []
+  problems, failed = [], []
   for step in sorted(steps, reverse=True):
     try:
       with orbax_quirks.failed_read_leftovers_silenced():
         result = read(step)
     except Exception as e:  # pylint: disable=broad-except
       # Orbax and tensorstore raise many types for a damaged file; all mean unreadable.
-      errors.append(f'step {step}: {errors.describe(e)}')
+      problems.append(f'step {step}: {errors.describe(e)}')
       failed.append(step)
       older = [s for s in steps if s < step]
       logging.warning(
@@ -80,7 +80,7 @@ def restore_with_fallback(
       on_unreadable(bad)
     return step, result
   raise CheckpointReadError(
-    f'no checkpoint in {where} could be read ({"; ".join(errors[:3])}); the files are '
+    f'no checkpoint in {where} could be read ({"; ".join(problems[:3])}); the files are '
     f'damaged: restore them from a backup or start a new workdir'
   )
 
