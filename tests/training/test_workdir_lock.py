@@ -15,6 +15,7 @@ import time
 import pytest
 
 from stconsist_jax.training import workdir_lock
+from tests.training import lock_files
 
 
 @pytest.fixture
@@ -60,21 +61,6 @@ def _assert_one_winner_each(outcomes, contenders):
   assert not wrong, f'{len(wrong)} of {len(outcomes)} trials: (winners, refused) {wrong[:5]}'
 
 
-def _write_lock(workdir, **fields):
-  holder = dict(
-    host=socket.gethostname(),
-    pid=os.getpid(),
-    started=time.time(),
-    renewed=time.time(),
-    lease_seconds=120.0,
-    token='other',
-  )
-  holder.update(fields)
-  path = workdir / workdir_lock.LOCK_FILENAME
-  path.write_text(json.dumps(holder))
-  return path
-
-
 @pytest.mark.parametrize('contenders', [2, 4])
 def test_runs_started_together_one_wins(tmp_path, interleaved, contenders):
   outcomes = [_contend(tmp_path / f'trial{i}', contenders) for i in range(100)]
@@ -90,7 +76,7 @@ def _dead_pid():
 
 def _stale_lock(workdir):
   workdir.mkdir()
-  _write_lock(workdir, renewed=time.time() - 1000)
+  lock_files.write_lock(workdir, renewed=time.time() - 1000)
 
 
 @pytest.mark.parametrize('contenders', [2, 4])
@@ -123,7 +109,7 @@ def test_old_unreadable_lock_is_taken_over_saying_what_it_was(tmp_path, caplog):
 
 def test_lock_of_a_dead_process_is_taken_over_naming_it(tmp_path, caplog):
   pid = _dead_pid()
-  _write_lock(tmp_path, pid=pid, started=0.0)
+  lock_files.write_lock(tmp_path, pid=pid, started=0.0)
   with workdir_lock.WorkdirLock(tmp_path):
     pass
   started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(0.0))
@@ -190,7 +176,7 @@ def test_unrenewable_lease_is_lost_before_it_runs_out(tmp_path, monkeypatch):
 def test_lock_taken_by_another_run_is_lost(tmp_path):
   lock = workdir_lock.WorkdirLock(tmp_path, renew_every=1000.0)
   with lock:
-    _write_lock(tmp_path, host='node-7', token='other')  # another run took it over
+    lock_files.write_lock(tmp_path, host='node-7', token='other')  # another run took it over
     assert lock.renew_or_retry() is None
     assert lock.lost
     assert lock.lost_reason == f'the lock of workdir {tmp_path} was taken by another run'

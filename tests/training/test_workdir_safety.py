@@ -25,6 +25,7 @@ from stconsist_jax.core import console
 from stconsist_jax.training import summaries
 from stconsist_jax.training import train
 from stconsist_jax.training import workdir_lock
+from tests.training import lock_files
 from tests.training.test_train import tiny_config
 
 
@@ -78,19 +79,6 @@ def _run_command(repo_root, script, *args):
   )
 
 
-def _write_lock(path, **fields):
-  holder = dict(
-    host=socket.gethostname(),
-    pid=os.getpid(),
-    started=time.time(),
-    renewed=time.time(),
-    lease_seconds=120.0,
-    token='other',
-  )
-  holder.update(fields)
-  (path / workdir_lock.LOCK_FILENAME).write_text(json.dumps(holder))
-
-
 def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
   dead = subprocess.run(
     [sys.executable, '-c', 'import os; print(os.getpid())'],
@@ -98,7 +86,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
     text=True,
     check=True,
   )
-  _write_lock(tmp_path, pid=int(dead.stdout))
+  lock_files.write_lock(tmp_path, pid=int(dead.stdout))
   with workdir_lock.WorkdirLock(tmp_path) as lock:
     held = json.loads(lock.path.read_text())
     assert held['pid'] == os.getpid() and held['token'] != 'other'
@@ -106,10 +94,10 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
 
 
 def test_lock_of_another_host_holds_until_its_lease_expires(tmp_path):
-  _write_lock(tmp_path, host='node-7', pid=1, renewed=time.time())
+  lock_files.write_lock(tmp_path, host='node-7', pid=1, renewed=time.time())
   with pytest.raises(workdir_lock.WorkdirLockedError, match='host node-7, pid 1'):
     workdir_lock.WorkdirLock(tmp_path).acquire()
-  _write_lock(tmp_path, host='node-7', pid=1, renewed=time.time() - 1000)
+  lock_files.write_lock(tmp_path, host='node-7', pid=1, renewed=time.time() - 1000)
   with workdir_lock.WorkdirLock(tmp_path):
     pass
 
@@ -126,7 +114,7 @@ def test_lease_is_renewed_while_held(tmp_path):
 
 
 def test_two_launches_on_one_workdir_second_exits_with_one_line(repo_root, tmp_path):
-  _write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid())  # a live run
+  lock_files.write_lock(tmp_path, host=socket.gethostname(), pid=os.getpid())  # a live run
   proc = _run_command(
     repo_root,
     'launch.py',
@@ -373,7 +361,7 @@ def test_demo_bad_flags_one_line_and_workdir_kept(repo_root, tmp_path, args, mes
 def test_demo_refuses_to_delete_a_live_workdir(repo_root, tmp_path):
   workdir = tmp_path / 'demo'
   workdir.mkdir()
-  _write_lock(workdir)
+  lock_files.write_lock(workdir)
   proc = _run_command(
     repo_root, 'tools/demo.py', f'--workdir={workdir}', f'--cache_dir={tmp_path / "cache"}'
   )
