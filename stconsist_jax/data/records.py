@@ -1,5 +1,5 @@
-"""The typed records any dataset's annotations are read into (a video and its actor tubes),
-and DataFileError, the one-line error of a user's data file that cannot be used.
+"""The typed records any dataset's annotations are read into (a video, its size and its actor
+tubes), and DataFileError, the one-line error of a user's data file that cannot be used.
 """
 
 from __future__ import annotations
@@ -59,3 +59,23 @@ class VideoRecord:
   class_name: str
   num_frames: int
   tubes: tuple[AnnotatedTube, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnotatedVideo:
+  """One video of any dataset: its name, frame size, length and actor tubes.
+
+  `name` is the video's path relative to the dataset's video folder, without extension
+  (`Class/v_Class_g01_c01`, `brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0`, `clip7`).
+  Tube boxes are in pixels of this video's `width` x `height` frames.
+  """
+
+  name: str
+  width: int
+  height: int
+  num_frames: int
+  tubes: tuple[AnnotatedTube, ...] = ()
+
+  @property
+  def num_boxes(self) -> int:
+    return sum(t.num_boxes for t in self.tubes)
