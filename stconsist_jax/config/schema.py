@@ -17,7 +17,19 @@ SCHEDULES = ('constant', 'step', 'cosine')
 DTYPES = ('float32', 'bfloat16')
 CON_CLS = ('js', 'csd')
 DEPTHS = (10, 18, 34, 50, 101, 152, 200)
-LOSS_TERMS = ('cls', 'loc', 'con_cls', 'con_loc')
+# Loss terms (each weighted by config.loss.<term>_weight and in train.stages' loss_weights):
+# the one-box heads' four, then the dense tubelet head's (which has no loc/con_loc).
+BASE_LOSS_TERMS = ('cls', 'loc', 'con_cls', 'con_loc')
+TUBELET_LOSS_TERMS = (
+  'tubelet_cls',
+  'tubelet_box',
+  'tubelet_giou',
+  'con_dense_cls',
+  'con_dense_box',
+)
+LOSS_TERMS = BASE_LOSS_TERMS + TUBELET_LOSS_TERMS
+# The terms multiplied by the consistency ramp w(t).
+CONSISTENCY_TERMS = ('con_cls', 'con_loc', 'con_dense_cls', 'con_dense_box')
 STAGE_KEYS = ('num_steps', 'freeze_backbone', 'loss_weights')
 # Names the models layer dispatches on (it imports them from here).
 BOX_HEADS = ('mlp', 'spatial', 'none')
@@ -28,6 +40,11 @@ CONV_IMPLS = ('auto', 'xla', 'conv2d')
 
 class ConfigError(errors.UserError, ValueError):
   """An invalid configuration value; the message names the key."""
+
+
+def head_loss_terms(box_head: str) -> tuple[str, ...]:
+  """The loss terms a model with `box_head` yields: the dense head's ('tubelet') or the four."""
+  return ('cls', 'con_cls') + TUBELET_LOSS_TERMS if box_head == 'tubelet' else BASE_LOSS_TERMS
 
 
 def _get(config: Any, key: str) -> Any:
@@ -227,6 +244,7 @@ def validate(
   # Loss.
   for term in LOSS_TERMS:
     _check_range(config, f'loss.{term}_weight', 0.0)
+  _check_range(config, 'loss.focal_gamma', 0.0)
   _check_choice(config, 'loss.con_cls', CON_CLS)
   for key in ('loss.rampup_steps', 'loss.rampdown_steps'):
     _check_type(config, key, int)

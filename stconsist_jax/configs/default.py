@@ -84,6 +84,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.con_cls_weight = 1.0
   config.loss.con_loc_weight = 1.0
   config.loss.con_cls = 'js'  # 'js' (Jensen-Shannon) or 'csd' (CSD-SSD symmetric KL).
+  # The dense tubelet head (model.box_head='tubelet'; stconsist_jax.training.tubelet_losses)
+  # has no loc/con_loc terms: L = cls + tubelet_cls + tubelet_box + tubelet_giou
+  # + w(t) * (con_cls + con_dense_cls + con_dense_box), each weighted. Other heads ignore these.
+  config.loss.tubelet_cls_weight = 1.0  # Softmax focal loss over background + box classes.
+  config.loss.tubelet_box_weight = 1.0  # L1 on the per-frame (dx, dy, bw, bh).
+  config.loss.tubelet_giou_weight = 1.0  # 1 - GIoU of the decoded per-frame boxes.
+  config.loss.focal_gamma = 2.0  # Focal loss gamma; 0 = cross-entropy.
+  config.loss.con_dense_cls_weight = 1.0  # CSD class consistency on foreground locations.
+  config.loss.con_dense_box_weight = 1.0  # CSD box consistency on foreground locations.
   config.loss.rampup_steps = 2000  # w(t) ramp-up length; 0 = full weight from the start.
   config.loss.rampdown_steps = 0  # Optional ramp-down at the end of training.
   # Mean teacher (stconsist_jax.training.teacher): d > 0 takes the consistency targets (the
@@ -114,7 +123,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Optional staged schedule; empty = one stage training everything. Each stage is a
   # dict {'num_steps': int (-1 = until train.num_steps), 'freeze_backbone': bool (train
   # only the box head: backbone and classifier frozen, BatchNorm in inference mode),
-  # 'loss_weights': {cls, loc, con_cls, con_loc} (omitted keys keep config.loss's)}.
+  # 'loss_weights': {cls, loc, con_cls, con_loc, or the tubelet head's terms} (omitted
+  # keys keep config.loss's)}.
   config.train.stages = ()
   config.train.log_every = 50
   config.train.checkpoint_every = 1000

@@ -159,7 +159,27 @@ def save_png(image: np.ndarray, path: PathLike) -> epath.Path:
 # Panels of the curves figure: (title, keys tried in order). Other numeric keys get
 # a panel each after these.
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-  ('loss terms', ('loss', 'total', 'cls', 'loc', 'con', 'con_cls', 'con_loc')),
+  (
+    'loss terms',
+    (
+      'loss',
+      'total',
+      'cls',
+      'loc',
+      'con',
+      'con_cls',
+      'con_loc',
+      'tubelet_cls',
+      'tubelet_box',
+      'tubelet_giou',
+      'con_dense_cls',
+      'con_dense_box',
+    ),
+  ),
+  (
+    'consistency share of the loss',
+    ('share_con_cls', 'share_con_loc', 'share_con_dense_cls', 'share_con_dense_box'),
+  ),
   ('accuracy', ('accuracy', 'train_accuracy', 'eval_clip_accuracy')),
   ('IoU', ('iou', 'train_iou', 'eval_mean_iou')),
   ('consistency weight w(t)', ('con_weight',)),

@@ -23,7 +23,22 @@ from stconsist_jax.training import summaries
 
 T = TypeVar('T')
 PROFILE_DIR = 'profile'
-CONSOLE_KEYS = ('loss', 'cls', 'loc', 'con_cls', 'con_loc', 'con_weight', 'accuracy', 'iou', 'lr')
+CONSOLE_KEYS = (
+  'loss',
+  'cls',
+  'loc',
+  'con_cls',
+  'con_loc',
+  'tubelet_cls',
+  'tubelet_box',
+  'tubelet_giou',
+  'con_dense_cls',
+  'con_dense_box',
+  'con_weight',
+  'accuracy',
+  'iou',
+  'lr',
+)
 
 
 class IntervalClock:

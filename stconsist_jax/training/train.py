@@ -118,8 +118,9 @@ def _check_finite(
   records: Sequence[tuple[int, Mapping[str, Any]]],
   checkpointer: Any,
 ) -> None:
-  checked = ('loss',) + schema.LOSS_TERMS
   for step, metrics in records:
+    # The terms the model's head yields (the tubelet head has no loc/con_loc).
+    checked = ('loss',) + tuple(k for k in schema.LOSS_TERMS if k in metrics)
     bad = [k for k in checked if not np.isfinite(metrics[k])]
     if bad:
       checkpointer.wait()

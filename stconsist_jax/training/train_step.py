@@ -4,7 +4,9 @@ One jit code path for 1..N devices and hosts: batch sharded on the mesh's 'data'
 state replicated and donated. The clip and its flipped copy share one forward pass; with
 a mean teacher (`loss.teacher_ema`) the flipped clip goes through the teacher instead,
 which follows the student by an EMA after each step. Clips whose video lost its labels
-(`has_label` false) count in the consistency terms only.
+(`has_label` false) count in the consistency terms only. A model with the dense tubelet
+head (`tubelet_logits` in its outputs) trains with the terms of `tubelet_losses` in place
+of the one-box `loc` and `con_loc`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from stconsist_jax.training import distributed
 from stconsist_jax.training import losses
 from stconsist_jax.training import initial_weights
 from stconsist_jax.training import teacher as teacher_lib
+from stconsist_jax.training import tubelet_losses
 from stconsist_jax.models import detector
 
 # The parameters in two parts, each with its own optimizer state: the box head (all that
@@ -126,7 +129,9 @@ def make_lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sc
 
 def resolve_stages(config: ml_collections.ConfigDict) -> list[Stage]:
   """config.train.stages (or one stage training everything) -> Stages covering all steps."""
-  base = {t: float(config.loss[f'{t}_weight']) for t in schema.LOSS_TERMS}
+  base = {
+    t: float(config.loss[f'{t}_weight']) for t in schema.head_loss_terms(config.model.box_head)
+  }
   specs = list(config.train.stages) or [{'num_steps': -1}]
   stages, start = [], 0
   for spec in specs:
@@ -234,29 +239,58 @@ def forward_pair(
   )
 
 
+def focal_gamma(loss_config: ml_collections.ConfigDict) -> float:
+  """The dense head's focal loss gamma (configs saved before it existed: 2)."""
+  return float(loss_config.get('focal_gamma', 2.0))
+
+
 def loss_terms(
-  out: Mapping[str, jax.Array], out_flip: Mapping[str, jax.Array], batch: Batch, con_cls: str
+  out: Mapping[str, jax.Array],
+  out_flip: Mapping[str, jax.Array],
+  batch: Batch,
+  con_cls: str,
+  gamma: float = 2.0,
 ) -> dict[str, jax.Array]:
-  """The four loss terms, each a scalar.
+  """The loss terms, each a scalar: cls, loc, con_cls, con_loc, or for the tubelet head
+  cls, con_cls and the five of `tubelet_losses.tubelet_loss_terms` (focal `gamma`).
 
   `cls` is the mean over the clips with their labels (`has_label`; all when the batch
   has no such key), `loc` the mean over the clips with a box (`has_box`); a clip without
   either adds exactly nothing to them, value or gradient. The consistency terms are
-  means over every clip of the global batch.
+  means over every clip of the global batch. The tubelet head has no `loc`/`con_loc`:
+  its `boxes` output is read off the dense map, which the dense box terms train.
   """
   logits = out['logits'].astype(jnp.float32)
-  pred_boxes = out['boxes'].astype(jnp.float32)
   has_label = batch.get('has_label')
   labels = batch['label'] if has_label is None else jnp.where(has_label, batch['label'], 0)
-  return {
+  terms = {
     'cls': losses.softmax_cross_entropy(logits, labels, has_label),
-    'loc': losses.box_mse(pred_boxes, batch['box'], batch['has_box']),
     'con_cls': jnp.mean(
       losses.classification_consistency(
         logits, out_flip['logits'].astype(jnp.float32), kind=con_cls
       )
     ),
-    'con_loc': jnp.mean(losses.box_consistency(pred_boxes, out_flip['boxes'].astype(jnp.float32))),
+  }
+  if tubelet_losses.TUBELET_LOGITS in out:
+    terms.update(tubelet_losses.tubelet_loss_terms(out, out_flip, batch, gamma))
+    return terms
+  pred_boxes = out['boxes'].astype(jnp.float32)
+  terms['loc'] = losses.box_mse(pred_boxes, batch['box'], batch['has_box'])
+  terms['con_loc'] = jnp.mean(
+    losses.box_consistency(pred_boxes, out_flip['boxes'].astype(jnp.float32))
+  )
+  return terms
+
+
+def loss_shares(
+  terms: Mapping[str, jax.Array], weights: Mapping[str, Any], loss: jax.Array
+) -> dict[str, jax.Array]:
+  """{'share_<t>': weight * term / loss} for each consistency term t (0 when loss is 0)."""
+  denominator = jnp.maximum(loss, 1e-12)
+  return {
+    f'share_{t}': jnp.asarray(weights[t], jnp.float32) * terms[t] / denominator
+    for t in schema.CONSISTENCY_TERMS
+    if t in terms
   }
 
 
@@ -289,10 +323,7 @@ def train_step(
     loss_config.rampdown_steps,
   )
   term_weights = {
-    'cls': weights['cls'],
-    'loc': weights['loc'],
-    'con_cls': con_weight * weights['con_cls'],
-    'con_loc': con_weight * weights['con_loc'],
+    t: con_weight * w if t in schema.CONSISTENCY_TERMS else w for t, w in weights.items()
   }
   parts = split_params(state.params)
   frozen = stage.freeze_backbone
@@ -319,7 +350,7 @@ def train_step(
         variables, batch['clip'], train=True, freeze_backbone=frozen, mutable=['batch_stats']
       )
       out_flip, new_stats = target, updates['batch_stats']
-    terms = loss_terms(out, out_flip, batch, loss_config.con_cls)
+    terms = loss_terms(out, out_flip, batch, loss_config.con_cls, focal_gamma(loss_config))
     return losses.total_loss(terms, term_weights), (terms, out, new_stats)
 
   (loss, (terms, out, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -348,6 +379,8 @@ def train_step(
   metrics = {
     'loss': loss,
     **terms,
+    # Each consistency term's weighted share of the total loss.
+    **loss_shares(terms, term_weights, loss),
     'con_weight': con_weight,
     'lr': jnp.asarray(lr, jnp.float32),
     'grad_norm': grad_norm,

@@ -56,6 +56,8 @@ def test_study_settings():
     ('data.labeled_videos', 0, None, r'data.labeled_videos.*must be str'),
     ('loss.teacher_ema', 1.0, None, r'loss.teacher_ema.*\[0, 1\)'),
     ('loss.teacher_ema', -0.5, None, r'loss.teacher_ema.*>= 0'),
+    ('loss.focal_gamma', -1.0, None, r'loss.focal_gamma.*>= 0'),
+    ('loss.con_dense_box_weight', -1.0, None, r'loss.con_dense_box_weight.*>= 0'),
   ],
 )
 def test_bad_values_name_the_key(key, value, devices, pattern):
@@ -93,6 +95,17 @@ def test_video_label_list_and_fraction_are_exclusive():
   schema.validate(config)
   config.data.labeled_video_fraction = 0.5
   with pytest.raises(schema.ConfigError, match='labeled_videos.*labeled_video_fraction'):
+    schema.validate(config)
+
+
+def test_stage_weights_accept_the_tubelet_terms():
+  config = _config()
+  config.train.stages = (
+    {'num_steps': -1, 'loss_weights': {'con_dense_cls': 0.0, 'tubelet_giou': 2.0}},
+  )
+  schema.validate(config)
+  config.train.stages = ({'num_steps': -1, 'loss_weights': {'con_dense': 0.0}},)
+  with pytest.raises(schema.ConfigError, match=r"unknown term 'con_dense'.*'con_dense_box'"):
     schema.validate(config)
 
 
