@@ -224,6 +224,7 @@ def frame_map(
   protocol: str = 'voc',
   frame_sizes: Any = None,
   gt_frame_sizes: Any = None,
+  det_valid: Any = None,
 ) -> dict[str, Any]:
   """Per-class frame AP and their mean over the classes that have ground truth.
 
@@ -246,6 +247,11 @@ def frame_map(
       `(1, 1)`. Ignored by `'voc'`, whose IoU does not depend on the frame size.
     gt_frame_sizes: `'act'` only: `(height, width)` or `(G, 2)` per ground-truth box.
       None: `frame_sizes` when that is a single `(height, width)`.
+    det_valid: `(D, C)` bool or None: where False, row d is no detection of class c and
+      is left out of that class's ranking (e.g. suppressed by that class's per-frame
+      NMS, `tubelets.frame_detections`). Any score, even 0, ranks a row and can match a
+      box, so a left-out pair needs this mask. None: every row is a detection of every
+      class.
 
   Returns:
     `{'frame_map': float, 'per_class_ap': (C,) float (NaN without ground truth),
@@ -253,6 +259,7 @@ def frame_map(
   """
   if protocol not in FRAME_AP_FUNCTIONS:
     raise ValueError(f'frame_map: protocol must be one of {FRAME_AP_PROTOCOLS}, found {protocol!r}')
+  det_frames = np.asarray(det_frames).reshape(-1)
   det_scores = np.asarray(det_scores, np.float64)
   det_boxes = np.asarray(det_boxes, np.float64).reshape(-1, 4)
   gt_labels = np.asarray(gt_labels, np.int64).reshape(-1)
@@ -260,6 +267,18 @@ def frame_map(
   gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
   if det_scores.ndim != 2 or det_scores.shape[1] != num_classes:
     raise ValueError(f'frame_map: expected det_scores (D, {num_classes}), found {det_scores.shape}')
+  if not det_frames.shape[0] == det_scores.shape[0] == det_boxes.shape[0]:
+    raise ValueError(
+      f'frame_map: {det_frames.shape[0]} detection frames, {det_scores.shape[0]} '
+      f'score rows and {det_boxes.shape[0]} boxes'
+    )
+  if det_valid is not None:
+    det_valid = np.asarray(det_valid)
+    if det_valid.shape != det_scores.shape or det_valid.dtype != np.bool_:
+      raise ValueError(
+        f'frame_map: expected det_valid bool {det_scores.shape}, found '
+        f'{det_valid.dtype} {det_valid.shape}'
+      )
   if gt_labels.shape != gt_frames.shape:
     raise ValueError(
       f'frame_map: {gt_labels.shape[0]} ground-truth labels but {gt_frames.shape[0]} frames'
@@ -280,8 +299,14 @@ def frame_map(
   for c in range(num_classes):
     sel = gt_labels == c
     if sel.any():
+      rows = slice(None) if det_valid is None else det_valid[:, c]
       aps[c] = ap_fn(
-        det_frames, det_scores[:, c], det_boxes, gt_frames[sel], gt_boxes[sel], iou_threshold
+        det_frames[rows],
+        det_scores[rows, c],
+        det_boxes[rows],
+        gt_frames[sel],
+        gt_boxes[sel],
+        iou_threshold,
       )
   with_gt = [int(c) for c in np.nonzero(~np.isnan(aps))[0]]
   fmap = float(np.mean(aps[with_gt])) if with_gt else float('nan')

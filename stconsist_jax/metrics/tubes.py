@@ -42,12 +42,17 @@ class Tube:
       need not be consecutive (a tube linked across a gap has none on the gap).
     boxes: float64 `(n, 4)` corner boxes `x1, y1, x2, y2` (units of the input).
     scores: float64 `(n,)` the score of `label` on each of those frames.
+    tube_score: the tube's score when it is not the mean of `scores`, else None.
+      Tubes linked from tubelets (`metrics.tubelets`) set it to ACT's score, the mean
+      of the linked tubelets' scores, while `scores` holds each frame's mean over the
+      tubelets that cover it.
   """
 
   label: int
   frames: np.ndarray
   boxes: np.ndarray
   scores: np.ndarray
+  tube_score: float | None = None
 
   def __post_init__(self):
     frames = np.array(self.frames, dtype=np.int64).reshape(-1)
@@ -68,6 +73,10 @@ class Tube:
       )
     if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
       raise ValueError('Tube: boxes and scores must be finite')
+    if self.tube_score is not None:
+      if not math.isfinite(self.tube_score):
+        raise ValueError(f'Tube: tube_score must be finite, found {self.tube_score}')
+      object.__setattr__(self, 'tube_score', float(self.tube_score))
     for name, arr in (('frames', frames), ('boxes', boxes), ('scores', scores)):
       arr.setflags(write=False)
       object.__setattr__(self, name, arr)
@@ -85,7 +94,10 @@ class Tube:
 
   @property
   def score(self) -> float:
-    """Mean of the per-frame scores (ACT's tube score), from an exactly rounded sum."""
+    """ACT's tube score: `tube_score` when set, else the mean of the per-frame scores
+    (from an exactly rounded sum)."""
+    if self.tube_score is not None:
+      return self.tube_score
     return math.fsum(self.scores.tolist()) / len(self.scores)
 
   def __len__(self) -> int:

@@ -175,6 +175,14 @@ def test_tube_properties_and_validation():
     tubes.Tube(0, [0, 1], np.zeros((3, 4)), [0, 0])
 
 
+def test_tube_score_overrides_the_frame_mean():
+  t = tubes.Tube(0, [0, 1], np.zeros((2, 4)), [0.2, 0.4], tube_score=0.9)
+  assert t.score == 0.9
+  assert tubes.Tube(0, [0, 1], np.zeros((2, 4)), [0.2, 0.4]).score == pytest.approx(0.3)
+  with pytest.raises(ValueError, match='tube_score'):
+    tubes.Tube(0, [0], np.zeros((1, 4)), [0.2], tube_score=float('nan'))
+
+
 def test_linking_config_defaults():
   c = tubes.LinkingConfig()
   assert (
