@@ -32,7 +32,8 @@ LOSS_TERMS = BASE_LOSS_TERMS + TUBELET_LOSS_TERMS
 CONSISTENCY_TERMS = ('con_cls', 'con_loc', 'con_dense_cls', 'con_dense_box')
 STAGE_KEYS = ('num_steps', 'freeze_backbone', 'loss_weights')
 # Names the models layer dispatches on (it imports them from here).
-BOX_HEADS = ('mlp', 'spatial', 'none')
+BOX_HEADS = ('mlp', 'spatial', 'none', 'tubelet')
+TUBELET_STRIDES = (4, 8, 16)
 BOX_ACTIVATIONS = ('none', 'relu', 'gelu', 'tanh', 'silu')
 NORMALIZATIONS = ('activitynet_0_255', 'imagenet', 'kinetics', 'scale_0_1')
 CONV_IMPLS = ('auto', 'xla', 'conv2d')
@@ -213,6 +214,18 @@ def _check_evaluators(config: Any) -> None:
     )
 
 
+def _check_tubelet_head(config: Any) -> None:
+  """The dense tubelet head's keys (read only when model.box_head='tubelet')."""
+  for key in ('num_box_classes', 'tubelet_frames', 'tubelet_width', 'tubelet_top_n'):
+    _check_type(config, f'model.{key}', int)
+  _check_range(config, 'model.num_box_classes', 1)
+  _check_range(config, 'model.tubelet_frames', 0, config.data.num_frames)
+  _check_choice(config, 'model.tubelet_stride', TUBELET_STRIDES)
+  _check_range(config, 'model.tubelet_width', 1)
+  _check_range(config, 'model.tubelet_top_n', 1)
+  _check_range(config, 'model.tubelet_nms', 0.0, 1.0, low_open=True)
+
+
 def validate(
   config: ml_collections.ConfigDict, num_devices: int | None = None, num_processes: int = 1
 ) -> None:
@@ -238,6 +251,8 @@ def validate(
       f'config key model.box_hidden must be a non-empty tuple of positive ints, got {hidden!r}'
     )
   _check_choice(config, 'model.box_activation', BOX_ACTIVATIONS)
+  if config.model.box_head == 'tubelet':
+    _check_tubelet_head(config)
   _check_choice(config, 'model.normalization', NORMALIZATIONS)
   _check_choice(config, 'model.dtype', DTYPES)
   _check_choice(config, 'model.conv_impl', CONV_IMPLS)

@@ -66,9 +66,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv1_t_stride = 1
   config.model.no_max_pool = False
   config.model.num_classes = 101  # Must equal the labels the data yields (checked at start).
-  config.model.box_head = 'mlp'  # 'mlp' (study), 'spatial' (central feature map) or 'none'.
+  config.model.box_head = 'mlp'  # 'mlp' (study), 'spatial' (central map), 'tubelet' or 'none'.
   config.model.box_hidden = (256, 64, 8)  # Model-2; Model-1 is (16,). Then Dense 4 + sigmoid.
   config.model.box_activation = 'none'  # Between hidden layers (the study found none best).
+  # The dense tubelet head (box_head='tubelet', models/tubelet_head.py); read only then.
+  config.model.num_box_classes = 24  # Annotated (tube-label) classes; + 1 background output.
+  config.model.tubelet_frames = 0  # K boxes per location: the K central clip frames; 0 = all.
+  config.model.tubelet_stride = 8  # Output stride of the dense map in input pixels: 4, 8, 16.
+  config.model.tubelet_width = 256  # Channels of the neck and the head's 3x3 conv.
+  config.model.tubelet_top_n = 10  # Detections kept per clip after tubelet NMS (inference).
+  config.model.tubelet_nms = 0.5  # NMS threshold on the tubelet IoU (mean over the K frames).
   # Input preset the weights expect: 'kinetics' (2020 release), 'activitynet_0_255'
   # (2017 release), 'imagenet', 'scale_0_1'.
   config.model.normalization = 'kinetics'

@@ -1,10 +1,12 @@
 """Whole models on uint8 clips: normalization preset -> ResNet3D -> classifier (+ box head).
 
-`VideoClassifier` returns logits; `Detector` adds one box per clip, `(x_left, y_top, w, h)`.
+`VideoClassifier` returns logits; `Detector` adds one box per clip, `(x_left, y_top, w, h)`,
+and with the dense tubelet head (tubelet_head.py) per-location tubelets and their decoding.
 
 Both take uint8 (or 0..255 float) clips `N, T, H, W, 3` and normalize them on the device with
-a named preset, so the host never ships float32 pixels. Heads compute in float32 whatever
-the backbone's compute dtype, so `logits` and `boxes` are always float32.
+a named preset, so the host never ships float32 pixels. The classifier and the one-box
+heads compute in float32 whatever the backbone's compute dtype, the tubelet head in the
+model's dtype; every output is float32.
 
 Freezing (a training stage's `freeze_backbone`): `__call__(..., freeze_backbone=True)` runs
 the backbone's BatchNorm in inference mode (its statistics do not move) and applies
@@ -23,6 +25,8 @@ import numpy as np
 
 from stconsist_jax.config import schema
 from stconsist_jax.models import resnet3d
+from stconsist_jax.models import tubelet_decode
+from stconsist_jax.models import tubelet_head
 
 # The box head's parameter subtree: all that trains while the backbone is frozen.
 BOX_HEAD_SCOPE = 'box_head'
@@ -151,19 +155,27 @@ class VideoClassifier(nn.Module):
 
 
 class Detector(nn.Module):
-  """uint8 clip -> {'logits': (N, K), 'boxes': (N, 4)} float32.
+  """uint8 clip -> {'logits': (N, num_classes), 'boxes': (N, 4), ...} float32.
 
   Attributes:
     num_classes: classifier outputs.
     backbone_kwargs: ResNet3D keyword arguments (depth, shortcut_type, widen_factor,
       conv1_t_size, conv1_t_stride, no_max_pool).
     box_head: 'mlp' (the study's heads on the pooled vector), 'spatial'
-      (`SpatialBoxHead` on the central feature map) or 'none' (boxes are zeros, no
+      (`SpatialBoxHead` on the central feature map), 'tubelet' (the dense
+      `tubelet_head.TubeletHead` on the backbone stages) or 'none' (boxes are zeros, no
       parameters).
     box_hidden: hidden sizes of the box head: Model-1 (16,), Model-2 (256, 64, 8).
     box_activation: activation after each hidden layer; 'none' by default.
+    num_box_classes, tubelet_frames, tubelet_stride, tubelet_width, tubelet_top_n,
+      tubelet_nms: the tubelet head's settings (config.model's keys of those names);
+      read only when box_head='tubelet'.
     normalization: a key of NORMALIZATION_PRESETS.
-    dtype: backbone compute dtype; heads always compute in float32.
+    dtype: backbone (and tubelet head) compute dtype; the other heads compute in float32.
+
+  With box_head='tubelet' the outputs add `tubelet_logits (N, h, w, num_box_classes + 1)`
+  and `tubelet_boxes (N, h, w, K, 4)`, and `boxes` is `tubelet_decode.centre_box`'s; when
+  `train=False` also `det_boxes`, `det_scores`, `det_valid` (`tubelet_decode.decode`).
 
   Parameter tree: {'backbone', 'classifier', 'box_head'}; BatchNorm statistics in
   'batch_stats' (pass `mutable=['batch_stats']` when `train=True`).
@@ -174,8 +186,33 @@ class Detector(nn.Module):
   box_head: str = 'mlp'
   box_hidden: Sequence[int] = (16,)
   box_activation: str = 'none'
+  num_box_classes: int = 24
+  tubelet_frames: int = 0
+  tubelet_stride: int = 8
+  tubelet_width: int = 256
+  tubelet_top_n: int = 10
+  tubelet_nms: float = 0.5
   normalization: str = 'kinetics'
   dtype: Any = jnp.float32
+
+  def _tubelets(self, stages: list[jax.Array], num_frames: int, train: bool) -> dict:
+    """The dense head on the backbone stages, its centre box and (inference) decoding."""
+    k, _ = tubelet_decode.output_frames(num_frames, self.tubelet_frames)
+    dense = tubelet_head.TubeletHead(
+      num_box_classes=self.num_box_classes,
+      num_frames=k,
+      stride=self.tubelet_stride,
+      width=self.tubelet_width,
+      stage_strides=resnet3d.stage_strides(self.backbone_kwargs.get('no_max_pool', False)),
+      dtype=self.dtype,
+      name=BOX_HEAD_SCOPE,
+    )(stages)
+    out = dict(dense, boxes=tubelet_decode.centre_box(**dense))
+    if not train:
+      out.update(
+        tubelet_decode.decode(**dense, top_n=self.tubelet_top_n, nms_threshold=self.tubelet_nms)
+      )
+    return out
 
   @nn.compact
   def __call__(
@@ -196,6 +233,8 @@ class Detector(nn.Module):
       boxes = MLPBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(features)
     elif self.box_head == 'spatial':
       boxes = SpatialBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(out['feature_map'])
+    elif self.box_head == 'tubelet':
+      return {'logits': logits, **self._tubelets(out['stages'], clip.shape[1], train)}
     else:
       boxes = jnp.zeros((clip.shape[0], 4), jnp.float32)
     return {'logits': logits, 'boxes': boxes.astype(jnp.float32)}
@@ -226,7 +265,9 @@ def backbone_kwargs_from_config(config: Any) -> dict[str, Any]:
 def build_model(model_config: Any) -> Detector:
   """`config.model` -> Detector. Reads depth, widen_factor, shortcut_type, conv1_t_size,
   conv1_t_stride, no_max_pool, num_classes, box_head, box_hidden, box_activation,
-  normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d')."""
+  normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d'), and
+  with box_head='tubelet' num_box_classes, tubelet_frames, tubelet_stride, tubelet_width,
+  tubelet_top_n, tubelet_nms."""
   kwargs = backbone_kwargs_from_config(model_config)
   get = model_config.get
   # The values are checked where they are used, when the model is initialized or applied
@@ -234,6 +275,16 @@ def build_model(model_config: Any) -> Detector:
   normalization = str(get('normalization', 'kinetics'))
   box_head = str(get('box_head', 'mlp'))
   box_activation = str(get('box_activation', 'none'))
+  tubelet = {}
+  if box_head == 'tubelet':
+    tubelet = dict(
+      num_box_classes=int(get('num_box_classes', 24)),
+      tubelet_frames=int(get('tubelet_frames', 0)),
+      tubelet_stride=int(get('tubelet_stride', 8)),
+      tubelet_width=int(get('tubelet_width', 256)),
+      tubelet_top_n=int(get('tubelet_top_n', 10)),
+      tubelet_nms=float(get('tubelet_nms', 0.5)),
+    )
   return Detector(
     num_classes=int(get('num_classes', 101)),
     backbone_kwargs=kwargs,
@@ -242,4 +293,5 @@ def build_model(model_config: Any) -> Detector:
     box_activation=box_activation,
     normalization=normalization,
     dtype=parse_dtype(get('dtype', 'float32')),
+    **tubelet,
   )

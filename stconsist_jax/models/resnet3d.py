@@ -38,6 +38,13 @@ def stage_widths(widen_factor: float) -> tuple[int, ...]:
   return tuple(int(w * widen_factor) for w in BASE_WIDTHS)
 
 
+def stage_strides(no_max_pool: bool) -> tuple[int, ...]:
+  """Spatial stride (input pixels per map cell) of layer1..layer4: conv1 halves the frame,
+  the max-pool (unless skipped) halves it again, layer2..layer4 halve it each."""
+  first = 2 if no_max_pool else 4
+  return tuple(first * 2**stage for stage in range(len(BASE_WIDTHS)))
+
+
 def validate_architecture(
   depth: int, shortcut_type: str, widen_factor: float, conv1_t_size: int, conv1_t_stride: int
 ) -> None:
@@ -166,8 +173,10 @@ class ResNet3D(nn.Module):
     conv_impl: 'xla' (lax 3D convolutions), 'conv2d' (the same sums as 2D convolutions
       over temporal taps, several times faster on XLA:CPU) or 'auto' (conv2d on CPU).
 
-  `__call__(x, train)` takes float `N, T, H, W, C` (already normalized) and returns
-  `{'features': (N, D) globally average-pooled, 'feature_map': (N, t, h, w, D)}` in `dtype`.
+  `__call__(x, train)` takes float `N, T, H, W, C` (already normalized) and returns, in
+  `dtype`, `{'features': (N, D) globally average-pooled, 'feature_map': (N, t, h, w, D)
+  (the last stage's output), 'stages': [layer1, ..., layer4 outputs (N, t_s, h_s, w_s, D_s)]}`;
+  `stage_strides(no_max_pool)` gives the stages' spatial strides.
   """
 
   depth: int = 34
@@ -201,6 +210,7 @@ class ResNet3D(nn.Module):
       x = nn.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding=[(1, 1)] * 3)
 
     in_planes = widths[0]
+    stages = []
     for stage, (planes, num_blocks) in enumerate(zip(widths, layers)):
       stride = 1 if stage == 0 else 2
       out_planes = planes * EXPANSION[block]
@@ -215,8 +225,9 @@ class ResNet3D(nn.Module):
           conv_impl=self.conv_impl,
           name=f'layer{stage + 1}_{i}',
         )(x, train)
+      stages.append(x)
       in_planes = out_planes
 
     # Mean in float32: a bf16 sum over many voxels loses precision.
     features = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3)).astype(self.dtype)
-    return {'features': features, 'feature_map': x}
+    return {'features': features, 'feature_map': x, 'stages': stages}

@@ -72,6 +72,40 @@ def test_bad_values_name_the_key(key, value, devices, pattern):
 @pytest.mark.parametrize(
   'field, value, pattern',
   [
+    ('num_box_classes', 0, r'model.num_box_classes.*>= 1'),
+    ('tubelet_frames', 17, r'model.tubelet_frames.*<= 16'),
+    ('tubelet_frames', -1, r'model.tubelet_frames.*>= 0'),
+    ('tubelet_stride', 32, r'model.tubelet_stride.*\[4, 8, 16\]'),
+    ('tubelet_width', 0, r'model.tubelet_width.*>= 1'),
+    ('tubelet_top_n', 0, r'model.tubelet_top_n.*>= 1'),
+    ('tubelet_nms', 0.0, r'model.tubelet_nms.*> 0'),
+    ('tubelet_nms', 1.5, r'model.tubelet_nms.*<= 1'),
+    ('tubelet_width', 2.5, r'model.tubelet_width.*must be int'),
+  ],
+)
+def test_bad_tubelet_values_name_the_key(field, value, pattern):
+  raw = _config().to_dict()
+  raw['model']['box_head'] = 'tubelet'
+  schema.validate(ml_collections.ConfigDict(raw))
+  raw['model'][field] = value
+  with pytest.raises(schema.ConfigError, match=pattern):
+    schema.validate(ml_collections.ConfigDict(raw))
+
+
+def test_tubelet_keys_only_read_by_the_tubelet_head():
+  """A config written before the tubelet head (no such keys) stays valid for the others."""
+  raw = _config().to_dict()
+  for key in [k for k in raw['model'] if k.startswith('tubelet_') or k == 'num_box_classes']:
+    del raw['model'][key]
+  schema.validate(ml_collections.ConfigDict(raw))
+  raw['model']['box_head'] = 'tubelet'
+  with pytest.raises(schema.ConfigError, match='model.num_box_classes.*missing'):
+    schema.validate(ml_collections.ConfigDict(raw))
+
+
+@pytest.mark.parametrize(
+  'field, value, pattern',
+  [
     ('max_gap', 0, r'eval.tubes.max_gap.*>= 1'),
     ('iou_threshold', 1.5, r'eval.tubes.iou_threshold.*<= 1'),
   ],

@@ -1,0 +1,141 @@
+"""The dense tubelet head's geometry and decoding, in pure jax.numpy (jittable).
+
+Dense outputs `(dx, dy, bw, bh)` per cell and frame -> corner boxes; tubelet overlap; top-N NMS.
+
+Geometry (the tubelet contract): on an h x w map, cell (i, j) and output frame k carry
+`(dx, dy, bw, bh)`; the box centre is `((j + 0.5 + dx) / w, (i + 0.5 + dy) / h)` and its
+size `(bw, bh)`, all normalized by the frame. A tubelet is the K boxes of one cell.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from stconsist_jax.core import boxes as boxes_lib
+
+# Candidates per requested detection when `decode` is not told how many to consider.
+CANDIDATES_PER_DETECTION = 4
+
+
+def output_frames(num_frames: int, tubelet_frames: int) -> tuple[int, int]:
+  """`(K, p0)`: the head's output frames (0 = all `num_frames`) and the clip position of the
+  first one; the K outputs are the central clip positions p0 .. p0 + K - 1."""
+  if not 0 <= tubelet_frames <= num_frames:
+    raise ValueError(
+      f'tubelet_frames must be in 0..{num_frames} (the clip frames), got {tubelet_frames!r}.'
+    )
+  k = tubelet_frames or num_frames
+  return k, (num_frames - k) // 2
+
+
+def tubelet_corners(tubelet_boxes: jax.Array, clip: bool = False) -> jax.Array:
+  """`(..., h, w, K, 4)` dense `(dx, dy, bw, bh)` -> `(..., h, w, K, 4)` corners
+  `(x1, y1, x2, y2)` normalized; `clip` clips them to [0, 1]."""
+  h, w = tubelet_boxes.shape[-4:-2]
+  cols = jnp.arange(w, dtype=jnp.float32)[:, None]  # (w, 1): broadcasts over K.
+  rows = jnp.arange(h, dtype=jnp.float32)[:, None, None]  # (h, 1, 1)
+  cx = (cols + 0.5 + tubelet_boxes[..., 0]) / w
+  cy = (rows + 0.5 + tubelet_boxes[..., 1]) / h
+  half_w, half_h = tubelet_boxes[..., 2] / 2, tubelet_boxes[..., 3] / 2
+  corners = jnp.stack([cx - half_w, cy - half_h, cx + half_w, cy + half_h], axis=-1)
+  return jnp.clip(corners, 0.0, 1.0) if clip else corners
+
+
+def tubelet_iou(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Tubelet overlap (ACT's): the mean over the K frames of the per-frame IoU of corner
+  boxes `a (..., K, 4)` and `b (..., K, 4)`, broadcast against each other -> `(...)`."""
+  return jnp.mean(boxes_lib.iou_corners(a, b, xp=jnp), axis=-1)
+
+
+def foreground_scores(tubelet_logits: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """`(..., C + 1)` logits -> (foreground probabilities `(..., C)`, their maximum `(...)`);
+  the softmax runs over background (index 0) and the C box classes."""
+  probs = jax.nn.softmax(tubelet_logits.astype(jnp.float32), axis=-1)[..., 1:]
+  return probs, jnp.max(probs, axis=-1)
+
+
+def centre_box(tubelet_logits: jax.Array, tubelet_boxes: jax.Array) -> jax.Array:
+  """`(N, h, w, C + 1)`, `(N, h, w, K, 4)` -> `(N, 4)` xywh: the box of the location with the
+  highest foreground probability at the centre output frame (the mean of the two central
+  frames when K is even, as the one-box target averages the clip's two central frames),
+  clipped to the frame."""
+  n, h, w, k = tubelet_boxes.shape[:4]
+  _, best = foreground_scores(tubelet_logits)
+  location = jnp.argmax(best.reshape(n, h * w), axis=-1)
+  corners = tubelet_corners(tubelet_boxes.astype(jnp.float32), clip=True).reshape(n, h * w, k, 4)
+  tubelet = jnp.take_along_axis(corners, location[:, None, None, None], axis=1)[:, 0]
+  centre = tubelet[:, (k - 1) // 2 : k // 2 + 1].mean(axis=1)
+  return boxes_lib.corners_to_xywh(centre, xp=jnp)
+
+
+def greedy_nms(overlaps: jax.Array, threshold: Any) -> jax.Array:
+  """`(N, M, M)` overlaps of M candidates sorted by decreasing score -> `(N, M)` bool kept.
+
+  In score order, a candidate is kept unless a kept higher-scoring one overlaps it by more
+  than `threshold`; a fixed loop of M steps, so it compiles to one shape.
+  """
+  n, m = overlaps.shape[:2]
+  index = jnp.arange(m)
+
+  def step(i, keep):
+    row = jax.lax.dynamic_index_in_dim(overlaps, i, axis=1, keepdims=False)  # (N, M)
+    kept = jax.lax.dynamic_slice_in_dim(keep, i, 1, axis=1)  # (N, 1)
+    suppress = kept & (row > threshold) & (index > i)
+    return keep & ~suppress
+
+  return jax.lax.fori_loop(0, m, step, jnp.ones((n, m), bool))
+
+
+def decode(
+  tubelet_logits: jax.Array,
+  tubelet_boxes: jax.Array,
+  *,
+  top_n: int,
+  nms_threshold: Any,
+  candidates: int | None = None,
+) -> dict[str, jax.Array]:
+  """Dense outputs -> at most `top_n` tubelets per clip, class-agnostic tubelet NMS.
+
+  Args:
+    tubelet_logits: `(N, h, w, C + 1)` class logits, index 0 background.
+    tubelet_boxes: `(N, h, w, K, 4)` dense `(dx, dy, bw, bh)`.
+    top_n: detections kept per clip (static).
+    nms_threshold: a candidate is suppressed when its tubelet overlap (`tubelet_iou`) with
+      a kept, higher-scoring one exceeds this.
+    candidates: the locations with the best foreground probability that enter the NMS
+      (static); default `CANDIDATES_PER_DETECTION * top_n`, at most h * w.
+
+  Returns:
+    `det_boxes (N, top_n, K, 4)` corners clipped to [0, 1], `det_scores (N, top_n, C)` the
+    location's foreground probabilities and `det_valid (N, top_n)` bool, in decreasing
+    best-foreground order; rows past the survivors are invalid and hold zeros.
+  """
+  if top_n < 1:
+    raise ValueError(f'top_n must be >= 1, got {top_n!r}.')
+  n, h, w, k = tubelet_boxes.shape[:4]
+  probs, best = foreground_scores(tubelet_logits)
+  num_classes = probs.shape[-1]
+  pool = min(candidates or CANDIDATES_PER_DETECTION * top_n, h * w)
+  _, order = jax.lax.top_k(best.reshape(n, h * w), pool)  # (N, pool), best first.
+  corners = tubelet_corners(tubelet_boxes.astype(jnp.float32), clip=True).reshape(n, h * w, k, 4)
+  cand_boxes = jnp.take_along_axis(corners, order[:, :, None, None], axis=1)
+  cand_scores = jnp.take_along_axis(probs.reshape(n, h * w, num_classes), order[:, :, None], 1)
+  overlaps = tubelet_iou(cand_boxes[:, :, None], cand_boxes[:, None, :])  # (N, pool, pool)
+  keep = greedy_nms(overlaps, nms_threshold)
+  # Survivors first, each group in score order; then the first top_n of them.
+  rank = jnp.where(keep, 0, pool) + jnp.arange(pool)
+  chosen = jnp.argsort(rank, axis=-1)[:, : min(top_n, pool)]
+  valid = jnp.take_along_axis(keep, chosen, axis=1)
+  det_boxes = jnp.take_along_axis(cand_boxes, chosen[:, :, None, None], axis=1)
+  det_scores = jnp.take_along_axis(cand_scores, chosen[:, :, None], axis=1)
+  pad = top_n - chosen.shape[1]
+  if pad:
+    valid = jnp.pad(valid, ((0, 0), (0, pad)))
+    det_boxes = jnp.pad(det_boxes, ((0, 0), (0, pad), (0, 0), (0, 0)))
+    det_scores = jnp.pad(det_scores, ((0, 0), (0, pad), (0, 0)))
+  return {
+    'det_boxes': jnp.where(valid[:, :, None, None], det_boxes, 0.0),
+    'det_scores': jnp.where(valid[:, :, None], det_scores, 0.0),
+    'det_valid': valid,
+  }

@@ -1,0 +1,102 @@
+"""The dense tubelet head: per cell of a stride-s map, class logits and a box per output frame.
+
+A light FPN neck over the backbone stages, a 3x3 conv, then 1x1 class and box convs.
+
+Neck: the stride stage is the backbone stage whose spatial stride equals `stride` (else the
+coarsest finer one). Its t time steps, flattened channel-wise, go through a 1x1 conv (the
+temporal branch: the K per-frame boxes can see motion); each deeper stage is averaged over
+time, projected by a 1x1 lateral conv and resized (bilinear) to the stride stage's h x w;
+all are summed. Then 3x3 conv + ReLU, and 1x1 convs to `num_box_classes + 1` logits (index
+0 background) and K * 4 box numbers per cell, `(dx, dy, sigmoid(bw), sigmoid(bh))` as
+tubelet_decode's geometry reads them.
+"""
+
+import math
+from typing import Any
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Initial foreground probability of every cell (RetinaNet's prior for the focal loss).
+FOREGROUND_PRIOR = 0.01
+HEAD_INIT_STD = 0.01
+
+
+def pick_stage(stage_strides: Sequence[int], stride: int) -> int:
+  """Index of the stage with spatial stride `stride`, else of the coarsest finer one."""
+  finer = [i for i, s in enumerate(stage_strides) if s <= stride]
+  if not finer:
+    raise ValueError(
+      f'tubelet_stride {stride} is finer than every backbone stage (strides '
+      f'{tuple(stage_strides)}).'
+    )
+  return max(finer, key=lambda i: stage_strides[i])
+
+
+def background_bias(num_box_classes: int, prior: float = FOREGROUND_PRIOR) -> float:
+  """The background logit that, with zero foreground logits, gives total foreground
+  probability `prior`: C / (e^b + C) = prior."""
+  return math.log(num_box_classes * (1 - prior) / prior)
+
+
+class TubeletHead(nn.Module):
+  """Backbone stages -> `{'tubelet_logits': (N, h, w, C + 1), 'tubelet_boxes': (N, h, w, K, 4)}`.
+
+  Attributes:
+    num_box_classes: C, the annotated (tube-label) classes.
+    num_frames: K, boxes per cell.
+    stride: output stride in input pixels (picks the stride stage, see `pick_stage`).
+    width: channels of the neck and the 3x3 conv.
+    stage_strides: spatial stride of each input stage (resnet3d.stage_strides).
+    dtype: compute dtype; parameters and outputs are float32.
+  """
+
+  num_box_classes: int
+  num_frames: int
+  stride: int = 8
+  width: int = 256
+  stage_strides: Sequence[int] = (4, 8, 16, 32)
+  dtype: Any = jnp.float32
+
+  def _conv(self, features: int, kernel: int, name: str, **kwargs) -> nn.Conv:
+    return nn.Conv(
+      features,
+      (kernel, kernel),
+      padding=[(kernel // 2, kernel // 2)] * 2,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      name=name,
+      **kwargs,
+    )
+
+  @nn.compact
+  def __call__(self, stages: Sequence[jax.Array]) -> dict[str, jax.Array]:
+    if len(stages) != len(self.stage_strides):
+      raise ValueError(f'{len(stages)} stage maps for {len(self.stage_strides)} stage strides.')
+    first = pick_stage(self.stage_strides, self.stride)
+    base = stages[first].astype(self.dtype)
+    n, t, h, w, c = base.shape
+    temporal = jnp.transpose(base, (0, 2, 3, 1, 4)).reshape(n, h, w, t * c)
+    x = self._conv(self.width, 1, 'temporal')(temporal)
+    for index in range(first + 1, len(stages)):
+      # Mean in float32: a bf16 sum over the time steps loses precision.
+      deep = jnp.mean(stages[index].astype(jnp.float32), axis=1).astype(self.dtype)
+      lateral = self._conv(self.width, 1, f'lateral_{index + 1}')(deep)
+      x = x + jax.image.resize(lateral, (n, h, w, self.width), 'linear').astype(self.dtype)
+    x = nn.relu(self._conv(self.width, 3, 'conv')(x))
+
+    head_init = nn.initializers.normal(HEAD_INIT_STD)
+    bias = jnp.zeros(self.num_box_classes + 1).at[0].set(background_bias(self.num_box_classes))
+    logits = self._conv(
+      self.num_box_classes + 1,
+      1,
+      'cls',
+      kernel_init=head_init,
+      bias_init=lambda *_: bias,
+    )(x)
+    raw = self._conv(self.num_frames * 4, 1, 'box', kernel_init=head_init)(x)
+    raw = raw.astype(jnp.float32).reshape(n, h, w, self.num_frames, 4)
+    boxes = jnp.concatenate([raw[..., :2], nn.sigmoid(raw[..., 2:])], axis=-1)
+    return {'tubelet_logits': logits.astype(jnp.float32), 'tubelet_boxes': boxes}
