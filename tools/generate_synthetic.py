@@ -2,6 +2,7 @@
 
   python tools/generate_synthetic.py --output DIR [--seed 0] [--num_classes 6]
       [--annotated_classes 4] [--videos_per_class 4] [--min_frames 24] [--max_frames 60]
+      [--multi_actor_prob 0.6 --max_actors 3]
   python tools/generate_synthetic.py --output DIR \
       --from_annotations pyannot.pkl --max_videos 20 [--num_workers N]
 
@@ -33,6 +34,10 @@ def define_flags() -> None:
   flags.DEFINE_integer('min_frames', 24, 'Shortest video.')
   flags.DEFINE_integer('max_frames', 60, 'Longest video.')
   flags.DEFINE_integer('clips_per_group', 1, 'Clips per group (gGG).')
+  flags.DEFINE_float(
+    'multi_actor_prob', 0.0, 'Share of videos with 2..max_actors actors, each with its tube.'
+  )
+  flags.DEFINE_integer('max_actors', 1, 'Most actors of a multi-actor video (1..3).')
   flags.DEFINE_string(
     'from_annotations',
     None,
@@ -66,6 +71,8 @@ def _generate() -> synthetic.SyntheticDataset:
     min_frames=FLAGS.min_frames,
     max_frames=FLAGS.max_frames,
     clips_per_group=FLAGS.clips_per_group,
+    multi_actor_prob=FLAGS.multi_actor_prob,
+    max_actors=FLAGS.max_actors,
   )
   return synthetic.generate(FLAGS.output, spec, FLAGS.overwrite)
 

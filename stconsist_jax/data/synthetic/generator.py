@@ -42,6 +42,14 @@ class SpecError(errors.UserError, ValueError):
   """A `SyntheticSpec` that cannot be generated (one-line message)."""
 
 
+MAX_ACTORS = 3  # most actors of a multi-actor video
+# Each actor of a multi-actor video keeps at least this share of its pixels uncovered by
+# the actors drawn over it, on every frame: boxed actors are always visible.
+MIN_VISIBLE_SHARE = 0.4
+CROSSING_TRIES = 8  # draws of a later actor's path before the video goes without it
+_MULTI_ACTOR_STREAM = 1  # seeds the multi-actor draws apart from the base plan's
+
+
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
   """What to generate; everything follows deterministically from these fields."""
@@ -60,6 +68,14 @@ class SyntheticSpec:
   full_tube_prob: float = 0.3
   width: int = 320
   height: int = 240
+  # Multi-actor videos, as UCF101-24's several people doing the video's one action: with
+  # this chance a video has 2..max_actors actors of its class, each with its own tube over
+  # exactly the frames it is drawn on (then the first actor's tube spans the video and
+  # second_actor_prob's actor is not drawn). The later actors enter late or leave early,
+  # cross the first one's path, and leave every actor below them at least
+  # MIN_VISIBLE_SHARE visible. The other videos are exactly those of multi_actor_prob 0.
+  multi_actor_prob: float = 0.0
+  max_actors: int = 1
 
   def check(self) -> None:
     """Raises SpecError naming the first field out of range."""
@@ -70,7 +86,7 @@ class SyntheticSpec:
       raise SpecError(
         f'annotated_classes must be in [0, min(24, num_classes)], got {self.annotated_classes}'
       )
-    for name in ('second_actor_prob', 'full_tube_prob'):
+    for name in ('second_actor_prob', 'full_tube_prob', 'multi_actor_prob'):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise SpecError(f'{name} must be in [0, 1], got {getattr(self, name)}')
     if self.videos_per_class < 1 or self.clips_per_group < 1:
@@ -79,6 +95,10 @@ class SyntheticSpec:
       raise SpecError(
         f'need 2 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}'
       )
+    if not 1 <= self.max_actors <= MAX_ACTORS:
+      raise SpecError(f'max_actors must be in [1, {MAX_ACTORS}], got {self.max_actors}')
+    if self.multi_actor_prob > 0 and self.max_actors < 2:
+      raise SpecError(f'multi_actor_prob > 0 needs max_actors >= 2, got {self.max_actors}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +141,25 @@ def test_groups(split: int, num_groups: int) -> set[int]:
   return {g for g in range(1, num_groups + 1) if (g - 1) % 3 == split - 1}
 
 
+def _draw_actor(
+  rng: np.random.Generator, style: ClassStyle, height: int, start: int, end: int
+) -> video_lib.Actor:
+  """An actor of the class: its colour, size, motion phase and speed, anchor and angle."""
+  hue = (style.hue + int(rng.integers(-4, 5))) % 180
+  return video_lib.Actor(
+    shape=style.shape,
+    motion=style.motion,
+    rgb=video_lib.hsv_to_rgb(hue, int(rng.integers(200, 256)), int(rng.integers(220, 256))),
+    r=float(rng.uniform(0.15, 0.2) * height),
+    phase=float(rng.uniform(0, 1)),
+    period=float(rng.uniform(18, 30)),
+    anchor=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
+    angle=float(rng.uniform(-0.25, 0.25)),
+    start=start,
+    end=end,
+  )
+
+
 def plan_video(
   spec: SyntheticSpec, class_index: int, video_index: int, annotated: bool
 ) -> video_lib.VideoPlan:
@@ -131,28 +170,12 @@ def plan_video(
   group = video_index // spec.clips_per_group + 1
   clip = video_index % spec.clips_per_group + 1
   path = video_path(style.name, group, clip)
-  h = spec.height
 
-  def actor(start: int, end: int) -> video_lib.Actor:
-    hue = (style.hue + int(rng.integers(-4, 5))) % 180
-    return video_lib.Actor(
-      shape=style.shape,
-      motion=style.motion,
-      rgb=video_lib.hsv_to_rgb(hue, int(rng.integers(200, 256)), int(rng.integers(220, 256))),
-      r=float(rng.uniform(0.15, 0.2) * h),
-      phase=float(rng.uniform(0, 1)),
-      period=float(rng.uniform(18, 30)),
-      anchor=(float(rng.uniform(0.2, 0.8)), float(rng.uniform(0.2, 0.8))),
-      angle=float(rng.uniform(-0.25, 0.25)),
-      start=start,
-      end=end,
-    )
-
-  actors = [actor(0, n)]
+  actors = [_draw_actor(rng, style, spec.height, 0, n)]
   if rng.uniform() < spec.second_actor_prob and n >= 8:
     a = int(rng.integers(0, n // 2))
     b = int(rng.integers(a + max(4, n // 4), n + 1))
-    actors.append(actor(a, b))
+    actors.append(_draw_actor(rng, style, spec.height, a, b))
   ranges = ()
   if annotated:
     if rng.uniform() < spec.full_tube_prob:
@@ -164,7 +187,74 @@ def plan_video(
     float(rng.uniform(1, 4) * rng.choice([-1, 1])),
     float(rng.uniform(0, 2) * rng.choice([-1, 1])),
   )
-  return video_lib.VideoPlan(path, n, tuple(actors), ranges, scroll, int(rng.integers(2**31)))
+  plan = video_lib.VideoPlan(path, n, tuple(actors), ranges, scroll, int(rng.integers(2**31)))
+  if spec.multi_actor_prob > 0:
+    # Its own random stream: the base plan's draws, and so every single-actor video,
+    # stay those of multi_actor_prob 0.
+    multi_rng = np.random.default_rng([spec.seed, class_index, video_index, _MULTI_ACTOR_STREAM])
+    if multi_rng.uniform() < spec.multi_actor_prob:
+      plan = _multi_actor_plan(spec, plan, style, multi_rng)
+  return plan
+
+
+def _crossing_actor(
+  rng: np.random.Generator,
+  style: ClassStyle,
+  size: tuple[int, int],
+  first: video_lib.Actor,
+  index: int,
+  start: int,
+  end: int,
+) -> video_lib.Actor:
+  """Actor `index` (>= 1) of a multi-actor video, on a path that crosses `first`'s.
+
+  Odd actors run the class motion mirrored (the other way), even ones the same way at
+  another phase and speed. The anchor lines the fixed coordinate of the path up with
+  the first actor's; the path is then shifted by 0.9 to 1.3 actor radii along each axis,
+  so that where the two meet their shapes overlap only in part (boxes cross, neither
+  hides the other) and a circle path becomes another circle crossing the first.
+  """
+  height, width = size
+  actor = _draw_actor(rng, style, height, start, end)
+  mirror = index % 2 == 1
+  ax, ay = first.anchor
+  jitter = rng.uniform(-0.05, 0.05, 2)
+  anchor = (
+    float(np.clip((1.0 - ax if mirror else ax) + jitter[0], 0.0, 1.0)),
+    float(np.clip(ay + jitter[1], 0.0, 1.0)),
+  )
+  offset = rng.uniform(0.9, 1.3, 2) * rng.choice([-1.0, 1.0], 2) * max(first.r, actor.r)
+  shift = (float(offset[0] / width), float(offset[1] / height))
+  return dataclasses.replace(actor, anchor=anchor, mirror=mirror, shift=shift)
+
+
+def _multi_actor_plan(
+  spec: SyntheticSpec,
+  plan: video_lib.VideoPlan,
+  style: ClassStyle,
+  rng: np.random.Generator,
+) -> video_lib.VideoPlan:
+  """`plan` with 2..max_actors actors: the first on the whole video, the others crossing it.
+
+  A later actor is present on a random stretch of at least half the video; its path is
+  drawn again (up to CROSSING_TRIES times) while it would hide an actor below it beyond
+  MIN_VISIBLE_SHARE on some frame. An annotated video boxes every actor on every frame it
+  is drawn on.
+  """
+  n = plan.num_frames
+  size = (spec.height, spec.width)
+  actors = [plan.actors[0]]
+  for index in range(1, int(rng.integers(2, spec.max_actors + 1))):
+    length = int(rng.integers((n + 1) // 2, n + 1))
+    start = int(rng.integers(0, n - length + 1))
+    for _ in range(CROSSING_TRIES):
+      actor = _crossing_actor(rng, style, size, actors[0], index, start, start + length)
+      _, visible = video_lib.actor_geometry(actors + [actor], n, size)
+      if np.nanmin(visible) >= MIN_VISIBLE_SHARE:
+        actors.append(actor)
+        break
+  ranges = tuple((a.start, a.end) for a in actors) if plan.tube_ranges else ()
+  return dataclasses.replace(plan, actors=tuple(actors), tube_ranges=ranges)
 
 
 def _record(
@@ -221,6 +311,41 @@ def _write_lists(
   return splits
 
 
+def group_count(spec: SyntheticSpec) -> int:
+  """Groups (gGG) per class."""
+  return math.ceil(spec.videos_per_class / spec.clips_per_group)
+
+
+def _class_names(spec: SyntheticSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(every class, the annotated classes), each sorted as classInd.txt and UCF101-24 are."""
+  styles = class_styles(spec.num_classes)
+  class_names = tuple(sorted((s.name for s in styles), key=str.lower))
+  annotated = tuple(sorted((s.name for s in styles[: spec.annotated_classes]), key=str.lower))
+  return class_names, annotated
+
+
+def _planned_videos(
+  spec: SyntheticSpec,
+) -> Iterator[tuple[video_lib.VideoPlan, int, int | None, str]]:
+  """(plan, 101-way label, 24-way label or None, class name) of every video, in order."""
+  class_names, annotated = _class_names(spec)
+  for ci, style in enumerate(class_styles(spec.num_classes)):
+    label24 = annotated.index(style.name) if style.name in annotated else None
+    for vi in range(spec.videos_per_class):
+      plan = plan_video(spec, ci, vi, label24 is not None)
+      yield plan, class_names.index(style.name), label24, style.name
+
+
+def plan_records(spec: SyntheticSpec) -> dict[str, records_lib.VideoRecord]:
+  """The records `generate(spec)` returns (and writes), from the plans alone: no pixels."""
+  spec.check()
+  records = {}
+  for plan, label101, label24, name in _planned_videos(spec):
+    boxes, _ = video_lib.actor_geometry(plan.actors, plan.num_frames, (spec.height, spec.width))
+    records[plan.path] = _record(plan, list(boxes), label101, label24, name)
+  return dict(sorted(records.items()))
+
+
 def generate(
   output_dir: str | os.PathLike, spec: SyntheticSpec = SyntheticSpec(), overwrite: bool = False
 ) -> SyntheticDataset:
@@ -229,21 +354,14 @@ def generate(
   output_dir = pathlib.Path(output_dir)
   t0 = time.time()
   with _atomic_dir(output_dir, overwrite) as tmp:
-    styles = class_styles(spec.num_classes)
-    class_names = tuple(sorted((s.name for s in styles), key=str.lower))
-    annotated = tuple(sorted((s.name for s in styles[: spec.annotated_classes]), key=str.lower))
+    class_names, annotated = _class_names(spec)
     records = {}
-    for ci, style in enumerate(styles):
-      label24 = annotated.index(style.name) if style.name in annotated else None
-      for vi in range(spec.videos_per_class):
-        plan = plan_video(spec, ci, vi, label24 is not None)
-        frames, boxes = video_lib.render(plan, (spec.height, spec.width))
-        video_lib.write_video(frames, tmp / 'UCF-101' / f'{plan.path}.avi')
-        records[plan.path] = _record(
-          plan, boxes, class_names.index(style.name), label24, style.name
-        )
+    for plan, label101, label24, name in _planned_videos(spec):
+      frames, boxes = video_lib.render(plan, (spec.height, spec.width))
+      video_lib.write_video(frames, tmp / 'UCF-101' / f'{plan.path}.avi')
+      records[plan.path] = _record(plan, boxes, label101, label24, name)
     records = dict(sorted(records.items()))
-    num_groups = math.ceil(spec.videos_per_class / spec.clips_per_group)
+    num_groups = group_count(spec)
     splits = _write_lists(tmp, class_names, list(records), lambda s: test_groups(s, num_groups))
     ann.write_pyannot(records.values(), tmp / 'pyannot.pkl')
   logging.info(

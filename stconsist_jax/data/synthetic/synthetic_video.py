@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -63,8 +63,8 @@ def _shape_mask(
 
 def _extent(mask: np.ndarray) -> np.ndarray:
   """Corner box [x1, y1, x2, y2) of the nonzero pixels (x2, y2 exclusive)."""
-  ys, xs = np.nonzero(mask)
-  return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
+  cols, rows = np.flatnonzero(mask.any(axis=0)), np.flatnonzero(mask.any(axis=1))
+  return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +79,27 @@ class Actor:
   angle: float
   start: int
   end: int  # drawn on [start, end)
+  # The path mirrored left-right (the same motion the other way) and then moved by
+  # `shift` (fractions of the frame's width and height), kept inside the frame: how
+  # the extra actors of a multi-actor video cross the first one's path.
+  mirror: bool = False
+  shift: tuple[float, float] = (0.0, 0.0)
 
   def place(self, f: int, size: tuple[int, int]) -> tuple[float, float, float]:
     """(cx, cy, r) on frame f; the actor always stays inside the frame."""
+    cx, cy, r = self._path(f, size)
+    if not self.mirror and self.shift == (0.0, 0.0):
+      return cx, cy, r
+    h, w = size
+    lo_x, hi_x, lo_y, hi_y = self.r + 2, w - self.r - 3, self.r + 2, h - self.r - 3
+    if self.mirror:
+      cx = lo_x + hi_x - cx
+    cx = min(max(cx + self.shift[0] * w, lo_x), hi_x)
+    cy = min(max(cy + self.shift[1] * h, lo_y), hi_y)
+    return cx, cy, r
+
+  def _path(self, f: int, size: tuple[int, int]) -> tuple[float, float, float]:
+    """(cx, cy, r) of the class motion on frame f, before any mirror or shift."""
     h, w = size
     u = f / self.period + self.phase
     r = self.r
@@ -107,11 +125,14 @@ class Actor:
       return lo_x + t * (hi_x - lo_x), lo_y + (t if ay < 0.5 else 1 - t) * (hi_y - lo_y), r
     raise ValueError(f'unknown motion {self.motion!r}')
 
+  def mask(self, f: int, size: tuple[int, int]) -> np.ndarray:
+    """The actor's pixels on frame f: uint8 (H, W), 255 inside."""
+    cx, cy, r = self.place(f, size)
+    return _shape_mask(self.shape, cx, cy, r, self.angle, size)
+
   def draw(self, frame: np.ndarray, f: int) -> np.ndarray:
     """Paints the actor on frame f; returns its exact corner box."""
-    size = frame.shape[:2]
-    cx, cy, r = self.place(f, size)
-    mask = _shape_mask(self.shape, cx, cy, r, self.angle, size)
+    mask = self.mask(f, frame.shape[:2])
     frame[mask > 0] = self.rgb
     return _extent(mask)
 
@@ -198,6 +219,38 @@ def render(
       if box is not None:
         boxes[k][f] = box
   return frames, boxes
+
+
+def actor_geometry(
+  actors: Sequence[Actor], num_frames: int, size: tuple[int, int] = videos.UCF101_FRAME_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+  """Boxes and visibility of shape actors, from their masks alone (no frame is drawn).
+
+  Returns:
+    `boxes` float64 (k, num_frames, 4): each actor's exact corner box, as `render` gives
+    it, NaN where absent; `visible` float64 (k, num_frames): the share of its pixels that
+    the actors drawn after it (on top) leave uncovered, NaN where absent.
+  """
+  h, w = size
+  boxes = np.full((len(actors), num_frames, 4), np.nan)
+  visible = np.full((len(actors), num_frames), np.nan)
+  for f in range(num_frames):
+    covered = np.zeros(size, bool)
+    for k in reversed(range(len(actors))):  # the topmost actor first
+      actor = actors[k]
+      if not actor.start <= f < actor.end:
+        continue
+      # Every shape lies within 1.25 r of its centre: work on that window only.
+      cx, cy, r = actor.place(f, size)
+      reach = 1.25 * r + 3
+      x0, y0 = max(int(cx - reach), 0), max(int(cy - reach), 0)
+      x1, y1 = min(int(cx + reach) + 1, w), min(int(cy + reach) + 1, h)
+      mask = actor.mask(f, size)[y0:y1, x0:x1] > 0
+      boxes[k, f] = _extent(mask) + [x0, y0, x0, y0]
+      below = covered[y0:y1, x0:x1]
+      visible[k, f] = np.count_nonzero(mask & ~below) / np.count_nonzero(mask)
+      below |= mask
+  return boxes, visible
 
 
 def write_video(frames_rgb: Iterable[np.ndarray], path: pathlib.Path, fps: int = FPS) -> None:
