@@ -83,15 +83,21 @@ def _eval_setup(config, process_index, process_count, source):
   return spec, source, batch, num_videos, raw
 
 
-def _centred_clip(
-  ex: dict[str, tf.Tensor], frame: tf.Tensor, spec: clips_lib.WindowSpec
+def _decoded_clip(
+  ex: dict[str, tf.Tensor], indices: tf.Tensor, spec: clips_lib.WindowSpec
 ) -> tf.Tensor:
-  """The clip whose position `T // 2` is `frame`, decoded and sized for the model."""
-  indices = clips_lib.centred_indices(frame, tf.shape(ex['frames'])[0], spec)
+  """The frames `indices` of a video, decoded and sized for the model."""
   clip = clips_lib.resize_clip(
     clips_lib.decode_frames(ex['frames'], indices, spec.frame_size), spec.image_size
   )
   return tf.ensure_shape(clip, [spec.num_frames, spec.image_size, spec.image_size, 3])
+
+
+def _centred_clip(
+  ex: dict[str, tf.Tensor], frame: tf.Tensor, spec: clips_lib.WindowSpec
+) -> tf.Tensor:
+  """The clip whose position `T // 2` is `frame`, decoded and sized for the model."""
+  return _decoded_clip(ex, clips_lib.centred_indices(frame, tf.shape(ex['frames'])[0], spec), spec)
 
 
 def _clips_at(frames_of, make, raw: tf.data.Dataset) -> tf.data.Dataset:
@@ -298,8 +304,20 @@ def make_eval_video_dataset(
 
   The detections of these clips, interpolated in between, are linked into action tubes
   (video-mAP). Only UCF101-24 videos (with tubes) take part, as in ACT's protocol; only
-  the window's frames are decoded, never a whole video. Returns `(dataset,
-  num_batches)`, the same count on every host.
+  the window's frames are decoded, never a whole video. Each clip carries `frame` (its
+  centre) and `frame_indices` int32 `(T,)`, the video frame at each clip position.
+
+  Placement: clips centred on frames f = 0, s, 2s, ... and on the last frame n - 1
+  (s = `eval.tube_frame_stride`); position p of the clip of f holds frame
+  f + (p - T // 2) * `data.frame_stride`, clamped to [0, n - 1] (the clamped windows
+  near the ends repeat the first or last frame). For a tubelet head whose K outputs are
+  positions p0 .. p0 + K - 1, p0 = (T - K) // 2, and frame stride 1, the clip of f covers
+  frames f + d .. f + d + K - 1 with d = p0 - T // 2 <= 0: consecutive centres s <= K
+  apart leave no gap, clamping brings frame 0 into the first clip, and the clip of
+  n - 1 reaches n - 1 as d + K - 1 >= 0, which holds unless K = 1 and T is even (then
+  the only output is position T // 2 - 1 and frame n - 1 is never an output frame).
+  So every frame of every video is some clip's output frame when s <= K, for K >= 2 or
+  odd T. Returns `(dataset, num_batches)`, the same count on every host.
   """
   spec, source, batch, _, raw = _eval_setup(config, process_index, process_count, source)
   layout = layout or eval_layout(config, process_count, source)
@@ -307,10 +325,12 @@ def make_eval_video_dataset(
   stride = config.eval.tube_frame_stride
 
   def make(video_id, frame, ex):
+    indices = clips_lib.centred_indices(frame, tf.shape(ex['frames'])[0], spec)
     return {
-      'clip': _centred_clip(ex, frame, spec),
+      'clip': _decoded_clip(ex, indices, spec),
       'video_id': tf.cast(video_id, tf.int32),
       'frame': frame,
+      'frame_indices': indices,
       'valid': tf.constant(True),
     }
 
