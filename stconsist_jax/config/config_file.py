@@ -117,9 +117,12 @@ def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
-  """A config of an earlier version in today's schema (`eval.video_map` -> `eval.evaluators`)."""
+  """A config of an earlier version in today's schema (`eval.video_map` -> `eval.evaluators`;
+  no `data.max_actors` -> 0, no actor targets, as such runs trained)."""
   evaluation = data.get('eval')
   if isinstance(evaluation, dict) and 'video_map' in evaluation and 'evaluators' not in evaluation:
     with_tubes = evaluation.pop('video_map')
     evaluation['evaluators'] = ['clips', 'frames'] + (['tubes'] if with_tubes else [])
+  if isinstance(data.get('data'), dict):
+    data['data'].setdefault('max_actors', 0)
   return data

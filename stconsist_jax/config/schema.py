@@ -37,6 +37,7 @@ TUBELET_STRIDES = (4, 8, 16)
 BOX_ACTIVATIONS = ('none', 'relu', 'gelu', 'tanh', 'silu')
 NORMALIZATIONS = ('activitynet_0_255', 'imagenet', 'kinetics', 'scale_0_1')
 CONV_IMPLS = ('auto', 'xla', 'conv2d')
+MAX_ACTORS = 64  # data.max_actors: actors per training clip (UCF101-24 videos have fewer)
 
 
 class ConfigError(errors.UserError, ValueError):
@@ -158,6 +159,8 @@ def _check_data(config: Any, num_processes: int) -> None:
   _check_type(config, 'data.device_prefetch', int)
   _check_range(config, 'data.device_prefetch', 0)
   _check_range(config, 'data.box_label_fraction', 0.0, 1.0)
+  _check_type(config, 'data.max_actors', int)
+  _check_range(config, 'data.max_actors', 0, MAX_ACTORS)
   labeled = _check_type(config, 'data.labeled_per_batch', int)
   _check_range(config, 'data.labeled_per_batch', 0)
   per_host = _check_type(config, 'train.batch_size', int) // num_processes

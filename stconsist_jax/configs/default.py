@@ -49,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
   # clips come from videos that keep both class and boxes.
   config.data.labeled_per_batch = 0
   config.data.scale_augment = (1.0, 1.0)  # Crop side / frame side (min, max); (1, 1) = off.
+  # A > 0: training clips also carry every actor's box on every clip frame for a dense
+  # (tubelet) head: the video's first A tubes, under the same label protocols as the box
+  # (batch keys actor_boxes, actor_boxes_flip, actor_present, actor_labels,
+  # dense_labeled; docs/DESIGN.md section 3). 0 = none.
+  config.data.max_actors = 0
   config.data.shuffle_buffer = 512  # Videos in the shuffle buffer.
   # Make the flipped clip on the host too (default: the train step flips on the device,
   # which halves host work and host-to-device traffic).

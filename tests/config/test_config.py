@@ -58,6 +58,8 @@ def test_study_settings():
     ('loss.teacher_ema', -0.5, None, r'loss.teacher_ema.*>= 0'),
     ('loss.focal_gamma', -1.0, None, r'loss.focal_gamma.*>= 0'),
     ('loss.con_dense_box_weight', -1.0, None, r'loss.con_dense_box_weight.*>= 0'),
+    ('data.max_actors', -1, None, r'data.max_actors.*>= 0'),
+    ('data.max_actors', 2.0, None, r'data.max_actors.*must be int'),
   ],
 )
 def test_bad_values_name_the_key(key, value, devices, pattern):
@@ -162,6 +164,15 @@ def test_config_json_round_trip(tmp_path):
   loaded = config_file.load(tmp_path)
   assert loaded.train.stages[0]['num_steps'] == config.train.stages[0]['num_steps']
   assert loaded.model.box_hidden == (256, 64, 8)
+  schema.validate(loaded)
+
+
+def test_a_saved_config_without_max_actors_reads_as_zero(tmp_path):
+  raw = _config().to_dict()
+  del raw['data']['max_actors']  # saved before the key existed
+  config_file.save(ml_collections.ConfigDict(raw), tmp_path)
+  loaded = config_file.load(tmp_path)
+  assert loaded.data.max_actors == 0
   schema.validate(loaded)
 
 

@@ -159,6 +159,81 @@ def primary_box(
   return tf.cond(tf.shape(tube_labels)[0] > 0, with_tube, without_tube)
 
 
+class WindowActors(NamedTuple):
+  """The first A tubes of a video on the T frames of a window (actor a = tube a)."""
+
+  boxes: tf.Tensor  # float32 (T, A, 4) normalized xywh, zeros where absent
+  present: tf.Tensor  # bool (T, A)
+  labels: tf.Tensor  # int32 (A,) tube labels, -1 past the video's tubes
+  crowded: tf.Tensor  # bool: a tube past the first A has a box on a window frame
+
+
+def window_actors(
+  tube_boxes: tf.Tensor,
+  tube_present: tf.Tensor,
+  tube_labels: tf.Tensor,
+  indices: tf.Tensor,
+  max_actors: int,
+) -> WindowActors:
+  """Every actor's box on every frame of a window, as the records give them.
+
+  Args:
+    tube_boxes: float `(num_tubes, video_frames, 4)` normalized corners.
+    tube_present: bool `(num_tubes, video_frames)`.
+    tube_labels: int `(num_tubes,)`.
+    indices: int `(T,)` the window's frame indices (loop-padded ones included).
+    max_actors: A, actors kept (tubes in record order).
+  """
+  num_frames = indices.shape[0]
+
+  def with_tubes():
+    boxes = tf.gather(tf.cast(tube_boxes[:max_actors], tf.float32), indices, axis=1)
+    present = tf.gather(tube_present[:max_actors], indices, axis=1)
+    pad = max_actors - tf.shape(present)[0]
+    boxes = tf.transpose(tf.pad(boxes, [[0, pad], [0, 0], [0, 0]]), [1, 0, 2])
+    present = tf.transpose(tf.pad(present, [[0, pad], [0, 0]]), [1, 0])
+    labels = tf.pad(tf.cast(tube_labels[:max_actors], tf.int32), [[0, pad]], constant_values=-1)
+    crowded = tf.reduce_any(tf.gather(tube_present[max_actors:], indices, axis=1))
+    xywh = boxes_lib.corners_to_xywh(boxes, xp=tf.experimental.numpy)
+    return tf.where(present[..., None], xywh, tf.zeros_like(xywh)), present, labels, crowded
+
+  def without_tubes():
+    return (
+      tf.zeros([num_frames, max_actors, 4]),
+      tf.zeros([num_frames, max_actors], tf.bool),
+      tf.fill([max_actors], -1),
+      tf.constant(False),
+    )
+
+  boxes, present, labels, crowded = tf.cond(tf.shape(tube_labels)[0] > 0, with_tubes, without_tubes)
+  return WindowActors(
+    tf.ensure_shape(boxes, [num_frames, max_actors, 4]),
+    tf.ensure_shape(present, [num_frames, max_actors]),
+    tf.ensure_shape(labels, [max_actors]),
+    crowded,
+  )
+
+
+def actor_targets(
+  boxes: tf.Tensor, present: tf.Tensor, labels: tf.Tensor, dense_labeled: tf.Tensor
+) -> dict[str, tf.Tensor]:
+  """The dense-head keys of one clip (the tubelet contract's training batch keys).
+
+  Boxes and labels are kept only where the clip's dense targets are known
+  (`dense_labeled`): elsewhere no actor is present and every label is -1.
+  """
+  present = tf.logical_and(present, dense_labeled)
+  boxes = tf.where(present[..., None], boxes, tf.zeros_like(boxes))
+  flipped = boxes_lib.flip_xywh(boxes, xp=tf.experimental.numpy)
+  return {
+    'actor_boxes': boxes,
+    'actor_boxes_flip': tf.where(present[..., None], flipped, tf.zeros_like(flipped)),
+    'actor_present': present,
+    'actor_labels': tf.where(dense_labeled, labels, -tf.ones_like(labels)),
+    'dense_labeled': dense_labeled,
+  }
+
+
 def frame_ground_truth(
   tube_boxes: tf.Tensor,
   tube_present: tf.Tensor,
@@ -204,14 +279,16 @@ def resize_clip(clip: tf.Tensor, size: int) -> tf.Tensor:
   return to_uint8(tf.image.resize(clip, [size, size], method='bilinear'))
 
 
-def scale_crop(
-  clip: tf.Tensor, box: tf.Tensor, has_box: tf.Tensor, seed: tf.Tensor, spec: WindowSpec
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-  """Random square crop (side = scale * S) resized to the model size; boxes follow.
+class CropWindow(NamedTuple):
+  """A square crop of the stored frames: side and top-left corner, in pixels (int32)."""
 
-  The box is mapped into the crop and clipped to it; if less than `MIN_BOX_VISIBLE` of
-  it stays inside, the clip loses its box (mask false, box zeros).
-  """
+  side: tf.Tensor
+  x: tf.Tensor
+  y: tf.Tensor
+
+
+def crop_window(seed: tf.Tensor, spec: WindowSpec) -> CropWindow:
+  """A random square crop of side `scale * S`, scale uniform in the spec's range."""
   size = spec.frame_size
   scale_seed, x_seed, y_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
   scale = (
@@ -220,23 +297,38 @@ def scale_crop(
     else tf.constant(spec.scale_min, tf.float32)
   )
   side = tf.clip_by_value(tf.cast(tf.round(scale * size), tf.int32), 1, size)
-  ox = tf.random.stateless_uniform([], x_seed, 0, size - side + 1, dtype=tf.int32)
-  oy = tf.random.stateless_uniform([], y_seed, 0, size - side + 1, dtype=tf.int32)
-  crop = clip[:, oy : oy + side, ox : ox + side, :]
-  crop = to_uint8(tf.image.resize(crop, [spec.image_size, spec.image_size], method='bilinear'))
+  x = tf.random.stateless_uniform([], x_seed, 0, size - side + 1, dtype=tf.int32)
+  y = tf.random.stateless_uniform([], y_seed, 0, size - side + 1, dtype=tf.int32)
+  return CropWindow(side, x, y)
 
-  factor = tf.cast(size, tf.float32) / tf.cast(side, tf.float32)
-  offset = tf.stack([tf.cast(ox, tf.float32), tf.cast(oy, tf.float32)]) / size
-  x1y1 = (box[:2] - offset) * factor
-  wh = box[2:] * factor
+
+def crop_boxes(
+  boxes: tf.Tensor, present: tf.Tensor, window: CropWindow, spec: WindowSpec
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Normalized xywh boxes `(..., 4)` mapped into the crop and clipped to it.
+
+  A box with less than `MIN_BOX_VISIBLE` of its area inside the crop (or none) loses
+  its mask; boxes without a mask become zeros. Returns `(boxes, present)`.
+  """
+  factor = tf.cast(spec.frame_size, tf.float32) / tf.cast(window.side, tf.float32)
+  offset = tf.stack([tf.cast(window.x, tf.float32), tf.cast(window.y, tf.float32)])
+  offset = offset / spec.frame_size
+  x1y1 = (boxes[..., :2] - offset) * factor
+  wh = boxes[..., 2:] * factor
   lo = tf.clip_by_value(x1y1, 0.0, 1.0)
   hi = tf.clip_by_value(x1y1 + wh, 0.0, 1.0)
-  area = tf.reduce_prod(wh)
-  visible = tf.reduce_prod(hi - lo)
-  keep = tf.logical_and(has_box, visible >= MIN_BOX_VISIBLE * area)
+  area = tf.reduce_prod(wh, axis=-1)
+  visible = tf.reduce_prod(hi - lo, axis=-1)
+  keep = tf.logical_and(present, visible >= MIN_BOX_VISIBLE * area)
   keep = tf.logical_and(keep, area > 0)
-  new_box = tf.where(keep, tf.concat([lo, hi - lo], axis=0), tf.zeros([4]))
-  return crop, new_box, keep
+  cropped = tf.where(keep[..., None], tf.concat([lo, hi - lo], axis=-1), tf.zeros_like(boxes))
+  return cropped, keep
+
+
+def crop_clip(clip: tf.Tensor, window: CropWindow, spec: WindowSpec) -> tf.Tensor:
+  """The crop of every frame, resized to the model's `image_size`."""
+  crop = clip[:, window.y : window.y + window.side, window.x : window.x + window.side, :]
+  return to_uint8(tf.image.resize(crop, [spec.image_size, spec.image_size], method='bilinear'))
 
 
 def window_spec(data_config) -> WindowSpec:

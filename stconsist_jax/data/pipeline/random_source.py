@@ -30,7 +30,7 @@ def random_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.n
   has_box = rng.random(n) < 0.5
   box = np.where(has_box[:, None], np.concatenate([xy, wh], 1), 0.0).astype(np.float32)
   box_flip = np.where(has_box[:, None], boxes.flip_xywh(box), 0.0)
-  return {
+  batch = {
     'clip': clip,
     'label': rng.integers(0, config.model.num_classes, n).astype(np.int32),
     'has_label': np.ones(n, bool),
@@ -38,6 +38,34 @@ def random_batch(config: ml_collections.ConfigDict, step: int) -> dict[str, np.n
     'box_flip': box_flip.astype(np.float32),
     'has_box': has_box,
     'tube_label': np.where(has_box, rng.integers(0, 24, n), -1).astype(np.int32),
+  }
+  max_actors = int(d.get('max_actors', 0))
+  if max_actors:
+    num_labels = int(config.model.get('num_box_classes', 24))
+    batch.update(random_actors(rng, n, d.num_frames, max_actors, num_labels))
+  return batch
+
+
+def random_actors(
+  rng: np.random.Generator, n: int, num_frames: int, max_actors: int, num_labels: int
+) -> dict[str, np.ndarray]:
+  """The actor keys (train_stream.ACTOR_KEYS): about half the clips dense-labelled, each
+  with 1..A actors of one label in [0, num_labels) present on random frames."""
+  dense = rng.random(n) < 0.5
+  count = rng.integers(1, max_actors + 1, n)
+  actor = np.arange(max_actors)[None, :] < count[:, None]  # (n, A)
+  present = dense[:, None, None] & actor[:, None, :] & (rng.random((n, num_frames, 1)) < 0.8)
+  xy = rng.uniform(0.0, 0.5, (n, num_frames, max_actors, 2))
+  wh = rng.uniform(0.1, 0.5, (n, num_frames, max_actors, 2))
+  actor_boxes = np.where(present[..., None], np.concatenate([xy, wh], -1), 0.0)
+  flipped = np.where(present[..., None], boxes.flip_xywh(actor_boxes), 0.0)
+  labels = np.repeat(rng.integers(0, num_labels, (n, 1)), max_actors, 1)
+  return {
+    'actor_boxes': actor_boxes.astype(np.float32),
+    'actor_boxes_flip': flipped.astype(np.float32),
+    'actor_present': present,
+    'actor_labels': np.where(dense[:, None] & actor, labels, -1).astype(np.int32),
+    'dense_labeled': dense,
   }
 
 

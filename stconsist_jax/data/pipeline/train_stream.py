@@ -23,6 +23,10 @@ SKIPPED_KEY = '_skipped'
 INDEX_KEY = '_index'
 
 TRAIN_KEYS = ('clip', 'label', 'has_label', 'box', 'box_flip', 'has_box', 'tube_label')
+# With data.max_actors = A > 0 (the dense tubelet head's targets, every clip frame):
+# actor_boxes, actor_boxes_flip float32 (T, A, 4) xywh; actor_present bool (T, A);
+# actor_labels int32 (A,); dense_labeled bool.
+ACTOR_KEYS = ('actor_boxes', 'actor_boxes_flip', 'actor_present', 'actor_labels', 'dense_labeled')
 
 
 derive_seed = label_protocols.derive_seed
@@ -78,11 +82,17 @@ def train_example(
   box_seed: int,
   prefer_boxes: bool,
   has_label_fn: Callable[[tf.Tensor], tf.Tensor] | None = None,
+  max_actors: int = 0,
 ) -> dict[str, tf.Tensor]:
   """One training sample from one raw video; all randomness from (stream_seed, index).
 
   `has_label_fn(name)`: whether the video keeps its class and boxes (default: all do);
   a video without its labels has label -1 and no box.
+  `max_actors` A > 0 adds `ACTOR_KEYS`: tubes 0..A-1 on all T window frames, under
+  the same protocols as the box: `dense_labeled` (the clip's dense targets are known)
+  when the video is annotated, keeps its boxes and its labels, and no tube past the
+  first A has a box in the window; otherwise no actor is present and labels are -1.
+  The scale crop moves every actor box like the box.
   """
   seed = tf.stack([tf.constant(stream_seed, tf.int64), tf.cast(index, tf.int64)])
   window_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -108,9 +118,21 @@ def train_example(
   )
   has_box = tf.logical_and(has_box, kept)
   clip = clips_lib.decode_frames(ex['frames'], indices, spec.frame_size)
+  if max_actors:
+    actors = clips_lib.window_actors(
+      ex['tube_boxes'], ex['tube_present'], ex['tube_labels'], indices, max_actors
+    )
+    dense_labeled = tf.logical_and(kept, tf.logical_not(actors.crowded))
+    actor_boxes, actor_present = actors.boxes, actors.present
   if spec.augments_scale:
-    clip, box, has_box = clips_lib.scale_crop(clip, box, has_box, scale_seed, spec)
+    window = clips_lib.crop_window(scale_seed, spec)
+    clip = clips_lib.crop_clip(clip, window, spec)
+    box, has_box = clips_lib.crop_boxes(box, has_box, window, spec)
+    if max_actors:
+      actor_boxes, actor_present = clips_lib.crop_boxes(actor_boxes, actor_present, window, spec)
   out = clips_lib.clip_targets(clip, box, has_box, tube_label, spec)
+  if max_actors:
+    out.update(clips_lib.actor_targets(actor_boxes, actor_present, actors.labels, dense_labeled))
   # A video without its labels carries no class either (-1, like a missing tube label).
   out['label'] = tf.where(has_label, tf.cast(ex['label'], tf.int32), -1)
   out['has_label'] = has_label
@@ -165,8 +187,9 @@ def make_train_dataset(
     start_step: number of batches to skip (resumption); no skipped video is decoded.
     source: where to read from (default: the TFDS dataset named in the config).
   Returns:
-    A dataset of dicts with the DESIGN.md training keys plus `_skipped` (int32 `(B,)`,
-    decode failures before each clip; `BatchIterator` removes it).
+    A dataset of dicts with the DESIGN.md training keys (and `ACTOR_KEYS` when
+    `data.max_actors` > 0) plus `_skipped` (int32 `(B,)`, decode failures before each
+    clip; `BatchIterator` removes it).
   """
   spec = clips_lib.window_spec(data_config)
   source = source or sources.source_from_config(data_config)
@@ -180,6 +203,7 @@ def make_train_dataset(
   has_label = video_label_fn(data_config, seed)
   common = dict(
     spec=spec,
+    max_actors=int(data_config.get('max_actors', 0)),
     keep_fraction=fraction,
     box_seed=seed,
     has_label_fn=has_label,
