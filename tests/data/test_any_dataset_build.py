@@ -330,3 +330,17 @@ def test_dataset_configs_are_valid(name):
     config.data.split = 3
     text = eval_description.protocol_of(config)['split']
     assert text.startswith('jhmdb split 3 test videos')
+
+
+def test_collapsed_pixel_boxes_still_link():
+  """An untrained model's boxes can all lie below one pixel after conversion; the tube
+  evaluator says they are pixels, so linking takes them (min_length 15 frames)."""
+  from stconsist_jax.metrics import tubes
+
+  boxes = np.zeros((20, 1, 4))
+  boxes[..., 2:] = 0.5
+  scores = np.full((20, 1, 1), 0.9)
+  with pytest.raises(ValueError, match='look like normalized boxes'):
+    tubes.link_video(np.arange(20), boxes, scores)
+  (tube,) = tubes.link_video(np.arange(20), boxes, scores, in_pixels=True)
+  np.testing.assert_array_equal(tube.frames, np.arange(20))
