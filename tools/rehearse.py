@@ -3,10 +3,13 @@
   python tools/rehearse.py --annotations=pyannot.pkl --workdir=rehearsal \
       [--frame_size=128] [--config=configs/model2.py] [--train_steps=20] [--batch_size=2] \
       [--eval_videos=4] [--eval_frame_stride=8] [--max_videos=0] [--num_workers=N]
+  python tools/rehearse.py --dataset=jhmdb --annotations=JHMDB-GT.pkl --workdir=rehearsal_jhmdb
 
 Makes a synthetic twin of UCF-101 split 1 from real annotations (every annotated video
-at 320x240 with its real length, rendered in parallel processes), builds it with the
-TFDS builder at the chosen size, trains the named config for a few steps from scratch,
+at 320x240 with its real length, rendered in parallel processes; with --dataset=jhmdb a
+twin of JHMDB-21, frames folders and JHMDB-GT.pkl, trained with configs/jhmdb_r3d34.py),
+builds it with the TFDS builder at the chosen size, trains the named config for a few
+steps from scratch,
 evaluates on a bounded subset, and prints each stage's wall time, disk use and peak
 memory, with the projected time of a full evaluation. Every stage is the command a user
 runs on the real data, started as a subprocess; a failing stage stops the rehearsal
@@ -40,12 +43,19 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def define_flags() -> None:
   """The command line's flags (defined only when run, so importing defines none)."""
-  flags.DEFINE_string('annotations', None, 'A real UCF101-24 pyannot.pkl or UCF101v2-GT.pkl.')
+  flags.DEFINE_enum('dataset', 'ucf101', ['ucf101', 'jhmdb'], 'Which dataset to rehearse.')
+  flags.DEFINE_string(
+    'annotations',
+    None,
+    'A real UCF101-24 pyannot.pkl or UCF101v2-GT.pkl (--dataset=jhmdb: JHMDB-GT.pkl).',
+  )
   flags.DEFINE_string(
     'workdir', 'workdirs/rehearsal', 'Holds the twin, its TFDS build, the run and rehearsal.json.'
   )
   flags.DEFINE_integer('frame_size', 128, 'Stored frame size of the build.')
-  flags.DEFINE_string('config', 'configs/model2.py', 'Config file to train.')
+  flags.DEFINE_string(
+    'config', None, 'Config file to train (default: configs/model2.py; JHMDB: jhmdb_r3d34.py).'
+  )
   flags.DEFINE_integer('train_steps', 20, 'Training steps.')
   flags.DEFINE_integer('batch_size', 2, 'Global training batch.')
   flags.DEFINE_integer('eval_videos', 4, 'eval.max_videos of the bounded eval.')
@@ -136,6 +146,21 @@ def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str
   }
 
 
+def jhmdb_full_eval_passes(twin: pathlib.Path, clips_per_video: int) -> dict[str, int]:
+  """As `full_eval_passes`, for split 1 of a JHMDB twin (every frame is annotated)."""
+  from stconsist_jax.data.datasets import jhmdb  # pylint: disable=g-import-not-at-top
+
+  description, _ = jhmdb.read_jhmdb(twin / jhmdb.GT_FILE)
+  test = description.splits['split1'].test
+  frames = sum(description.videos[v].num_frames for v in test)
+  return {
+    'videos': len(test),
+    'clips': clips_per_video * len(test),
+    'frames': frames,
+    'video_clips': frames,
+  }
+
+
 def project_full_eval(report: dict, full: dict[str, int]) -> float | None:
   """Seconds of a full evaluation, scaled from the bounded one's per-clip times."""
   timing = report.get('timing') or {}
@@ -193,22 +218,30 @@ def latest_finished_report(eval_dir: pathlib.Path) -> pathlib.Path:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  is_jhmdb = FLAGS.dataset == 'jhmdb'
   if not FLAGS.annotations:
-    errors.fail('error: --annotations is required (a real pyannot.pkl or UCF101v2-GT.pkl)')
+    errors.fail(
+      'error: --annotations is required (a real '
+      + ('JHMDB-GT.pkl)' if is_jhmdb else 'pyannot.pkl or UCF101v2-GT.pkl)')
+    )
   annotations = local_path('annotations', FLAGS.annotations)
   if not annotations.is_file():
     errors.fail(f'error: --annotations {annotations} is not a file')
   root = local_path('workdir', FLAGS.workdir)
   root.mkdir(parents=True, exist_ok=True)
-  twin, data_dir, run = root / 'ucf101_twin', root / 'tfds', root / 'run'
+  twin = root / ('jhmdb_twin' if is_jhmdb else 'ucf101_twin')
+  data_dir, run = root / 'tfds', root / 'run'
   size = FLAGS.frame_size
   py = sys.executable
   workers = [] if FLAGS.num_workers is None else [f'--num_workers={FLAGS.num_workers}']
   stages: list[StageResult] = []
+  dataset = [f'--dataset={FLAGS.dataset}'] if is_jhmdb else []
+  config = FLAGS.config or ('configs/jhmdb_r3d34.py' if is_jhmdb else 'configs/model2.py')
 
   generate = [
     py,
     'tools/generate_synthetic.py',
+    *dataset,
     f'--output={twin}',
     f'--from_annotations={annotations}',
     f'--max_videos={FLAGS.max_videos}',
@@ -217,6 +250,7 @@ def main(argv: Sequence[str]) -> None:
   build = [
     py,
     'tools/build_dataset.py',
+    *dataset,
     f'--manual_dir={twin}',
     f'--data_dir={data_dir}',
     f'--frame_size={size}',
@@ -238,12 +272,22 @@ def main(argv: Sequence[str]) -> None:
     f'--config.eval.frame_stride={FLAGS.eval_frame_stride}',
     f'--config.eval.tube_frame_stride={FLAGS.eval_frame_stride}',
   ]
-  train = [py, 'launch.py', f'--config={FLAGS.config}', f'--workdir={run}', *overrides]
+  train = [py, 'launch.py', f'--config={config}', f'--workdir={run}', *overrides]
   evaluate = [*train, '--mode=eval']
 
   plan = [
-    ('generate twin', generate, twin, (twin / 'pyannot.pkl').exists()),
-    ('TFDS build', build, data_dir, (data_dir / 'ucf101_stconsist').exists()),
+    (
+      'generate twin',
+      generate,
+      twin,
+      (twin / ('JHMDB-GT.pkl' if is_jhmdb else 'pyannot.pkl')).exists(),
+    ),
+    (
+      'TFDS build',
+      build,
+      data_dir,
+      (data_dir / ('jhmdb' if is_jhmdb else 'ucf101_stconsist')).exists(),
+    ),
     ('train', train, run, False),
     ('bounded eval', evaluate, run / 'eval', False),
   ]
@@ -263,7 +307,7 @@ def main(argv: Sequence[str]) -> None:
   report_path = latest_finished_report(run / 'eval')
   report = json.loads(report_path.read_text())
   clips_per_video = int(report['protocol'].get('clips_per_video', 10))
-  full = full_eval_passes(twin, clips_per_video)
+  full = (jhmdb_full_eval_passes if is_jhmdb else full_eval_passes)(twin, clips_per_video)
   projected = project_full_eval(report, full)
   print('\n' + table(stages))
   print(

@@ -64,6 +64,18 @@ _FRAME_MATCHING_TEXT = {
 }
 
 
+# `config.data.name` of UCF-101 builds: the builder's name, or the generated demo data.
+UCF101_DATA_NAMES = ('', 'ucf101_stconsist', 'synthetic')
+
+
+def split_text(dataset: str, split: int) -> str:
+  """Which test videos a report's numbers are over: the dataset and its split."""
+  if dataset.split('/')[0] in UCF101_DATA_NAMES:
+    return f'UCF-101 split {split} test list (UCF101-24 split {split} for boxes)'
+  name = dataset.split('/')[0]
+  return f'{name} split {split} test videos (the split{split} test list of its build)'
+
+
 def protocol(
   clip_length: int,
   image_size: int,
@@ -73,10 +85,12 @@ def protocol(
   extra: Mapping[str, Any] | None = None,
   frame_map_protocol: str = 'voc',
   split: int = 1,
+  dataset: str = '',
 ) -> dict[str, Any]:
   """Describes how the reported numbers were measured, for honest comparisons.
 
   `frame_map_protocol` ('voc' or 'act') must name the rule `frame_map` was called with.
+  `dataset` is `config.data.name` ('' or UCF-101's builder: UCF-101's split lists).
   """
   if frame_map_protocol not in _FRAME_MATCHING_TEXT:
     raise ValueError(
@@ -84,7 +98,7 @@ def protocol(
       f'{frame_ap.FRAME_AP_PROTOCOLS}, found {frame_map_protocol!r}'
     )
   desc = {
-    'split': f'UCF-101 split {split} test list (UCF101-24 split {split} for boxes)',
+    'split': split_text(dataset, split),
     'clip': f'{clip_length} consecutive frames resized (squashed) to {image_size}x{image_size}',
     'clip_accuracy': f'top-1 / top-5 over the {num_classes}-way softmax of every '
     'test clip of the clip stream',
@@ -155,6 +169,7 @@ def protocol_of(
     num_annotated_classes=num_annotated_classes,
     frame_map_protocol=e.frame_ap_protocol,
     split=int(d.split),
+    dataset=str(d.name),
     extra={
       **tubes_text,
       'frame_clip_placement': (

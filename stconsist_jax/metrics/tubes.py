@@ -360,7 +360,12 @@ def _kept_tubes(
 
 
 def link_video(
-  frames: np.ndarray, boxes: np.ndarray, scores: np.ndarray, config: LinkingConfig = LinkingConfig()
+  frames: np.ndarray,
+  boxes: np.ndarray,
+  scores: np.ndarray,
+  config: LinkingConfig = LinkingConfig(),
+  *,
+  in_pixels: bool = False,
 ) -> list[Tube]:
   """Links the per-frame detections of one video into tubes, each class on its own.
 
@@ -384,13 +389,15 @@ def link_video(
     boxes: `(F, N, 4)` corner boxes, in pixels unless `config.plus_one` is False.
     scores: `(F, N, C)` per-class scores of each box.
     config: the linking parameters.
+    in_pixels: the caller converted `boxes` to pixels itself, so boxes that all lie in
+      [0, 1] are a model's collapsed boxes, not normalized ones (no check).
 
   Returns:
     All classes' tubes, sorted by score (mean per-frame score), descending; equal
     scores keep class order, then the order in which the tubes were kept by NMS.
   """
   frames, boxes, scores = check_video_arrays(frames, boxes, scores, 'link_video')
-  if config.plus_one:
+  if config.plus_one and not in_pixels:
     check_pixel_boxes(boxes, 'link_video')
   if frames.shape[0] == 0 or boxes.shape[1] == 0:
     return []

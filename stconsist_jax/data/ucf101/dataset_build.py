@@ -1,17 +1,22 @@
-"""Building a UCF-101 TFDS dataset into a data dir safely: inputs checked before anything is
-written, a build reused, or refused or replaced only once its replacement is complete.
+"""Building a TFDS dataset (UCF-101, or any dataset description) into a data dir safely: inputs
+checked before anything is written, a build reused, or refused or replaced only once complete.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
 from stconsist_jax.core import fileio
+from stconsist_jax.data.datasets import description as description_lib
+from stconsist_jax.data.datasets import read_report as read_report_lib
+from stconsist_jax.data.ucf101 import described_builder
 from stconsist_jax.data.ucf101 import manual_dir as manual_dir_lib
 from stconsist_jax.data.ucf101 import split_lists
 from stconsist_jax.data.ucf101 import tfds_builder
@@ -83,11 +88,23 @@ def build(
   # Unusable inputs fail here, before anything is written.
   manual_dir_lib.load_records(annotation_file, cfg.class_names)
   split_lists.official_split(pathlib.Path(manual_dir) / 'ucfTrainTestlist', split)
-  b = tfds_builder.builder(cfg, data_dir, num_workers)
+  return _prepare(
+    lambda: tfds_builder.builder(cfg, data_dir, num_workers),
+    tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir)),
+    overwrite,
+  )
+
+
+def _prepare(
+  make: Callable[[], tfds.core.DatasetBuilder],
+  download_config: tfds.download.DownloadConfig,
+  overwrite: bool,
+) -> tfds.core.DatasetBuilder:
+  """Builds (or reuses) what `make()`'s builder names; `overwrite` replaces it atomically."""
+  b = make()
   if _recover_replaced(b.data_path):
-    b = tfds_builder.builder(cfg, data_dir, num_workers)
+    b = make()
   remove_incomplete(b.data_path)
-  download_config = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir))
   # TFDS's own bars (splits, shuffling) repeat what the builder's bar and log lines say.
   tfds.display_progress_bar(False)
   if not (overwrite and b.data_path.exists()):
@@ -96,7 +113,7 @@ def build(
   aside = _replaced_path(b.data_path)
   fileio.move_tree(b.data_path, aside)
   try:
-    b = tfds_builder.builder(cfg, data_dir, num_workers)
+    b = make()
     b.download_and_prepare(download_config=download_config)
   except BaseException:
     if b.data_path.exists():  # Complete but its report failed: keep the old build.
@@ -105,3 +122,48 @@ def build(
     raise
   aside.rmtree()
   return b
+
+
+def build_described(
+  description: description_lib.DatasetDescription,
+  inputs: Mapping[str, described_builder.FrameInput],
+  data_dir: str | os.PathLike,
+  *,
+  split: int = 1,
+  frame_size: int = 128,
+  num_workers: int | None = None,
+  jpeg_quality: int = tfds_builder.DEFAULT_JPEG_QUALITY,
+  overwrite: bool = False,
+  source: Mapping[str, Any] | None = None,
+  read_report: read_report_lib.ReadReport | None = None,
+  unreadable: Mapping[str, str] | None = None,
+) -> described_builder.DescribedDataset:
+  """Builds split `split` of any description into `data_dir/<name>/<config>`, as `build`.
+
+  `inputs` maps each video's name to its file or frames folder; `source` (see
+  `manual_dir.files_source`) is what the build records it was made from, so that a
+  later build of other files is refused unless `overwrite`. `read_report` (the
+  readers' bad records) goes into the build report as `annotation_problems`;
+  `unreadable` (name -> why) videos found unreadable before, as skipped ones.
+
+  Raises:
+    records.DataFileError: the description has no such split (before anything is written);
+    tfds_builder.SourceMismatchError: as `build`.
+  """
+  described_builder.split_of(description, split)
+  return _prepare(
+    lambda: described_builder.builder(
+      description,
+      inputs,
+      data_dir,
+      split=split,
+      frame_size=frame_size,
+      jpeg_quality=jpeg_quality,
+      source=source,
+      read_report=read_report,
+      unreadable=unreadable,
+      num_workers=num_workers,
+    ),
+    tfds.download.DownloadConfig(),
+    overwrite,
+  )

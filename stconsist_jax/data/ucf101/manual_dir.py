@@ -123,6 +123,34 @@ def source_of(manual_dir: str | os.PathLike, split: int = 1) -> dict[str, Any]:
   return {'manual_dir': str(manual_dir), 'fingerprint': fingerprint, 'files': hashes}
 
 
+def files_source(
+  root: str | os.PathLike, files: Mapping[str, str | os.PathLike], options: Mapping[str, Any]
+) -> dict[str, Any]:
+  """What a build of any dataset is made from: its video folder, files and options.
+
+  `files` names the annotation and split-list files (`{'annotations': path, ...}`);
+  `options` the choices that change what is built (format, split seed, ...). The
+  fingerprint hashes both, so `source_mismatch` sees a changed file or choice.
+  """
+  hashes = {}
+  for label, path in sorted(files.items()):
+    path = pathlib.Path(path)
+    if path.is_dir():  # A folder of CVAT files: each of them.
+      for f in sorted(p for p in path.rglob('*') if p.is_file()):
+        hashes[f'{label}/{f.relative_to(path).as_posix()}'] = _sha256(f)
+    else:
+      hashes[label] = _sha256(path)
+  fingerprint = hashlib.sha256(
+    json.dumps({'files': hashes, 'options': dict(options)}, sort_keys=True).encode()
+  ).hexdigest()
+  return {
+    'manual_dir': str(pathlib.Path(root).absolute()),
+    'fingerprint': fingerprint,
+    'files': hashes,
+    'options': dict(options),
+  }
+
+
 def source_mismatch(recorded: Mapping[str, Any] | None, current: Mapping[str, Any]) -> str | None:
   """Why a build recorded as made from `recorded` is not one of `current`, or None."""
   if not recorded:

@@ -114,8 +114,86 @@ def make_config(
   )
 
 
-def _default_workers() -> int:
+def default_workers() -> int:
+  """Decoding processes of a build by default: the CPU count, at most 16."""
   return max(1, min(os.cpu_count() or 1, 16))
+
+
+def record_features(frame_size: int, class_names: Sequence[str]) -> tfds.features.FeaturesDict:
+  """The features of one stored video (one example), whatever the dataset (DESIGN.md 2)."""
+  size = frame_size
+  return tfds.features.FeaturesDict(
+    {
+      'frames': tfds.features.Sequence(
+        tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')
+      ),
+      'label': tfds.features.ClassLabel(names=list(class_names)),
+      'name': tfds.features.Text(),
+      'num_frames': np.int32,
+      'original_size': tfds.features.Tensor(shape=(2,), dtype=np.int32),
+      'annotated': np.bool_,
+      'tube_labels': tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      'tube_boxes': tfds.features.Tensor(shape=(None, None, 4), dtype=np.float32, encoding='zlib'),
+      'tube_present': tfds.features.Tensor(shape=(None, None), dtype=np.bool_, encoding='zlib'),
+    }
+  )
+
+
+def check_length(
+  decoded: int, expected: int, report: build_report.BuildReport, of_what: str
+) -> str | None:
+  """Why a video that decoded to `decoded` of `expected` frames is skipped, or None.
+
+  Under MIN_FRAME_FRACTION of them it is truncated; short of them it is kept (counted).
+  """
+  if decoded >= expected:
+    return None
+  if decoded < MIN_FRAME_FRACTION * expected:
+    report.notes['truncated_videos_skipped'] += 1
+    return f'truncated: decoded {decoded} of {expected} {of_what}'
+  report.notes['videos_short_of_expected_frames'] += 1
+  return None
+
+
+def note_stored_tubes(tubes: stored_tubes.TubeArrays, report: build_report.BuildReport) -> None:
+  """Counts the boxes that storing a video's tubes changed or dropped."""
+  for note, count in (
+    ('boxes_beyond_decoded_frames', tubes.beyond_video),
+    ('boxes_clipped_to_frame', tubes.clipped),
+    ('empty_boxes_dropped', tubes.empty),
+  ):
+    if count:
+      report.notes[note] += count
+
+
+def log_split_done(name: str, split: str, report: build_report.BuildReport, start: float) -> None:
+  """Records a split's written count and time in the report, and logs its speed."""
+  seconds = time.time() - start
+  written = report.videos.get(split, 0)
+  report.seconds[split] = seconds
+  logging.info(
+    '%s %s: %d videos in %.1f s (%.2f videos/s), %d skipped',
+    name,
+    split,
+    written,
+    seconds,
+    written / max(seconds, 1e-9),
+    len(report.skipped.get(split, [])),
+  )
+
+
+def write_report(data_dir: Any, report: build_report.BuildReport) -> None:
+  """Writes `build_report.json` into the built version folder and logs its summary."""
+  out = report.to_dict()
+  path = fileio.as_path(data_dir) / build_report.REPORT_FILE
+  fileio.atomic_write(path, json.dumps(out, indent=1))
+  logging.info(
+    'build report %s: written %s, skipped %s, videos/s %s',
+    path,
+    out['videos_written'],
+    out['videos_skipped'],
+    {k: round(v, 2) for k, v in out['videos_per_second'].items()},
+  )
 
 
 class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
@@ -145,30 +223,13 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     return epath.Path(__file__)
 
   def __init__(self, *, num_workers: int | None = None, **kwargs):
-    self._num_workers = _default_workers() if num_workers is None else num_workers
+    self._num_workers = default_workers() if num_workers is None else num_workers
     self._report = build_report.BuildReport()
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
-    size = self.builder_config.frame_size
     return self.dataset_info_from_configs(
-      features=tfds.features.FeaturesDict(
-        {
-          'frames': tfds.features.Sequence(
-            tfds.features.Image(shape=(size, size, 3), encoding_format='jpeg')
-          ),
-          'label': tfds.features.ClassLabel(names=self.builder_config.class_names),
-          'name': tfds.features.Text(),
-          'num_frames': np.int32,
-          'original_size': tfds.features.Tensor(shape=(2,), dtype=np.int32),
-          'annotated': np.bool_,
-          'tube_labels': tfds.features.Tensor(shape=(None,), dtype=np.int32),
-          'tube_boxes': tfds.features.Tensor(
-            shape=(None, None, 4), dtype=np.float32, encoding='zlib'
-          ),
-          'tube_present': tfds.features.Tensor(shape=(None, None), dtype=np.bool_, encoding='zlib'),
-        }
-      ),
+      features=record_features(self.builder_config.frame_size, self.builder_config.class_names),
       supervised_keys=None,
       # Filled while building: `annotated_class_names`, the class of each 24-way
       # tube label in label order (UCF101-24's own order for the real data).
@@ -227,14 +288,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     if video.error:
       return video.error
     expected = record.num_frames if record is not None else video.header_frames
-    if video.num_frames >= expected:
-      return None
-    if video.num_frames < MIN_FRAME_FRACTION * expected:
-      self._report.notes['truncated_videos_skipped'] += 1
-      of_what = 'annotated frames' if record is not None else 'frames in its header'
-      return f'truncated: decoded {video.num_frames} of {expected} {of_what}'
-    self._report.notes['videos_short_of_expected_frames'] += 1
-    return None
+    of_what = 'annotated frames' if record is not None else 'frames in its header'
+    return check_length(video.num_frames, expected, self._report, of_what)
 
   def _generate_examples(
     self,
@@ -252,7 +307,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
       if videos.class_of(p) not in index:
         self._report.skip(split, p, f'class {videos.class_of(p)!r} not in classInd.txt')
       elif not file.is_file():
-        self._report.skip(split, p, f'video file missing: {p}.avi')
+        self._report.skip(split, p, f'video file missing: {p}.avi', 'video_missing')
       else:
         tasks.append(video_decode.DecodeTask(p, str(file), cfg.frame_size, cfg.jpeg_quality))
     start, written = time.time(), 0
@@ -264,16 +319,11 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
       record = records.get(video.path)
       reason = self._check_decoded(video, record)
       if reason is not None:
-        self._report.skip(split, video.path, reason)
+        kind = 'video_unreadable' if video.error else 'video_truncated'
+        self._report.skip(split, video.path, reason, kind)
         continue
       tubes = stored_tubes.tube_arrays(record, video.num_frames, video.height, video.width)
-      for note, count in (
-        ('boxes_beyond_decoded_frames', tubes.beyond_video),
-        ('boxes_clipped_to_frame', tubes.clipped),
-        ('empty_boxes_dropped', tubes.empty),
-      ):
-        if count:
-          self._report.notes[note] += count
+      note_stored_tubes(tubes, self._report)
       written += 1
       yield (
         video.path,
@@ -292,18 +342,8 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
         },
       )
     bar.close()
-    seconds = time.time() - start
     self._report.videos[split] = written
-    self._report.seconds[split] = seconds
-    logging.info(
-      '%s %s: %d videos in %.1f s (%.2f videos/s), %d skipped',
-      cfg.name,
-      split,
-      written,
-      seconds,
-      written / max(seconds, 1e-9),
-      len(self._report.skipped.get(split, [])),
-    )
+    log_split_done(cfg.name, split, self._report, start)
 
   def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs) -> None:
     """TFDS's build (into an incomplete dir, renamed when done) + the build report.
@@ -324,16 +364,7 @@ class Ucf101Stconsist(tfds.core.GeneratorBasedBuilder):
     )
     if existed and not self._report.videos:
       return
-    report = self._report.to_dict()
-    path = fileio.as_path(self.data_dir) / build_report.REPORT_FILE
-    fileio.atomic_write(path, json.dumps(report, indent=1))
-    logging.info(
-      'build report %s: written %s, skipped %s, videos/s %s',
-      path,
-      report['videos_written'],
-      report['videos_skipped'],
-      {k: round(v, 2) for k, v in report['videos_per_second'].items()},
-    )
+    write_report(self.data_dir, self._report)
 
   def _check_source(self, manual_dir: str | os.PathLike) -> None:
     """Raises SourceMismatchError unless the existing build was made from `manual_dir`."""
@@ -361,6 +392,7 @@ def builder(
   return Ucf101Stconsist(config=config, data_dir=data_dir, num_workers=num_workers)
 
 
-def read_report(builder_or_dir: Ucf101Stconsist | str | os.PathLike) -> dict[str, Any]:
-  d = builder_or_dir.data_dir if isinstance(builder_or_dir, Ucf101Stconsist) else builder_or_dir
+def read_report(builder_or_dir: tfds.core.DatasetBuilder | str | os.PathLike) -> dict[str, Any]:
+  """The `build_report.json` of a build (its builder, or its version folder)."""
+  d = getattr(builder_or_dir, 'data_dir', builder_or_dir)
   return json.loads((fileio.as_path(d) / build_report.REPORT_FILE).read_text())

@@ -81,11 +81,14 @@ def video_metrics(
   for truth in truths:
     boxes, scores = video_detections(out, truth, index_map)
     frames = np.arange(truth.num_frames)
+    # In pixels of the video's own size: an untrained model's boxes may all collapse
+    # below one pixel, which link_video would otherwise take for normalized ones.
     detections[truth.name] = tubes.link_video(
       frames,
       classification.normalized_to_pixels(boxes, truth.original_size)[:, None],
       scores[:, None],
       linking,
+      in_pixels=True,
     )
     ground_truth[truth.name] = ground_truth_tubes(truth)
     if len(truth.tube_labels):
