@@ -159,6 +159,18 @@ class Block(nn.Module):
     return nn.relu(y + residual)
 
 
+def max_pool_3d(x: jax.Array) -> jax.Array:
+  """3x3x3 max-pool, stride 2, padding 1 on NTHWC: nn.max_pool's numbers and gradients.
+
+  The padding is an explicit -inf pad (what reduce_window pads with; XLA folds it back
+  into the pool) followed by a 'VALID' pool with the window as a keyword: jax2onnx
+  replaces nn.max_pool while it converts by a plugin that takes only 'SAME'/'VALID'
+  padding and a keyword window, and lowers it to one ONNX MaxPool.
+  """
+  x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=(3, 3, 3), strides=(2, 2, 2), padding='VALID')
+
+
 class ResNet3D(nn.Module):
   """The 3D ResNet backbone, without the classifier.
 
@@ -207,7 +219,7 @@ class ResNet3D(nn.Module):
     )(x)
     x = nn.relu(_batch_norm(train, self.dtype, 'bn1')(x))
     if not self.no_max_pool:
-      x = nn.max_pool(x, (3, 3, 3), strides=(2, 2, 2), padding=[(1, 1)] * 3)
+      x = max_pool_3d(x)
 
     in_planes = widths[0]
     stages = []

@@ -174,6 +174,28 @@ def test_bf16_forward_close_to_float32():
   print(f'bf16 relative logit difference: {rel:.2e}')
 
 
+def test_max_pool_is_torch_max_pool_3d_with_nn_max_pool_gradients():
+  x = np.random.RandomState(3).randn(2, 5, 6, 7, 3).astype(np.float32)
+  # torch.nn.MaxPool3d(3, 2, 1) by hand: windows from 2i - 1 to 2i + 1, edges cut.
+  out_shape = [(n - 1) // 2 + 1 for n in x.shape[1:4]]
+  expected = np.empty((2, *out_shape, 3), np.float32)
+  for t, i, j in np.ndindex(*out_shape):
+    window = x[:, max(2 * t - 1, 0) : 2 * t + 2, max(2 * i - 1, 0) : 2 * i + 2]
+    expected[:, t, i, j] = window[:, :, :, max(2 * j - 1, 0) : 2 * j + 2].max(axis=(1, 2, 3))
+  np.testing.assert_array_equal(np.asarray(resnet3d.max_pool_3d(jnp.asarray(x))), expected)
+
+  # Post-ReLU inputs tie often: the gradient goes where nn.max_pool's padded form sends it.
+  def loss(pool, v):
+    return (pool(jax.nn.relu(v)) ** 2).sum()
+
+  reference = functools.partial(flax.linen.max_pool, window_shape=(3, 3, 3), strides=(2, 2, 2))
+  reference = functools.partial(reference, padding=[(1, 1)] * 3)
+  np.testing.assert_array_equal(
+    jax.grad(functools.partial(loss, resnet3d.max_pool_3d))(x),
+    jax.grad(functools.partial(loss, reference))(x),
+  )
+
+
 def test_normalization_presets_by_hand():
   clip = np.array([[[[[0, 128, 255]]]]], np.uint8)  # 1, 1, 1, 1, 3
   kin = np.asarray(normalize(clip, 'kinetics'))[0, 0, 0, 0]
