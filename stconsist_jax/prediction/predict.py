@@ -65,17 +65,27 @@ class Loaded:
     return not self.predictor.with_boxes
 
 
-def load(
+@dataclasses.dataclass
+class RestoredModel:
+  """A restored model with its settings, before anything is compiled (`load`, exports)."""
+
+  config: ml_collections.ConfigDict  # clip settings in config.data
+  model: Any
+  variables: dict[str, Any]
+  with_boxes: bool
+  class_names: list[str]
+  model_info: dict[str, Any]
+
+
+def restore_model(
   workdir: str | os.PathLike | None = None,
   step: int | str = 'latest',
   *,
   init_from: str | os.PathLike | None = None,
   overrides: Sequence[str] = (),
-  batch_size: int | None = None,
   names_file: str | os.PathLike | None = None,
-  mesh: Any = None,
   settings: ml_collections.ConfigDict | None = None,
-) -> Loaded:
+) -> RestoredModel:
   """Restores a trained detector of a workdir, or a converted classifier (`init_from`).
 
   With `init_from`, the classifier of that converted checkpoint predicts class scores
@@ -129,15 +139,41 @@ def load(
       'config_hash': description.config_hash(config),
     }
     names_config = config
+  names = class_names.class_names_for(names_config, num_classes, names_file)
+  return RestoredModel(config, model, variables, with_boxes, names, info)
+
+
+def load(
+  workdir: str | os.PathLike | None = None,
+  step: int | str = 'latest',
+  *,
+  init_from: str | os.PathLike | None = None,
+  overrides: Sequence[str] = (),
+  batch_size: int | None = None,
+  names_file: str | os.PathLike | None = None,
+  mesh: Any = None,
+  settings: ml_collections.ConfigDict | None = None,
+) -> Loaded:
+  """`restore_model`, ready to predict: the model in a frame predictor (`batch_size`
+  clips per call, default the config's eval.batch_size, on `mesh`)."""
+  r = restore_model(
+    workdir,
+    step,
+    init_from=init_from,
+    overrides=overrides,
+    names_file=names_file,
+    settings=settings,
+  )
   if batch_size is None:
     batch_size = int(
-      (config.get('eval', None) or {}).get('batch_size', frame_predictor.DEFAULT_BATCH_SIZE)
+      (r.config.get('eval', None) or {}).get('batch_size', frame_predictor.DEFAULT_BATCH_SIZE)
     )
   predictor = frame_predictor.FramePredictor.from_config(
-    config, model, variables, batch_size=batch_size, with_boxes=with_boxes, mesh=mesh
+    r.config, r.model, r.variables, batch_size=batch_size, with_boxes=r.with_boxes, mesh=mesh
   )
-  names = class_names.class_names_for(names_config, num_classes, names_file)
-  return Loaded(predictor, config, names, tubes_lib.linking_config(config), info)
+  return Loaded(
+    predictor, r.config, r.class_names, tubes_lib.linking_config(r.config), r.model_info
+  )
 
 
 # ----------------------------------------------------------------------------------
