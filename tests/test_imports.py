@@ -56,3 +56,30 @@ def test_lower_layers_import_without_tensorflow_opencv_or_torch(repo_root):
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert result.stdout.strip().splitlines()[-1] == '[]'
+
+
+def test_export_loads_its_converters_only_when_exporting(repo_root):
+  code = (
+    'import sys\n'
+    'from stconsist_jax.export import exporter\n'
+    "print(sorted(m for m in ('tensorflow', 'jax2onnx', 'onnx') if m in sys.modules))"
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code], cwd=repo_root, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == '[]'
+
+
+def test_export_metadata_reader_needs_the_standard_library_alone(repo_root):
+  heavy = ('jax', 'flax', 'orbax', 'tensorflow', 'numpy', 'etils', 'cv2', 'ml_collections')
+  code = (
+    'import sys\n'
+    'from stconsist_jax.prediction import export_metadata\n'
+    f'print(sorted(m for m in {heavy!r} if m in sys.modules))'
+  )
+  result = subprocess.run(
+    [sys.executable, '-c', code], cwd=repo_root, capture_output=True, text=True, timeout=120
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == '[]'

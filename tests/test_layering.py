@@ -22,16 +22,29 @@ LAYERS = (
   'training',
   'evaluation',
   'prediction',
+  'export',
   'configs',
   'apps',
 )
-# Third-party roots that bring TensorFlow (clu's writers import it) or OpenCV.
+# Third-party roots that bring TensorFlow (clu's writers import it), OpenCV, or the ONNX
+# converter (jax2onnx, onnx).
 TENSORFLOW = ('tensorflow', 'tensorflow_datasets', 'clu')
 OPENCV = ('cv2',)
+ONNX_CONVERTER = ('jax2onnx', 'onnx', 'onnx_ir')
 # Packages (dotted, below stconsist_jax) allowed to import each; the rest of the house may not.
+# The export layer's SavedModel route is the one module outside data/ and the summaries
+# with TensorFlow (jax2tf's SavedModel), loaded inside its export function; the ONNX route
+# alone has the converter.
 ALLOWED = {
-  TENSORFLOW: ('data.ucf101', 'data.synthetic', 'data.pipeline', 'training.summaries'),
+  TENSORFLOW: (
+    'data.ucf101',
+    'data.synthetic',
+    'data.pipeline',
+    'training.summaries',
+    'export.to_savedmodel',
+  ),
   OPENCV: ('data.ucf101', 'data.synthetic', 'prediction'),
+  ONNX_CONVERTER: ('export.to_onnx',),
 }
 # Modules of an allowed package that must stay free of them all the same.
 EXCEPTIONS = {'data.pipeline.random_source'}
@@ -147,6 +160,11 @@ def test_the_layering_check_bites(module, source, expected):
     ('prediction.video_files', 'import cv2\n', 0),
     ('metrics.tubes', 'import cv2\n', 1),
     ('training.train', "importlib.import_module('clu.metric_writers')\n", 1),
+    ('export.to_savedmodel', 'def f():\n  import tensorflow as tf\n', 0),
+    ('export.exporter', 'import tensorflow as tf\n', 1),
+    ('export.to_onnx', 'def f():\n  import jax2onnx\n', 0),
+    ('export.to_stablehlo', 'import onnx\n', 1),
+    ('prediction.export_metadata', 'import jax2onnx\n', 1),
   ],
 )
 def test_the_heavy_import_check_bites(module, source, expected):

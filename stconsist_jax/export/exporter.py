@@ -1,0 +1,232 @@
+"""Exports a restored detector in one format: the model and its metadata.json in a local
+folder that appears whole (built under a partial name beside it, then renamed).
+
+The model is restored as prediction restores it (`prediction.predict.restore_model`); the
+routes are `to_onnx`, `to_savedmodel` and `to_stablehlo`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from typing import Any
+from collections.abc import Sequence
+
+import numpy as np
+
+import stconsist_jax
+from stconsist_jax.core import errors
+from stconsist_jax.core import fileio
+from stconsist_jax.export import inference as inference_lib
+from stconsist_jax.export import to_onnx
+from stconsist_jax.export import to_savedmodel
+from stconsist_jax.export import to_stablehlo
+from stconsist_jax.metrics import tubes as tubes_lib
+from stconsist_jax.models import detector
+from stconsist_jax.prediction import export_metadata
+from stconsist_jax.prediction import output_files
+from stconsist_jax.prediction import predict
+
+FORMATS = tuple(export_metadata.MODEL_FILES)  # onnx, savedmodel, stablehlo
+
+
+class ExportError(errors.UserError):
+  """The output folder cannot take an export."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """How to export: the format and its settings."""
+
+  format: str
+  batch_size: int = 0  # 0: any batch size at run time
+  conv_impl: str = 'xla'  # 3D convolutions; 'conv2d' gives the same numbers by 2D convs
+  platforms: tuple[str, ...] = to_stablehlo.DEFAULT_PLATFORMS  # StableHLO and SavedModel
+  opset: int = to_onnx.OPSET  # ONNX
+
+
+def output_problem(output: str | os.PathLike) -> str | None:
+  """Why `output` cannot receive an export (one line), else None.
+
+  An earlier export there (a folder with metadata.json) is replaced; an empty folder is
+  used; anything else is left alone.
+  """
+  if fileio.is_remote(output):
+    return 'a bucket URL: export to a local folder, then copy it'
+  output = os.fspath(output)
+  if os.path.lexists(output) and not os.path.isdir(output):
+    return 'a file is there, not a folder'
+  if os.path.isdir(output) and os.listdir(output):
+    if not os.path.exists(os.path.join(output, export_metadata.FILENAME)):
+      return 'a folder that is not an export (no metadata.json) and not empty'
+  parent = os.path.dirname(os.path.abspath(output))
+  if os.path.isdir(parent) and not os.access(parent, os.W_OK | os.X_OK):
+    return f'permission denied in {parent}'
+  return None
+
+
+def model_metadata(
+  restored: predict.RestoredModel,
+  inference: inference_lib.Inference,
+  options: Options,
+  exported_with: dict[str, Any],
+  model_sha256: str,
+) -> dict[str, Any]:
+  """The metadata.json of an export (schema: `prediction.export_metadata`, docs/deploy.md)."""
+  config, model, info = restored.config, restored.model, restored.model_info
+  data = config.data
+  head = 'none' if info['source'] == 'init_from' else str(config.model.box_head)
+  scale, mean, std = detector.NORMALIZATION_PRESETS[model.normalization]
+  size = int(data.image_size)
+  return {
+    'format_version': export_metadata.FORMAT_VERSION,
+    'format': options.format,
+    'model_file': export_metadata.MODEL_FILES[options.format],
+    'model_sha256': model_sha256,
+    'project': {'name': 'stconsist_jax', 'version': stconsist_jax.__version__},
+    'exported_with': exported_with,
+    'source': {
+      'kind': info['source'],
+      'path': info['path'],
+      'step': info['step'],
+      'config_hash': info['config_hash'],
+    },
+    'model': {
+      'architecture': info['architecture'],
+      'box_head': head,
+      'num_classes': int(info['num_classes']),
+      'classification_only': bool(info['classification_only']),
+      'conv_impl': options.conv_impl,
+      'dtype': np.dtype(model.dtype).name,
+    },
+    'clip': {
+      'num_frames': int(data.num_frames),
+      'frame_stride': int(data.get('frame_stride', 1)),
+      'frame_size': int(data.frame_size),
+      'image_size': size,
+      'color': 'RGB',
+      'resize': 'squash to frame_size x frame_size (area), then bilinear to image_size',
+    },
+    'normalization': {
+      'preset': model.normalization,
+      'scale': float(scale),
+      'mean': [float(m) for m in mean],
+      'std': [float(s) for s in std],
+      'in_model': True,
+    },
+    'input': {
+      'name': export_metadata.INPUT_NAME,
+      'dtype': 'uint8',
+      'shape': [export_metadata.BATCH if inference.dynamic_batch else options.batch_size]
+      + [int(data.num_frames), size, size, 3],
+      'layout': 'NTHWC',
+    },
+    'outputs': [
+      {
+        'name': o.name,
+        'dtype': o.dtype,
+        'shape': list(o.shape),
+        'layout': export_metadata.OUTPUT_LAYOUTS.get(o.name, ''),
+      }
+      for o in inference.outputs
+    ],
+    'class_names': list(restored.class_names),
+    'linking': dataclasses.asdict(tubes_lib.linking_config(config)),
+    'tubelet': tubelet_settings(config) if head == 'tubelet' else None,
+  }
+
+
+def tubelet_settings(config: Any) -> dict[str, Any]:
+  """The tubelet head's decoding settings (config.model.tubelet_*; K = 0 means all T)."""
+  m = config.model
+  frames = int(m.get('tubelet_frames', 0)) or int(config.data.num_frames)
+  return {
+    'frames': frames,
+    'stride': int(m.get('tubelet_stride', 8)),
+    'top_n': int(m.get('tubelet_top_n', 10)),
+    'nms': float(m.get('tubelet_nms', 0.5)),
+  }
+
+
+def _write_model(inference: inference_lib.Inference, path: str, options: Options) -> dict:
+  if options.format == 'onnx':
+    return to_onnx.export(inference, path, opset=options.opset)
+  if options.format == 'savedmodel':
+    return to_savedmodel.export(inference, path, platforms=options.platforms)
+  return to_stablehlo.export(inference, path, platforms=options.platforms)
+
+
+def export(
+  restored: predict.RestoredModel, output: str | os.PathLike, options: Options
+) -> dict[str, Any]:
+  """Exports `restored` into the folder `output`; returns the metadata written.
+
+  The folder is built as `.<name>.<pid>.partial` beside `output` and renamed to it when
+  complete (an earlier export there is replaced; a killed run's partial folder is
+  removed by the next export).
+  """
+  if options.format not in FORMATS:
+    raise ValueError(f'format must be one of {FORMATS}, got {options.format!r}')
+  problem = output_problem(output)
+  if problem:
+    raise ExportError(f'--output {output}: {problem}')
+  output = os.path.abspath(os.fspath(output))
+  parent, name = os.path.split(output)
+  os.makedirs(parent, exist_ok=True)
+  output_files.remove_stale_partials(parent)
+  data = restored.config.data
+  spec = inference_lib.clip_spec(int(data.num_frames), int(data.image_size), options.batch_size)
+  inference = inference_lib.make_inference(
+    restored.model, restored.variables, spec, options.conv_impl
+  )
+  staging = os.path.join(parent, f'.{name}.{os.getpid()}.partial')
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  try:
+    model_path = os.path.join(staging, export_metadata.MODEL_FILES[options.format])
+    exported_with = _write_model(inference, model_path, options)
+    meta = model_metadata(
+      restored, inference, options, exported_with, export_metadata.model_digest(model_path)
+    )
+    fileio.atomic_write(
+      os.path.join(staging, export_metadata.FILENAME), export_metadata.dumps(meta)
+    )
+    _replace_folder(staging, output)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return meta
+
+
+def _replace_folder(new: str, target: str) -> None:
+  """Renames the folder `new` to `target`, an existing `target` moved aside first."""
+  if not os.path.lexists(target):
+    os.replace(new, target)
+    return
+  parent, name = os.path.split(target)
+  old = os.path.join(parent, f'.{name}.old.{os.getpid()}.partial')
+  shutil.rmtree(old, ignore_errors=True)
+  os.replace(target, old)
+  os.replace(new, target)
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def describe(meta: dict[str, Any], output: str | os.PathLike) -> str:
+  """One line on an export for the command line."""
+  shape = 'x'.join(str(d) for d in meta['input']['shape'])
+  outputs = ', '.join(f'{o["name"]} {o["shape"]}' for o in meta['outputs'])
+  return (
+    f'exported {meta["model"]["architecture"]} ({meta["source"]["kind"]} step '
+    f'{meta["source"]["step"]}) as {meta["format"]}: uint8 clip {shape} -> {outputs}; '
+    f'{os.path.join(os.fspath(output), meta["model_file"])}'
+  )
+
+
+def parse_platforms(text: str | Sequence[str]) -> tuple[str, ...]:
+  """'cpu,cuda' -> ('cpu', 'cuda'); each one of jax.export's platform names."""
+  names = [p.strip() for p in (text.split(',') if isinstance(text, str) else text) if p.strip()]
+  valid = ('cpu', 'cuda', 'rocm', 'tpu')
+  bad = [p for p in names if p not in valid]
+  if not names or bad:
+    raise ExportError(f'--platforms must name some of {valid}, got {text!r}')
+  return tuple(names)

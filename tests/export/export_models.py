@@ -1,0 +1,68 @@
+"""The tiny models the export tests convert, their inputs, and the equality the exports
+must meet: each runtime's outputs equal JAX's to 1e-4 relative (float32)."""
+
+import jax
+import numpy as np
+
+from benchmarks import torch_resnet3d
+from stconsist_jax import models
+from stconsist_jax.configs import demo
+from stconsist_jax.prediction import predict
+
+NUM_FRAMES, SIZE = 8, 48
+RTOL = 1e-4
+
+
+def tiny_config(head):
+  """The demo model (depth 10, widen 0.25, 8x48x48 clips) with `head`. The 'mlp' variant
+  has R3D-34's stem and shortcuts (max-pool, 1x1x1 convolution shortcuts 'B'), so the
+  ops of the full-size model are exported too."""
+  config = demo.get_config()
+  config.data.name = 'random'
+  config.model.box_head = head
+  if head == 'mlp':
+    config.model.box_hidden = (16,)
+    config.model.shortcut_type = 'B'
+    config.model.no_max_pool = False
+    config.model.conv1_t_stride = 1
+  return config
+
+
+def restored(head, seed=0):
+  """A `predict.RestoredModel` as restore_model gives it, with random weights and
+  non-trivial BatchNorm statistics; the model as configured (conv_impl 'auto')."""
+  config = tiny_config(head)
+  model = models.build_model(config.model)
+  clip = np.zeros((1, NUM_FRAMES, SIZE, SIZE, 3), np.uint8)
+  variables = torch_resnet3d.random_flax_variables(model, clip, train=False, seed=seed)
+  info = {
+    'source': 'workdir',
+    'path': '/runs/tiny',
+    'step': 7,
+    'architecture': f'tiny {head}',
+    'classification_only': False,
+    'num_classes': int(config.model.num_classes),
+    'config_hash': 'abcdef012345',
+  }
+  names = [f'action {i}' for i in range(int(config.model.num_classes))]
+  return predict.RestoredModel(config, model, dict(variables), True, names, info)
+
+
+def clips(batch, seed=1):
+  return np.random.default_rng(seed).integers(0, 256, (batch, NUM_FRAMES, SIZE, SIZE, 3), np.uint8)
+
+
+def jax_outputs(r, clip):
+  """The reference: the model applied by JAX as prediction applies it."""
+  out = jax.jit(lambda v, c: r.model.apply(v, c, train=False))(r.variables, clip)
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def assert_equal_outputs(found, expected):
+  """Same names, shapes and dtypes; values within RTOL of each output's largest value."""
+  assert sorted(found) == sorted(expected)
+  for name, want in expected.items():
+    got = np.asarray(found[name])
+    assert got.shape == want.shape and got.dtype == want.dtype, (name, got.shape, got.dtype)
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale, err_msg=name)
