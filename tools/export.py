@@ -58,6 +58,12 @@ def define_flags() -> None:
     'platforms', 'cpu,cuda', 'StableHLO and SavedModel: the platforms the model is lowered for.'
   )
   flags.DEFINE_integer('opset', exporter.Options.opset, 'ONNX: the opset version.')
+  flags.DEFINE_bool(
+    'check',
+    True,
+    'Run the export once by its runtime (onnxruntime, TensorFlow, jaxlib) on random clips '
+    'and refuse it unless it computes what JAX computes.',
+  )
   flags.mark_flags_as_required(['format', 'output'])
 
 
@@ -76,6 +82,7 @@ def run() -> int:
       conv_impl=f.conv_impl,
       platforms=exporter.parse_platforms(f.platforms),
       opset=f.opset,
+      check=f.check,
     )
     step = restore_lib.resolve_step(ml_collections.ConfigDict({'eval': {}}), f.step)
     restored = predict.restore_model(
@@ -94,6 +101,9 @@ def run() -> int:
   except errors.user_error_types() as e:  # A conversion that fails is a bug: traceback.
     print(f'error: {errors.one_line(e)}', file=sys.stderr)
     return errors.EXIT_USER_ERROR
+  except exporter.ExportMismatchError as e:  # A converter's bug, reported without a model.
+    print(f'error: {errors.one_line(e)}', file=sys.stderr)
+    return 1
   print(exporter.describe(meta, f.output))
   return 0
 

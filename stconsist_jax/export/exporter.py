@@ -8,11 +8,13 @@ routes are `to_onnx`, `to_savedmodel` and `to_stablehlo`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 from typing import Any
 from collections.abc import Sequence
 
+import jax
 import numpy as np
 
 import stconsist_jax
@@ -31,8 +33,24 @@ from stconsist_jax.prediction import predict
 FORMATS = tuple(export_metadata.MODEL_FILES)  # onnx, savedmodel, stablehlo
 
 
+# The check of a new export against JAX, relative to each output's largest magnitude: a
+# wrong graph (a lost transpose, a misread padding) is off by the order of the values;
+# float32 rounding of another runtime's convolutions stays below 1e-5 on trained weights.
+CHECK_TOLERANCE = 1e-3
+# format -> (the package that runs it, its `run(path, clip)`).
+RUNTIMES = {
+  'onnx': ('onnxruntime', to_onnx.run),
+  'savedmodel': ('tensorflow', to_savedmodel.run),
+  'stablehlo': ('jax', to_stablehlo.run),
+}
+
+
 class ExportError(errors.UserError):
   """The output folder cannot take an export."""
+
+
+class ExportMismatchError(RuntimeError):
+  """The exported model, run by its runtime, does not compute the model's outputs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +62,7 @@ class Options:
   conv_impl: str = 'xla'  # 3D convolutions; 'conv2d' gives the same numbers by 2D convs
   platforms: tuple[str, ...] = to_stablehlo.DEFAULT_PLATFORMS  # StableHLO and SavedModel
   opset: int = to_onnx.OPSET  # ONNX
+  check: bool = True  # run the export by its runtime once and compare with JAX
 
 
 def output_problem(output: str | os.PathLike) -> str | None:
@@ -72,6 +91,7 @@ def model_metadata(
   options: Options,
   exported_with: dict[str, Any],
   model_sha256: str,
+  checked: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """The metadata.json of an export (schema: `prediction.export_metadata`, docs/deploy.md)."""
   config, model, info = restored.config, restored.model, restored.model_info
@@ -134,6 +154,7 @@ def model_metadata(
     'class_names': list(restored.class_names),
     'linking': dataclasses.asdict(tubes_lib.linking_config(config)),
     'tubelet': tubelet_settings(config) if head == 'tubelet' else None,
+    'checked': checked,
   }
 
 
@@ -146,6 +167,63 @@ def tubelet_settings(config: Any) -> dict[str, Any]:
     'stride': int(m.get('tubelet_stride', 8)),
     'top_n': int(m.get('tubelet_top_n', 10)),
     'nms': float(m.get('tubelet_nms', 0.5)),
+  }
+
+
+def output_differences(
+  expected: dict[str, np.ndarray], found: dict[str, np.ndarray]
+) -> dict[str, float]:
+  """name -> max |found - expected| / max |expected| (booleans: the share that differ)."""
+  differences = {}
+  for name, want in expected.items():
+    want, got = np.asarray(want), np.asarray(found[name])
+    if want.dtype == bool:
+      differences[name] = float(np.mean(want != got)) if want.size else 0.0
+      continue
+    scale = max(float(np.abs(want).max()) if want.size else 0.0, np.finfo(np.float32).tiny)
+    differences[name] = float(np.abs(got.astype(np.float64) - want).max() / scale)
+  return differences
+
+
+def check_export(
+  inference: inference_lib.Inference, fmt: str, model_path: str
+) -> dict[str, Any] | None:
+  """Runs the export by its runtime on a random clip batch and compares with JAX.
+
+  Returns what the metadata records of the check, None when the runtime is not
+  installed. Raises ExportMismatchError when an output differs beyond CHECK_TOLERANCE.
+  """
+  package, run = RUNTIMES[fmt]
+  if importlib.util.find_spec(package) is None:
+    return None
+  shape = inference.clip_spec.shape
+  batch = 2 if inference.dynamic_batch else int(shape[0])
+  clip = np.random.default_rng(0).integers(0, 256, (batch, *shape[1:]), dtype=np.uint8)
+  expected = jax.tree.map(np.asarray, jax.jit(inference.closed())(clip))
+  try:
+    found = run(model_path, clip)
+  except Exception as e:  # pylint: disable=broad-except  # Whatever it is, not a model.
+    raise ExportMismatchError(
+      f'the {fmt} export cannot be run by {package} ({errors.describe(e, 200)}); nothing '
+      'was written'
+    ) from e
+  if sorted(found) != sorted(expected):
+    raise ExportMismatchError(
+      f'the {fmt} export has the outputs {sorted(found)}, the model {sorted(expected)}'
+    )
+  differences = output_differences(expected, found)
+  worst = max(differences, key=differences.get)
+  if not differences[worst] <= CHECK_TOLERANCE:
+    raise ExportMismatchError(
+      f'the {fmt} export, run by {package}, does not compute the model: output {worst!r} '
+      f'differs by {differences[worst]:.2g} of its largest value (tolerance '
+      f'{CHECK_TOLERANCE:g}); nothing was written'
+    )
+  return {
+    'runtime': package,
+    'batch': batch,
+    'tolerance': CHECK_TOLERANCE,
+    'max_relative_difference': {k: float(f'{v:.3g}') for k, v in differences.items()},
   }
 
 
@@ -186,8 +264,14 @@ def export(
   try:
     model_path = os.path.join(staging, export_metadata.MODEL_FILES[options.format])
     exported_with = _write_model(inference, model_path, options)
+    checked = check_export(inference, options.format, model_path) if options.check else None
     meta = model_metadata(
-      restored, inference, options, exported_with, export_metadata.model_digest(model_path)
+      restored,
+      inference,
+      options,
+      exported_with,
+      export_metadata.model_digest(model_path),
+      checked,
     )
     fileio.atomic_write(
       os.path.join(staging, export_metadata.FILENAME), export_metadata.dumps(meta)
@@ -215,10 +299,17 @@ def describe(meta: dict[str, Any], output: str | os.PathLike) -> str:
   """One line on an export for the command line."""
   shape = 'x'.join(str(d) for d in meta['input']['shape'])
   outputs = ', '.join(f'{o["name"]} {o["shape"]}' for o in meta['outputs'])
+  checked = meta['checked']
+  check = (
+    f'checked by {checked["runtime"]} at batch {checked["batch"]}, largest relative '
+    f'difference {max(checked["max_relative_difference"].values()):.1g}'
+    if checked
+    else f'not checked ({RUNTIMES[meta["format"]][0]} is not installed, or --nocheck)'
+  )
   return (
     f'exported {meta["model"]["architecture"]} ({meta["source"]["kind"]} step '
     f'{meta["source"]["step"]}) as {meta["format"]}: uint8 clip {shape} -> {outputs}; '
-    f'{os.path.join(os.fspath(output), meta["model_file"])}'
+    f'{check}; {os.path.join(os.fspath(output), meta["model_file"])}'
   )
 
 

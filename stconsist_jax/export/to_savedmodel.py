@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from stconsist_jax.export import inference as inference_lib
 from stconsist_jax.prediction import export_metadata
 
@@ -64,4 +66,14 @@ def export(
     'tensorflow': tf.__version__,
     'jax2tf_platforms': list(platforms),
     'signature': SIGNATURE,
+  }
+
+
+def run(directory: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
+  """The outputs of a saved model for `clip`, through its serving signature."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  serving = tf.saved_model.load(os.fspath(directory)).signatures[SIGNATURE]
+  return {
+    k: v.numpy() for k, v in serving(**{export_metadata.INPUT_NAME: tf.constant(clip)}).items()
   }

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 from jax import export as jax_export
+import numpy as np
 
 from stconsist_jax.core import fileio
 from stconsist_jax.export import inference as inference_lib
@@ -36,3 +37,8 @@ def export(
 def load(path: str | os.PathLike) -> Callable[..., dict[str, jax.Array]]:
   """The exported function of a file `export` wrote: `call(clip) -> outputs`."""
   return jax_export.deserialize(bytearray(fileio.as_path(path).read_bytes())).call
+
+
+def run(path: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
+  """The outputs of an exported file for `clip`."""
+  return {k: np.asarray(v) for k, v in load(path)(clip).items()}

@@ -139,6 +139,7 @@ def validate(meta: Any) -> dict[str, Any]:
   _check_clip_and_input(meta)
   _check_outputs(meta)
   _typed(meta, 'linking', dict)
+  _typed(meta, 'checked', (dict, type(None)))
   return meta
 
 

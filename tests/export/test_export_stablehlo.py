@@ -15,7 +15,7 @@ from tests.export import export_models
 def exported(request, tmp_path_factory):
   r = export_models.restored(request.param)
   out = tmp_path_factory.mktemp('stablehlo') / request.param
-  meta = exporter.export(r, out, exporter.Options('stablehlo'))
+  meta = exporter.export(r, out, exporter.Options('stablehlo', check=False))
   return r, out, meta
 
 
@@ -32,7 +32,9 @@ def test_outputs_equal_jax_at_other_batch_sizes(exported):
 
 def test_fixed_batch_export_takes_that_batch_only(tmp_path):
   r = export_models.restored('spatial')
-  meta = exporter.export(r, tmp_path / 'fixed', exporter.Options('stablehlo', batch_size=2))
+  meta = exporter.export(
+    r, tmp_path / 'fixed', exporter.Options('stablehlo', batch_size=2, check=False)
+  )
   assert meta['input']['shape'] == [2, 8, 48, 48, 3]
   assert [o['shape'][0] for o in meta['outputs']] == [2, 2]
   call = to_stablehlo.load(tmp_path / 'fixed' / 'model.stablehlo')
@@ -40,3 +42,42 @@ def test_fixed_batch_export_takes_that_batch_only(tmp_path):
   export_models.assert_equal_outputs(call(clip), export_models.jax_outputs(r, clip))
   with pytest.raises(ValueError, match='shape'):
     call(np.zeros((3, 8, 48, 48, 3), np.uint8))
+
+
+def test_check_runs_the_export_and_records_the_difference(tmp_path):
+  r = export_models.restored('spatial')
+  meta = exporter.export(r, tmp_path / 'checked', exporter.Options('stablehlo'))
+  checked = meta['checked']
+  assert (checked['runtime'], checked['batch'], checked['tolerance']) == ('jax', 2, 1e-3)
+  assert sorted(checked['max_relative_difference']) == ['boxes', 'logits']
+  assert max(checked['max_relative_difference'].values()) <= 1e-6  # The same XLA program.
+
+
+def test_check_refuses_an_export_that_computes_something_else(tmp_path, monkeypatch):
+  def shifted(path, clip):
+    out = to_stablehlo.run(path, clip)
+    return dict(out, logits=out['logits'] + 0.01 * np.abs(out['logits']).max())
+
+  monkeypatch.setitem(exporter.RUNTIMES, 'stablehlo', ('jax', shifted))
+  r = export_models.restored('spatial')
+  with pytest.raises(exporter.ExportMismatchError) as e:
+    exporter.export(r, tmp_path / 'wrong', exporter.Options('stablehlo'))
+  assert str(e.value) == (
+    "the stablehlo export, run by jax, does not compute the model: output 'logits' differs "
+    'by 0.01 of its largest value (tolerance 0.001); nothing was written'
+  )
+
+  def broken(path, clip):
+    raise RuntimeError('Incompatible dimensions\nat node Add')
+
+  monkeypatch.setitem(exporter.RUNTIMES, 'stablehlo', ('jax', broken))
+  with pytest.raises(exporter.ExportMismatchError, match='cannot be run by jax'):
+    exporter.export(r, tmp_path / 'wrong', exporter.Options('stablehlo'))
+  assert list(tmp_path.iterdir()) == []  # Neither the export nor its partial folder.
+
+
+def test_output_differences_by_hand():
+  expected = {'a': np.array([1.0, -4.0], np.float32), 'v': np.array([1, 0, 1, 1], bool)}
+  found = {'a': np.array([1.0, -3.9], np.float32), 'v': np.array([1, 1, 1, 1], bool)}
+  differences = exporter.output_differences(expected, found)
+  assert differences['a'] == pytest.approx(0.1 / 4, rel=1e-5) and differences['v'] == 0.25

@@ -109,7 +109,7 @@ def test_converted_classifier_exports_its_class_scores(tmp_path):
     settings=default.get_config(),
     overrides=['data.num_frames=4', 'data.frame_size=32', 'data.image_size=32'],
   )
-  meta = exporter.export(restored, tmp_path / 'out', exporter.Options('stablehlo'))
+  meta = exporter.export(restored, tmp_path / 'out', exporter.Options('stablehlo', check=False))
   assert meta['source']['kind'] == 'init_from' and meta['source']['step'] == 'init_from'
   assert meta['model']['box_head'] == 'none' and meta['model']['classification_only']
   assert meta['outputs'] == [
