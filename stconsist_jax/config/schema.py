@@ -137,6 +137,16 @@ def _check_stages(config: Any) -> None:
 CLIP_KEYS = ('data.frame_size', 'data.image_size', 'data.num_frames', 'data.frame_stride')
 
 
+def tubelet_frames(config: Any) -> int:
+  """K, the output frames per clip of a tubelet detector (`model.tubelet_frames`, 0 = the
+  whole clip); 0 for the other heads."""
+  model = config.get('model', None) or {}
+  if str(model.get('box_head', 'mlp')) != 'tubelet':
+    return 0
+  k = int(model.get('tubelet_frames', 0) or 0)
+  return k or int(config.data.num_frames)
+
+
 def check_clip_settings(config: Any) -> None:
   """The clip settings a model is applied with: positive ints (prediction checks only these)."""
   for key in CLIP_KEYS:

@@ -7,6 +7,7 @@ import dataclasses
 
 import ml_collections
 
+from stconsist_jax.metrics import tubelets
 from stconsist_jax.metrics import tubes
 
 
@@ -166,11 +167,27 @@ def get_config() -> ml_collections.ConfigDict:
   # (accuracy, mean IoU), 'frames' (frame-AP), 'tubes' (whole test videos linked into
   # tubes, video-mAP; after 'frames'). The report and its summary hold what they yield.
   config.eval.evaluators = ('clips', 'frames', 'tubes')
-  config.eval.tube_frame_stride = 1  # Run a clip every k-th frame; interpolate between.
+  # Run a clip every k-th frame (interpolated between); a tubelet detector: clips whose K
+  # output frames start every k-th frame (k <= K, so every frame gets boxes).
+  config.eval.tube_frame_stride = 1
   # ACT's linking (stconsist_jax.metrics.tubes.LinkingConfig, whose defaults these are):
   # iou_threshold, max_gap, min_length, min_score, nms_threshold, top_k.
   config.eval.tubes = ml_collections.ConfigDict(
     {k: v for k, v in dataclasses.asdict(tubes.LinkingConfig()).items() if k != 'plus_one'}
+  )
+  # A tubelet detector's evaluator ('tubelets'; model.box_head='tubelet'): ACT's BuildTubes
+  # (stconsist_jax.metrics.tubelets.TubeletLinkingConfig, whose defaults these are; max_gap
+  # 0 = K, tubelet_nms_threshold 0 = none) and, for frame-AP, ACT's per-frame, per-class
+  # NMS of the tubelet boxes covering a frame at frame_nms_threshold.
+  config.eval.tubelets = ml_collections.ConfigDict(
+    {
+      **{
+        k: (0 if v is None else v)
+        for k, v in dataclasses.asdict(tubelets.TubeletLinkingConfig()).items()
+        if k != 'plus_one'
+      },
+      'frame_nms_threshold': 0.3,
+    }
   )
   config.eval.batch_size = 64
   # The summary metric that selects the 'best' checkpoint (one the evaluators yield).

@@ -15,13 +15,19 @@ from stconsist_jax.training import distributed
 
 PredictFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 
+# A tubelet detector's dense maps (models/tubelet_head.py): its decoded detections are
+# what evaluation and prediction read, so the maps never leave the device.
+DENSE_PREFIX = 'tubelet_'
+
 
 def make_predict_fn(model: Any, mesh: Any) -> PredictFn:
-  """Jitted `(variables, clip) -> {'logits', 'boxes'?}`: batch on 'data', variables replicated."""
+  """Jitted `(variables, clip) -> {'logits', 'boxes'?, 'det_*'?}`: batch on 'data', variables replicated."""
 
   def predict(variables, clip):
     out = model.apply(variables, clip, train=False)
-    return out if isinstance(out, dict) else {'logits': out}
+    if not isinstance(out, dict):
+      return {'logits': out}
+    return {k: v for k, v in out.items() if not k.startswith(DENSE_PREFIX)}
 
   return jax.jit(
     predict,

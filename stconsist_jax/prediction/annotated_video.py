@@ -15,6 +15,7 @@ import numpy as np
 from stconsist_jax.prediction import drawing
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.prediction import output_files
+from stconsist_jax.prediction import prediction_record
 from stconsist_jax.prediction import video_files
 
 FOURCC = 'mp4v'
@@ -28,6 +29,7 @@ def write_video(
   class_names: Sequence[str],
   fps: float,
   on_frame: Callable[[], None] | None = None,
+  box_class_names: Sequence[str] | None = None,
 ) -> int:
   """Decodes `video` again and writes it with the predictions drawn, a frame at a time.
 
@@ -39,7 +41,9 @@ def write_video(
   frames = video_files.read_frames(cap, reuse=True)  # draw_frame copies
   try:
     with output_files.staged_output(out_path) as tmp:
-      written = _draw_into(tmp, frames, results, tube_list, class_names, fps, on_frame)
+      written = _draw_into(
+        tmp, frames, results, tube_list, class_names, fps, on_frame, box_class_names
+      )
   finally:
     frames.close()
   if written != results.num_frames:
@@ -61,6 +65,7 @@ def _draw_into(
   class_names: Sequence[str],
   fps: float,
   on_frame: Callable[[], None] | None,
+  box_class_names: Sequence[str] | None = None,
 ) -> int:
   """Encodes the frames with their predictions drawn into the local file `tmp`."""
   writer = None
@@ -74,11 +79,10 @@ def _draw_into(
         writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*FOURCC), float(fps), (w, h))
         if not writer.isOpened():
           raise video_files.VideoError(f'OpenCV cannot write {FOURCC} video')
-      box = None
-      if results.boxes is not None:
-        box = results.boxes[f] * np.array([w, h, w, h], np.float64)
-      through = drawing.tubes_at(tube_list, f, class_names)
-      writer.write(drawing.draw_frame(frame, box, results.probs[f], through, class_names))
+      scale = np.array([w, h, w, h], np.float64)
+      boxes = [box for box, _, _ in prediction_record.frame_actors(results, f, scale)]
+      through = drawing.tubes_at(tube_list, f, box_class_names or class_names)
+      writer.write(drawing.draw_frame(frame, boxes, results.probs[f], through, class_names))
       written += 1
       if on_frame is not None:
         on_frame()

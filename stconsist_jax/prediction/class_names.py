@@ -57,3 +57,28 @@ def class_names_for(
     )
     return generic_class_names(num_classes)
   return [str(n) for n in names]
+
+
+def box_class_names_for(config: ml_collections.ConfigDict, num_box_classes: int) -> list[str]:
+  """Names of a tubelet detector's box classes: the dataset's annotated classes when its
+  build is reachable and has `num_box_classes` of them, else `box_class_<i>`."""
+  data = config.get('data', None)
+  names = None
+  if data is not None and data.get('name', 'random') not in ('random', ''):
+    try:
+      from stconsist_jax.data.pipeline import sources  # pylint: disable=g-import-not-at-top
+
+      builder = getattr(sources.source_from_config(data), 'builder', None)
+      if builder is not None:
+        names = (builder.info.metadata or {}).get('annotated_class_names')
+    except Exception as e:  # pylint: disable=broad-except
+      logging.warning('Box class names: dataset %r not readable (%s)', data.get('name'), e)
+  if names is None or len(names) != num_box_classes:
+    if names is not None:
+      logging.warning(
+        'Box class names: the dataset has %d, the model %d; using box_class_<i>',
+        len(names),
+        num_box_classes,
+      )
+    return [f'box_class_{i}' for i in range(num_box_classes)]
+  return [str(n) for n in names]

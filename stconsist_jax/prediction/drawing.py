@@ -54,7 +54,7 @@ def _label(
 
 def draw_frame(
   frame_bgr: np.ndarray,
-  box: np.ndarray | None,
+  boxes: Sequence[np.ndarray],
   probs: np.ndarray,
   frame_tubes: Sequence[tuple[int, str, float, np.ndarray]],
   class_names: Sequence[str],
@@ -63,7 +63,8 @@ def draw_frame(
 
   Args:
     frame_bgr: uint8 `(H, W, 3)`.
-    box: the frame's detection, pixel corners (None: classification only), drawn thin.
+    boxes: the frame's detections (its actors), pixel corners, drawn thin (none:
+      classification only).
     probs: `(K,)` the frame's class probabilities; the top class is written top-left.
     frame_tubes: `(tube id, class name, tube score, pixel corner box)` of the tubes
       through this frame, best first; the first DRAWN_TUBES are drawn in the tube's
@@ -76,7 +77,7 @@ def draw_frame(
   thick = max(1, int(round(h / 360.0)))
   top = int(np.argmax(probs))
   _label(image, f'{class_names[top]} {probs[top]:.2f}', 0, 0, (255, 255, 255), scale, thick)
-  if box is not None:
+  for box in boxes:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     cv2.rectangle(image, (x1, y1), (x2, y2), (255, 255, 255), thick)
   shown = list(frame_tubes)[:DRAWN_TUBES]

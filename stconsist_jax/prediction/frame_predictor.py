@@ -18,16 +18,19 @@ import jax
 import ml_collections
 import numpy as np
 
+from stconsist_jax.config import schema
 from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.core import clip_geometry
 from stconsist_jax.training import distributed
 from stconsist_jax.evaluation import forward
 from stconsist_jax.metrics import classification
 from stconsist_jax.metrics import interpolation
+from stconsist_jax.metrics import tubelets as tubelets_lib
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.data.ucf101 import video_decode
 
 DEFAULT_BATCH_SIZE = 8
+TUBELET_KEYS = ('det_boxes', 'det_scores', 'det_valid')  # models/tubelet_decode.py
 
 
 def prepare_frame(
@@ -99,6 +102,46 @@ def sliding_windows(
     yield last, clip_of(last, last)
 
 
+def tubelet_windows(
+  frames: Iterable[np.ndarray], num_frames: int, k: int, every: int
+) -> Iterator[tuple[int, np.ndarray]]:
+  """`(first output frame o, clip)` of a tubelet detector's clips, streaming over `frames`.
+
+  `clip_geometry.TUBELET_PLACEMENT`: o = 0, every, 2 * every, ... and the last start F - K
+  (F is known only at the end of the stream); the clip holds frames o + tubelet_offsets,
+  clamped to the video, from a ring buffer of T frames, so memory stays bounded.
+  """
+  if not 1 <= every <= k:
+    raise ValueError(f'the tubelet stride must be in 1..K={k} frames, got {every}')
+  offsets = clip_geometry.tubelet_offsets(num_frames, k)
+  lookahead = int(offsets[-1])
+  span = num_frames
+  ring = None
+  count = 0
+  start = 0
+
+  def clip_of(o: int, last: int) -> np.ndarray:
+    return ring[np.clip(o + offsets, 0, last) % span]
+
+  for frame in frames:
+    frame = np.asarray(frame)
+    if ring is None:
+      ring = np.empty((span,) + frame.shape, frame.dtype)
+    elif frame.shape != ring.shape[1:]:
+      raise ValueError(f'frame {count} has shape {frame.shape}, the first had {ring.shape[1:]}')
+    ring[count % span] = frame
+    count += 1
+    while start + lookahead <= count - 1:
+      yield start, clip_of(start, count - 1)
+      start += every
+  if count == 0:
+    return
+  yielded = start - every  # the last start yielded while streaming (-every: none)
+  for o in clip_geometry.tubelet_output_starts(count, k, every):
+    if o > yielded:
+      yield int(o), clip_of(int(o), count - 1)
+
+
 def _batches(
   windows: Iterator[tuple[int, np.ndarray]], size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -115,6 +158,16 @@ def _batches(
 
 
 @dataclasses.dataclass
+class Tubelets:
+  """A tubelet detector's decoded detections on the clips of one video."""
+
+  output_frames: np.ndarray  # int64 (M, K): the video frame of each output frame
+  boxes: np.ndarray  # float32 (M, N, K, 4) corners x1, y1, x2, y2 normalized
+  scores: np.ndarray  # float32 (M, N, C) box-class probabilities
+  valid: np.ndarray  # bool (M, N)
+
+
+@dataclasses.dataclass
 class Detections:
   """The model's outputs on the clips of one video."""
 
@@ -123,6 +176,8 @@ class Detections:
   boxes: np.ndarray | None  # float32 (M, 4) (x_left, y_top, w, h) normalized; None:
   #   a classifier without a box head
   num_frames: int  # frames read from the video
+  # A tubelet detector's decoded clips (`frames` are then each clip's first output frame).
+  tubelets: Tubelets | None = None
 
   @property
   def probs(self) -> np.ndarray:
@@ -150,6 +205,7 @@ class FramePredictor:
     frame_stride: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
     with_boxes: bool | None = None,
+    tubelet_frames: int = 0,
     mesh: Any = None,
   ):
     for name, value in (
@@ -171,6 +227,9 @@ class FramePredictor:
     if with_boxes is None:  # A Detector with a box head; not a VideoClassifier.
       with_boxes = str(getattr(model, 'box_head', 'none')) != 'none'
     self.with_boxes = bool(with_boxes)
+    self.tubelet_frames = int(tubelet_frames)  # K of a tubelet detector; 0: one box per clip
+    if self.tubelet_frames and frame_stride != 1:
+      raise ValueError('a tubelet detector needs clips of consecutive frames (frame_stride 1)')
     self.variables = distributed.replicate(
       {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh
     )
@@ -189,6 +248,7 @@ class FramePredictor:
       frame_stride=int(d.get('frame_stride', 1)),
       frame_size=int(d.frame_size),
       image_size=int(d.image_size),
+      tubelet_frames=schema.tubelet_frames(config),
       **kwargs,
     )
 
@@ -214,9 +274,12 @@ class FramePredictor:
 
   def _fetch(self, centres: np.ndarray, out: Any) -> dict[str, np.ndarray]:
     host = jax.tree.map(np.asarray, jax.device_get(out))
-    got = {'frames': centres, 'logits': host['logits'][: len(centres)].astype(np.float32)}
+    n = len(centres)
+    got = {'frames': centres, 'logits': host['logits'][:n].astype(np.float32)}
     if self.with_boxes and 'boxes' in host:
-      got['boxes'] = host['boxes'][: len(centres)].astype(np.float32)
+      got['boxes'] = host['boxes'][:n].astype(np.float32)
+    if self.tubelet_frames:
+      got.update({k: host[k][:n] for k in TUBELET_KEYS})
     return got
 
   def detect(
@@ -248,7 +311,10 @@ class FramePredictor:
         count[0] += 1
         yield self.prepare(frame, bgr)
 
-    windows = sliding_windows(prepared(), self.num_frames, self.frame_stride, every)
+    if self.tubelet_frames:
+      windows = tubelet_windows(prepared(), self.num_frames, self.tubelet_frames, every)
+    else:
+      windows = sliding_windows(prepared(), self.num_frames, self.frame_stride, every)
     chunks, pending = [], None
     for centres, clips in _batches(windows, self.batch_size):
       out = self._run(clips)  # dispatched asynchronously
@@ -262,11 +328,16 @@ class FramePredictor:
     boxes = (
       np.concatenate([c['boxes'] for c in chunks]) if all('boxes' in c for c in chunks) else None
     )
+    starts = np.concatenate([c['frames'] for c in chunks])
+    tubelets = None
+    if self.tubelet_frames:
+      k = self.tubelet_frames
+      tubelets = Tubelets(
+        np.minimum(starts[:, None] + np.arange(k), count[0] - 1),
+        *(np.concatenate([c[key] for c in chunks]) for key in TUBELET_KEYS),
+      )
     return Detections(
-      np.concatenate([c['frames'] for c in chunks]),
-      np.concatenate([c['logits'] for c in chunks]),
-      boxes,
-      count[0],
+      starts, np.concatenate([c['logits'] for c in chunks]), boxes, count[0], tubelets
     )
 
 
@@ -299,6 +370,10 @@ class FrameResults:
   #   classification only
   probs: np.ndarray  # float64 (F, K) softmax probabilities
   predicted: np.ndarray  # bool (F,): the frame had its own clip (else interpolated)
+  # A tubelet detector's actors of each frame, best first: boxes float32 (F, M, 4)
+  # normalized corners, box-class scores float32 (F, M, C) (0 for a class whose
+  # per-frame NMS suppressed the box), valid bool (F, M). None: one box per frame.
+  actors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
   @property
   def num_frames(self) -> int:
@@ -341,3 +416,61 @@ def link_tubes(results: FrameResults, linking: Any, size: tuple[int, int] = (1, 
     return []
   found = tubes_lib.link_video(frames, boxes[:, None], results.probs[:, None, classes], linking)
   return [tubes_lib.Tube(int(classes[t.label]), t.frames, t.boxes, t.scores) for t in found]
+
+
+def _per_frame(
+  dets: tubelets_lib.FrameDetections, num_frames: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`FrameDetections` rows (pixels) -> padded per-frame actors, best first, normalized."""
+  h, w = size
+  scores = np.where(dets.valid, dets.scores, 0.0)
+  best = scores.max(axis=1) if scores.size else np.zeros(0)
+  order = np.lexsort((-best, dets.frames))
+  frames = dets.frames[order]
+  counts = np.bincount(frames, minlength=num_frames)
+  m = max(int(counts.max(initial=0)), 1)
+  slot = np.arange(len(frames)) - np.repeat(np.cumsum(counts) - counts, counts)
+  boxes = np.zeros((num_frames, m, 4), np.float32)
+  per_class = np.zeros((num_frames, m, scores.shape[1]), np.float32)
+  valid = np.zeros((num_frames, m), bool)
+  boxes[frames, slot] = dets.boxes[order] / np.array([w, h, w, h], np.float64)
+  per_class[frames, slot] = scores[order]
+  valid[frames, slot] = True
+  return boxes, per_class, valid
+
+
+def tubelet_results(
+  detections: Detections,
+  size: tuple[int, int],
+  linking: tubelets_lib.TubeletLinkingConfig,
+  frame_nms_threshold: float = 0.3,
+) -> tuple[FrameResults, list[Any]]:
+  """A tubelet detector's frames and tubes: every actor of every frame (the tubelet boxes
+  covering it after ACT's per-class NMS) and ACT's tubes, boxes in pixels of `size`.
+
+  A frame's `probs` are the clip classifier's, interpolated between the clips' centre
+  output frames; its `boxes` row is its best actor's box (NaN: no actor).
+  """
+  t = detections.tubelets
+  n = detections.num_frames
+  h, w = size
+  scale = np.array([w, h, w, h], np.float64)
+  pixel_boxes = t.boxes.astype(np.float64) * scale
+  found = tubelets_lib.link_tubelets(t.output_frames, pixel_boxes, t.scores, linking, valid=t.valid)
+  per_frame = tubelets_lib.frame_detections(
+    t.output_frames,
+    pixel_boxes,
+    t.scores,
+    valid=t.valid,
+    nms_threshold=frame_nms_threshold,
+    plus_one=linking.plus_one,
+  )
+  actors = _per_frame(per_frame, n, size)
+  centres = t.output_frames[:, t.output_frames.shape[1] // 2]
+  centres, first = np.unique(centres, return_index=True)
+  full = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (len(centres), 1))
+  _, probs = interpolation.fill_one_box(centres, full, detections.probs[first], n)
+  boxes = np.where(actors[2][:, :1, None], actors[0][:, :1], np.nan)[:, 0].astype(np.float64)
+  predicted = np.zeros(n, bool)
+  predicted[np.unique(t.output_frames)] = True
+  return FrameResults(boxes, probs, predicted, actors), found

@@ -33,6 +33,7 @@ from stconsist_jax.config import overrides as overrides_lib
 from stconsist_jax.config import schema
 from stconsist_jax.evaluation import description
 from stconsist_jax.evaluation import restore as restore_lib
+from stconsist_jax.evaluation.evaluators import tubelets as tubelets_eval
 from stconsist_jax.core import fileio
 from stconsist_jax.prediction import annotated_video
 from stconsist_jax.prediction import class_names
@@ -57,8 +58,13 @@ class Loaded:
   predictor: frame_predictor.FramePredictor
   config: ml_collections.ConfigDict
   class_names: list[str]
-  linking: Any  # tubes.LinkingConfig
+  linking: Any  # tubes.LinkingConfig; a tubelet detector's: tubelets.TubeletLinkingConfig
   model_info: dict[str, Any]
+  box_class_names: list[str] | None = None  # a tubelet detector's box classes
+
+  @property
+  def tubelets(self) -> bool:
+    return bool(self.predictor.tubelet_frames)
 
   @property
   def classification_only(self) -> bool:
@@ -171,6 +177,10 @@ def load(
   predictor = frame_predictor.FramePredictor.from_config(
     r.config, r.model, r.variables, batch_size=batch_size, with_boxes=r.with_boxes, mesh=mesh
   )
+  if predictor.tubelet_frames:
+    box_names = class_names.box_class_names_for(r.config, int(r.config.model.num_box_classes))
+    linking = tubelets_eval.linking_config(r.config)
+    return Loaded(predictor, r.config, r.class_names, linking, r.model_info, box_names)
   return Loaded(
     predictor, r.config, r.class_names, tubes_lib.linking_config(r.config), r.model_info
   )
@@ -259,9 +269,14 @@ def predict_video(
     )
     if detections.num_frames == 0:
       raise video_files.VideoError('no decodable frames')
-    results = frame_predictor.densify(detections)
     size = (int(shape[0]), int(shape[1]))
-    found = frame_predictor.link_tubes(results, loaded.linking, size)
+    if loaded.tubelets:
+      results, found = frame_predictor.tubelet_results(
+        detections, size, loaded.linking, tubelets_eval.frame_nms_threshold(loaded.config)
+      )
+    else:
+      results = frame_predictor.densify(detections)
+      found = frame_predictor.link_tubes(results, loaded.linking, size)
     tube_list = found[:max_tubes] if max_tubes > 0 else found
     predict_s = time.perf_counter() - start
     record = prediction_record.make_record(
@@ -275,6 +290,7 @@ def predict_video(
       loaded.model_info,
       prediction_record.settings(loaded.predictor, loaded.linking, every, top_k, max_tubes),
       top_k,
+      loaded.box_class_names,
     )
     write_s = 0.0
     written = None
@@ -283,7 +299,14 @@ def predict_video(
       bar.set_description(f'{name} (writing)')
       t0 = time.perf_counter()
       annotated_video.write_video(
-        video, mp4_path, results, tube_list, loaded.class_names, info.fps, on_frame=bar.update
+        video,
+        mp4_path,
+        results,
+        tube_list,
+        loaded.class_names,
+        info.fps,
+        on_frame=bar.update,
+        box_class_names=loaded.box_class_names,
       )
       written = mp4_path
       write_s = time.perf_counter() - t0

@@ -17,10 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.core import clip_geometry
 from stconsist_jax.prediction import frame_predictor
 
-FORMAT = 'stconsist_jax.prediction/1'
+# Version 2 adds `box_classes` and every frame's `actors` (a tubelet detector's several
+# boxes a frame; a one-box head's one box); tubes' labels index `box_classes`.
+FORMAT = 'stconsist_jax.prediction/2'
+ACTOR_TUBE_IOU = 0.5  # An actor belongs to the tube of its class whose box it overlaps most.
 NUM_DIGITS = 5  # Decimals of scores in the JSON; boxes get 2 (pixels).
 
 
@@ -55,26 +59,95 @@ def top_classes(probs: np.ndarray, class_names: Sequence[str], k: int) -> list[d
   ]
 
 
+def frame_actors(
+  results: frame_predictor.FrameResults, f: int, scale: np.ndarray
+) -> list[tuple[np.ndarray, int, float]]:
+  """`(pixel box, box-class label, score)` of frame f's actors, best first: a tubelet
+  detector's actors, or a one-box head's box with the frame's top class."""
+  if results.actors is None:
+    if results.boxes is None:
+      return []
+    top = int(np.argmax(results.probs[f]))
+    return [(results.boxes[f] * scale, top, float(results.probs[f][top]))]
+  boxes, scores, valid = results.actors
+  out = []
+  for m in np.nonzero(valid[f])[0]:
+    label = int(np.argmax(scores[f, m]))
+    out.append((boxes[f, m] * scale, label, float(scores[f, m, label])))
+  return out
+
+
+def actor_tube_ids(
+  actors: Sequence[tuple[np.ndarray, int, float]], through: Sequence[tuple[int, int, np.ndarray]]
+) -> list[int | None]:
+  """The tube of each actor: in actor order, the not yet taken tube of its class through
+  the frame whose box overlaps it most, at IoU >= ACTOR_TUBE_IOU (None: no tube)."""
+  taken, ids = set(), []
+  for box, label, _ in actors:
+    best, best_iou = None, ACTOR_TUBE_IOU
+    for tube_id, tube_label, tube_box in through:
+      if tube_id in taken or tube_label != label:
+        continue
+      iou = float(boxes_lib.iou_corners(box[None], tube_box[None], plus_one=False)[0])
+      if iou >= best_iou:
+        best, best_iou = tube_id, iou
+    if best is not None:
+      taken.add(best)
+    ids.append(best)
+  return ids
+
+
+def tubes_through(tubes: Sequence[Any], f: int) -> list[tuple[int, int, np.ndarray]]:
+  """`(tube id, label, pixel box)` of the tubes with a box on frame f."""
+  found = []
+  for tube_id, tube in enumerate(tubes):
+    i = int(np.searchsorted(tube.frames, f))
+    if i < len(tube.frames) and tube.frames[i] == f:
+      found.append((tube_id, int(tube.label), np.asarray(tube.boxes[i], np.float64)))
+  return found
+
+
 def frame_entries(
   results: frame_predictor.FrameResults,
   size: tuple[int, int],
   class_names: Sequence[str],
   top_k: int = 0,
+  tubes: Sequence[Any] = (),
+  box_class_names: Sequence[str] | None = None,
 ) -> Entries:
-  """The JSON `frames` list: pixel corner box, all scores or the top-k classes."""
+  """The JSON `frames` list: pixel corner box (null: none), all scores or the top-k
+  classes, and the frame's actors with their box class and tube id."""
   h, w = size
   scale = np.array([w, h, w, h], np.float64)
+  box_names = class_names if box_class_names is None else box_class_names
 
   def entry(f: int) -> dict[str, Any]:
     box = None
-    if results.boxes is not None:
+    if results.boxes is not None and np.all(np.isfinite(results.boxes[f])):
       box = _round(results.boxes[f] * scale, 2)
     scores = (
       top_classes(results.probs[f], class_names, top_k)
       if top_k > 0
       else _round(results.probs[f], NUM_DIGITS)
     )
-    return {'frame': f, 'box': box, 'scores': scores, 'predicted': bool(results.predicted[f])}
+    actors = frame_actors(results, f, scale)
+    ids = actor_tube_ids(actors, tubes_through(tubes, f))
+    return {
+      'frame': f,
+      'box': box,
+      'scores': scores,
+      'predicted': bool(results.predicted[f]),
+      'actors': [
+        {
+          'box': _round(b, 2),
+          'label': label,
+          'class': box_names[label],
+          'score': round(score, NUM_DIGITS),
+          'tube': tube_id,
+        }
+        for (b, label, score), tube_id in zip(actors, ids)
+      ],
+    }
 
   return Entries(results.num_frames, entry)
 
@@ -173,8 +246,11 @@ def settings(
     'frame_top_k': top_k,
     'max_tubes': max_tubes,
     'linking': linking_dict(linking),
-    'placement': clip_geometry.PLACEMENT,
-    'interpolation': 'linear between predicted frames' if every > 1 else 'none',
+    'placement': clip_geometry.TUBELET_PLACEMENT if p.tubelet_frames else clip_geometry.PLACEMENT,
+    'interpolation': (
+      'linear between predicted frames' if every > 1 and not p.tubelet_frames else 'none'
+    ),
+    'tubelet_frames': p.tubelet_frames,
   }
 
 
@@ -189,9 +265,12 @@ def make_record(
   model_info: Mapping[str, Any],
   settings: Mapping[str, Any],
   top_k: int,
+  box_class_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
   """The record of one video (without `timing`): frames, the `kept` tubes of the `found`
-  ones, the video's top 5 classes, the model and the settings."""
+  ones, the video's top 5 classes, the model and the settings. `box_class_names`: the
+  classes of a tubelet detector's boxes and tubes (default: `class_names`)."""
+  box_names = list(class_names if box_class_names is None else box_class_names)
   return {
     'format': FORMAT,
     'video': video,
@@ -199,8 +278,9 @@ def make_record(
     'fps': round(fps, 4),
     'size': list(size),
     'classes': list(class_names),
-    'frames': frame_entries(results, size, class_names, top_k),
-    'tubes': tube_entries(kept, class_names),
+    'box_classes': box_names,
+    'frames': frame_entries(results, size, class_names, top_k, kept, box_names),
+    'tubes': tube_entries(kept, box_names),
     'tubes_found': len(found),
     'top5': top_classes(results.probs.mean(0), class_names, 5),
     'model': dict(model_info),

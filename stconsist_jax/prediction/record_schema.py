@@ -23,6 +23,19 @@ _CLASS_SCORE = {
   'properties': {'label': _INT, 'class': {'type': 'string'}, 'score': _NUMBER},
 }
 
+_ACTOR = {
+  'type': 'object',
+  'required': ['box', 'label', 'class', 'score', 'tube'],
+  'additionalProperties': False,
+  'properties': {
+    'box': _BOX,
+    'label': _INT,
+    'class': {'type': 'string'},
+    'score': _NUMBER,
+    'tube': {'anyOf': [_INT, {'type': 'null'}]},
+  },
+}
+
 PREDICTION_SCHEMA: dict[str, Any] = {
   '$schema': 'https://json-schema.org/draft/2020-12/schema',
   'title': 'stconsist_jax prediction of one video',
@@ -34,6 +47,7 @@ PREDICTION_SCHEMA: dict[str, Any] = {
     'fps',
     'size',
     'classes',
+    'box_classes',
     'frames',
     'tubes',
     'tubes_found',
@@ -54,11 +68,12 @@ PREDICTION_SCHEMA: dict[str, Any] = {
       'maxItems': 2,
     },
     'classes': {'type': 'array', 'items': {'type': 'string'}, 'minItems': 1},
+    'box_classes': {'type': 'array', 'items': {'type': 'string'}, 'minItems': 1},
     'frames': {
       'type': 'array',
       'items': {
         'type': 'object',
-        'required': ['frame', 'box', 'scores', 'predicted'],
+        'required': ['frame', 'box', 'scores', 'predicted', 'actors'],
         'additionalProperties': False,
         'properties': {
           'frame': _INT,
@@ -67,6 +82,7 @@ PREDICTION_SCHEMA: dict[str, Any] = {
             'anyOf': [{'type': 'array', 'items': _NUMBER}, {'type': 'array', 'items': _CLASS_SCORE}]
           },
           'predicted': {'type': 'boolean'},
+          'actors': {'type': 'array', 'items': _ACTOR},
         },
       },
     },
@@ -193,8 +209,9 @@ def schema_errors(value: Any, schema: Mapping[str, Any], where: str = '$') -> li
 def _consistency_errors(record: Mapping[str, Any]) -> list[str]:
   """What the schema cannot say: counts, frame order, indices and lengths agree."""
   errors = []
-  n, classes = record['num_frames'], record['classes']
+  n, classes, box_classes = record['num_frames'], record['classes'], record['box_classes']
   k = len(classes)
+  num_tubes = len(record['tubes'])
   if len(record['frames']) != n:
     errors.append(f'$.frames: {len(record["frames"])} entries for num_frames={n}')
   for i, frame in enumerate(record['frames']):
@@ -209,6 +226,16 @@ def _consistency_errors(record: Mapping[str, Any]) -> list[str]:
     if bad:
       errors.append(f'$.frames[{i}].scores: {bad[0]}')
       break
+    bad = [
+      a
+      for a in frame['actors']
+      if a['label'] >= len(box_classes)
+      or a['class'] != box_classes[a['label']]
+      or (a['tube'] is not None and a['tube'] >= num_tubes)
+    ]
+    if bad:
+      errors.append(f'$.frames[{i}].actors: label/class/tube mismatch in {bad[0]}')
+      break
   for i, tube in enumerate(record['tubes']):
     where = f'$.tubes[{i}]'
     if not 0 <= tube['start'] <= tube['end'] < n:
@@ -217,7 +244,7 @@ def _consistency_errors(record: Mapping[str, Any]) -> list[str]:
       errors.append(f'{where}: {len(tube["frames"])} frames but {len(tube["boxes"])} boxes')
     elif tube['frames'][0] != tube['start'] or tube['frames'][-1] != tube['end']:
       errors.append(f'{where}: frames do not run from start to end')
-    if tube['label'] >= k or tube['class'] != classes[tube['label']]:
+    if tube['label'] >= len(box_classes) or tube['class'] != box_classes[tube['label']]:
       errors.append(f'{where}: label {tube["label"]} / class {tube["class"]!r} mismatch')
   if [t['id'] for t in record['tubes']] != list(range(len(record['tubes']))):
     errors.append('$.tubes: ids are not 0, 1, 2, ...')

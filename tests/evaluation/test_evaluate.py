@@ -383,7 +383,7 @@ def test_max_videos_evaluates_an_evenly_spaced_subset(run, synthetic_tfds):
 def test_compare_reports_refuses_what_is_not_a_report_in_one_line(repo_root, tmp_path, capsys):
   compare = _compare_module(repo_root)
   prediction = tmp_path / 'v_X.json'  # what tools/demo.py and predict write per video
-  prediction.write_text(json.dumps({'format': 'stconsist_jax.prediction/1', 'video': 'v_X'}))
+  prediction.write_text(json.dumps({'format': 'stconsist_jax.prediction/2', 'video': 'v_X'}))
   for path, said in (
     (prediction, 'is not an evaluation report'),
     (tmp_path / 'nope', 'no report.json found at'),

@@ -389,7 +389,7 @@ def test_record_is_written_entry_by_entry_in_the_compact_layout():
   }
   expected = (
     '{\n'
-    '  "format": "stconsist_jax.prediction/1",\n'
+    '  "format": "stconsist_jax.prediction/2",\n'
     '  "video": "clips/v.mp4",\n'
     '  "num_frames": 3,\n'
     '  "top5": [],\n'
@@ -700,3 +700,16 @@ def test_benchmark_prints_frames_per_second_without_tensorflow(repo_root):
   assert record['frames_per_s'] > 0 and record['num_frames'] == 12
   assert record['clip_frames'] == 8 and record['image_size'] == 48
   assert record['device'] and record['tensorflow_imported'] is False
+
+
+@pytest.mark.parametrize('count, k, every', [(21, 8, 4), (20, 8, 4), (5, 8, 4), (30, 6, 6)])
+def test_tubelet_windows_stream_the_documented_clips(count, k, every):
+  num_frames = 8 if k == 8 else 10
+  frames = [np.full((2, 2, 1), i, np.uint8) for i in range(count)]
+  got = list(frame_predictor.tubelet_windows(iter(frames), num_frames, k, every))
+  starts = [o for o, _ in got]
+  assert starts == clip_geometry.tubelet_output_starts(count, k, every).tolist()
+  p0 = (num_frames - k) // 2
+  for o, clip in got:
+    expected = np.clip(np.arange(num_frames) + o - p0, 0, count - 1)
+    np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)

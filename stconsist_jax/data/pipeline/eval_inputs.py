@@ -75,7 +75,7 @@ def pipeline_streams(
     ds, count = make(config, **kw, **extra)
     return Counted(tfds.as_numpy(ds), count)
 
-  with_videos = with_frames and 'tubes' in config.eval.evaluators
+  with_videos = with_frames and bool({'tubes', 'tubelets'} & set(config.eval.evaluators))
   return StreamData(
     clip_batches=lambda: counted(eval_streams.make_eval_clip_dataset),
     frame_batches=(lambda: counted(eval_streams.make_eval_frame_dataset, layout=layout()))

@@ -6,6 +6,7 @@ Padded to the same batch count on every host, with the ground truth they are sco
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -13,6 +14,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from stconsist_jax.config import schema
+from stconsist_jax.core import clip_geometry
 from stconsist_jax.data.pipeline import clips as clips_lib
 from stconsist_jax.data.pipeline import sources
 
@@ -225,13 +228,13 @@ def eval_layout(config, process_count: int, source: sources.Source | None = None
     table[host_videos(num_videos, max_videos, i, process_count)] for i in range(process_count)
   ]
   k = config.eval.clips_per_video
-  tube_stride = config.eval.tube_frame_stride
+  clips_of_video = functools.partial(video_clip_count, config)
   return EvalLayout(
     clip_counts=tuple(k * int(t[:, 0].sum()) for t in per_host),
     frame_counts=tuple(int((t[:, 0] * t[:, 1]).sum()) for t in per_host),
     max_boxes=max(1, int(table[:, 2].max(initial=0))),
     video_frame_counts=tuple(
-      int(sum(num_video_clips(int(n), tube_stride) for n in t[(t[:, 0] > 0) & (t[:, 4] > 0), 3]))
+      int(sum(clips_of_video(int(n)) for n in t[(t[:, 0] > 0) & (t[:, 4] > 0), 3]))
       for t in per_host
     ),
   )
@@ -292,6 +295,27 @@ def video_clip_frames(video_frames: tf.Tensor, stride: int) -> tf.Tensor:
   )
 
 
+def video_clip_count(config, video_frames: int) -> int:
+  """Clips of the whole-video stream for one video of `video_frames` frames."""
+  k = schema.tubelet_frames(config)
+  if k:
+    return clip_geometry.num_tubelet_clips(video_frames, k, config.eval.tube_frame_stride)
+  return num_video_clips(video_frames, config.eval.tube_frame_stride)
+
+
+def tubelet_output_starts(video_frames: tf.Tensor, k: int, stride: int) -> tf.Tensor:
+  """`clip_geometry.tubelet_output_starts` in TensorFlow (int32)."""
+  last = tf.maximum(tf.cast(video_frames, tf.int32) - k, 0)
+  starts = tf.range(0, last + 1, stride, dtype=tf.int32)
+  return tf.cond(tf.equal(last % stride, 0), lambda: starts, lambda: tf.concat([starts, [last]], 0))
+
+
+def tubelet_indices(start: tf.Tensor, video_frames: tf.Tensor, num_frames: int, k: int):
+  """Frames int32 `(T,)` of the tubelet clip whose first output frame is `start`, clamped."""
+  offsets = tf.constant(clip_geometry.tubelet_offsets(num_frames, k), tf.int32)
+  return tf.clip_by_value(tf.cast(start, tf.int32) + offsets, 0, video_frames - 1)
+
+
 def make_eval_video_dataset(
   config,
   *,
@@ -300,7 +324,10 @@ def make_eval_video_dataset(
   source: sources.Source | None = None,
   layout: EvalLayout | None = None,
 ) -> tuple[tf.data.Dataset, int]:
-  """Whole annotated test videos: a clip centred on every `eval.tube_frame_stride`-th frame.
+  """Whole annotated test videos: a clip centred on every `eval.tube_frame_stride`-th frame,
+  or, for a tubelet detector of K output frames, clips whose output frames start every
+  s-th frame (`clip_geometry.TUBELET_PLACEMENT`; `frame` is the first output frame and
+  `output_frames` int32 `(K,)` all of them).
 
   The detections of these clips, interpolated in between, are linked into action tubes
   (video-mAP). Only UCF101-24 videos (with tubes) take part, as in ACT's protocol; only
@@ -317,26 +344,40 @@ def make_eval_video_dataset(
   n - 1 reaches n - 1 as d + K - 1 >= 0, which holds unless K = 1 and T is even (then
   the only output is position T // 2 - 1 and frame n - 1 is never an output frame).
   So every frame of every video is some clip's output frame when s <= K, for K >= 2 or
-  odd T. Returns `(dataset, num_batches)`, the same count on every host.
+  odd T. A tubelet detector (model.box_head='tubelet') is placed by its first output
+  frames instead (`clip_geometry.TUBELET_PLACEMENT`: 0, s, 2s, ... and n - K, strictly
+  increasing as ACT's linking needs); then `frame` is the first output frame and
+  `output_frames` int32 `(K,)` lists the K output frames. Returns `(dataset,
+  num_batches)`, the same count on every host.
   """
   spec, source, batch, _, raw = _eval_setup(config, process_index, process_count, source)
   layout = layout or eval_layout(config, process_count, source)
   num_batches = num_batches_for(layout.video_frame_counts, batch)
   stride = config.eval.tube_frame_stride
+  k = schema.tubelet_frames(config)
 
   def make(video_id, frame, ex):
-    indices = clips_lib.centred_indices(frame, tf.shape(ex['frames'])[0], spec)
+    video_frames = tf.shape(ex['frames'])[0]
+    if k:
+      indices = tubelet_indices(frame, video_frames, spec.num_frames, k)
+      p0 = clip_geometry.first_output_position(spec.num_frames, k)
+      extra = {'output_frames': tf.ensure_shape(indices[p0 : p0 + k], [k])}
+    else:
+      indices, extra = clips_lib.centred_indices(frame, video_frames, spec), {}
     return {
       'clip': _decoded_clip(ex, indices, spec),
       'video_id': tf.cast(video_id, tf.int32),
       'frame': frame,
       'frame_indices': indices,
       'valid': tf.constant(True),
+      **extra,
     }
 
   raw = raw.filter(lambda i, ex: sources.is_ucf24(ex))
 
   def frames_of(ex):
+    if k:
+      return tubelet_output_starts(tf.shape(ex['frames'])[0], k, stride)
     return video_clip_frames(tf.shape(ex['frames'])[0], stride)
 
   return _pad_and_batch(_clips_at(frames_of, make, raw), batch, num_batches), num_batches
