@@ -220,10 +220,15 @@ def _check_evaluators(config: Any) -> None:
       "config key eval.evaluators: 'tubes' needs 'frames' before it (it reports beside its "
       f'frame-AP), got {names!r}'
     )
-  if config.eval.frame_ap_frames == 'all' and 'tubes' not in names:
+  if 'tubelets' in names and config.model.box_head != 'tubelet':
+    raise ConfigError(
+      "config key eval.evaluators: 'tubelets' scores a tubelet detector "
+      f"(model.box_head='tubelet'), found box_head={config.model.box_head!r}"
+    )
+  if config.eval.frame_ap_frames == 'all' and not {'tubes', 'tubelets'} & set(names):
     raise ConfigError(
       "config key eval.frame_ap_frames='all' scores frames of the whole-video pass: it "
-      "needs 'tubes' in eval.evaluators"
+      "needs 'tubes' (or 'tubelets') in eval.evaluators"
     )
 
 
@@ -237,6 +242,17 @@ def _check_tubelet_head(config: Any) -> None:
   _check_range(config, 'model.tubelet_width', 1)
   _check_range(config, 'model.tubelet_top_n', 1)
   _check_range(config, 'model.tubelet_nms', 0.0, 1.0, low_open=True)
+  if config.data.frame_stride != 1:
+    raise ConfigError(
+      f'config key data.frame_stride={config.data.frame_stride}: a tubelet detector predicts '
+      'a box on each of consecutive frames, so its clips need frame_stride 1'
+    )
+  k = tubelet_frames(config)
+  if not 1 <= config.eval.tube_frame_stride <= k:
+    raise ConfigError(
+      f'config key eval.tube_frame_stride={config.eval.tube_frame_stride} must be in 1..{k} '
+      '(model.tubelet_frames K): clips farther apart than K frames leave frames without boxes'
+    )
 
 
 def validate(
@@ -354,6 +370,13 @@ def validate(
   for key in ('max_gap', 'min_length', 'top_k'):
     _check_type(config, f'eval.tubes.{key}', int)
     _check_range(config, f'eval.tubes.{key}', 1)
+  if config.eval.get('tubelets', None) is not None:
+    for key in ('tubelet_nms_threshold', 'iou_threshold', 'nms_threshold', 'frame_nms_threshold'):
+      _check_range(config, f'eval.tubelets.{key}', 0.0, 1.0)
+    _check_range(config, 'eval.tubelets.min_score', 0.0)
+    for key, low in (('max_gap', 0), ('min_length', 1), ('top_k', 1)):
+      _check_type(config, f'eval.tubelets.{key}', int)
+      _check_range(config, f'eval.tubelets.{key}', low)
   if num_devices is not None and config.eval.batch_size % num_devices:
     raise ConfigError(
       f'config key eval.batch_size={config.eval.batch_size} is not '
