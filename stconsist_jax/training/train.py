@@ -94,6 +94,23 @@ def check_num_classes(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def check_num_box_classes(config: ml_collections.ConfigDict) -> None:
+  """A tubelet detector: model.num_box_classes must equal the data's annotated classes."""
+  if config.data.name == 'random' or not schema.tubelet_frames(config):
+    return
+  from stconsist_jax.data.pipeline import sources  # pylint: disable=g-import-not-at-top
+
+  data = config.data.copy_and_resolve_references()
+  with data.unlocked():
+    data.classes = 'ucf24'  # the annotated classes, in tube-label order
+  names = sources.label_names(data)
+  if len(names) != config.model.num_box_classes:
+    raise schema.ConfigError(
+      f'config key model.num_box_classes={config.model.num_box_classes} differs from the '
+      f'{len(names)} annotated classes of data {config.data.name!r} (first: {names[:3]})'
+    )
+
+
 def _lease_lost(lock: workdir_lock.WorkdirLock | None, step: int, every: int) -> bool:
   """Whether process 0 lost the workdir lock: looked at before every step with one
   process; with several, every `every` steps, all processes agreeing."""
@@ -217,6 +234,7 @@ def train_and_evaluate(
   fileio.set_storage_timeout(config.train.storage_timeout_seconds)
   if batch_iter_fn is None:
     check_num_classes(config)
+    check_num_box_classes(config)
   ckpt_dir = fileio.as_path(workdir) / checkpointing.CHECKPOINT_DIR
   if config.init_from and not checkpoint_steps.committed_steps(ckpt_dir):
     initial_weights.check_init_from(config.init_from)
