@@ -11,7 +11,7 @@ import ml_collections
 import pytest
 from scipy import stats
 
-from stconsist_jax.configs import demo
+from stconsist_jax.configs import demo_one_box as demo
 from stconsist_jax.config import schema
 from stconsist_jax.config import config_file
 

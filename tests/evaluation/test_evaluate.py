@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stconsist_jax.configs import demo
+from stconsist_jax.configs import demo_one_box as demo
 from stconsist_jax.training import checkpointing
 from stconsist_jax.config import config_file
 from stconsist_jax.training import distributed

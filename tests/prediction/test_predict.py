@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from stconsist_jax.configs import demo
+from stconsist_jax.configs import demo_one_box as demo
 from stconsist_jax.core import clip_geometry
 from stconsist_jax.training import checkpointing
 from stconsist_jax.config import config_file

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from stconsist_jax.configs import demo
+from stconsist_jax.configs import demo_one_box as demo
 from stconsist_jax.training import checkpointing
 from stconsist_jax.training import distributed
 from stconsist_jax.training import summaries
