@@ -25,6 +25,8 @@ import numpy as np
 
 from stconsist_jax.configs import default as default_config
 from stconsist_jax.configs import demo as demo_config
+from stconsist_jax.configs import demo_one_box
+from stconsist_jax.configs import tubelet_r3d34
 from stconsist_jax.training import distributed
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.core import console
@@ -32,25 +34,31 @@ from stconsist_jax import models
 from stconsist_jax.prediction import class_names  # pylint: disable=g-import-not-at-top
 from stconsist_jax.prediction import predict
 from stconsist_jax.evaluation import description
-from stconsist_jax.metrics import tubes
 from stconsist_jax.prediction import video_files
 
-SETTINGS = ('demo', 'r3d34')
+SETTINGS = ('demo', 'demo_one_box', 'r3d34', 'r3d34_tubelet')
 
 _SETTINGS = flags.DEFINE_list(
   'settings',
   list(SETTINGS),
-  'demo: configs/demo.py (R3D-10/4, 8x48x48, spatial head, '
-  '8 classes); r3d34: R3D-34, 16x128x128, Model-2 head, 101 '
-  'classes.',
+  'demo: configs/demo.py (R3D-10/4, 8x48x48, tubelet head, 8 classes); demo_one_box: the '
+  'same with the spatial head; r3d34: R3D-34, 16x128x128, Model-2 head, 101 classes; '
+  'r3d34_tubelet: configs/tubelet_r3d34.py (R3D-34, 16x128x128, tubelet head, 24 classes).',
 )
-_FRAMES = flags.DEFINE_list('frames', ['200', '48'], 'Video length per setting (frames).')
+_FRAMES = flags.DEFINE_list(
+  'frames', ['200', '200', '48', '48'], 'Video length per setting (frames).'
+)
 _VIDEO_SIZE = flags.DEFINE_list(
   'video_size', ['240', '320'], 'Height, width of the test video (UCF-101: 240, 320).'
 )
 _FPS = flags.DEFINE_integer('fps', 25, 'Frame rate of the test video.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Clips per batch.')
-_EVERY = flags.DEFINE_integer('frame_stride', 1, 'Predict every k-th frame.')
+_EVERY = flags.DEFINE_integer(
+  'frame_stride',
+  0,
+  'Predict every k-th frame (a tubelet detector: clips every k-th frame); 0: the '
+  "setting's default (1; a tubelet detector's eval.tube_frame_stride).",
+)
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Devices in the mesh (0 = all).')
 _WRITE = flags.DEFINE_bool(
   'write_video', True, 'Also time drawing and encoding the annotated video (reported apart).'
@@ -61,8 +69,10 @@ def bench_config(setting: str) -> ml_collections.ConfigDict:
   """The config a setting names (random weights; data settings only for the clips)."""
   if setting == 'demo':
     config = demo_config.get_config()
-  elif setting == 'r3d34':
-    config = default_config.get_config()
+  elif setting == 'demo_one_box':
+    config = demo_one_box.get_config()
+  elif setting in ('r3d34', 'r3d34_tubelet'):
+    config = (tubelet_r3d34 if setting == 'r3d34_tubelet' else default_config).get_config()
     config.data.num_frames = 16
     config.data.frame_size = config.data.image_size = 128
   else:
@@ -111,11 +121,10 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
   )
   compile_s = predictor.warm_up()
   num_classes = int(config.model.num_classes)
-  loaded = predict.Loaded(
+  loaded = predict.make_loaded(
     predictor,
     config,
     class_names.generic_class_names(num_classes),
-    tubes.linking_config(config),
     {
       'source': 'workdir',
       'path': '',
@@ -132,11 +141,12 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
   decode_s = time.perf_counter() - start
 
   with tempfile.TemporaryDirectory() as out:
+    every = _EVERY.value or predict.default_stride(loaded)
     result = predict.predict_video(
-      loaded, video, out, every=_EVERY.value, write_annotated=_WRITE.value, progress=False
+      loaded, video, out, every=every, write_annotated=_WRITE.value, progress=False
     )
   timing = result.record['timing']
-  clips = int(result.results.predicted.sum())
+  clips = int(timing['clips'])
   num_frames = result.record['num_frames']
   return {
     'setting': setting,
@@ -158,7 +168,9 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
     'image_size': predictor.image_size,
     'frame_size': predictor.frame_size,
     'batch_size': predictor.batch_size,
-    'frame_stride': _EVERY.value,
+    'frame_stride': every,
+    'tubelet_frames': predictor.tubelet_frames,
+    'forward_passes_per_frame': round(clips / max(num_frames, 1), 4),
     'video_size': result.record['size'],
     'num_classes': num_classes,
     'dtype': str(config.model.dtype),

@@ -48,8 +48,10 @@ def define_flags() -> None:
   )
   flags.DEFINE_integer(
     'frame_stride',
-    1,
-    'Predict every k-th frame (and the last); frames in between are interpolated.',
+    0,
+    'Predict every k-th frame (and the last); frames in between are interpolated. A '
+    "tubelet detector: a clip every k-th frame, boxing its K frames. 0: the model's default "
+    "(1; a tubelet detector's eval.tube_frame_stride).",
   )
   flags.DEFINE_integer(
     'batch_size',
@@ -128,7 +130,7 @@ def run(argv_flags: Any = None) -> int:
       loaded,
       videos,
       out_dir,
-      every=f.frame_stride,
+      every=f.frame_stride or predict.default_stride(loaded),
       top_k=f.frame_top_k,
       max_tubes=f.max_tubes,
       write_annotated=f.write_video,

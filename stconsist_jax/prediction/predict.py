@@ -177,13 +177,27 @@ def load(
   predictor = frame_predictor.FramePredictor.from_config(
     r.config, r.model, r.variables, batch_size=batch_size, with_boxes=r.with_boxes, mesh=mesh
   )
+  return make_loaded(predictor, r.config, r.class_names, r.model_info)
+
+
+def make_loaded(
+  predictor: frame_predictor.FramePredictor,
+  config: ml_collections.ConfigDict,
+  names: Sequence[str],
+  info: dict[str, Any],
+) -> Loaded:
+  """A `Loaded` with the linking of the model's kind: ACT's per-frame linking for one box
+  per clip, its tubelet linking and the box classes' names for a tubelet detector."""
   if predictor.tubelet_frames:
-    box_names = class_names.box_class_names_for(r.config, int(r.config.model.num_box_classes))
-    linking = tubelets_eval.linking_config(r.config)
-    return Loaded(predictor, r.config, r.class_names, linking, r.model_info, box_names)
-  return Loaded(
-    predictor, r.config, r.class_names, tubes_lib.linking_config(r.config), r.model_info
-  )
+    box_names = class_names.box_class_names_for(config, int(config.model.num_box_classes))
+    linking = tubelets_eval.linking_config(config)
+    return Loaded(predictor, config, list(names), linking, info, box_names)
+  return Loaded(predictor, config, list(names), tubes_lib.linking_config(config), info)
+
+
+def default_stride(loaded: Loaded) -> int:
+  """Clips every frame for one box per clip; a tubelet detector's eval.tube_frame_stride."""
+  return int(loaded.config.eval.tube_frame_stride) if loaded.tubelets else 1
 
 
 # ----------------------------------------------------------------------------------
@@ -314,6 +328,7 @@ def predict_video(
       'predict_s': round(predict_s, 3),
       'write_s': round(write_s, 3),
       'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2),
+      'clips': int(len(detections.frames)),  # forward passes of the model
     }
     record_schema.validate_prediction(record)
     write_record(json_path, record)

@@ -150,7 +150,12 @@ PREDICTION_SCHEMA: dict[str, Any] = {
     },
     'timing': {
       'type': 'object',
-      'properties': {'predict_s': _NUMBER, 'write_s': _NUMBER, 'frames_per_s': _NUMBER},
+      'properties': {
+        'predict_s': _NUMBER,
+        'write_s': _NUMBER,
+        'frames_per_s': _NUMBER,
+        'clips': _INT,
+      },
     },
   },
 }

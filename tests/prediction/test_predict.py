@@ -713,3 +713,45 @@ def test_tubelet_windows_stream_the_documented_clips(count, k, every):
   for o, clip in got:
     expected = np.clip(np.arange(num_frames) + o - p0, 0, count - 1)
     np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
+
+
+def test_a_tubelet_detector_predicts_every_actor_of_every_frame(videos, tmp_path):
+  """The demo's tubelet detector (random weights) on a 37-frame video: a clip every 4
+  frames, each frame an output frame, actors and tubes valid under the record schema."""
+  from stconsist_jax.configs import demo as tubelet_demo  # pylint: disable=g-import-not-at-top
+
+  config = tubelet_demo.get_config()
+  config.data.name = 'random'
+  config.model.widen_factor = 0.125
+  config.eval.tubelets.min_length = 2  # random weights give short tubes
+  model = models.build_model(config.model)
+  path = tmp_path / 'tubelet'
+  state = train_step.create_train_state(config, model, distributed.make_mesh())
+  config_file.save(config, path)
+  ckpt = checkpointing.Checkpointer(path, keep=1, async_save=False)
+  ckpt.save(1, state)
+  ckpt.wait()
+  ckpt.close()
+  tubelet_loaded = predict.load(path, 'latest', batch_size=8)
+  assert tubelet_loaded.tubelets and predict.default_stride(tubelet_loaded) == 4
+  result = predict.predict_video(
+    tubelet_loaded, videos / 'a.avi', tmp_path / 'out', every=4, progress=False
+  )
+  record = json.loads(result.json_path.read_text())
+  record_schema.validate_prediction(record)
+  n = record['num_frames']
+  assert record['format'] == 'stconsist_jax.prediction/2'
+  assert record['timing']['clips'] == clip_geometry.num_tubelet_clips(n, 8, 4) == 9
+  assert record['box_classes'] == [f'box_class_{i}' for i in range(6)]
+  assert all(f['predicted'] for f in record['frames'])  # every frame is an output frame
+  counts = [len(f['actors']) for f in record['frames']]
+  assert max(counts) > 1  # several actors a frame (random weights box many places)
+  h, w = record['size']
+  for frame in record['frames']:
+    for actor in frame['actors']:
+      x1, y1, x2, y2 = actor['box']
+      assert 0 <= x1 <= x2 <= w and 0 <= y1 <= y2 <= h
+  ids = {a['tube'] for f in record['frames'] for a in f['actors']} - {None}
+  assert ids <= set(range(len(record['tubes'])))
+  assert record['settings']['tubelet_frames'] == 8
+  assert _count_frames(result.video_path) == n
