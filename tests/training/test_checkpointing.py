@@ -49,7 +49,7 @@ def _launch(repo_root, workdir, cache_dir, **kwargs):
   cmd = [
     sys.executable,
     str(repo_root / 'launch.py'),
-    '--config=configs/demo.py',
+    '--config=configs/demo_one_box.py',
     f'--workdir={workdir}',
     *OVERRIDES,
   ]
