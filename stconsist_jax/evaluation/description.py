@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 
 from stconsist_jax.config import config_file
+from stconsist_jax.config import schema
 from stconsist_jax.metrics import frame_ap
 
 
@@ -30,6 +31,12 @@ def model_name(model_config: Any) -> str:
   head = model_config.box_head
   if head == 'none':
     return 'classifier only'
+  if head == 'tubelet':
+    k = int(model_config.get('tubelet_frames', 0) or 0)
+    return (
+      f'tubelet (K={k or "T"}, stride {int(model_config.tubelet_stride)}, '
+      f'width {int(model_config.tubelet_width)}, {int(model_config.num_box_classes)} box classes)'
+    )
   hidden = tuple(int(h) for h in np.atleast_1d(model_config.box_hidden))
   if head == 'mlp' and hidden == (16,):
     return 'Model-1'
@@ -161,6 +168,8 @@ def protocol_of(
       f"ranked across videos, each ground-truth tube matched once; AP as ACT's videoAP. "
       f'video_map@0.5:0.95 averages 0.5, 0.55, ..., 0.95'
     )
+  if 'tubelets' in e.evaluators:
+    tubes_text.update(tubelet_protocol(config))
   return protocol(
     clip_length=int(d.num_frames),
     image_size=int(d.image_size),
@@ -171,7 +180,6 @@ def protocol_of(
     split=int(d.split),
     dataset=str(d.name),
     extra={
-      **tubes_text,
       'frame_clip_placement': (
         f'annotated frame f at clip position T//2 = {int(d.num_frames) // 2}; clip '
         f'frames f + (p - T//2) * {int(d.frame_stride)}, clamped to the video'
@@ -194,5 +202,49 @@ def protocol_of(
         else f'a subset: at most {int(e.max_videos)} test videos evenly spaced over '
         'the split (eval.max_videos), not comparable with full-split numbers'
       ),
+      **tubes_text,  # the whole-video evaluators' texts (a tubelet detector's replace some)
     },
   )
+
+
+def tubelet_protocol(config: ml_collections.ConfigDict) -> dict[str, str]:
+  """How the tubelets evaluator measured frame-AP and video-AP (it replaces the one-box
+  frame-AP text)."""
+  d, e = config.data, config.eval
+  k = schema.tubelet_frames(config)
+  placement = (
+    f'whole test videos, a {int(d.num_frames)}-frame clip whose central K={k} output frames '
+    f'start every {int(e.tube_frame_stride)}-th frame (and at the last possible start), '
+    'clamped to the video: every frame is an output frame of at least one clip'
+  )
+  frames = (
+    'every frame of the test videos (frames without ground truth hold only false positives)'
+    if e.frame_ap_frames == 'all'
+    else 'every annotated frame (any tube has a box)'
+  )
+  return {
+    'frame_map': (
+      f'frame-AP at IoU 0.5 per annotated class, averaged over the classes with ground '
+      f'truth, of a tubelet detector: {placement}; on each frame, every tubelet box covering '
+      f"it, scored by its tubelet's class probabilities, after a per-class NMS at "
+      f"{float(e.tubelets.frame_nms_threshold):g} (ACT's frameAP on tubelets), so several "
+      f'actors a frame; frames scored: {frames}; '
+      + _FRAME_MATCHING_TEXT[e.frame_ap_protocol]
+      + ' Ground truth: every tube box of the frame (all actors).'
+    ),
+    'video_map': (
+      f"tubelets of the same clips linked per class by ACT's BuildTubes (eval.tubelets: "
+      f'{dict(e.tubelets)}); spatio-temporal IoU = temporal IoU x mean per-frame IoU '
+      '(+1 pixel convention); per class, tubes ranked across videos by the mean of their '
+      "tubelets' scores, each ground-truth tube matched once; AP as ACT's videoAP. "
+      'video_map@0.5:0.95 averages 0.5, 0.55, ..., 0.95'
+    ),
+    'frame_clip_placement': placement,
+    'frames_scored': frames,
+    'mean_iou': (
+      "IoU of the tubelet detector's one-box output (the box, at the clip's central output "
+      "frames, of its location with the highest foreground probability) with the clip's "
+      "box target (primary actor's box averaged over the two central frames): a one-box "
+      'measure, kept for comparison with the one-box heads'
+    ),
+  }
