@@ -4,11 +4,13 @@
       [--arms=no_consistency,flip,flip_teacher] [--seeds=0,1,2,3,4] [--num_steps=300]
       [--image_size=32] [--videos_per_class=15] [--out=DIR] [--config.train.batch_size=16]
 
-E2E-SSL's protocol on the demo's synthetic benchmark (configs/demo.py, sized by the
+E2E-SSL's protocol on the demo's multi-actor benchmark (configs/demo.py, sized by the
 flags): a share of the training videos (`data.labeled_video_fraction`, a keyed hash of
 name and seed, nested) keeps class and boxes, the rest keep nothing. For every labelled
-fraction x arm (no consistency: both consistency weights 0; flip: the flip-consistency
-terms; flip_teacher: the same with a mean teacher, `loss.teacher_ema`) x seed it trains
+fraction x arm (no consistency: every consistency weight 0; flip: the flip-consistency
+terms, CSD on the dense outputs for the tubelet head of configs/demo.py; flip_teacher: the
+same with a mean teacher, `loss.teacher_ema`; flip_boxes: only the box consistency of every
+output frame) x seed it trains
 and evaluates one run. Runs are paired: one seed gives every arm the same data, labelled
 subset and initialization, so arms are compared seed by seed.
 
@@ -41,9 +43,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 FLAGS = flags.FLAGS
 
-METRICS = ('mean_iou', 'frame_map', 'video_map@0.5')
+METRICS = ('mean_iou', 'frame_map', 'video_map@0.5', 'video_map@0.75')
 BASELINE = 'no_consistency'
-ARMS = (BASELINE, 'flip', 'flip_teacher')
+ARMS = (BASELINE, 'flip', 'flip_teacher', 'flip_boxes')
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.5, 1.0)
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 CONFIDENCE = 0.95
@@ -193,6 +195,11 @@ def run_config(base, arm: str, fraction: float, seed: int, teacher_ema: float = 
     if arm == BASELINE:
       config.loss.con_cls_weight = 0.0
       config.loss.con_loc_weight = 0.0
+      config.loss.con_dense_cls_weight = 0.0
+      config.loss.con_dense_box_weight = 0.0
+    if arm == 'flip_boxes':  # the tubelet head's box consistency on every output frame only
+      config.loss.con_cls_weight = 0.0
+      config.loss.con_dense_cls_weight = 0.0
   return config
 
 

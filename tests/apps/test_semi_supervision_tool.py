@@ -83,8 +83,12 @@ def test_run_configs_are_paired_and_valid(tool):
   assert configs['flip_teacher'].loss.teacher_ema == 0.9
   # Apart from the arm's loss settings the runs of one seed are the same experiment.
   diffs = config_file.config_differences(configs['no_consistency'], configs['flip_teacher'])
-  assert {k for k, _, _ in diffs} <= {'loss.con_cls_weight', 'loss.con_loc_weight',
-                                      'loss.teacher_ema'}  # fmt: skip
+  consistency = {'loss.con_cls_weight', 'loss.con_loc_weight', 'loss.con_dense_cls_weight',
+                 'loss.con_dense_box_weight'}  # fmt: skip
+  assert {k for k, _, _ in diffs} <= consistency | {'loss.teacher_ema'}
+  boxes_only = configs['flip_boxes'].loss
+  assert boxes_only.con_dense_cls_weight == boxes_only.con_cls_weight == 0.0
+  assert boxes_only.con_dense_box_weight > 0
 
 
 def test_finished_runs_are_read_back_not_redone(tool, tmp_path):
