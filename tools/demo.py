@@ -95,7 +95,9 @@ def predict_one(workdir: epath.Path, video: pathlib.Path) -> dict:
 
   out_dir = workdir / PREDICT_DIR
   loaded = predict.load(str(workdir), 'latest')
-  result = predict.predict_video(loaded, video, out_dir, progress=False)
+  result = predict.predict_video(
+    loaded, video, out_dir, every=predict.default_stride(loaded), progress=False
+  )
   strip = frame_strip(result.video_path, 4)
   if strip is not None:
     from stconsist_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top

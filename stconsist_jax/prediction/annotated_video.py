@@ -19,6 +19,9 @@ from stconsist_jax.prediction import prediction_record
 from stconsist_jax.prediction import video_files
 
 FOURCC = 'mp4v'
+# Actors and tubes scoring below this are left out of the drawing (not of the JSON): a
+# tubelet detector keeps every class's candidates, most of them near zero.
+DRAW_MIN_SCORE = 0.2
 
 
 def write_video(
@@ -80,8 +83,10 @@ def _draw_into(
         if not writer.isOpened():
           raise video_files.VideoError(f'OpenCV cannot write {FOURCC} video')
       scale = np.array([w, h, w, h], np.float64)
-      boxes = [box for box, _, _ in prediction_record.frame_actors(results, f, scale)]
+      actors = prediction_record.frame_actors(results, f, scale)
+      boxes = [box for box, _, score in actors if score >= DRAW_MIN_SCORE or len(actors) == 1]
       through = drawing.tubes_at(tube_list, f, box_class_names or class_names)
+      through = [t for t in through if t[2] >= DRAW_MIN_SCORE]
       writer.write(drawing.draw_frame(frame, boxes, results.probs[f], through, class_names))
       written += 1
       if on_frame is not None:

@@ -31,6 +31,8 @@ from stconsist_jax.data.ucf101 import video_decode
 
 DEFAULT_BATCH_SIZE = 8
 TUBELET_KEYS = ('det_boxes', 'det_scores', 'det_valid')  # models/tubelet_decode.py
+# A (box, class) scoring 0.01 or less is no actor of that class (ACT's detector-side cut).
+ACTOR_MIN_SCORE = 0.01
 
 
 def prepare_frame(
@@ -463,6 +465,7 @@ def tubelet_results(
     t.scores,
     valid=t.valid,
     nms_threshold=frame_nms_threshold,
+    min_score=ACTOR_MIN_SCORE,
     plus_one=linking.plus_one,
   )
   actors = _per_frame(per_frame, n, size)
