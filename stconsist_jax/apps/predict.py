@@ -231,6 +231,13 @@ def run(argv_flags: Any = None) -> int:
 
 def run_stream(f: Any) -> int:
   """`--stream`: a JSON line per frame on stdout or --output, reports on stderr."""
+  if getattr(f, 'frame_stride', 0):
+    print(
+      'error: --frame_stride is for --video; --stream predicts every frame (a live source: '
+      'the newest when the model is free)',
+      file=sys.stderr,
+    )
+    return 2
   try:
     size = stream.parse_size(f.stream_size) if f.stream_size else None
     live = {'auto': None, 'yes': True, 'no': False}[f.drop_frames]

@@ -326,14 +326,14 @@ def test_stream_cli_errors_are_one_line(repo_root, blocker, deployed, video, tmp
 
 @pytest.fixture
 def slow_predictor():
-  """A one-box ClipPredictor of 4-frame clips that takes 30 ms a clip and keeps the clips
+  """A one-box ClipPredictor of 4-frame clips that takes 50 ms a clip and keeps the clips
   it saw (frame i is all i, so a clip's pixel is its frame index)."""
 
   class Slow(frame_predictor.ClipPredictor):
     seen = []
 
     def _run(self, clips):
-      time.sleep(0.03)
+      time.sleep(0.05)
       self.seen.append(clips[0, :, 0, 0, 0].tolist())
       return {
         'logits': np.zeros((len(clips), 2), np.float32),
@@ -353,7 +353,7 @@ def _frames(n, delay):
 
 
 def test_a_live_source_drops_what_the_model_cannot_keep_up_with(slow_predictor):
-  """Frames every 5 ms to a model of 30 ms: most are dropped, each line says how many
+  """Frames every 2 ms to a model of 50 ms: most are dropped, each line says how many
   before it, and a predicted frame's clip is the 4 frames up to it; a file keeps them all."""
   loaded = types.SimpleNamespace(
     predictor=slow_predictor,
@@ -363,7 +363,7 @@ def test_a_live_source_drops_what_the_model_cannot_keep_up_with(slow_predictor):
     frame_nms_threshold=0.3,
   )
   out = _StringOut()
-  source = stream.Source(_frames(60, 0.005), 'live', bgr=False, live=True, fps=None)
+  source = stream.Source(_frames(60, 0.002), 'live', bgr=False, live=True, fps=None)
   summary = stream.StreamPredictor(loaded).run(source, out)
   lines = _lines(out.getvalue())[:-1]
   predicted = [f['frame'] for f in lines]
@@ -425,3 +425,21 @@ def test_the_export_metadata_carries_the_tubelet_settings(deployed):
   }
   assert meta['linking']['tubelet_nms_threshold'] == loaded.linking.tubelet_nms_threshold
   assert pathlib.Path(meta['source']['path']).name == 'tubelet_run'
+
+
+@pytest.mark.parametrize(
+  'edit, expected',
+  [
+    (('box_class_names', ['a', 'b']), "output 'det_scores' has shape ['batch', 6, 6]"),
+    (('frame_stride', 9), 'tubelet.frame_stride 9 leaves frames between the clips uncovered'),
+    (('frame_nms', '0.3'), "tubelet.frame_nms must be float, found '0.3'"),
+  ],
+)
+def test_tubelet_metadata_that_does_not_fit_is_refused(deployed, tmp_path, edit, expected):
+  _, export, _ = deployed['tubelet']
+  meta = json.loads((export / 'metadata.json').read_text())
+  meta['tubelet'][edit[0]] = edit[1]
+  (tmp_path / 'metadata.json').write_text(json.dumps(meta))
+  with pytest.raises(export_metadata.MetadataError) as e:
+    export_metadata.read(tmp_path)
+  assert expected in str(e.value) and '\n' not in str(e.value)
