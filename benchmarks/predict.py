@@ -1,8 +1,11 @@
 """Prediction benchmark: frames/s of `stconsist_jax.prediction.predict` (decode + model + linking).
 
-Each setting prints one JSON line; the last line is the last setting's. No TensorFlow.
+Each setting and runtime prints one JSON line; the last line is the last one's. No
+TensorFlow. `--runtimes=jax,onnxruntime` runs each setting through JAX and through its
+ONNX export (jax2onnx, onnxruntime on the CPU), the same weights, side by side.
 
   python benchmarks/predict.py --settings=demo,r3d34 --frames=200,48
+  python benchmarks/predict.py --settings=demo --runtimes=jax,onnxruntime
 """
 
 from __future__ import annotations
@@ -59,6 +62,12 @@ _EVERY = flags.DEFINE_integer(
   'Predict every k-th frame (a tubelet detector: clips every k-th frame); 0: the '
   "setting's default (1; a tubelet detector's eval.tube_frame_stride).",
 )
+_RUNTIMES = flags.DEFINE_list(
+  'runtimes',
+  ['jax'],
+  'jax: the checkpoint path (FramePredictor); onnxruntime: the ONNX export of the same '
+  'weights (predict --model; needs jax2onnx to export and onnxruntime).',
+)
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', 0, 'Devices in the mesh (0 = all).')
 _WRITE = flags.DEFINE_bool(
   'write_video', True, 'Also time drawing and encoding the annotated video (reported apart).'
@@ -107,34 +116,54 @@ def random_variables(model: Any, config: ml_collections.ConfigDict) -> dict[str,
   return jax.tree.map(np.asarray, jax.device_get(dict(init(jax.random.key(0, impl='rbg'), clip))))
 
 
-def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str, Any]:
+def onnx_loaded(restored: predict.RestoredModel, folder: str) -> predict.Loaded:
+  """The model exported to ONNX in `folder` and loaded as `predict --model` loads it."""
+  from stconsist_jax.export import exporter  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.prediction import onnx_predictor  # pylint: disable=g-import-not-at-top
+
+  exporter.export(restored, folder, exporter.Options('onnx', check=False))
+  return onnx_predictor.load_export(folder, batch_size=_BATCH_SIZE.value)
+
+
+def run_setting(
+  setting: str, video: pathlib.Path, num_frames: int, runtime: str = 'jax'
+) -> dict[str, Any]:
   config = bench_config(setting)
   model = models.build_model(config.model)
-  devices = jax.local_devices()
-  devices = devices[: _NUM_DEVICES.value] if _NUM_DEVICES.value else devices
-  predictor = frame_predictor.FramePredictor.from_config(
-    config,
-    model,
-    random_variables(model, config),
-    batch_size=_BATCH_SIZE.value,
-    mesh=distributed.make_mesh(devices),
-  )
-  compile_s = predictor.warm_up()
   num_classes = int(config.model.num_classes)
-  loaded = predict.make_loaded(
-    predictor,
-    config,
-    class_names.generic_class_names(num_classes),
-    {
-      'source': 'workdir',
-      'path': '',
-      'step': 0,
-      'architecture': description.describe_model(config.model),
-      'classification_only': False,
-      'num_classes': num_classes,
-      'config_hash': None,
-    },
-  )
+  info = {
+    'source': 'workdir',
+    'path': '',
+    'step': 0,
+    'architecture': description.describe_model(config.model),
+    'classification_only': False,
+    'num_classes': num_classes,
+    'config_hash': None,
+  }
+  variables = random_variables(model, config)
+  names = class_names.generic_class_names(num_classes)
+  if runtime == 'onnxruntime':
+    restored = predict.RestoredModel(config, model, variables, True, names, info)
+    with tempfile.TemporaryDirectory() as folder:
+      export_start = time.perf_counter()
+      loaded = onnx_loaded(restored, str(pathlib.Path(folder) / 'export'))
+      export_s = time.perf_counter() - export_start
+    predictor = loaded.predictor
+  elif runtime == 'jax':
+    devices = jax.local_devices()
+    devices = devices[: _NUM_DEVICES.value] if _NUM_DEVICES.value else devices
+    predictor = frame_predictor.FramePredictor.from_config(
+      config,
+      model,
+      variables,
+      batch_size=_BATCH_SIZE.value,
+      mesh=distributed.make_mesh(devices),
+    )
+    loaded = predict.make_loaded(predictor, config, names, info)
+    export_s = None
+  else:
+    raise app.UsageError(f'unknown runtime {runtime!r}: jax or onnxruntime')
+  compile_s = predictor.warm_up()
 
   start = time.perf_counter()
   decoded = sum(1 for _ in video_files.read_frames(video_files.open_video(video)[0]))
@@ -150,17 +179,19 @@ def run_setting(setting: str, video: pathlib.Path, num_frames: int) -> dict[str,
   num_frames = result.record['num_frames']
   return {
     'setting': setting,
+    'runtime': runtime,
     'frames_per_s': round(num_frames / timing['predict_s'], 2),
     'clips_per_s': round(clips / timing['predict_s'], 2),
     'decode_frames_per_s': round(decoded / decode_s, 1),
     'write_frames_per_s': (round(num_frames / timing['write_s'], 1) if _WRITE.value else None),
     'predict_s': timing['predict_s'],
     'compile_s': round(compile_s, 2),
+    'export_s': None if export_s is None else round(export_s, 2),
     'num_frames': num_frames,
     'clips': clips,
     'tubes_found': result.record['tubes_found'],
-    'device': jax.devices()[0].device_kind,
-    'platform': jax.devices()[0].platform,
+    'device': jax.devices()[0].device_kind if runtime == 'jax' else predictor.device_description,
+    'platform': jax.devices()[0].platform if runtime == 'jax' else 'cpu',
     'num_devices': predictor.num_devices,
     'cpu': console.cpu_model(),
     'architecture': loaded.model_info['architecture'],
@@ -191,7 +222,8 @@ def main(argv: Sequence[str]) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     for setting, n in zip(settings, frames):
       video = write_test_video(pathlib.Path(tmp) / f'{setting}.avi', n, size, _FPS.value)
-      print(json.dumps(run_setting(setting, video, n)), flush=True)
+      for runtime in _RUNTIMES.value:
+        print(json.dumps(run_setting(setting, video, n, runtime)), flush=True)
 
 
 if __name__ == '__main__':

@@ -24,8 +24,10 @@ from stconsist_jax.export import inference as inference_lib
 from stconsist_jax.export import to_onnx
 from stconsist_jax.export import to_savedmodel
 from stconsist_jax.export import to_stablehlo
+from stconsist_jax.evaluation.evaluators import tubelets as tubelets_eval
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.models import detector
+from stconsist_jax.prediction import class_names
 from stconsist_jax.prediction import export_metadata
 from stconsist_jax.prediction import output_files
 from stconsist_jax.prediction import predict
@@ -152,14 +154,21 @@ def model_metadata(
       for o in inference.outputs
     ],
     'class_names': list(restored.class_names),
-    'linking': dataclasses.asdict(tubes_lib.linking_config(config)),
+    'linking': dataclasses.asdict(
+      tubelets_eval.linking_config(config)
+      if head == 'tubelet'
+      else tubes_lib.linking_config(config)
+    ),
     'tubelet': tubelet_settings(config) if head == 'tubelet' else None,
     'checked': checked,
   }
 
 
 def tubelet_settings(config: Any) -> dict[str, Any]:
-  """The tubelet head's decoding settings (config.model.tubelet_*; K = 0 means all T)."""
+  """The tubelet head's decoding settings (config.model.tubelet_*; K = 0 means all T), and
+  what prediction reads of the config besides: the clip stride over a video
+  (eval.tube_frame_stride), the per-frame NMS of the actors (eval.tubelets) and the
+  names of the box classes."""
   m = config.model
   frames = int(m.get('tubelet_frames', 0)) or int(config.data.num_frames)
   return {
@@ -167,6 +176,9 @@ def tubelet_settings(config: Any) -> dict[str, Any]:
     'stride': int(m.get('tubelet_stride', 8)),
     'top_n': int(m.get('tubelet_top_n', 10)),
     'nms': float(m.get('tubelet_nms', 0.5)),
+    'frame_stride': int(config.eval.get('tube_frame_stride', frames)),
+    'frame_nms': tubelets_eval.frame_nms_threshold(config),
+    'box_class_names': class_names.box_class_names_for(config, int(m.num_box_classes)),
   }
 
 

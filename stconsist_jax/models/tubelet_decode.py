@@ -73,18 +73,16 @@ def greedy_nms(overlaps: jax.Array, threshold: Any) -> jax.Array:
   """`(N, M, M)` overlaps of M candidates sorted by decreasing score -> `(N, M)` bool kept.
 
   In score order, a candidate is kept unless a kept higher-scoring one overlaps it by more
-  than `threshold`; a fixed loop of M steps, so it compiles to one shape.
+  than `threshold`. The M steps are unrolled (M is a few dozen candidates): a `fori_loop`
+  closing over the overlaps does not convert to ONNX (jax2onnx 0.17), a plain graph does.
   """
-  n, m = overlaps.shape[:2]
+  m = overlaps.shape[1]
   index = jnp.arange(m)
-
-  def step(i, keep):
-    row = jax.lax.dynamic_index_in_dim(overlaps, i, axis=1, keepdims=False)  # (N, M)
-    kept = jax.lax.dynamic_slice_in_dim(keep, i, 1, axis=1)  # (N, 1)
-    suppress = kept & (row > threshold) & (index > i)
-    return keep & ~suppress
-
-  return jax.lax.fori_loop(0, m, step, jnp.ones((n, m), bool))
+  keep = jnp.ones(overlaps.shape[:2], bool)
+  for i in range(m):
+    suppress = keep[:, i : i + 1] & (overlaps[:, i] > threshold) & (index > i)
+    keep = keep & ~suppress
+  return keep
 
 
 def decode(
@@ -117,7 +115,7 @@ def decode(
   probs, best = foreground_scores(tubelet_logits)
   num_classes = probs.shape[-1]
   pool = min(candidates or CANDIDATES_PER_DETECTION * top_n, h * w)
-  _, order = jax.lax.top_k(best.reshape(n, h * w), pool)  # (N, pool), best first.
+  order = jnp.argsort(-best.reshape(n, h * w), axis=-1, stable=True)[:, :pool]
   corners = tubelet_corners(tubelet_boxes.astype(jnp.float32), clip=True).reshape(n, h * w, k, 4)
   cand_boxes = jnp.take_along_axis(corners, order[:, :, None, None], axis=1)
   cand_scores = jnp.take_along_axis(probs.reshape(n, h * w, num_classes), order[:, :, None], 1)

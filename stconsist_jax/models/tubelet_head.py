@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Initial foreground probability of every cell (RetinaNet's prior for the focal loss).
 FOREGROUND_PRIOR = 0.01
@@ -39,6 +40,30 @@ def background_bias(num_box_classes: int, prior: float = FOREGROUND_PRIOR) -> fl
   """The background logit that, with zero foreground logits, gives total foreground
   probability `prior`: C / (e^b + C) = prior."""
   return math.log(num_box_classes * (1 - prior) / prior)
+
+
+def linear_weights(in_size: int, out_size: int) -> np.ndarray:
+  """`(out_size, in_size)` float32 weights of bilinear resizing along one axis, as
+  `jax.image.resize(..., 'linear')` computes them: half-pixel centres, a triangle kernel of
+  radius 1 (no widening: upsampling never needs antialiasing), weights renormalized over
+  the input samples inside the edge, i.e. the edge pixel repeated."""
+  source = (np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5
+  weights = np.maximum(0.0, 1.0 - np.abs(source[:, None] - np.arange(in_size)[None, :]))
+  return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def upsample_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
+  """`(N, h0, w0, C)` -> `(N, h, w, C)` bilinear (h >= h0, w >= w0): the numbers of
+  `jax.image.resize(x, (N, h, w, C), 'linear')`, written as one einsum with constant
+  weights so that a symbolic batch converts to ONNX (jax2onnx 0.17's resize needs a
+  constant batch and refuses antialias)."""
+  h0, w0 = x.shape[1:3]
+  if h < h0 or w < w0:
+    raise ValueError(f'upsample_bilinear upsamples: ({h0}, {w0}) -> ({h}, {w})')
+  rows, cols = linear_weights(h0, h), linear_weights(w0, w)
+  return jnp.einsum('nijc,hi,wj->nhwc', x, rows, cols, precision=jax.lax.Precision.HIGHEST).astype(
+    x.dtype
+  )
 
 
 class TubeletHead(nn.Module):
@@ -84,7 +109,7 @@ class TubeletHead(nn.Module):
       # Mean in float32: a bf16 sum over the time steps loses precision.
       deep = jnp.mean(stages[index].astype(jnp.float32), axis=1).astype(self.dtype)
       lateral = self._conv(self.width, 1, f'lateral_{index + 1}')(deep)
-      x = x + jax.image.resize(lateral, (n, h, w, self.width), 'linear').astype(self.dtype)
+      x = x + upsample_bilinear(lateral, h, w).astype(self.dtype)
     x = nn.relu(self._conv(self.width, 3, 'conv')(x))
 
     head_init = nn.initializers.normal(HEAD_INIT_STD)

@@ -5,11 +5,14 @@ that is reachable and has as many labels, else `class_<i>`.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from absl import logging
-import ml_collections
 
 from stconsist_jax.core import fileio
+
+if TYPE_CHECKING:
+  import ml_collections
 
 
 def generic_class_names(num_classes: int) -> list[str]:

@@ -42,6 +42,8 @@ OUTPUT_LAYOUTS = {
   'det_valid': 'decoded detections (batch, top_n): false rows are padding (zeros)',
 }
 DTYPES = ('float32', 'bool', 'int32', 'uint8')
+# The decoded detections of a tubelet head, what prediction reads of it.
+TUBELET_OUTPUTS = ('det_boxes', 'det_scores', 'det_valid')
 # onnxruntime's type names of these dtypes (for `check_signature` on a session).
 ONNXRUNTIME_DTYPES = {
   'tensor(float)': 'float32',
@@ -165,9 +167,18 @@ def _check_model(meta: Mapping[str, Any]) -> None:
     ):
       raise MetadataError(f'metadata: {key} must be 3 numbers, found {_short(values)}')
   if head == 'tubelet':
-    for key in ('tubelet.frames', 'tubelet.stride', 'tubelet.top_n'):
+    for key in ('tubelet.frames', 'tubelet.stride', 'tubelet.top_n', 'tubelet.frame_stride'):
       _positive(meta, key)
     _typed(meta, 'tubelet.nms', float)
+    _typed(meta, 'tubelet.frame_nms', float)
+    if meta['tubelet']['frame_stride'] > meta['tubelet']['frames']:
+      raise MetadataError(
+        f'metadata: tubelet.frame_stride {meta["tubelet"]["frame_stride"]} leaves frames '
+        f'between the clips uncovered (K = tubelet.frames {meta["tubelet"]["frames"]})'
+      )
+    names = _typed(meta, 'tubelet.box_class_names', list)
+    if not names or not all(isinstance(n, str) for n in names):
+      raise MetadataError('metadata: tubelet.box_class_names must be a list of strings')
   elif meta.get('tubelet') is not None:
     raise MetadataError(f'metadata: tubelet settings for a {head!r} box head')
 
@@ -208,6 +219,25 @@ def _check_outputs(meta: Mapping[str, Any]) -> None:
   num_classes = meta['model']['num_classes']
   if logits is None or logits['shape'][1:] != [num_classes]:
     raise MetadataError(f'metadata: outputs lack logits of shape (batch, {num_classes})')
+  if meta['model']['box_head'] != 'tubelet':
+    return
+  by_name = {o['name']: o for o in outputs}
+  missing = [name for name in TUBELET_OUTPUTS if name not in by_name]
+  if missing:
+    raise MetadataError(f'metadata: a tubelet head without the outputs {missing}')
+  tubelet = meta['tubelet']
+  top_n, k = tubelet['top_n'], tubelet['frames']
+  c = len(tubelet['box_class_names'])
+  for name, shape in (
+    ('det_boxes', [top_n, k, 4]),
+    ('det_scores', [top_n, c]),
+    ('det_valid', [top_n]),
+  ):
+    if by_name[name]['shape'][1:] != shape:
+      raise MetadataError(
+        f'metadata: output {name!r} has shape {by_name[name]["shape"]}, the tubelet settings '
+        f'(top_n {top_n}, frames {k}, {c} box classes) give [batch, {", ".join(map(str, shape))}]'
+      )
 
 
 # ----------------------------------------------------------------------------------

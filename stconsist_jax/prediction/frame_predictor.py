@@ -1,33 +1,34 @@
-"""A model on a stream of frames: a clip centred on every (k-th) frame, run in jitted
-batches on the mesh, densified to one box and class distribution per frame, linked.
+"""A model on a stream of frames: a clip centred on every (k-th) frame, run in batches,
+densified to one box and class distribution per frame, linked.
 
 The library half of prediction (`predict` adds loading, output files and the CLI):
 frames of any size are squashed as the dataset build did, clips are clamped to the
 video like the frame eval stream, and memory stays bounded whatever the video's length.
+`ClipPredictor` holds what does not depend on the runtime (clip settings, windows,
+batches); `FramePredictor` runs the JAX model on the mesh, `onnx_predictor.OnnxPredictor`
+an ONNX export. This module imports no JAX: `FramePredictor` loads it when built.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import cv2
-import jax
-import ml_collections
 import numpy as np
 
-from stconsist_jax.config import schema
 from stconsist_jax.core import boxes as boxes_lib
 from stconsist_jax.core import clip_geometry
-from stconsist_jax.training import distributed
-from stconsist_jax.evaluation import forward
 from stconsist_jax.metrics import classification
 from stconsist_jax.metrics import interpolation
 from stconsist_jax.metrics import tubelets as tubelets_lib
 from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.data.ucf101 import video_decode
+
+if TYPE_CHECKING:
+  import ml_collections
 
 DEFAULT_BATCH_SIZE = 8
 TUBELET_KEYS = ('det_boxes', 'det_scores', 'det_valid')  # models/tubelet_decode.py
@@ -186,29 +187,27 @@ class Detections:
     return classification.softmax(self.logits.astype(np.float64))
 
 
-class FramePredictor:
-  """Per-frame detections of a model on a frame stream: sliding clips, jitted batches.
+class ClipPredictor:
+  """Per-frame detections of a model on a frame stream: sliding clips in batches.
 
-  Batches of `batch_size` clips (rounded up to a multiple of the mesh's devices; the
-  last batch padded) are sharded over the mesh's 'data' axis with the variables
-  replicated (the evaluation's `make_predict_fn`). The next batch is decoded while the
-  devices run the previous one. `with_boxes` defaults to whether the model has a box
-  head; the mesh to all local devices.
+  The runtime-independent half: clip settings, frame preparation, the clip windows and
+  batches, and the outputs gathered into `Detections`. A subclass runs a batch: `_run`
+  starts it (it may return before the result is ready: the next batch is decoded
+  meanwhile) and `_outputs` waits for it and returns its host arrays by name.
   """
+
+  runtime = 'none'  # What runs the model, for the records and the command line.
 
   def __init__(
     self,
-    model: Any,
-    variables: Mapping[str, Any],
     *,
     num_frames: int,
     frame_size: int,
     image_size: int,
     frame_stride: int = 1,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    with_boxes: bool | None = None,
+    with_boxes: bool = True,
     tubelet_frames: int = 0,
-    mesh: Any = None,
   ):
     for name, value in (
       ('num_frames', num_frames),
@@ -219,63 +218,47 @@ class FramePredictor:
     ):
       if int(value) < 1:
         raise ValueError(f'{name} must be >= 1, got {value}')
-    self.mesh = distributed.make_mesh(jax.local_devices()) if mesh is None else mesh
-    devices = int(self.mesh.devices.size)
     self.num_frames = int(num_frames)
     self.frame_stride = int(frame_stride)
     self.frame_size = int(frame_size)
     self.image_size = int(image_size)
-    self.batch_size = -(-int(batch_size) // devices) * devices
-    if with_boxes is None:  # A Detector with a box head; not a VideoClassifier.
-      with_boxes = str(getattr(model, 'box_head', 'none')) != 'none'
+    self.batch_size = int(batch_size)
     self.with_boxes = bool(with_boxes)
     self.tubelet_frames = int(tubelet_frames)  # K of a tubelet detector; 0: one box per clip
     if self.tubelet_frames and frame_stride != 1:
       raise ValueError('a tubelet detector needs clips of consecutive frames (frame_stride 1)')
-    self.variables = distributed.replicate(
-      {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh
-    )
-    self._predict = forward.make_predict_fn(model, self.mesh)
-
-  @classmethod
-  def from_config(
-    cls, config: ml_collections.ConfigDict, model: Any, variables: Mapping[str, Any], **kwargs: Any
-  ) -> FramePredictor:
-    """Clip settings from `config.data` (num_frames, frame_stride, frame_size, image_size)."""
-    d = config.data
-    return cls(
-      model,
-      variables,
-      num_frames=int(d.num_frames),
-      frame_stride=int(d.get('frame_stride', 1)),
-      frame_size=int(d.frame_size),
-      image_size=int(d.image_size),
-      tubelet_frames=schema.tubelet_frames(config),
-      **kwargs,
-    )
 
   @property
   def num_devices(self) -> int:
-    return int(self.mesh.devices.size)
+    return 1
+
+  @property
+  def device_description(self) -> str:
+    """Where the model runs, for the command line (e.g. '1 cpu device(s)')."""
+    return self.runtime
 
   def prepare(self, frame: np.ndarray, bgr: bool = False) -> np.ndarray:
     return prepare_frame(frame, self.frame_size, self.image_size, bgr)
 
+  def _run(self, clips: np.ndarray) -> Any:
+    raise NotImplementedError
+
+  def _outputs(self, out: Any) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def run_clips(self, clips: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's outputs by name for uint8 clips `(b, T, S, S, 3)`, b <= batch_size, on
+    the host (rows past b, a batch's padding, dropped)."""
+    return {k: v[: len(clips)] for k, v in self._outputs(self._run(clips)).items()}
+
   def warm_up(self) -> float:
-    """Compiles the batch function on a zero batch; returns the seconds it took."""
+    """Runs a zero clip once (compiles, loads); returns the seconds it took."""
     start = time.perf_counter()
-    clip = np.zeros((1, self.num_frames, self.image_size, self.image_size, 3), np.uint8)
-    jax.block_until_ready(self._run(clip))
+    self.run_clips(np.zeros((1, self.num_frames, self.image_size, self.image_size, 3), np.uint8))
     return time.perf_counter() - start
 
-  def _run(self, clips: np.ndarray) -> Any:
-    padded = np.zeros((self.batch_size,) + clips.shape[1:], np.uint8)
-    padded[: len(clips)] = clips
-    sharded = distributed.shard_batch({'clip': padded}, self.mesh)['clip']
-    return self._predict(self.variables, sharded)
-
   def _fetch(self, centres: np.ndarray, out: Any) -> dict[str, np.ndarray]:
-    host = jax.tree.map(np.asarray, jax.device_get(out))
+    host = self._outputs(out)
     n = len(centres)
     got = {'frames': centres, 'logits': host['logits'][:n].astype(np.float32)}
     if self.with_boxes and 'boxes' in host:
@@ -319,7 +302,7 @@ class FramePredictor:
       windows = sliding_windows(prepared(), self.num_frames, self.frame_stride, every)
     chunks, pending = [], None
     for centres, clips in _batches(windows, self.batch_size):
-      out = self._run(clips)  # dispatched asynchronously
+      out = self._run(clips)  # may run while the next batch is decoded
       if pending is not None:
         chunks.append(self._fetch(*pending))
       pending = (centres, out)
@@ -341,6 +324,97 @@ class FramePredictor:
     return Detections(
       starts, np.concatenate([c['logits'] for c in chunks]), boxes, count[0], tubelets
     )
+
+
+class FramePredictor(ClipPredictor):
+  """A JAX model as a `ClipPredictor`: jitted batches on a device mesh.
+
+  Batches of `batch_size` clips (rounded up to a multiple of the mesh's devices; the
+  last batch padded) are sharded over the mesh's 'data' axis with the variables
+  replicated (the evaluation's `make_predict_fn`). The next batch is decoded while the
+  devices run the previous one. `with_boxes` defaults to whether the model has a box
+  head; the mesh to all local devices.
+  """
+
+  runtime = 'jax'
+
+  def __init__(
+    self,
+    model: Any,
+    variables: Mapping[str, Any],
+    *,
+    num_frames: int,
+    frame_size: int,
+    image_size: int,
+    frame_stride: int = 1,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    with_boxes: bool | None = None,
+    tubelet_frames: int = 0,
+    mesh: Any = None,
+  ):
+    # JAX only here: the module serves prediction from an export without it.
+    import jax  # pylint: disable=g-import-not-at-top
+    from stconsist_jax.evaluation import forward  # pylint: disable=g-import-not-at-top
+    from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
+
+    if with_boxes is None:  # A Detector with a box head; not a VideoClassifier.
+      with_boxes = str(getattr(model, 'box_head', 'none')) != 'none'
+    super().__init__(
+      num_frames=num_frames,
+      frame_size=frame_size,
+      image_size=image_size,
+      frame_stride=frame_stride,
+      batch_size=batch_size,
+      with_boxes=with_boxes,
+      tubelet_frames=tubelet_frames,
+    )
+    self.mesh = distributed.make_mesh(jax.local_devices()) if mesh is None else mesh
+    devices = int(self.mesh.devices.size)
+    self.batch_size = -(-self.batch_size // devices) * devices
+    self.variables = distributed.replicate(
+      {k: variables[k] for k in ('params', 'batch_stats') if k in variables}, self.mesh
+    )
+    self._predict = forward.make_predict_fn(model, self.mesh)
+
+  @classmethod
+  def from_config(
+    cls, config: ml_collections.ConfigDict, model: Any, variables: Mapping[str, Any], **kwargs: Any
+  ) -> FramePredictor:
+    """Clip settings from `config.data` (num_frames, frame_stride, frame_size, image_size)."""
+    from stconsist_jax.config import schema  # pylint: disable=g-import-not-at-top
+
+    d = config.data
+    return cls(
+      model,
+      variables,
+      num_frames=int(d.num_frames),
+      frame_stride=int(d.get('frame_stride', 1)),
+      frame_size=int(d.frame_size),
+      image_size=int(d.image_size),
+      tubelet_frames=schema.tubelet_frames(config),
+      **kwargs,
+    )
+
+  @property
+  def num_devices(self) -> int:
+    return int(self.mesh.devices.size)
+
+  @property
+  def device_description(self) -> str:
+    return f'{self.num_devices} {self.mesh.devices.flat[0].platform} device(s)'
+
+  def _run(self, clips: np.ndarray) -> Any:
+    from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
+
+    padded = np.zeros((self.batch_size,) + clips.shape[1:], np.uint8)
+    padded[: len(clips)] = clips
+    sharded = distributed.shard_batch({'clip': padded}, self.mesh)['clip']
+    return self._predict(self.variables, sharded)  # dispatched asynchronously
+
+  def _outputs(self, out: Any) -> dict[str, np.ndarray]:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    return jax.tree.map(np.asarray, jax.device_get(out))
 
 
 def detect_frames(

@@ -6,7 +6,8 @@ the drawn copy `annotated_video` (drawing on frames: `drawing`), partial outputs
 `output_files`; the JSON record is `prediction_record` (checked by `record_schema`).
 Videos are read from local files (OpenCV decodes local files only); the workdir, the
 converted weights, the class names file and the output folder may also be bucket URLs
-(gs://...). Output files are streamed to a partial file that becomes the output whole
+(gs://...). Predicting needs no JAX (an ONNX export runs through `onnx_predictor`):
+restoring a checkpoint (`restore_model`, `load`) imports it when called. Output files are streamed to a partial file that becomes the output whole
 when finished, so memory does not grow with a video's length. Usage, settings and the
 JSON schema of the output: docs/predict.md.
 """
@@ -18,31 +19,26 @@ import dataclasses
 import os
 import pathlib
 import time
-from typing import Any
+from typing import Any, TYPE_CHECKING
 from collections.abc import Callable, Iterator, Sequence
 
 from absl import logging
 import cv2
 from etils import epath
-import ml_collections
 import tqdm
 
-
-from stconsist_jax.config import config_file
-from stconsist_jax.config import overrides as overrides_lib
-from stconsist_jax.config import schema
-from stconsist_jax.evaluation import description
-from stconsist_jax.evaluation import restore as restore_lib
-from stconsist_jax.evaluation.evaluators import tubelets as tubelets_eval
 from stconsist_jax.core import fileio
+from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.prediction import annotated_video
 from stconsist_jax.prediction import class_names
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.prediction import output_files
 from stconsist_jax.prediction import prediction_record
 from stconsist_jax.prediction import record_schema
-from stconsist_jax.metrics import tubes as tubes_lib
 from stconsist_jax.prediction import video_files
+
+if TYPE_CHECKING:
+  import ml_collections
 
 MAX_TUBES = 10  # Tubes kept per video (JSON and drawing), best first; 0: all.
 
@@ -53,14 +49,18 @@ MAX_TUBES = 10  # Tubes kept per video (JSON and drawing), best first; 0: all.
 
 @dataclasses.dataclass
 class Loaded:
-  """A restored model ready to predict, with what the output records say about it."""
+  """A model ready to predict, with what the output records say about it."""
 
-  predictor: frame_predictor.FramePredictor
-  config: ml_collections.ConfigDict
+  predictor: frame_predictor.ClipPredictor  # a FramePredictor (JAX) or an OnnxPredictor
+  config: ml_collections.ConfigDict | None  # None: an export (its metadata.json instead)
   class_names: list[str]
   linking: Any  # tubes.LinkingConfig; a tubelet detector's: tubelets.TubeletLinkingConfig
   model_info: dict[str, Any]
   box_class_names: list[str] | None = None  # a tubelet detector's box classes
+  # A tubelet detector's per-frame, per-class NMS of the actors (eval.tubelets) and its
+  # default clip stride (eval.tube_frame_stride).
+  frame_nms_threshold: float = 0.3
+  tube_frame_stride: int = 1
 
   @property
   def tubelets(self) -> bool:
@@ -99,6 +99,16 @@ def restore_model(
   given, else from `settings` (e.g. configs/default.py's). `overrides`
   ('key.path=value') change the config first.
   """
+  # JAX, orbax and the config stack: only here, not on the path of an export.
+  # pylint: disable=g-import-not-at-top
+  import ml_collections
+  from stconsist_jax.config import config_file
+  from stconsist_jax.config import overrides as overrides_lib
+  from stconsist_jax.config import schema
+  from stconsist_jax.evaluation import description
+  from stconsist_jax.evaluation import restore as restore_lib
+  # pylint: enable=g-import-not-at-top
+
   if workdir is None and not init_from:
     raise ValueError(
       'give --workdir (a training workdir) or --init_from (a directory '
@@ -188,16 +198,27 @@ def make_loaded(
 ) -> Loaded:
   """A `Loaded` with the linking of the model's kind: ACT's per-frame linking for one box
   per clip, its tubelet linking and the box classes' names for a tubelet detector."""
+  # pylint: disable-next=g-import-not-at-top
+  from stconsist_jax.evaluation.evaluators import tubelets as tubelets_eval
+
   if predictor.tubelet_frames:
     box_names = class_names.box_class_names_for(config, int(config.model.num_box_classes))
-    linking = tubelets_eval.linking_config(config)
-    return Loaded(predictor, config, list(names), linking, info, box_names)
+    return Loaded(
+      predictor,
+      config,
+      list(names),
+      tubelets_eval.linking_config(config),
+      info,
+      box_names,
+      frame_nms_threshold=tubelets_eval.frame_nms_threshold(config),
+      tube_frame_stride=int(config.eval.tube_frame_stride),
+    )
   return Loaded(predictor, config, list(names), tubes_lib.linking_config(config), info)
 
 
 def default_stride(loaded: Loaded) -> int:
   """Clips every frame for one box per clip; a tubelet detector's eval.tube_frame_stride."""
-  return int(loaded.config.eval.tube_frame_stride) if loaded.tubelets else 1
+  return loaded.tube_frame_stride if loaded.tubelets else 1
 
 
 # ----------------------------------------------------------------------------------
@@ -286,7 +307,7 @@ def predict_video(
     size = (int(shape[0]), int(shape[1]))
     if loaded.tubelets:
       results, found = frame_predictor.tubelet_results(
-        detections, size, loaded.linking, tubelets_eval.frame_nms_threshold(loaded.config)
+        detections, size, loaded.linking, loaded.frame_nms_threshold
       )
     else:
       results = frame_predictor.densify(detections)

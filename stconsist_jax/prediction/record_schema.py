@@ -117,6 +117,16 @@ PREDICTION_SCHEMA: dict[str, Any] = {
         'classification_only': {'type': 'boolean'},
         'num_classes': {'type': 'integer', 'minimum': 1},
         'config_hash': {'type': ['string', 'null']},
+        # Predicted through an export (predict --model): its format, file and digest.
+        'export': {
+          'type': 'object',
+          'required': ['format', 'path', 'sha256'],
+          'properties': {
+            'format': {'type': 'string'},
+            'path': {'type': 'string'},
+            'sha256': {'type': 'string'},
+          },
+        },
       },
     },
     'settings': {

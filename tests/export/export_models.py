@@ -11,13 +11,29 @@ from stconsist_jax.prediction import predict
 
 NUM_FRAMES, SIZE = 8, 48
 RTOL = 1e-4
+HEADS = ('spatial', 'mlp', 'tubelet')
+# The exported outputs of each head, in the model file's (name) order.
+OUTPUT_NAMES = {
+  'spatial': ['boxes', 'logits'],
+  'mlp': ['boxes', 'logits'],
+  'tubelet': [
+    'boxes',
+    'det_boxes',
+    'det_scores',
+    'det_valid',
+    'logits',
+    'tubelet_boxes',
+    'tubelet_logits',
+  ],
+}
 
 
 def tiny_config(head):
   """The demo model (depth 10, widen 0.25, 8x48x48 clips) with `head`. The 'mlp' variant
   has R3D-34's layout at depth 18: the max-pool stem, projection shortcuts ('B') and two
   blocks per stage (the second block after a projection is what a jax2onnx optimizer
-  pass broke), so the full-size model's graph is exported too."""
+  pass broke), so the full-size model's graph is exported too. 'tubelet' is the demo's
+  own head (K = T = 8 boxes per cell, top 6 decoded tubelets per clip)."""
   config = demo.get_config()
   config.data.name = 'random'
   config.model.box_head = head
@@ -61,10 +77,16 @@ def jax_outputs(r, clip):
 
 
 def assert_equal_outputs(found, expected):
-  """Same names, shapes and dtypes; values within RTOL of each output's largest value."""
+  """Same names, shapes and dtypes; values within RTOL of each output's largest value,
+  booleans (the tubelet head's det_valid) equal."""
   assert sorted(found) == sorted(expected)
+  if 'det_valid' in expected:  # Decoded detections to compare, not only padding.
+    assert expected['det_valid'].any()
   for name, want in expected.items():
     got = np.asarray(found[name])
     assert got.shape == want.shape and got.dtype == want.dtype, (name, got.shape, got.dtype)
+    if want.dtype == bool:
+      np.testing.assert_array_equal(got, want, err_msg=name)
+      continue
     scale = float(np.abs(want).max())
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale, err_msg=name)

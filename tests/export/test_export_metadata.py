@@ -135,7 +135,16 @@ def test_tubelet_settings_are_the_configs():
   config = demo.get_config()
   config.model.tubelet_frames = 0  # 0: every clip frame
   config.model.tubelet_top_n = 5
-  assert exporter.tubelet_settings(config) == {'frames': 8, 'stride': 8, 'top_n': 5, 'nms': 0.5}
+  config.eval.tubelets.frame_nms_threshold = 0.4
+  assert exporter.tubelet_settings(config) == {
+    'frames': 8,
+    'stride': 8,
+    'top_n': 5,
+    'nms': 0.5,
+    'frame_stride': 4,  # eval.tube_frame_stride
+    'frame_nms': 0.4,
+    'box_class_names': [f'box_class_{i}' for i in range(6)],  # 'random' data: no names
+  }
 
 
 def test_a_changed_model_file_is_refused(export_dir, meta, tmp_path):

@@ -7,6 +7,8 @@ from stconsist_jax.export import exporter
 from stconsist_jax.prediction import export_metadata
 from tests.export import export_models
 
+HEADS = export_models.HEADS
+
 ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (the deploy extra)')
 pytest.importorskip('jax2onnx', reason='jax2onnx is not installed (the export extra)')
 
@@ -25,29 +27,29 @@ def signature(values):
 
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
-  """head -> (restored model, export folder, metadata) for both heads; the tests here
+  """head -> (restored model, export folder, metadata) for each head; the tests here
   are the runtime check, so the export's own is off."""
   found = {}
-  for head in ('spatial', 'mlp'):
+  for head in HEADS:
     r = export_models.restored(head)
     out = tmp_path_factory.mktemp('onnx') / head
     found[head] = r, out, exporter.export(r, out, exporter.Options('onnx', check=False))
   return found
 
 
-@pytest.mark.parametrize('head', ['spatial', 'mlp'])
+@pytest.mark.parametrize('head', HEADS)
 def test_outputs_equal_jax_at_other_batch_sizes(exports, head):
   r, out, meta = exports[head]
   s = session(out / 'model.onnx')
   names = [o['name'] for o in meta['outputs']]
-  assert names == ['boxes', 'logits']
+  assert names == export_models.OUTPUT_NAMES[head]
   for batch in (3, 1):
     clip = export_models.clips(batch, seed=batch)
     found = dict(zip(names, s.run(names, {'clip': clip})))
     export_models.assert_equal_outputs(found, export_models.jax_outputs(r, clip))
 
 
-@pytest.mark.parametrize('head', ['spatial', 'mlp'])
+@pytest.mark.parametrize('head', HEADS)
 def test_session_signature_fits_the_metadata(exports, head):
   _, out, meta = exports[head]
   s = session(out / 'model.onnx')

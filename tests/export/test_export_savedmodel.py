@@ -6,22 +6,24 @@ import pytest
 from stconsist_jax.export import exporter
 from tests.export import export_models
 
+HEADS = export_models.HEADS
+
 tf = pytest.importorskip('tensorflow', reason='TensorFlow is not installed')
 
 
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
-  """head -> (restored model, export folder, metadata) for both heads; the tests here
+  """head -> (restored model, export folder, metadata) for each head; the tests here
   are the runtime check, so the export's own is off."""
   found = {}
-  for head in ('spatial', 'mlp'):
+  for head in HEADS:
     r = export_models.restored(head)
     out = tmp_path_factory.mktemp('savedmodel') / head
     found[head] = r, out, exporter.export(r, out, exporter.Options('savedmodel', check=False))
   return found
 
 
-@pytest.mark.parametrize('head', ['spatial', 'mlp'])
+@pytest.mark.parametrize('head', HEADS)
 def test_outputs_equal_jax_at_other_batch_sizes(exports, head):
   r, out, meta = exports[head]
   loaded = tf.saved_model.load(str(out / 'saved_model'))

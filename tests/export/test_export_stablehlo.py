@@ -11,7 +11,7 @@ from stconsist_jax.export import to_stablehlo
 from tests.export import export_models
 
 
-@pytest.fixture(scope='module', params=['spatial', 'mlp'])
+@pytest.fixture(scope='module', params=export_models.HEADS)
 def exported(request, tmp_path_factory):
   r = export_models.restored(request.param)
   out = tmp_path_factory.mktemp('stablehlo') / request.param
@@ -26,6 +26,9 @@ def test_outputs_equal_jax_at_other_batch_sizes(exported):
     clip = export_models.clips(batch, seed=batch)
     export_models.assert_equal_outputs(call(clip), export_models.jax_outputs(r, clip))
   assert meta['input']['shape'] == ['batch', 8, 48, 48, 3]
+  assert [o['name'] for o in meta['outputs']] == export_models.OUTPUT_NAMES[
+    meta['model']['box_head']
+  ]
   assert meta['exported_with']['platforms'] == ['cpu', 'cuda']
   assert json.loads((out / 'metadata.json').read_text()) == meta
 
