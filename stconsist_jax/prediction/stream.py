@@ -30,6 +30,7 @@ from stconsist_jax.metrics import classification
 from stconsist_jax.metrics import online_tubes
 from stconsist_jax.metrics import tubelets as tubelets_lib
 from stconsist_jax.metrics import tubes as tubes_lib
+from stconsist_jax.prediction import annotated_video
 from stconsist_jax.prediction import drawing
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.prediction import prediction_record
@@ -212,6 +213,7 @@ def frame_detections(
       np.asarray(out['det_scores'][:1], np.float64),
       valid=np.asarray(out['det_valid'][:1], bool),
       nms_threshold=frame_nms,
+      min_score=frame_predictor.ACTOR_MIN_SCORE,
       plus_one=plus_one,
     )
     return FrameDetections(rows.boxes, np.where(rows.valid, rows.scores, 0.0), probs)
@@ -569,13 +571,15 @@ class _VideoWriter:
       self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*'mp4v'), self.fps, (w, h))
       if not self.writer.isOpened():
         raise StreamError(f'--stream_video {self.path}: OpenCV cannot write mp4v video there')
+    # As the whole video's drawing: actors and tubes below DRAW_MIN_SCORE are left out.
     actors = line['actors']
+    shown = [a for a in actors if a['score'] >= annotated_video.DRAW_MIN_SCORE or len(actors) == 1]
     tubes = [
       (a['tube'], a['class'], a['score'], np.asarray(a['box']))
-      for a in actors
+      for a in shown
       if a['tube'] is not None
     ]
-    boxes = [np.asarray(a['box']) for a in actors]
+    boxes = [np.asarray(a['box']) for a in shown]
     self.writer.write(drawing.draw_frame(image, boxes, probs, tubes, class_names))
 
   def close(self) -> None:

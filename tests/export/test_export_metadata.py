@@ -133,12 +133,13 @@ def test_what_is_not_metadata_is_refused(meta, tmp_path):
 
 def test_tubelet_settings_are_the_configs():
   config = demo.get_config()
+  config.data.name = 'random'  # no dataset to read box class names from
   config.model.tubelet_frames = 0  # 0: every clip frame
   config.model.tubelet_top_n = 5
   config.eval.tubelets.frame_nms_threshold = 0.4
   assert exporter.tubelet_settings(config) == {
     'frames': 8,
-    'stride': 8,
+    'stride': 4,
     'top_n': 5,
     'nms': 0.5,
     'frame_stride': 4,  # eval.tube_frame_stride

@@ -84,3 +84,22 @@ def test_output_differences_by_hand():
   found = {'a': np.array([1.0, -3.9], np.float32), 'v': np.array([1, 1, 1, 1], bool)}
   differences = exporter.output_differences(expected, found)
   assert differences['a'] == pytest.approx(0.1 / 4, rel=1e-5) and differences['v'] == 0.25
+
+
+def test_decoded_detections_are_compared_row_to_row_whatever_their_order():
+  """Rows 0 and 1 swapped (tied scores): no difference; a box that moved still differs."""
+  boxes = np.zeros((1, 3, 1, 4), np.float32)
+  boxes[0, :, 0] = [[0.1, 0.1, 0.2, 0.2], [0.5, 0.5, 0.9, 0.9], [0, 0, 0, 0]]
+  scores = np.array([[[0.9, 0.1], [0.9, 0.0], [0, 0]]], np.float32)
+  expected = {
+    'det_boxes': boxes,
+    'det_scores': scores,
+    'det_valid': np.array([[True, True, False]]),
+  }
+  swapped = {k: v[:, [1, 0, 2]] for k, v in expected.items()}
+  matched = exporter.match_detections(expected, swapped)
+  assert max(exporter.output_differences(expected, matched).values()) == 0
+  moved = dict(swapped, det_boxes=swapped['det_boxes'].copy())
+  moved['det_boxes'][0, 0, 0] += 0.05  # the (0.5, 0.5) box, now row 0
+  differences = exporter.output_differences(expected, exporter.match_detections(expected, moved))
+  assert differences['det_boxes'] == pytest.approx(0.05 / 0.9) and differences['det_valid'] == 0

@@ -416,7 +416,7 @@ def test_the_export_metadata_carries_the_tubelet_settings(deployed):
   meta = export_metadata.read(export)
   assert meta['tubelet'] == {
     'frames': 8,
-    'stride': 8,
+    'stride': 4,
     'top_n': 6,
     'nms': 0.5,
     'frame_stride': 4,
