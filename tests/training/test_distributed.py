@@ -147,7 +147,7 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
       [
         sys.executable,
         str(repo_root / 'launch.py'),
-        '--config=configs/demo.py',
+        '--config=configs/demo_one_box.py',
         f'--workdir={workdir}',
         *overrides,
         f'--coordinator_address=localhost:{port}',

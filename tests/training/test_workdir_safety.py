@@ -410,8 +410,16 @@ def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
 def test_progress_logs_count_and_eta_without_a_terminal(caplog):
   import logging as std_logging  # pylint: disable=g-import-not-at-top
 
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+
+  # A command's main run earlier in this worker may have lowered absl's verbosity.
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
   caplog.set_level(std_logging.INFO)
-  items = list(console.progress(range(5), 5, 'eval frames', log_every_s=0.0))
+  try:
+    items = list(console.progress(range(5), 5, 'eval frames', log_every_s=0.0))
+  finally:
+    absl_logging.set_verbosity(verbosity)
   assert items == list(range(5))
   lines = [r.getMessage() for r in caplog.records if 'eval frames' in r.getMessage()]
   assert lines and lines[-1].startswith('eval frames: 5/5 batches (100%)')
