@@ -34,8 +34,10 @@ def frame_ap_both(
   gt_sizes: np.ndarray,
   annotated_class_names: Sequence[str],
   protocol: str,
+  det_valid: np.ndarray | None = None,
 ) -> dict[str, Any]:
-  """Frame-mAP@0.5 under both rules ('act', 'voc'); `protocol` names the headline one."""
+  """Frame-mAP@0.5 under both rules ('act', 'voc'); `protocol` names the headline one.
+  `det_valid` (D, C): which (row, class) pairs are detections (`frame_ap.frame_map`)."""
   results = {
     name: frame_ap.frame_map(
       det_frames,
@@ -48,6 +50,7 @@ def frame_ap_both(
       protocol=name,
       frame_sizes=det_sizes,
       gt_frame_sizes=gt_sizes,
+      det_valid=det_valid,
     )
     for name in frame_ap.FRAME_AP_PROTOCOLS
   }

@@ -14,6 +14,7 @@ import numpy as np
 
 from stconsist_jax.config import schema
 from stconsist_jax.evaluation import evaluator
+from stconsist_jax.evaluation.evaluators import frames as frames_lib
 from stconsist_jax.evaluation.evaluators import tubes as tubes_eval
 from stconsist_jax.metrics import frame_ap
 from stconsist_jax.metrics import tubelets
@@ -96,30 +97,10 @@ def frame_map_both(det_rows, gt_rows, class_names: Sequence[str], protocol: str)
   """Frame-mAP@0.5 under both rules of several scored boxes per frame."""
   keys, scores, boxes, sizes, valid = (np.concatenate(c) for c in zip(*det_rows))
   g_keys, g_labels, g_boxes, g_sizes = (np.concatenate(c) for c in zip(*gt_rows))
-  results = {
-    rule: frame_ap.frame_map(
-      keys,
-      scores,
-      boxes,
-      g_keys,
-      g_labels,
-      g_boxes,
-      num_classes=len(class_names),
-      protocol=rule,
-      frame_sizes=sizes,
-      gt_frame_sizes=g_sizes,
-      det_valid=valid,
-    )
-    for rule in frame_ap.FRAME_AP_PROTOCOLS
-  }
-  chosen = results[protocol]
   return {
-    'frame_map': chosen['frame_map'],
-    'frame_map_protocol': protocol,
-    'frame_map_by_protocol': {k: v['frame_map'] for k, v in results.items()},
-    'per_class_ap': {
-      class_names[c]: float(chosen['per_class_ap'][c]) for c in range(len(class_names))
-    },
+    **frames_lib.frame_ap_both(
+      keys, scores, boxes, sizes, g_keys, g_labels, g_boxes, g_sizes, class_names, protocol, valid
+    ),
     'num_frames_scored': int(len(np.unique(keys))),
     'num_gt_boxes': int(len(g_keys)),
   }
