@@ -1,7 +1,9 @@
 """ "CVAT for video 1.1" XML: keyframes interpolated as CVAT does, `outside` spans, occluded
-boxes, folders of files, each bad record's line, and hostile XML refused in one line."""
+boxes, folders, each bad record's line, hostile XML refused, and a file CVAT itself exported."""
 
+import pathlib
 import time
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -258,3 +260,85 @@ def test_unusable_files_are_one_line(tmp_path):
     cvat_xml.read_cvat(tmp_path / 'dir')
   with pytest.raises(records_lib.DataFileError, match='is 640x480: is it the video'):
     cvat_xml.read_cvat(tmp_path / 'dir' / 'one.xml', video_info={'walk_clip': (640, 480, 10)})
+
+
+# A "CVAT for video 1.1" file exported by CVAT itself (app.cvat.ai), cut down to two of its
+# tracks: see fixtures/README.md for its source and license.
+REAL_EXPORT = (
+  pathlib.Path(__file__).parent / 'fixtures' / 'cvat_for_video_1_1_volleyball_hitting.xml'
+)
+CORNERS = ('xtl', 'ytl', 'xbr', 'ybr')
+
+
+def test_a_real_cvat_export_reads_as_cvat_describes_it():
+  """CVAT's own export of tracks that leave the frame (outside="1") and come back.
+
+  Source: https://github.com/jensennhu/volleyball-swing-mech (MIT license),
+  data/raw/annotations/annotations.xml at commit 372719adb521b56fb62b9361e69d2a0619716d1e,
+  tracks 13 and 15 kept whole and the other 84 <track> elements removed.
+
+  As written: track 13 (swing) has keyframes on 3277 and 3296, outside on 3295 and 3309;
+  track 15 (jump) has keyframes on 3997, 4017, 4037, 4049 and 4059, outside on 4048 and
+  4066. CVAT writes every frame in between (keyframe="0"), its interpolation rounded to
+  two decimals.
+  """
+  class_names, video, report = cvat_xml.read_cvat_file(REAL_EXPORT)
+  assert class_names == ('approach', 'jump', 'swing', 'land')  # <meta>'s order
+  assert (video.name, video.width, video.height, video.num_frames) == (
+    'hitting-session',  # <task><name>
+    1920,
+    1080,
+    31904,  # <stop_frame> 31903 + 1
+  )
+  # Each track splits where it is outside (3295, 4048) and ends on its last outside frame.
+  spans = [(t.label, t.start, t.end) for t in video.tubes]
+  assert spans == [(2, 3277, 3295), (2, 3296, 3309), (1, 3997, 4048), (1, 4049, 4066)]
+  covered = {f for t in video.tubes for f in range(t.start, t.end)}
+  assert {3294, 3296, 4047, 4049, 4065} <= covered
+  assert not {3276, 3295, 3309, 3996, 4048, 4066} & covered
+  swing_back, jump, jump_back = video.tubes[1:]
+  np.testing.assert_array_equal(jump.boxes[0], [294.39, 378.47, 723.69, 825.52])  # key 3997
+  # Frame 4027, halfway between the keyframes on 4017 and 4037, as CVAT wrote it:
+  #   xtl 429.21 + (585.32 - 429.21) * 10 / 20 = 507.265  (written 507.27)
+  #   ytl 362.51 + (341.22 - 362.51) * 10 / 20 = 351.865  (written 351.86)
+  #   xbr 858.52 + (1014.63 - 858.52) * 10 / 20 = 936.575  (written 936.57)
+  #   ybr 809.55 + (788.27 - 809.55) * 10 / 20 = 798.91  (written 798.91)
+  np.testing.assert_array_equal(jump.boxes[4027 - 3997], [507.27, 351.86, 936.57, 798.91])
+  np.testing.assert_allclose(
+    jump.boxes[4027 - 3997], [507.265, 351.865, 936.575, 798.91], atol=0.01
+  )
+  # Frame 4043 is steered by the outside box on 4048: 585.32 + (634.11 - 585.32) * 6 / 11.
+  assert abs(jump.boxes[4043 - 3997, 0] - 611.9327) < 0.01
+  np.testing.assert_array_equal(jump_back.boxes[0], [638.54, 339.45, 1067.85, 786.49])  # 4049
+  np.testing.assert_array_equal(jump_back.boxes[-1], [682.89, 272.54, 1112.20, 719.59])  # 4065
+  np.testing.assert_array_equal(swing_back.boxes, [[711.28, 231.23, 1090.91, 747.46]] * 13)
+  assert report.ok
+  # CVAT wrote every frame, so nothing was left to interpolate or propagate.
+  assert dict(report.notes) == {'tubes_split_at_gaps': 2}
+  by_source = cvat_xml.read_cvat(REAL_EXPORT, name_from='source')  # hitting-session.mp4
+  assert list(by_source.videos) == ['hitting-session']
+
+
+def test_a_real_cvat_exports_keyframes_alone_interpolate_to_cvats_own_boxes(tmp_path):
+  """The same file with its keyframe="0" boxes removed: the reader's interpolation of the
+  11 keyframes gives the boxes CVAT wrote on the 92 frames in between, to CVAT's rounding
+  (its two-decimal keyframes and two-decimal results: < 0.01)."""
+  tree = ET.parse(REAL_EXPORT)
+  written = {}  # (track id, frame) -> the box CVAT wrote
+  for track in tree.getroot().findall('track'):
+    for box in list(track):
+      if box.get('outside') == '0':
+        written[track.get('id'), int(box.get('frame'))] = [float(box.get(k)) for k in CORNERS]
+      if box.get('keyframe') == '0':
+        track.remove(box)
+  path = tmp_path / 'keyframes_only.xml'
+  tree.write(path, encoding='utf-8', xml_declaration=True)
+  _, video, report = cvat_xml.read_cvat_file(path)
+  spans = [(t.label, t.start, t.end) for t in video.tubes]
+  assert spans == [(2, 3277, 3295), (2, 3296, 3309), (1, 3997, 4048), (1, 4049, 4066)]
+  for tube, track_id in zip(video.tubes, ['13', '13', '15', '15']):
+    cvat_boxes = [written[track_id, f] for f in range(tube.start, tube.end)]
+    np.testing.assert_allclose(tube.boxes, cvat_boxes, rtol=0, atol=0.01)
+  # Between keyframes: swing 3278-3294 (17) and 3297-3308 (12); jump 3998-4016 (19),
+  # 4018-4036 (19), 4038-4047 (10), 4050-4058 (9) and 4060-4065 (6): 29 + 63.
+  assert dict(report.notes) == {'boxes_interpolated': 92, 'tubes_split_at_gaps': 2}
