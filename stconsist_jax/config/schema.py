@@ -18,7 +18,8 @@ DTYPES = ('float32', 'bfloat16')
 CON_CLS = ('js', 'csd')
 DEPTHS = (10, 18, 34, 50, 101, 152, 200)
 # Loss terms (each weighted by config.loss.<term>_weight and in train.stages' loss_weights):
-# the one-box heads' four, then the dense tubelet head's (which has no loc/con_loc).
+# the one-box heads' four, then the dense tubelet head's (which has no loc/con_loc), then
+# the presence term of a tubelet head with model.tubelet_presence.
 BASE_LOSS_TERMS = ('cls', 'loc', 'con_cls', 'con_loc')
 TUBELET_LOSS_TERMS = (
   'tubelet_cls',
@@ -27,7 +28,8 @@ TUBELET_LOSS_TERMS = (
   'con_dense_cls',
   'con_dense_box',
 )
-LOSS_TERMS = BASE_LOSS_TERMS + TUBELET_LOSS_TERMS
+PRESENCE_LOSS_TERM = 'tubelet_presence'
+LOSS_TERMS = BASE_LOSS_TERMS + TUBELET_LOSS_TERMS + (PRESENCE_LOSS_TERM,)
 # The terms multiplied by the consistency ramp w(t).
 CONSISTENCY_TERMS = ('con_cls', 'con_loc', 'con_dense_cls', 'con_dense_box')
 STAGE_KEYS = ('num_steps', 'freeze_backbone', 'loss_weights')
@@ -44,9 +46,21 @@ class ConfigError(errors.UserError, ValueError):
   """An invalid configuration value; the message names the key."""
 
 
-def head_loss_terms(box_head: str) -> tuple[str, ...]:
-  """The loss terms a model with `box_head` yields: the dense head's ('tubelet') or the four."""
-  return ('cls', 'con_cls') + TUBELET_LOSS_TERMS if box_head == 'tubelet' else BASE_LOSS_TERMS
+def head_loss_terms(box_head: str, presence: bool = False) -> tuple[str, ...]:
+  """The loss terms a model with `box_head` yields: the dense head's ('tubelet', with
+  `tubelet_presence` when `presence`) or the four."""
+  if box_head != 'tubelet':
+    return BASE_LOSS_TERMS
+  return ('cls', 'con_cls') + TUBELET_LOSS_TERMS + ((PRESENCE_LOSS_TERM,) if presence else ())
+
+
+def tubelet_presence(config: Any) -> bool:
+  """Whether a tubelet detector has the per-frame presence output (`model.tubelet_presence`;
+  configs saved before it: no); False for the other heads."""
+  model = config.get('model', None) or {}
+  return str(model.get('box_head', 'mlp')) == 'tubelet' and bool(
+    model.get('tubelet_presence', False)
+  )
 
 
 def _get(config: Any, key: str) -> Any:
@@ -242,6 +256,8 @@ def _check_tubelet_head(config: Any) -> None:
   _check_range(config, 'model.tubelet_width', 1)
   _check_range(config, 'model.tubelet_top_n', 1)
   _check_range(config, 'model.tubelet_nms', 0.0, 1.0, low_open=True)
+  _check_type(config, 'model.tubelet_presence', bool)
+  _check_range(config, 'model.tubelet_presence_threshold', 0.0, 1.0, low_open=True)
   if config.data.frame_stride != 1:
     raise ConfigError(
       f'config key data.frame_stride={config.data.frame_stride}: a tubelet detector predicts '

@@ -82,6 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.tubelet_width = 256  # Channels of the neck and the head's 3x3 conv.
   config.model.tubelet_top_n = 10  # Detections kept per clip after tubelet NMS (inference).
   config.model.tubelet_nms = 0.5  # NMS threshold on the tubelet IoU (mean over the K frames).
+  # A per-frame presence output (docs/tubelets.md): whether the cell's actor is on each of
+  # the K frames; decoded as det_present, absent frames give linking and frame-AP no box.
+  config.model.tubelet_presence = False
+  config.model.tubelet_presence_threshold = 0.5  # det_present: sigmoid(logit) >= this.
   # Input preset the weights expect: 'kinetics' (2020 release), 'activitynet_0_255'
   # (2017 release), 'imagenet', 'scale_0_1'.
   config.model.normalization = 'kinetics'
@@ -99,10 +103,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.con_cls = 'js'  # 'js' (Jensen-Shannon) or 'csd' (CSD-SSD symmetric KL).
   # The dense tubelet head (model.box_head='tubelet'; stconsist_jax.training.tubelet_losses)
   # has no loc/con_loc terms: L = cls + tubelet_cls + tubelet_box + tubelet_giou
-  # + w(t) * (con_cls + con_dense_cls + con_dense_box), each weighted. Other heads ignore these.
+  # (+ tubelet_presence with model.tubelet_presence) + w(t) * (con_cls + con_dense_cls
+  # + con_dense_box), each weighted. Other heads ignore these.
   config.loss.tubelet_cls_weight = 1.0  # Softmax focal loss over background + box classes.
   config.loss.tubelet_box_weight = 1.0  # L1 on the per-frame (dx, dy, bw, bh).
   config.loss.tubelet_giou_weight = 1.0  # 1 - GIoU of the decoded per-frame boxes.
+  config.loss.tubelet_presence_weight = 1.0  # Sigmoid BCE of the per-frame presence.
   config.loss.focal_gamma = 2.0  # Focal loss gamma; 0 = cross-entropy.
   config.loss.con_dense_cls_weight = 1.0  # CSD class consistency on foreground locations.
   config.loss.con_dense_box_weight = 1.0  # CSD box consistency on foreground locations.

@@ -33,9 +33,11 @@ def model_name(model_config: Any) -> str:
     return 'classifier only'
   if head == 'tubelet':
     k = int(model_config.get('tubelet_frames', 0) or 0)
+    presence = ', per-frame presence' if model_config.get('tubelet_presence', False) else ''
     return (
       f'tubelet (K={k or "T"}, stride {int(model_config.tubelet_stride)}, '
-      f'width {int(model_config.tubelet_width)}, {int(model_config.num_box_classes)} box classes)'
+      f'width {int(model_config.tubelet_width)}, {int(model_config.num_box_classes)} box '
+      f'classes{presence})'
     )
   hidden = tuple(int(h) for h in np.atleast_1d(model_config.box_hidden))
   if head == 'mlp' and hidden == (16,):
@@ -217,6 +219,9 @@ def tubelet_protocol(config: ml_collections.ConfigDict) -> dict[str, str]:
     f'start every {int(e.tube_frame_stride)}-th frame (and at the last possible start), '
     'clamped to the video: every frame is an output frame of at least one clip'
   )
+  present = (
+    ' and present on it (the per-frame presence output)' if schema.tubelet_presence(config) else ''
+  )
   frames = (
     'every frame of the test videos (frames without ground truth hold only false positives)'
     if e.frame_ap_frames == 'all'
@@ -226,7 +231,7 @@ def tubelet_protocol(config: ml_collections.ConfigDict) -> dict[str, str]:
     'frame_map': (
       f'frame-AP at IoU 0.5 per annotated class, averaged over the classes with ground '
       f'truth, of a tubelet detector: {placement}; on each frame, every tubelet box covering '
-      f"it, scored by its tubelet's class probabilities, after a per-class NMS at "
+      f"it{present}, scored by its tubelet's class probabilities, after a per-class NMS at "
       f"{float(e.tubelets.frame_nms_threshold):g} (ACT's frameAP on tubelets), so several "
       f'actors a frame; frames scored: {frames}; '
       + _FRAME_MATCHING_TEXT[e.frame_ap_protocol]
@@ -234,7 +239,9 @@ def tubelet_protocol(config: ml_collections.ConfigDict) -> dict[str, str]:
     ),
     'video_map': (
       f"tubelets of the same clips linked per class by ACT's BuildTubes (eval.tubelets: "
-      f'{dict(e.tubelets)}); spatio-temporal IoU = temporal IoU x mean per-frame IoU '
+      f'{dict(e.tubelets)}'
+      + ("; a tube's frames are those where one of its tubelets is present" if present else '')
+      + '); spatio-temporal IoU = temporal IoU x mean per-frame IoU '
       '(+1 pixel convention); per class, tubes ranked across videos by the mean of their '
       "tubelets' scores, each ground-truth tube matched once; AP as ACT's videoAP. "
       'video_map@0.5:0.95 averages 0.5, 0.55, ..., 0.95'

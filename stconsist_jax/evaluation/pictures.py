@@ -172,6 +172,7 @@ CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
       'tubelet_cls',
       'tubelet_box',
       'tubelet_giou',
+      'tubelet_presence',
       'con_dense_cls',
       'con_dense_box',
     ),

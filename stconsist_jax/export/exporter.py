@@ -165,13 +165,13 @@ def model_metadata(
 
 
 def tubelet_settings(config: Any) -> dict[str, Any]:
-  """The tubelet head's decoding settings (config.model.tubelet_*; K = 0 means all T), and
-  what prediction reads of the config besides: the clip stride over a video
-  (eval.tube_frame_stride), the per-frame NMS of the actors (eval.tubelets) and the
-  names of the box classes."""
+  """The tubelet head's decoding settings (config.model.tubelet_*; K = 0 means all T; the
+  presence threshold only for a head with presence), and what prediction reads of the
+  config besides: the clip stride over a video (eval.tube_frame_stride), the per-frame
+  NMS of the actors (eval.tubelets) and the names of the box classes."""
   m = config.model
   frames = int(m.get('tubelet_frames', 0)) or int(config.data.num_frames)
-  return {
+  settings = {
     'frames': frames,
     'stride': int(m.get('tubelet_stride', 8)),
     'top_n': int(m.get('tubelet_top_n', 10)),
@@ -180,6 +180,9 @@ def tubelet_settings(config: Any) -> dict[str, Any]:
     'frame_nms': tubelets_eval.frame_nms_threshold(config),
     'box_class_names': class_names.box_class_names_for(config, int(m.num_box_classes)),
   }
+  if m.get('tubelet_presence', False):
+    settings['presence_threshold'] = float(m.get('tubelet_presence_threshold', 0.5))
+  return settings
 
 
 def output_differences(
@@ -200,8 +203,9 @@ def output_differences(
 def match_detections(
   expected: dict[str, np.ndarray], found: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-  """`found` with its decoded detections (det_boxes, det_scores, det_valid) reordered, clip
-  by clip, to the expected rows they match (the nearest box, greedily in expected order).
+  """`found` with its decoded detections (det_boxes, det_scores, det_valid and, with
+  presence, det_present) reordered, clip by clip, to the expected rows they match (the
+  nearest box, greedily in expected order).
 
   Decoded detections come in score order, and a saturated softmax gives scores that are
   equal to float32 precision (probabilities near 1 are 6e-8 apart): there the order is
@@ -209,9 +213,12 @@ def match_detections(
   """
   if not all(k in expected and k in found for k in export_metadata.TUBELET_OUTPUTS):
     return found
+  rows = export_metadata.TUBELET_OUTPUTS + tuple(
+    k for k in (export_metadata.PRESENCE_OUTPUT,) if k in expected and k in found
+  )
   boxes_e, boxes_f = np.asarray(expected['det_boxes']), np.asarray(found['det_boxes'])
   valid_e, valid_f = np.asarray(expected['det_valid']), np.asarray(found['det_valid'])
-  matched = {k: np.array(found[k]) for k in export_metadata.TUBELET_OUTPUTS}
+  matched = {k: np.array(found[k]) for k in rows}
   for b in range(valid_e.shape[0]):
     free = [int(j) for j in np.nonzero(valid_f[b])[0]]
     order = []
@@ -224,7 +231,7 @@ def match_detections(
     rest = [j for j in range(valid_f.shape[1]) if j not in used]
     targets = [i for i in range(valid_e.shape[1]) if i not in {i for i, _ in order}]
     for i, j in order + list(zip(targets, rest)):
-      for k in export_metadata.TUBELET_OUTPUTS:
+      for k in rows:
         matched[k][b, i] = np.asarray(found[k])[b, j]
   return dict(found, **matched)
 

@@ -7,6 +7,8 @@ ACT runs a clip at every frame (stride 1); here any start frames work, e.g. ever
 frame with s <= K, and a clip clamped at the video's end may repeat its last frame.
 A tubelet's box on a frame it covers several times is the mean of those boxes.
 Boxes are pixel corner boxes under ACT's +1 IoU convention (see `metrics.tubes`).
+Optionally each (tubelet, frame) pair says whether the tubelet's actor is present there
+(a head's per-frame presence output): an absent pair gives no box to a tube or a frame.
 
 Where this departs from ACT / MOC-Detector (whose `BuildTubes` and soft tubelet NMS
 are followed; the per-frame NMS of frame-AP is ACT's hard `nms2d` at 0.3, MOC's is a
@@ -46,7 +48,8 @@ class TubeletLinkingConfig:
     max_gap: a tube that takes nothing at a step whose start frame is >= `max_gap`
       frames after its last tubelet's start frame ends. None: K (ACT).
     min_length: tubes spanning fewer frames (first tubelet's start to last tubelet's
-      last frame, inclusive) are dropped.
+      last frame, inclusive; with presence, the first to the last frame where one of its
+      tubelets is present) are dropped.
     min_score: tubes whose score (mean of their tubelets' scores) is below this are
       dropped.
     nms_threshold: 3D NMS among a class's tubes (`tubes.nms_tubes`, ACT's
@@ -92,7 +95,7 @@ def tubelet_frames(starts: Any, k: int, num_frames: int) -> np.ndarray:
 # Inputs.
 
 
-def _check_tubelets(frames, boxes, scores, valid, fn_name):
+def _check_tubelets(frames, boxes, scores, valid, fn_name, present=None):
   frames = np.asarray(frames)
   boxes = np.asarray(boxes, np.float64)
   scores = np.asarray(scores, np.float64)
@@ -127,16 +130,24 @@ def _check_tubelets(frames, boxes, scores, valid, fn_name):
   valid = np.asarray(valid)
   if valid.shape != boxes.shape[:2] or valid.dtype != np.bool_:
     raise ValueError(f'{fn_name}: expected valid bool {boxes.shape[:2]}, found {valid.shape}')
-  return frames, boxes, scores, valid
+  if present is not None:
+    present = np.asarray(present)
+    if present.shape != boxes.shape[:3] or present.dtype != np.bool_:
+      raise ValueError(
+        f'{fn_name}: expected present bool {boxes.shape[:3]}, found {present.dtype} {present.shape}'
+      )
+  return frames, boxes, scores, valid, present
 
 
 class _Distinct(NamedTuple):
   """Each clip's distinct frames and its tubelets' box on each (the mean of the boxes
-  on that frame; the box itself when the frame occurs once), padded to K."""
+  on that frame; the box itself when the frame occurs once), padded to K; a tubelet is
+  present on a distinct frame when it is on any of that frame's copies."""
 
   frames: np.ndarray  # (S, K) int64 distinct frames, increasing, then -1
   boxes: np.ndarray  # (S, N, K, 4), zeros where padded
   count: np.ndarray  # (S,) distinct frames per clip
+  present: np.ndarray  # (S, N, K) bool, False where padded
 
   def clip(self, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip s's `(U,)` frames and `(N, U, 4)` boxes."""
@@ -144,12 +155,17 @@ class _Distinct(NamedTuple):
     return self.frames[s, :u], self.boxes[s, :, :u]
 
 
-def _distinct(frames: np.ndarray, boxes: np.ndarray) -> _Distinct:
+def _distinct(frames: np.ndarray, boxes: np.ndarray, present: np.ndarray | None) -> _Distinct:
   num_steps, k = frames.shape
+  if present is None:
+    present = np.ones(boxes.shape[:3], bool)
   if k == 1 or np.all(np.diff(frames, axis=1) > 0):
-    return _Distinct(frames, boxes, np.full(num_steps, k))
+    return _Distinct(frames, boxes, np.full(num_steps, k), present)
   out = _Distinct(
-    np.full((num_steps, k), -1, np.int64), np.zeros(boxes.shape), np.zeros(num_steps, int)
+    np.full((num_steps, k), -1, np.int64),
+    np.zeros(boxes.shape),
+    np.zeros(num_steps, int),
+    np.zeros(boxes.shape[:3], bool),
   )
   for s in range(num_steps):
     distinct, inverse, counts = np.unique(frames[s], return_inverse=True, return_counts=True)
@@ -157,6 +173,7 @@ def _distinct(frames: np.ndarray, boxes: np.ndarray) -> _Distinct:
     sums = np.zeros((boxes.shape[1], u, 4))
     for j, i in enumerate(inverse.tolist()):
       sums[:, i] += boxes[s, :, j]
+      out.present[s, :, i] |= present[s, :, j]
     out.frames[s, :u], out.boxes[s, :, :u], out.count[s] = distinct, sums / counts[None, :, None], u
   return out
 
@@ -312,19 +329,24 @@ def _build_tube(
   distinct: _Distinct,
   config: TubeletLinkingConfig,
 ) -> tubes_lib.Tube | None:
-  """ACT's tube of linked tubelets, or None when it fails the score or length filter:
-  per frame the mean box and mean score of its tubelets covering that frame."""
+  """ACT's tube of linked tubelets, or None when it fails the score or length filter or
+  none of its tubelets is present on any frame: per frame the mean box and mean score of
+  its tubelets covering that frame (and present on it)."""
   score = math.fsum(s for _, _, s in members) / len(members)
   steps = np.array([step for step, _, _ in members])
+  tubelets = [n for _, n, _ in members]
   frames = distinct.frames[steps]  # (M, K), -1 padded
-  present = frames >= 0
-  begin, end = int(frames[0, 0]), int(frames.max())
+  present = (frames >= 0) & distinct.present[steps, tubelets]
+  if not present.any():
+    return None
+  # Without presence masks frames[0, 0] and frames.max(): ACT's span.
+  begin, end = int(frames[present].min()), int(frames[present].max())
   if score < config.min_score or end + 1 - begin < config.min_length:
     return None
   # Every (tubelet, frame) contribution in ACT's order (tubelets in linking order, then
   # frames), summed per frame one after the other (`np.add.at` is unbuffered, in order).
   where = frames[present] - begin
-  boxes = distinct.boxes[steps, [n for _, n, _ in members]][present]
+  boxes = distinct.boxes[steps, tubelets][present]
   scores = np.broadcast_to(np.array([s for _, _, s in members])[:, None], frames.shape)[present]
   box_sum = np.zeros((end + 1 - begin, 4))
   score_sum = np.zeros(end + 1 - begin)
@@ -374,6 +396,7 @@ def link_tubelets(
   config: TubeletLinkingConfig = TubeletLinkingConfig(),
   *,
   valid: Any = None,
+  present: Any = None,
 ) -> list[tubes_lib.Tube]:
   """Links one video's tubelets into tubes, each class on its own (ACT's `BuildTubes`).
 
@@ -393,6 +416,12 @@ def link_tubelets(
      score (`Tube.tube_score`) is the mean of its tubelets' rescaled scores.
   4. 3D NMS per class (`tubes.nms_tubes`, `nms_threshold`).
 
+  With `present`, a (tubelet, frame) pair that is not present gives its tube's frame
+  neither a box nor a score: a tube's frames are those where at least one of its
+  tubelets is present, its span (`min_length`) runs from the first to the last of them,
+  and a tube whose tubelets are present on no frame is dropped. The tubelet NMS, the
+  linking overlaps and the tube's score still use every tubelet with all its K boxes.
+
   With K = 1, stride 1 and `tubelet_nms_threshold=None` this is `tubes.link_video`
   (same tubes, boxes and scores), except for the order of tubes of equal score that
   end at the same step: ACT (here) appends them in reverse, `link_video` in order.
@@ -404,12 +433,16 @@ def link_tubelets(
     scores: `(S, N, C)` class scores of each tubelet (background excluded).
     config: the linking parameters.
     valid: `(S, N)` bool, False for padding tubelets (left out); None: all valid.
+    present: `(S, N, K)` bool, whether tubelet n of step s shows its actor on its k-th
+      frame (a frame repeated within a clip: on any of its copies); None: everywhere.
 
   Returns:
     All classes' tubes by score, descending; equal scores keep class order, then NMS
     order.
   """
-  frames, boxes, scores, valid = _check_tubelets(frames, boxes, scores, valid, 'link_tubelets')
+  frames, boxes, scores, valid, present = _check_tubelets(
+    frames, boxes, scores, valid, 'link_tubelets', present
+  )
   if config.plus_one:
     tubes_lib.check_pixel_boxes(boxes[valid], 'link_tubelets')
   num_steps, _, k, _ = boxes.shape
@@ -418,7 +451,7 @@ def link_tubelets(
     return []
   max_gap = k if config.max_gap is None else config.max_gap
   starts = frames[:, 0].tolist()
-  distinct = _distinct(frames, boxes)
+  distinct = _distinct(frames, boxes, present)
 
   linkers = [_ClassLinker(config.iou_threshold, max_gap) for _ in range(num_classes)]
   for b in range(num_steps):
@@ -458,14 +491,15 @@ def frame_detections(
   scores: Any,
   *,
   valid: Any = None,
+  present: Any = None,
   nms_threshold: float = 0.3,
   min_score: float = 0.0,
   plus_one: bool = True,
 ) -> FrameDetections:
   """Per-frame detections from one video's tubelets (ACT's `load_frame_detections`).
 
-  Every frame gets the box of each valid tubelet that covers it, with the tubelet's
-  class scores; then per frame and class a greedy 2D NMS (ACT's `nms2d`, hard, at
+  Every frame gets the box of each valid tubelet that covers it (and, with `present`,
+  is present on it), with the tubelet's class scores; then per frame and class a greedy 2D NMS (ACT's `nms2d`, hard, at
   `nms_threshold`; ties in row order) over the rows whose class score is >=
   `min_score`. A row is kept when some class keeps it; `valid[d, c]` says which.
   Rows are ordered by frame, then step, then tubelet.
@@ -474,7 +508,7 @@ def frame_detections(
   `min_score` does that here (default: keep all).
 
   Args:
-    frames, boxes, scores, valid: as `link_tubelets`.
+    frames, boxes, scores, valid, present: as `link_tubelets`.
     nms_threshold: a row is suppressed for a class by a kept higher-scoring one of
       the same frame at IoU > this (ACT: 0.3).
     min_score: class scores below this are no detection of that class.
@@ -484,17 +518,20 @@ def frame_detections(
     `FrameDetections`. For `frame_ap.frame_map` with boxes in pixels and
     `protocol='act'`, pass `frame_sizes=(1, 1)` (and ground truth in pixels).
   """
-  frames, boxes, scores, valid = _check_tubelets(frames, boxes, scores, valid, 'frame_detections')
+  frames, boxes, scores, valid, present = _check_tubelets(
+    frames, boxes, scores, valid, 'frame_detections', present
+  )
   num_classes = scores.shape[2]
   row_frames, row_boxes, row_scores = [], [], []
-  clips = _distinct(frames, boxes)
+  clips = _distinct(frames, boxes, present)
   for s in range(frames.shape[0]):
     rows = np.nonzero(valid[s])[0]
     distinct, dboxes = clips.clip(s)
+    shown = clips.present[s, rows, : len(distinct)].reshape(-1)  # tubelet-major, as below
     dboxes = dboxes[rows]
-    row_frames.append(np.repeat(distinct[None], len(rows), axis=0).reshape(-1))
-    row_boxes.append(dboxes.reshape(-1, 4))
-    row_scores.append(np.repeat(scores[s, rows], len(distinct), axis=0))
+    row_frames.append(np.repeat(distinct[None], len(rows), axis=0).reshape(-1)[shown])
+    row_boxes.append(dboxes.reshape(-1, 4)[shown])
+    row_scores.append(np.repeat(scores[s, rows], len(distinct), axis=0)[shown])
   if not row_frames:
     row_frames, row_boxes, row_scores = [np.zeros(0, np.int64)], [np.zeros((0, 4))], []
   all_frames = np.concatenate(row_frames)

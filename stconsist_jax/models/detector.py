@@ -168,14 +168,16 @@ class Detector(nn.Module):
     box_hidden: hidden sizes of the box head: Model-1 (16,), Model-2 (256, 64, 8).
     box_activation: activation after each hidden layer; 'none' by default.
     num_box_classes, tubelet_frames, tubelet_stride, tubelet_width, tubelet_top_n,
-      tubelet_nms: the tubelet head's settings (config.model's keys of those names);
-      read only when box_head='tubelet'.
+      tubelet_nms, tubelet_presence, tubelet_presence_threshold: the tubelet head's
+      settings (config.model's keys of those names); read only when box_head='tubelet'.
     normalization: a key of NORMALIZATION_PRESETS.
     dtype: backbone (and tubelet head) compute dtype; the other heads compute in float32.
 
   With box_head='tubelet' the outputs add `tubelet_logits (N, h, w, num_box_classes + 1)`
   and `tubelet_boxes (N, h, w, K, 4)`, and `boxes` is `tubelet_decode.centre_box`'s; when
   `train=False` also `det_boxes`, `det_scores`, `det_valid` (`tubelet_decode.decode`).
+  With `tubelet_presence` they add `tubelet_presence (N, h, w, K)` logits and, when
+  `train=False`, `det_present (N, top_n, K)`.
 
   Parameter tree: {'backbone', 'classifier', 'box_head'}; BatchNorm statistics in
   'batch_stats' (pass `mutable=['batch_stats']` when `train=True`).
@@ -192,6 +194,8 @@ class Detector(nn.Module):
   tubelet_width: int = 256
   tubelet_top_n: int = 10
   tubelet_nms: float = 0.5
+  tubelet_presence: bool = False
+  tubelet_presence_threshold: float = 0.5
   normalization: str = 'kinetics'
   dtype: Any = jnp.float32
 
@@ -204,13 +208,22 @@ class Detector(nn.Module):
       stride=self.tubelet_stride,
       width=self.tubelet_width,
       stage_strides=resnet3d.stage_strides(self.backbone_kwargs.get('no_max_pool', False)),
+      presence=self.tubelet_presence,
       dtype=self.dtype,
       name=BOX_HEAD_SCOPE,
     )(stages)
-    out = dict(dense, boxes=tubelet_decode.centre_box(**dense))
+    logits, boxes = dense['tubelet_logits'], dense['tubelet_boxes']
+    out = dict(dense, boxes=tubelet_decode.centre_box(logits, boxes))
     if not train:
       out.update(
-        tubelet_decode.decode(**dense, top_n=self.tubelet_top_n, nms_threshold=self.tubelet_nms)
+        tubelet_decode.decode(
+          logits,
+          boxes,
+          top_n=self.tubelet_top_n,
+          nms_threshold=self.tubelet_nms,
+          tubelet_presence=dense.get('tubelet_presence'),
+          presence_threshold=self.tubelet_presence_threshold,
+        )
       )
     return out
 
@@ -267,7 +280,8 @@ def build_model(model_config: Any) -> Detector:
   conv1_t_stride, no_max_pool, num_classes, box_head, box_hidden, box_activation,
   normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d'), and
   with box_head='tubelet' num_box_classes, tubelet_frames, tubelet_stride, tubelet_width,
-  tubelet_top_n, tubelet_nms."""
+  tubelet_top_n, tubelet_nms, tubelet_presence (configs saved before it: False),
+  tubelet_presence_threshold."""
   kwargs = backbone_kwargs_from_config(model_config)
   get = model_config.get
   # The values are checked where they are used, when the model is initialized or applied
@@ -284,6 +298,8 @@ def build_model(model_config: Any) -> Detector:
       tubelet_width=int(get('tubelet_width', 256)),
       tubelet_top_n=int(get('tubelet_top_n', 10)),
       tubelet_nms=float(get('tubelet_nms', 0.5)),
+      tubelet_presence=bool(get('tubelet_presence', False)),
+      tubelet_presence_threshold=float(get('tubelet_presence_threshold', 0.5)),
     )
   return Detector(
     num_classes=int(get('num_classes', 101)),

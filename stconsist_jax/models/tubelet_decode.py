@@ -1,6 +1,7 @@
 """The dense tubelet head's geometry and decoding, in pure jax.numpy (jittable).
 
-Dense outputs `(dx, dy, bw, bh)` per cell and frame -> corner boxes; tubelet overlap; top-N NMS.
+Dense outputs `(dx, dy, bw, bh)` per cell and frame -> corner boxes; tubelet overlap; top-N NMS;
+with a presence output, the chosen cells' per-frame presence.
 
 Geometry (the tubelet contract): on an h x w map, cell (i, j) and output frame k carry
 `(dx, dy, bw, bh)`; the box centre is `((j + 0.5 + dx) / w, (i + 0.5 + dy) / h)` and its
@@ -92,8 +93,12 @@ def decode(
   top_n: int,
   nms_threshold: Any,
   candidates: int | None = None,
+  tubelet_presence: jax.Array | None = None,
+  presence_threshold: Any = 0.5,
 ) -> dict[str, jax.Array]:
   """Dense outputs -> at most `top_n` tubelets per clip, class-agnostic tubelet NMS.
+
+  The NMS uses all K boxes of a tubelet, present or not.
 
   Args:
     tubelet_logits: `(N, h, w, C + 1)` class logits, index 0 background.
@@ -103,11 +108,15 @@ def decode(
       a kept, higher-scoring one exceeds this.
     candidates: the locations with the best foreground probability that enter the NMS
       (static); default `CANDIDATES_PER_DETECTION * top_n`, at most h * w.
+    tubelet_presence: `(N, h, w, K)` presence logits, or None (a head without presence).
+    presence_threshold: a detection is present on frame k when the sigmoid of its cell's
+      presence logit there is >= this.
 
   Returns:
     `det_boxes (N, top_n, K, 4)` corners clipped to [0, 1], `det_scores (N, top_n, C)` the
     location's foreground probabilities and `det_valid (N, top_n)` bool, in decreasing
-    best-foreground order; rows past the survivors are invalid and hold zeros.
+    best-foreground order; rows past the survivors are invalid and hold zeros. With
+    `tubelet_presence` also `det_present (N, top_n, K)` bool (False on invalid rows).
   """
   if top_n < 1:
     raise ValueError(f'top_n must be >= 1, got {top_n!r}.')
@@ -132,8 +141,17 @@ def decode(
     valid = jnp.pad(valid, ((0, 0), (0, pad)))
     det_boxes = jnp.pad(det_boxes, ((0, 0), (0, pad), (0, 0), (0, 0)))
     det_scores = jnp.pad(det_scores, ((0, 0), (0, pad), (0, 0)))
-  return {
+  out = {
     'det_boxes': jnp.where(valid[:, :, None, None], det_boxes, 0.0),
     'det_scores': jnp.where(valid[:, :, None], det_scores, 0.0),
     'det_valid': valid,
   }
+  if tubelet_presence is not None:
+    cells = jnp.take_along_axis(order, chosen, axis=1)  # (N, top_n'): the chosen locations
+    logits = tubelet_presence.astype(jnp.float32).reshape(n, h * w, k)
+    present = jax.nn.sigmoid(jnp.take_along_axis(logits, cells[:, :, None], axis=1))
+    present = present >= presence_threshold
+    if pad:
+      present = jnp.pad(present, ((0, 0), (0, pad), (0, 0)))
+    out['det_present'] = present & valid[:, :, None]
+  return out

@@ -8,7 +8,8 @@ temporal branch: the K per-frame boxes can see motion); each deeper stage is ave
 time, projected by a 1x1 lateral conv and resized (bilinear) to the stride stage's h x w;
 all are summed. Then 3x3 conv + ReLU, and 1x1 convs to `num_box_classes + 1` logits (index
 0 background) and K * 4 box numbers per cell, `(dx, dy, sigmoid(bw), sigmoid(bh))` as
-tubelet_decode's geometry reads them.
+tubelet_decode's geometry reads them. With `presence`, a further 1x1 conv gives K logits per
+cell: whether the cell's actor is on each output frame (sigmoid).
 """
 
 import math
@@ -22,6 +23,9 @@ import numpy as np
 
 # Initial foreground probability of every cell (RetinaNet's prior for the focal loss).
 FOREGROUND_PRIOR = 0.01
+# Initial presence probability of every (cell, frame): most frames of an actor's tubelet
+# show it, so the presence output starts near "present".
+PRESENCE_PRIOR = 0.9
 HEAD_INIT_STD = 0.01
 
 
@@ -66,8 +70,14 @@ def upsample_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
   )
 
 
+def presence_bias(prior: float = PRESENCE_PRIOR) -> float:
+  """The presence logit of initial probability `prior`: log(prior / (1 - prior))."""
+  return math.log(prior / (1 - prior))
+
+
 class TubeletHead(nn.Module):
-  """Backbone stages -> `{'tubelet_logits': (N, h, w, C + 1), 'tubelet_boxes': (N, h, w, K, 4)}`.
+  """Backbone stages -> `{'tubelet_logits': (N, h, w, C + 1), 'tubelet_boxes': (N, h, w, K, 4)}`,
+  and with `presence` `'tubelet_presence': (N, h, w, K)` logits, all float32.
 
   Attributes:
     num_box_classes: C, the annotated (tube-label) classes.
@@ -75,6 +85,7 @@ class TubeletHead(nn.Module):
     stride: output stride in input pixels (picks the stride stage, see `pick_stage`).
     width: channels of the neck and the 3x3 conv.
     stage_strides: spatial stride of each input stage (resnet3d.stage_strides).
+    presence: add the per-frame presence logits (a 1x1 conv 'presence').
     dtype: compute dtype; parameters and outputs are float32.
   """
 
@@ -83,6 +94,7 @@ class TubeletHead(nn.Module):
   stride: int = 8
   width: int = 256
   stage_strides: Sequence[int] = (4, 8, 16, 32)
+  presence: bool = False
   dtype: Any = jnp.float32
 
   def _conv(self, features: int, kernel: int, name: str, **kwargs) -> nn.Conv:
@@ -124,4 +136,13 @@ class TubeletHead(nn.Module):
     raw = self._conv(self.num_frames * 4, 1, 'box', kernel_init=head_init)(x)
     raw = raw.astype(jnp.float32).reshape(n, h, w, self.num_frames, 4)
     boxes = jnp.concatenate([raw[..., :2], nn.sigmoid(raw[..., 2:])], axis=-1)
-    return {'tubelet_logits': logits.astype(jnp.float32), 'tubelet_boxes': boxes}
+    out = {'tubelet_logits': logits.astype(jnp.float32), 'tubelet_boxes': boxes}
+    if self.presence:
+      out['tubelet_presence'] = self._conv(
+        self.num_frames,
+        1,
+        'presence',
+        kernel_init=head_init,
+        bias_init=nn.initializers.constant(presence_bias()),
+      )(x).astype(jnp.float32)
+    return out

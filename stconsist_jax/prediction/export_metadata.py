@@ -40,10 +40,16 @@ OUTPUT_LAYOUTS = {
   'for the K central clip frames',
   'det_scores': 'decoded detections (batch, top_n, num_box_classes): foreground probabilities',
   'det_valid': 'decoded detections (batch, top_n): false rows are padding (zeros)',
+  'tubelet_presence': 'per map cell and output frame (batch, h, w, K): presence logits, '
+  "sigmoid gives the probability that the cell's actor is on the frame",
+  'det_present': 'decoded detections (batch, top_n, K): the actor is on output frame k '
+  '(false on padding rows); an absent frame gives no box to tubes or frames',
 }
 DTYPES = ('float32', 'bool', 'int32', 'uint8')
 # The decoded detections of a tubelet head, what prediction reads of it.
 TUBELET_OUTPUTS = ('det_boxes', 'det_scores', 'det_valid')
+# A tubelet head with the per-frame presence output adds this decoded output.
+PRESENCE_OUTPUT = 'det_present'
 # onnxruntime's type names of these dtypes (for `check_signature` on a session).
 ONNXRUNTIME_DTYPES = {
   'tensor(float)': 'float32',
@@ -170,6 +176,8 @@ def _check_model(meta: Mapping[str, Any]) -> None:
     for key in ('tubelet.frames', 'tubelet.stride', 'tubelet.top_n', 'tubelet.frame_stride'):
       _positive(meta, key)
     _typed(meta, 'tubelet.nms', float)
+    if 'presence_threshold' in meta['tubelet']:  # a head with the presence output
+      _typed(meta, 'tubelet.presence_threshold', float)
     _typed(meta, 'tubelet.frame_nms', float)
     if meta['tubelet']['frame_stride'] > meta['tubelet']['frames']:
       raise MetadataError(
@@ -232,7 +240,10 @@ def _check_outputs(meta: Mapping[str, Any]) -> None:
     ('det_boxes', [top_n, k, 4]),
     ('det_scores', [top_n, c]),
     ('det_valid', [top_n]),
+    (PRESENCE_OUTPUT, [top_n, k]),
   ):
+    if name not in by_name:  # only det_present is optional (a head without presence)
+      continue
     if by_name[name]['shape'][1:] != shape:
       raise MetadataError(
         f'metadata: output {name!r} has shape {by_name[name]["shape"]}, the tubelet settings '

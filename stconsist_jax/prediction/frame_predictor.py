@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 DEFAULT_BATCH_SIZE = 8
 TUBELET_KEYS = ('det_boxes', 'det_scores', 'det_valid')  # models/tubelet_decode.py
+PRESENCE_KEY = 'det_present'  # a tubelet head with presence: (N, top_n, K) bool
 # A (box, class) scoring 0.01 or less is no actor of that class (ACT's detector-side cut).
 ACTOR_MIN_SCORE = 0.01
 
@@ -168,6 +169,7 @@ class Tubelets:
   boxes: np.ndarray  # float32 (M, N, K, 4) corners x1, y1, x2, y2 normalized
   scores: np.ndarray  # float32 (M, N, C) box-class probabilities
   valid: np.ndarray  # bool (M, N)
+  present: np.ndarray | None = None  # bool (M, N, K); None: a head without presence
 
 
 @dataclasses.dataclass
@@ -264,7 +266,7 @@ class ClipPredictor:
     if self.with_boxes and 'boxes' in host:
       got['boxes'] = host['boxes'][:n].astype(np.float32)
     if self.tubelet_frames:
-      got.update({k: host[k][:n] for k in TUBELET_KEYS})
+      got.update({k: host[k][:n] for k in TUBELET_KEYS + (PRESENCE_KEY,) if k in host})
     return got
 
   def detect(
@@ -317,9 +319,13 @@ class ClipPredictor:
     tubelets = None
     if self.tubelet_frames:
       k = self.tubelet_frames
+      present = None
+      if all(PRESENCE_KEY in c for c in chunks):
+        present = np.concatenate([c[PRESENCE_KEY] for c in chunks]).astype(bool)
       tubelets = Tubelets(
         np.minimum(starts[:, None] + np.arange(k), count[0] - 1),
         *(np.concatenate([c[key] for c in chunks]) for key in TUBELET_KEYS),
+        present=present,
       )
     return Detections(
       starts, np.concatenate([c['logits'] for c in chunks]), boxes, count[0], tubelets
@@ -532,12 +538,15 @@ def tubelet_results(
   h, w = size
   scale = np.array([w, h, w, h], np.float64)
   pixel_boxes = t.boxes.astype(np.float64) * scale
-  found = tubelets_lib.link_tubelets(t.output_frames, pixel_boxes, t.scores, linking, valid=t.valid)
+  found = tubelets_lib.link_tubelets(
+    t.output_frames, pixel_boxes, t.scores, linking, valid=t.valid, present=t.present
+  )
   per_frame = tubelets_lib.frame_detections(
     t.output_frames,
     pixel_boxes,
     t.scores,
     valid=t.valid,
+    present=t.present,
     nms_threshold=frame_nms_threshold,
     min_score=ACTOR_MIN_SCORE,
     plus_one=linking.plus_one,

@@ -57,7 +57,7 @@ class OnnxPredictor(frame_predictor.ClipPredictor):
     self.session = session
     available = {o.name for o in session.get_outputs()}
     # The dense maps of a tubelet head stay inside: only what prediction reads is fetched.
-    wanted = ('logits', 'boxes', *export_metadata.TUBELET_OUTPUTS)
+    wanted = ('logits', 'boxes', *export_metadata.TUBELET_OUTPUTS, export_metadata.PRESENCE_OUTPUT)
     self.output_names = [name for name in wanted if name in available]
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='onnxruntime')
 

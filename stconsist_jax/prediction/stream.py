@@ -212,6 +212,7 @@ def frame_detections(
       boxes,
       np.asarray(out['det_scores'][:1], np.float64),
       valid=np.asarray(out['det_valid'][:1], bool),
+      present=(np.asarray(out['det_present'][:1, :, -1:], bool) if 'det_present' in out else None),
       nms_threshold=frame_nms,
       min_score=frame_predictor.ACTOR_MIN_SCORE,
       plus_one=plus_one,

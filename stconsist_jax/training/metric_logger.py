@@ -32,6 +32,7 @@ CONSOLE_KEYS = (
   'tubelet_cls',
   'tubelet_box',
   'tubelet_giou',
+  'tubelet_presence',
   'con_dense_cls',
   'con_dense_box',
   'con_weight',

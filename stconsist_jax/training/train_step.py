@@ -129,9 +129,8 @@ def make_lr_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sc
 
 def resolve_stages(config: ml_collections.ConfigDict) -> list[Stage]:
   """config.train.stages (or one stage training everything) -> Stages covering all steps."""
-  base = {
-    t: float(config.loss[f'{t}_weight']) for t in schema.head_loss_terms(config.model.box_head)
-  }
+  terms = schema.head_loss_terms(config.model.box_head, schema.tubelet_presence(config))
+  base = {t: float(config.loss[f'{t}_weight']) for t in terms}
   specs = list(config.train.stages) or [{'num_steps': -1}]
   stages, start = [], 0
   for spec in specs:
@@ -252,7 +251,8 @@ def loss_terms(
   gamma: float = 2.0,
 ) -> dict[str, jax.Array]:
   """The loss terms, each a scalar: cls, loc, con_cls, con_loc, or for the tubelet head
-  cls, con_cls and the five of `tubelet_losses.tubelet_loss_terms` (focal `gamma`).
+  cls, con_cls and the five (six with presence) of `tubelet_losses.tubelet_loss_terms`
+  (focal `gamma`).
 
   `cls` is the mean over the clips with their labels (`has_label`; all when the batch
   has no such key), `loc` the mean over the clips with a box (`has_box`); a clip without

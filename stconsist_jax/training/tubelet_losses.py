@@ -1,5 +1,5 @@
-"""Loss terms of the dense tubelet head: focal class loss, L1 and GIoU box losses, and CSD's
-flip consistency on the dense outputs; pure jax.numpy functions of arrays.
+"""Loss terms of the dense tubelet head: focal class loss, L1 and GIoU box losses, per-frame
+presence BCE, and CSD's flip consistency on the dense outputs; pure jax.numpy functions.
 
 Notation: logits (B, h, w, C + 1) (index 0 background), boxes (B, h, w, K, 4) in the
 contract's (dx, dy, bw, bh) form; targets from `tubelet_targets`. All sums run over the
@@ -15,6 +15,14 @@ whole (global) batch.
   numbers, averaged over boxes).
 - tubelet_giou: the mean of 1 - GIoU over the same (cell, frame) pairs, on corner boxes
   decoded from the offsets: centre ((j + 0.5 + dx) / w, (i + 0.5 + dy) / h), size (bw, bh).
+- tubelet_presence (only for a head with the presence output, presence logits
+  (B, h, w, K)): sigmoid binary cross-entropy of the logit z against the target y =
+  `box_mask` (the cell's actor is present at output frame k), -(y log s(z) + (1 - y)
+  log(1 - s(z))), summed over the positive cells of the `dense_labeled` clips and all K
+  of their frames, divided by max(positives * K, 1) (0 when there is no positive cell).
+  Background cells have no presence target. It has no flip-consistency term: presence
+  is learnt from the labelled clips only (a mirrored squared difference of the presence
+  probabilities on CSD's kept locations would be the natural one, left out for now).
 - con_dense_cls, con_dense_box (CSD-SSD's `train_csd.py` on dense locations): the flipped
   clip's outputs are brought to the original's cells by reversing the w axis (cell (i, j)
   of the clip meets cell (i, w - 1 - j) of the flipped clip); no sign changes. Background
@@ -50,6 +58,7 @@ Array = jax.Array
 # Model output keys of the dense head (contract).
 TUBELET_LOGITS = 'tubelet_logits'
 TUBELET_BOXES = 'tubelet_boxes'
+TUBELET_PRESENCE = 'tubelet_presence'
 ACTOR_KEYS = ('actor_boxes', 'actor_present', 'actor_labels', 'dense_labeled')
 CSD_EPS = 1e-7
 _GIOU_EPS = 1e-7
@@ -85,6 +94,17 @@ def box_l1(pred: Array, target: Array, mask: Array) -> Array:
   diff = jnp.where(mask[..., None], pred.astype(jnp.float32) - target.astype(jnp.float32), 0.0)
   count = jnp.sum(mask.astype(jnp.float32))
   return jnp.sum(jnp.abs(diff)) / jnp.maximum(count, 1.0)
+
+
+def presence_loss(logits: Array, target: Array, positive: Array) -> Array:
+  """Mean sigmoid BCE of presence logits (B, h, w, K) against bool targets (B, h, w, K)
+  over the K frames of the `positive` (B, h, w) cells (0 when none)."""
+  logits = logits.astype(jnp.float32)
+  # -(y log s(z) + (1 - y) log(1 - s(z))) = softplus(z) - y z, stable for any z.
+  per_pair = jax.nn.softplus(logits) - target.astype(jnp.float32) * logits
+  mask = jnp.broadcast_to(positive[..., None], logits.shape)
+  count = jnp.sum(mask.astype(jnp.float32))
+  return jnp.sum(jnp.where(mask, per_pair, 0.0)) / jnp.maximum(count, 1.0)
 
 
 def decode_corners(offsets: Array) -> Array:
@@ -170,7 +190,7 @@ def tubelet_loss_terms(
   focal_gamma: float,
 ) -> dict[str, Array]:
   """The five dense terms of a batch: tubelet_cls, tubelet_box, tubelet_giou,
-  con_dense_cls, con_dense_box.
+  con_dense_cls, con_dense_box; and tubelet_presence when `out` holds `tubelet_presence`.
 
   `out` and `out_flip` hold the contract's `tubelet_logits` and `tubelet_boxes` of the
   clips and of their flipped copies (student or teacher); the batch the actor fields.
@@ -188,10 +208,14 @@ def tubelet_loss_terms(
   con_cls, con_box = dense_consistency(
     logits, boxes, out_flip[TUBELET_LOGITS], out_flip[TUBELET_BOXES]
   )
-  return {
+  terms = {
     'tubelet_cls': focal_loss(logits, t.cls, batch['dense_labeled'], focal_gamma),
     'tubelet_box': box_l1(boxes, t.boxes, t.box_mask),
     'tubelet_giou': giou_loss(boxes, t.boxes, t.box_mask),
     'con_dense_cls': con_cls,
     'con_dense_box': con_box,
   }
+  if TUBELET_PRESENCE in out:
+    # `positive` is already False outside the dense_labeled clips (tubelet_targets).
+    terms[TUBELET_PRESENCE] = presence_loss(out[TUBELET_PRESENCE], t.box_mask, t.positive)
+  return terms

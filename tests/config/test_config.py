@@ -58,6 +58,7 @@ def test_study_settings():
     ('loss.teacher_ema', -0.5, None, r'loss.teacher_ema.*>= 0'),
     ('loss.focal_gamma', -1.0, None, r'loss.focal_gamma.*>= 0'),
     ('loss.con_dense_box_weight', -1.0, None, r'loss.con_dense_box_weight.*>= 0'),
+    ('loss.tubelet_presence_weight', -1.0, None, r'loss.tubelet_presence_weight.*>= 0'),
     ('data.max_actors', -1, None, r'data.max_actors.*>= 0'),
     ('data.max_actors', 2.0, None, r'data.max_actors.*must be int'),
   ],
@@ -83,6 +84,9 @@ def test_bad_values_name_the_key(key, value, devices, pattern):
     ('tubelet_nms', 0.0, r'model.tubelet_nms.*> 0'),
     ('tubelet_nms', 1.5, r'model.tubelet_nms.*<= 1'),
     ('tubelet_width', 2.5, r'model.tubelet_width.*must be int'),
+    ('tubelet_presence', 1, r'model.tubelet_presence.*must be bool'),
+    ('tubelet_presence_threshold', 0.0, r'model.tubelet_presence_threshold.*> 0'),
+    ('tubelet_presence_threshold', 1.5, r'model.tubelet_presence_threshold.*<= 1'),
   ],
 )
 def test_bad_tubelet_values_name_the_key(field, value, pattern):
@@ -139,6 +143,8 @@ def test_stage_weights_accept_the_tubelet_terms():
   config.train.stages = (
     {'num_steps': -1, 'loss_weights': {'con_dense_cls': 0.0, 'tubelet_giou': 2.0}},
   )
+  schema.validate(config)
+  config.train.stages = ({'num_steps': -1, 'loss_weights': {'tubelet_presence': 2.0}},)
   schema.validate(config)
   config.train.stages = ({'num_steps': -1, 'loss_weights': {'con_dense': 0.0}},)
   with pytest.raises(schema.ConfigError, match=r"unknown term 'con_dense'.*'con_dense_box'"):
@@ -234,3 +240,15 @@ def test_launch_reports_missing_workdir_or_dataset_in_one_line(repo_root, tmp_pa
   assert 'error:' in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert _lines_with(message, proc.stderr) == 1, proc.stderr[-2000:]
+
+
+def test_presence_loss_term_only_with_the_presence_output():
+  assert 'tubelet_presence' not in schema.head_loss_terms('tubelet')
+  assert schema.head_loss_terms('tubelet', presence=True)[-1] == 'tubelet_presence'
+  assert 'tubelet_presence' not in schema.head_loss_terms('spatial', presence=True)
+  config = _config()
+  assert not schema.tubelet_presence(config)
+  config.model.tubelet_presence = True
+  assert not schema.tubelet_presence(config)  # not a tubelet head
+  config.model.box_head = 'tubelet'
+  assert schema.tubelet_presence(config)

@@ -94,3 +94,22 @@ def test_the_linking_config_reads_the_eval_group():
   linking = tubelets_eval.linking_config(config)
   assert linking.max_gap is None and linking.tubelet_nms_threshold is None
   assert linking.iou_threshold == 0.3 and linking.min_length == 15
+
+
+def test_presence_trims_a_late_actors_tube_to_its_frames():
+  # The right actor enters at frame 8. The detector boxes it on every frame of every
+  # clip; with presence it also says on which. Without presence its tube spans frames
+  # 0..23 against the truth's 8..23: temporal IoU 16/24, a match at 0.5, not at 0.75,
+  # and its boxes on frames 0..7 are frame-AP false positives. With presence the tube
+  # is the truth's, and every box a true positive.
+  truth = _truth()
+  truth.tube_present[1, :8] = False
+  out = _outputs(truth)
+  without = tubelets_eval.tubelet_metrics(out, [truth], CLASSES, _config())
+  assert without['video_map@0.5'] == pytest.approx(1.0)
+  assert without['video_map@0.75'] < 1.0 and without['frame_map'] < 1.0
+  present = np.zeros(out['det_boxes'].shape[:3], bool)
+  present[:, :2] = truth.tube_present[:, out['output_frames']].transpose(1, 0, 2)
+  got = tubelets_eval.tubelet_metrics(dict(out, det_present=present), [truth], CLASSES, _config())
+  assert got['video_map@0.75'] == pytest.approx(1.0)
+  assert got['frame_map'] == pytest.approx(1.0)

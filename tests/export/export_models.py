@@ -28,15 +28,17 @@ OUTPUT_NAMES = {
 }
 
 
-def tiny_config(head):
+def tiny_config(head, presence=False):
   """The demo model (depth 10, widen 0.25, 8x48x48 clips) with `head`. The 'mlp' variant
   has R3D-34's layout at depth 18: the max-pool stem, projection shortcuts ('B') and two
   blocks per stage (the second block after a projection is what a jax2onnx optimizer
   pass broke), so the full-size model's graph is exported too. 'tubelet' is the demo's
-  own head (K = T = 8 boxes per cell, top 6 decoded tubelets per clip)."""
+  own head (K = T = 8 boxes per cell, top 6 decoded tubelets per clip); `presence` adds
+  its per-frame presence output."""
   config = demo.get_config()
   config.data.name = 'random'
   config.model.box_head = head
+  config.model.tubelet_presence = presence
   if head == 'mlp':
     config.model.box_hidden = (16,)
     config.model.depth = 18
@@ -46,10 +48,10 @@ def tiny_config(head):
   return config
 
 
-def restored(head, seed=0):
+def restored(head, seed=0, presence=False):
   """A `predict.RestoredModel` as restore_model gives it, with random weights and
   non-trivial BatchNorm statistics; the model as configured (conv_impl 'auto')."""
-  config = tiny_config(head)
+  config = tiny_config(head, presence)
   model = models.build_model(config.model)
   clip = np.zeros((1, NUM_FRAMES, SIZE, SIZE, 3), np.uint8)
   variables = torch_resnet3d.random_flax_variables(model, clip, train=False, seed=seed)
@@ -76,7 +78,7 @@ def jax_outputs(r, clip):
   return {k: np.asarray(v) for k, v in out.items()}
 
 
-DETECTIONS = ('det_boxes', 'det_scores', 'det_valid')
+DETECTIONS = ('det_boxes', 'det_scores', 'det_valid', 'det_present')  # det_present: optional
 
 
 def in_expected_order(found, expected):
@@ -93,7 +95,8 @@ def in_expected_order(found, expected):
       ]
       order.append(rows.pop(int(np.argmin(distance))))
     for k in DETECTIONS:
-      found[k][b] = found[k][b, order]
+      if k in found:
+        found[k][b] = found[k][b, order]
   return found
 
 

@@ -1,6 +1,7 @@
 """The ONNX export (jax2onnx), run by onnxruntime: the JAX model's outputs for any batch size,
 a signature that fits its metadata, and a metadata of another model refused."""
 
+import numpy as np
 import pytest
 
 from stconsist_jax.export import exporter
@@ -76,3 +77,19 @@ def test_metadata_of_another_model_is_refused(exports):
   )
   fixed = dict(spatial_meta, input=dict(spatial_meta['input'], shape=[2, 8, 48, 48, 3]))
   export_metadata.check_signature(fixed, signature(s.get_inputs()), signature(s.get_outputs()))
+
+
+def test_presence_export_is_read_by_prediction(tmp_path):
+  """A tubelet head with presence: prediction from its ONNX export fetches det_present,
+  JAX's (the export's own check is the StableHLO test's; one onnxruntime run here)."""
+  from stconsist_jax.prediction import onnx_predictor  # pylint: disable=g-import-not-at-top
+
+  r = export_models.restored('tubelet', presence=True)
+  exporter.export(r, tmp_path / 'presence', exporter.Options('onnx', check=False))
+  loaded = onnx_predictor.load_export(tmp_path / 'presence', batch_size=2)
+  assert 'det_present' in loaded.predictor.output_names
+  clip = export_models.clips(2, seed=3)
+  expected = export_models.jax_outputs(r, clip)
+  found = export_models.in_expected_order(loaded.predictor.run_clips(clip), expected)
+  assert found['det_present'].dtype == bool
+  np.testing.assert_array_equal(found['det_present'], expected['det_present'])

@@ -8,6 +8,7 @@ import pytest
 
 from stconsist_jax.export import exporter
 from stconsist_jax.export import to_stablehlo
+from stconsist_jax.prediction import export_metadata
 from tests.export import export_models
 
 
@@ -31,6 +32,31 @@ def test_outputs_equal_jax_at_other_batch_sizes(exported):
   ]
   assert meta['exported_with']['platforms'] == ['cpu', 'cuda']
   assert json.loads((out / 'metadata.json').read_text()) == meta
+
+
+def test_presence_export_equals_jax_and_is_checked(tmp_path):
+  r = export_models.restored('tubelet', presence=True)
+  meta = exporter.export(r, tmp_path / 'presence', exporter.Options('stablehlo'))
+  names = [o['name'] for o in meta['outputs']]
+  assert names == sorted(
+    export_models.OUTPUT_NAMES['tubelet'] + ['det_present', 'tubelet_presence']
+  )
+  shapes = {o['name']: (o['dtype'], o['shape']) for o in meta['outputs']}
+  assert shapes['det_present'] == ('bool', ['batch', 6, 8])  # top 6, K = 8
+  assert shapes['tubelet_presence'] == ('float32', ['batch', 12, 12, 8])  # 48 px / stride 4
+  assert meta['tubelet']['presence_threshold'] == 0.5
+  assert meta['checked']['max_relative_difference']['det_present'] == 0
+  wrong = json.loads(json.dumps(meta))
+  next(o for o in wrong['outputs'] if o['name'] == 'det_present')['shape'] = ['batch', 6, 7]
+  with pytest.raises(export_metadata.MetadataError, match="output 'det_present' has shape"):
+    export_metadata.validate(wrong)
+  call = to_stablehlo.load(tmp_path / 'presence' / 'model.stablehlo')
+  clip = export_models.clips(3, seed=3)
+  expected = export_models.jax_outputs(r, clip)
+  # Presence that decides something: valid rows present on some of their frames only.
+  assert (expected['det_valid'] & expected['det_present'].any(-1)).any()
+  assert (expected['det_valid'] & ~expected['det_present'].all(-1)).any()
+  export_models.assert_equal_outputs(call(clip), expected)
 
 
 def test_fixed_batch_export_takes_that_batch_only(tmp_path):
@@ -103,3 +129,22 @@ def test_decoded_detections_are_compared_row_to_row_whatever_their_order():
   moved['det_boxes'][0, 0, 0] += 0.05  # the (0.5, 0.5) box, now row 0
   differences = exporter.output_differences(expected, exporter.match_detections(expected, moved))
   assert differences['det_boxes'] == pytest.approx(0.05 / 0.9) and differences['det_valid'] == 0
+
+
+def test_presence_rows_move_with_their_detections():
+  """det_present is reordered with the rows it belongs to."""
+  boxes = np.zeros((1, 2, 2, 4), np.float32)
+  boxes[0, :, :] = [[[0.1, 0.1, 0.2, 0.2]] * 2, [[0.5, 0.5, 0.9, 0.9]] * 2]
+  expected = {
+    'det_boxes': boxes,
+    'det_scores': np.array([[[0.9], [0.9]]], np.float32),
+    'det_valid': np.array([[True, True]]),
+    'det_present': np.array([[[True, False], [False, True]]]),
+  }
+  swapped = {k: v[:, [1, 0]] for k, v in expected.items()}
+  matched = exporter.match_detections(expected, swapped)
+  assert exporter.output_differences(expected, matched)['det_present'] == 0
+  wrong = dict(swapped, det_present=expected['det_present'])  # not moved with its rows
+  assert exporter.output_differences(expected, exporter.match_detections(expected, wrong))[
+    'det_present'
+  ] == pytest.approx(1.0)

@@ -100,6 +100,31 @@ def test_overlapping_peak_is_suppressed_and_rows_padded():
   assert out['det_valid'].tolist() == [[True, True, True, False]]
 
 
+def test_presence_is_read_at_the_chosen_cells():
+  """The suppression case above with presence logits: each detection takes its own cell's
+  presence; the suppressed and padded rows are absent everywhere."""
+  logits, boxes = _maps(4, 4, 2)
+  _peak(logits, (1, 1), cls=0, value=5.0)
+  _peak(logits, (1, 2), cls=1, value=4.0)  # suppressed by (1, 1)
+  _peak(logits, (3, 3), cls=2, value=3.0)
+  boxes[0, 1, 1] = [[0.0, 0.0, 0.5, 0.5]] * 2
+  boxes[0, 1, 2] = [[-0.8, 0.0, 0.5, 0.5]] * 2
+  boxes[0, 3, 3] = [[0.0, 0.0, 0.25, 0.25]] * 2
+  presence = np.full((1, 4, 4, 2), 5.0, np.float32)  # present everywhere else
+  presence[0, 1, 1] = [2.0, -2.0]  # sigmoid 0.88, 0.12
+  presence[0, 3, 3] = [-2.0, 0.0]  # sigmoid 0.12, 0.5 (>= 0.5: present)
+  kwargs = dict(top_n=4, nms_threshold=0.5, candidates=3, tubelet_presence=jnp.asarray(presence))
+  out = _decode(logits, boxes, **kwargs)
+  assert out['det_valid'].tolist() == [[True, True, False, False]]
+  assert out['det_present'].dtype == np.bool_
+  assert out['det_present'].tolist() == [
+    [[True, False], [False, True], [False, False]] + [[False] * 2]
+  ]
+  out = _decode(logits, boxes, presence_threshold=0.9, **kwargs)
+  assert out['det_present'].tolist() == [[[False, False]] * 4]
+  assert 'det_present' not in _decode(logits, boxes, top_n=4, nms_threshold=0.5)
+
+
 def test_overlap_is_the_mean_over_frames():
   """Identical boxes in frame 0, disjoint in frame 1: tubelet IoU exactly 0.5."""
   logits, boxes = _maps(2, 2, 2)

@@ -148,6 +148,48 @@ def test_initial_foreground_probability_is_small():
   np.testing.assert_allclose(foreground, 0.01, rtol=0.2)
 
 
+def test_presence_output_starts_near_present():
+  # sigmoid(b) = 0.9: b = log 9.
+  assert tubelet_head.presence_bias() == pytest.approx(math.log(9))
+  rng = np.random.RandomState(0)
+  shapes = [(2, 4, 8, 8, 4), (2, 2, 4, 4, 8), (2, 1, 2, 2, 8), (2, 1, 1, 1, 8)]
+  stages = [jnp.asarray(rng.rand(*s), jnp.float32) for s in shapes]
+  head = tubelet_head.TubeletHead(
+    num_box_classes=6, num_frames=3, stride=4, width=8, stage_strides=(2, 4, 8, 16), presence=True
+  )
+  out, variables = jax.jit(lambda s: head.init_with_output(jax.random.key(0), s))(stages)
+  assert out['tubelet_presence'].shape == (2, 4, 4, 3)
+  assert out['tubelet_presence'].dtype == jnp.float32
+  assert _shapes(variables['params']['presence']) == {'kernel': (1, 1, 8, 3), 'bias': (3,)}
+  probs = 1 / (1 + np.exp(-np.asarray(out['tubelet_presence'])))
+  np.testing.assert_allclose(probs, 0.9, atol=0.02)
+
+
+def test_detector_with_presence_outputs():
+  model = _tiny(tubelet_presence=True)
+  clip = jax.ShapeDtypeStruct(CLIP_SHAPE, jnp.uint8)
+  out, variables = jax.eval_shape(
+    lambda c: model.init_with_output(jax.random.key(0), c, train=False), clip
+  )
+  assert (out['tubelet_presence'].shape, out['tubelet_presence'].dtype) == (
+    (2, 6, 6, 4),
+    jnp.float32,
+  )
+  assert (out['det_present'].shape, out['det_present'].dtype) == ((2, 5, 4), jnp.bool_)
+  assert 'presence' in variables['params']['box_head']
+  train_out, _ = jax.eval_shape(
+    lambda v, c: model.apply(v, c, train=True, mutable=['batch_stats']), variables, clip
+  )
+  assert 'tubelet_presence' in train_out and 'det_present' not in train_out
+  config = ml_collections.ConfigDict(
+    dict(box_head='tubelet', tubelet_presence=True, tubelet_presence_threshold=0.7)
+  )
+  built = build_model(config)
+  assert (built.tubelet_presence, built.tubelet_presence_threshold) == (True, 0.7)
+  config = ml_collections.ConfigDict(dict(box_head='tubelet'))  # saved before presence
+  assert build_model(config).tubelet_presence is False
+
+
 def test_tiny_detector_outputs(tiny):
   _, variables, _, out = tiny
   assert set(variables['params']) == {'backbone', 'classifier', 'box_head'}

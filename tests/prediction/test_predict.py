@@ -34,6 +34,7 @@ from stconsist_jax.prediction import predict
 from stconsist_jax.prediction import prediction_record
 from stconsist_jax.prediction import record_schema
 from stconsist_jax.training import train_step
+from stconsist_jax.metrics import tubelets as tubelets_lib
 from stconsist_jax.metrics import tubes
 from stconsist_jax.prediction import video_files
 from stconsist_jax.data.synthetic import synthetic_video
@@ -713,6 +714,41 @@ def test_tubelet_windows_stream_the_documented_clips(count, k, every):
   for o, clip in got:
     expected = np.clip(np.arange(num_frames) + o - p0, 0, count - 1)
     np.testing.assert_array_equal(clip[:, 0, 0, 0], expected)
+
+
+class _FixedTubelets(frame_predictor.ClipPredictor):
+  """The same outputs for every clip (K = 2): tubelet A at a fixed box, shown on the
+  clip's first output frame only; tubelet B far from it, on both."""
+
+  def _run(self, clips):
+    return len(clips)
+
+  def _outputs(self, b):
+    boxes = np.array([[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]], np.float32)
+    return {
+      'logits': np.zeros((b, 3), np.float32),
+      'det_boxes': np.tile(boxes[None, :, None], (b, 1, 2, 1)),
+      'det_scores': np.tile(np.array([[[0.9], [0.8]]], np.float32), (b, 1, 1)),
+      'det_valid': np.ones((b, 2), bool),
+      'det_present': np.tile(np.array([[[True, False], [True, True]]]), (b, 1, 1)),
+    }
+
+
+def test_tubelet_presence_reaches_the_actors_and_tubes():
+  predictor = _FixedTubelets(num_frames=2, frame_size=8, image_size=8, tubelet_frames=2)
+  frames = [np.zeros((8, 8, 3), np.uint8)] * 4
+  detections = predictor.detect(frames, every=2)  # clips on frames 0-1 and 2-3
+  assert detections.tubelets.present.shape == (2, 2, 2)
+  linking = tubelets_lib.TubeletLinkingConfig(min_length=1)
+  results, found = frame_predictor.tubelet_results(detections, (100, 100), linking)
+  # A is on frames 0 and 2 only, B on all four.
+  assert results.actors[2].sum(axis=1).tolist() == [2, 1, 2, 1]
+  assert [t.frames.tolist() for t in found] == [[0, 2], [0, 1, 2, 3]]
+  # Online, a clip reports its last output frame: A is absent there.
+  from stconsist_jax.prediction import stream  # pylint: disable=g-import-not-at-top
+
+  dets = stream.frame_detections(predictor._outputs(1), 2, (100, 100), 0.3, True)
+  np.testing.assert_allclose(dets.boxes, [[60, 60, 90, 90]])
 
 
 def test_a_tubelet_detector_predicts_every_actor_of_every_frame(videos, tmp_path, monkeypatch):

@@ -292,3 +292,57 @@ def test_tubelet_loss_terms_need_actor_fields():
   out = {'tubelet_logits': jnp.zeros((1, 1, 2, 2)), 'tubelet_boxes': jnp.zeros((1, 1, 2, 1, 4))}
   with pytest.raises(errors.UserError, match='data.max_actors'):
     tl.tubelet_loss_terms(out, out, {'dense_labeled': np.array([True])}, 2.0)
+
+
+# ---------------------------------------------------------------------------- presence
+
+
+def test_presence_loss_by_hand_on_a_1x2_map():
+  # K = 2. Cell 1 is positive, its actor present on frame 0 only; cell 0 is background
+  # (no presence target: its logits, whatever they are, add nothing).
+  # Cell 1's logits give s = 0.8 (frame 0) and 0.25 (frame 1):
+  # BCE = (-log 0.8 - log(1 - 0.25)) / 2 pairs.
+  logits = np.array([[[[-7.0, 9.0], [math.log(4.0), math.log(1 / 3)]]]], np.float32)
+  target = np.array([[[[False, False], [True, False]]]])
+  positive = np.array([[[False, True]]])
+  got = jax.jit(tl.presence_loss)(logits, target, positive)
+  np.testing.assert_allclose(got, (-math.log(0.8) - math.log(0.75)) / 2, rtol=1e-6)
+  # No positive cell: 0, and no gradient.
+  none = np.zeros_like(positive)
+  assert float(jax.jit(tl.presence_loss)(logits, target, none)) == 0.0
+  g = jax.jit(jax.grad(tl.presence_loss))(logits, target, none)
+  np.testing.assert_array_equal(g, 0.0)
+  # Only the positive cell's logits get a gradient: (s - y) / pairs.
+  g = np.asarray(jax.jit(jax.grad(tl.presence_loss))(logits, target, positive))
+  np.testing.assert_allclose(g[0, 0, 1], [(0.8 - 1) / 2, 0.25 / 2], rtol=1e-5)
+  np.testing.assert_array_equal(g[0, 0, 0], 0.0)
+
+
+def test_presence_term_targets_the_actors_frames_in_labelled_clips():
+  # T = K = 2 (p0 = 0), 1x2 map. Clip 0: an actor centred in cell 1 at frame 0 (absent at
+  # frame 1): presence targets (True, False) at cell 1. Clip 1 has the same actor but is
+  # not dense_labeled: no term. Presence logits as the previous test's at cell 1.
+  boxes = np.zeros((2, 2, 1, 4), np.float32)
+  boxes[:, 0, 0] = [0.6, 0.25, 0.2, 0.5]  # centre (0.7, 0.5): cell (0, 1)
+  batch = {
+    'actor_boxes': boxes,
+    'actor_present': np.array([[[True], [False]]] * 2),
+    'actor_labels': np.array([[0], [0]], np.int32),
+    'dense_labeled': np.array([True, False]),
+  }
+  presence = np.zeros((2, 1, 2, 2), np.float32)
+  presence[0, 0, 1] = [math.log(4.0), math.log(1 / 3)]
+  presence[1] = 3.0  # the unlabelled clip: no target
+  out = {
+    'tubelet_logits': jnp.zeros((2, 1, 2, 2)),
+    'tubelet_boxes': jnp.zeros((2, 1, 2, 2, 4)),
+    'tubelet_presence': jnp.asarray(presence),
+  }
+  terms = jax.jit(tl.tubelet_loss_terms, static_argnums=3)(out, out, batch, 0.0)
+  assert sorted(terms) == sorted(
+    ['tubelet_cls', 'tubelet_box', 'tubelet_giou', 'con_dense_cls', 'con_dense_box']
+    + ['tubelet_presence']
+  )
+  np.testing.assert_allclose(
+    terms['tubelet_presence'], (-math.log(0.8) - math.log(0.75)) / 2, rtol=1e-6
+  )

@@ -31,6 +31,8 @@ class _Backbone(nn.Module):
 
 
 class _DenseHead(nn.Module):
+  presence: bool = False
+
   @nn.compact
   def __call__(self, feats):
     t = feats.shape[1]
@@ -38,20 +40,26 @@ class _DenseHead(nn.Module):
     logits = nn.Dense(NUM_BOX_CLASSES + 1)(feats.mean(axis=1))  # (N, h, w, C + 1)
     raw = jnp.moveaxis(nn.Dense(4)(feats[:, p0 : p0 + K]), 1, 3)  # (N, h, w, K, 4)
     boxes = jnp.concatenate([raw[..., :2], nn.sigmoid(raw[..., 2:])], axis=-1)
-    return logits, boxes
+    if not self.presence:
+      return logits, boxes, None
+    presence = jnp.moveaxis(nn.Dense(1)(feats[:, p0 : p0 + K])[..., 0], 1, 3)  # (N, h, w, K)
+    return logits, boxes, presence
 
 
 class TinyTubeletModel(nn.Module):
   """A conv 'backbone' on the clip, a classifier and the contract's dense outputs."""
 
   num_classes: int
+  presence: bool = False
 
   @nn.compact
   def __call__(self, clip, train=False, freeze_backbone=False):
     x = clip.astype(jnp.float32) / 255.0
     feats = _Backbone(name='backbone')(x, train and not freeze_backbone)  # (N, T, h, w, 8)
     logits = nn.Dense(self.num_classes, name='classifier')(feats.mean(axis=(1, 2, 3)))
-    dense_logits, dense_boxes = _DenseHead(name=detector.BOX_HEAD_SCOPE)(feats)
+    dense_logits, dense_boxes, presence = _DenseHead(self.presence, name=detector.BOX_HEAD_SCOPE)(
+      feats
+    )
     n, h, w = dense_logits.shape[:3]
     # `boxes`: the centre output frame's box of the most foreground location, as xywh.
     fg = 1.0 - jax.nn.softmax(dense_logits, axis=-1)[..., 0]
@@ -59,12 +67,15 @@ class TinyTubeletModel(nn.Module):
     i, j = best // w, best % w
     dx, dy, bw, bh = jnp.moveaxis(dense_boxes[jnp.arange(n), i, j, K // 2], -1, 0)
     cx, cy = (j + 0.5 + dx) / w, (i + 0.5 + dy) / h
-    return {
+    out = {
       'logits': logits,
       'boxes': jnp.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=-1),
       'tubelet_logits': dense_logits,
       'tubelet_boxes': dense_boxes,
     }
+    if presence is not None:
+      out['tubelet_presence'] = presence
+    return out
 
 
 def _config(teacher_ema=0.0):
@@ -94,7 +105,7 @@ def _batch(config, step=0):
 
 
 def _step(config, batch, mesh):
-  model = TinyTubeletModel(config.model.num_classes)
+  model = TinyTubeletModel(config.model.num_classes, config.model.tubelet_presence)
   state = train_step.create_train_state(config, model, mesh)
   stage = train_step.resolve_stages(config)[0]
   step_fn = train_step.make_train_step(config, model, mesh, stage)
@@ -161,3 +172,24 @@ def test_one_jitted_step_with_every_term_finite(teacher_ema):
     test_train.flat_tree(moved['params'])["['classifier']['kernel']"],
     test_train.flat_tree(teacher0['params'])["['classifier']['kernel']"],
   )
+
+
+def test_presence_adds_its_term_weighted_and_trained():
+  config = _config()
+  config.model.tubelet_presence = True
+  config.loss.tubelet_presence_weight = 0.5
+  (stage,) = train_step.resolve_stages(config)
+  assert dict(stage.loss_weights)['tubelet_presence'] == 0.5
+  mesh = distributed.make_mesh(jax.devices()[:2])
+  _, (params0, _), state, metrics = _step(config, _batch(config), mesh)
+  assert np.isfinite(metrics['tubelet_presence']) and metrics['tubelet_presence'] > 0
+  for key in ('loss', 'cls', 'con_cls', 'grad_norm') + TUBELET_TERMS:
+    assert np.isfinite(metrics[key]), key
+  # Every other weight is 1 and w(t) = 1.
+  want = sum(float(metrics[k]) for k in ('cls', 'con_cls') + TUBELET_TERMS)
+  np.testing.assert_allclose(metrics['loss'], want + 0.5 * metrics['tubelet_presence'], rtol=1e-5)
+  head0 = test_train.flat_tree(params0[detector.BOX_HEAD_SCOPE])
+  head1 = test_train.flat_tree(jax.device_get(state.params)[detector.BOX_HEAD_SCOPE])
+  presence_keys = [k for k in head0 if 'Dense_2' in k]
+  assert len(presence_keys) == 2, sorted(head0)
+  assert all(not np.array_equal(head0[k], head1[k]) for k in presence_keys), 'presence trains'

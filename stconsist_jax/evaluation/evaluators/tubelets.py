@@ -49,9 +49,10 @@ def frame_nms_threshold(config: ml_collections.ConfigDict) -> float:
 
 def video_tubelets(
   out: Mapping[str, np.ndarray], truth: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
   """One video's clips in frame order: output frames `(S, K)`, pixel corner boxes
-  `(S, N, K, 4)`, class scores `(S, N, C)` and validity `(S, N)`."""
+  `(S, N, K, 4)`, class scores `(S, N, C)`, validity `(S, N)` and, from a head with
+  presence, presence `(S, N, K)` (else None)."""
   rows = np.nonzero(out['valid'].astype(bool) & (out['video_id'] == truth.video_id))[0]
   if not len(rows):
     raise ValueError(f'the whole-video stream yielded no clip of test video {truth.name}')
@@ -63,6 +64,7 @@ def video_tubelets(
     out['det_boxes'][rows].astype(np.float64) * scale,
     out['det_scores'][rows].astype(np.float64),
     out['det_valid'][rows].astype(bool),
+    out['det_present'][rows].astype(bool) if 'det_present' in out else None,
   )
 
 
@@ -119,8 +121,10 @@ def tubelet_metrics(
   det_rows, gt_rows, boxes_per_frame = [], [], []
   num_frames = 0
   for truth in truths:
-    frames, boxes, scores, valid = video_tubelets(out, truth)
-    detections[truth.name] = tubelets.link_tubelets(frames, boxes, scores, linking, valid=valid)
+    frames, boxes, scores, valid, present = video_tubelets(out, truth)
+    detections[truth.name] = tubelets.link_tubelets(
+      frames, boxes, scores, linking, valid=valid, present=present
+    )
     ground_truth[truth.name] = tubes_eval.ground_truth_tubes(truth)
     video_labels[truth.name] = int(truth.tube_labels[0])
     per_frame = tubelets.frame_detections(
@@ -128,6 +132,7 @@ def tubelet_metrics(
       boxes,
       scores,
       valid=valid,
+      present=present,
       nms_threshold=frame_nms_threshold(config),
       plus_one=linking.plus_one,
     )
