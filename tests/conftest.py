@@ -57,7 +57,7 @@ def pytest_sessionfinish(session):
 # instead of one running a long test alone at the end.
 LONG_TESTS = (
   'test_reduced_demo_learns',
-  'test_build_train_kill_during_a_save_resume_and_evaluate_on_a_bucket',
+  'test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket',
   'test_sigterm_then_sigkill_and_resumes_continue_the_same_loss_curve',
   'test_evaluate_writes_reports_and_is_deterministic',
   'test_two_process_run_matches_single_process',
