@@ -271,12 +271,12 @@ def read_cvat_file(
   name = _video_name(meta, path, name_from)
   info = _video_info(meta, name, video_info, source)
   if class_names is None:  # A file written by hand may list no labels in <meta>.
-    class_names = meta.labels or tuple(dict.fromkeys(t.get('label') for t in root.iter('track')))
+    class_names = meta.labels or tuple(dict.fromkeys(t.get('label') for t in root.findall('track')))
   class_names = tuple(class_names)
   index = {c: i for i, c in enumerate(class_names)}
   report = read_report.ReadReport()
   tubes = []
-  for track in root.iter('track'):
+  for track in root.findall('track'):
     where = f'{source}: video {name!r} track {track.get("id")}'
     written = _written_boxes(track, where, info.num_frames, report)
     label = track.get('label')
