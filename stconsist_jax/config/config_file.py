@@ -118,11 +118,17 @@ def load(directory: str | os.PathLike) -> ml_collections.ConfigDict:
 
 def upgrade(data: dict[str, Any]) -> dict[str, Any]:
   """A config of an earlier version in today's schema (`eval.video_map` -> `eval.evaluators`;
-  no `data.max_actors` -> 0, no actor targets, as such runs trained)."""
+  no `data.max_actors` -> 0, no actor targets, as such runs trained; no tubelet presence
+  keys -> no presence output, as such runs trained)."""
   evaluation = data.get('eval')
   if isinstance(evaluation, dict) and 'video_map' in evaluation and 'evaluators' not in evaluation:
     with_tubes = evaluation.pop('video_map')
     evaluation['evaluators'] = ['clips', 'frames'] + (['tubes'] if with_tubes else [])
   if isinstance(data.get('data'), dict):
     data['data'].setdefault('max_actors', 0)
+  if isinstance(data.get('model'), dict):
+    data['model'].setdefault('tubelet_presence', False)
+    data['model'].setdefault('tubelet_presence_threshold', 0.5)
+  if isinstance(data.get('loss'), dict):
+    data['loss'].setdefault('tubelet_presence_weight', 1.0)
   return data

@@ -173,13 +173,20 @@ def test_config_json_round_trip(tmp_path):
   schema.validate(loaded)
 
 
-def test_a_saved_config_without_max_actors_reads_as_zero(tmp_path):
-  raw = _config().to_dict()
-  del raw['data']['max_actors']  # saved before the key existed
+def test_a_saved_config_without_later_keys_reads_as_it_trained(tmp_path):
+  config = _config()
+  raw = config.to_dict()
+  del raw['data']['max_actors']  # saved before these keys existed
+  del raw['model']['tubelet_presence'], raw['model']['tubelet_presence_threshold']
+  del raw['loss']['tubelet_presence_weight']
   config_file.save(ml_collections.ConfigDict(raw), tmp_path)
   loaded = config_file.load(tmp_path)
   assert loaded.data.max_actors == 0
+  assert loaded.model.tubelet_presence is False
   schema.validate(loaded)
+  config.data.max_actors = 0
+  # A resume of such a run with today's config sees no difference.
+  assert config_file.config_differences(loaded, config) == []
 
 
 @pytest.mark.parametrize(
