@@ -1,4 +1,5 @@
-"""Session fixtures with tiny synthetic UCF-101-layout folders and a TFDS build.
+"""Session fixtures with tiny synthetic datasets: UCF-101-layout folders and a TFDS build,
+your own videos built from a CVAT export, and JHMDB-21's synthetic twin.
 
 Registered in conftest.py (`pytest_plugins`); each pytest worker builds them once.
 """
@@ -132,3 +133,54 @@ def tiny_ucf101(tmp_path_factory):
   """A folder of all 101 classes (`write_tiny_ucf101`): fields root, records."""
   root = tmp_path_factory.mktemp('tiny_ucf101') / 'ucf101'
   return types.SimpleNamespace(root=root, records=write_tiny_ucf101(root))
+
+
+# Your own videos: the CVAT build's stored frame size.
+OWN_FRAME_SIZE = 32
+# JHMDB-21's twin: 21 classes x 3 videos of 6-8 frames at 64x48 (width, height).
+JHMDB_TWIN_KWARGS = dict(width=64, height=48, min_frames=6, max_frames=8)
+
+
+@pytest.fixture(scope='session')
+def cvat_build(tmp_path_factory):
+  """The default own videos (96x64 and 64x80 .mp4, 12-16 frames, one video with two
+  actors) and a corrupt .mp4 with a CVAT export of its own, built at 32x32 as the dataset
+  'own' (half of each class held out for test).
+
+  Fields: root (videos/, cvat/, boxes.csv), truth ({name: AnnotatedVideo} of the good
+  videos), ready (the read inputs), builder, data_dir, frame_size.
+  """
+  from stconsist_jax.data.synthetic import own_videos
+  from stconsist_jax.data.ucf101 import annotated_build
+
+  root = tmp_path_factory.mktemp('own')
+  truth = own_videos.generate(root)
+  broken = own_videos.OwnVideo('broken_01', 96, 64, 12, ((0, 0, 12),))
+  broken_truth = own_videos.truth_of(broken, [np.tile([10.0, 10.0, 30.0, 30.0], (12, 1))])
+  (root / 'cvat' / 'broken_01.xml').write_text(
+    own_videos.cvat_xml(broken_truth, own_videos.DEFAULT_CLASSES), encoding='utf-8'
+  )
+  (root / 'videos' / 'broken_01.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + b'\x07' * 300)
+  ready = annotated_build.read_inputs(
+    'cvat', root / 'cvat', root / 'videos', name='own', test_fraction=0.5, split_seed=0
+  )
+  data_dir = tmp_path_factory.mktemp('tfds')
+  builder = annotated_build.build(ready, data_dir, frame_size=OWN_FRAME_SIZE, num_workers=0)
+  return types.SimpleNamespace(
+    root=root,
+    truth=truth,
+    ready=ready,
+    builder=builder,
+    data_dir=data_dir,
+    frame_size=OWN_FRAME_SIZE,
+  )
+
+
+@pytest.fixture(scope='session')
+def jhmdb_twin_dir(tmp_path_factory):
+  """JHMDB-21's synthetic twin (`jhmdb_twin.JhmdbTwin`: root, gt, videos), every frame
+  annotated, in the layout of the ACT / MOC release (JHMDB-GT.pkl, Frames/)."""
+  from stconsist_jax.data.synthetic import jhmdb_twin
+
+  spec = jhmdb_twin.JhmdbTwinSpec(**JHMDB_TWIN_KWARGS)
+  return jhmdb_twin.generate(tmp_path_factory.mktemp('jhmdb') / 'JHMDB', spec)

@@ -77,9 +77,14 @@ _FRAME_MATCHING_TEXT = {
 UCF101_DATA_NAMES = ('', 'ucf101_stconsist', 'synthetic')
 
 
+def is_ucf101(dataset: str) -> bool:
+  """Whether `config.data.name` is a UCF-101 build (its boxes are UCF101-24's)."""
+  return dataset.split('/')[0] in UCF101_DATA_NAMES
+
+
 def split_text(dataset: str, split: int) -> str:
   """Which test videos a report's numbers are over: the dataset and its split."""
-  if dataset.split('/')[0] in UCF101_DATA_NAMES:
+  if is_ucf101(dataset):
     return f'UCF-101 split {split} test list (UCF101-24 split {split} for boxes)'
   name = dataset.split('/')[0]
   return f'{name} split {split} test videos (the split{split} test list of its build)'
@@ -106,6 +111,7 @@ def protocol(
       f'protocol: frame_map_protocol must be one of '
       f'{frame_ap.FRAME_AP_PROTOCOLS}, found {frame_map_protocol!r}'
     )
+  ucf24 = ' (UCF101-24)' if is_ucf101(dataset) else ''
   desc = {
     'split': split_text(dataset, split),
     'clip': f'{clip_length} consecutive frames resized (squashed) to {image_size}x{image_size}',
@@ -116,7 +122,7 @@ def protocol(
     'mean_iou': "IoU of the predicted (x, y, w, h) box with the clip's box target "
     "(primary actor's box averaged over the two central frames), over "
     'clip-stream clips that have a target',
-    'frame_map': 'frame-AP at IoU 0.5 per annotated (UCF101-24) class, averaged '
+    'frame_map': f'frame-AP at IoU 0.5 per annotated{ucf24} class, averaged '
     'over the classes with ground truth. Every annotated frame of the '
     f'test videos is scored: one {clip_length}-frame clip centred on it '
     '(the frame at clip position T//2) gives ONE box, emitted for each '
@@ -146,8 +152,9 @@ def training_labels(data_config: Any) -> str:
     )
   else:
     videos = 'every training video keeps its class'
+  annotated = 'UCF101-24 videos' if is_ucf101(str(d.get('name', ''))) else 'annotated videos'
   return (
-    f'{videos}. Boxes: UCF101-24 videos '
+    f'{videos}. Boxes: {annotated} '
     f'only, kept for a {float(d.get("box_label_fraction", 1.0)):g} share of them '
     f'(data.box_label_fraction); classes: data.classes={d.get("classes", "all")!r}'
   )

@@ -89,9 +89,9 @@ def report_markdown(report: Mapping[str, Any], images: Sequence[str] = ()) -> st
     '| frame-mAP@0.5 | video-mAP@0.2 | @0.5 | @0.75 | @0.5:0.95 |',
     '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
     f'| {report["model"]} | {report["freeze_backbone"]} | '
-    f'{_fmt(report["video_accuracy"], True)} | {_fmt(report["clip_accuracy"], True)} '
-    f'| {_fmt(report["clip_top5"], True)} | {_fmt(report["mean_iou"])} | '
-    f'{_fmt(report["frame_map"], True)} | '
+    f'{_fmt(report.get("video_accuracy"), True)} | {_fmt(report.get("clip_accuracy"), True)} '
+    f'| {_fmt(report.get("clip_top5"), True)} | {_fmt(report.get("mean_iou"))} | '
+    f'{_fmt(report.get("frame_map"), True)} | '
     + ' | '.join(_fmt(report.get(k), True) for k in video_ap.VIDEO_MAP_KEYS)
     + ' |',
     '',
@@ -108,7 +108,7 @@ def report_markdown(report: Mapping[str, Any], images: Sequence[str] = ()) -> st
   lines += [f'- {k}: {v}' for k, v in report['counts'].items()]
   lines += ['', '## Protocol', '']
   lines += [f'- **{k}**: {v}' for k, v in report['protocol'].items()]
-  if report['per_class_ap']:
+  if report.get('per_class_ap'):
     lines += [
       '',
       '## Per annotated class',
@@ -118,7 +118,8 @@ def report_markdown(report: Mapping[str, Any], images: Sequence[str] = ()) -> st
     ]
     for name, ap in report['per_class_ap'].items():
       lines.append(
-        f'| {name} | {_fmt(ap, True)} | {_fmt(report["per_class_accuracy"].get(name), True)} |'
+        f'| {name} | {_fmt(ap, True)} | '
+        f'{_fmt((report.get("per_class_accuracy") or {}).get(name), True)} |'
       )
   if images:
     lines += ['', '## Pictures', '']

@@ -9,7 +9,6 @@ import importlib.util
 import io
 import pickle
 import shutil
-import types
 
 import ml_collections
 import numpy as np
@@ -22,14 +21,12 @@ from stconsist_jax.data.datasets import jhmdb
 from stconsist_jax.data.datasets import split_choice
 from stconsist_jax.data.pipeline import eval_streams
 from stconsist_jax.data.pipeline import train_stream
-from stconsist_jax.data.synthetic import jhmdb_twin
-from stconsist_jax.data.synthetic import own_videos
 from stconsist_jax.data.ucf101 import annotated_build
 from stconsist_jax.data.ucf101 import tfds_builder
 from stconsist_jax.data.ucf101 import video_decode
 from stconsist_jax.evaluation import description as eval_description
 
-SIZE = 32  # stored frame size
+SIZE = 32  # stored frame size (the cvat_build fixture's)
 T = 4  # clip frames
 # JHMDB-21's classes in label order, copied from wei-tim/YOWO data/jhmdb21.names (commit
 # 183bbad5eb64773519c7806ed74883ff21f9a929): the `labels` of ACT's JHMDB-GT.pkl.
@@ -71,28 +68,6 @@ def _cvat_config(data_dir, name='own'):
     dict(clips_per_video=2, frame_stride=1, batch_size=4, max_videos=0, tube_frame_stride=1)
   )
   return config
-
-
-@pytest.fixture(scope='module')
-def cvat_build(tmp_path_factory):
-  """The default own videos (96x64 and 64x80 .mp4, 12-16 frames, one video with two
-  actors) and a corrupt .mp4 with a CVAT export of its own, built at 32x32."""
-  root = tmp_path_factory.mktemp('own')
-  truth = own_videos.generate(root)
-  broken = own_videos.OwnVideo('broken_01', 96, 64, 12, ((0, 0, 12),))
-  broken_truth = own_videos.truth_of(broken, [np.tile([10.0, 10.0, 30.0, 30.0], (12, 1))])
-  (root / 'cvat' / 'broken_01.xml').write_text(
-    own_videos.cvat_xml(broken_truth, own_videos.DEFAULT_CLASSES), encoding='utf-8'
-  )
-  (root / 'videos' / 'broken_01.mp4').write_bytes(b'\x00\x00\x00\x18ftypmp42' + b'\x07' * 300)
-  ready = annotated_build.read_inputs(
-    'cvat', root / 'cvat', root / 'videos', name='own', test_fraction=0.5, split_seed=0
-  )
-  data_dir = tmp_path_factory.mktemp('tfds')
-  builder = annotated_build.build(ready, data_dir, frame_size=SIZE, num_workers=0)
-  return types.SimpleNamespace(
-    root=root, truth=truth, ready=ready, builder=builder, data_dir=data_dir
-  )
 
 
 def test_cvat_videos_of_two_sizes_are_stored_in_their_own_pixels(cvat_build):
@@ -224,12 +199,6 @@ def test_csv_of_the_same_videos_builds_from_the_command_line(cvat_build, repo_ro
 
 
 # --------------------------------------------------------------------------- JHMDB-21
-
-
-@pytest.fixture(scope='module')
-def jhmdb_twin_dir(tmp_path_factory):
-  spec = jhmdb_twin.JhmdbTwinSpec(width=64, height=48, min_frames=6, max_frames=8)
-  return jhmdb_twin.generate(tmp_path_factory.mktemp('jhmdb') / 'JHMDB', spec)
 
 
 def test_jhmdb_classes_and_splits_are_as_published(jhmdb_twin_dir):
