@@ -62,64 +62,21 @@ def centre_frames(video_frames: int, every: int = 1) -> np.ndarray:
   return np.unique(np.r_[np.arange(0, video_frames, every), video_frames - 1]).astype(np.int64)
 
 
-def sliding_windows(
-  frames: Iterable[np.ndarray], num_frames: int, frame_stride: int = 1, every: int = 1
+def _ring_windows(
+  frames: Iterable[np.ndarray],
+  offsets: np.ndarray,
+  every: int,
+  video_starts: Callable[[int], np.ndarray],
 ) -> Iterator[tuple[int, np.ndarray]]:
-  """`(centre, clip)` for the centres of `centre_frames`, streaming over `frames`.
+  """`(o, clip)`, the clip holding frames o + offsets clamped to the video, streaming.
 
-  Frames are copied into a ring buffer of `(T - 1) * frame_stride + 1` frames, all
-  the frames one clip spans; a clip is yielded as soon as its last frame has been read,
-  so memory stays bounded whatever the video's length. Clip frames are clamped to the
-  video at both ends (the frame eval stream's placement). Each clip is a new array
-  `(T, H, W, C)`.
+  Frames are copied into a ring buffer of `offsets[-1] - offsets[0] + 1` frames, all the
+  frames one clip spans. o = 0, every, 2 * every, ... is yielded as soon as the clip's last
+  frame has been read; when the stream ends (F frames), the rest of `video_starts(F)` (the
+  starts of a whole video, increasing) follows. Each clip is a new array `(T, H, W, C)`.
   """
-  if every < 1:
-    raise ValueError(f'the frame stride between predicted frames must be >= 1, got {every}')
-  offsets = clip_geometry.centred_offsets(num_frames, frame_stride)
   lookahead = int(offsets[-1])
   span = int(offsets[-1] - offsets[0]) + 1
-  ring = None
-  count = 0
-  centre = 0
-
-  def clip_of(c: int, last: int) -> np.ndarray:
-    return ring[np.clip(c + offsets, 0, last) % span]
-
-  for frame in frames:
-    frame = np.asarray(frame)
-    if ring is None:
-      ring = np.empty((span,) + frame.shape, frame.dtype)
-    elif frame.shape != ring.shape[1:]:
-      raise ValueError(f'frame {count} has shape {frame.shape}, the first had {ring.shape[1:]}')
-    ring[count % span] = frame
-    count += 1
-    while centre + lookahead <= count - 1:
-      yield centre, clip_of(centre, count - 1)
-      centre += every
-  if count == 0:
-    return
-  last = count - 1
-  while centre <= last:
-    yield centre, clip_of(centre, last)
-    centre += every
-  if last % every:
-    yield last, clip_of(last, last)
-
-
-def tubelet_windows(
-  frames: Iterable[np.ndarray], num_frames: int, k: int, every: int
-) -> Iterator[tuple[int, np.ndarray]]:
-  """`(first output frame o, clip)` of a tubelet detector's clips, streaming over `frames`.
-
-  `clip_geometry.TUBELET_PLACEMENT`: o = 0, every, 2 * every, ... and the last start F - K
-  (F is known only at the end of the stream); the clip holds frames o + tubelet_offsets,
-  clamped to the video, from a ring buffer of T frames, so memory stays bounded.
-  """
-  if not 1 <= every <= k:
-    raise ValueError(f'the tubelet stride must be in 1..K={k} frames, got {every}')
-  offsets = clip_geometry.tubelet_offsets(num_frames, k)
-  lookahead = int(offsets[-1])
-  span = num_frames
   ring = None
   count = 0
   start = 0
@@ -141,9 +98,44 @@ def tubelet_windows(
   if count == 0:
     return
   yielded = start - every  # the last start yielded while streaming (-every: none)
-  for o in clip_geometry.tubelet_output_starts(count, k, every):
+  for o in video_starts(count):
     if o > yielded:
       yield int(o), clip_of(int(o), count - 1)
+
+
+def sliding_windows(
+  frames: Iterable[np.ndarray], num_frames: int, frame_stride: int = 1, every: int = 1
+) -> Iterator[tuple[int, np.ndarray]]:
+  """`(centre, clip)` for the centres of `centre_frames`, streaming over `frames`.
+
+  A ring buffer holds the `(T - 1) * frame_stride + 1` frames one clip spans, so memory
+  stays bounded whatever the video's length. Clip frames are clamped to the video at both
+  ends (the frame eval stream's placement). Each clip is a new array `(T, H, W, C)`.
+  """
+  if every < 1:
+    raise ValueError(f'the frame stride between predicted frames must be >= 1, got {every}')
+  offsets = clip_geometry.centred_offsets(num_frames, frame_stride)
+  yield from _ring_windows(frames, offsets, every, lambda count: centre_frames(count, every))
+
+
+def tubelet_windows(
+  frames: Iterable[np.ndarray], num_frames: int, k: int, every: int
+) -> Iterator[tuple[int, np.ndarray]]:
+  """`(first output frame o, clip)` of a tubelet detector's clips, streaming over `frames`.
+
+  `clip_geometry.TUBELET_PLACEMENT`: o = 0, every, 2 * every, ... and the last start F - K
+  (F is known only at the end of the stream); the clip holds frames o + tubelet_offsets,
+  clamped to the video, from a ring buffer of T frames, so memory stays bounded.
+  """
+  if not 1 <= every <= k:
+    raise ValueError(f'the tubelet stride must be in 1..K={k} frames, got {every}')
+  offsets = clip_geometry.tubelet_offsets(num_frames, k)
+  yield from _ring_windows(
+    frames,
+    offsets,
+    every,
+    lambda count: clip_geometry.tubelet_output_starts(count, k, every),
+  )
 
 
 def _batches(
