@@ -1,5 +1,5 @@
-"""The tiny models the export tests convert, their inputs, and the equality the exports
-must meet: each runtime's outputs equal JAX's to 1e-4 relative (float32)."""
+"""The tiny models the export tests convert, their exports and inputs, and the equality the
+exports must meet: each runtime's outputs equal JAX's to 1e-4 relative (float32)."""
 
 import jax
 import numpy as np
@@ -7,6 +7,7 @@ import numpy as np
 from benchmarks import torch_resnet3d
 from stconsist_jax import models
 from stconsist_jax.configs import demo
+from stconsist_jax.export import exporter
 from stconsist_jax.prediction import predict
 
 NUM_FRAMES, SIZE = 8, 48
@@ -66,6 +67,17 @@ def restored(head, seed=0, presence=False):
   }
   names = [f'action {i}' for i in range(int(config.model.num_classes))]
   return predict.RestoredModel(config, model, dict(variables), True, names, info)
+
+
+def export_heads(tmp_path_factory, format_name):
+  """head -> (restored model, export folder, metadata) for each of HEADS, exported to
+  `format_name`; the export's own runtime check is off (the tests using it are that check)."""
+  found = {}
+  for head in HEADS:
+    r = restored(head)
+    out = tmp_path_factory.mktemp(format_name) / head
+    found[head] = r, out, exporter.export(r, out, exporter.Options(format_name, check=False))
+  return found
 
 
 def clips(batch, seed=1):

@@ -28,14 +28,7 @@ def signature(values):
 
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
-  """head -> (restored model, export folder, metadata) for each head; the tests here
-  are the runtime check, so the export's own is off."""
-  found = {}
-  for head in HEADS:
-    r = export_models.restored(head)
-    out = tmp_path_factory.mktemp('onnx') / head
-    found[head] = r, out, exporter.export(r, out, exporter.Options('onnx', check=False))
-  return found
+  return export_models.export_heads(tmp_path_factory, 'onnx')
 
 
 @pytest.mark.parametrize('head', HEADS)

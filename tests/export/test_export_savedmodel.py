@@ -3,7 +3,6 @@ for any batch size, through the serving signature and the `serve` method."""
 
 import pytest
 
-from stconsist_jax.export import exporter
 from tests.export import export_models
 
 HEADS = export_models.HEADS
@@ -13,14 +12,7 @@ tf = pytest.importorskip('tensorflow', reason='TensorFlow is not installed')
 
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
-  """head -> (restored model, export folder, metadata) for each head; the tests here
-  are the runtime check, so the export's own is off."""
-  found = {}
-  for head in HEADS:
-    r = export_models.restored(head)
-    out = tmp_path_factory.mktemp('savedmodel') / head
-    found[head] = r, out, exporter.export(r, out, exporter.Options('savedmodel', check=False))
-  return found
+  return export_models.export_heads(tmp_path_factory, 'savedmodel')
 
 
 @pytest.mark.parametrize('head', HEADS)
