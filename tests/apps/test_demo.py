@@ -2,11 +2,11 @@
 
 Runs tools/demo.py end to end in a subprocess: synthetic videos -> TFDS build -> training
 with flip consistency and withheld boxes -> restore -> evaluation report -> prediction on
-a test video. Training seeds 0-4 at these settings, measured while tuning on a 2-core AMD
-EPYC: video accuracy 0.833-1.000, mean IoU 0.463-0.574, frame-mAP 0.197-0.400,
-video-mAP@0.2 0.673-0.796; an untrained model (1 step) scores 0.125, 0.157, 0.000 and
-0.010. The thresholds sit well below the worst seed and far above the untrained model, so
-another CPU's floating-point results still pass.
+a test video. Training seeds 0-4 at these settings (the tubelet detector with presence,
+100 steps), measured while tuning on a 2-core AMD EPYC: video accuracy 0.688-0.813, mean
+IoU 0.460-0.595, frame-mAP 0.363-0.394, video-mAP@0.2 0.409-0.690; an untrained model
+(1 step) scores 0.250, 0.211, 0.002 and 0.000. The thresholds sit well below the worst
+seed and far above the untrained model, so another CPU's floating-point results still pass.
 """
 
 import json
@@ -14,14 +14,14 @@ import os
 import subprocess
 import sys
 
-NUM_STEPS = 200
+NUM_STEPS = 100
 REDUCED = (
-  '--config.synthetic.videos_per_class=8',
+  '--config.synthetic.videos_per_class=6',
   '--config.data.frame_size=32',
   '--config.data.image_size=32',
   f'--config.train.num_steps={NUM_STEPS}',
-  '--config.train.checkpoint_every=100',
-  '--config.loss.rampup_steps=33',
+  '--config.train.checkpoint_every=50',
+  '--config.loss.rampup_steps=17',
 )
 
 
@@ -42,10 +42,10 @@ def test_reduced_demo_learns(repo_root, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
-  assert summary['video_accuracy'] >= 0.65, summary
-  assert summary['mean_iou'] >= 0.35, summary
-  assert summary['frame_map'] >= 0.1, summary
-  assert summary['video_map@0.2'] >= 0.45, summary
+  assert summary['video_accuracy'] >= 0.5, summary
+  assert summary['mean_iou'] >= 0.33, summary
+  assert summary['frame_map'] >= 0.2, summary
+  assert summary['video_map@0.2'] >= 0.2, summary
   report_dir = tmp_path / 'run' / 'eval' / str(NUM_STEPS)
   report = json.loads((report_dir / 'report.json').read_text())
   assert report['checkpoint_step'] == NUM_STEPS
