@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.tubelet_stride = 4
   config.model.tubelet_width = 64
   config.model.tubelet_top_n = 6
+  # Per-frame presence: a clip 4 frames before an actor enters boxes it on all 8 frames;
+  # without presence its tube starts up to 4 frames early. On seed 0 presence lifted
+  # video-mAP@0.5 from 0.760 to 0.818 and @0.75 from 0.239 to 0.288 (docs/tubelets.md).
+  config.model.tubelet_presence = True
   config.loss.tubelet_box_weight = 2.0
   config.loss.tubelet_giou_weight = 2.0
   config.eval.evaluators = ('clips', 'tubelets')
