@@ -145,6 +145,7 @@ def test_tubelet_settings_are_the_configs():
     'frame_stride': 4,  # eval.tube_frame_stride
     'frame_nms': 0.4,
     'box_class_names': [f'box_class_{i}' for i in range(6)],  # 'random' data: no names
+    'presence_threshold': 0.5,  # the demo's head has per-frame presence
   }
 
 

@@ -422,6 +422,7 @@ def test_the_export_metadata_carries_the_tubelet_settings(deployed):
     'frame_stride': 4,
     'frame_nms': 0.3,
     'box_class_names': [f'box_class_{i}' for i in range(6)],
+    'presence_threshold': 0.5,
   }
   assert meta['linking']['tubelet_nms_threshold'] == loaded.linking.tubelet_nms_threshold
   assert pathlib.Path(meta['source']['path']).name == 'tubelet_run'
