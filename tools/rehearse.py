@@ -115,8 +115,22 @@ def run_stage(
   return StageResult(name, list(command), seconds, usage.ru_maxrss / 1024, disk_mb(output))
 
 
-def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str, int]:
-  """Clips, annotated frames and whole-video clips a full evaluation of split 1 runs."""
+def _tubelet_clips(lengths: Sequence[int], tubelet: tuple[int, int] | None) -> dict[str, int]:
+  """{'tubelet_clips': clips of K frames every s frames over videos of `lengths`} for
+  `tubelet` = (K, s); {} without a tubelet head."""
+  if tubelet is None:
+    return {}
+  from stconsist_jax.core import clip_geometry  # pylint: disable=g-import-not-at-top
+
+  k, stride = tubelet
+  return {'tubelet_clips': sum(clip_geometry.num_tubelet_clips(n, k, stride) for n in lengths)}
+
+
+def full_eval_passes(
+  manual_dir: pathlib.Path, clips_per_video: int, tubelet: tuple[int, int] | None = None
+) -> dict[str, int]:
+  """Clips, annotated frames and whole-video clips a full evaluation of split 1 runs
+  (and, for `tubelet` = (K, s), the tubelet head's clips every s frames)."""
   from stconsist_jax.data.ucf101 import split_lists  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.ucf101 import videos  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.ucf101 import annotations as ann  # pylint: disable=g-import-not-at-top
@@ -129,6 +143,7 @@ def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str
     for p in split_lists.read_split_list(manual_dir / 'ucfTrainTestlist' / 'testlist01.txt')
   ]
   frames = video_frames = 0
+  lengths = []
   for path in test:
     record = records.get(path)
     if record is None or not record.tubes:
@@ -138,26 +153,31 @@ def full_eval_passes(manual_dir: pathlib.Path, clips_per_video: int) -> dict[str
       annotated.update(range(tube.start, tube.end))
     frames += len(annotated)
     video_frames += record.num_frames
+    lengths.append(record.num_frames)
   return {
     'videos': len(test),
     'clips': clips_per_video * len(test),
     'frames': frames,
     'video_clips': video_frames,
+    **_tubelet_clips(lengths, tubelet),
   }
 
 
-def jhmdb_full_eval_passes(twin: pathlib.Path, clips_per_video: int) -> dict[str, int]:
+def jhmdb_full_eval_passes(
+  twin: pathlib.Path, clips_per_video: int, tubelet: tuple[int, int] | None = None
+) -> dict[str, int]:
   """As `full_eval_passes`, for split 1 of a JHMDB twin (every frame is annotated)."""
   from stconsist_jax.data.datasets import jhmdb  # pylint: disable=g-import-not-at-top
 
   description, _ = jhmdb.read_jhmdb(twin / jhmdb.GT_FILE)
   test = description.splits['split1'].test
-  frames = sum(description.videos[v].num_frames for v in test)
+  lengths = [description.videos[v].num_frames for v in test]
   return {
     'videos': len(test),
     'clips': clips_per_video * len(test),
-    'frames': frames,
-    'video_clips': frames,
+    'frames': sum(lengths),
+    'video_clips': sum(lengths),
+    **_tubelet_clips(lengths, tubelet),
   }
 
 
@@ -174,7 +194,17 @@ def project_full_eval(report: dict, full: dict[str, int]) -> float | None:
   video_clips = counts.get('num_video_clips_scored')
   if video_clips and 'videos_seconds' in timing:
     total += timing['videos_seconds'] / video_clips * full['video_clips']
+  if video_clips and 'tubelets_seconds' in timing and 'tubelet_clips' in full:
+    total += timing['tubelets_seconds'] / video_clips * full['tubelet_clips']
   return total
+
+
+def tubelet_setting(report: dict) -> tuple[int, int] | None:
+  """(K, s) of a tubelet head's evaluation report, else None."""
+  tubes = report.get('tubes') or {}
+  if 'tubelets_seconds' not in (report.get('timing') or {}) or 'tubelet_frames' not in tubes:
+    return None
+  return int(tubes['tubelet_frames']), int(tubes['clip_every'])
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -307,7 +337,8 @@ def main(argv: Sequence[str]) -> None:
   report_path = latest_finished_report(run / 'eval')
   report = json.loads(report_path.read_text())
   clips_per_video = int(report['protocol'].get('clips_per_video', 10))
-  full = (jhmdb_full_eval_passes if is_jhmdb else full_eval_passes)(twin, clips_per_video)
+  tubelet = tubelet_setting(report)
+  full = (jhmdb_full_eval_passes if is_jhmdb else full_eval_passes)(twin, clips_per_video, tubelet)
   projected = project_full_eval(report, full)
   print('\n' + table(stages))
   print(
@@ -320,8 +351,13 @@ def main(argv: Sequence[str]) -> None:
   if projected is not None:
     print(
       f'projected full evaluation ({full["clips"]:,} clips + {full["frames"]:,} '
-      f'annotated frames + {full["video_clips"]:,} whole-video clips, strides 1) on '
-      f'this machine: {_fmt_seconds(projected)}'
+      f'annotated frames + {full["video_clips"]:,} whole-video clips, strides 1'
+      + (
+        f' + {full["tubelet_clips"]:,} tubelet clips, K {tubelet[0]} every {tubelet[1]} frames'
+        if tubelet
+        else ''
+      )
+      + f') on this machine: {_fmt_seconds(projected)}'
     )
   summary = {
     'stages': [dataclasses.asdict(s) for s in stages],

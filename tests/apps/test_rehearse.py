@@ -48,6 +48,11 @@ def test_full_eval_counts_of_split_1(rehearse, ucf24_dir, tmp_path):
     'video_clips': video_frames,
   }
   assert (got['videos'], got['frames']) == (910, 138527)
+  # A tubelet head (K 16 every 8 frames): starts 0, 8, ... <= n - 16, plus n - 16 itself.
+  lengths = [int(raw[n]['numf']) for n in test if n in raw and raw[n]['annotations']]
+  starts = [set(range(0, max(n - 16, 0) + 1, 8)) | {max(n - 16, 0)} for n in lengths]
+  tubelet = rehearse.full_eval_passes(manual, clips_per_video=10, tubelet=(16, 8))
+  assert tubelet == dict(got, tubelet_clips=sum(len(s) for s in starts))
 
 
 def test_projection_scales_each_pass_by_its_clip_count(rehearse):
@@ -58,3 +63,11 @@ def test_projection_scales_each_pass_by_its_clip_count(rehearse):
   full = {'clips': 400, 'frames': 1000, 'video_clips': 5000}
   assert rehearse.project_full_eval(report, full) == pytest.approx(40 + 100 + 200)
   assert rehearse.project_full_eval({'timing': {}, 'counts': {}}, full) is None
+  tubelets = {
+    'timing': {'clips_seconds': 4.0, 'tubelets_seconds': 5.0},
+    'counts': {'num_clips': 40, 'num_video_clips_scored': 50},
+    'tubes': {'tubelet_frames': 16, 'clip_every': 8},
+  }
+  assert rehearse.tubelet_setting(tubelets) == (16, 8) and rehearse.tubelet_setting(report) is None
+  full['tubelet_clips'] = 700
+  assert rehearse.project_full_eval(tubelets, full) == pytest.approx(40 + 70)
