@@ -529,7 +529,8 @@ def tubelet_results(
   n = detections.num_frames
   h, w = size
   scale = np.array([w, h, w, h], np.float64)
-  pixel_boxes = t.boxes.astype(np.float64) * scale
+  pixel_boxes = t.boxes.astype(np.float64)
+  pixel_boxes *= scale  # in place: one copy of the boxes
   found = tubelets_lib.link_tubelets(
     t.output_frames, pixel_boxes, t.scores, linking, valid=t.valid, present=t.present
   )
