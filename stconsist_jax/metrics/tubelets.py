@@ -70,7 +70,7 @@ class TubeletLinkingConfig:
 
 
 # Frames whose per-frame detections `frame_detections` gathers and NMS-es at once.
-FRAME_BLOCK = 256
+FRAME_BLOCK = 64
 
 
 class FrameDetections(NamedTuple):

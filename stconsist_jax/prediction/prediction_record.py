@@ -26,7 +26,7 @@ from stconsist_jax.prediction import frame_predictor
 FORMAT = 'stconsist_jax.prediction/2'
 ACTOR_TUBE_IOU = 0.5  # An actor belongs to the tube of its class whose box it overlaps most.
 NUM_DIGITS = 5  # Decimals of scores in the JSON; boxes get 2 (pixels).
-CHUNK = 1024  # Values of a lazy list (a tube's frames or boxes) written at once.
+CHUNK = 64  # Values of a lazy list (a tube's frames or boxes) written at once.
 
 
 class Entries(Sequence):

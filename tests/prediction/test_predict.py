@@ -421,6 +421,35 @@ def test_record_is_written_entry_by_entry_in_the_compact_layout():
   assert record['frames'][-1] == {'frame': 2, 'box': None} and len(record['frames'][1:]) == 2
 
 
+def test_a_tubes_frames_and_boxes_are_read_and_written_lazily_as_plain_json():
+  """A tube's `frames` and `boxes` are built from its arrays when read; written in
+  chunks they give json.dumps's text of the same lists."""
+  n = 2 * prediction_record.CHUNK + 5  # three chunks
+  frames = np.arange(n) * 2
+  boxes = np.stack([frames + 0.123, frames + 1.0, frames + 2.555, frames + 3.0], axis=1)
+  tube = tubes.Tube(1, frames, boxes, np.full(n, 0.25))
+  entries = prediction_record.tube_entries([tube], ['a', 'b'])
+  plain = {
+    'id': 0,
+    'label': 1,
+    'class': 'b',
+    'start': 0,
+    'end': 2 * (n - 1),
+    'score': 0.25,
+    'frames': [2 * i for i in range(n)],
+    'boxes': [
+      [round(2 * i + 0.123, 2), 2 * i + 1.0, round(2 * i + 2.555, 2), 2 * i + 3.0] for i in range(n)
+    ],
+  }
+  assert entries[0] == plain and entries[0]['boxes'][-1] == plain['boxes'][-1]
+  record = {'format': prediction_record.FORMAT, 'tubes': entries, 'frames': []}
+  expected = (
+    f'{{\n  "format": "{prediction_record.FORMAT}",\n  "tubes": [\n    {json.dumps(plain)}\n  ],\n'
+    '  "frames": []\n}\n'
+  )
+  assert prediction_record.dumps(record) == expected
+
+
 def _uniform_results(num_frames):
   return frame_predictor.FrameResults(
     None, np.full((num_frames, NUM_CLASSES), 1 / NUM_CLASSES), np.ones(num_frames, bool)
@@ -793,3 +822,4 @@ def test_a_tubelet_detector_predicts_every_actor_of_every_frame(videos, tmp_path
   assert ids <= set(range(len(record['tubes'])))
   assert record['settings']['tubelet_frames'] == 8
   assert _count_frames(result.video_path) == n
+
