@@ -1,9 +1,10 @@
 """The JSON record of one predicted video: building it from the dense frame results and
 tubes, and writing it as compact text, one line per entry.
 
-A record's `frames` and `tubes` are `Entries`, built one at a time when read, so that a
-long video's record is written to its file entry by entry (`write`) and never held
-whole. Its schema and checks are `record_schema`; field meanings: docs/predict.md.
+A record's `frames` and `tubes` are `Entries`, built one at a time when read (a tube's
+`frames` and `boxes` too, from its arrays), so that a long video's record is written to
+its file entry by entry (`write`) and never held whole. Its schema and checks are
+`record_schema`; field meanings: docs/predict.md.
 """
 
 from __future__ import annotations
