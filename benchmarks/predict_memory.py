@@ -32,6 +32,12 @@ _WIDEN = flags.DEFINE_float(
   'widen_factor', 0.125, 'Backbone width of the random-weights model (tiny: not the bottleneck).'
 )
 _WRITE = flags.DEFINE_bool('write_video', True, 'Also write the annotated video.')
+_CONFIG = flags.DEFINE_enum(
+  'config',
+  'demo',
+  ['demo', 'demo_one_box'],
+  'The architecture: the demo tubelet detector or its one-box variant.',
+)
 _VIDEO = flags.DEFINE_string('video', None, 'Internal: predict this one video and report.')
 
 
@@ -65,17 +71,20 @@ def random_variables(model: Any, config: Any) -> dict[str, Any]:
 
 def predict_one(video: pathlib.Path) -> dict[str, Any]:
   """Predicts `video` with a tiny random model in this process; its peak RSS."""
+  from stconsist_jax.core import allocator  # pylint: disable=g-import-not-at-top
+
+  allocator.map_large_buffers()  # as the prediction command does first
   import jax  # pylint: disable=g-import-not-at-top
 
   from stconsist_jax import models  # pylint: disable=g-import-not-at-top
   from stconsist_jax.configs import demo  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.configs import demo_one_box  # pylint: disable=g-import-not-at-top
   from stconsist_jax.evaluation import description  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.metrics import tubes  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import frame_predictor  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import class_names  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import predict  # pylint: disable=g-import-not-at-top
 
-  config = demo.get_config()
+  config = {'demo': demo, 'demo_one_box': demo_one_box}[_CONFIG.value].get_config()
   config.data.name = 'random'
   config.model.widen_factor = _WIDEN.value
   model = models.build_model(config.model)
@@ -93,17 +102,21 @@ def predict_one(video: pathlib.Path) -> dict[str, Any]:
     'num_classes': num_classes,
     'config_hash': None,
   }
-  loaded = predict.Loaded(
-    predictor,
-    config,
-    class_names.generic_class_names(num_classes),
-    tubes.linking_config(config),
-    info,
+  # The linking and the clip stride of the model's kind, as the prediction command's.
+  loaded = predict.make_loaded(
+    predictor, config, class_names.generic_class_names(num_classes), info
   )
   before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as out:
-    result = predict.predict_video(loaded, video, out, write_annotated=_WRITE.value, progress=False)
+    result = predict.predict_video(
+      loaded,
+      video,
+      out,
+      every=predict.default_stride(loaded),
+      write_annotated=_WRITE.value,
+      progress=False,
+    )
     json_mb = os.path.getsize(result.json_path) / 2**20
   return {
     'frames': result.record['num_frames'],
@@ -120,7 +133,13 @@ def predict_one(video: pathlib.Path) -> dict[str, Any]:
 
 def measure(video: pathlib.Path) -> dict[str, Any]:
   """Runs `predict_one` in a fresh process (so that its peak is this video's alone)."""
-  args = [sys.executable, __file__, f'--video={video}', f'--widen_factor={_WIDEN.value}']
+  args = [
+    sys.executable,
+    __file__,
+    f'--video={video}',
+    f'--widen_factor={_WIDEN.value}',
+    f'--config={_CONFIG.value}',
+  ]
   args.append('--write_video' if _WRITE.value else '--nowrite_video')
   proc = subprocess.run(args, capture_output=True, text=True, check=False)
   if proc.returncode:

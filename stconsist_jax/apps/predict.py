@@ -25,6 +25,7 @@ from absl import flags
 from absl import logging
 from etils import epath
 
+from stconsist_jax.core import allocator
 from stconsist_jax.core import console
 from stconsist_jax.core import errors
 from stconsist_jax.core import fileio
@@ -325,5 +326,8 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # Class names may load TFDS.
+  # Before any frame is decoded: frame-sized buffers mapped and returned whole, so that
+  # peak memory does not grow with a video's length (docs/predict.md, Memory).
+  allocator.map_large_buffers()
   define_flags()
   app.run(main)

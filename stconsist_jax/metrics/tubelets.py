@@ -23,8 +23,10 @@ covers (stride > 1 after a miss) are left out where ACT would divide by zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 
@@ -65,6 +67,10 @@ class TubeletLinkingConfig:
   min_score: float = 0.005
   nms_threshold: float = 0.3
   plus_one: bool = True
+
+
+# Frames whose per-frame detections `frame_detections` gathers and NMS-es at once.
+FRAME_BLOCK = 64
 
 
 class FrameDetections(NamedTuple):
@@ -284,14 +290,22 @@ def _nms_per_class(
 
 
 class _ClassLinker:
-  """ACT's greedy linking of one class, one step at a time. A tube is a list of
-  `(step, tubelet, rescaled score)`; `finished` holds the ended ones in ACT's order."""
+  """ACT's greedy linking of one class, one step at a time. A live tube is a list of
+  `(step, tubelet, rescaled score)`; a tube that ends is built at once (`build`: a
+  `Tube`, or None when the filters drop it), so that `finished` holds only the kept
+  ones, in ACT's order, as arrays: not the members of every tube of a long video."""
 
-  def __init__(self, iou_threshold: float, max_gap: int):
+  def __init__(
+    self,
+    iou_threshold: float,
+    max_gap: int,
+    build: Callable[[list[tuple[int, int, float]]], tubes_lib.Tube | None],
+  ):
     self.iou_threshold = iou_threshold
     self.max_gap = max_gap
+    self.build = build
     self.live: list[list[Any]] = []  # [score sum, count, members]
-    self.finished: list[list[tuple[int, int, float]]] = []
+    self.finished: list[tubes_lib.Tube] = []
 
   def step(self, b: int, cand: list[int], cand_scores: list[float], starts: list[int], overlaps):
     """Links step b's candidates (tubelets by rescaled score); `overlaps(a)` is the
@@ -313,14 +327,22 @@ class _ClassLinker:
       elif starts[b] - starts[a] >= self.max_gap:
         ended.append(it)
     for it in reversed(ended):  # ACT appends the ended tubes in reverse
-      self.finished.append(self.live.pop(it)[2])
+      self._finish(self.live.pop(it)[2])
     for k, n in enumerate(cand):
       if not taken[k]:
         self.live.append([cand_scores[k], 1, [(b, n, cand_scores[k])]])
 
-  def tubes(self) -> list[list[tuple[int, int, float]]]:
-    """Every tube: the ended ones, then the live ones (ACT's `FINISHED_TUBES`)."""
-    return self.finished + [tube[2] for tube in self.live]
+  def _finish(self, members: list[tuple[int, int, float]]) -> None:
+    tube = self.build(members)
+    if tube is not None:
+      self.finished.append(tube)
+
+  def tubes(self) -> list[tubes_lib.Tube]:
+    """Every kept tube: the ended ones, then the live ones (ACT's `FINISHED_TUBES`)."""
+    for tube in self.live:
+      self._finish(tube[2])
+    self.live = []
+    return self.finished
 
 
 def _build_tube(
@@ -443,8 +465,10 @@ def link_tubelets(
   frames, boxes, scores, valid, present = _check_tubelets(
     frames, boxes, scores, valid, 'link_tubelets', present
   )
-  if config.plus_one:
-    tubes_lib.check_pixel_boxes(boxes[valid], 'link_tubelets')
+  if config.plus_one and valid.any():
+    # The valid boxes' extreme coordinates: the check without a copy of the boxes.
+    extremes = np.array([boxes.min(axis=(2, 3))[valid].min(), boxes.max(axis=(2, 3))[valid].max()])
+    tubes_lib.check_pixel_boxes(extremes, 'link_tubelets')
   num_steps, _, k, _ = boxes.shape
   num_classes = scores.shape[2]
   if num_steps == 0 or not valid.any():
@@ -453,7 +477,14 @@ def link_tubelets(
   starts = frames[:, 0].tolist()
   distinct = _distinct(frames, boxes, present)
 
-  linkers = [_ClassLinker(config.iou_threshold, max_gap) for _ in range(num_classes)]
+  linkers = [
+    _ClassLinker(
+      config.iou_threshold,
+      max_gap,
+      functools.partial(_build_tube, c, distinct=distinct, config=config),
+    )
+    for c in range(num_classes)
+  ]
   for b in range(num_steps):
     rows = np.nonzero(valid[b])[0]
     # The tubelet NMS, for every class: its summed IoUs, computed once; a step where no
@@ -474,8 +505,7 @@ def link_tubelets(
 
   out: list[tubes_lib.Tube] = []
   for c in range(num_classes):
-    built = [_build_tube(c, members, distinct, config) for members in linkers[c].tubes()]
-    built = [tube for tube in built if tube is not None]
+    built = linkers[c].tubes()
     keep = tubes_lib.nms_tubes(built, config.nms_threshold, plus_one=config.plus_one)
     out.extend(built[i] for i in keep)
   return sorted(out, key=lambda t: -t.score)
@@ -507,6 +537,10 @@ def frame_detections(
   ACT's detector had already dropped (tubelet, class) pairs scoring 0.01 or less;
   `min_score` does that here (default: keep all).
 
+  The rows are gathered and NMS-ed `FRAME_BLOCK` frames at a time (each frame's rows
+  come from the steps covering it), so that only the kept rows of a long video are
+  held at once, not a row for every (tubelet, frame) pair.
+
   Args:
     frames, boxes, scores, valid, present: as `link_tubelets`.
     nms_threshold: a row is suppressed for a class by a kept higher-scoring one of
@@ -521,30 +555,66 @@ def frame_detections(
   frames, boxes, scores, valid, present = _check_tubelets(
     frames, boxes, scores, valid, 'frame_detections', present
   )
-  num_classes = scores.shape[2]
-  row_frames, row_boxes, row_scores = [], [], []
   clips = _distinct(frames, boxes, present)
-  for s in range(frames.shape[0]):
+  parts = [_no_detections(scores.shape[2])]
+  if frames.shape[0]:
+    first, last = frames.min(axis=1), frames.max(axis=1)
+    for lo in range(int(first.min()), int(last.max()) + 1, FRAME_BLOCK):
+      steps = np.flatnonzero((last >= lo) & (first < lo + FRAME_BLOCK))
+      parts.append(
+        _block_detections(
+          clips, scores, valid, steps, (lo, lo + FRAME_BLOCK), nms_threshold, min_score, plus_one
+        )
+      )
+  return FrameDetections(*(np.concatenate(arrays) for arrays in zip(*parts)))
+
+
+def _no_detections(num_classes: int) -> FrameDetections:
+  return FrameDetections(
+    np.zeros(0, np.int64),
+    np.zeros((0, num_classes)),
+    np.zeros((0, 4)),
+    np.zeros((0, num_classes), bool),
+  )
+
+
+def _block_detections(
+  clips: _Distinct,
+  scores: np.ndarray,
+  valid: np.ndarray,
+  steps: np.ndarray,
+  block: tuple[int, int],
+  nms_threshold: float,
+  min_score: float,
+  plus_one: bool,
+) -> FrameDetections:
+  """`frame_detections` of the frames `lo <= f < hi` of `block`, from the `steps`
+  (increasing) that cover them."""
+  lo, hi = block
+  row_frames, row_boxes, row_scores = [], [], []
+  for s in steps.tolist():
     rows = np.nonzero(valid[s])[0]
     distinct, dboxes = clips.clip(s)
-    shown = clips.present[s, rows, : len(distinct)].reshape(-1)  # tubelet-major, as below
+    inside = (distinct >= lo) & (distinct < hi)
+    # Tubelet-major, as below.
+    shown = (clips.present[s, rows, : len(distinct)] & inside).reshape(-1)
     dboxes = dboxes[rows]
     row_frames.append(np.repeat(distinct[None], len(rows), axis=0).reshape(-1)[shown])
     row_boxes.append(dboxes.reshape(-1, 4)[shown])
     row_scores.append(np.repeat(scores[s, rows], len(distinct), axis=0)[shown])
   if not row_frames:
-    row_frames, row_boxes, row_scores = [np.zeros(0, np.int64)], [np.zeros((0, 4))], []
+    return _no_detections(scores.shape[2])
   all_frames = np.concatenate(row_frames)
   all_boxes = np.concatenate(row_boxes)
-  all_scores = np.concatenate(row_scores) if row_scores else np.zeros((0, num_classes))
+  all_scores = np.concatenate(row_scores)
   order = np.argsort(all_frames, kind='stable')  # step-major rows: step, tubelet order
   all_frames, all_boxes, all_scores = all_frames[order], all_boxes[order], all_scores[order]
   kept = np.zeros(all_scores.shape, bool)
   bounds = np.flatnonzero(np.diff(all_frames)) + 1
-  for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(all_frames)].tolist()):
-    if hi > lo:
-      kept[lo:hi] = _nms_per_class(
-        all_boxes[lo:hi], all_scores[lo:hi], all_scores[lo:hi] >= min_score, nms_threshold, plus_one
+  for a, b in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(all_frames)].tolist()):
+    if b > a:
+      kept[a:b] = _nms_per_class(
+        all_boxes[a:b], all_scores[a:b], all_scores[a:b] >= min_score, nms_threshold, plus_one
       )
   some = kept.any(axis=1)
   return FrameDetections(all_frames[some], all_scores[some], all_boxes[some], kept[some])

@@ -16,6 +16,7 @@ in [0, 1] (normalized boxes by mistake).
 
 import array
 import dataclasses
+import functools
 import math
 from typing import Any
 from collections.abc import Sequence
@@ -33,8 +34,9 @@ from stconsist_jax.core import boxes as boxes_lib
 class Tube:
   """One tube: a box and a class score on each of its frames.
 
-  Fields are validated and stored as read-only copies. Equality and hashing are by
-  identity (the fields are arrays).
+  Fields are validated and stored as read-only copies; a field that is already one (a
+  read-only array owning its data, such as another tube's) is shared, not copied.
+  Equality and hashing are by identity (the fields are arrays).
 
   Attributes:
     label: class index (column of the score matrix).
@@ -55,9 +57,9 @@ class Tube:
   tube_score: float | None = None
 
   def __post_init__(self):
-    frames = np.array(self.frames, dtype=np.int64).reshape(-1)
-    boxes = np.array(self.boxes, dtype=np.float64)
-    scores = np.array(self.scores, dtype=np.float64).reshape(-1)
+    frames = _read_only(self.frames, np.int64, flat=True)
+    boxes = _read_only(self.boxes, np.float64)
+    scores = _read_only(self.scores, np.float64, flat=True)
     n = frames.shape[0]
     if n == 0:
       raise ValueError('Tube: a tube needs at least one frame')
@@ -78,7 +80,6 @@ class Tube:
         raise ValueError(f'Tube: tube_score must be finite, found {self.tube_score}')
       object.__setattr__(self, 'tube_score', float(self.tube_score))
     for name, arr in (('frames', frames), ('boxes', boxes), ('scores', scores)):
-      arr.setflags(write=False)
       object.__setattr__(self, name, arr)
     object.__setattr__(self, 'label', int(self.label))
 
@@ -92,16 +93,34 @@ class Tube:
     """Last frame (inclusive)."""
     return int(self.frames[-1])
 
-  @property
+  @functools.cached_property
   def score(self) -> float:
     """ACT's tube score: `tube_score` when set, else the mean of the per-frame scores
-    (from an exactly rounded sum)."""
+    (from an exactly rounded sum, computed once)."""
     if self.tube_score is not None:
       return self.tube_score
     return math.fsum(self.scores.tolist()) / len(self.scores)
 
   def __len__(self) -> int:
     return int(self.frames.shape[0])
+
+
+def _read_only(values: Any, dtype: Any, flat: bool = False) -> np.ndarray:
+  """`values` as a read-only array of `dtype` (1-D with `flat`) that owns its data: the
+  array itself when it already is one, else a copy."""
+  if (
+    isinstance(values, np.ndarray)
+    and values.dtype == dtype
+    and values.base is None
+    and not values.flags.writeable
+    and (values.ndim == 1 or not flat)
+  ):
+    return values
+  arr = np.array(values, dtype=dtype)
+  if flat and arr.ndim != 1:
+    arr = arr.reshape(-1).copy()
+  arr.setflags(write=False)
+  return arr
 
 
 def ground_truth_tube(label: int, frames: Any, boxes: Any) -> Tube:

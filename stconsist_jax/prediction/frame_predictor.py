@@ -495,21 +495,29 @@ def link_tubes(results: FrameResults, linking: Any, size: tuple[int, int] = (1, 
 def _per_frame(
   dets: tubelets_lib.FrameDetections, num_frames: int, size: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """`FrameDetections` rows (pixels) -> padded per-frame actors, best first, normalized."""
-  h, w = size
-  scores = np.where(dets.valid, dets.scores, 0.0)
-  best = scores.max(axis=1) if scores.size else np.zeros(0)
-  order = np.lexsort((-best, dets.frames))
-  frames = dets.frames[order]
-  counts = np.bincount(frames, minlength=num_frames)
+  """`FrameDetections` rows (pixels, ordered by frame) -> padded per-frame actors, best
+  first, normalized; filled `tubelets_lib.FRAME_BLOCK` frames at a time."""
+  if np.any(np.diff(dets.frames) < 0):
+    raise ValueError('frame detections must be ordered by frame')
+  counts = np.bincount(dets.frames, minlength=num_frames)
+  first = np.concatenate([[0], np.cumsum(counts)])  # frame f's rows: first[f]:first[f + 1]
   m = max(int(counts.max(initial=0)), 1)
-  slot = np.arange(len(frames)) - np.repeat(np.cumsum(counts) - counts, counts)
   boxes = np.zeros((num_frames, m, 4), np.float32)
-  per_class = np.zeros((num_frames, m, scores.shape[1]), np.float32)
+  per_class = np.zeros((num_frames, m, dets.scores.shape[1]), np.float32)
   valid = np.zeros((num_frames, m), bool)
-  boxes[frames, slot] = dets.boxes[order] / np.array([w, h, w, h], np.float64)
-  per_class[frames, slot] = scores[order]
-  valid[frames, slot] = True
+  h, w = size
+  scale = np.array([w, h, w, h], np.float64)
+  for lo in range(0, num_frames, tubelets_lib.FRAME_BLOCK):
+    hi = min(lo + tubelets_lib.FRAME_BLOCK, num_frames)
+    rows = slice(first[lo], first[hi])
+    scores = np.where(dets.valid[rows], dets.scores[rows], 0.0)
+    best = scores.max(axis=1) if scores.size else np.zeros(0)
+    order = np.lexsort((-best, dets.frames[rows]))
+    frames = dets.frames[rows][order]
+    slot = np.arange(len(frames)) - np.repeat(first[lo:hi] - first[lo], counts[lo:hi])
+    boxes[frames, slot] = dets.boxes[rows][order] / scale
+    per_class[frames, slot] = scores[order]
+    valid[frames, slot] = True
   return boxes, per_class, valid
 
 
@@ -529,7 +537,8 @@ def tubelet_results(
   n = detections.num_frames
   h, w = size
   scale = np.array([w, h, w, h], np.float64)
-  pixel_boxes = t.boxes.astype(np.float64) * scale
+  pixel_boxes = t.boxes.astype(np.float64)
+  pixel_boxes *= scale  # in place: one copy of the boxes
   found = tubelets_lib.link_tubelets(
     t.output_frames, pixel_boxes, t.scores, linking, valid=t.valid, present=t.present
   )
@@ -543,11 +552,12 @@ def tubelet_results(
     min_score=ACTOR_MIN_SCORE,
     plus_one=linking.plus_one,
   )
+  del pixel_boxes  # a video's tubelets, no longer needed: not held with what follows
   actors = _per_frame(per_frame, n, size)
+  del per_frame
   centres = t.output_frames[:, t.output_frames.shape[1] // 2]
   centres, first = np.unique(centres, return_index=True)
-  full = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (len(centres), 1))
-  _, probs = interpolation.fill_one_box(centres, full, detections.probs[first], n)
+  probs = interpolation.fill_scores(centres, detections.probs[first], n)
   boxes = np.where(actors[2][:, :1, None], actors[0][:, :1], np.nan)[:, 0].astype(np.float64)
   predicted = np.zeros(n, bool)
   predicted[np.unique(t.output_frames)] = True

@@ -299,19 +299,8 @@ def predict_video(
 
   start = time.perf_counter()
   try:
-    detections = loaded.predictor.detect(
-      video_files.read_frames(cap, reuse=True), every=every, bgr=True, on_frame=on_frame
-    )
-    if detections.num_frames == 0:
-      raise video_files.VideoError('no decodable frames')
+    results, found, clips = _results_and_tubes(loaded, cap, every, on_frame, shape)
     size = (int(shape[0]), int(shape[1]))
-    if loaded.tubelets:
-      results, found = frame_predictor.tubelet_results(
-        detections, size, loaded.linking, loaded.frame_nms_threshold
-      )
-    else:
-      results = frame_predictor.densify(detections)
-      found = frame_predictor.link_tubes(results, loaded.linking, size)
     tube_list = found[:max_tubes] if max_tubes > 0 else found
     predict_s = time.perf_counter() - start
     record = prediction_record.make_record(
@@ -349,7 +338,7 @@ def predict_video(
       'predict_s': round(predict_s, 3),
       'write_s': round(write_s, 3),
       'frames_per_s': round(results.num_frames / max(predict_s, 1e-9), 2),
-      'clips': int(len(detections.frames)),  # forward passes of the model
+      'clips': clips,  # forward passes of the model
     }
     record_schema.validate_prediction(record)
     write_record(json_path, record)
@@ -363,6 +352,34 @@ def predict_video(
       results.num_frames,
     )
   return VideoResult(name, record, json_path, written, results, tube_list)
+
+
+def _results_and_tubes(
+  loaded: Loaded,
+  cap: Any,
+  every: int,
+  on_frame: Callable[[Any], None],
+  shape: list[int],
+) -> tuple[frame_predictor.FrameResults, list[Any], int]:
+  """The dense per-frame results of the opened video, its tubes and the number of clips
+  predicted. `on_frame` records the frame size in `shape`. The model's detections are
+  dropped as soon as the dense results hold what they said (before the linking of a
+  one-box head, on return for a tubelet detector)."""
+  detections = loaded.predictor.detect(
+    video_files.read_frames(cap, reuse=True), every=every, bgr=True, on_frame=on_frame
+  )
+  if detections.num_frames == 0:
+    raise video_files.VideoError('no decodable frames')
+  size = (int(shape[0]), int(shape[1]))
+  clips = int(len(detections.frames))
+  if loaded.tubelets:
+    results, found = frame_predictor.tubelet_results(
+      detections, size, loaded.linking, loaded.frame_nms_threshold
+    )
+    return results, found, clips
+  results = frame_predictor.densify(detections)
+  del detections
+  return results, frame_predictor.link_tubes(results, loaded.linking, size), clips
 
 
 def write_record(path: str | os.PathLike, record: dict[str, Any]) -> None:

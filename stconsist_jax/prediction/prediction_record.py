@@ -1,9 +1,10 @@
 """The JSON record of one predicted video: building it from the dense frame results and
 tubes, and writing it as compact text, one line per entry.
 
-A record's `frames` and `tubes` are `Entries`, built one at a time when read, so that a
-long video's record is written to its file entry by entry (`write`) and never held
-whole. Its schema and checks are `record_schema`; field meanings: docs/predict.md.
+A record's `frames` and `tubes` are `Entries`, built one at a time when read (a tube's
+`frames` and `boxes` too, from its arrays), so that a long video's record is written to
+its file entry by entry (`write`) and never held whole. Its schema and checks are
+`record_schema`; field meanings: docs/predict.md.
 """
 
 from __future__ import annotations
@@ -26,17 +27,27 @@ from stconsist_jax.prediction import frame_predictor
 FORMAT = 'stconsist_jax.prediction/2'
 ACTOR_TUBE_IOU = 0.5  # An actor belongs to the tube of its class whose box it overlaps most.
 NUM_DIGITS = 5  # Decimals of scores in the JSON; boxes get 2 (pixels).
+CHUNK = 64  # Values of a lazy list (a tube's frames or boxes) written at once.
 
 
 class Entries(Sequence):
-  """A read-only list of `count` JSON entries, each built by `make(i)` when it is read."""
+  """A read-only list of `count` JSON values, each built by `make(i)` when it is read.
 
-  def __init__(self, count: int, make: Callable[[int], dict[str, Any]]):
+  Equal to any sequence of the same values (a list, as the JSON reads back)."""
+
+  def __init__(self, count: int, make: Callable[[int], Any]):
     self._count = int(count)
     self._make = make
 
   def __len__(self) -> int:
     return self._count
+
+  def __eq__(self, other: Any) -> bool:
+    if not isinstance(other, Sequence) or isinstance(other, str):
+      return NotImplemented
+    return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+  __hash__ = None
 
   def __getitem__(self, index: Any) -> Any:
     if isinstance(index, slice):
@@ -153,10 +164,14 @@ def frame_entries(
 
 
 def tube_entries(tubes: Sequence[Any], class_names: Sequence[str]) -> Entries:
-  """The JSON `tubes` list (ids in the order given: by score, best first)."""
+  """The JSON `tubes` list (ids in the order given: by score, best first).
+
+  A tube's `frames` and `boxes` are `Entries` too, read from its arrays a frame at a
+  time: a whole-video tube is not held as Python numbers (about 230 bytes a frame)."""
 
   def entry(i: int) -> dict[str, Any]:
     t = tubes[i]
+    frames, boxes = np.asarray(t.frames), np.asarray(t.boxes)
     return {
       'id': i,
       'label': int(t.label),
@@ -164,8 +179,8 @@ def tube_entries(tubes: Sequence[Any], class_names: Sequence[str]) -> Entries:
       'start': int(t.start),
       'end': int(t.end),
       'score': round(float(t.score), NUM_DIGITS),
-      'frames': [int(f) for f in t.frames],
-      'boxes': [_round(b, 2) for b in np.asarray(t.boxes)],
+      'frames': Entries(len(frames), lambda j: int(frames[j])),
+      'boxes': Entries(len(boxes), lambda j: _round(boxes[j], 2)),
     }
 
   return Entries(len(tubes), entry)
@@ -200,8 +215,26 @@ def _write_list(out: TextIO, key: str, entries: Sequence[Any], end: str) -> None
   out.write(f'  {json.dumps(key)}: [\n')
   last = len(entries) - 1
   for i, entry in enumerate(entries):
-    out.write(f'    {json.dumps(entry)}' + (',\n' if i < last else '\n'))
+    _write_json(out, entry, '    ', ',\n' if i < last else '\n')
   out.write(f'  ]{end}\n')
+
+
+def _write_json(out: TextIO, value: Any, prefix: str = '', suffix: str = '') -> None:
+  """Writes `prefix`, `json.dumps(value)`'s text and `suffix`: in one piece, unless the
+  value is or holds `Entries` (a tube's frames and boxes), written CHUNK values at a time."""
+  if isinstance(value, Entries):
+    out.write(prefix + '[')
+    for start in range(0, len(value), CHUNK):
+      chunk = ', '.join(json.dumps(item) for item in value[start : start + CHUNK])
+      out.write(', ' + chunk if start else chunk)
+    out.write(']' + suffix)
+  elif isinstance(value, dict) and any(isinstance(v, Entries) for v in value.values()):
+    out.write(prefix + '{')
+    for i, (key, item) in enumerate(value.items()):
+      _write_json(out, item, f'{", " if i else ""}{json.dumps(key)}: ')
+    out.write('}' + suffix)
+  else:
+    out.write(prefix + json.dumps(value) + suffix)
 
 
 def dumps(record: Mapping[str, Any]) -> str:

@@ -598,6 +598,10 @@ def test_valid_mask_and_input_errors():
   assert tubelets.link_tubelets(frames, boxes, scores, valid=np.zeros_like(valid)) == []
   with pytest.raises(ValueError, match='normalized'):
     tubelets.link_tubelets(frames, boxes / 1000.0, scores)
+  mixed = boxes / 1000.0
+  mixed[:, 1] = boxes[:, 1]  # pixels, but padding: only the valid boxes are looked at
+  with pytest.raises(ValueError, match='normalized'):
+    tubelets.link_tubelets(frames, mixed, scores, valid=valid)
   with pytest.raises(ValueError, match='strictly increasing'):
     tubelets.link_tubelets(frames[::-1], boxes, scores)
   with pytest.raises(ValueError, match=r'boxes \(S, N, K, 4\)'):
@@ -662,13 +666,17 @@ def test_video_ap_ranks_linked_tubes_by_acts_tube_score():
 # Frame detections and frame-AP.
 
 
-def test_frame_detections_match_act_reference_on_random_videos():
+@pytest.mark.parametrize('block', [tubelets.FRAME_BLOCK, 5], ids=['one_block', 'blocks_of_5'])
+def test_frame_detections_match_act_reference_on_random_videos(block, monkeypatch):
+  # Blocks of 5 frames: the clips at a block's edge give rows to both blocks.
+  monkeypatch.setattr(tubelets, 'FRAME_BLOCK', block)
   rng = np.random.default_rng(3)
   for trial, (k, stride) in enumerate([(1, 1), (3, 1), (4, 2), (3, 3), (2, 1), (5, 1)]):
     num_frames = 24
     starts, frames, boxes, scores = _random_video(rng, num_frames, k, stride, num_classes=3)
     min_score = 0.2 if trial % 2 else 0.0
     det = tubelets.frame_detections(frames, boxes, scores, min_score=min_score)
+    assert np.all(np.diff(det.frames) >= 0)  # rows by frame
     # ACT's per-start-frame detections: one row per (tubelet, class) above the cut.
     dets_by_start = {}
     for s, f0 in enumerate(starts):
@@ -768,6 +776,21 @@ def test_pairs_suppressed_by_a_class_nms_do_not_count_for_that_class():
   assert frame_ap.frame_map(*args, **kwargs)['per_class_ap'][0] == 1.0
   with pytest.raises(ValueError, match='det_valid'):
     frame_ap.frame_map(*args, det_valid=det.valid[:, :1], **kwargs)
+
+
+def test_frame_detections_in_blocks_are_the_same_rows_in_the_same_order(monkeypatch):
+  """Blocks only bound memory: a video in blocks of 4 frames (clips of K = 5 spanning two
+  or three blocks) gives the rows of one block, in the same order (ties included)."""
+  rng = np.random.default_rng(7)
+  _, frames, boxes, scores = _random_video(rng, 30, 5, 2, num_classes=3)
+  scores = np.round(scores, 1)  # ties, kept in row order
+  whole = tubelets.frame_detections(frames, boxes, scores, min_score=0.1)
+  monkeypatch.setattr(tubelets, 'FRAME_BLOCK', 4)
+  blocks = tubelets.frame_detections(frames, boxes, scores, min_score=0.1)
+  assert len(whole.frames) > 30
+  for a, b in zip(whole, blocks):
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == b.dtype
 
 
 def test_frame_detections_min_score_and_continuous_iou():

@@ -183,6 +183,24 @@ def test_tube_score_overrides_the_frame_mean():
     tubes.Tube(0, [0], np.zeros((1, 4)), [0.2], tube_score=float('nan'))
 
 
+def test_a_tubes_arrays_are_shared_by_a_relabelled_tube_and_inputs_copied():
+  boxes = np.zeros((3, 4))
+  t = tubes.Tube(3, [2, 3, 5], boxes, [0.2, 0.4, 0.9])
+  assert not np.shares_memory(t.boxes, boxes)  # a writable input is copied
+  boxes[0, 0] = 7.0
+  assert t.boxes[0, 0] == 0.0
+  relabelled = tubes.Tube(1, t.frames, t.boxes, t.scores)  # read-only owned arrays: shared
+  assert all(
+    np.shares_memory(a, b)
+    for a, b in zip(
+      (t.frames, t.boxes, t.scores), (relabelled.frames, relabelled.boxes, relabelled.scores)
+    )
+  )
+  view = t.boxes[:2]  # read-only, but a view: copied
+  assert not np.shares_memory(tubes.Tube(0, [0, 1], view, [0.1, 0.2]).boxes, view)
+  assert relabelled.score == t.score == pytest.approx(0.5)  # (0.2 + 0.4 + 0.9) / 3
+
+
 def test_linking_config_defaults():
   c = tubes.LinkingConfig()
   assert (
@@ -488,6 +506,17 @@ def test_fill_frames_single_frame_and_errors():
     interpolation.fill_frames(np.array([2, 1]), np.ones((2, 1, 4)), np.ones((2, 1, 1)), 5)
   with pytest.raises(ValueError, match='at least one'):
     interpolation.fill_frames(np.zeros(0, int), np.ones((0, 1, 4)), np.ones((0, 1, 1)), 5)
+
+
+def test_fill_scores_interpolates_each_class_as_np_interp():
+  frames = np.array([1, 4, 9])
+  scores = np.array([[0.0, 1.0], [0.3, 0.7], [0.9, 0.1]])
+  got = interpolation.fill_scores(frames, scores, 12)
+  assert got.shape == (12, 2) and got.dtype == np.float64
+  for c in range(2):  # np.interp holds the end values outside, as the fill does
+    np.testing.assert_allclose(got[:, c], np.interp(np.arange(12), frames, scores[:, c]))
+  with pytest.raises(ValueError, match='fill_scores'):
+    interpolation.fill_scores(np.array([12]), scores[:1], 12)
 
 
 # ----------------------------------------------------------------------------------
