@@ -529,10 +529,10 @@ def frame_detections(
   """Per-frame detections from one video's tubelets (ACT's `load_frame_detections`).
 
   Every frame gets the box of each valid tubelet that covers it (and, with `present`,
-  is present on it), with the tubelet's class scores; then per frame and class a greedy 2D NMS (ACT's `nms2d`, hard, at
-  `nms_threshold`; ties in row order) over the rows whose class score is >=
-  `min_score`. A row is kept when some class keeps it; `valid[d, c]` says which.
-  Rows are ordered by frame, then step, then tubelet.
+  is present on it), with the tubelet's class scores; then per frame and class a greedy
+  2D NMS (ACT's `nms2d`, hard, at `nms_threshold`; ties in row order) over the rows
+  whose class score is >= `min_score`. A row is kept when some class keeps it;
+  `valid[d, c]` says which. Rows are ordered by frame, then step, then tubelet.
 
   ACT's detector had already dropped (tubelet, class) pairs scoring 0.01 or less;
   `min_score` does that here (default: keep all).
