@@ -1,26 +1,31 @@
-"""Does flip consistency help when labels are scarce? A paired multi-seed study with a plot.
+"""Does flip consistency help when labels are scarce? A paired multi-seed study with plots.
 
   python tools/semi_supervision.py [--fractions=0.1,0.2,0.5,1.0]
-      [--arms=no_consistency,flip,flip_teacher] [--seeds=0,1,2,3,4] [--num_steps=300]
+      [--arms=no_consistency,flip,flip_teacher] [--seeds=0,1,2,3,4] [--num_steps=500]
       [--image_size=32] [--videos_per_class=15] [--out=DIR] [--config.train.batch_size=16]
+  python tools/semi_supervision.py --curve_steps=150,300,600,1000 [--out=DIR]
 
 E2E-SSL's protocol on the demo's multi-actor benchmark (configs/demo.py, sized by the
 flags): a share of the training videos (`data.labeled_video_fraction`, a keyed hash of
 name and seed, nested) keeps class and boxes, the rest keep nothing. For every labelled
-fraction x arm (no consistency: every consistency weight 0; flip: the flip-consistency
-terms, CSD on the dense outputs for the tubelet head of configs/demo.py; flip_teacher: the
-same with a mean teacher, `loss.teacher_ema`; flip_boxes: only the box consistency of every
-output frame) x seed it trains
-and evaluates one run. Runs are paired: one seed gives every arm the same data, labelled
-subset and initialization, so arms are compared seed by seed.
+fraction x arm x seed it trains and evaluates one run. Arms: no_consistency (every
+consistency weight 0); flip (the flip-consistency terms: CSD on the dense outputs for the
+tubelet head of configs/demo.py); flip_teacher (the same against a mean teacher,
+`loss.teacher_ema`); flip_boxes (only the box consistency of every output frame). Runs
+are paired: one seed gives every arm the same data, labelled subset and initialization,
+so arms are compared seed by seed.
 
-OUT/runs/<arm>_f<fraction>_s<seed>.json holds each finished run; a rerun reads those back
-instead of training again (an interrupted run resumes from its checkpoints). OUT/
-summary.json holds every run, each arm's mean and 95% t-interval of mean IoU, frame-mAP
-and video-mAP@0.5 per fraction, and each consistency arm's paired difference to no
-consistency with its interval; OUT/study.png plots metric against labelled fraction, one
-line per arm with its interval band. WORKDIR (the runs' checkpoints) and OUT may be
-bucket URLs (gs://...); the data cache is a local folder.
+OUT/runs/<arm>_f<fraction>_s<seed>.json holds each finished run with its loss terms and
+consistency shares over training; a rerun reads those back instead of training again (an
+interrupted run resumes from its checkpoints). OUT/summary.json holds every run, each
+arm's mean and 95% t-interval of mean IoU, frame-mAP and video-mAP@0.5 and @0.75 per
+fraction, each consistency arm's paired difference to no consistency with its interval,
+and the consistency terms' share of the loss for each arm's lowest seed. OUT/study.png
+plots metric against labelled fraction (one line per arm, interval bands), OUT/
+loss_shares.png the consistency share over training. --curve_steps instead trains the
+fully labelled no-consistency arm for each length (OUT/learning_curve.json and .png), to
+choose --num_steps near its plateau. WORKDIR (the runs' checkpoints) and OUT may be
+bucket URLs (gs://...); the data cache and the compilation cache are local folders.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from stconsist_jax.config import schema
 from stconsist_jax.core import errors
 
 from stconsist_jax.apps import cli
@@ -69,14 +75,26 @@ def define_flags() -> None:
     'cache_dir', 'data_cache/semi_supervision', 'Synthetic videos and their TFDS build (local).'
   )
   flags.DEFINE_list('fractions', [str(f) for f in DEFAULT_FRACTIONS], 'Labelled video shares.')
-  flags.DEFINE_list('arms', list(ARMS), f'Arms, of {list(ARMS)}.')
+  flags.DEFINE_list('arms', list(ARMS[:3]), f'Arms, of {list(ARMS)}.')
   flags.DEFINE_list('seeds', [str(s) for s in DEFAULT_SEEDS], 'Seeds (one pairing each).')
-  flags.DEFINE_integer('num_steps', 300, 'Training steps per run.')
+  flags.DEFINE_integer('num_steps', 500, 'Training steps per run.')
   flags.DEFINE_integer('image_size', 32, 'Stored frame size and clip size of the synthetic data.')
   flags.DEFINE_integer('videos_per_class', 15, 'Synthetic videos per class (the data size).')
   flags.DEFINE_float('teacher_ema', 0.99, 'EMA decay of the flip_teacher arm.')
   flags.DEFINE_integer(
     'labeled_per_batch', 0, 'Clips of labelled videos in each batch (0 = the natural mix).'
+  )
+  flags.DEFINE_list(
+    'curve_steps',
+    [],
+    'Instead of the study: the learning curve of the fully labelled no-consistency arm, '
+    'one run per length (its cosine schedule ends there), for the first seed.',
+  )
+  flags.DEFINE_string(
+    'compilation_cache',
+    'data_cache/jax_compilation',
+    "JAX's persistent compilation cache (a local folder; '' = off): runs of one arm "
+    'compile the same step.',
   )
 
 
@@ -203,14 +221,20 @@ def run_config(base, arm: str, fraction: float, seed: int, teacher_ema: float = 
   return config
 
 
-def run_one(config, workdir: str) -> dict[str, float | None]:
-  """Trains `config` in `workdir` (resuming its checkpoints) and evaluates the last step."""
+def run_one(config, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming its checkpoints) and evaluates the last step.
+
+  Returns METRICS and 'loss_log' (`loss_log` of the run's metrics.jsonl).
+  """
   from stconsist_jax.evaluation import runner  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import summaries  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
 
   train.train_and_evaluate(config, workdir)
   report = runner.evaluate(config, workdir, 'latest')
-  return {k: (None if report.get(k) is None else float(report[k])) for k in METRICS}
+  metrics = {k: (None if report.get(k) is None else float(report[k])) for k in METRICS}
+  records = [{'step': step, **r} for step, r in summaries.read_metrics(workdir).items()]
+  return {**metrics, 'loss_log': loss_log(records)}
 
 
 def run_name(arm: str, fraction: float, seed: int) -> str:
@@ -230,7 +254,6 @@ def run_study(
   A finished run is OUT/runs/<name>.json; it is reused only when its `settings` equal
   these (else a ConfigError: another study's results are in OUT).
   """
-  from stconsist_jax.config import schema
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   out, workdir = fileio.as_path(out), fileio.as_path(workdir)
@@ -258,6 +281,8 @@ def run_study(
       'settings': dict(settings),
       **{m: metrics.get(m) for m in METRICS},
     }
+    if metrics.get('loss_log') is not None:
+      run['loss_log'] = metrics['loss_log']
     fileio.atomic_write(path, json.dumps(run, indent=1))
     print(f'[semi] {name} ({run["seconds"]} s): ' + format_metrics(run), flush=True)
     runs.append(run)
@@ -266,6 +291,52 @@ def run_study(
 
 def format_metrics(run: Mapping[str, Any]) -> str:
   return ' '.join(f'{m}={"n/a" if run.get(m) is None else format(run[m], ".3f")}' for m in METRICS)
+
+
+LOSS_LOG_KEYS = (
+  'loss',
+  'cls',
+  'tubelet_cls',
+  'tubelet_box',
+  'tubelet_giou',
+  'tubelet_presence',
+  'loc',
+  *schema.CONSISTENCY_TERMS,
+  'con_weight',
+  *(f'share_{t}' for t in schema.CONSISTENCY_TERMS),
+)
+LOSS_LOG_POINTS = 20
+
+
+def loss_log(records: Sequence[Mapping[str, Any]], points: int = LOSS_LOG_POINTS) -> dict:
+  """A run's loss terms and consistency shares over training, from its metrics records.
+
+  The steps are cut into `points` equal windows; each window gives its last step and
+  the mean of every logged key of LOSS_LOG_KEYS (4 significant digits). 'mean_share'
+  is each consistency term's share of the total loss (weight * term / loss, as logged)
+  averaged over every logged step, with their sum as 'total'.
+  """
+  by_step = {int(r['step']): r for r in records}
+  steps = sorted(by_step)
+  keys = [k for k in LOSS_LOG_KEYS if any(k in r for r in by_step.values())]
+  log: dict[str, Any] = {'step': [], **{k: [] for k in keys}}
+  if not steps:
+    return {**log, 'mean_share': {}}
+  windows = [
+    steps[i * len(steps) // points : (i + 1) * len(steps) // points] for i in range(points)
+  ]
+  for window in (w for w in windows if w):
+    log['step'].append(window[-1])
+    for k in keys:
+      values = _defined([by_step[s].get(k) for s in window])
+      log[k].append(float(f'{sum(values) / len(values):.4g}') if values else None)
+  mean_share = {}
+  for t in schema.CONSISTENCY_TERMS:
+    values = _defined([by_step[s].get(f'share_{t}') for s in steps])
+    if values:
+      mean_share[t] = sum(values) / len(values)
+  mean_share['total'] = sum(mean_share.values())
+  return {**log, 'mean_share': mean_share}
 
 
 def _fmt_interval(stats: Mapping[str, Any] | None, signed: bool = False) -> str:
@@ -281,30 +352,93 @@ def report_lines(summary: Mapping[str, Any]) -> list[str]:
   lines = ['mean [95% t-interval] over seeds']
   for arm, fractions in summary['arms'].items():
     for f, stats in fractions.items():
-      cells = '  '.join(f'{m} {_fmt_interval(stats[m])}' for m in METRICS)
+      cells = '  '.join(f'{m} {_fmt_interval(stats.get(m))}' for m in METRICS)
       lines.append(f'  {arm:>15} f={f:<4} {cells}')
   if summary['paired']:
     lines.append(f'paired difference to {BASELINE} (same seed), mean [95% t-interval]')
   for arm, fractions in summary['paired'].items():
     for f, stats in fractions.items():
-      cells = '  '.join(f'{m} {_fmt_interval(stats[m], True)}' for m in METRICS)
+      cells = '  '.join(f'{m} {_fmt_interval(stats.get(m), True)}' for m in METRICS)
       lines.append(f'  {arm:>15} f={f:<4} {cells}')
   return lines
 
 
-def plot(summary: Mapping[str, Any], path: Any, title: str = '') -> None:
-  """One panel per metric: mean against labelled fraction, one line per arm, 95% bands."""
-  import io  # pylint: disable=g-import-not-at-top
+def _pct(fraction: str) -> str:
+  return f'{100 * float(fraction):g}%'
 
+
+def markdown_tables(summary: Mapping[str, Any]) -> str:
+  """The README's tables: each arm's means and intervals, the paired differences to the
+  baseline, and the consistency shares of the loss (when the runs logged them)."""
+  names = ' | '.join(METRICS)
+  fractions = sorted({f for fs in summary['arms'].values() for f in fs}, key=float)
+  lines = [f'| labelled | arm | n | {names} |', '| --- ' * (3 + len(METRICS)) + '|']
+  for f in fractions:
+    for arm, by_fraction in summary['arms'].items():
+      if f in by_fraction:
+        stats = by_fraction[f]
+        n = max((s['n'] for s in stats.values() if s), default=0)
+        cells = ' | '.join(_fmt_interval(stats.get(m)) for m in METRICS)
+        lines.append(f'| {_pct(f)} | {arm} | {n} | {cells} |')
+  if summary['paired']:
+    lines += ['', f'| labelled | arm - {BASELINE} (paired) | {names} |']
+    lines.append('| --- ' * (2 + len(METRICS)) + '|')
+  for f in fractions:
+    for arm, by_fraction in summary['paired'].items():
+      if f in by_fraction:
+        cells = ' | '.join(_fmt_interval(by_fraction[f].get(m), True) for m in METRICS)
+        lines.append(f'| {_pct(f)} | {arm} | {cells} |')
+  shares = summary.get('loss_shares') or {}
+  if shares:
+    terms = [t for t in schema.CONSISTENCY_TERMS
+             if any(t in c['mean_share'] for fs in shares.values() for c in fs.values())]  # fmt: skip
+    lines += [
+      '',
+      '| arm | labelled | seed | '
+      + ' | '.join(terms)
+      + ' | all | last: consistency / classification |',
+    ]
+    lines.append('| --- ' * (5 + len(terms)) + '|')
+    for arm, by_fraction in shares.items():
+      for f in sorted(by_fraction, key=float):
+        cell = by_fraction[f]
+        share = ' | '.join(f'{cell["mean_share"].get(t, 0.0):.3g}' for t in terms)
+        ratio = 'n/a' if cell['final_ratio'] is None else f'{cell["final_ratio"]:.3g}'
+        lines.append(f'| {arm} | {_pct(f)} | {cell["seed"]} | {share} | '
+                     f'{cell["mean_share"]["total"]:.3g} | {ratio} |')  # fmt: skip
+  return '\n'.join(lines) + '\n'
+
+
+def _figure(panels: int):
   import matplotlib  # pylint: disable=g-import-not-at-top
 
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
+  fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.6), squeeze=False)
+  return fig, axes[0]
+
+
+def _save(fig, path: Any, title: str = '') -> None:
+  import io  # pylint: disable=g-import-not-at-top
+
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
-  fig, axes = plt.subplots(1, len(METRICS), figsize=(4.2 * len(METRICS), 3.6), squeeze=False)
-  for ax, metric in zip(axes[0], METRICS):
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=120)
+  plt.close(fig)
+  fileio.atomic_write(path, buffer.getvalue())
+
+
+def plot(summary: Mapping[str, Any], path: Any, title: str = '') -> None:
+  """One panel per metric: mean against labelled fraction, one line per arm, 95% bands."""
+  fig, axes = _figure(len(METRICS))
+  for ax, metric in zip(axes, METRICS):
     for arm, fractions in summary['arms'].items():
       points = [(float(f), s[metric]) for f, s in fractions.items() if s[metric] is not None]
       if not points:
@@ -329,21 +463,92 @@ def plot(summary: Mapping[str, Any], path: Any, title: str = '') -> None:
     ax.set_xlabel('labelled share of training videos')
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
-  axes[0][0].legend(fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=120)
-  plt.close(fig)
-  fileio.atomic_write(path, buffer.getvalue())
+  axes[0].legend(fontsize=8)
+  _save(fig, path, title)
+
+
+def plot_curve(points: Sequence[Mapping[str, Any]], path: Any, title: str = '') -> None:
+  """Each metric against the run length (one run per length)."""
+  fig, axes = _figure(1)
+  for metric in METRICS:
+    xy = [(p['num_steps'], p[metric]) for p in points if p.get(metric) is not None]
+    axes[0].plot([x for x, _ in xy], [y for _, y in xy], marker='o', label=metric)
+  axes[0].set_xlabel('training steps (cosine schedule to the end)')
+  axes[0].set_ylim(0, 1)
+  axes[0].grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  _save(fig, path, title)
+
+
+def loss_shares_table(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+  """{arm: {fraction: {'seed', 'mean_share': {term: share, 'total'}, 'final_ratio'}}} of
+  each arm's lowest seed with a loss log.
+
+  final_ratio: the weighted consistency terms over the classification loss
+  (tubelet_cls, else cls) in the last logged window, the original study's ~1/1000.
+  """
+  table: dict[str, dict[str, Any]] = {}
+  for run in sorted(runs, key=lambda r: int(r['seed'])):
+    log = run.get('loss_log')
+    if not log or not log.get('step'):
+      continue
+    cell = table.setdefault(run['arm'], {})
+    f = fraction_key(run['fraction'])
+    if f in cell:
+      continue
+    cls_key = 'tubelet_cls' if 'tubelet_cls' in log else 'cls'
+    shares = [log.get(f'share_{t}', [None])[-1] for t in schema.CONSISTENCY_TERMS]
+    weighted = sum(_defined(shares)) * (log['loss'][-1] or 0.0)
+    cls = log.get(cls_key, [None])[-1]
+    cell[f] = {
+      'seed': int(run['seed']),
+      'mean_share': log['mean_share'],
+      'final_ratio': weighted / cls if cls else None,
+      'classification_term': cls_key,
+    }
+  return table
+
+
+def loss_share_lines(table: Mapping[str, Any]) -> list[str]:
+  lines = ['consistency share of the loss (weight * term / loss), mean over training; '
+           'last window: weighted consistency / classification loss']  # fmt: skip
+  for arm, fractions in table.items():
+    for f, cell in fractions.items():
+      shares = ' '.join(f'{t}={v:.3g}' for t, v in cell['mean_share'].items())
+      ratio = 'n/a' if cell['final_ratio'] is None else f'{cell["final_ratio"]:.3g}'
+      lines.append(f'  {arm:>15} f={f:<4} seed {cell["seed"]}: {shares}  ratio {ratio}')
+  return lines
+
+
+def plot_loss_shares(runs: Sequence[Mapping[str, Any]], path: Any, seed: int) -> None:
+  """The summed consistency share of the loss over training, one panel per fraction,
+  one line per arm, for `seed`."""
+  logged = [r for r in runs if int(r['seed']) == seed and r.get('loss_log')]
+  fractions = sorted({float(r['fraction']) for r in logged})
+  if not fractions:
+    return
+  fig, axes = _figure(len(fractions))
+  for ax, fraction in zip(axes, fractions):
+    for run in (r for r in logged if float(r['fraction']) == fraction):
+      log = run['loss_log']
+      total = [
+        sum(_defined([log.get(f'share_{t}', [None] * len(log['step']))[i]
+                      for t in schema.CONSISTENCY_TERMS]))
+        for i in range(len(log['step']))
+      ]  # fmt: skip
+      ax.plot(log['step'], total, label=run['arm'])
+    ax.set_title(f'labelled share {fraction:g}', fontsize=9)
+    ax.set_xlabel('step')
+    ax.set_ylabel('consistency share of the loss')
+    ax.grid(True, alpha=0.3)
+  axes[0].legend(fontsize=8)
+  _save(fig, path, f'seed {seed}: weighted consistency terms / total loss')
 
 
 # ------------------------------------------------------------------------------- main
 
 
 def parse_plan(fractions, arms, seeds) -> tuple[list[float], list[str], list[int]]:
-  from stconsist_jax.config import schema
 
   try:
     fractions = [float(f) for f in fractions]
@@ -381,21 +586,57 @@ def main(argv):
 
   console.quiet_library_logs()
   with errors.user_errors():
-    study(FLAGS.config)
+    if FLAGS.curve_steps:
+      learning_curve(FLAGS.config)
+    else:
+      study(FLAGS.config)
+
+
+def study_settings(base, num_steps: int) -> dict[str, Any]:
+  """What makes two studies' runs comparable; a run made with other settings is not reused."""
+  return {
+    'num_steps': int(num_steps),
+    'image_size': FLAGS.image_size,
+    'videos_per_class': FLAGS.videos_per_class,
+    'teacher_ema': FLAGS.teacher_ema,
+    'labeled_per_batch': FLAGS.labeled_per_batch,
+    'batch_size': int(base.train.batch_size),
+    'synthetic': base.synthetic.to_dict(),
+  }
+
+
+def _local_cache_dir() -> str:
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+
+  for name in ('cache_dir', 'compilation_cache'):
+    if fileio.is_remote(getattr(FLAGS, name)):
+      raise schema.ConfigError(
+        f'--{name} {getattr(FLAGS, name)} is a bucket URL; it must be a local folder (the '
+        'synthetic videos are rendered and read with OpenCV, JAX caches compiled steps locally)'
+      )
+  if FLAGS.compilation_cache:
+    import jax  # pylint: disable=g-import-not-at-top
+
+    jax.config.update('jax_compilation_cache_dir', FLAGS.compilation_cache)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  return FLAGS.cache_dir
+
+
+def _checked_plan(plan, configs, workdir) -> None:
+  """Every run's config is valid and its workdir free, before anything trains."""
+  from stconsist_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
+
+  for arm, fraction, seed in plan:
+    schema.validate(configs(arm, fraction, seed))
+    workdir_lock.check_not_locked(workdir / run_name(arm, fraction, seed))
 
 
 def study(base) -> dict[str, Any]:
   """Checks the plan and every run's config first, then runs, summarizes and plots."""
-  from stconsist_jax.config import schema
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.training import workdir_lock  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.synthetic import prepared  # pylint: disable=g-import-not-at-top
 
-  if fileio.is_remote(FLAGS.cache_dir):
-    raise schema.ConfigError(
-      f'--cache_dir {FLAGS.cache_dir} is a bucket URL; the synthetic videos are rendered '
-      'and read with OpenCV, which needs a local folder'
-    )
+  cache_dir = _local_cache_dir()
   fractions, arms, seeds = parse_plan(FLAGS.fractions, FLAGS.arms, FLAGS.seeds)
   base = sized_config(
     base, FLAGS.num_steps, FLAGS.image_size, FLAGS.videos_per_class, FLAGS.labeled_per_batch
@@ -408,19 +649,9 @@ def study(base) -> dict[str, Any]:
   def configs(arm, fraction, seed):
     return run_config(base, arm, fraction, seed, FLAGS.teacher_ema)
 
-  for arm, fraction, seed in plan:
-    schema.validate(configs(arm, fraction, seed))
-    workdir_lock.check_not_locked(workdir / run_name(arm, fraction, seed))
-  prepared.use_synthetic(base, FLAGS.cache_dir)
-  settings = {
-    'num_steps': FLAGS.num_steps,
-    'image_size': FLAGS.image_size,
-    'videos_per_class': FLAGS.videos_per_class,
-    'teacher_ema': FLAGS.teacher_ema,
-    'labeled_per_batch': FLAGS.labeled_per_batch,
-    'batch_size': int(base.train.batch_size),
-    'synthetic': base.synthetic.to_dict(),
-  }
+  _checked_plan(plan, configs, workdir)
+  prepared.use_synthetic(base, cache_dir)
+  settings = study_settings(base, FLAGS.num_steps)
   runs = run_study(plan, configs, run_one, out, workdir, settings)
   summary = {
     'protocol': (
@@ -434,13 +665,70 @@ def study(base) -> dict[str, Any]:
     'seeds': seeds,
     'runs': runs,
     **summarize(runs),
+    'loss_shares': loss_shares_table(runs),
   }
   fileio.atomic_write(out / 'summary.json', json.dumps(summary, indent=1))
   title = f'synthetic benchmark, {FLAGS.num_steps} steps, {len(seeds)} seeds (95% t-intervals)'
   plot(summary, out / 'study.png', title)
+  plot_loss_shares(runs, out / 'loss_shares.png', min(seeds))
+  fileio.atomic_write(out / 'tables.md', markdown_tables(summary))
   print('\n'.join(report_lines(summary)))
-  print(f'wrote {out / "summary.json"} and {out / "study.png"}')
+  print('\n'.join(loss_share_lines(summary['loss_shares'])))
+  print(f'wrote summary.json, tables.md, study.png and loss_shares.png in {out}')
   return summary
+
+
+def parse_steps(values: Sequence[str]) -> list[int]:
+  try:
+    steps = sorted({int(v) for v in values})
+  except ValueError:
+    raise schema.ConfigError(f'--curve_steps must be integers, got {list(values)}') from None
+  if not steps or steps[0] < 1:
+    raise schema.ConfigError(f'--curve_steps must be positive step counts, got {list(values)}')
+  return steps
+
+
+def learning_curve(base) -> dict[str, Any]:
+  """The fully labelled no-consistency arm trained for each of --curve_steps steps.
+
+  One run per length, so each ends its own cosine schedule as a study run of that length
+  would. Writes OUT/learning_curve.json and OUT/learning_curve.png; the runs live in
+  OUT/learning_curve/<steps>/runs/ and are read back on a rerun.
+  """
+  from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.data.synthetic import prepared  # pylint: disable=g-import-not-at-top
+
+  cache_dir = _local_cache_dir()
+  steps = parse_steps(FLAGS.curve_steps)
+  seed = parse_plan(FLAGS.fractions, FLAGS.arms, FLAGS.seeds)[2][0]
+  workdir = fileio.as_path(FLAGS.workdir) / 'learning_curve'
+  out = fileio.as_path(FLAGS.out or FLAGS.workdir)
+  plan = [(BASELINE, 1.0, seed)]
+  sized = {
+    n: sized_config(base, n, FLAGS.image_size, FLAGS.videos_per_class, FLAGS.labeled_per_batch)
+    for n in steps
+  }
+  for n, config in sized.items():
+    _checked_plan(plan, lambda a, f, s, c=config: run_config(c, a, f, s), workdir / str(n))
+  points = []
+  for n, config in sized.items():
+    prepared.use_synthetic(config, cache_dir)
+    (run,) = run_study(
+      plan,
+      lambda a, f, s, c=config: run_config(c, a, f, s),
+      run_one,
+      out / 'learning_curve' / str(n),
+      workdir / str(n),
+      study_settings(config, n),
+    )
+    points.append({'num_steps': n, 'seconds': run['seconds'], **{m: run[m] for m in METRICS}})
+  curve = {'arm': BASELINE, 'fraction': 1.0, 'seed': seed, 'points': points}
+  fileio.atomic_write(out / 'learning_curve.json', json.dumps(curve, indent=1))
+  plot_curve(points, out / 'learning_curve.png', f'{BASELINE}, all videos labelled, seed {seed}')
+  for p in points:
+    print(f'{p["num_steps"]:>6} steps ({p["seconds"]} s): {format_metrics(p)}')
+  print(f'wrote {out / "learning_curve.json"} and {out / "learning_curve.png"}')
+  return curve
 
 
 if __name__ == '__main__':

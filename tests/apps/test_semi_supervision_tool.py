@@ -69,6 +69,10 @@ def test_summary_pairs_by_seed(tool):
   assert 'no_consistency' not in summary['paired']
   lines = tool.report_lines(summary)
   assert any('flip' in line and '+0.057' in line for line in lines)
+  table = tool.markdown_tables(summary).splitlines()
+  assert table[2].startswith('| 10% | no_consistency | 3 | 0.400 [')
+  assert table[3].startswith('| 10% | flip | 4 | 0.568 [')  # (0.45 + 0.6 + 0.32 + 0.9) / 4
+  assert any(line.startswith('| 10% | flip | +0.057 [') for line in table)
 
 
 def test_run_configs_are_paired_and_valid(tool):
@@ -115,3 +119,38 @@ def test_finished_runs_are_read_back_not_redone(tool, tmp_path):
   summary = {'runs': again, **tool.summarize(again)}
   tool.plot(summary, tmp_path / 'study.png', 'test')
   assert (tmp_path / 'study.png').read_bytes()[:4] == b'\x89PNG'
+  logged = [{**r, 'loss_log': {'step': [1, 2], 'loss': [1.0, 1.0], 'share_con_cls': [0.1, 0.2]}}
+            for r in again]  # fmt: skip
+  tool.plot_loss_shares(logged, tmp_path / 'shares.png', seed=0)
+  tool.plot_curve([{'num_steps': 5, **again[0]}], tmp_path / 'curve.png')
+  for png in ('shares.png', 'curve.png'):
+    assert (tmp_path / png).read_bytes()[:4] == b'\x89PNG'
+
+
+def test_loss_log_windows_and_shares_by_hand(tool):
+  # Steps 1-4 in 2 windows; step 3 logged twice (a resume) keeps its last record.
+  records = [
+    {'step': 1, 'loss': 2.0, 'tubelet_cls': 1.0, 'share_con_dense_box': 0.0},
+    {'step': 2, 'loss': 4.0, 'tubelet_cls': 3.0, 'share_con_dense_box': 0.2},
+    {'step': 3, 'loss': 9.0, 'tubelet_cls': 9.0, 'share_con_dense_box': 0.9},
+    {'step': 3, 'loss': 1.0, 'tubelet_cls': 0.5, 'share_con_dense_box': 0.1},
+    {'step': 4, 'loss': 3.0, 'tubelet_cls': 0.5, 'share_con_dense_box': 0.3,
+     'share_con_dense_cls': 0.1},
+  ]  # fmt: skip
+  log = tool.loss_log(records, points=2)
+  assert log['step'] == [2, 4]
+  assert log['loss'] == [3.0, 2.0] and log['tubelet_cls'] == [2.0, 0.5]
+  assert log['share_con_dense_box'] == [0.1, 0.2] and log['share_con_dense_cls'] == [None, 0.1]
+  assert math.isclose(log['mean_share']['con_dense_box'], (0.0 + 0.2 + 0.1 + 0.3) / 4)
+  assert math.isclose(log['mean_share']['con_dense_cls'], 0.1)
+  assert math.isclose(log['mean_share']['total'], 0.15 + 0.1)
+  runs = [
+    {'arm': 'flip', 'fraction': 0.1, 'seed': 1, 'loss_log': log},
+    {'arm': 'flip', 'fraction': 0.1, 'seed': 0, 'loss_log': log},
+  ]
+  (cell,) = tool.loss_shares_table(runs)['flip'].values()
+  # Last window: loss 2.0, shares 0.2 + 0.1 -> weighted 0.6 against tubelet_cls 0.5.
+  assert cell['seed'] == 0 and math.isclose(cell['final_ratio'], 0.6 / 0.5)
+  assert any('ratio 1.2' in line for line in tool.loss_share_lines({'flip': {'0.1': cell}}))
+  table = tool.markdown_tables({'arms': {}, 'paired': {}, 'loss_shares': {'flip': {'0.1': cell}}})
+  assert '| flip | 10% | 0 | 0.1 | 0.15 | 0.25 | 1.2 |' in table.splitlines()
