@@ -65,6 +65,16 @@ def _evaluate_module():
   return runner
 
 
+def _check_eval_workdir(config):
+  """--mode=eval: a workdir that cannot be restored is named before TensorFlow loads."""
+  from stconsist_jax.evaluation import restore  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+
+  step = restore.resolve_step(config, _EVAL_STEP.value)
+  if step != restore.INIT_FROM:  # Converted weights: no workdir to restore from.
+    checkpointing.check_workdir(_WORKDIR.value, step)
+
+
 def _evaluator_module():
   from stconsist_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
 
@@ -102,6 +112,7 @@ def main(argv):
 
   try:
     if _MODE.value == 'eval':
+      _check_eval_workdir(config)
       _evaluate_module().evaluate(
         config, _WORKDIR.value, step=_EVAL_STEP.value, eval_dir=_EVAL_DIR.value
       )

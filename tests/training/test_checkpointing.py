@@ -1,6 +1,7 @@
 """Tests of checkpoints: kill (SIGTERM, SIGKILL) and resume, best-by-metric, eval restore.
 
-Training runs go through launch.py in subprocesses on random data (no TensorFlow).
+Training runs go through launch.py in subprocesses on random data, with TensorFlow made
+unimportable (no TensorBoard summaries: the runs skip its import).
 """
 
 import signal
@@ -19,6 +20,7 @@ from stconsist_jax.training import checkpointing
 from stconsist_jax.training import checkpoint_steps
 from stconsist_jax.config import config_file
 from stconsist_jax.training import summaries
+from tests import no_tensorflow
 from tests import xla_env
 
 NUM_STEPS = 30
@@ -46,6 +48,7 @@ def _launch(repo_root, workdir, cache_dir, **kwargs):
     JAX_COMPILATION_CACHE_DIR=str(cache_dir),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
   )
+  env = no_tensorflow.env(env, cache_dir.parent / 'no_tensorflow')
   cmd = [
     sys.executable,
     str(repo_root / 'launch.py'),
@@ -87,6 +90,7 @@ def reference(repo_root, tmp_path_factory):
   proc = _launch(repo_root, workdir, cache)
   out, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, out[-3000:]
+  assert no_tensorflow.NO_TENSORBOARD in out, 'TensorFlow was imported'
   metrics = summaries.read_metrics(workdir)
   assert sorted(metrics) == list(range(1, NUM_STEPS + 1))
   return cache, metrics

@@ -1,6 +1,7 @@
 """Tests of multi-device and multi-process plumbing: batches, detection, a 2-process run.
 
-The 2-process run uses jax.distributed over loopback with gloo CPU collectives.
+The 2-process run uses jax.distributed over loopback with gloo CPU collectives, its
+processes without TensorFlow (random data; no TensorBoard summaries, no TensorFlow import).
 """
 
 import socket
@@ -18,6 +19,7 @@ from stconsist_jax.training import train
 from stconsist_jax.data.pipeline import random_source
 
 import test_train  # pylint: disable=g-bad-import-order
+from tests import no_tensorflow
 from tests import xla_env
 
 
@@ -138,7 +140,9 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
     '--config.loss.loc_weight=1.0',
   ]
   port = _free_port()
-  env = xla_env.subprocess_env(1, JAX_PLATFORMS='cpu')
+  env = no_tensorflow.env(
+    xla_env.subprocess_env(1, JAX_PLATFORMS='cpu'), tmp_path / 'no_tensorflow'
+  )
   workdir = tmp_path / 'two'
   logs = [tmp_path / f'process{i}.log' for i in range(2)]
   files = [log.open('w') for log in logs]  # Files, not pipes: nobody reads until the end.
@@ -176,6 +180,7 @@ def test_two_process_run_matches_single_process(repo_root, tmp_path):
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   assert '2 processes, 2 devices' in outs[0]
+  assert no_tensorflow.NO_TENSORBOARD in outs[0]  # The process that writes summaries.
 
   ref = summaries.read_metrics(tmp_path / 'one')
   got = summaries.read_metrics(workdir)

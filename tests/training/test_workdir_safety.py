@@ -25,6 +25,8 @@ from stconsist_jax.core import console
 from stconsist_jax.training import summaries
 from stconsist_jax.training import train
 from stconsist_jax.training import workdir_lock
+from tests import no_tensorflow
+from tests import xla_env
 from tests.training import lock_files
 from tests.training.test_train import tiny_config
 
@@ -67,7 +69,7 @@ def test_second_run_on_a_live_workdir_is_refused_naming_the_holder(tmp_path):
   assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists(), 'lock not released'
 
 
-def _run_command(repo_root, script, *args):
+def _run_command(repo_root, script, *args, env=None):
   """Runs a project command (launch.py, tools/demo.py) as a user would, on the CPU."""
   return subprocess.run(
     [sys.executable, script, *args],
@@ -75,7 +77,7 @@ def _run_command(repo_root, script, *args):
     capture_output=True,
     text=True,
     timeout=300,
-    env=dict(os.environ, JAX_PLATFORMS='cpu'),
+    env=env or dict(os.environ, JAX_PLATFORMS='cpu'),
   )
 
 
@@ -387,6 +389,11 @@ def test_model2_as_shipped_says_how_to_get_its_weights(repo_root, tmp_path):
 
 
 def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
+  # On one CPU device and, its data being random, without TensorFlow (no TensorBoard
+  # summaries, no import of it): what is checked is only where the weights come from.
+  env = no_tensorflow.env(
+    xla_env.subprocess_env(1, JAX_PLATFORMS='cpu'), tmp_path / 'no_tensorflow'
+  )
   proc = _run_command(
     repo_root,
     'launch.py',
@@ -402,8 +409,10 @@ def test_model2_trains_from_scratch_when_told_to(repo_root, tmp_path):
     '--config.train.batch_size=8',
     '--config.train.num_steps=2',
     '--config.optimizer.warmup_steps=1',
+    env=env,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert no_tensorflow.NO_TENSORBOARD in proc.stderr
   assert checkpoint_steps.committed_steps(tmp_path / 'model2' / 'checkpoints') == [2]
 
 
