@@ -308,13 +308,30 @@ LOSS_LOG_KEYS = (
 LOSS_LOG_POINTS = 20
 
 
+def _loss_weighted_share(steps, by_step, term: str) -> float | None:
+  """sum(share * loss) / sum(loss) over `steps`: the term's weighted sum over the loss's
+  (a step that does not log the term adds 0; None when none does).
+
+  Not the mean of the per-step shares: a batch without a labelled clip has only the
+  consistency terms in its (small) loss, a share near 1 that would dominate that mean.
+  """
+  key = f'share_{term}'
+  logged = [s for s in steps if len(_defined([by_step[s].get('loss')])) == 1]
+  if not any(_defined([by_step[s].get(key)]) for s in logged):
+    return None
+  total = sum(float(by_step[s]['loss']) for s in logged)
+  weighted = sum(sum(_defined([by_step[s].get(key)])) * float(by_step[s]['loss']) for s in logged)
+  return weighted / total if total > 0 else None
+
+
 def loss_log(records: Sequence[Mapping[str, Any]], points: int = LOSS_LOG_POINTS) -> dict:
   """A run's loss terms and consistency shares over training, from its metrics records.
 
-  The steps are cut into `points` equal windows; each window gives its last step and
-  the mean of every logged key of LOSS_LOG_KEYS (4 significant digits). 'mean_share'
-  is each consistency term's share of the total loss (weight * term / loss, as logged)
-  averaged over every logged step, with their sum as 'total'.
+  The steps are cut into `points` equal windows; each window gives its last step, the
+  mean of every logged key of LOSS_LOG_KEYS and, for the shares (share_<t> = weight * t /
+  loss per step), the loss-weighted share `_loss_weighted_share` (4 significant digits).
+  'mean_share' is each consistency term's loss-weighted share over the whole run, with
+  their sum as 'total'.
   """
   by_step = {int(r['step']): r for r in records}
   steps = sorted(by_step)
@@ -328,13 +345,17 @@ def loss_log(records: Sequence[Mapping[str, Any]], points: int = LOSS_LOG_POINTS
   for window in (w for w in windows if w):
     log['step'].append(window[-1])
     for k in keys:
-      values = _defined([by_step[s].get(k) for s in window])
-      log[k].append(float(f'{sum(values) / len(values):.4g}') if values else None)
+      if k.startswith('share_'):
+        value = _loss_weighted_share(window, by_step, k[len('share_') :])
+      else:
+        values = _defined([by_step[s].get(k) for s in window])
+        value = sum(values) / len(values) if values else None
+      log[k].append(None if value is None else float(f'{value:.4g}'))
   mean_share = {}
   for t in schema.CONSISTENCY_TERMS:
-    values = _defined([by_step[s].get(f'share_{t}') for s in steps])
-    if values:
-      mean_share[t] = sum(values) / len(values)
+    share = _loss_weighted_share(steps, by_step, t)
+    if share is not None:
+      mean_share[t] = share
   mean_share['total'] = sum(mean_share.values())
   return {**log, 'mean_share': mean_share}
 
@@ -485,7 +506,8 @@ def loss_shares_table(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
   each arm's lowest seed with a loss log.
 
   final_ratio: the weighted consistency terms over the classification loss
-  (tubelet_cls, else cls) in the last logged window, the original study's ~1/1000.
+  (tubelet_cls, else cls) summed over the last logged window, the original study's
+  ~1/1000 (exact: the window's shares are loss-weighted).
   """
   table: dict[str, dict[str, Any]] = {}
   for run in sorted(runs, key=lambda r: int(r['seed'])):
@@ -510,7 +532,7 @@ def loss_shares_table(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def loss_share_lines(table: Mapping[str, Any]) -> list[str]:
-  lines = ['consistency share of the loss (weight * term / loss), mean over training; '
+  lines = ['consistency share of the loss (weighted terms / loss, summed over training); '
            'last window: weighted consistency / classification loss']  # fmt: skip
   for arm, fractions in table.items():
     for f, cell in fractions.items():

@@ -140,17 +140,20 @@ def test_loss_log_windows_and_shares_by_hand(tool):
   log = tool.loss_log(records, points=2)
   assert log['step'] == [2, 4]
   assert log['loss'] == [3.0, 2.0] and log['tubelet_cls'] == [2.0, 0.5]
-  assert log['share_con_dense_box'] == [0.1, 0.2] and log['share_con_dense_cls'] == [None, 0.1]
-  assert math.isclose(log['mean_share']['con_dense_box'], (0.0 + 0.2 + 0.1 + 0.3) / 4)
-  assert math.isclose(log['mean_share']['con_dense_cls'], 0.1)
-  assert math.isclose(log['mean_share']['total'], 0.15 + 0.1)
+  # Shares are loss-weighted: sum(share * loss) / sum(loss), 0 where a step lacks the term.
+  assert log['share_con_dense_box'] == [round(0.8 / 6, 4), 0.25]
+  assert log['share_con_dense_cls'] == [None, 0.075]
+  assert math.isclose(log['mean_share']['con_dense_box'], (0.8 + 0.1 + 0.9) / 10)
+  assert math.isclose(log['mean_share']['con_dense_cls'], 0.3 / 10)
+  assert math.isclose(log['mean_share']['total'], 0.18 + 0.03)
   runs = [
     {'arm': 'flip', 'fraction': 0.1, 'seed': 1, 'loss_log': log},
     {'arm': 'flip', 'fraction': 0.1, 'seed': 0, 'loss_log': log},
   ]
   (cell,) = tool.loss_shares_table(runs)['flip'].values()
-  # Last window: loss 2.0, shares 0.2 + 0.1 -> weighted 0.6 against tubelet_cls 0.5.
-  assert cell['seed'] == 0 and math.isclose(cell['final_ratio'], 0.6 / 0.5)
-  assert any('ratio 1.2' in line for line in tool.loss_share_lines({'flip': {'0.1': cell}}))
+  # Last window (steps 3, 4): weighted consistency 0.1 * 1 + 0.3 * 3 + 0.1 * 3 = 1.3
+  # against tubelet_cls 0.5 + 0.5.
+  assert cell['seed'] == 0 and math.isclose(cell['final_ratio'], 1.3)
+  assert any('ratio 1.3' in line for line in tool.loss_share_lines({'flip': {'0.1': cell}}))
   table = tool.markdown_tables({'arms': {}, 'paired': {}, 'loss_shares': {'flip': {'0.1': cell}}})
-  assert '| flip | 10% | 0 | 0.1 | 0.15 | 0.25 | 1.2 |' in table.splitlines()
+  assert '| flip | 10% | 0 | 0.03 | 0.18 | 0.21 | 1.3 |' in table.splitlines()
