@@ -17,6 +17,8 @@ SCHEDULES = ('constant', 'step', 'cosine')
 DTYPES = ('float32', 'bfloat16')
 CON_CLS = ('js', 'csd')
 DEPTHS = (10, 18, 34, 50, 101, 152, 200)
+# metrics.tubelets.FRAME_WEIGHTINGS (that layer is above this one; a test keeps them equal).
+TUBELET_FRAME_WEIGHTINGS = ('uniform', 'triangular')
 # Loss terms (each weighted by config.loss.<term>_weight and in train.stages' loss_weights):
 # the one-box heads' four, then the dense tubelet head's (which has no loc/con_loc), then
 # the presence term of a tubelet head with model.tubelet_presence.
@@ -390,6 +392,8 @@ def validate(
     for key in ('tubelet_nms_threshold', 'iou_threshold', 'nms_threshold', 'frame_nms_threshold'):
       _check_range(config, f'eval.tubelets.{key}', 0.0, 1.0)
     _check_range(config, 'eval.tubelets.min_score', 0.0)
+    _check_range(config, 'eval.tubelets.overlap_weight', 0.0)
+    _check_choice(config, 'eval.tubelets.frame_weighting', TUBELET_FRAME_WEIGHTINGS)
     for key, low in (('max_gap', 0), ('min_length', 1), ('top_k', 1)):
       _check_type(config, f'eval.tubelets.{key}', int)
       _check_range(config, f'eval.tubelets.{key}', low)

@@ -57,6 +57,13 @@ class TubeletLinkingConfig:
     nms_threshold: 3D NMS among a class's tubes (`tubes.nms_tubes`, ACT's
       `nms3dt(tubes, 0.3)` in `videoAP`).
     plus_one: ACT's +1 pixel IoU (boxes in pixels); False for the continuous IoU.
+    overlap_weight: a live tube takes, of the untaken candidates whose overlap passes
+      `iou_threshold`, the one of highest `score + overlap_weight * overlap` (the linking
+      energy of Gkioxari and Malik's action tubes); 0: ACT's highest score.
+    frame_weighting: how a tube's box on a frame combines its tubelets' boxes on that
+      frame: 'uniform', ACT's mean; 'triangular', a mean weighted by the frame's position
+      k (0-based) in each tubelet, `min(k + 1, K - k)`, so that a clip's first and last
+      frames, predicted with the least temporal context, count least.
   """
 
   tubelet_nms_threshold: float | None = 0.6
@@ -67,6 +74,27 @@ class TubeletLinkingConfig:
   min_score: float = 0.005
   nms_threshold: float = 0.3
   plus_one: bool = True
+  overlap_weight: float = 0.0
+  frame_weighting: str = 'uniform'
+
+  def __post_init__(self):
+    if self.frame_weighting not in FRAME_WEIGHTINGS:
+      raise ValueError(
+        f'frame_weighting must be one of {list(FRAME_WEIGHTINGS)}, got {self.frame_weighting!r}'
+      )
+    if not self.overlap_weight >= 0:
+      raise ValueError(f'overlap_weight must be >= 0, got {self.overlap_weight!r}')
+
+
+FRAME_WEIGHTINGS = ('uniform', 'triangular')
+
+
+def position_weights(frame_weighting: str, k: int) -> np.ndarray:
+  """`(K,)` weight of a tubelet's box on its k-th frame (`TubeletLinkingConfig.frame_weighting`)."""
+  positions = np.arange(k)
+  if frame_weighting == 'triangular':
+    return np.minimum(positions + 1, k - positions).astype(np.float64)
+  return np.ones(k)
 
 
 # Frames whose per-frame detections `frame_detections` gathers and NMS-es at once.
@@ -154,6 +182,7 @@ class _Distinct(NamedTuple):
   boxes: np.ndarray  # (S, N, K, 4), zeros where padded
   count: np.ndarray  # (S,) distinct frames per clip
   present: np.ndarray  # (S, N, K) bool, False where padded
+  weights: np.ndarray  # (S, K) position weight of each distinct frame (mean over its copies)
 
   def clip(self, s: int) -> tuple[np.ndarray, np.ndarray]:
     """Clip s's `(U,)` frames and `(N, U, 4)` boxes."""
@@ -161,17 +190,23 @@ class _Distinct(NamedTuple):
     return self.frames[s, :u], self.boxes[s, :, :u]
 
 
-def _distinct(frames: np.ndarray, boxes: np.ndarray, present: np.ndarray | None) -> _Distinct:
+def _distinct(
+  frames: np.ndarray, boxes: np.ndarray, present: np.ndarray | None, weights: np.ndarray
+) -> _Distinct:
+  """`weights`: `(K,)` the position weights (`position_weights`)."""
   num_steps, k = frames.shape
   if present is None:
     present = np.ones(boxes.shape[:3], bool)
   if k == 1 or np.all(np.diff(frames, axis=1) > 0):
-    return _Distinct(frames, boxes, np.full(num_steps, k), present)
+    return _Distinct(
+      frames, boxes, np.full(num_steps, k), present, np.broadcast_to(weights, frames.shape)
+    )
   out = _Distinct(
     np.full((num_steps, k), -1, np.int64),
     np.zeros(boxes.shape),
     np.zeros(num_steps, int),
     np.zeros(boxes.shape[:3], bool),
+    np.zeros(frames.shape),
   )
   for s in range(num_steps):
     distinct, inverse, counts = np.unique(frames[s], return_inverse=True, return_counts=True)
@@ -181,6 +216,7 @@ def _distinct(frames: np.ndarray, boxes: np.ndarray, present: np.ndarray | None)
       sums[:, i] += boxes[s, :, j]
       out.present[s, :, i] |= present[s, :, j]
     out.frames[s, :u], out.boxes[s, :, :u], out.count[s] = distinct, sums / counts[None, :, None], u
+    out.weights[s, :u] = np.bincount(inverse, weights, minlength=u) / counts
   return out
 
 
@@ -300,9 +336,11 @@ class _ClassLinker:
     iou_threshold: float,
     max_gap: int,
     build: Callable[[list[tuple[int, int, float]]], tubes_lib.Tube | None],
+    overlap_weight: float = 0.0,
   ):
     self.iou_threshold = iou_threshold
     self.max_gap = max_gap
+    self.overlap_weight = overlap_weight
     self.build = build
     self.live: list[list[Any]] = []  # [score sum, count, members]
     self.finished: list[tubes_lib.Tube] = []
@@ -315,10 +353,7 @@ class _ClassLinker:
     ended = []
     for it, tube in enumerate(self.live):
       a, i, _ = tube[2][-1]
-      row = overlaps(a)[i]
-      k = next(
-        (k for k, n in enumerate(cand) if not taken[k] and row[n] >= self.iou_threshold), None
-      )
+      k = self._choose(overlaps(a)[i], cand, cand_scores, taken)
       if k is not None:
         taken[k] = True
         tube[0] += cand_scores[k]
@@ -331,6 +366,18 @@ class _ClassLinker:
     for k, n in enumerate(cand):
       if not taken[k]:
         self.live.append([cand_scores[k], 1, [(b, n, cand_scores[k])]])
+
+  def _choose(
+    self, row: list[float], cand: list[int], cand_scores: list[float], taken
+  ) -> int | None:
+    """The candidate a tube with linking overlaps `row` takes: ACT's first (highest
+    score) untaken one that overlaps enough or, with `overlap_weight`, the one of highest
+    score + overlap_weight * overlap (the first of equals); None if none overlaps enough."""
+    passing = (k for k, n in enumerate(cand) if not taken[k] and row[n] >= self.iou_threshold)
+    if not self.overlap_weight:
+      return next(passing, None)
+    energy = {k: cand_scores[k] + self.overlap_weight * row[cand[k]] for k in passing}
+    return max(energy, key=energy.get, default=None)
 
   def _finish(self, members: list[tuple[int, int, float]]) -> None:
     tube = self.build(members)
@@ -372,14 +419,20 @@ def _build_tube(
   scores = np.broadcast_to(np.array([s for _, _, s in members])[:, None], frames.shape)[present]
   box_sum = np.zeros((end + 1 - begin, 4))
   score_sum = np.zeros(end + 1 - begin)
-  np.add.at(box_sum, where, boxes)
-  np.add.at(score_sum, where, scores)
   count = np.bincount(where, minlength=end + 1 - begin)
   covered = np.nonzero(count)[0]  # a tube that skipped a step with s > 1 may miss frames
+  if config.frame_weighting == 'uniform':
+    np.add.at(box_sum, where, boxes)
+    box_weight = count[covered, None]
+  else:
+    weights = distinct.weights[steps][present]
+    np.add.at(box_sum, where, boxes * weights[:, None])
+    box_weight = np.bincount(where, weights, minlength=end + 1 - begin)[covered, None]
+  np.add.at(score_sum, where, scores)
   return tubes_lib.Tube(
     label,
     covered + begin,
-    box_sum[covered] / count[covered, None],
+    box_sum[covered] / box_weight,
     score_sum[covered] / count[covered],
     tube_score=score,
   )
@@ -429,12 +482,14 @@ def link_tubelets(
      (stable); each in turn takes the highest-scoring candidate not yet taken whose
      overlap with the tube's last tubelet is >= `iou_threshold` (mean IoU over the
      frames both cover; without a shared frame, the candidate's first box against the
-     last tubelet's last box). A tube that takes none ends once the step starts
-     `max_gap` (default K) or more frames after its last tubelet. Candidates nobody
-     took start tubes.
+     last tubelet's last box); with `overlap_weight` > 0, the one of highest
+     score + overlap_weight * overlap among those. A tube that takes none ends once
+     the step starts `max_gap` (default K) or more frames after its last tubelet.
+     Candidates nobody took start tubes.
   3. Tubes with score < `min_score` or spanning < `min_length` frames are dropped. A
      tube's box and score on a frame are the means over its tubelets covering that
-     frame; frames none covers (possible only with stride > 1) are left out. The tube's
+     frame (the box's weighted by position with `frame_weighting='triangular'`);
+     frames none covers (possible only with stride > 1) are left out. The tube's
      score (`Tube.tube_score`) is the mean of its tubelets' rescaled scores.
   4. 3D NMS per class (`tubes.nms_tubes`, `nms_threshold`).
 
@@ -475,13 +530,14 @@ def link_tubelets(
     return []
   max_gap = k if config.max_gap is None else config.max_gap
   starts = frames[:, 0].tolist()
-  distinct = _distinct(frames, boxes, present)
+  distinct = _distinct(frames, boxes, present, position_weights(config.frame_weighting, k))
 
   linkers = [
     _ClassLinker(
       config.iou_threshold,
       max_gap,
       functools.partial(_build_tube, c, distinct=distinct, config=config),
+      config.overlap_weight,
     )
     for c in range(num_classes)
   ]
@@ -555,7 +611,7 @@ def frame_detections(
   frames, boxes, scores, valid, present = _check_tubelets(
     frames, boxes, scores, valid, 'frame_detections', present
   )
-  clips = _distinct(frames, boxes, present)
+  clips = _distinct(frames, boxes, present, np.ones(frames.shape[1]))
   parts = [_no_detections(scores.shape[2])]
   if frames.shape[0]:
     first, last = frames.min(axis=1), frames.max(axis=1)

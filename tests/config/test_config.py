@@ -13,6 +13,7 @@ import pytest
 from stconsist_jax.config import schema
 
 from stconsist_jax.config import config_file
+from stconsist_jax.metrics import tubelets
 
 CONFIGS = ('default', 'model1', 'model2', 'model1_fixed', 'model2_fixed', 'finetune_cls', 'demo')
 
@@ -164,6 +165,21 @@ def test_bad_stages_name_the_stage():
     schema.validate(config)
 
 
+@pytest.mark.parametrize(
+  'field, value, pattern',
+  [
+    ('frame_weighting', 'gaussian', r"eval.tubelets.frame_weighting.*'uniform', 'triangular'"),
+    ('overlap_weight', -0.5, r'eval.tubelets.overlap_weight.*>= 0'),
+  ],
+)
+def test_bad_tubelet_linking_values_name_the_key(field, value, pattern):
+  raw = _config().to_dict()
+  raw['eval']['tubelets'][field] = value
+  with pytest.raises(schema.ConfigError, match=pattern):
+    schema.validate(ml_collections.ConfigDict(raw))
+  assert schema.TUBELET_FRAME_WEIGHTINGS == tubelets.FRAME_WEIGHTINGS
+
+
 def test_config_json_round_trip(tmp_path):
   config = _config('model2_fixed')
   config_file.save(config, tmp_path)
@@ -179,10 +195,13 @@ def test_a_saved_config_without_later_keys_reads_as_it_trained(tmp_path):
   del raw['data']['max_actors']  # saved before these keys existed
   del raw['model']['tubelet_presence'], raw['model']['tubelet_presence_threshold']
   del raw['loss']['tubelet_presence_weight']
+  del raw['eval']['tubelets']['overlap_weight'], raw['eval']['tubelets']['frame_weighting']
   config_file.save(ml_collections.ConfigDict(raw), tmp_path)
   loaded = config_file.load(tmp_path)
   assert loaded.data.max_actors == 0
   assert loaded.model.tubelet_presence is False
+  assert loaded.eval.tubelets.overlap_weight == 0.0
+  assert loaded.eval.tubelets.frame_weighting == 'uniform'
   schema.validate(loaded)
   config.data.max_actors = 0
   # A resume of such a run with today's config sees no difference.

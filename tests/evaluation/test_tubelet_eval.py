@@ -94,6 +94,11 @@ def test_the_linking_config_reads_the_eval_group():
   linking = tubelets_eval.linking_config(config)
   assert linking.max_gap is None and linking.tubelet_nms_threshold is None
   assert linking.iou_threshold == 0.3 and linking.min_length == 15
+  assert linking.overlap_weight == 0.0 and linking.frame_weighting == 'uniform'
+  config.eval.tubelets.overlap_weight = 0.5
+  config.eval.tubelets.frame_weighting = 'triangular'
+  linking = tubelets_eval.linking_config(config)
+  assert linking.overlap_weight == 0.5 and linking.frame_weighting == 'triangular'
 
 
 def test_presence_trims_a_late_actors_tube_to_its_frames():

@@ -440,6 +440,75 @@ def test_overlapping_tubelets_are_averaged_per_frame():
   assert not tubelets.link_tubelets(f, b, s, tubelets.TubeletLinkingConfig(min_length=5))
 
 
+def test_triangular_weighting_favours_each_tubelets_central_frames():
+  # K = 4, stride 2: position weights 1, 2, 2, 1. Frame 2 is tubelet 0's third frame
+  # (weight 2, x = 4) and tubelet 1's first (weight 1, x = 5): x = (2*4 + 5) / 3.
+  frames = tubelets.tubelet_frames([0, 2, 4], 4, 8)
+  per_step = [
+    [_box(0), _box(2), _box(4), _box(6)],
+    [_box(5), _box(7), _box(9), _box(11)],
+    [_box(8), _box(10), _box(12), _box(14)],
+  ]
+  f, b, s = _single_track(frames, per_step, [0.9, 0.6, 0.3])
+  config = tubelets.TubeletLinkingConfig(min_length=8, frame_weighting='triangular')
+  (tube,) = tubelets.link_tubelets(f, b, s, config)
+  x = [0, 2, 13 / 3, 20 / 3, 26 / 3, 31 / 3, 12, 14]
+  np.testing.assert_allclose(tube.boxes, [_box(v) for v in x])
+  # The scores stay ACT's plain means.
+  np.testing.assert_allclose(tube.scores, [0.9, 0.9, 0.75, 0.75, 0.45, 0.45, 0.3, 0.3])
+  (uniform,) = tubelets.link_tubelets(f, b, s, tubelets.TubeletLinkingConfig(min_length=8))
+  np.testing.assert_allclose(uniform.boxes[2:6], [_box(v) for v in (4.5, 6.5, 8.5, 10.5)])
+
+
+def test_triangular_weighting_of_a_clamped_clip():
+  # K = 3 (weights 1, 2, 1); the clip starting at 4 covers frame 4 three times: its box
+  # there is the mean (x = 5) with the mean weight 4/3. Frame 4: (1*7 + 4/3*5) / (7/3).
+  frames = tubelets.tubelet_frames([0, 2, 4], 3, 5)
+  per_step = [
+    [_box(0), _box(1), _box(2)],
+    [_box(4), _box(5), _box(7)],
+    [_box(3), _box(4), _box(8)],
+  ]
+  f, b, s = _single_track(frames, per_step, [0.9, 0.6, 0.3])
+  config = tubelets.TubeletLinkingConfig(min_length=5, frame_weighting='triangular')
+  (tube,) = tubelets.link_tubelets(f, b, s, config)
+  np.testing.assert_allclose(tube.boxes, [_box(v) for v in (0, 1, 3, 5, 41 / 7)])
+
+
+def _one_tube_two_candidates():
+  """K = 2, stride 2: tubelet A (x = 0, score 0.9), then B (x = 0, 0.5) and C (x = 12,
+  0.6). Both pass 0.5 against A's last box: B with IoU 1, C with 29/53 (+1 pixel)."""
+  frames = tubelets.tubelet_frames([0, 2], 2, 4)
+  boxes = np.zeros((2, 2, 2, 4))
+  boxes[0, :] = _box(0)
+  boxes[1, 0], boxes[1, 1] = _box(0), _box(12)
+  scores = np.array([[[0.9], [0.0]], [[0.5], [0.6]]])
+  valid = np.array([[True, False], [True, True]])
+  return frames, boxes, scores, valid
+
+
+@pytest.mark.parametrize('weight, x, score', [(0.0, 12, 0.75), (1.0, 0, 0.7)])
+def test_overlap_weight_links_by_score_plus_overlap(weight, x, score):
+  # ACT (weight 0) takes C, the higher score; with weight 1, B: 0.5 + 1 > 0.6 + 29/53.
+  frames, boxes, scores, valid = _one_tube_two_candidates()
+  config = tubelets.TubeletLinkingConfig(
+    tubelet_nms_threshold=None, min_length=1, overlap_weight=weight
+  )
+  top = tubelets.link_tubelets(frames, boxes, scores, config, valid=valid)[0]
+  np.testing.assert_array_equal(top.frames, [0, 1, 2, 3])
+  np.testing.assert_allclose(top.boxes[2:], [_box(x), _box(x)])
+  assert top.score == pytest.approx(score)
+
+
+def test_linking_options_are_checked():
+  with pytest.raises(ValueError, match='frame_weighting'):
+    tubelets.TubeletLinkingConfig(frame_weighting='gaussian')
+  with pytest.raises(ValueError, match='overlap_weight'):
+    tubelets.TubeletLinkingConfig(overlap_weight=-1.0)
+  np.testing.assert_array_equal(tubelets.position_weights('triangular', 5), [1, 2, 3, 2, 1])
+  np.testing.assert_array_equal(tubelets.position_weights('uniform', 3), [1, 1, 1])
+
+
 def _static_actor_with_clutter(num_steps, k, actor_steps, score=0.8):
   """Stride 1; the actor (a fixed box) has a tubelet at `actor_steps`, clutter far away
   (score 0.001, dropped by min_score) at the others."""
@@ -619,7 +688,9 @@ def test_config_defaults_are_acts():
     c.min_score,
     c.nms_threshold,
     c.plus_one,
-  ) == (0.6, 10, 0.5, None, 15, 0.005, 0.3, True)
+    c.overlap_weight,
+    c.frame_weighting,
+  ) == (0.6, 10, 0.5, None, 15, 0.005, 0.3, True, 0.0, 'uniform')
 
 
 # ----------------------------------------------------------------------------------

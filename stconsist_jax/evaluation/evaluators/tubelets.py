@@ -29,16 +29,15 @@ def linking_config(config: ml_collections.ConfigDict) -> tubelets.TubeletLinking
   group = (config.get('eval', None) or {}).get('tubelets', None) or {}
   defaults = tubelets.TubeletLinkingConfig()
   values = {}
+  casts = {'max_gap': int, 'tubelet_nms_threshold': float}  # their defaults are None
   for field in dataclasses.fields(defaults):
     if group.get(field.name) is None:
       continue
     value = group[field.name]
-    if field.name in ('max_gap', 'tubelet_nms_threshold') and not value:
+    if field.name in casts and not value:
       values[field.name] = None
-    elif field.name == 'plus_one':
-      values[field.name] = bool(value)
     else:
-      values[field.name] = type(getattr(defaults, field.name) or 0)(value)
+      values[field.name] = casts.get(field.name, type(getattr(defaults, field.name)))(value)
   return tubelets.TubeletLinkingConfig(**values)
 
 
