@@ -263,7 +263,7 @@ def run_study(
     path = out / 'runs' / f'{name}.json'
     if path.exists():
       run = json.loads(path.read_text())
-      if run.get('settings') != dict(settings):
+      if comparable_settings(run.get('settings')) != comparable_settings(settings):
         raise schema.ConfigError(
           f'{path} was made with other settings ({run.get("settings")}, now '
           f'{dict(settings)}): pass another --out and --workdir, or delete it'
@@ -624,7 +624,17 @@ def study_settings(base, num_steps: int) -> dict[str, Any]:
     'labeled_per_batch': FLAGS.labeled_per_batch,
     'batch_size': int(base.train.batch_size),
     'synthetic': base.synthetic.to_dict(),
+    'tubelet_linking': {k: base.eval.tubelets[k] for k in ACT_LINKING},
   }
+
+
+# The linking options a run made before they existed was evaluated with (ACT's).
+ACT_LINKING = {'frame_weighting': 'uniform', 'overlap_weight': 0.0}
+
+
+def comparable_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+  """`settings`, those written before the linking options existed with ACT's linking."""
+  return {'tubelet_linking': dict(ACT_LINKING), **(settings or {})}
 
 
 def _local_cache_dir() -> str:

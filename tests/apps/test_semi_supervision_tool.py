@@ -116,6 +116,14 @@ def test_finished_runs_are_read_back_not_redone(tool, tmp_path):
   assert on_disk['mean_iou'] == 0.6 and on_disk['settings'] == settings
   with pytest.raises(schema.ConfigError, match='other settings'):
     tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', {'num_steps': 6})
+  # Runs stored before the linking options existed were linked as ACT: read back under
+  # ACT's linking, refused under another.
+  act = {'num_steps': 5, 'tubelet_linking': {'frame_weighting': 'uniform', 'overlap_weight': 0.0}}
+  assert tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', act) == again
+  weighted = {**act, 'tubelet_linking': {'frame_weighting': 'triangular', 'overlap_weight': 1.0}}
+  with pytest.raises(schema.ConfigError, match='other settings'):
+    tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', weighted)
+  assert len(calls) == 2
   summary = {'runs': again, **tool.summarize(again)}
   tool.plot(summary, tmp_path / 'study.png', 'test')
   assert (tmp_path / 'study.png').read_bytes()[:4] == b'\x89PNG'
