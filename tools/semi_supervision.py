@@ -30,6 +30,7 @@ bucket URLs (gs://...); the data cache and the compilation cache are local folde
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import pathlib
@@ -637,7 +638,9 @@ def comparable_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
   return {'tubelet_linking': dict(ACT_LINKING), **(settings or {})}
 
 
-def _local_cache_dir() -> str:
+def _set_up_local_caches() -> str:
+  """Checks that --cache_dir and --compilation_cache are local, turns on JAX's persistent
+  compilation cache there, and returns the data cache folder."""
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
 
   for name in ('cache_dir', 'compilation_cache'):
@@ -668,7 +671,7 @@ def study(base) -> dict[str, Any]:
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.synthetic import prepared  # pylint: disable=g-import-not-at-top
 
-  cache_dir = _local_cache_dir()
+  cache_dir = _set_up_local_caches()
   fractions, arms, seeds = parse_plan(FLAGS.fractions, FLAGS.arms, FLAGS.seeds)
   base = sized_config(
     base, FLAGS.num_steps, FLAGS.image_size, FLAGS.videos_per_class, FLAGS.labeled_per_batch
@@ -730,7 +733,7 @@ def learning_curve(base) -> dict[str, Any]:
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
   from stconsist_jax.data.synthetic import prepared  # pylint: disable=g-import-not-at-top
 
-  cache_dir = _local_cache_dir()
+  cache_dir = _set_up_local_caches()
   steps = parse_steps(FLAGS.curve_steps)
   seed = parse_plan(FLAGS.fractions, FLAGS.arms, FLAGS.seeds)[2][0]
   workdir = fileio.as_path(FLAGS.workdir) / 'learning_curve'
@@ -740,14 +743,15 @@ def learning_curve(base) -> dict[str, Any]:
     n: sized_config(base, n, FLAGS.image_size, FLAGS.videos_per_class, FLAGS.labeled_per_batch)
     for n in steps
   }
-  for n, config in sized.items():
-    _checked_plan(plan, lambda a, f, s, c=config: run_config(c, a, f, s), workdir / str(n))
+  configs = {n: functools.partial(run_config, config) for n, config in sized.items()}
+  for n in steps:
+    _checked_plan(plan, configs[n], workdir / str(n))
   points = []
   for n, config in sized.items():
     prepared.use_synthetic(config, cache_dir)
     (run,) = run_study(
       plan,
-      lambda a, f, s, c=config: run_config(c, a, f, s),
+      configs[n],
       run_one,
       out / 'learning_curve' / str(n),
       workdir / str(n),
