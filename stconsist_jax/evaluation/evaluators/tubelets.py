@@ -29,7 +29,7 @@ def linking_config(config: ml_collections.ConfigDict) -> tubelets.TubeletLinking
   group = (config.get('eval', None) or {}).get('tubelets', None) or {}
   defaults = tubelets.TubeletLinkingConfig()
   values = {}
-  casts = {'max_gap': int, 'tubelet_nms_threshold': float}  # their defaults are None
+  casts = {'max_gap': int, 'tubelet_nms_threshold': float}  # 0 is None for these two
   for field in dataclasses.fields(defaults):
     if group.get(field.name) is None:
       continue
