@@ -42,6 +42,7 @@ from absl import app
 from absl import flags
 
 from stconsist_jax.config import schema
+from stconsist_jax.metrics import tubelets
 from stconsist_jax.core import errors
 
 from stconsist_jax.apps import cli
@@ -629,8 +630,10 @@ def study_settings(base, num_steps: int) -> dict[str, Any]:
   }
 
 
-# The linking options a run made before they existed was evaluated with (ACT's).
-ACT_LINKING = {'frame_weighting': 'uniform', 'overlap_weight': 0.0}
+# The linking options a run made before they existed was evaluated with: their defaults, ACT's.
+ACT_LINKING = {
+  k: getattr(tubelets.TubeletLinkingConfig(), k) for k in ('frame_weighting', 'overlap_weight')
+}
 
 
 def comparable_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -421,13 +421,10 @@ def _build_tube(
   score_sum = np.zeros(end + 1 - begin)
   count = np.bincount(where, minlength=end + 1 - begin)
   covered = np.nonzero(count)[0]  # a tube that skipped a step with s > 1 may miss frames
-  if config.frame_weighting == 'uniform':
-    np.add.at(box_sum, where, boxes)
-    box_weight = count[covered, None]
-  else:
-    weights = distinct.weights[steps][present]
-    np.add.at(box_sum, where, boxes * weights[:, None])
-    box_weight = np.bincount(where, weights, minlength=end + 1 - begin)[covered, None]
+  # Uniform weights are 1.0: the same sums, in the same order, as ACT's plain mean.
+  weights = distinct.weights[steps][present]
+  np.add.at(box_sum, where, boxes * weights[:, None])
+  box_weight = np.bincount(where, weights, minlength=end + 1 - begin)[covered, None]
   np.add.at(score_sum, where, scores)
   return tubes_lib.Tube(
     label,
