@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   # the K frames; decoded as det_present, absent frames give linking and frame-AP no box.
   config.model.tubelet_presence = False
   config.model.tubelet_presence_threshold = 0.5  # det_present: sigmoid(logit) >= this.
+  # Also read the next finer backbone stage (its time steps and cells, space-to-depth).
+  config.model.tubelet_finer_stage = False
   # Input preset the weights expect: 'kinetics' (2020 release), 'activitynet_0_255'
   # (2017 release), 'imagenet', 'scale_0_1'.
   config.model.normalization = 'kinetics'

@@ -33,11 +33,19 @@ def model_name(model_config: Any) -> str:
     return 'classifier only'
   if head == 'tubelet':
     k = int(model_config.get('tubelet_frames', 0) or 0)
-    presence = ', per-frame presence' if model_config.get('tubelet_presence', False) else ''
+    options = [
+      name
+      for key, name in (
+        ('tubelet_presence', 'per-frame presence'),
+        ('tubelet_finer_stage', 'finer stage'),
+      )
+      if model_config.get(key, False)
+    ]
+    extras = ''.join(f', {name}' for name in options)
     return (
       f'tubelet (K={k or "T"}, stride {int(model_config.tubelet_stride)}, '
       f'width {int(model_config.tubelet_width)}, {int(model_config.num_box_classes)} box '
-      f'classes{presence})'
+      f'classes{extras})'
     )
   hidden = tuple(int(h) for h in np.atleast_1d(model_config.box_hidden))
   if head == 'mlp' and hidden == (16,):

@@ -196,6 +196,7 @@ class Detector(nn.Module):
   tubelet_nms: float = 0.5
   tubelet_presence: bool = False
   tubelet_presence_threshold: float = 0.5
+  tubelet_finer_stage: bool = False
   normalization: str = 'kinetics'
   dtype: Any = jnp.float32
 
@@ -209,6 +210,7 @@ class Detector(nn.Module):
       width=self.tubelet_width,
       stage_strides=resnet3d.stage_strides(self.backbone_kwargs.get('no_max_pool', False)),
       presence=self.tubelet_presence,
+      finer_stage=self.tubelet_finer_stage,
       dtype=self.dtype,
       name=BOX_HEAD_SCOPE,
     )(stages)
@@ -281,7 +283,7 @@ def build_model(model_config: Any) -> Detector:
   normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d'), and
   with box_head='tubelet' num_box_classes, tubelet_frames, tubelet_stride, tubelet_width,
   tubelet_top_n, tubelet_nms, tubelet_presence (configs saved before it: False),
-  tubelet_presence_threshold."""
+  tubelet_presence_threshold, tubelet_finer_stage (configs saved before it: False)."""
   kwargs = backbone_kwargs_from_config(model_config)
   get = model_config.get
   # The values are checked where they are used, when the model is initialized or applied
@@ -300,6 +302,7 @@ def build_model(model_config: Any) -> Detector:
       tubelet_nms=float(get('tubelet_nms', 0.5)),
       tubelet_presence=bool(get('tubelet_presence', False)),
       tubelet_presence_threshold=float(get('tubelet_presence_threshold', 0.5)),
+      tubelet_finer_stage=bool(get('tubelet_finer_stage', False)),
     )
   return Detector(
     num_classes=int(get('num_classes', 101)),

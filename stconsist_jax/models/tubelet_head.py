@@ -6,7 +6,9 @@ Neck: the stride stage is the backbone stage whose spatial stride equals `stride
 coarsest finer one). Its t time steps, flattened channel-wise, go through a 1x1 conv (the
 temporal branch: the K per-frame boxes can see motion); each deeper stage is averaged over
 time, projected by a 1x1 lateral conv and resized (bilinear) to the stride stage's h x w;
-all are summed. Then 3x3 conv + ReLU, and 1x1 convs to `num_box_classes + 1` logits (index
+all are summed. With `finer_stage`, the next finer stage (more time steps, smaller cells)
+adds its time steps and the r x r cells under each stride-stage cell, flattened
+channel-wise (space-to-depth), through a 1x1 conv: finer motion for the K boxes. Then 3x3 conv + ReLU, and 1x1 convs to `num_box_classes + 1` logits (index
 0 background) and K * 4 box numbers per cell, `(dx, dy, sigmoid(bw), sigmoid(bh))` as
 tubelet_decode's geometry reads them. With `presence`, a further 1x1 conv gives K logits per
 cell: whether the cell's actor is on each output frame (sigmoid).
@@ -70,6 +72,17 @@ def upsample_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
   )
 
 
+def space_to_depth(x: jax.Array, r: int) -> jax.Array:
+  """`(N, t, H, W, C)` -> `(N, ceil(H / r), ceil(W / r), t * r * r * C)`: each output cell
+  holds the t time steps of the r x r input cells under it (zeros past an edge), channels
+  ordered (time, row, column, channel)."""
+  n, t, height, width, c = x.shape
+  h, w = -(-height // r), -(-width // r)
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, h * r - height), (0, w * r - width), (0, 0)))
+  x = x.reshape(n, t, h, r, w, r, c)
+  return jnp.transpose(x, (0, 2, 4, 1, 3, 5, 6)).reshape(n, h, w, t * r * r * c)
+
+
 def presence_bias(prior: float = PRESENCE_PRIOR) -> float:
   """The presence logit of initial probability `prior`: log(prior / (1 - prior))."""
   return math.log(prior / (1 - prior))
@@ -86,6 +99,8 @@ class TubeletHead(nn.Module):
     width: channels of the neck and the 3x3 conv.
     stage_strides: spatial stride of each input stage (resnet3d.stage_strides).
     presence: add the per-frame presence logits (a 1x1 conv 'presence').
+    finer_stage: add the next finer stage by `space_to_depth` and a 1x1 conv
+      'temporal_finer' (nothing when the stride stage is the finest).
     dtype: compute dtype; parameters and outputs are float32.
   """
 
@@ -95,6 +110,7 @@ class TubeletHead(nn.Module):
   width: int = 256
   stage_strides: Sequence[int] = (4, 8, 16, 32)
   presence: bool = False
+  finer_stage: bool = False
   dtype: Any = jnp.float32
 
   def _conv(self, features: int, kernel: int, name: str, **kwargs) -> nn.Conv:
@@ -117,6 +133,10 @@ class TubeletHead(nn.Module):
     n, t, h, w, c = base.shape
     temporal = jnp.transpose(base, (0, 2, 3, 1, 4)).reshape(n, h, w, t * c)
     x = self._conv(self.width, 1, 'temporal')(temporal)
+    if self.finer_stage and first > 0:
+      r = self.stage_strides[first] // self.stage_strides[first - 1]
+      finer = space_to_depth(stages[first - 1].astype(self.dtype), r)[:, :h, :w]
+      x = x + self._conv(self.width, 1, 'temporal_finer')(finer)
     for index in range(first + 1, len(stages)):
       # Mean in float32: a bf16 sum over the time steps loses precision.
       deep = jnp.mean(stages[index].astype(jnp.float32), axis=1).astype(self.dtype)

@@ -194,12 +194,14 @@ def test_a_saved_config_without_later_keys_reads_as_it_trained(tmp_path):
   raw = config.to_dict()
   del raw['data']['max_actors']  # saved before these keys existed
   del raw['model']['tubelet_presence'], raw['model']['tubelet_presence_threshold']
+  del raw['model']['tubelet_finer_stage']
   del raw['loss']['tubelet_presence_weight']
   del raw['eval']['tubelets']['overlap_weight'], raw['eval']['tubelets']['frame_weighting']
   config_file.save(ml_collections.ConfigDict(raw), tmp_path)
   loaded = config_file.load(tmp_path)
   assert loaded.data.max_actors == 0
   assert loaded.model.tubelet_presence is False
+  assert loaded.model.tubelet_finer_stage is False
   assert loaded.eval.tubelets.overlap_weight == 0.0
   assert loaded.eval.tubelets.frame_weighting == 'uniform'
   schema.validate(loaded)

@@ -133,6 +133,40 @@ def test_head_neck_per_stride(stride, size, laterals):
     assert params[f'lateral_{i}/kernel'] == (1, 1, shapes[i - 1][4], 32)
 
 
+@pytest.mark.parametrize('height, width', [(4, 6), (5, 3)])
+def test_space_to_depth_against_a_loop(height, width):
+  x = np.random.RandomState(0).randn(2, 3, height, width, 2).astype(np.float32)
+  got = np.asarray(tubelet_head.space_to_depth(jnp.asarray(x), 2))
+  h, w = -(-height // 2), -(-width // 2)
+  want = np.zeros((2, h, w, 3, 2, 2, 2), np.float32)  # (n, i, j, time, row, col, channel)
+  for i in range(h):
+    for j in range(w):
+      for a in range(2):
+        for b in range(2):
+          if 2 * i + a < height and 2 * j + b < width:
+            want[:, i, j, :, a, b] = x[:, :, 2 * i + a, 2 * j + b]
+  np.testing.assert_array_equal(got, want.reshape(2, h, w, 24))
+
+
+@pytest.mark.parametrize('stride, finer_index', [(8, 0), (16, 1), (4, None)])
+def test_finer_stage_adds_the_next_finer_stage_by_space_to_depth(stride, finer_index):
+  """R3D-34-like stages (strides 4, 8, 16, 32): the stage finer than the stride stage gives
+  its t steps and 2 x 2 cells per stride cell; the finest stage has none finer."""
+  shapes = [(1, 8, 32, 32, 64), (1, 4, 16, 16, 128), (1, 2, 8, 8, 256), (1, 1, 4, 4, 512)]
+  stages = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+  head = tubelet_head.TubeletHead(
+    num_box_classes=3, num_frames=16, stride=stride, width=8, finer_stage=True
+  )
+  out, variables = jax.eval_shape(lambda s: head.init_with_output(jax.random.key(0), s), stages)
+  params = _shapes(variables['params'])
+  assert out['tubelet_boxes'].shape == (1, 128 // stride, 128 // stride, 16, 4)
+  if finer_index is None:
+    assert 'temporal_finer/kernel' not in params
+  else:
+    t, c = shapes[finer_index][1], shapes[finer_index][4]
+    assert params['temporal_finer/kernel'] == (1, 1, t * 2 * 2 * c, 8)
+
+
 def test_initial_foreground_probability_is_small():
   # C / (e^b + C) = 0.01 with C = 6: e^b = 6 * 99.
   assert tubelet_head.background_bias(6) == pytest.approx(math.log(594))
