@@ -22,34 +22,18 @@ from absl import app
 from absl import flags
 import cv2
 import jax
-import ml_collections
 import numpy as np
 
-
-from stconsist_jax.configs import default as default_config
-from stconsist_jax.configs import demo as demo_config
-from stconsist_jax.configs import demo_one_box
-from stconsist_jax.configs import tubelet_r3d34
+import bench_models  # pylint: disable=g-import-not-at-top  (a sibling script)
 from stconsist_jax.training import distributed
 from stconsist_jax.prediction import frame_predictor
 from stconsist_jax.core import console
-from stconsist_jax import models
-from stconsist_jax.prediction import class_names  # pylint: disable=g-import-not-at-top
 from stconsist_jax.prediction import predict
-from stconsist_jax.evaluation import description
 from stconsist_jax.prediction import video_files
 
-SETTINGS = ('demo', 'demo_one_box', 'r3d34', 'r3d34_tubelet')
-
-_SETTINGS = flags.DEFINE_list(
-  'settings',
-  list(SETTINGS),
-  'demo: configs/demo.py (R3D-10/4, 8x48x48, tubelet head, 8 classes); demo_one_box: the '
-  'same with the spatial head; r3d34: R3D-34, 16x128x128, Model-2 head, 101 classes; '
-  'r3d34_tubelet: configs/tubelet_r3d34.py (R3D-34, 16x128x128, tubelet head, 24 classes).',
-)
+_SETTINGS = flags.DEFINE_list('settings', list(bench_models.SETTINGS), bench_models.SETTINGS_HELP)
 _FRAMES = flags.DEFINE_list(
-  'frames', ['200', '200', '48', '48'], 'Video length per setting (frames).'
+  'frames', ['200', '200', '48', '48', '48'], 'Video length per setting (frames).'
 )
 _VIDEO_SIZE = flags.DEFINE_list(
   'video_size', ['240', '320'], 'Height, width of the test video (UCF-101: 240, 320).'
@@ -74,22 +58,6 @@ _WRITE = flags.DEFINE_bool(
 )
 
 
-def bench_config(setting: str) -> ml_collections.ConfigDict:
-  """The config a setting names (random weights; data settings only for the clips)."""
-  if setting == 'demo':
-    config = demo_config.get_config()
-  elif setting == 'demo_one_box':
-    config = demo_one_box.get_config()
-  elif setting in ('r3d34', 'r3d34_tubelet'):
-    config = (tubelet_r3d34 if setting == 'r3d34_tubelet' else default_config).get_config()
-    config.data.num_frames = 16
-    config.data.frame_size = config.data.image_size = 128
-  else:
-    raise app.UsageError(f'unknown setting {setting!r}; known: {", ".join(SETTINGS)}')
-  config.data.name = 'random'
-  return config
-
-
 def write_test_video(
   path: pathlib.Path, num_frames: int, size: tuple[int, int], fps: int
 ) -> pathlib.Path:
@@ -109,13 +77,6 @@ def write_test_video(
   return path
 
 
-def random_variables(model: Any, config: ml_collections.ConfigDict) -> dict[str, Any]:
-  d = config.data
-  clip = np.zeros((1, d.num_frames, d.image_size, d.image_size, 3), np.uint8)
-  init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
-  return jax.tree.map(np.asarray, jax.device_get(dict(init(jax.random.key(0, impl='rbg'), clip))))
-
-
 def onnx_loaded(restored: predict.RestoredModel, folder: str) -> predict.Loaded:
   """The model exported to ONNX in `folder` and loaded as `predict --model` loads it."""
   from stconsist_jax.export import exporter  # pylint: disable=g-import-not-at-top
@@ -128,22 +89,13 @@ def onnx_loaded(restored: predict.RestoredModel, folder: str) -> predict.Loaded:
 def run_setting(
   setting: str, video: pathlib.Path, num_frames: int, runtime: str = 'jax'
 ) -> dict[str, Any]:
-  config = bench_config(setting)
-  model = models.build_model(config.model)
+  try:
+    restored = bench_models.random_model(setting)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  config, model, variables = restored.config, restored.model, restored.variables
   num_classes = int(config.model.num_classes)
-  info = {
-    'source': 'workdir',
-    'path': '',
-    'step': 0,
-    'architecture': description.describe_model(config.model),
-    'classification_only': False,
-    'num_classes': num_classes,
-    'config_hash': None,
-  }
-  variables = random_variables(model, config)
-  names = class_names.generic_class_names(num_classes)
   if runtime == 'onnxruntime':
-    restored = predict.RestoredModel(config, model, variables, True, names, info)
     with tempfile.TemporaryDirectory() as folder:
       export_start = time.perf_counter()
       loaded = onnx_loaded(restored, str(pathlib.Path(folder) / 'export'))
@@ -159,7 +111,7 @@ def run_setting(
       batch_size=_BATCH_SIZE.value,
       mesh=distributed.make_mesh(devices),
     )
-    loaded = predict.make_loaded(predictor, config, names, info)
+    loaded = predict.make_loaded(predictor, config, restored.class_names, restored.model_info)
     export_s = None
   else:
     raise app.UsageError(f'unknown runtime {runtime!r}: jax or onnxruntime')

@@ -59,16 +59,6 @@ def write_test_video(path: pathlib.Path, num_frames: int, size: tuple[int, int],
   writer.release()
 
 
-def random_variables(model: Any, config: Any) -> dict[str, Any]:
-  """Random weights (benchmarks/predict.py's): memory does not depend on them."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  d = config.data
-  clip = np.zeros((1, d.num_frames, d.image_size, d.image_size, 3), np.uint8)
-  init = jax.jit(lambda rng, x: model.init(rng, x, train=False))
-  return jax.tree.map(np.asarray, jax.device_get(dict(init(jax.random.key(0, impl='rbg'), clip))))
-
-
 def predict_one(video: pathlib.Path) -> dict[str, Any]:
   """Predicts `video` with a tiny random model in this process; its peak RSS."""
   from stconsist_jax.core import allocator  # pylint: disable=g-import-not-at-top
@@ -76,36 +66,22 @@ def predict_one(video: pathlib.Path) -> dict[str, Any]:
   allocator.map_large_buffers()  # as the prediction command does first
   import jax  # pylint: disable=g-import-not-at-top
 
-  from stconsist_jax import models  # pylint: disable=g-import-not-at-top
+  import bench_models  # pylint: disable=g-import-not-at-top  (a sibling script)
   from stconsist_jax.configs import demo  # pylint: disable=g-import-not-at-top
   from stconsist_jax.configs import demo_one_box  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.evaluation import description  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import frame_predictor  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.prediction import class_names  # pylint: disable=g-import-not-at-top
   from stconsist_jax.prediction import predict  # pylint: disable=g-import-not-at-top
 
   config = {'demo': demo, 'demo_one_box': demo_one_box}[_CONFIG.value].get_config()
   config.data.name = 'random'
   config.model.widen_factor = _WIDEN.value
-  model = models.build_model(config.model)
+  restored = bench_models.random_model_from_config(config)
   predictor = frame_predictor.FramePredictor.from_config(
-    config, model, random_variables(model, config), batch_size=16
+    config, restored.model, restored.variables, batch_size=16
   )
   predictor.warm_up()
-  num_classes = int(config.model.num_classes)
-  info = {
-    'source': 'workdir',
-    'path': '',
-    'step': 0,
-    'architecture': description.describe_model(config.model),
-    'classification_only': False,
-    'num_classes': num_classes,
-    'config_hash': None,
-  }
   # The linking and the clip stride of the model's kind, as the prediction command's.
-  loaded = predict.make_loaded(
-    predictor, config, class_names.generic_class_names(num_classes), info
-  )
+  loaded = predict.make_loaded(predictor, config, restored.class_names, restored.model_info)
   before_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as out:
@@ -126,7 +102,7 @@ def predict_one(video: pathlib.Path) -> dict[str, Any]:
     'json_mb': round(json_mb, 2),
     'tubes_found': result.record['tubes_found'],
     'seconds': round(time.perf_counter() - start, 1),
-    'architecture': info['architecture'],
+    'architecture': restored.model_info['architecture'],
     'device': jax.devices()[0].platform,
   }
 
