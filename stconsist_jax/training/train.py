@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 from typing import Any
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -79,10 +80,22 @@ def _next_batch(batches: Iterator[Batch], config: ml_collections.ConfigDict, ste
     ) from None
 
 
+def check_data_dir(config: ml_collections.ConfigDict) -> None:
+  """A local data.data_dir that does not exist, named before TensorFlow is imported."""
+  data_dir = config.data.get('data_dir')
+  if config.data.name == 'random' or not data_dir or fileio.is_remote(data_dir):
+    return
+  if not os.path.isdir(data_dir):
+    raise FileNotFoundError(
+      f'TFDS dataset {config.data.name!r} not found (data_dir={data_dir!r}): no such folder'
+    )
+
+
 def check_num_classes(config: ml_collections.ConfigDict) -> None:
   """Fails before any compute when model.num_classes differs from the data's labels."""
   if config.data.name == 'random':
     return
+  check_data_dir(config)
   from stconsist_jax.data.pipeline import sources  # pylint: disable=g-import-not-at-top
 
   names = sources.label_names(config.data)
