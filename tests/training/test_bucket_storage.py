@@ -130,13 +130,13 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
   assert sum(tfds_builder.read_report(builder)['videos_written'].values()) > 0
   args = ['--mode=train_and_eval', *_overrides(builder, data_dir, len(synthetic_root.class_names))]
 
-  first = _launch(repo_root, workdir, [*args, '--config.train.storage_timeout_seconds=8'])
+  first = _launch(repo_root, workdir, [*args, '--config.train.storage_timeout_seconds=5'])
   ckpt_dir = epath.Path(workdir) / checkpointing.CHECKPOINT_DIR
   _wait_for_a_save(first, ckpt_dir)
   code, out = _sigterm_during_an_outage(first, gcs_server)
   assert code == 143, out[-4000:]
   stopped = [line for line in out.splitlines() if 'stopped by SIGTERM' in line]
-  assert len(stopped) == 1 and f'storage of {workdir} did not answer for 8 s' in stopped[0]
+  assert len(stopped) == 1 and f'storage of {workdir} did not answer for 5 s' in stopped[0]
   killed_at = checkpoint_steps.committed_steps(ckpt_dir)
   assert killed_at and max(killed_at) < NUM_STEPS
   partial = {p.name for p in ckpt_dir.iterdir() if p.name.isdigit()} - {str(s) for s in killed_at}
@@ -168,9 +168,8 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
     )
   )
   again = json.loads((epath.Path(eval_dir) / str(NUM_STEPS) / 'report.json').read_text())
+  assert again['checkpoint_step'] == NUM_STEPS
   assert again['video_accuracy'] == report['video_accuracy']
-  _, variables, step = checkpointing.restore_for_eval(workdir, 'latest')
-  assert step == NUM_STEPS and 'params' in variables
 
 
 def test_bucket_without_network_is_one_line(repo_root, tmp_path):
