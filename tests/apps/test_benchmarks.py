@@ -1,6 +1,7 @@
-"""Tests of benchmarks/train_step.py: a tiny end-to-end run, its FLOP count, the PyTorch step.
+"""Tests of benchmarks/: train_step.py (a tiny end-to-end run, its FLOP count, the PyTorch
+step) and the random models of the export benchmark.
 
-The script runs once as a subprocess (one CPU device), timing the step with batches resident
+train_step.py runs once as a subprocess (one CPU device), timing the step with batches resident
 on the device and with host batches through the prefetcher; its XLA FLOP count is checked
 against a hand count of the convolutions, and the PyTorch losses against
 stconsist_jax.training.losses.
@@ -237,3 +238,32 @@ def test_host_input_through_the_prefetcher(tiny_records):
   assert device['input'] == 'device' and device['prefetch'] == 0
   assert record['flops_per_step'] == device['flops_per_step']
   assert record['compile_s'] == device['compile_s']
+
+
+def test_calibrated_batchnorm_makes_inference_equal_training_mode(repo_root):
+  """benchmarks/exports.py's random weights: with each BatchNorm's running statistics set
+  from a train-mode pass, inference on the same clips computes what training mode did
+  (the statistics are the batch's own), so its activations have a trained model's scale."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.configs import demo_one_box  # pylint: disable=g-import-not-at-top
+
+  bench_models = _load(repo_root, 'bench_models')
+  config = demo_one_box.get_config()
+  config.data.num_frames, config.data.image_size = 4, 16
+  config.model.widen_factor = 0.125
+  restored = bench_models.random_model_from_config(config)
+  clips = bench_models.random_clips(config, 4, seed=1)
+  model, initial = restored.model, restored.variables
+  calibrated = bench_models.calibrate_batchnorm(model, initial, clips)
+  train_mode, _ = jax.jit(lambda v, c: model.apply(v, c, train=True, mutable=['batch_stats']))(
+    initial, clips
+  )
+  infer = jax.jit(lambda v, c: model.apply(v, c, train=False))
+  inference, before = infer(calibrated, clips), infer(initial, clips)
+  for key in ('logits', 'boxes'):
+    want = np.asarray(train_mode[key])
+    difference = np.abs(np.asarray(inference[key]) - want).max() / np.abs(want).max()
+    assert difference < 1e-4, (key, difference)
+  # flax's initial statistics (mean 0, variance 1) give other logits.
+  assert np.abs(np.asarray(before['logits']) - np.asarray(train_mode['logits'])).max() > 1e-2
+  assert jax.tree.structure(calibrated) == jax.tree.structure(initial)
