@@ -627,6 +627,7 @@ def study_settings(base, num_steps: int) -> dict[str, Any]:
     'batch_size': int(base.train.batch_size),
     'synthetic': base.synthetic.to_dict(),
     'tubelet_linking': {k: base.eval.tubelets[k] for k in ACT_LINKING},
+    'tubelet_finer_stage': bool(base.model.get('tubelet_finer_stage', False)),
   }
 
 
@@ -637,8 +638,9 @@ ACT_LINKING = {
 
 
 def comparable_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
-  """`settings`, those written before the linking options existed with ACT's linking."""
-  return {'tubelet_linking': dict(ACT_LINKING), **(settings or {})}
+  """`settings`, those written before a key existed with what their runs used: ACT's
+  linking, a head without the finer stage."""
+  return {'tubelet_linking': dict(ACT_LINKING), 'tubelet_finer_stage': False, **(settings or {})}
 
 
 def _set_up_local_caches() -> str:

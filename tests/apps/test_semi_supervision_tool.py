@@ -117,12 +117,22 @@ def test_finished_runs_are_read_back_not_redone(tool, tmp_path):
   with pytest.raises(schema.ConfigError, match='other settings'):
     tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', {'num_steps': 6})
   # Runs stored before the linking options existed were linked as ACT: read back under
-  # ACT's linking, refused under another.
+  # ACT's linking, refused under another ...
   act = {'num_steps': 5, 'tubelet_linking': {'frame_weighting': 'uniform', 'overlap_weight': 0.0}}
   assert tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', act) == again
   weighted = {**act, 'tubelet_linking': {'frame_weighting': 'triangular', 'overlap_weight': 1.0}}
   with pytest.raises(schema.ConfigError, match='other settings'):
     tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', weighted)
+  # ... and trained without the finer stage.
+  assert (
+    tool.run_study(
+      plan, configs, fake_run, tmp_path, tmp_path / 'wd', {**act, 'tubelet_finer_stage': False}
+    )
+    == again
+  )
+  with pytest.raises(schema.ConfigError, match='other settings'):
+    finer = {**act, 'tubelet_finer_stage': True}
+    tool.run_study(plan, configs, fake_run, tmp_path, tmp_path / 'wd', finer)
   assert len(calls) == 2
   summary = {'runs': again, **tool.summarize(again)}
   tool.plot(summary, tmp_path / 'study.png', 'test')
