@@ -8,9 +8,10 @@ temporal branch: the K per-frame boxes can see motion); each deeper stage is ave
 time, projected by a 1x1 lateral conv and resized (bilinear) to the stride stage's h x w;
 all are summed. With `finer_stage`, the next finer stage (more time steps, smaller cells)
 adds its time steps and the r x r cells under each stride-stage cell, flattened
-channel-wise (space-to-depth), through a 1x1 conv: finer motion for the K boxes. Then 3x3 conv + ReLU, and 1x1 convs to `num_box_classes + 1` logits (index
-0 background) and K * 4 box numbers per cell, `(dx, dy, sigmoid(bw), sigmoid(bh))` as
-tubelet_decode's geometry reads them. With `presence`, a further 1x1 conv gives K logits per
+channel-wise (space-to-depth), through a 1x1 conv: finer motion for the K boxes. Then
+3x3 conv + ReLU, and 1x1 convs to `num_box_classes + 1` logits (index 0 background) and
+K * 4 box numbers per cell, `(dx, dy, sigmoid(bw), sigmoid(bh))` as tubelet_decode's
+geometry reads them. With `presence`, a further 1x1 conv gives K logits per
 cell: whether the cell's actor is on each output frame (sigmoid).
 """
 
