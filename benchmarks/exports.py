@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from absl import app
 from absl import flags
 import jax
-from jax import export as jax_export
 import numpy as np
 
 import bench_models  # pylint: disable=g-import-not-at-top  (a sibling script)
@@ -29,6 +28,9 @@ from stconsist_jax.core import console
 from stconsist_jax.evaluation import restore as restore_lib
 from stconsist_jax.export import exporter
 from stconsist_jax.export import inference as inference_lib
+from stconsist_jax.export import to_onnx
+from stconsist_jax.export import to_savedmodel
+from stconsist_jax.export import to_stablehlo
 from stconsist_jax.prediction import export_metadata
 from stconsist_jax.prediction import predict
 
@@ -50,22 +52,10 @@ _CALIBRATE = flags.DEFINE_bool(
 def runtime_loader(fmt: str, path: str) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
   """Loads the export once with its own runtime; returns `clip -> outputs`."""
   if fmt == 'onnx':
-    import onnxruntime  # pylint: disable=g-import-not-at-top
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
-    return lambda clip: dict(zip(names, session.run(names, {export_metadata.INPUT_NAME: clip})))
+    return to_onnx.load(path)
   if fmt == 'savedmodel':
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    serving = tf.saved_model.load(path).signatures['serving_default']
-    return lambda clip: {
-      k: v.numpy() for k, v in serving(**{export_metadata.INPUT_NAME: tf.constant(clip)}).items()
-    }
-  with open(path, 'rb') as f:
-    call = jax.jit(jax_export.deserialize(bytearray(f.read())).call)
+    return to_savedmodel.load(path)
+  call = jax.jit(to_stablehlo.load(path))
   return lambda clip: {k: np.asarray(v) for k, v in call(clip).items()}
 
 

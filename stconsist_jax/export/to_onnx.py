@@ -11,7 +11,7 @@ import contextlib
 from importlib import metadata as package_metadata
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -94,8 +94,8 @@ def export(
   }
 
 
-def run(path: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
-  """The outputs of an exported file for `clip`, computed by onnxruntime on the CPU."""
+def load(path: str | os.PathLike) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  """An exported file in an onnxruntime session on the CPU: `call(clip) -> outputs`."""
   import onnxruntime  # pylint: disable=g-import-not-at-top
 
   options = onnxruntime.SessionOptions()
@@ -104,4 +104,9 @@ def run(path: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
     os.fspath(path), options, providers=['CPUExecutionProvider']
   )
   names = [o.name for o in session.get_outputs()]
-  return dict(zip(names, session.run(names, {export_metadata.INPUT_NAME: clip})))
+  return lambda clip: dict(zip(names, session.run(names, {export_metadata.INPUT_NAME: clip})))
+
+
+def run(path: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
+  """The outputs of an exported file for `clip`, computed by onnxruntime on the CPU."""
+  return load(path)(clip)

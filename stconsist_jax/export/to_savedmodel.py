@@ -7,7 +7,7 @@ The one module of the package that imports TensorFlow, inside `export`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -69,11 +69,16 @@ def export(
   }
 
 
-def run(directory: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
-  """The outputs of a saved model for `clip`, through its serving signature."""
+def load(directory: str | os.PathLike) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+  """A saved model's serving signature, loaded by TensorFlow: `call(clip) -> outputs`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   serving = tf.saved_model.load(os.fspath(directory)).signatures[SIGNATURE]
-  return {
+  return lambda clip: {
     k: v.numpy() for k, v in serving(**{export_metadata.INPUT_NAME: tf.constant(clip)}).items()
   }
+
+
+def run(directory: str | os.PathLike, clip: np.ndarray) -> dict[str, np.ndarray]:
+  """The outputs of a saved model for `clip`, through its serving signature."""
+  return load(directory)(clip)
