@@ -201,10 +201,17 @@ def per_host_batch(global_batch: int, process_count: int, what: str) -> int:
 
 
 def with_stream_options(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """The options every stream runs under: deterministic, autotuned, one thread per op."""
+  """The options every stream runs under: deterministic, one thread per op, no autotuning.
+
+  Without autotuning, `AUTOTUNE` parallelism is the host's core count. With it, deleting
+  an iterator waits for its autotuning thread, which can be in a sleep of up to 60 s
+  (tf.data 2.21): at the end of training the thread woke at the deletion and slept again
+  for 17 s ("Waiting for 17017 ms" in tf.data's log), the cores idle. The input benchmark
+  is as fast without it (docs/pipeline.md).
+  """
   options = tf.data.Options()
   options.deterministic = True
-  options.autotune.enabled = True
+  options.autotune.enabled = False
   options.experimental_optimization.map_parallelization = True
   # Parallelism across elements only: intra-op threads compete with the map workers.
   options.threading.max_intra_op_parallelism = 1
