@@ -37,7 +37,9 @@ def _pad_and_batch(ds: tf.data.Dataset, batch: int, num_batches: int) -> tf.data
   padding = tf.data.Dataset.from_tensors(
     tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
   )
-  ds = ds.concatenate(padding.map(lambda ex: {**ex, 'valid': tf.constant(False)}).repeat())
+  ds = ds.concatenate(
+    padding.map(sources.graph_fn(lambda ex: {**ex, 'valid': tf.constant(False)})).repeat()
+  )
   return sources.with_stream_options(
     ds.take(batch * num_batches).batch(batch).prefetch(sources.AUTOTUNE)
   )
@@ -71,7 +73,7 @@ def _read_videos(source: sources.Source, videos: np.ndarray) -> tf.data.Dataset:
   ds = source.read(sources.TEST_SPLIT, first, last).enumerate(first)
   if last - first != len(videos):
     wanted = tf.constant(videos, tf.int64)
-    ds = ds.filter(lambda i, ex: tf.reduce_any(tf.equal(i, wanted)))
+    ds = ds.filter(sources.graph_fn(lambda i, ex: tf.reduce_any(tf.equal(i, wanted))))
   return ds
 
 
@@ -108,10 +110,11 @@ def _clips_at(frames_of, make, raw: tf.data.Dataset) -> tf.data.Dataset:
 
   def clips_of(video_id, ex):
     return tf.data.Dataset.from_tensor_slices(frames_of(ex)).map(
-      lambda frame: (video_id, frame, ex)
+      sources.graph_fn(lambda frame: (video_id, frame, ex))
     )
 
-  ds = raw.flat_map(clips_of).map(make, num_parallel_calls=sources.AUTOTUNE, deterministic=True)
+  ds = raw.flat_map(sources.graph_fn(clips_of))
+  ds = ds.map(sources.graph_fn(make), num_parallel_calls=sources.AUTOTUNE, deterministic=True)
   return ds.ignore_errors(log_warning=True)
 
 
@@ -211,7 +214,9 @@ def eval_layout(config, process_count: int, source: sources.Source | None = None
   num_videos = source.num_examples(sources.TEST_SPLIT)
   max_videos = config.eval.max_videos
   subset = eval_subset(num_videos, max_videos)
-  ds = _read_videos(source, subset).map(summary, num_parallel_calls=sources.AUTOTUNE)
+  ds = _read_videos(source, subset).map(
+    sources.graph_fn(summary), num_parallel_calls=sources.AUTOTUNE
+  )
   rows = np.array(list(ds.ignore_errors(log_warning=True).as_numpy_iterator()), np.int64).reshape(
     -1, 6
   )
@@ -373,7 +378,7 @@ def make_eval_video_dataset(
       **extra,
     }
 
-  raw = raw.filter(lambda i, ex: sources.is_ucf24(ex))
+  raw = raw.filter(sources.graph_fn(lambda i, ex: sources.is_ucf24(ex)))
 
   def frames_of(ex):
     if k:
@@ -419,7 +424,7 @@ def video_ground_truth(config, source: sources.Source | None = None) -> list[Vid
   ds = (
     _read_videos(source, subset)
     .map(
-      lambda i, ex: (i, tf.shape(ex['frames'])[0], {k: ex[k] for k in keys}),
+      sources.graph_fn(lambda i, ex: (i, tf.shape(ex['frames'])[0], {k: ex[k] for k in keys})),
       num_parallel_calls=sources.AUTOTUNE,
       deterministic=True,
     )

@@ -69,7 +69,7 @@ def _count_gaps(ds: tf.data.Dataset, first_index: int) -> tf.data.Dataset:
     ex[SKIPPED_KEY] = tf.cast(index - last - 1, tf.int32)
     return index, ex
 
-  return ds.scan(tf.constant(first_index - 1, tf.int64), step)
+  return ds.scan(tf.constant(first_index - 1, tf.int64), sources.graph_fn(step))
 
 
 def train_example(
@@ -153,7 +153,7 @@ def _train_stream(
   ds = raw.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
   ds = ds.repeat().enumerate().skip(first)  # skip before any decoding
   ds = ds.map(
-    functools.partial(train_example, **example_kwargs),
+    sources.graph_fn(functools.partial(train_example, **example_kwargs)),
     num_parallel_calls=sources.AUTOTUNE,
     deterministic=True,
   )
@@ -230,18 +230,20 @@ def make_train_dataset(
       kept = tf.logical_and(ex['annotated'], box_label_kept(ex['name'], seed, fraction))
       return tf.logical_and(kept, has_label(ex['name']))
 
-    parts = [stream(raw.filter(is_kept), 'labeled', labeled, True)]
+    parts = [stream(raw.filter(sources.graph_fn(is_kept)), 'labeled', labeled, True)]
     if labeled < batch_size:
       parts.append(
         stream(
-          raw.filter(lambda ex: tf.logical_not(is_kept(ex))),
+          raw.filter(sources.graph_fn(lambda ex: tf.logical_not(is_kept(ex)))),
           'unlabeled',
           batch_size - labeled,
           False,
         )
       )
     ds = tf.data.Dataset.zip(tuple(parts)).map(
-      lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
+      sources.graph_fn(
+        lambda *batches: {k: tf.concat([b[k] for b in batches], 0) for k in batches[0]}
+      )
     )
   return sources.with_stream_options(ds.prefetch(sources.AUTOTUNE))
 
