@@ -3,11 +3,11 @@
 Runs tools/demo.py end to end in a subprocess: synthetic videos -> TFDS build -> training
 with flip consistency and withheld boxes -> restore -> evaluation report -> prediction on
 a test video. Training seeds 0-4 at these settings (configs/demo.py's tubelet detector,
-60 steps), measured on a 2-core AMD EPYC (2026-12-03): video accuracy 0.625-0.688, mean
-IoU 0.479-0.543, frame-mAP 0.284-0.376, video-mAP@0.2 0.397-0.623; an untrained model
-(1 step) scores 0.188, 0.219, 0.002 and 0.000. The thresholds sit well below the worst
-seed and far above the untrained model, so another CPU's floating-point results still
-pass.
+60 steps), measured on a 2-core AMD EPYC (2026-12-03): video accuracy 0.500-0.750 (of 16
+videos), mean IoU 0.442-0.543, frame-mAP 0.302-0.409, video-mAP@0.2 0.425-0.688; an
+untrained model (1 step) scores 0.188, 0.223, 0.001 and 0.000. The thresholds sit below
+the worst seed and far above the untrained model, so another CPU's floating-point
+results still pass.
 """
 
 import json
@@ -43,7 +43,7 @@ def test_reduced_demo_learns(repo_root, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
-  assert summary['video_accuracy'] >= 0.5, summary
+  assert summary['video_accuracy'] >= 0.375, summary  # 6 of the 16 test videos
   assert summary['mean_iou'] >= 0.33, summary
   assert summary['frame_map'] >= 0.2, summary
   assert summary['video_map@0.2'] >= 0.2, summary
