@@ -260,6 +260,7 @@ def _check_tubelet_head(config: Any) -> None:
   _check_range(config, 'model.tubelet_nms', 0.0, 1.0, low_open=True)
   _check_type(config, 'model.tubelet_presence', bool)
   _check_type(config, 'model.tubelet_finer_stage', bool)
+  _check_type(config, 'model.tubelet_flip_test', bool)
   _check_range(config, 'model.tubelet_presence_threshold', 0.0, 1.0, low_open=True)
   if config.data.frame_stride != 1:
     raise ConfigError(

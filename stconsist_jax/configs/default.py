@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.tubelet_presence_threshold = 0.5  # det_present: sigmoid(logit) >= this.
   # Also read the next finer backbone stage (its time steps and cells, space-to-depth).
   config.model.tubelet_finer_stage = False
+  # Flip test-time augmentation (inference only, twice the forward cost): each box is the
+  # mean of the clip's and of its mirror image's at the mirrored cell; the class scores
+  # stay the clip's own (docs/tubelets.md).
+  config.model.tubelet_flip_test = False
   # Input preset the weights expect: 'kinetics' (2020 release), 'activitynet_0_255'
   # (2017 release), 'imagenet', 'scale_0_1'.
   config.model.normalization = 'kinetics'

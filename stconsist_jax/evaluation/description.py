@@ -38,6 +38,7 @@ def model_name(model_config: Any) -> str:
       for key, name in (
         ('tubelet_presence', 'per-frame presence'),
         ('tubelet_finer_stage', 'finer stage'),
+        ('tubelet_flip_test', 'flip test'),
       )
       if model_config.get(key, False)
     ]

@@ -168,8 +168,14 @@ class Detector(nn.Module):
     box_hidden: hidden sizes of the box head: Model-1 (16,), Model-2 (256, 64, 8).
     box_activation: activation after each hidden layer; 'none' by default.
     num_box_classes, tubelet_frames, tubelet_stride, tubelet_width, tubelet_top_n,
-      tubelet_nms, tubelet_presence, tubelet_presence_threshold: the tubelet head's
-      settings (config.model's keys of those names); read only when box_head='tubelet'.
+      tubelet_nms, tubelet_presence, tubelet_presence_threshold, tubelet_finer_stage: the
+      tubelet head's settings (config.model's keys of those names); read only when
+      box_head='tubelet'.
+    tubelet_flip_test: at inference (train=False), also run the backbone and the tubelet
+      head (the same parameters) on each clip's mirror image (W reversed) and average
+      every box and presence logit with the mirror image's at the mirrored cell
+      (`tubelet_decode.merge_mirrored`); the class logits, dense and clip-level, stay the
+      clip's own. Twice the inference cost.
     normalization: a key of NORMALIZATION_PRESETS.
     dtype: backbone (and tubelet head) compute dtype; the other heads compute in float32.
 
@@ -197,13 +203,25 @@ class Detector(nn.Module):
   tubelet_presence: bool = False
   tubelet_presence_threshold: float = 0.5
   tubelet_finer_stage: bool = False
+  tubelet_flip_test: bool = False
   normalization: str = 'kinetics'
   dtype: Any = jnp.float32
 
-  def _tubelets(self, stages: list[jax.Array], num_frames: int, train: bool) -> dict:
-    """The dense head on the backbone stages, its centre box and (inference) decoding."""
+  def _flip_test(self, train: bool) -> bool:
+    """Whether this call averages each clip's outputs with its mirror image's."""
+    return self.box_head == 'tubelet' and self.tubelet_flip_test and not train
+
+  def _tubelets(
+    self,
+    stages: list[jax.Array],
+    num_frames: int,
+    train: bool,
+    mirror_stages: list[jax.Array] | None = None,
+  ) -> dict:
+    """The dense head on the backbone stages, its centre box and (inference) decoding;
+    with the mirror image's stages, boxes and presence averaged with its outputs."""
     k, _ = tubelet_decode.output_frames(num_frames, self.tubelet_frames)
-    dense = tubelet_head.TubeletHead(
+    head = tubelet_head.TubeletHead(
       num_box_classes=self.num_box_classes,
       num_frames=k,
       stride=self.tubelet_stride,
@@ -213,7 +231,10 @@ class Detector(nn.Module):
       finer_stage=self.tubelet_finer_stage,
       dtype=self.dtype,
       name=BOX_HEAD_SCOPE,
-    )(stages)
+    )
+    dense = head(stages)
+    if mirror_stages is not None:
+      dense = tubelet_decode.merge_mirrored(dense, head(mirror_stages))
     logits, boxes = dense['tubelet_logits'], dense['tubelet_boxes']
     out = dict(dense, boxes=tubelet_decode.centre_box(logits, boxes))
     if not train:
@@ -236,9 +257,8 @@ class Detector(nn.Module):
     if self.box_head not in BOX_HEADS:
       raise ValueError(f'Unknown box_head {self.box_head!r}; valid: {", ".join(BOX_HEADS)}.')
     x = normalize(clip, self.normalization)
-    out = resnet3d.ResNet3D(**self.backbone_kwargs, dtype=self.dtype, name='backbone')(
-      x, train and not freeze_backbone
-    )
+    backbone = resnet3d.ResNet3D(**self.backbone_kwargs, dtype=self.dtype, name='backbone')
+    out = backbone(x, train and not freeze_backbone)
     if freeze_backbone:
       out = jax.tree_util.tree_map(jax.lax.stop_gradient, out)
     features = out['features'].astype(jnp.float32)
@@ -249,7 +269,8 @@ class Detector(nn.Module):
     elif self.box_head == 'spatial':
       boxes = SpatialBoxHead(hidden, self.box_activation, name=BOX_HEAD_SCOPE)(out['feature_map'])
     elif self.box_head == 'tubelet':
-      return {'logits': logits, **self._tubelets(out['stages'], clip.shape[1], train)}
+      mirror = backbone(jnp.flip(x, axis=3), False)['stages'] if self._flip_test(train) else None
+      return {'logits': logits, **self._tubelets(out['stages'], clip.shape[1], train, mirror)}
     else:
       boxes = jnp.zeros((clip.shape[0], 4), jnp.float32)
     return {'logits': logits, 'boxes': boxes.astype(jnp.float32)}
@@ -283,7 +304,8 @@ def build_model(model_config: Any) -> Detector:
   normalization, dtype ('float32' | 'bfloat16'), conv_impl ('auto' | 'xla' | 'conv2d'), and
   with box_head='tubelet' num_box_classes, tubelet_frames, tubelet_stride, tubelet_width,
   tubelet_top_n, tubelet_nms, tubelet_presence (configs saved before it: False),
-  tubelet_presence_threshold, tubelet_finer_stage (configs saved before it: False)."""
+  tubelet_presence_threshold, tubelet_finer_stage (configs saved before it: False),
+  tubelet_flip_test (inference only; configs saved before it: False)."""
   kwargs = backbone_kwargs_from_config(model_config)
   get = model_config.get
   # The values are checked where they are used, when the model is initialized or applied
@@ -303,6 +325,7 @@ def build_model(model_config: Any) -> Detector:
       tubelet_presence=bool(get('tubelet_presence', False)),
       tubelet_presence_threshold=float(get('tubelet_presence_threshold', 0.5)),
       tubelet_finer_stage=bool(get('tubelet_finer_stage', False)),
+      tubelet_flip_test=bool(get('tubelet_flip_test', False)),
     )
   return Detector(
     num_classes=int(get('num_classes', 101)),

@@ -35,11 +35,13 @@ def tiny_config(head, presence=False):
   blocks per stage (the second block after a projection is what a jax2onnx optimizer
   pass broke), so the full-size model's graph is exported too. 'tubelet' is the demo's
   own head (K = T = 8 boxes per cell, top 6 decoded tubelets per clip); `presence` adds
-  its per-frame presence output."""
+  its per-frame presence output and the demo's flip test (two forward passes: exported
+  once per format that tests presence, not in every test)."""
   config = demo.get_config()
   config.data.name = 'random'
   config.model.box_head = head
   config.model.tubelet_presence = presence
+  config.model.tubelet_flip_test = presence
   if head == 'mlp':
     config.model.box_hidden = (16,)
     config.model.depth = 18

@@ -369,3 +369,29 @@ def test_build_model_reads_the_tubelet_keys():
   config.tubelet_frames = 9  # More than the clip's 8 frames.
   with pytest.raises(ValueError, match='tubelet_frames must be in 0..8'):
     jax.eval_shape(lambda c: build_model(config).init(jax.random.key(0), c, train=False), clip)
+
+
+def test_flip_test_averages_each_box_with_its_mirror_images(tiny):
+  """tubelet_flip_test: the clip's own class scores, and at each cell the mean of its boxes
+  and of the mirror image's boxes at the mirrored cell (i, w - 1 - j) with dx negated,
+  recomputed in numpy from two plain forward passes; the first detection decodes them."""
+  model, variables, clip, plain = tiny
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  mirror = {k: np.asarray(v) for k, v in apply(variables, clip[:, :, :, ::-1]).items()}
+  flip_test = _tiny(tubelet_flip_test=True)
+  got = jax.jit(functools.partial(flip_test.apply, train=False))(variables, clip)
+  mirrored = mirror['tubelet_boxes'][:, :, ::-1].copy()
+  mirrored[..., 0] *= -1
+  expected = (plain['tubelet_boxes'] + mirrored) / 2
+  # Two forward passes in one program: XLA may round differently, by ~1e-6.
+  np.testing.assert_allclose(got['tubelet_boxes'], expected, rtol=1e-5, atol=1e-5)
+  for key in ('logits', 'tubelet_logits', 'det_scores'):
+    np.testing.assert_allclose(got[key], plain[key], rtol=1e-5, atol=1e-5)
+  probs = _softmax(plain['tubelet_logits'])[..., 1:]
+  for n in range(2):
+    i, j = np.unravel_index(probs[n].max(-1).argmax(), (6, 6))
+    dx, dy, bw, bh = expected[n, i, j].T
+    cx, cy = (j + 0.5 + dx) / 6, (i + 0.5 + dy) / 6
+    corners = np.clip(np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1), 0, 1)
+    np.testing.assert_allclose(got['det_boxes'][n, 0], corners, atol=1e-5)
+  assert flip_test.tubelet_flip_test and not model.tubelet_flip_test

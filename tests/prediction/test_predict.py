@@ -791,6 +791,7 @@ def test_a_tubelet_detector_predicts_every_actor_of_every_frame(videos, tmp_path
   config = tubelet_demo.get_config()
   config.data.name = 'random'
   config.model.widen_factor = 0.125
+  config.model.tubelet_flip_test = False  # The flip test has its own tests; half the cost.
   config.eval.tubelets.min_length = 2  # random weights give short tubes
   model = models.build_model(config.model)
   path = tmp_path / 'tubelet'
