@@ -11,6 +11,7 @@ of the one-box `loc` and `con_loc`.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any
@@ -158,11 +159,32 @@ def stage_at(stages: Sequence[Stage], step: int) -> int:
 # ------------------------------------------------------------------------------- state
 
 
+# The jitted initializers and train steps of this process, by what they compute: a run of
+# a configuration seen before in the same process (a resume, a study's next run, a test)
+# reuses the traced program instead of tracing and lowering it again. Oldest dropped first.
+JIT_CACHE_SIZE = 8
+_jitted: collections.OrderedDict[tuple[Any, ...], Callable] = collections.OrderedDict()
+
+
+def _cached_jit(key: tuple[Any, ...], build: Callable[[], Callable]) -> Callable:
+  """The jitted function stored under `key`, built by `build()` when missing."""
+  fn = _jitted.get(key)
+  if fn is None:
+    fn = _jitted[key] = build()
+    while len(_jitted) > JIT_CACHE_SIZE:
+      _jitted.popitem(last=False)
+  _jitted.move_to_end(key)
+  return fn
+
+
 def init_variables(model: Any, config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
   """Host (numpy) variables of a freshly initialized model."""
   d = config.data
   dummy = jnp.zeros((2, d.num_frames, d.image_size, d.image_size, 3), jnp.uint8)
-  variables = jax.jit(functools.partial(model.init, train=False))(rng, dummy)
+  init = _cached_jit(
+    ('init', repr(model)), lambda: jax.jit(functools.partial(model.init, train=False))
+  )
+  variables = init(rng, dummy)
   return jax.tree.map(np.asarray, jax.device_get(dict(variables)))
 
 
@@ -407,21 +429,38 @@ def train_step(
 def make_train_step(
   config: ml_collections.ConfigDict, model: Any, mesh: Any, stage: Stage
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-  """`train_step` for one stage, jitted: batch on 'data', state replicated and donated."""
-  fn = functools.partial(
-    train_step,
-    model=model,
-    tx=make_optimizer(config.optimizer),
-    lr_fn=make_lr_schedule(config.optimizer, config.train.num_steps),
-    stage=stage,
-    loss_config=config.loss,
-    num_steps=config.train.num_steps,
-    grad_clip_norm=float(config.optimizer.grad_clip_norm),
+  """`train_step` for one stage, jitted: batch on 'data', state replicated and donated.
+
+  The same (model, optimizer, loss, steps, stage, mesh) in one process gets the same jitted
+  function back (`_cached_jit`).
+  """
+
+  def build() -> Callable:
+    fn = functools.partial(
+      train_step,
+      model=model,
+      tx=make_optimizer(config.optimizer),
+      lr_fn=make_lr_schedule(config.optimizer, config.train.num_steps),
+      stage=stage,
+      loss_config=config.loss,
+      num_steps=config.train.num_steps,
+      grad_clip_norm=float(config.optimizer.grad_clip_norm),
+    )
+    repl = distributed.replicated(mesh)
+    return jax.jit(
+      fn,
+      in_shardings=(repl, distributed.batch_sharding(mesh)),
+      out_shardings=(repl, repl),
+      donate_argnums=(0,),
+    )
+
+  key = (
+    'train_step',
+    repr(model),
+    config.optimizer.to_json(sort_keys=True),
+    config.loss.to_json(sort_keys=True),
+    int(config.train.num_steps),
+    stage,
+    mesh,
   )
-  repl = distributed.replicated(mesh)
-  return jax.jit(
-    fn,
-    in_shardings=(repl, distributed.batch_sharding(mesh)),
-    out_shardings=(repl, repl),
-    donate_argnums=(0,),
-  )
+  return _cached_jit(key, build)

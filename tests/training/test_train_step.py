@@ -74,6 +74,28 @@ def test_device_flip_equals_host_flip():
     np.testing.assert_array_equal(p_dev[k], p_host[k], err_msg=k)
 
 
+def test_a_configuration_seen_before_gets_its_jitted_step_back():
+  """The same (model, optimizer, loss, steps, stage, mesh) in one process: the same jitted
+  function, so a second run traces nothing again; any difference: another function."""
+  config = test_train.tiny_config()
+  stage = train_step.resolve_stages(config)[0]
+  one_device = distributed.make_mesh(jax.devices()[:1])
+
+  def step_fn(cfg, mesh=one_device):
+    return train_step.make_train_step(cfg, models.build_model(cfg.model), mesh, stage)
+
+  first = step_fn(config)
+  assert step_fn(test_train.tiny_config()) is first
+  other_loss = test_train.tiny_config()
+  other_loss.loss.loc_weight += 1.0
+  other_model = test_train.tiny_config()
+  other_model.model.widen_factor /= 2
+  longer = test_train.tiny_config(num_steps=config.train.num_steps + 1)
+  others = [step_fn(c) for c in (other_loss, other_model, longer)]
+  others.append(step_fn(config, distributed.make_mesh(jax.devices()[:2])))
+  assert all(fn is not first for fn in others) and len({id(fn) for fn in others}) == 4
+
+
 def test_sgd_matches_pytorch_momentum_rule():
   # PyTorch SGD: g <- g + wd * p; buf <- m * buf + g; p <- p - lr * buf.
   opt = test_train.tiny_config().optimizer
