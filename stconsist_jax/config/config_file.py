@@ -120,8 +120,8 @@ def upgrade(data: dict[str, Any]) -> dict[str, Any]:
   """A config of an earlier version in today's schema (`eval.video_map` -> `eval.evaluators`;
   no `data.max_actors` -> 0, no actor targets, as such runs trained; no tubelet presence
   keys -> no presence output, as such runs trained; no `model.tubelet_finer_stage` -> the
-  head without it; no `model.tubelet_flip_test` -> no flip at inference; no tubelet linking energy or frame weighting -> ACT's linking, as such
-  runs were evaluated)."""
+  head without it; no `model.tubelet_flip_test` -> no flip at inference; no tubelet
+  linking energy or frame weighting -> ACT's linking, as such runs were evaluated)."""
   evaluation = data.get('eval')
   if isinstance(evaluation, dict) and 'video_map' in evaluation and 'evaluators' not in evaluation:
     with_tubes = evaluation.pop('video_map')

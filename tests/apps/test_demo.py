@@ -6,9 +6,8 @@ a test video. Training seeds 0-4 at these settings (configs/demo.py's tubelet de
 60 steps, evaluated with its flip test), measured on a 2-core AMD EPYC (2026-12-03): video
 accuracy 0.500-0.750 (of 16 videos), mean IoU 0.445-0.552, frame-mAP 0.312-0.424,
 video-mAP@0.2 0.480-0.605; an untrained model (1 step) scores 0.188, 0.222, 0.001 and
-0.000. The thresholds sit below
-the worst seed and far above the untrained model, so another CPU's floating-point
-results still pass.
+0.000. The thresholds sit below the worst seed and far above the untrained model, so
+another CPU's floating-point results still pass.
 """
 
 import json
