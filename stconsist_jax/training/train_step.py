@@ -426,14 +426,24 @@ def train_step(
   return new_state, metrics
 
 
+def training_view(model: Any) -> Any:
+  """`model` as the train step runs it: without the tubelet head's flip test, an inference
+  option (a mean teacher's targets stay its own outputs on the flipped clip, as CSD's)."""
+  if getattr(model, 'tubelet_flip_test', False):
+    return model.clone(tubelet_flip_test=False)
+  return model
+
+
 def make_train_step(
   config: ml_collections.ConfigDict, model: Any, mesh: Any, stage: Stage
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-  """`train_step` for one stage, jitted: batch on 'data', state replicated and donated.
+  """`train_step` for one stage, jitted: batch on 'data', state replicated and donated; the
+  model's `training_view`.
 
   The same (model, optimizer, loss, steps, stage, mesh) in one process gets the same jitted
   function back (`_cached_jit`).
   """
+  model = training_view(model)
 
   def build() -> Callable:
     fn = functools.partial(

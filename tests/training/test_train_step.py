@@ -96,6 +96,23 @@ def test_a_configuration_seen_before_gets_its_jitted_step_back():
   assert all(fn is not first for fn in others) and len({id(fn) for fn in others}) == 4
 
 
+def test_the_flip_test_is_not_trained_with():
+  """The flip test is an inference option: the train step (and a mean teacher's targets)
+  run the model without it, the very step of the same configuration without it."""
+  config = test_train.tiny_config()
+  config.model.box_head = 'tubelet'
+  flipped = models.build_model({**config.model.to_dict(), 'tubelet_flip_test': True})
+  plain = models.build_model(config.model)
+  assert flipped.tubelet_flip_test and not train_step.training_view(flipped).tubelet_flip_test
+  assert repr(train_step.training_view(flipped)) == repr(plain)
+  assert train_step.training_view(plain) is plain
+  mesh = distributed.make_mesh(jax.devices()[:1])
+  stage = train_step.resolve_stages(config)[0]
+  assert train_step.make_train_step(config, flipped, mesh, stage) is train_step.make_train_step(
+    config, plain, mesh, stage
+  )
+
+
 def test_sgd_matches_pytorch_momentum_rule():
   # PyTorch SGD: g <- g + wd * p; buf <- m * buf + g; p <- p - lr * buf.
   opt = test_train.tiny_config().optimizer
