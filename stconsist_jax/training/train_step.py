@@ -177,8 +177,18 @@ def _cached_jit(key: tuple[Any, ...], build: Callable[[], Callable]) -> Callable
   return fn
 
 
+def training_view(model: Any) -> Any:
+  """`model` as the train step runs it: without the tubelet head's flip test, an inference
+  option (a mean teacher's targets stay its own outputs on the flipped clip, as CSD's)."""
+  if getattr(model, 'tubelet_flip_test', False):
+    return model.clone(tubelet_flip_test=False)
+  return model
+
+
 def init_variables(model: Any, config: ml_collections.ConfigDict, rng: jax.Array) -> dict[str, Any]:
-  """Host (numpy) variables of a freshly initialized model."""
+  """Host (numpy) variables of a freshly initialized model (its `training_view`: the flip
+  test adds no variables, only a second pass to trace)."""
+  model = training_view(model)
   d = config.data
   dummy = jnp.zeros((2, d.num_frames, d.image_size, d.image_size, 3), jnp.uint8)
   init = _cached_jit(
@@ -424,14 +434,6 @@ def train_step(
     teacher=teacher,
   )
   return new_state, metrics
-
-
-def training_view(model: Any) -> Any:
-  """`model` as the train step runs it: without the tubelet head's flip test, an inference
-  option (a mean teacher's targets stay its own outputs on the flipped clip, as CSD's)."""
-  if getattr(model, 'tubelet_flip_test', False):
-    return model.clone(tubelet_flip_test=False)
-  return model
 
 
 def make_train_step(
