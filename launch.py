@@ -57,6 +57,7 @@ _EVAL_DIR = flags.DEFINE_string(
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
 EXIT_STORAGE_UNAVAILABLE = 75  # EX_TEMPFAIL: the bucket did not answer; rerunning resumes.
+EXIT_NO_SPACE = 74  # EX_IOERR: the checkpoint disk is full; rerunning once there is room resumes.
 
 
 def _evaluate_module():
@@ -89,6 +90,7 @@ def main(argv):
   from stconsist_jax.config import schema  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
+  from stconsist_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import preemption  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
@@ -127,6 +129,10 @@ def main(argv):
       evaluate_fn=evaluate_fn,
       allow_config_change=_ALLOW_CONFIG_CHANGE.value,
     )
+  except checkpointing.NoSpaceError as e:
+    # Orbax's writer threads still hold the failed step's writes: a normal exit would
+    # print their errors as the interpreter shuts down. The committed steps are intact.
+    errors.fail_now(f'error: {e}', EXIT_NO_SPACE)
   except errors.user_error_types() as e:
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.

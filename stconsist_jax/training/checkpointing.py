@@ -15,15 +15,19 @@ metadata and array data: a step listed as finished without them (another run wri
 same workdir) counts as unreadable. A step that cannot be read (a damaged or missing file)
 is set aside as `<step>.unreadable-<time>` and the previous step is used, with a warning;
 never silently step 0. The data stream is a pure function of (seed, step): the step
-alone restores the pipeline position.
+alone restores the pipeline position. A disk too full for the next step stops the run with
+one line (`NoSpaceError`); the committed steps stay, the partial one is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import time
 from typing import Any, TypeVar
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from absl import logging
 from etils import epath
@@ -36,14 +40,53 @@ from stconsist_jax.core import errors
 from stconsist_jax.config import config_file
 from stconsist_jax.core import fileio
 from stconsist_jax.training import checkpoint_steps
+from stconsist_jax.training import distributed
 from stconsist_jax.training import orbax_quirks
 
 CHECKPOINT_DIR = 'checkpoints'
 T = TypeVar('T')
+# Room asked for a step beyond its estimated size: later steps compress less, and slack.
+SPACE_MARGIN_FACTOR = 1.25
+SPACE_MARGIN_BYTES = 2**20
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How tensorstore (orbax's writer) words them: a ValueError with the OS's text and code.
+_NO_SPACE_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
 
 
 class CheckpointReadError(errors.UserError, RuntimeError):
   """No committed checkpoint of a workdir could be read."""
+
+
+class NoSpaceError(errors.UserError, OSError):
+  """The checkpoint disk is too full for the next step; the committed steps are intact."""
+
+
+def is_out_of_space(error: BaseException) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk or quota."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+      return True
+    if any(text in str(error) for text in _NO_SPACE_TEXTS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _free_bytes(directory: epath.Path) -> int:
+  """Free bytes of the file system `directory` is (or will be) on."""
+  path = os.path.abspath(os.fspath(directory))
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return shutil.disk_usage(path).free
+
+
+def _tree_bytes(path: str) -> int:
+  """Bytes of the files under `path`."""
+  return sum(
+    os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names
+  )
 
 
 def restore_with_fallback(
@@ -162,6 +205,7 @@ class Checkpointer:
   ):
     self.workdir = fileio.as_path(workdir)
     self.best_metric = best_metric
+    self._in_flight: int | None = None  # The step of the last save begun.
     self._manager = self._bounded(
       lambda: _manager(
         self.workdir / CHECKPOINT_DIR,
@@ -203,14 +247,74 @@ class Checkpointer:
           step,
         )
         metrics = None
-    args = ocp.args.Composite(
-      variables=ocp.args.StandardSave({'params': state.params, 'batch_stats': state.batch_stats}),
-      train=ocp.args.StandardSave(_train_item(state)),
+    items = {
+      'variables': {'params': state.params, 'batch_stats': state.batch_stats},
+      'train': _train_item(state),
+    }
+    args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
+    self.wait()  # The step in flight first: its bytes are on the disk the check reads.
+    self._check_space(step, items)
+    self._in_flight = step
+    with self._no_space_as_one_line():
+      self._bounded(
+        lambda: self._manager.save(step, args=args, metrics=metrics, force=True),
+        f'saving step {step} to',
+      )
+
+  def _check_space(self, step: int, items: Any) -> None:
+    """Refuses to start step `step` on a local disk without room for it: as large as the
+    last committed step (orbax compresses), or for a first step as its arrays (`items`)."""
+    directory = self.workdir / CHECKPOINT_DIR
+    if fileio.is_remote(directory):
+      return  # A bucket's quota is met while writing.
+    committed = checkpoint_steps.committed_steps(directory)
+    if committed:
+      size = _tree_bytes(os.fspath(directory / str(max(committed))))
+    else:
+      size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(items))
+    needed = size * SPACE_MARGIN_FACTOR + SPACE_MARGIN_BYTES
+    free = _free_bytes(directory)
+    if distributed.any_process(free < needed):  # Every process stops, or none.
+      raise NoSpaceError(
+        self._no_space_message(
+          step, f'about {needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free'
+        )
+      )
+
+  def _no_space_message(self, step: int, detail: str) -> str:
+    directory = self.workdir / CHECKPOINT_DIR
+    committed = checkpoint_steps.committed_steps(directory)
+    kept = (
+      f'the last committed step is {max(committed)}; free space and rerun the same command '
+      f'to resume from it'
+      if committed
+      else 'no step is committed yet; free space and rerun the same command'
     )
-    self._bounded(
-      lambda: self._manager.save(step, args=args, metrics=metrics, force=True),
-      f'saving step {step} to',
-    )
+    return f'no space left for checkpoint step {step} in {directory} ({detail}): {kept}'
+
+  @contextlib.contextmanager
+  def _no_space_as_one_line(self) -> Iterator[None]:
+    """A full disk met by orbax (the step in flight) as a NoSpaceError, its partial
+    directory removed (orbax would also remove it on the next save of that step)."""
+    try:
+      yield
+    except NoSpaceError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if not is_out_of_space(e) or self._in_flight is None:
+        raise
+      step, self._in_flight = self._in_flight, None
+      self._remove_partial(step)
+      raise NoSpaceError(
+        self._no_space_message(step, 'the disk filled while it was written')
+      ) from None
+
+  def _remove_partial(self, step: int) -> None:
+    directory = self.workdir / CHECKPOINT_DIR
+    if fileio.is_remote(directory) or jax.process_index() != 0:
+      return
+    for partial in directory.glob(f'{step}.orbax-checkpoint-tmp*'):
+      shutil.rmtree(os.fspath(partial), ignore_errors=True)
 
   def reached_preemption(self, step: int) -> bool:
     """Whether JAX's preemption service saw a SIGTERM on any host (multi-process runs)."""
@@ -256,10 +360,12 @@ class Checkpointer:
     self._manager.reload()
 
   def wait(self) -> None:
-    self._bounded(self._manager.wait_until_finished, 'finishing the checkpoint in')
+    with self._no_space_as_one_line():
+      self._bounded(self._manager.wait_until_finished, 'finishing the checkpoint in')
 
   def close(self) -> None:
-    self._bounded(self._manager.close, 'closing the checkpoints in')
+    with self._no_space_as_one_line():
+      self._bounded(self._manager.close, 'closing the checkpoints in')
 
 
 def check_workdir(workdir: str | os.PathLike, step: int | str = 'latest') -> list[int]:

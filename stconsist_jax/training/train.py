@@ -400,6 +400,9 @@ def _train(
       sigterm.end_process()  # A storage call gave up before the watch saw it stall.
     storage_failed = True  # Waiting for the pending writes would time out again.
     raise
+  except checkpointing.NoSpaceError:
+    storage_failed = True  # The pending writes would fail again on the full disk.
+    raise
   finally:
     profiler.stop()
     if not storage_failed:

@@ -4,6 +4,7 @@ Training runs go through launch.py in subprocesses on random data, with TensorFl
 unimportable (no TensorBoard summaries: the runs skip its import).
 """
 
+import errno
 import signal
 import subprocess
 import sys
@@ -217,3 +218,67 @@ def test_teacher_is_saved_and_restored_with_the_train_item(tmp_path):
   np.testing.assert_array_equal(restored.teacher['batch_stats']['m'], [1.0, 1.0])
   # Without a teacher the train item is as before: {opt_state, step}.
   assert set(checkpointing._train_item(state(1.0, None))) == {'opt_state', 'step'}
+
+
+# What orbax raises when tensorstore's write fails on a full disk (text as measured).
+TENSORSTORE_NO_SPACE = (
+  'RESOURCE_EXHAUSTED: Error writing local file "/run/checkpoints/12.orbax-checkpoint-tmp/'
+  'train.orbax-checkpoint-tmp/_sharding": Failed to write 1154 bytes to file 25: No space '
+  "left on device [os_error_code='28']"
+)
+
+
+def test_out_of_space_is_recognized_in_each_form_it_takes():
+  assert checkpointing.is_out_of_space(OSError(errno.ENOSPC, 'No space left on device'))
+  assert checkpointing.is_out_of_space(OSError(errno.EDQUOT, 'Disk quota exceeded'))
+  assert checkpointing.is_out_of_space(ValueError(TENSORSTORE_NO_SPACE))
+  try:
+    try:
+      raise OSError(errno.ENOSPC, 'write')
+    except OSError as inner:
+      raise RuntimeError('save failed') from inner
+  except RuntimeError as outer:
+    assert checkpointing.is_out_of_space(outer)
+  assert not checkpointing.is_out_of_space(ValueError('RESOURCE_EXHAUSTED: out of memory'))
+  assert not checkpointing.is_out_of_space(OSError(errno.EACCES, 'Permission denied'))
+
+
+def test_a_disk_that_fills_during_a_save_is_one_error_and_the_partial_step_goes(
+  tmp_path, monkeypatch
+):
+  """Orbax writes a step in the background; a full disk surfaces at the next wait. It
+  becomes one NoSpaceError naming that step and the last committed one, and the step's
+  partial directory is removed."""
+  config_file.save(ml_collections.ConfigDict({'seed': 3}), tmp_path)
+  ckpt = checkpointing.Checkpointer(tmp_path, keep=3)
+  ckpt.save(1, _state(1.0))
+  ckpt.wait()
+  partial = tmp_path / 'checkpoints' / '2.orbax-checkpoint-tmp'
+
+  def save_that_fills_the_disk(step, **kwargs):
+    (partial / 'variables.orbax-checkpoint-tmp').mkdir(parents=True)
+    return True
+
+  def wait_after_a_failed_write():
+    raise ValueError(TENSORSTORE_NO_SPACE)
+
+  monkeypatch.setattr(ckpt._manager, 'save', save_that_fills_the_disk)
+  ckpt.save(2, _state(2.0))
+  assert partial.is_dir()
+  monkeypatch.setattr(ckpt._manager, 'wait_until_finished', wait_after_a_failed_write)
+  with pytest.raises(checkpointing.NoSpaceError) as e:
+    ckpt.wait()
+  assert str(e.value) == (
+    f'no space left for checkpoint step 2 in {tmp_path / "checkpoints"} (the disk filled '
+    'while it was written): the last committed step is 1; free space and rerun the same '
+    'command to resume from it'
+  )
+  assert not partial.exists()
+  assert checkpoint_steps.committed_steps(tmp_path / 'checkpoints') == [1]
+
+  def wait_after_another_failure():
+    raise ValueError('RESOURCE_EXHAUSTED: out of memory')
+
+  monkeypatch.setattr(ckpt._manager, 'wait_until_finished', wait_after_another_failure)
+  with pytest.raises(ValueError, match='out of memory'):  # Other failures keep their type.
+    ckpt.wait()

@@ -22,6 +22,7 @@ from stconsist_jax.training import checkpoint_steps
 from stconsist_jax.config import schema
 from stconsist_jax.config import config_file
 from stconsist_jax.core import console
+from stconsist_jax.core import errors
 from stconsist_jax.training import summaries
 from stconsist_jax.training import train
 from stconsist_jax.training import workdir_lock
@@ -248,6 +249,38 @@ def test_run_whose_lease_is_lost_stops_keeping_its_checkpoints(trained, tmp_path
   )
   assert checkpoint_steps.committed_steps(tmp_path / 'checkpoints') == [2, 4]
   assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists()
+
+
+def test_full_disk_stops_before_the_step_in_one_line_and_the_resume_is_exact(
+  trained, tmp_path, monkeypatch
+):
+  """A disk without room for the next step (a full disk, simulated by its free space):
+  the run stops before writing it, naming the step and the last committed one; after
+  space is freed the same command resumes from that step and repeats its steps exactly."""
+  tmp_path = _copy(trained, tmp_path)  # checkpoints at steps 2 and 4
+  config = tiny_config(8)
+  monkeypatch.setattr(checkpointing, '_free_bytes', lambda directory: 0)
+  with pytest.raises(checkpointing.NoSpaceError) as e:
+    _run(config, tmp_path)
+  message = str(e.value)
+  assert 'no space left for checkpoint step 6' in message and '0.0 MB free' in message
+  assert 'the last committed step is 4' in message and '\n' not in message
+  assert isinstance(e.value, errors.UserError)  # launch.py: one line, exit 74
+  checkpoints = tmp_path / 'checkpoints'
+  assert sorted(p.name for p in checkpoints.iterdir()) == ['2', '4']  # nothing partial
+  assert not (tmp_path / workdir_lock.LOCK_FILENAME).exists(), 'lock not released'
+
+  monkeypatch.undo()
+  _run(config, tmp_path)
+  assert checkpoint_steps.committed_steps(checkpoints)[-1] == 8
+  records = summaries.read_metrics_jsonl(tmp_path / summaries.METRICS_FILENAME)
+  runs = {}
+  for record in records:
+    runs.setdefault(record.pop('step'), []).append(record)
+  assert sorted(runs) == list(range(1, 9))
+  repeated = {step: r for step, r in runs.items() if len(r) > 1}
+  assert sorted(repeated) == [5, 6]  # logged before the stop, then again from step 4
+  assert all(first == again for first, again in repeated.values())
 
 
 def test_resume_with_another_architecture_is_refused_before_writing(trained, tmp_path):
