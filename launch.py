@@ -133,6 +133,15 @@ def main(argv):
     # Orbax's writer threads still hold the failed step's writes: a normal exit would
     # print their errors as the interpreter shuts down. The committed steps are intact.
     errors.fail_now(f'error: {e}', EXIT_NO_SPACE)
+  except OSError as e:
+    if not checkpointing.is_out_of_space(e):
+      raise
+    # The lock, config.json, metrics.jsonl or a report: each is written whole or not at all.
+    errors.fail_now(
+      f'error: no space left on the disk of {_WORKDIR.value} ({errors.describe(e)}); free '
+      'space and rerun the same command (it resumes from the last committed checkpoint)',
+      EXIT_NO_SPACE,
+    )
   except errors.user_error_types() as e:
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.

@@ -50,9 +50,13 @@ class _LocalStore:
   def _write_temp(self, data: bytes) -> str:
     folder, name = os.path.split(self.path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f'{name}.', suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-      os.fchmod(f.fileno(), 0o644)
-      f.write(data)
+    try:
+      with os.fdopen(fd, 'wb') as f:
+        os.fchmod(f.fileno(), 0o644)
+        f.write(data)
+    except BaseException:  # A full disk: no temporary file is left behind.
+      os.unlink(tmp)
+      raise
     return tmp
 
   def create(self, data: bytes) -> Any:

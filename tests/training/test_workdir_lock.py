@@ -4,6 +4,7 @@ Contenders are threads of this process, released together by a barrier, with Pyt
 switching between them as often as it can so that their steps interleave.
 """
 
+import errno
 import json
 import os
 import socket
@@ -83,6 +84,35 @@ def _stale_lock(workdir):
 def test_runs_taking_over_one_stale_lock_together_one_wins(tmp_path, interleaved, contenders):
   outcomes = [_contend(tmp_path / f'trial{i}', contenders, _stale_lock) for i in range(100)]
   _assert_one_winner_each(outcomes, contenders)
+
+
+def test_a_full_disk_refuses_the_lock_and_leaves_no_file(tmp_path, monkeypatch):
+  real_fdopen = os.fdopen
+
+  class FullDisk:
+    def __init__(self, fd, mode):
+      self.file = real_fdopen(fd, mode)
+
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      self.file.close()
+
+    def fileno(self):
+      return self.file.fileno()
+
+    def write(self, data):
+      raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(os, 'fdopen', FullDisk)
+  with pytest.raises(OSError) as e:
+    workdir_lock.WorkdirLock(tmp_path).acquire()
+  assert e.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert [
+    p.name for p in tmp_path.iterdir() if p.name != workdir_lock.LOCK_FILENAME + '.guard'
+  ] == []
 
 
 def test_young_unreadable_lock_is_in_use(tmp_path):
