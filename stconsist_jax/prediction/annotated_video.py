@@ -4,7 +4,9 @@ encoded to an MP4, one frame held at a time, through a partial file.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from typing import Any
 from collections.abc import Callable, Iterator, Sequence
 
@@ -22,6 +24,8 @@ FOURCC = 'mp4v'
 # Actors and tubes scoring below this are left out of the drawing (not of the JSON): a
 # tubelet detector keeps every class's candidates, most of them near zero.
 DRAW_MIN_SCORE = 0.2
+# Less free space than this beside an annotated video cut short: the disk filled.
+FULL_DISK_BYTES = 1 << 20
 
 
 def write_video(
@@ -47,6 +51,7 @@ def write_video(
       written = _draw_into(
         tmp, frames, results, tube_list, class_names, fps, on_frame, box_class_names
       )
+      _check_complete(tmp, written)
   finally:
     frames.close()
   if written != results.num_frames:
@@ -58,6 +63,22 @@ def write_video(
       written,
     )
   return written
+
+
+def _check_complete(path: str, written: int) -> None:
+  """Raises unless the encoded file at `path` holds its `written` frames: OpenCV's writer
+  reports no failed write, and a full disk leaves a file without its index."""
+  cap = cv2.VideoCapture(path)
+  try:
+    readable = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0) if cap.isOpened() else 0
+  finally:
+    cap.release()
+  if readable == written:
+    return
+  cut = f'the annotated video holds {readable} of its {written} frames'
+  if shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < FULL_DISK_BYTES:
+    raise OSError(errno.ENOSPC, f'No space left on device: {cut}')
+  raise video_files.VideoError(f'OpenCV could not write it whole: {cut}')
 
 
 def _draw_into(

@@ -341,7 +341,12 @@ def predict_video(
       'clips': clips,  # forward passes of the model
     }
     record_schema.validate_prediction(record)
-    write_record(json_path, record)
+    try:
+      write_record(json_path, record)
+    except BaseException:
+      if written is not None:  # The video and its record are kept together or not at all.
+        fileio.as_path(written).unlink(missing_ok=True)
+      raise
   finally:
     bar.close()
   if info.reported_frames and info.reported_frames != results.num_frames:

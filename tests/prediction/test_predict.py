@@ -2,6 +2,7 @@
 files of two containers, sizes and frame rates, the output schema, and the command line.
 """
 
+import errno
 import gc
 import json
 import os
@@ -491,6 +492,46 @@ def test_annotated_video_is_streamed_beside_its_destination(videos, tmp_path):
       fail_at_frame_5,
     )
   assert sorted(p.name for p in out.iterdir()) == ['b.mp4']  # no partial file left
+
+
+def test_annotated_video_cut_short_by_a_full_disk_is_an_error_not_an_output(
+  videos, tmp_path, monkeypatch
+):
+  """OpenCV's writer reports no failed write: on a full disk it leaves a file without its
+  index (as measured on a full file system). Such a file never becomes the output."""
+  out = tmp_path / 'out'
+  draw_into = annotated_video._draw_into
+
+  def draw_on_a_disk_that_fills(tmp, *args):
+    written = draw_into(tmp, *args)
+    with open(tmp, 'r+b') as f:  # What the disk kept: the first half, no index at the end.
+      f.truncate(os.path.getsize(tmp) // 2)
+    return written
+
+  monkeypatch.setattr(annotated_video, '_draw_into', draw_on_a_disk_that_fills)
+  usage = shutil.disk_usage(tmp_path)
+  monkeypatch.setattr(annotated_video.shutil, 'disk_usage', lambda path: usage._replace(free=4096))
+  args = (videos / 'b.mp4', out / 'b.mp4', _uniform_results(23), [], ['c'] * NUM_CLASSES, 12)
+  with pytest.raises(OSError) as e:
+    annotated_video.write_video(*args)
+  assert e.value.errno == errno.ENOSPC
+  assert 'the annotated video holds 0 of its 23 frames' in str(e.value)
+  assert list(out.iterdir()) == []
+  monkeypatch.setattr(annotated_video.shutil, 'disk_usage', lambda path: usage)
+  with pytest.raises(video_files.VideoError, match='OpenCV could not write it whole'):
+    annotated_video.write_video(*args)  # Cut short with room left: not the disk.
+
+
+def test_a_record_that_cannot_be_written_takes_its_annotated_video_with_it(
+  loaded, videos, tmp_path, monkeypatch
+):
+  def full_disk(path, record):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(predict, 'write_record', full_disk)
+  with pytest.raises(OSError, match='No space left'):
+    predict.predict_video(loaded, videos / 'b.mp4', tmp_path / 'out', progress=False)
+  assert list((tmp_path / 'out').iterdir()) == []
 
 
 def test_tubes_through_a_frame_are_found_without_a_table():
