@@ -57,7 +57,6 @@ _EVAL_DIR = flags.DEFINE_string(
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: the scheduler may requeue; rerunning resumes.
 EXIT_STORAGE_UNAVAILABLE = 75  # EX_TEMPFAIL: the bucket did not answer; rerunning resumes.
-EXIT_NO_SPACE = 74  # EX_IOERR: the checkpoint disk is full; rerunning once there is room resumes.
 
 
 def _evaluate_module():
@@ -132,16 +131,7 @@ def main(argv):
   except checkpointing.NoSpaceError as e:
     # Orbax's writer threads still hold the failed step's writes: a normal exit would
     # print their errors as the interpreter shuts down. The committed steps are intact.
-    errors.fail_now(f'error: {e}', EXIT_NO_SPACE)
-  except OSError as e:
-    if not checkpointing.is_out_of_space(e):
-      raise
-    # The lock, config.json, metrics.jsonl or a report: each is written whole or not at all.
-    errors.fail_now(
-      f'error: no space left on the disk of {_WORKDIR.value} ({errors.describe(e)}); free '
-      'space and rerun the same command (it resumes from the last committed checkpoint)',
-      EXIT_NO_SPACE,
-    )
+    errors.fail_now(f'error: {e}', errors.EXIT_NO_SPACE)
   except errors.user_error_types() as e:
     # Mistakes found once the data, weights or checkpoints are looked at (num_classes vs
     # the dataset, a dataset not built, no checkpoint, another architecture): one line.
@@ -157,6 +147,15 @@ def main(argv):
   except train.NonFiniteLossError as e:
     print(str(e), file=sys.stderr)
     sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    if not errors.is_out_of_space(e):
+      raise
+    # The lock, config.json, metrics.jsonl or a report: each is written whole or not at all.
+    errors.fail_now(
+      f'error: no space left on the disk of {_WORKDIR.value} ({errors.describe(e)}); free '
+      'space and rerun the same command (it resumes from the last committed checkpoint)',
+      errors.EXIT_NO_SPACE,
+    )
 
 
 if __name__ == '__main__':

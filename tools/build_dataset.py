@@ -111,8 +111,23 @@ def run(
     if isinstance(e, manual_dir_lib.ManualDirError):
       print(e.instructions, file=err, end='')
     return errors.EXIT_USER_ERROR
+  except Exception as e:  # pylint: disable=broad-except
+    return _no_space(e, data_dir, err)
   _print_summary(tfds_builder.read_report(builder), builder, out)
   return 0
+
+
+def _no_space(e: Exception, data_dir: str, err: TextIO) -> int:
+  """A full disk as one line and `errors.EXIT_NO_SPACE`; any other error is raised."""
+  if not errors.is_out_of_space(e):
+    raise e
+  # TFDS removes its incomplete.* folder on the way out: nothing half-built is left.
+  print(
+    f'error: no space left on the disk of {data_dir} ({errors.describe(e)}); the partial '
+    'build was removed: free space and rerun the same command',
+    file=err,
+  )
+  return errors.EXIT_NO_SPACE
 
 
 def _print_summary(report: dict[str, Any], builder: Any, out: TextIO) -> None:
@@ -183,6 +198,8 @@ def run_described(
   except errors.user_error_types() as e:
     print(f'error: {errors.one_line(e)}', file=err)
     return errors.EXIT_USER_ERROR
+  except Exception as e:  # pylint: disable=broad-except
+    return _no_space(e, data_dir, err)
   report = tfds_builder.read_report(builder)
   _print_summary(report, builder, out)
   print(f'annotations: {ready.report.summary()} (build_report.json: annotation_problems)', file=out)

@@ -5,11 +5,16 @@ the command lines give them. Any other exception is a bug and keeps its tracebac
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Iterator
 
 EXIT_USER_ERROR = 2
+EXIT_NO_SPACE = 74  # EX_IOERR: a full disk; rerunning once there is room continues.
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# How TensorFlow and tensorstore (orbax's writer) word them, in errors of their own types.
+_NO_SPACE_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
 
 
 class UserError(Exception):
@@ -26,6 +31,19 @@ def describe(error: BaseException, limit: int = 300) -> str:
   (libcurl, orbax and pickle errors span many lines)."""
   text = one_line(error)
   return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
+
+
+def is_out_of_space(error: BaseException | None) -> bool:
+  """Whether `error`, or an error it was raised from, is a full disk or quota."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+      return True
+    if any(text in str(error) for text in _NO_SPACE_TEXTS):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

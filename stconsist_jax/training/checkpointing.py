@@ -22,7 +22,6 @@ one line (`NoSpaceError`); the committed steps stay, the partial one is removed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import time
@@ -48,9 +47,6 @@ T = TypeVar('T')
 # Room asked for a step beyond its estimated size: later steps compress less, and slack.
 SPACE_MARGIN_FACTOR = 1.25
 SPACE_MARGIN_BYTES = 2**20
-_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
-# How tensorstore (orbax's writer) words them: a ValueError with the OS's text and code.
-_NO_SPACE_TEXTS = ('No space left on device', 'Disk quota exceeded', "os_error_code='28'")
 
 
 class CheckpointReadError(errors.UserError, RuntimeError):
@@ -59,19 +55,6 @@ class CheckpointReadError(errors.UserError, RuntimeError):
 
 class NoSpaceError(errors.UserError, OSError):
   """The checkpoint disk is too full for the next step; the committed steps are intact."""
-
-
-def is_out_of_space(error: BaseException) -> bool:
-  """Whether `error`, or an error it was raised from, is a full disk or quota."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
-      return True
-    if any(text in str(error) for text in _NO_SPACE_TEXTS):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
 
 
 def _free_bytes(directory: epath.Path) -> int:
@@ -301,7 +284,7 @@ class Checkpointer:
     except NoSpaceError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      if not is_out_of_space(e) or self._in_flight is None:
+      if not errors.is_out_of_space(e) or self._in_flight is None:
         raise
       step, self._in_flight = self._in_flight, None
       self._remove_partial(step)

@@ -250,6 +250,33 @@ def _run_tool(tool, capsys, manual_dir, data_dir, **kwargs):
   return rc, out, err
 
 
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_built(
+  synthetic_root, tmp_path, tool, capsys, monkeypatch
+):
+  calls = []
+
+  def fills_the_disk(task):
+    calls.append(task.path)
+    if len(calls) == 3:  # As TensorFlow's writer words it (measured on a full disk).
+      raise RuntimeError(
+        'ResourceExhaustedError: Failed to finalize writing of split "train": '
+        f'{tmp_path}/out/x.tfrecord; No space left on device'
+      )
+    return video_decode.decode_video(task)
+
+  monkeypatch.setattr(video_decode, 'decode_video', fills_the_disk)
+  rc, out, err = _run_tool(tool, capsys, synthetic_root.root, tmp_path / 'out')
+  assert rc == errors.EXIT_NO_SPACE == 74
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: no space left on the disk of {tmp_path}')
+  assert 'No space left on device' in lines[0] and 'free space and rerun' in lines[0]
+  assert not [p for p in (tmp_path / 'out').rglob('*') if p.name.startswith('incomplete')]
+  b = tfds_builder.builder(
+    tfds_builder.make_config(1, 16, manual_dir=synthetic_root.root), tmp_path / 'out'
+  )
+  assert not b.data_path.exists()
+
+
 def test_registered_config_is_used_for_the_101_classes():
   registered = tfds_builder.registered_config(1, 32)
   assert tfds_builder.make_config(1, 32) is registered
