@@ -89,7 +89,6 @@ def main(argv):
   from stconsist_jax.config import schema  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import console  # pylint: disable=g-import-not-at-top
   from stconsist_jax.core import fileio  # pylint: disable=g-import-not-at-top
-  from stconsist_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import distributed  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import preemption  # pylint: disable=g-import-not-at-top
   from stconsist_jax.training import train  # pylint: disable=g-import-not-at-top
@@ -128,7 +127,7 @@ def main(argv):
       evaluate_fn=evaluate_fn,
       allow_config_change=_ALLOW_CONFIG_CHANGE.value,
     )
-  except checkpointing.NoSpaceError as e:
+  except errors.NoSpaceError as e:
     # Orbax's writer threads still hold the failed step's writes: a normal exit would
     # print their errors as the interpreter shuts down. The committed steps are intact.
     errors.fail_now(f'error: {e}', errors.EXIT_NO_SPACE)

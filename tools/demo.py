@@ -178,7 +178,10 @@ def run(config, workdir: str | os.PathLike, cache: str | os.PathLike, resume: bo
     workdir.rmtree()
   t0 = time.time()
   print(f'[demo] training {config.train.num_steps} steps into {workdir} ...', flush=True)
-  train.train_and_evaluate(config, str(workdir), allow_config_change=resume)
+  try:
+    train.train_and_evaluate(config, str(workdir), allow_config_change=resume)
+  except errors.NoSpaceError as e:  # Without --resume the demo would start afresh.
+    raise errors.NoSpaceError(f'{e} (here: add --resume)') from None
   train_s = time.time() - t0
   clips_per_s = config.train.num_steps * config.train.batch_size / max(train_s, 1e-9)
   print(

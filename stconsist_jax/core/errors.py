@@ -21,6 +21,10 @@ class UserError(Exception):
   """A mistake a user can fix, or a damaged input file; the message says what, in one line."""
 
 
+class NoSpaceError(UserError, OSError):
+  """A disk too full for what a command was about to write; what it wrote before stays."""
+
+
 def one_line(text: object) -> str:
   """`text` with its whitespace folded: one line."""
   return ' '.join(str(text).split())
@@ -70,9 +74,19 @@ def fail_now(message: str, code: int) -> None:
 
 @contextlib.contextmanager
 def user_errors(*error_types: type[BaseException]) -> Iterator[None]:
-  """Turns user errors (by default `user_error_types()`) into one line and exit 2."""
+  """Turns user errors (by default `user_error_types()`) into one line and exit 2, and
+  a full disk into one line and `EXIT_NO_SPACE`."""
   caught = error_types or user_error_types()
   try:
     yield
+  except NoSpaceError as e:
+    fail_now(f'error: {e}', EXIT_NO_SPACE)  # Background writers may hold failed writes.
   except caught as e:
     fail(f'error: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    if not is_out_of_space(e):
+      raise
+    # Background writers (orbax's) may still hold failed writes: exit at once.
+    fail_now(
+      f'error: no space left on the disk ({describe(e)}); free space and rerun', EXIT_NO_SPACE
+    )

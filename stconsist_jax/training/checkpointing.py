@@ -53,7 +53,7 @@ class CheckpointReadError(errors.UserError, RuntimeError):
   """No committed checkpoint of a workdir could be read."""
 
 
-class NoSpaceError(errors.UserError, OSError):
+class NoSpaceError(errors.NoSpaceError):
   """The checkpoint disk is too full for the next step; the committed steps are intact."""
 
 
