@@ -37,6 +37,11 @@ def describe(error: BaseException, limit: int = 300) -> str:
   return f'{type(error).__name__}: {text[:limit]}{"..." if len(text) > limit else ""}'
 
 
+def mentions_out_of_space(text: str) -> bool:
+  """Whether a message says that a disk is full or a quota exceeded."""
+  return any(marker in text for marker in _NO_SPACE_TEXTS)
+
+
 def is_out_of_space(error: BaseException | None) -> bool:
   """Whether `error`, or an error it was raised from, is a full disk or quota."""
   seen = set()
@@ -44,7 +49,7 @@ def is_out_of_space(error: BaseException | None) -> bool:
     seen.add(id(error))
     if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
       return True
-    if any(text in str(error) for text in _NO_SPACE_TEXTS):
+    if mentions_out_of_space(str(error)):
       return True
     error = error.__cause__ or error.__context__
   return False

@@ -155,6 +155,7 @@ def _manager(
   """The one manager of a workdir: keeps the latest `keep` steps and the best one."""
   directory = fileio.absolute(directory)
   orbax_quirks.save_replicas_without_slicing()
+  orbax_quirks.full_disk_write_errors_silenced()
   policies = ocp.checkpoint_managers
   best_fn = _best_fn(best_metric)
   latest = policies.LatestN(n=keep if keep and keep > 0 else None)

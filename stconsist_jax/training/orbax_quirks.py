@@ -1,5 +1,6 @@
 """Orbax's rough edges on this project's runs, smoothed in one place: the tracebacks a failed
-read leaves behind, and a compilation per replica slice at every single-process save.
+read or a write to a full disk leaves behind, and a compilation per replica slice at every
+single-process save.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from collections.abc import Iterator
 
 import jax
 import orbax.checkpoint as ocp
+
+from stconsist_jax.core import errors
 
 
 def _is_closed_loop_callback(unraisable: Any) -> bool:
@@ -72,6 +75,32 @@ def failed_read_leftovers_silenced() -> Iterator[None]:
       yield
     finally:
       gc.collect()  # The abandoned tasks report when collected: here, while filtered.
+
+
+_full_disk_errors_dropped = False
+
+
+def _says_out_of_space(record: std_logging.LogRecord) -> bool:
+  exc = record.exc_info[1] if record.exc_info else None
+  return errors.is_out_of_space(exc) or errors.mentions_out_of_space(record.getMessage())
+
+
+def full_disk_write_errors_silenced() -> None:
+  """From now on in this process, hides what orbax's writer threads print when the disk
+  fills during a save: each thread's error with its traceback, asyncio's "never
+  retrieved" and tensorstore's callbacks into the closed loop, a thousand lines. The
+  error itself reaches the main thread at the next save or wait, where it becomes one
+  line (`checkpointing.NoSpaceError`); other errors of orbax are shown as before.
+  """
+  global _full_disk_errors_dropped
+  if _full_disk_errors_dropped:
+    return
+  _drop_closed_loop_callbacks()
+  dropped = std_logging.Filter()
+  dropped.filter = lambda record: not _says_out_of_space(record)
+  for name in ('absl', 'asyncio'):
+    std_logging.getLogger(name).addFilter(dropped)
+  _full_disk_errors_dropped = True
 
 
 _replicas_saved_unsliced = False

@@ -4,6 +4,7 @@ Training runs go through launch.py in subprocesses on random data, with TensorFl
 unimportable (no TensorBoard summaries: the runs skip its import).
 """
 
+import logging as std_logging
 import signal
 import subprocess
 import sys
@@ -266,3 +267,21 @@ def test_a_disk_that_fills_during_a_save_is_one_error_and_the_partial_step_goes(
   monkeypatch.setattr(ckpt._manager, 'wait_until_finished', wait_after_another_failure)
   with pytest.raises(ValueError, match='out of memory'):  # Other failures keep their type.
     ckpt.wait()
+
+
+def test_orbax_writer_errors_of_a_full_disk_are_hidden_and_its_other_errors_kept(tmp_path, caplog):
+  """Orbax's writer threads log their full-disk errors (a thousand lines, measured) before
+  the main thread turns the failure into one line; only those records are hidden."""
+  checkpointing.Checkpointer(tmp_path).close()
+  orbax_log = std_logging.getLogger('absl')
+  with caplog.at_level(std_logging.ERROR):
+    orbax_log.error('_SignalingThread.run() raised an exception: %s', TENSORSTORE_NO_SPACE)
+    try:
+      raise ValueError(TENSORSTORE_NO_SPACE)
+    except ValueError:
+      orbax_log.exception('Failed to run 4 Handler Commit operations')
+    std_logging.getLogger('asyncio').error(
+      'Task exception was never retrieved: No space left on device'
+    )
+    orbax_log.error('another error of orbax')
+  assert [r.getMessage() for r in caplog.records] == ['another error of orbax']
