@@ -282,8 +282,6 @@ class Checkpointer:
     directory removed (orbax would also remove it on the next save of that step)."""
     try:
       yield
-    except NoSpaceError:
-      raise
     except Exception as e:  # pylint: disable=broad-except
       if not errors.is_out_of_space(e) or self._in_flight is None:
         raise

@@ -23,6 +23,7 @@ from stconsist_jax.training import summaries
 from stconsist_jax.data.ucf101 import dataset_build
 from stconsist_jax.data.ucf101 import tfds_builder
 from tests import xla_env
+from tests.training import metric_records
 from tests.data_fixtures import SYNTHETIC_FRAME_SIZE
 
 NUM_STEPS = 6
@@ -107,14 +108,6 @@ def _sigterm_during_an_outage(proc, server, timeout=120):
   return proc.returncode, out
 
 
-def _steps_run_twice(workdir):
-  """{step: [metrics of each run that logged it]} for the steps a resume repeated."""
-  runs = {}
-  for record in summaries.read_metrics_jsonl(epath.Path(workdir) / 'metrics.jsonl'):
-    runs.setdefault(record.pop('step'), []).append(record)
-  return {step: records for step, records in runs.items() if len(records) > 1}
-
-
 def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
   gcs_server, gcs_bucket, synthetic_root, repo_root
 ):
@@ -149,7 +142,7 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
   assert sorted(logged) == list(range(1, NUM_STEPS + 1))
   # The steps after the last committed one were logged before the outage and again by
   # the resumed run: the same numbers, as without the interruption.
-  repeated = _steps_run_twice(workdir)
+  repeated = metric_records.steps_run_twice(workdir)
   assert repeated and min(repeated) == max(killed_at) + 1
   assert all(first == again for first, again in repeated.values())
   root = epath.Path(workdir)

@@ -29,6 +29,7 @@ from stconsist_jax.training import workdir_lock
 from tests import no_tensorflow
 from tests import xla_env
 from tests.training import lock_files
+from tests.training import metric_records
 from tests.training.test_train import tiny_config
 
 
@@ -273,12 +274,8 @@ def test_full_disk_stops_before_the_step_in_one_line_and_the_resume_is_exact(
   monkeypatch.undo()
   _run(config, tmp_path)
   assert checkpoint_steps.committed_steps(checkpoints)[-1] == 8
-  records = summaries.read_metrics_jsonl(tmp_path / summaries.METRICS_FILENAME)
-  runs = {}
-  for record in records:
-    runs.setdefault(record.pop('step'), []).append(record)
-  assert sorted(runs) == list(range(1, 9))
-  repeated = {step: r for step, r in runs.items() if len(r) > 1}
+  assert sorted(summaries.read_metrics(tmp_path)) == list(range(1, 9))
+  repeated = metric_records.steps_run_twice(tmp_path)
   assert sorted(repeated) == [5, 6]  # logged before the stop, then again from step 4
   assert all(first == again for first, again in repeated.values())
 
