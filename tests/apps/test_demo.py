@@ -2,18 +2,23 @@
 
 Runs tools/demo.py end to end in a subprocess: synthetic videos -> TFDS build -> training
 with flip consistency and withheld boxes -> restore -> evaluation report -> prediction on
-a test video. Training seeds 0-4 at these settings (configs/demo.py's tubelet detector,
-60 steps, evaluated with its flip test), measured on a 2-core AMD EPYC (2026-12-03): video
-accuracy 0.500-0.750 (of 16 videos), mean IoU 0.445-0.552, frame-mAP 0.312-0.424,
-video-mAP@0.2 0.480-0.605; an untrained model (1 step) scores 0.188, 0.222, 0.001 and
-0.000. The thresholds sit below the worst seed and far above the untrained model, so
-another CPU's floating-point results still pass.
+a test video. It runs on one CPU device with XLA's classic CPU emitters
+(`--xla_cpu_use_fusion_emitters=false`, tests/xla_env.py): at these sizes the same steps
+take as long as with the default emitters and the whole run about 33 s instead of 42 s,
+most of it compilation. Training seeds 0-4 at these settings (configs/demo.py's tubelet
+detector, 60 steps, evaluated with its flip test), measured on a 2-core AMD EPYC
+(2026-12-04): video accuracy 0.500-0.750 (of 16 videos), mean IoU 0.426-0.567, frame-mAP
+0.301-0.407, video-mAP@0.2 0.437-0.627; an untrained model (1 step) scores 0.188, 0.222,
+0.001 and 0.000. The thresholds sit below the worst seed and far above the untrained
+model, so another CPU's floating-point results still pass.
 """
 
 import json
 import os
 import subprocess
 import sys
+
+from tests import xla_env
 
 NUM_STEPS = 60
 REDUCED = (
@@ -36,7 +41,7 @@ def test_reduced_demo_learns(repo_root, tmp_path):
       *REDUCED,
     ],
     cwd=repo_root,
-    env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},  # One CPU device, as run.
+    env=dict(os.environ, XLA_FLAGS=xla_env.CLASSIC_EMITTERS),  # One CPU device.
     capture_output=True,
     text=True,
     timeout=900,
