@@ -68,13 +68,16 @@ def failed_read_leftovers_silenced() -> Iterator[None]:
   and tensorstore's callbacks into the closed loop print "Event loop is closed", screens
   of tracebacks after the one warning that says what happened. Only those two kinds of
   message are hidden: the first while a read and its clean-up run, the second for good.
+  A read that succeeded leaves nothing behind, so only a failed one pays for the full
+  garbage collection (a second or more in a process that holds JAX and TensorFlow).
   """
   _drop_closed_loop_callbacks()
   with _log_records_dropped('asyncio', 'never retrieved'):
     try:
       yield
-    finally:
+    except BaseException:
       gc.collect()  # The abandoned tasks report when collected: here, while filtered.
+      raise
 
 
 _full_disk_errors_dropped = False
