@@ -93,7 +93,8 @@ def test_parameter_counts_match_torch(depth, shortcut, widen):
   model = ResNet3D(depth=depth, shortcut_type=shortcut, widen_factor=widen)
   shapes = jax.eval_shape(lambda: _init(model, (1, 8, 32, 32, 3)))
   ours = sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes))
-  torch_model = torch_resnet3d.make_torch_resnet(depth, shortcut, widen, n_classes=7)
+  with torch.device('meta'):  # Shapes only: no memory, no random initialization.
+    torch_model = torch_resnet3d.make_torch_resnet(depth, shortcut, widen, n_classes=7)
   ref = sum(
     v.numel()
     for k, v in torch_model.state_dict().items()

@@ -3,7 +3,6 @@ files of two containers, sizes and frame rates, the output schema, and the comma
 """
 
 import errno
-import gc
 import json
 import os
 import pathlib
@@ -923,7 +922,6 @@ def _stub_loaded(kind):
 
 def _traced_peak(loaded, video, out):
   """predict_video's peak of Python allocations (numpy's arrays included), in bytes."""
-  gc.collect()
   tracemalloc.start()
   try:
     result = predict.predict_video(
