@@ -15,6 +15,8 @@ import time
 from etils import epath
 import pytest
 
+from stconsist_jax.config import config_file
+from stconsist_jax.evaluation import runner
 from stconsist_jax.training import checkpointing
 
 from stconsist_jax.training import checkpoint_steps
@@ -113,7 +115,7 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
 ):
   """The TFDS build, training (the server frozen while a checkpoint is being written and
   the run SIGTERMed, then resumed exactly from the last committed step), evaluation and a
-  separate --mode=eval, all on gs://."""
+  separate evaluation of the best step, all on gs://."""
   data_dir = f'{gcs_bucket}/tfds'
   workdir = f'{gcs_bucket}/runs/tiny'
   builder = dataset_build.build(
@@ -152,14 +154,11 @@ def test_build_train_outage_during_a_save_resume_and_evaluate_on_a_bucket(
   report = json.loads((report_dir / 'report.json').read_text())
   assert report['checkpoint_step'] == NUM_STEPS
 
-  # A separate evaluation restores the best (the only evaluated) step from the bucket
-  # and writes its reports to another bucket folder.
+  # A separate evaluation (`--mode=eval`'s function, here in this process to spare a
+  # third start of JAX and TensorFlow) restores the best (the only evaluated) step from
+  # the bucket, with the config saved there, and writes its reports to another folder.
   eval_dir = f'{gcs_bucket}/reports'
-  out = _finish(
-    _launch(
-      repo_root, workdir, args[1:] + ['--mode=eval', '--eval_step=best', f'--eval_dir={eval_dir}']
-    )
-  )
+  runner.evaluate(config_file.load(workdir), workdir, 'best', eval_dir=eval_dir)
   again = json.loads((epath.Path(eval_dir) / str(NUM_STEPS) / 'report.json').read_text())
   assert again['checkpoint_step'] == NUM_STEPS
   assert again['video_accuracy'] == report['video_accuracy']
