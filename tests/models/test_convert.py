@@ -5,6 +5,7 @@ Parity against the PyTorch replica in both checkpoint generations, refusals, mer
 
 import hashlib
 import importlib.util
+import json
 import os
 import pathlib
 import subprocess
@@ -93,8 +94,6 @@ def leftovers(directory) -> list[str]:
 
 def assert_metadata(out_dir, source, generation, shortcut, num_classes):
   with open(out_dir / 'metadata.json') as f:
-    import json  # pylint: disable=g-import-not-at-top
-
     metadata = json.load(f)
   assert metadata['generation'] == generation
   assert metadata['normalization'] == ('activitynet_0_255' if generation == '2017' else 'kinetics')
